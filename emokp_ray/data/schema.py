@@ -1,0 +1,249 @@
+"""The one Parquet schema that every source is written in, and the prepared data set's layout.
+
+A prepared data set is a directory:
+
+    DIR/dataset.json                 what is inside: schema version, tasks, scheme, counts, sources
+    DIR/<split>/part-00000.parquet   split in {train, val, test}; row groups of at most 4,096 rows
+
+Each row is one grey face:
+
+    image      binary      height*width uint8 grey values, row-major (no header, no compression)
+    height     int16       pixels
+    width      int16       pixels
+    keypoints  fixed_size_list<float32>[30], null where the row has no keypoint labels at all;
+               Kaggle column order (x, y per keypoint), pixel units, NaN where one is missing
+    label      int16       emotion class in the data set's scheme; -1 where the row has no emotion
+    split      string      train | val | test
+    source     string      the input file's name (or "synth")
+    row_id     int64       the data row's 1-based line number in its source file (synth: its index)
+
+A row may carry keypoints, an emotion label or both (the synthetic faces carry both).
+The writer is atomic: it writes into a temporary sibling directory and renames it into place only
+when every file is complete, so a crash or a Ctrl-C never leaves a half-written data set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from emokp_ray.errors import UserError
+from emokp_ray.labels import NUM_KEYPOINTS
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+NO_LABEL = -1
+ROW_GROUP_ROWS = 4096
+DATASET_META = "dataset.json"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("height", pa.int16(), nullable=False),
+        pa.field("width", pa.int16(), nullable=False),
+        pa.field("keypoints", pa.list_(pa.float32(), 2 * NUM_KEYPOINTS), nullable=True),
+        pa.field("label", pa.int16(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("row_id", pa.int64(), nullable=False),
+    ]
+)
+
+
+def make_table(
+    images: np.ndarray,
+    keypoints: np.ndarray | None,
+    labels: np.ndarray | None,
+    splits: Iterable[str] | np.ndarray,
+    source: str,
+    row_ids: np.ndarray,
+) -> pa.Table:
+    """Build a table in SCHEMA from arrays.
+
+    images: [N, H, W] uint8. keypoints: [N, 30] float32 with NaN, or None (no keypoint labels);
+    a row whose 30 values are all NaN is stored as null. labels: [N] ints (-1 = none), or None.
+    """
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    n, height, width = images.shape
+    flat = images.reshape(n, height * width)
+    image_col = pa.array([row.tobytes() for row in flat], type=pa.binary())
+    if keypoints is None:
+        kp_col = pa.nulls(n, type=SCHEMA.field("keypoints").type)
+    else:
+        keypoints = np.asarray(keypoints, dtype=np.float32).reshape(n, 2 * NUM_KEYPOINTS)
+        values = pa.array(keypoints.reshape(-1), type=pa.float32())
+        all_missing = np.isnan(keypoints).all(axis=1)
+        kp_col = pa.FixedSizeListArray.from_arrays(values, 2 * NUM_KEYPOINTS, mask=pa.array(all_missing))
+    label_col = np.full(n, NO_LABEL, np.int16) if labels is None else np.asarray(labels, np.int16)
+    return pa.Table.from_arrays(
+        [
+            image_col,
+            pa.array(np.full(n, height, np.int16)),
+            pa.array(np.full(n, width, np.int16)),
+            kp_col,
+            pa.array(label_col),
+            pa.array(list(splits), type=pa.string()),
+            pa.array([source] * n, type=pa.string()),
+            pa.array(np.asarray(row_ids, np.int64)),
+        ],
+        schema=SCHEMA,
+    )
+
+
+def images_from_column(column: pa.ChunkedArray | pa.Array | Iterable[bytes], height: int, width: int) -> np.ndarray:
+    """Decode an `image` column into [N, H, W] uint8 (all rows must share the given size)."""
+    if isinstance(column, (pa.ChunkedArray, pa.Array)):
+        column = column.to_pylist()
+    buf = b"".join(column)
+    return np.frombuffer(buf, dtype=np.uint8).reshape(-1, height, width)
+
+
+def keypoints_from_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Decode a `keypoints` column into [N, 30] float32, NaN for null rows and missing values."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    out = np.full((n, 2 * NUM_KEYPOINTS), np.nan, np.float32)
+    valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if valid.any():
+        present = column.filter(pa.array(valid))
+        out[valid] = present.flatten().to_numpy(zero_copy_only=False).reshape(-1, 2 * NUM_KEYPOINTS)
+    return out
+
+
+@dataclass
+class DatasetInfo:
+    """The content of DIR/dataset.json."""
+
+    tasks: list[str]                      # subset of ["keypoints", "emotion"]
+    scheme: str | None                    # emotion scheme name, None without emotion labels
+    counts: dict[str, dict[str, int]]     # split -> {"rows": n, "keypoints": n, "complete_keypoints": n, class: n}
+    sources: list[str]
+    image_sizes: list[list[int]]          # distinct [height, width] present
+    schema_version: int = SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+
+
+class DatasetWriter:
+    """Write tables into a prepared data set directory, atomically.
+
+    with DatasetWriter(out_dir) as writer:
+        writer.write(table)          # any number of times, any mix of splits
+        writer.info = DatasetInfo(...)
+    The directory appears at `out_dir` only when the `with` block exits cleanly; an existing
+    directory there is replaced only then (so a failed run never destroys the previous output).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out_dir = Path(out_dir).resolve()
+        self.info: DatasetInfo | None = None
+        self._tmp: Path | None = None
+        self._writers: dict[str, pq.ParquetWriter] = {}
+
+    def __enter__(self) -> "DatasetWriter":
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UserError(f"--out {self.out_dir} exists and is not a directory")
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        assert self._tmp is not None, "use DatasetWriter in a with block"
+        for split in SPLITS:
+            part = table.filter(pc.equal(table["split"], split))
+            if part.num_rows == 0:
+                continue
+            writer = self._writers.get(split)
+            if writer is None:
+                (self._tmp / split).mkdir()
+                writer = pq.ParquetWriter(self._tmp / split / "part-00000.parquet", SCHEMA)
+                self._writers[split] = writer
+            writer.write_table(part, row_group_size=ROW_GROUP_ROWS)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._tmp is not None
+        for writer in self._writers.values():
+            writer.close()
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
+        if self.info is None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise RuntimeError("DatasetWriter closed without info")
+        (self._tmp / DATASET_META).write_text(self.info.to_json() + "\n")
+        old = None
+        if self.out_dir.exists():
+            old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
+            self.out_dir.rename(old)
+        self._tmp.rename(self.out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_info(data_dir: str | os.PathLike) -> DatasetInfo:
+    """Read DIR/dataset.json; a missing or foreign directory is a `UserError`."""
+    path = Path(data_dir) / DATASET_META
+    try:
+        raw = json.loads(path.read_text())
+        return DatasetInfo(**raw)
+    except FileNotFoundError:
+        raise UserError(f"{data_dir} is not a prepared data set (no {DATASET_META}); run `emokp data prepare` or `emokp data synth`") from None
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{path} is not a valid {DATASET_META}: {err}") from None
+
+
+def split_files(data_dir: str | os.PathLike, split: str) -> list[str]:
+    """The Parquet files of one split (empty list if the split has no rows)."""
+    folder = Path(data_dir) / split
+    return sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def iter_split(data_dir: str | os.PathLike, split: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Stream one split as tables of at most ROW_GROUP_ROWS rows (bounded memory)."""
+    for path in split_files(data_dir, split):
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            yield pf.read_row_group(i, columns=columns)
+
+
+def count_summary(table: pa.Table, class_names: tuple[str, ...] | None) -> dict[str, dict[str, int]]:
+    """Per-split counts of rows, keypoint rows, complete keypoint rows and each emotion class."""
+    out: dict[str, dict[str, int]] = {}
+    splits = np.asarray(table["split"].to_pylist(), dtype=object)
+    labels = table["label"].to_numpy()
+    kp = keypoints_from_column(table["keypoints"])
+    has_kp = ~np.isnan(kp).all(axis=1)
+    complete = ~np.isnan(kp).any(axis=1)
+    for split in SPLITS:
+        sel = splits == split
+        if not sel.any():
+            continue
+        counts = {"rows": int(sel.sum()), "keypoints": int((sel & has_kp).sum()), "complete_keypoints": int((sel & complete).sum())}
+        if class_names is not None:
+            for k, name in enumerate(class_names):
+                counts[name] = int(((labels == k) & sel).sum())
+        out[split] = counts
+    return out
+
+
+def merge_counts(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Add two count_summary results."""
+    out = {s: dict(c) for s, c in a.items()}
+    for split, counts in b.items():
+        dst = out.setdefault(split, {})
+        for key, value in counts.items():
+            dst[key] = dst.get(key, 0) + value
+    return out

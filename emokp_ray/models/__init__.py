@@ -1,0 +1,41 @@
+"""The ResNets: the course's keypoint and emotion networks and their stronger variants."""
+
+from emokp_ray.models.resnet import (
+    VARIANTS,
+    ConvBlock,
+    IdentityBlock,
+    ModelConfig,
+    ResNet,
+    ResStage,
+    build_model,
+    emotion_config,
+    emotion_config_wide,
+    emotion_resnet,
+    emotion_resnet_wide,
+    keypoint_config,
+    keypoint_config_wide,
+    keypoint_resnet,
+    keypoint_resnet_wide,
+    model_config,
+    num_parameters,
+)
+
+__all__ = [
+    "VARIANTS",
+    "ConvBlock",
+    "IdentityBlock",
+    "ModelConfig",
+    "ResNet",
+    "ResStage",
+    "build_model",
+    "emotion_config",
+    "emotion_config_wide",
+    "emotion_resnet",
+    "emotion_resnet_wide",
+    "keypoint_config",
+    "keypoint_config_wide",
+    "keypoint_resnet",
+    "keypoint_resnet_wide",
+    "model_config",
+    "num_parameters",
+]
