@@ -1,0 +1,179 @@
+"""From prepared Parquet rows to training batches: select the task's rows, decode, augment, batch.
+
+`BatchPreprocessor` is the one transform, a plain callable over a pyarrow table. It runs inside Ray
+Data's `map_batches` on CPU workers (see `ray_data.py`) and, unchanged, in the plain in-process
+iterator `local_batches` used by `--no-ray` runs and by machines without Ray.
+
+Output batches: {"image": uint8 [B, S, S], "keypoints": float32 [B, 30] (keypoints task),
+"label": int64 [B] (emotion task)}, S = the model's input size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from emokp_ray.data import augment
+from emokp_ray.data.schema import NO_LABEL, keypoints_from_column, split_files
+from emokp_ray.errors import UserError
+from emokp_ray.labels import NUM_KEYPOINTS
+
+# Rows decoded together; also Ray Data's map_batches batch size.
+PREPROCESS_BATCH = 256
+
+
+def select_task_rows(table: pa.Table, task: str, drop_incomplete: bool = False) -> pa.Table:
+    """Keep the rows that carry labels for `task` (keypoints: any point; emotion: a label)."""
+    if task == "emotion":
+        return table.filter(pc.greater_equal(table["label"], 0))
+    keep = pc.invert(pc.is_null(table["keypoints"]))
+    table = table.filter(keep)
+    if drop_incomplete and table.num_rows:
+        kp = keypoints_from_column(table["keypoints"])
+        table = table.filter(pa.array(~np.isnan(kp).any(axis=1)))
+    return table
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """One grey uint8 image [H, W] -> [size, size] with Pillow's bilinear filter (identity at size)."""
+    if image.shape == (size, size):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def decode_images(table: pa.Table, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the `image` column to uint8 [N, size, size] and per-row scale factors [N].
+
+    Rows of another size (e.g. FER's 48x48 mixed with 96x96 synthetic faces) are resized with
+    Pillow's bilinear filter; the returned factor (size / original width) lets callers rescale
+    keypoints. When every row is already at `size` the bytes are decoded in one go.
+    """
+    heights = table["height"].to_numpy()
+    widths = table["width"].to_numpy()
+    raw = table["image"].to_pylist()
+    n = len(raw)
+    if n and (heights == size).all() and (widths == size).all():
+        return np.frombuffer(b"".join(raw), np.uint8).reshape(n, size, size).copy(), np.ones(n, np.float32)
+    out = np.empty((n, size, size), np.uint8)
+    for i, (buf, h, w) in enumerate(zip(raw, heights, widths)):
+        out[i] = resize_image(np.frombuffer(buf, np.uint8).reshape(int(h), int(w)), size)
+    return out, (size / widths.astype(np.float32)) if n else np.ones(0, np.float32)
+
+
+def rescale_keypoints(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Map keypoints [N, 30] through a resize by `scale` [N] (pixel-centre convention)."""
+    return (keypoints + 0.5) * scale[:, None] - 0.5
+
+
+def resize_batch_images(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Resize a batch's images [N, H, W] to [N, size, size], keypoints (if any) with them."""
+    images = batch["image"]
+    if images.shape[1:] == (size, size):
+        return batch
+    out = dict(batch)
+    out["image"] = np.stack([resize_image(img, size) for img in images]) if len(images) else np.zeros((0, size, size), np.uint8)
+    if "keypoints" in batch:
+        scale = np.full(len(images), size / images.shape[2], np.float32)
+        out["keypoints"] = rescale_keypoints(batch["keypoints"], scale).astype(np.float32)
+    return out
+
+
+# Per-process call counter: Ray Data deserializes a fresh copy of the UDF for each task, so state on
+# the object would restart every epoch; a module-level counter keeps epochs' augmentations distinct.
+_CALLS = itertools.count()
+
+
+@dataclass(frozen=True)
+class BatchPreprocessor:
+    """pyarrow table (prepared schema) -> training batch of numpy arrays; picklable for Ray Data.
+
+    augment=False gives the validation transform (select, decode, resize: never augmented).
+    class_weights (emotion, imbalance="sampling"): rows are resampled within each batch with
+    probability proportional to their class weight, so rare classes (disgust) are seen as often
+    as common ones while the batch size and epoch length stay the same.
+    """
+
+    task: str
+    input_size: int
+    augment: bool = False
+    seed: int = 0
+    drop_incomplete: bool = False
+    sampling_weights: tuple[float, ...] | None = None
+
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        table = select_task_rows(table, self.task, self.drop_incomplete)
+        images, scale = decode_images(table, self.input_size)
+        rng = np.random.default_rng([self.seed, os.getpid(), next(_CALLS)])
+        if self.task == "keypoints":
+            keypoints = rescale_keypoints(keypoints_from_column(table["keypoints"]), scale)
+            batch = {"image": images, "keypoints": keypoints.astype(np.float32)}
+            if self.augment:
+                batch = augment.augment_keypoint_batch(batch, augment.KeypointAugment(), rng)
+            return batch
+        labels = table["label"].to_numpy().astype(np.int64)
+        batch = {"image": images, "label": labels}
+        if self.sampling_weights is not None and len(labels):
+            p = np.asarray(self.sampling_weights, np.float64)[labels]
+            idx = rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
+            batch = {k: v[idx] for k, v in batch.items()}
+        if self.augment:
+            batch = augment.augment_emotion_batch(batch, augment.EmotionAugment(), rng)
+        return batch
+
+
+def empty_batch(task: str, size: int) -> dict[str, np.ndarray]:
+    batch = {"image": np.zeros((0, size, size), np.uint8)}
+    if task == "keypoints":
+        batch["keypoints"] = np.zeros((0, 2 * NUM_KEYPOINTS), np.float32)
+    else:
+        batch["label"] = np.zeros((0,), np.int64)
+    return batch
+
+
+def read_split_table(data_dir: str, split: str, limit_rows: int = 0) -> pa.Table:
+    """One split as a pyarrow table (the plain path: data sets here are tens of MB)."""
+    files = split_files(data_dir, split)
+    if not files:
+        raise UserError(f"{data_dir} has no {split!r} split")
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    return table.slice(0, limit_rows) if limit_rows else table
+
+
+def local_batches(
+    table: pa.Table,
+    preprocess: BatchPreprocessor,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The no-Ray iterator: shuffle row order per epoch (seeded), preprocess, yield batches.
+
+    `table` is a split's rows (any task mix); batches hold at most `batch_size` of the task's rows.
+    """
+    order = np.arange(table.num_rows)
+    if shuffle:
+        np.random.default_rng([seed, epoch]).shuffle(order)
+    pending: list[dict[str, np.ndarray]] = []
+    pending_rows = 0
+    for start in range(0, len(order), PREPROCESS_BATCH):
+        part = preprocess(table.take(pa.array(order[start:start + PREPROCESS_BATCH])))
+        pending.append(part)
+        pending_rows += len(part["image"])
+        while pending_rows >= batch_size:
+            merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+            yield {k: v[:batch_size] for k, v in merged.items()}
+            pending = [{k: v[batch_size:] for k, v in merged.items()}]
+            pending_rows -= batch_size
+    if pending_rows and not drop_last:
+        yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}

@@ -1,0 +1,48 @@
+"""Starting or joining Ray quietly: the one place that calls `ray.init`.
+
+Ray's own repeated warnings and progress bars stay in its log files (/tmp/ray/session_*/logs);
+the console keeps our one line per epoch and real errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None, quiet: bool = True) -> None:
+    """Connect to the cluster named by RAY_ADDRESS (a Ray Job's driver), or start a local one.
+
+    Idempotent: a running connection is kept.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if quiet:
+        # Read by Ray Data and Ray Train when they start; set before ray.init on purpose.
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs = {}
+    if not os.environ.get("RAY_ADDRESS"):
+        # A local cluster on a small machine: at least 4 logical CPUs, so that 2 Train workers and
+        # Ray Data's read/augment tasks can all be scheduled (with 2, they starve each other and hang).
+        kwargs.update(num_cpus=num_cpus or max(4, os.cpu_count() or 1), object_store_memory=object_store_memory)
+    if quiet:
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    ray.init(
+        logging_level=logging.ERROR if quiet else logging.INFO,
+        # Workers' and actors' output (Train controller chatter, Data progress) stays in Ray's log
+        # files; the driver prints one line per epoch from the run's metrics (train.py).
+        log_to_driver=not quiet,
+        include_dashboard=True,
+        **{k: v for k, v in kwargs.items() if v is not None},
+    )
+    if quiet:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        for name in ("ray", "ray.data", "ray.train", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.ERROR)

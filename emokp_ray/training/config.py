@@ -1,0 +1,100 @@
+"""Typed training configuration: one frozen dataclass, documented defaults, unknown keys rejected.
+
+The CLI builds a `TrainConfig` from its flags; the resolved config is printed, saved with the run
+(RUN_DIR/config.json) and stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from emokp_ray.errors import UserError
+
+TASKS = ("keypoints", "emotion")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str                          # "keypoints" | "emotion"
+    data: str                          # prepared data set directory (local path or URI)
+    out: str                           # RUN_DIR: best/, metrics.jsonl, config.json, checkpoints
+    # --- model ---
+    model: str = "course"              # "course" (faithful reference) or "wide" (stronger variant)
+    input_size: int = 0                # 0: the task's default (keypoints 96; emotion 48 = FER native)
+    # --- optimisation ---
+    epochs: int = 10
+    batch_size: int = 64               # GLOBAL batch; each of N workers gets batch_size / N
+    optimizer: str = "adamw"           # "adamw" | "adam"
+    lr: float = 1e-3                   # peak learning rate (one-cycle) or the constant rate
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"         # "onecycle" | "cosine" | "constant"
+    warmup_fraction: float = 0.2       # one-cycle: share of steps spent warming up
+    early_stopping: int = 0            # patience in epochs on the validation metric; 0 = off
+    seed: int = 0
+    # --- task specific ---
+    drop_incomplete: bool = False      # keypoints: keep only rows with all 15 points (the course did)
+    imbalance: str = "weights"         # emotion: "weights" (class-weighted loss) | "sampling" | "none"
+    label_smoothing: float = 0.0       # emotion
+    augment: bool = True               # train split only; validation is never augmented
+    # --- execution ---
+    workers: int = 1
+    use_gpu: bool | None = None        # None: use GPUs when the cluster has them
+    cpus_per_worker: float = 1.0
+    amp: bool | None = None            # None: on with a GPU (bf16 where supported, else fp16)
+    channels_last: bool | None = None  # None: on with a GPU
+    keep_checkpoints: int = 2          # keep the best K checkpoints by the validation metric
+    max_failures: int = 2              # worker-group restarts from the last checkpoint
+    storage: str = ""                  # Ray storage_path; "" = RUN_DIR/ray
+    resume: bool = False
+    no_ray: bool = False
+    max_steps_per_epoch: int = 0       # 0 = whole epoch; >0 caps steps (smoke runs, demos)
+    limit_rows: int = 0                # 0 = all rows; >0 reads only the first N rows of each split
+    extra: dict[str, Any] = field(default_factory=dict)  # test hooks (e.g. fail_at_epoch)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "task": TASKS,
+            "model": ("course", "wide"),
+            "optimizer": ("adamw", "adam"),
+            "schedule": ("onecycle", "cosine", "constant"),
+            "imbalance": ("weights", "sampling", "none"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "workers": self.workers, "lr": self.lr}
+        for name, value in positive.items():
+            if value <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.batch_size < self.workers:
+            raise UserError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    @property
+    def resolved_input_size(self) -> int:
+        if self.input_size:
+            return self.input_size
+        return 96 if self.task == "keypoints" else 48
+
+    @property
+    def metric(self) -> tuple[str, str]:
+        """The validation metric that picks the best checkpoint, and its order."""
+        return ("val/rmse_px", "min") if self.task == "keypoints" else ("val/macro_f1", "max")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise UserError(f"unknown training config key(s): {', '.join(unknown)}")
+        return cls(**raw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

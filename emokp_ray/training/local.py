@@ -1,0 +1,84 @@
+"""`LocalSession`: the training loop in one process, without Ray (`emokp train --no-ray`).
+
+Used for debugging, for unit tests, and on GPU boxes where Ray is not installed: it needs only
+torch, numpy and pyarrow. Checkpoints go to RUN_DIR/checkpoints/epoch-NNN; the best K by the
+validation metric and the latest are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from emokp_ray.data.pipeline import BatchPreprocessor, local_batches, read_split_table
+from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.loop import format_epoch_line
+
+
+class LocalSession:
+    rank = 0
+    world_size = 1
+
+    def __init__(self, cfg: TrainConfig, info: dict[str, Any], run_dir: Path, resume_from: str | None,
+                 device: torch.device | None = None, log=print):
+        self.cfg = cfg
+        self.info = info
+        self.run_dir = run_dir
+        self.resume_from = resume_from
+        if device is None:
+            want_gpu = cfg.use_gpu if cfg.use_gpu is not None else torch.cuda.is_available()
+            device = torch.device("cuda" if want_gpu else "cpu")
+        self.device = device
+        self.log = log
+        self.train_table = read_split_table(cfg.data, "train", cfg.limit_rows)
+        self.val_table = read_split_table(cfg.data, "val", cfg.limit_rows)
+        weights = info.get("sampling_weights")
+        common = dict(task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete)
+        self.train_pre = BatchPreprocessor(augment=cfg.augment, sampling_weights=None if weights is None else tuple(weights), **common)
+        self.val_pre = BatchPreprocessor(augment=False, **common)
+        self.saved: list[tuple[float, Path]] = []
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def train_batches(self, epoch: int) -> Iterable[dict]:
+        return local_batches(self.train_table, self.train_pre, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
+                             epoch=epoch, drop_last=True)
+
+    def val_batches(self) -> Iterable[dict]:
+        return local_batches(self.val_table, self.val_pre, self.cfg.batch_size, shuffle=False, seed=0, epoch=0)
+
+    def all_reduce(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+    def restore(self) -> LoadedCheckpoint | None:
+        return load_checkpoint(self.resume_from) if self.resume_from else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        self.log(format_epoch_line(metrics, self.cfg.task, self.cfg.epochs))
+        if checkpoint_dir is None:
+            return
+        dest = self.run_dir / "checkpoints" / f"epoch-{metrics['epoch']:03d}"
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(checkpoint_dir, dest)
+        name, order = self.cfg.metric
+        score = float(metrics[name])
+        self.saved.append((score if order == "min" else -score, dest))
+        # keep the best K plus the latest (the latest is what --resume continues from)
+        keep = {p for _, p in sorted(self.saved, key=lambda t: (np.nan_to_num(t[0], nan=np.inf)))[: self.cfg.keep_checkpoints]}
+        keep.add(dest)
+        for _, path in self.saved:
+            if path not in keep and path.exists():
+                shutil.rmtree(path)
+        self.saved = [(s, p) for s, p in self.saved if p in keep]
+
+
+def write_metrics_jsonl(path: Path, history: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in history))

@@ -1,0 +1,353 @@
+"""The per-worker training loop in plain PyTorch: losses, one epoch of steps, evaluation, `fit`.
+
+Nothing here imports Ray. `fit(cfg, session)` runs the same code in three places: inside a Ray
+Train worker (`RaySession`, ray_trainer.py), in one process without Ray (`LocalSession`,
+local.py: `emokp train --no-ray`, GPU boxes without Ray), and in unit tests with a tiny model.
+The session owns what differs: where batches come from, the device, DDP, how metrics and
+checkpoints are reported, and where a resumed run's state comes from.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Any, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, save_checkpoint
+from emokp_ray.labels import emotion_scheme
+from emokp_ray.models.resnet import build_model, model_config
+from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.metrics import EmotionMetricAccumulator, KeypointMetricAccumulator, json_safe
+
+Batch = dict[str, torch.Tensor]
+
+
+class Session(Protocol):
+    """What the loop needs from its surroundings (Ray Train worker or plain process)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+    def train_batches(self, epoch: int) -> Iterable[Batch]: ...
+    def val_batches(self) -> Iterable[Batch]: ...
+    def all_reduce(self, values: np.ndarray) -> np.ndarray: ...
+    def restore(self) -> LoadedCheckpoint | None: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
+
+
+# ----------------------------------------------------------------------------- losses
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
+    """Mean squared error over the PRESENT coordinates only (NaN targets are skipped).
+
+    pred, target: [B, 30] pixels. Errors are divided by `scale` (half the input size) so the loss
+    is in normalized units (~1 = half a face): a 4-keypoint row trains just those 4 points.
+    """
+    present = ~torch.isnan(target)
+    diff = torch.where(present, (pred.float() - torch.nan_to_num(target)) / scale, torch.zeros_like(pred, dtype=torch.float32))
+    return diff.pow(2).sum() / present.sum().clamp(min=1)
+
+
+def make_loss(cfg: TrainConfig, class_weights: np.ndarray | None):
+    """The task's loss: masked MSE for keypoints; (weighted, smoothed) cross-entropy for emotion."""
+    if cfg.task == "keypoints":
+        scale = cfg.resolved_input_size / 2.0
+        return lambda out, batch: masked_mse(out, batch["keypoints"], scale)
+    weight = None
+    if cfg.imbalance == "weights" and class_weights is not None:
+        weight = torch.as_tensor(class_weights, dtype=torch.float32)
+
+    def loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:
+        w = weight.to(out.device) if weight is not None else None
+        return F.cross_entropy(out.float(), batch["label"], weight=w, label_smoothing=cfg.label_smoothing)
+
+    return loss
+
+
+def class_weights_from_counts(counts: dict[str, int], class_names: tuple[str, ...]) -> np.ndarray:
+    """Inverse-frequency weights n / (K * n_c), normalized to mean 1; a class with no rows gets 1."""
+    n_c = np.array([counts.get(name, 0) for name in class_names], np.float64)
+    weights = np.where(n_c > 0, n_c.sum() / (len(n_c) * np.maximum(n_c, 1)), 1.0)
+    return (weights / weights.mean()).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def autocast_context(device: torch.device, amp: bool):
+    """bf16 autocast on GPUs that support it, else fp16; nothing on CPU or when AMP is off."""
+    if not amp or device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> Batch:
+    """numpy or torch batch -> tensors on `device`; images become float [B, 1, S, S] in 0..255."""
+    out: Batch = {}
+    for key, value in batch.items():
+        tensor = torch.as_tensor(value)
+        out[key] = tensor.to(device, non_blocking=True)
+    image = out["image"]
+    if image.dim() == 3:
+        image = image.unsqueeze(1)
+    image = image.float()
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    out["image"] = image
+    if "label" in out:
+        out["label"] = out["label"].long()
+    if "keypoints" in out:
+        out["keypoints"] = out["keypoints"].float()
+    return out
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[dict],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn,
+    device: torch.device,
+    amp: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
+    max_steps: int = 0,
+) -> dict[str, float]:
+    """One pass of optimizer steps. Returns {"loss": mean loss, "images": n, "seconds": t, "steps": k}."""
+    model.train()
+    total_loss, images, steps = 0.0, 0, 0
+    start = time.perf_counter()
+    for raw in batches:
+        batch = to_device(raw, device, channels_last)
+        if batch["image"].shape[0] == 0:
+            continue
+        with autocast_context(device, amp):
+            out = model(batch["image"])
+        loss = loss_fn(out, batch)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        # OneCycleLR raises past its last step; a resumed or longer-than-planned epoch stays at the end.
+        if scheduler is not None and scheduler.last_epoch < getattr(scheduler, "total_steps", getattr(scheduler, "T_max", math.inf)) - 1:
+            scheduler.step()
+        total_loss += float(loss.detach()) * batch["image"].shape[0]
+        images += batch["image"].shape[0]
+        steps += 1
+        if max_steps and steps >= max_steps:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss / max(images, 1), "images": images, "seconds": seconds, "steps": steps}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterable[dict], task: str, num_classes: int, loss_fn, device: torch.device,
+             amp: bool = False, channels_last: bool = False):
+    """Run the model over batches; returns (metric accumulator, summed loss, n)."""
+    model.eval()
+    acc = KeypointMetricAccumulator() if task == "keypoints" else EmotionMetricAccumulator(num_classes)
+    loss_sum, n = 0.0, 0
+    for raw in batches:
+        batch = to_device(raw, device, channels_last)
+        if batch["image"].shape[0] == 0:
+            continue
+        with autocast_context(device, amp):
+            out = model(batch["image"])
+        out = out.float()
+        loss_sum += float(loss_fn(out, batch)) * out.shape[0]
+        n += out.shape[0]
+        if task == "keypoints":
+            acc.update(out.cpu().numpy(), batch["keypoints"].cpu().numpy())
+        else:
+            acc.update(out.argmax(dim=1).cpu().numpy(), batch["label"].cpu().numpy())
+    return acc, loss_sum, n
+
+
+# ----------------------------------------------------------------------------- fit
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
+    """Adam/AdamW and the learning-rate schedule (stepped once per optimizer step)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup_fraction, div_factor=25.0, final_div_factor=1e3)
+    elif cfg.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.lr * 1e-3)
+    else:
+        scheduler = None
+    return optimizer, scheduler
+
+
+def is_better(value: float, best: float | None, order: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if order == "min" else value > best
+
+
+def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, Any]:
+    """Train `cfg.epochs` epochs (or until early stopping) and report each one with a checkpoint.
+
+    info: facts the driver read from the data set (steps_per_epoch, class_weights, mean_shape,
+    class_names, run_id). Every rank calls session.report once per epoch (Ray's report is a
+    barrier); metrics are all-reduced first, so all ranks agree on early stopping.
+    """
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device = session.device
+    use_amp = bool(cfg.amp) if cfg.amp is not None else device.type == "cuda"
+    channels_last = bool(cfg.channels_last) if cfg.channels_last is not None else device.type == "cuda"
+
+    scheme = emotion_scheme(info.get("scheme") or "seed5")
+    num_classes = scheme.num_classes
+    overrides = {"input_size": cfg.resolved_input_size}
+    if cfg.task == "emotion":
+        overrides["num_outputs"] = num_classes
+    model_cfg = model_config(cfg.task, cfg.model, **overrides)
+    model = build_model(model_cfg)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    steps_per_epoch = int(info["steps_per_epoch"])
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+    # Resume: the latest checkpoint (Ray's after a worker failure, or --resume's).
+    start_epoch, history, best, stale = 0, [], None, 0
+    restored = session.restore()
+    if restored is not None:
+        model.load_state_dict(restored.model.state_dict())
+        if restored.optimizer_state is not None:
+            optimizer.load_state_dict(restored.optimizer_state)
+        if restored.scheduler_state is not None and scheduler is not None:
+            scheduler.load_state_dict(restored.scheduler_state)
+        if restored.scaler_state is not None:
+            scaler.load_state_dict(restored.scaler_state)
+        state = restored.extra_state or {}
+        start_epoch = int(state.get("epoch", 0))
+        history = list(state.get("history", []))
+        best = state.get("best")
+        stale = int(state.get("stale", 0))
+
+    model = session.prepare_model(model)
+    class_weights = info.get("class_weights")
+    loss_fn = make_loss(cfg, None if class_weights is None else np.asarray(class_weights, np.float32))
+    metric_name, order = cfg.metric
+    mean_shape = None if info.get("mean_shape") is None else np.asarray(info["mean_shape"], np.float64)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        fail_at = cfg.extra.get("fail_at_epoch")
+        if fail_at is not None and epoch == int(fail_at):
+            _maybe_fail_once(cfg.extra.get("fail_marker"), session.rank)
+
+        stats = train_one_epoch(model, session.train_batches(epoch), optimizer, scheduler, loss_fn, device,
+                                amp=use_amp, scaler=scaler, channels_last=channels_last, max_steps=cfg.max_steps_per_epoch)
+        acc, val_loss_sum, val_n = evaluate(model, session.val_batches(), cfg.task, num_classes, loss_fn, device,
+                                            amp=use_amp, channels_last=channels_last)
+        # Reduce across ranks: the accumulators' sums plus the loss and image counts.
+        train_sums = session.all_reduce(np.array([stats["loss"] * stats["images"], stats["images"], stats["seconds"]], np.float64))
+        state = session.all_reduce(np.concatenate([acc.state(), [val_loss_sum, val_n]]))
+        acc = type(acc).from_state(state[:-2], **({} if cfg.task == "keypoints" else {"num_classes": num_classes}))
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train/loss": train_sums[0] / max(train_sums[1], 1),
+            # all ranks step in parallel: images over the slowest-summed time / world size
+            "train/images_per_s": train_sums[1] / max(train_sums[2] / session.world_size, 1e-9),
+            "train/images": int(train_sums[1]),
+            "val/loss": state[-2] / max(state[-1], 1),
+            "val/n": int(state[-1]),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if cfg.task == "keypoints":
+            result = acc.compute(mean_shape=mean_shape)
+            row["val/rmse_px"] = result["rmse_px"]
+            row["val/mean_shape_rmse_px"] = result.get("mean_shape_rmse_px")
+            row["val/per_keypoint_rmse_px"] = result["per_keypoint_rmse_px"]
+        else:
+            result = acc.compute(list(scheme.classes))
+            row["val/accuracy"] = result["accuracy"]
+            row["val/macro_f1"] = result["macro_f1"]
+            row["val/per_class_recall"] = {name: v["recall"] for name, v in result["per_class"].items()}
+            row["val/confusion"] = result["confusion"]
+        value = row[metric_name]
+        value = float("nan") if value is None else float(value)
+        if is_better(value, best, order):
+            best, stale = value, 0
+        else:
+            stale += 1
+        row["best/" + metric_name.split("/", 1)[1]] = best
+        history.append(row)
+        stop = bool(cfg.early_stopping) and stale >= cfg.early_stopping
+
+        checkpoint_dir = None
+        tmp = None
+        if session.rank == 0:
+            tmp = tempfile.TemporaryDirectory(prefix="emokp-ckpt-")
+            checkpoint_dir = tmp.name
+            meta = CheckpointMeta(
+                model_config=model_cfg,
+                label_scheme=scheme.name if cfg.task == "emotion" else None,
+                # the run's config plus the data facts that evaluation needs (the mean-shape baseline)
+                train_config={**cfg.to_dict(), "data_facts": {"mean_shape": None if mean_shape is None else mean_shape.tolist(),
+                                                              "n_train": info.get("n_train")}},
+                epoch=epoch + 1,
+                metrics=json_safe({k: v for k, v in row.items() if not isinstance(v, (dict, list))}),
+                run_id=info.get("run_id", ""),
+            )
+            save_checkpoint(checkpoint_dir, model, meta, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            extra_state=json_safe({"epoch": epoch + 1, "history": history, "best": best, "stale": stale}))
+        session.report(_scalar_metrics(row), checkpoint_dir)
+        if tmp is not None:
+            tmp.cleanup()
+        if stop:
+            break
+    return {"history": history, "best": best}
+
+
+def _scalar_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray's report keeps scalars tidy; nested per-keypoint/per-class values go in the checkpoint."""
+    return {k: (float("nan") if v is None else v) for k, v in row.items() if not isinstance(v, (dict, list))}
+
+
+def _maybe_fail_once(marker: str | None, rank: int) -> None:
+    """Test hook: kill this worker process once (a real process death, not an exception)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    if rank != 0 or not marker or Path(marker).exists():
+        return
+    Path(marker).write_text("failed once\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def format_epoch_line(row: dict[str, Any], task: str, epochs: int) -> str:
+    """The one console line per epoch."""
+    head = f"epoch {row['epoch']:>3}/{epochs}  loss {row['train/loss']:.4f}  val_loss {row['val/loss']:.4f}"
+    if task == "keypoints":
+        base = row.get("val/mean_shape_rmse_px")
+        base_txt = f" (mean shape {base:.2f})" if base is not None else ""
+        body = f"  val rmse {row['val/rmse_px']:.3f} px{base_txt}"
+    else:
+        body = f"  val acc {row['val/accuracy']:.4f}  macro-F1 {row['val/macro_f1']:.4f}"
+    return f"{head}{body}  {row['train/images_per_s']:.0f} img/s  lr {row['lr']:.2e}"

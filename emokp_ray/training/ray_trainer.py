@@ -1,0 +1,129 @@
+"""Ray Train edge: `RaySession` (the loop's view of a Train worker) and the `TorchTrainer` builder.
+
+The loop itself is `loop.fit`; this file adds only what Ray provides: dataset shards fed by Ray
+Data, the device and DDP from `ray.train.torch`, all-reduce over the worker group, checkpoints
+reported with `ray.train.report` (kept best-K by the validation metric), restarts from the last
+checkpoint after a worker dies (`FailureConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+
+from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from emokp_ray.data.pipeline import BatchPreprocessor
+from emokp_ray.data.ray_data import build_dataset, train_shuffle_buffer
+from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.loop import fit
+
+
+class RaySession:
+    def __init__(self, cfg: TrainConfig, info: dict[str, Any]):
+        ctx = ray.train.get_context()
+        self.cfg = cfg
+        self.info = info
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.per_worker_batch = max(1, cfg.batch_size // self.world_size)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model)
+
+    def train_batches(self, epoch: int) -> Iterable[dict]:
+        shard = ray.train.get_dataset_shard("train")
+        return shard.iter_torch_batches(
+            batch_size=self.per_worker_batch,
+            local_shuffle_buffer_size=train_shuffle_buffer(self.per_worker_batch),
+            drop_last=True,
+        )
+
+    def val_batches(self) -> Iterable[dict]:
+        return ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=self.per_worker_batch)
+
+    def all_reduce(self, values: np.ndarray) -> np.ndarray:
+        if self.world_size == 1 or not dist.is_initialized():
+            return values
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        tensor = torch.as_tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.cpu().numpy()
+
+    def restore(self) -> LoadedCheckpoint | None:
+        checkpoint = ray.train.get_checkpoint()  # set after a worker-group restart
+        if checkpoint is not None:
+            with checkpoint.as_directory() as path:
+                return load_checkpoint(path)
+        resume_from = self.info.get("resume_from")
+        return load_checkpoint(resume_from) if resume_from else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if self.rank == 0:
+            live = self.info.get("metrics_path")
+            if live:  # the driver tails this for its console lines, and rewrites it at the end
+                try:
+                    with open(live, "a") as fh:
+                        fh.write(json.dumps(metrics, sort_keys=True) + "\n")
+                except OSError:
+                    pass  # another node's path: the driver's final copy is authoritative
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point of each Train worker: rebuild the typed config and run the plain loop."""
+    cfg = TrainConfig.from_dict(config["cfg"])
+    fit(cfg, RaySession(cfg, config["info"]), config["info"])
+
+
+def build_trainer(cfg: TrainConfig, info: dict[str, Any], storage_path: str, run_name: str) -> ray.train.torch.TorchTrainer:
+    """A TorchTrainer reading the prepared data set through Ray Data."""
+    common = dict(task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete)
+    weights = info.get("sampling_weights")
+    train_pre = BatchPreprocessor(augment=cfg.augment, sampling_weights=None if weights is None else tuple(weights), **common)
+    val_pre = BatchPreprocessor(augment=False, **common)
+    datasets = {
+        "train": build_dataset(cfg.data, "train", train_pre, shuffle=True, limit_rows=cfg.limit_rows),
+        "val": build_dataset(cfg.data, "val", val_pre, shuffle=False, limit_rows=cfg.limit_rows),
+    }
+    use_gpu = info["use_gpu"]
+    metric, order = cfg.metric
+    return ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "info": info},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints,
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order=order,
+            ),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
+    )
+
+
+def cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def checkpoint_path(result_checkpoint: "ray.train.Checkpoint") -> str:
+    return str(Path(result_checkpoint.path))

@@ -1,0 +1,231 @@
+"""The `emokp train` driver: read the data set's facts, run the loop (Ray Train or one process),
+then leave RUN_DIR/best, RUN_DIR/metrics.jsonl and RUN_DIR/config.json behind.
+
+    RUN_DIR/config.json          the resolved TrainConfig
+    RUN_DIR/metrics.jsonl        one JSON object per epoch (train/loss, train/images_per_s, val/...)
+    RUN_DIR/best/                the best checkpoint by the validation metric (a CKPT for later commands)
+    RUN_DIR/ray/<run>/...        Ray Train's checkpoints (or RUN_DIR/checkpoints/ with --no-ray)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from emokp_ray.checkpoint import load_checkpoint
+from emokp_ray.data.schema import keypoints_from_column, read_info, split_files
+from emokp_ray.errors import UserError
+from emokp_ray.labels import emotion_scheme
+from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.loop import class_weights_from_counts, fit, format_epoch_line
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    best_checkpoint: Path
+    history: list[dict[str, Any]]
+    best_metric: float | None
+    seconds: float
+
+
+def dataset_facts(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    """What every worker needs to know before its first step, read once on the driver."""
+    info = read_info(cfg.data)
+    if cfg.task not in info.tasks:
+        raise UserError(f"{cfg.data} has no {cfg.task} labels (it holds: {', '.join(info.tasks) or 'none'})")
+    for split in ("train", "val"):
+        if split not in info.counts:
+            raise UserError(f"{cfg.data} has no {split!r} split; prepare it with a validation fraction > 0")
+    train_counts = info.counts["train"]
+    facts: dict[str, Any] = {"scheme": info.scheme or "seed5"}
+    if cfg.task == "keypoints":
+        n_train = train_counts["complete_keypoints" if cfg.drop_incomplete else "keypoints"]
+        facts["mean_shape"] = train_mean_shape(cfg.data, cfg.drop_incomplete, cfg.limit_rows).tolist()
+    else:
+        scheme = emotion_scheme(facts["scheme"])
+        n_train = sum(train_counts.get(name, 0) for name in scheme.classes)
+        weights = class_weights_from_counts(train_counts, scheme.classes)
+        if cfg.imbalance == "weights":
+            facts["class_weights"] = weights.tolist()
+        elif cfg.imbalance == "sampling":
+            facts["sampling_weights"] = weights.tolist()
+    if cfg.limit_rows:
+        n_train = min(n_train, cfg.limit_rows)
+    if n_train < cfg.batch_size:
+        raise UserError(f"{cfg.data}: {n_train} training rows for {cfg.task}, fewer than --batch-size {cfg.batch_size}")
+    facts["n_train"] = n_train
+    facts["steps_per_epoch"] = max(1, n_train // cfg.batch_size)
+    facts["world_size"] = world_size
+    return facts
+
+
+def train_mean_shape(data: str, drop_incomplete: bool, limit_rows: int = 0) -> np.ndarray:
+    """Per-coordinate mean of the training keypoints [30] (NaN-aware): the mean-shape baseline."""
+    files = split_files(data, "train")
+    table = pq.read_table(files, columns=["keypoints"]) if len(files) != 1 else pq.read_table(files[0], columns=["keypoints"])
+    if limit_rows:
+        table = table.slice(0, limit_rows)
+    kp = keypoints_from_column(table["keypoints"])
+    kp = kp[~np.isnan(kp).all(axis=1)]
+    if drop_incomplete:
+        kp = kp[~np.isnan(kp).any(axis=1)]
+    return np.nanmean(kp, axis=0)
+
+
+def find_latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint with the highest epoch anywhere under RUN_DIR (Ray's or --no-ray's)."""
+    best: tuple[int, float, Path] | None = None
+    for state_file in run_dir.rglob("train_state.json"):
+        try:
+            epoch = int(json.loads(state_file.read_text()).get("epoch", 0))
+        except (OSError, ValueError):
+            continue
+        key = (epoch, state_file.stat().st_mtime, state_file.parent)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return None if best is None else best[2]
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, str | None]:
+    run_dir = Path(cfg.out).resolve()
+    resume_from = None
+    if cfg.resume:
+        latest = find_latest_checkpoint(run_dir) if run_dir.exists() else None
+        if latest is None:
+            raise UserError(f"--resume: no checkpoint under {run_dir} to continue from")
+        resume_from = str(latest)
+    elif (run_dir / "config.json").exists():
+        raise UserError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, resume_from
+
+
+def _install_best(src: Path, run_dir: Path) -> Path:
+    """Copy a checkpoint to RUN_DIR/best atomically (the old best stays until the new one is whole)."""
+    dest = run_dir / "best"
+    tmp = run_dir / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+class _EpochLines:
+    """Print one console line per epoch while Ray trains, from the metrics.jsonl that rank 0
+    appends to (workers' own output stays in Ray's log files)."""
+
+    def __init__(self, path: Path, cfg: TrainConfig, log, interval_s: float = 0.5):
+        self.path, self.cfg, self.log, self.interval_s = path, cfg, log, interval_s
+        self.printed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="emokp-epoch-lines", daemon=True)
+
+    def _poll(self) -> None:
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError:
+            return
+        for line in lines[self.printed:]:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                return  # a line still being written: next poll
+            self.log(format_epoch_line(row, self.cfg.task, self.cfg.epochs))
+            self.printed += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._poll()
+
+    def __enter__(self) -> "_EpochLines":
+        try:
+            self.printed = len(self.path.read_text().splitlines())  # a resumed run's old epochs
+        except OSError:
+            self.printed = 0
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+
+def run_training(cfg: TrainConfig, log=print) -> TrainOutcome:
+    """Train one model as `cfg` says; returns where the best checkpoint and metrics are."""
+    start = time.perf_counter()
+    run_dir, resume_from = _prepare_run_dir(cfg)
+    use_gpu = cfg.use_gpu
+    if cfg.no_ray:
+        import torch
+
+        use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+        if use_gpu and not torch.cuda.is_available():
+            raise UserError("--gpu: no CUDA device is visible to torch")
+        cfg = replace(cfg, workers=1)
+    else:
+        from emokp_ray.ray_utils import init_ray
+
+        init_ray()
+        from emokp_ray.training.ray_trainer import cluster_has_gpus
+
+        use_gpu = cluster_has_gpus() if use_gpu is None else use_gpu
+    info = dataset_facts(cfg, cfg.workers)
+    info.update(use_gpu=bool(use_gpu), resume_from=resume_from, run_id=f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}",
+                metrics_path=str(run_dir / "metrics.jsonl"))
+    (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+    log(f"config: {json.dumps(cfg.to_dict(), sort_keys=True)}")
+    log(f"data: {info['n_train']} training rows, {info['steps_per_epoch']} steps/epoch, "
+        f"{'GPU' if use_gpu else 'CPU'}, {cfg.workers} worker(s){', resuming from ' + resume_from if resume_from else ''}")
+    if not resume_from:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    if cfg.no_ray:
+        from emokp_ray.training.local import LocalSession
+
+        session = LocalSession(cfg, info, run_dir, resume_from, log=log)
+        fit(cfg, session, info)
+        name, order = cfg.metric
+        if not session.saved:
+            raise UserError("training ran no epoch (the run had already reached --epochs; raise --epochs to continue)")
+        best_src = min(session.saved, key=lambda t: np.nan_to_num(t[0], nan=np.inf))[1]
+        latest_src = max((p for _, p in session.saved), key=lambda p: p.name)
+    else:
+        from emokp_ray.training.ray_trainer import build_trainer
+
+        storage = cfg.storage or str(run_dir / "ray")
+        trainer = build_trainer(cfg, info, storage, run_name=info["run_id"])
+        with _EpochLines(run_dir / "metrics.jsonl", cfg, log):
+            result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        name, order = cfg.metric
+        candidates = [(ckpt, m) for ckpt, m in (result.best_checkpoints or []) if m.get(name) is not None]
+        if not candidates:
+            raise UserError("training ran no epoch (the run had already reached --epochs; raise --epochs to continue)")
+        sign = 1.0 if order == "min" else -1.0
+        best_ckpt = min(candidates, key=lambda cm: np.nan_to_num(sign * float(cm[1][name]), nan=np.inf))[0]
+        best_src = Path(best_ckpt.path)
+        latest_src = Path(result.checkpoint.path) if result.checkpoint is not None else best_src
+
+    best = _install_best(best_src, run_dir)
+    latest = load_checkpoint(latest_src)
+    history = (latest.extra_state or {}).get("history", [])
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
+    best_meta = load_checkpoint(best).meta
+    metric_value = best_meta.metrics.get(cfg.metric[0])
+    seconds = time.perf_counter() - start
+    log(f"best {cfg.metric[0]} = {metric_value:.4f} at epoch {best_meta.epoch}; checkpoint: {best}; "
+        f"metrics: {run_dir / 'metrics.jsonl'}; {seconds:.0f} s")
+    return TrainOutcome(run_dir, best, history, metric_value, seconds)

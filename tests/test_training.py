@@ -1,0 +1,115 @@
+"""The plain training loop (no Ray): losses, one-process fit, checkpoints, best/, metrics, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from emokp_ray.checkpoint import load_checkpoint
+from emokp_ray.cli import main
+from emokp_ray.errors import UserError
+from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.loop import class_weights_from_counts, masked_mse
+from emokp_ray.training.train import run_training
+from tests.helpers import write_random_dataset
+
+
+def test_masked_mse_trains_only_present_points():
+    pred = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    target = torch.tensor([[1.0, 4.0, float("nan"), float("nan")]])
+    loss = masked_mse(pred, target, scale=2.0)
+    # only the two present coordinates count: ((0/2)^2 + (-2/2)^2) / 2
+    assert loss.item() == pytest.approx(0.5)
+    pred.requires_grad_(True)
+    masked_mse(pred, target, scale=2.0).backward()
+    assert pred.grad[0, 2:].abs().sum() == 0  # missing points get no gradient
+
+
+def test_class_weights_favour_rare_classes():
+    w = class_weights_from_counts({"a": 900, "b": 100, "c": 0}, ("a", "b", "c"))
+    assert w[1] > w[0] * 8
+    assert w.mean() == pytest.approx(1.0)
+    assert np.isfinite(w).all()
+
+
+@pytest.fixture(scope="module")
+def random_data(tmp_path_factory):
+    return write_random_dataset(tmp_path_factory.mktemp("data") / "random")
+
+
+def _cfg(task, data, out, **kw):
+    base = dict(task=task, data=str(data), out=str(out), epochs=2, batch_size=16, no_ray=True,
+                max_steps_per_epoch=3, limit_rows=48)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("task", ["keypoints", "emotion"])
+def test_no_ray_run_writes_best_metrics_and_config(task, random_data, tmp_path):
+    out = tmp_path / "run"
+    outcome = run_training(_cfg(task, random_data, out), log=lambda *_: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["train/images"] == 3 * 16 for r in rows)
+    metric = "val/rmse_px" if task == "keypoints" else "val/accuracy"
+    assert all(math.isfinite(r[metric]) for r in rows)
+    if task == "keypoints":
+        assert rows[0]["val/mean_shape_rmse_px"] > 0
+        assert len(rows[0]["val/per_keypoint_rmse_px"]) == 15
+    ckpt = load_checkpoint(out / "best")
+    assert ckpt.meta.task == task
+    assert ckpt.meta.input_size == (96 if task == "keypoints" else 48)
+    assert ckpt.meta.train_config["task"] == task
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    assert outcome.best_checkpoint == out / "best"
+
+
+def test_resume_continues_from_the_latest_epoch(random_data, tmp_path):
+    out = tmp_path / "run"
+    run_training(_cfg("emotion", random_data, out, epochs=2), log=lambda *_: None)
+    with pytest.raises(UserError, match="already holds a training run"):
+        run_training(_cfg("emotion", random_data, out, epochs=3), log=lambda *_: None)
+    lines = []
+    run_training(_cfg("emotion", random_data, out, epochs=3, resume=True), log=lines.append)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert sum(line.startswith("epoch") for line in lines) == 1  # only epoch 3 was trained again
+    assert any("resuming from" in line for line in lines)
+
+
+def test_resume_without_a_run_is_a_user_error(random_data, tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        run_training(_cfg("emotion", random_data, tmp_path / "none", resume=True), log=lambda *_: None)
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch(random_data, tmp_path):
+    """Overfitting 16 faces: the loop's optimizer, schedule and loss are wired the right way round."""
+    out = tmp_path / "run"
+    cfg = _cfg("emotion", random_data, out, epochs=8, limit_rows=16, max_steps_per_epoch=1, augment=False,
+               schedule="constant", lr=3e-3, imbalance="none")
+    run_training(cfg, log=lambda *_: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train/loss"] < 0.5 * rows[0]["train/loss"]
+
+
+def test_cli_train_no_ray_and_user_errors(random_data, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    code = main(["train", "emotion", "--data", str(random_data), "--out", str(out), "--no-ray", "--epochs", "1",
+                 "--batch-size", "16", "--max-steps-per-epoch", "2", "--limit-rows", "32"])
+    assert code == 0
+    assert (out / "best" / "meta.json").is_file()
+    printed = capsys.readouterr().out
+    assert "epoch   1/1" in printed and "best val/macro_f1" in printed
+
+    for argv, needle in [
+        (["train", "emotion", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--no-ray"], "not a prepared data set"),
+        (["train", "emotion", "--data", str(random_data), "--out", str(tmp_path / "y"), "--epochs", "0"], "positive integer"),
+        (["train", "smiles", "--data", str(random_data), "--out", str(tmp_path / "z")], "invalid choice"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("emokp: error:") and needle in err and "\n" not in err
