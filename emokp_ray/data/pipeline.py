@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from emokp_ray.data import augment
-from emokp_ray.data.schema import NO_LABEL, keypoints_from_column, split_files
+from emokp_ray.data.schema import keypoints_from_column, split_files
 from emokp_ray.errors import UserError
 from emokp_ray.labels import NUM_KEYPOINTS
 

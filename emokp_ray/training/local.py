@@ -7,10 +7,11 @@ validation metric and the latest are kept.
 
 from __future__ import annotations
 
-import json
+import queue
 import shutil
+import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -48,8 +49,9 @@ class LocalSession:
         return model.to(self.device)
 
     def train_batches(self, epoch: int) -> Iterable[dict]:
-        return local_batches(self.train_table, self.train_pre, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
-                             epoch=epoch, drop_last=True)
+        batches = local_batches(self.train_table, self.train_pre, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
+                                epoch=epoch, drop_last=True)
+        return prefetch(batches) if self.device.type == "cuda" else batches
 
     def val_batches(self) -> Iterable[dict]:
         return local_batches(self.val_table, self.val_pre, self.cfg.batch_size, shuffle=False, seed=0, epoch=0)
@@ -80,5 +82,22 @@ class LocalSession:
         self.saved = [(s, p) for s, p in self.saved if p in keep]
 
 
-def write_metrics_jsonl(path: Path, history: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
+def prefetch(batches: Iterable[dict], depth: int = 4) -> Iterator[dict]:
+    """Prepare the next `depth` batches in a background thread while the GPU trains on this one
+    (decode and augmentation are numpy, which releases the GIL for most of its work)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                q.put(batch)
+        except BaseException as err:  # surfaced in the consumer
+            q.put(err)
+        q.put(done)
+
+    threading.Thread(target=produce, name="emokp-prefetch", daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
