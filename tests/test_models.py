@@ -27,10 +27,23 @@ KEYPOINT_PARAMS = 18_007_710  # the course's Keras summary, 96x96x1 input
 EMOTION_PARAMS = 1_165_445
 
 
+def with_random_output_layer(model):
+    """The keypoint head's last layer starts at zero (every face predicted at the centre); tests of
+    how inputs flow to outputs need it random, as after training."""
+    torch.nn.init.normal_(model.head[-1].weight, std=0.01)
+    return model
+
+
 @pytest.fixture(scope="module")
 def keypoint_model():
     torch.manual_seed(0)
-    return keypoint_resnet().eval()
+    return with_random_output_layer(keypoint_resnet()).eval()
+
+
+def test_untrained_keypoint_model_predicts_the_centre():
+    with torch.no_grad():
+        out = keypoint_resnet().eval()(raw_images(2, 96))
+    assert torch.equal(out, torch.full_like(out, 48.0))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +163,7 @@ def test_eval_is_deterministic_and_train_mode_uses_dropout(keypoint_model):
     x = raw_images(2, 96)
     with torch.no_grad():
         assert torch.equal(keypoint_model(x), keypoint_model(x))
-    model = keypoint_resnet()
+    model = with_random_output_layer(keypoint_resnet())
     model.load_state_dict(keypoint_model.state_dict())
     model.train()
     for m in model.modules():  # freeze BN so only dropout differs between the two passes
