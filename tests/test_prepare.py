@@ -1,0 +1,213 @@
+"""`prepare_dataset`: splits, counts, atomic output, determinism and stratification, real data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from emokp_ray.data.prepare import StratifiedSplitter, prepare_dataset
+from emokp_ray.data.schema import (DATASET_META, images_from_column, iter_split, keypoints_from_column,
+                                   read_info)
+from emokp_ray.errors import UserError
+from emokp_ray.labels import KEYPOINT_COLUMNS, SPARSE_KEYPOINTS
+
+FER_GZ = Path("fer2013") / "fer2013.csv.gz"            # under ../shared/data (conftest's real_data fixture)
+KEYPOINTS_GZ = Path("facial-keypoints") / "training.csv.gz"
+
+
+def pixel_text(seed: int, side: int) -> str:
+    return " ".join(map(str, np.random.default_rng(seed).integers(0, 256, side * side).tolist()))
+
+
+def write(path: Path, lines: list[str], compress: bool = False) -> Path:
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def fer_file(path: Path, labels: list[int], usage: list[str] | None = None, compress: bool = False) -> Path:
+    """fer2013 layout with `usage`, else the 2-column variant. Pixel text is shared to keep tests fast."""
+    pix = pixel_text(0, 48)
+    if usage is None:
+        return write(path, ["emotion,pixels"] + [f"{lab},{pix}" for lab in labels], compress)
+    return write(path, ["emotion,pixels,Usage"] + [f"{lab},{pix},{u}" for lab, u in zip(labels, usage)], compress)
+
+
+def keypoints_file(path: Path, complete: list[bool]) -> Path:
+    pix = pixel_text(1, 96)
+    full = ",".join(f"{40 + (j % 7)}.25" for j in range(30))
+    sparse = ",".join(f"{40 + (j % 7)}.25" if c[:-2] in SPARSE_KEYPOINTS else "" for j, c in enumerate(KEYPOINT_COLUMNS))
+    rows = [f"{full if c else sparse},{pix}" for c in complete]
+    return write(path, [",".join(KEYPOINT_COLUMNS + ("Image",))] + rows)
+
+
+def read_split(out: Path, split: str) -> pa.Table:
+    tables = list(iter_split(out, split))
+    return pa.concat_tables(tables) if tables else None
+
+
+def split_of_rows(out: Path) -> dict[tuple[str, int], str]:
+    mapping = {}
+    for split in ("train", "val", "test"):
+        table = read_split(out, split)
+        if table is not None:
+            for source, row in zip(table["source"].to_pylist(), table["row_id"].to_pylist()):
+                mapping[(source, row)] = split
+    return mapping
+
+
+def test_fer_usage_decides_the_split_and_counts_per_class(tmp_path):
+    labels = [0, 1, 2, 3, 4, 5, 6, 3, 3, 0]
+    usage = ["Training", "Training", "Training", "PublicTest", "PrivateTest", "Training", "Training",
+             "PrivateTest", "Training", "PublicTest"]
+    src = fer_file(tmp_path / "fer2013.csv.gz", labels, usage, compress=True)
+    result = prepare_dataset([src], tmp_path / "out", val_fraction=0.5)  # fractions don't apply to Usage files
+    info = read_info(tmp_path / "out")
+    assert info.tasks == ["emotion"] and info.scheme == "seed5" and info.image_sizes == [[48, 48]]
+    assert info.counts["train"] == {"rows": 4, "keypoints": 0, "complete_keypoints": 0, "anger": 1, "disgust": 1,
+                                    "sad": 0, "happiness": 1, "surprise": 1}
+    assert info.counts["val"]["rows"] == 2 and info.counts["val"]["happiness"] == 1 and info.counts["val"]["anger"] == 1
+    assert info.counts["test"]["rows"] == 2 and info.counts["test"]["sad"] == 1
+    assert info.extra["reports"][0]["dropped_by_scheme"] == 2 and info.extra["formats"] == {"fer2013.csv.gz": "fer2013"}
+    test = read_split(tmp_path / "out", "test")
+    assert test["row_id"].to_pylist() == [6, 9] and test["label"].to_pylist() == [2, 3]
+    images = images_from_column(test["image"], 48, 48)
+    assert images.shape == (2, 48, 48) and images[0].reshape(-1).tolist()[:3] == [int(v) for v in pixel_text(0, 48).split()[:3]]
+    text = result.summary()
+    assert "2 dropped by scheme seed5" in text and "-> train 4, val 2, test 2" in text
+    assert "happiness" in text and "complete_keypoints" not in text
+
+
+def test_keypoints_and_test_csv_together(tmp_path):
+    kp = keypoints_file(tmp_path / "training.csv", [True, False, True])
+    pix = pixel_text(2, 96)
+    test = write(tmp_path / "test.csv", ["ImageId,Image", f"1,{pix}", f"2,{pix}"])
+    prepare_dataset([kp, test], tmp_path / "out", val_fraction=0.0)
+    info = read_info(tmp_path / "out")
+    assert info.tasks == ["keypoints"] and info.scheme is None and info.image_sizes == [[96, 96]]
+    assert info.counts["train"] == {"rows": 3, "keypoints": 3, "complete_keypoints": 2}
+    assert info.counts["test"] == {"rows": 2, "keypoints": 0, "complete_keypoints": 0}
+    table = read_split(tmp_path / "out", "test")
+    assert table["keypoints"].null_count == 2 and set(table["label"].to_pylist()) == {-1}
+    kps = keypoints_from_column(read_split(tmp_path / "out", "train")["keypoints"])
+    assert np.isnan(kps[1]).sum() == 22 and kps[0, 0] == 40.25
+
+
+def test_stratified_split_is_deterministic_and_keeps_class_proportions(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0, 1, 3, 4, 5], size=1000, p=[0.15, 0.05, 0.4, 0.25, 0.15]).tolist()
+    src = fer_file(tmp_path / "two.csv", labels)
+    kwargs = dict(val_fraction=0.2, test_fraction=0.1, chunk_rows=64)
+    prepare_dataset([src], tmp_path / "a", seed=7, **kwargs)
+    prepare_dataset([src], tmp_path / "b", seed=7, **kwargs)
+    prepare_dataset([src], tmp_path / "c", seed=8, **kwargs)
+    a, b, c = split_of_rows(tmp_path / "a"), split_of_rows(tmp_path / "b"), split_of_rows(tmp_path / "c")
+    assert a == b and len(a) == 1000
+    assert sum(a[k] != c[k] for k in a) > 200  # another seed shuffles differently
+    per_class = Counter(labels)
+    counts = read_info(tmp_path / "a").counts
+    for cls, name in zip([0, 1, 3, 4, 5], ["anger", "disgust", "happiness", "sad", "surprise"]):
+        n = per_class[cls]
+        # Exact at each 20-row block boundary; the last partial block moves at most a few rows.
+        assert abs(counts["val"][name] - 0.2 * n) <= 4, (name, counts["val"][name], n)
+        assert abs(counts["test"][name] - 0.1 * n) <= 2, (name, counts["test"][name], n)
+    assert counts["train"]["rows"] + counts["val"]["rows"] + counts["test"]["rows"] == 1000
+    # The split of a row does not depend on how the file is chunked.
+    prepare_dataset([src], tmp_path / "d", seed=7, val_fraction=0.2, test_fraction=0.1, chunk_rows=1000)
+    assert split_of_rows(tmp_path / "d") == a
+
+
+def test_keypoint_rows_are_stratified_by_completeness(tmp_path):
+    complete = [bool(i % 3) for i in range(300)]  # 200 complete, 100 partial
+    prepare_dataset([keypoints_file(tmp_path / "data.csv", complete)], tmp_path / "out", val_fraction=0.1, seed=3)
+    counts = read_info(tmp_path / "out").counts
+    assert counts["val"]["rows"] == 30 and counts["val"]["complete_keypoints"] == 20
+
+
+def test_splitter_quota_is_exact_at_block_boundaries():
+    splitter = StratifiedSplitter(seed=0, val_fraction=0.15, test_fraction=0.05)
+    strata = np.repeat([0, 1], [200, 100])
+    out = np.concatenate([splitter.assign("f", strata[:150]), splitter.assign("f", strata[150:])])
+    for stratum, n in ((0, 200), (1, 100)):
+        got = Counter(out[strata == stratum])
+        assert (got["val"], got["test"], got["train"]) == (round(0.15 * n), round(0.05 * n), n - round(0.2 * n))
+
+
+def test_a_failing_input_leaves_the_previous_output_untouched(tmp_path):
+    good = fer_file(tmp_path / "good.csv", [0, 3], ["Training", "PublicTest"])
+    rows = fer_file(tmp_path / "big.csv", [i % 7 for i in range(60)], ["Training"] * 60).read_bytes()
+    cut = tmp_path / "cut.csv.gz"
+    data = gzip.compress(rows)
+    cut.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    prepare_dataset([good], out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="cut.csv.gz: gzip data is truncated"):
+        prepare_dataset([good, cut], out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    with pytest.raises(UserError, match=r"bad.csv:3: expected 2304 pixel values"):
+        prepare_dataset([good, write(tmp_path / "bad.csv", ["emotion,pixels", "0," + pixel_text(0, 48), "0,1 2"])],
+                        tmp_path / "fresh", strict=True)
+    assert not (tmp_path / "fresh").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp dirs left
+
+
+def test_inputs_without_usable_rows_are_errors(tmp_path):
+    header_only = write(tmp_path / "h.csv", ["emotion,pixels,Usage"])
+    with pytest.raises(UserError, match="h.csv has a header but no data rows"):
+        prepare_dataset([header_only], tmp_path / "out")
+    fear_only = fer_file(tmp_path / "fear.csv", [2, 2], ["Training", "Training"])
+    with pytest.raises(UserError, match="no usable rows.*2 dropped by scheme seed5"):
+        prepare_dataset([fear_only], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="is not a known Kaggle CSV format"):
+        prepare_dataset([fear_only, write(tmp_path / "x.csv", ["a,b", "1,2"])], tmp_path / "out")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(val_fraction=1.0), "val_fraction must be in"), (dict(val_fraction=0.6, test_fraction=0.4), "below 1"),
+    (dict(seed=-1), "seed must be"), (dict(scheme="seven"), "unknown emotion scheme"),
+])
+def test_bad_options(tmp_path, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        prepare_dataset([fer_file(tmp_path / "f.csv", [0])], tmp_path / "out", **kwargs)
+
+
+def head_gz(src: Path, dst: Path, lines: int) -> Path:
+    with gzip.open(src, "rt", newline="") as f:
+        text = "".join(f.readline() for _ in range(lines))
+    dst.write_bytes(gzip.compress(text.encode(), compresslevel=1))
+    return dst
+
+
+@pytest.mark.realdata
+def test_first_rows_of_the_real_files(tmp_path, real_data):
+    fer = head_gz(real_data / FER_GZ, tmp_path / "fer2013.csv.gz", 301)
+    kp = head_gz(real_data / KEYPOINTS_GZ, tmp_path / "training.csv.gz", 301)
+    result = prepare_dataset([fer, kp], tmp_path / "out", strict=True)
+    with gzip.open(fer, "rt") as f:
+        fer_labels = [int(line.split(",", 1)[0]) for line in f.read().splitlines()[1:]]
+    kept = sum(label in (0, 1, 3, 4, 5) for label in fer_labels)
+    fer_report, kp_report = result.reports
+    assert (fer_report.rows_read, fer_report.rows_kept, fer_report.bad_rows) == (300, kept, 0)
+    assert (kp_report.rows_read, kp_report.rows_kept, kp_report.bad_rows) == (300, 300, 0)
+    info = json.loads((tmp_path / "out" / DATASET_META).read_text())
+    assert info["image_sizes"] == [[48, 48], [96, 96]] and info["tasks"] == ["keypoints", "emotion"]
+    assert sum(c["rows"] for c in info["counts"].values()) == kept + 300
+
+
+@pytest.mark.realdata
+def test_full_real_files_give_the_documented_counts(tmp_path, real_data):
+    """The whole of both files: ~5 s on the idle 2-core dev machine."""
+    fer = prepare_dataset([real_data / FER_GZ], tmp_path / "fer", strict=True).info.counts
+    assert (fer["train"]["rows"], fer["val"]["rows"]) == (19_647, 2_486) and "test" not in fer
+    kp = prepare_dataset([real_data / KEYPOINTS_GZ], tmp_path / "kp", strict=True).info.counts
+    assert sum(c["keypoints"] for c in kp.values()) == 3_383
+    assert sum(c["complete_keypoints"] for c in kp.values()) == 2_376
