@@ -27,3 +27,20 @@ def write_random_dataset(out: Path, n_train: int = 64, n_val: int = 32, size: in
                                   counts=count_summary(table, SEED5.classes), sources=["random"],
                                   image_sizes=[[size, size]])
     return out
+
+
+def write_tiny_checkpoints(out: Path) -> tuple[Path, Path]:
+    """A keypoint and an emotion checkpoint of small, randomly initialized variants of the two
+    networks (same code path as the course models, a fraction of the size): fast to load in tests
+    of the predictor, batch labeling, serving and export. Returns (keypoints_dir, emotion_dir)."""
+    import torch
+
+    from emokp_ray.checkpoint import CheckpointMeta, save_checkpoint
+    from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config
+
+    torch.manual_seed(0)
+    kp_cfg = keypoint_config(width_mult=0.25, head_hidden=(64,), head_dropout=(0.0,))
+    em_cfg = emotion_config(input_size=48, width_mult=0.25)
+    kp_dir = save_checkpoint(out / "keypoints", build_model(kp_cfg).eval(), CheckpointMeta(model_config=kp_cfg, run_id="tiny-keypoints", epoch=1))
+    em_dir = save_checkpoint(out / "emotion", build_model(em_cfg).eval(), CheckpointMeta(model_config=em_cfg, run_id="tiny-emotion", epoch=1))
+    return kp_dir, em_dir

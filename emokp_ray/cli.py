@@ -1,0 +1,194 @@
+"""The `emokp` command. Each subcommand parses flags and calls one library function.
+
+User errors (bad files, flags, checkpoints) print ONE line `emokp: error: ...` and exit 2; Ctrl-C
+exits 130 after the command's own cleanup; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from emokp_ray.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- data
+
+def _cmd_data_prepare(args: argparse.Namespace) -> None:
+    from emokp_ray.data.prepare import prepare_dataset
+
+    result = prepare_dataset(args.inputs, args.out, scheme=args.scheme, strict=args.strict, seed=args.seed,
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    print(result.summary())
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> None:
+    from emokp_ray.data.synth import write_synth_dataset
+
+    summary = write_synth_dataset(args.out, n=args.n, seed=args.seed, val_fraction=args.val_fraction,
+                                  test_fraction=args.test_fraction)
+    print(summary)
+
+
+# ----------------------------------------------------------------------------- train / evaluate
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from emokp_ray.training.config import TrainConfig
+    from emokp_ray.training.train import run_training
+
+    cfg = TrainConfig(
+        task=args.task, data=args.data, out=args.out, model=args.model, input_size=args.input_size,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, schedule=args.schedule, early_stopping=args.early_stopping,
+        seed=args.seed, drop_incomplete=args.drop_incomplete, imbalance=args.imbalance,
+        label_smoothing=args.label_smoothing, augment=not args.no_augment, workers=args.workers,
+        use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, amp=args.amp, channels_last=args.channels_last,
+        keep_checkpoints=args.keep_checkpoints, max_failures=args.max_failures, storage=args.storage or "",
+        resume=args.resume, no_ray=args.no_ray, max_steps_per_epoch=args.max_steps_per_epoch, limit_rows=args.limit_rows,
+    )
+    run_training(cfg)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from emokp_ray.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, scheme=args.scheme,
+                                 batch_size=args.batch_size, limit_rows=args.limit_rows)
+    print(report.summary())
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from emokp_ray.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="emokp", description="Facial keypoints and emotion: prepare data, train with Ray, evaluate.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    data = sub.add_parser("data", help="prepare Kaggle CSVs or synthesize faces into Parquet")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    data_sub.required = True
+
+    prep = data_sub.add_parser("prepare", help="Kaggle CSV(s) -> Parquet data set (format detected from the header)",
+                               description="Read FER2013 (fer2013.csv, icml_face_data.csv, 2-column) or Facial "
+                                           "Keypoints (training.csv, data.csv, test.csv) files, plain or .gz, into "
+                                           "one Parquet data set with train/val/test splits.")
+    prep.add_argument("inputs", nargs="+", metavar="INPUT", help="Kaggle .csv or .csv.gz files")
+    prep.add_argument("--out", required=True, metavar="DIR", help="output data set directory (replaced atomically)")
+    prep.add_argument("--scheme", default="seed5", choices=["seed5", "fer7"], help="emotion label scheme (default: seed5)")
+    prep.add_argument("--strict", action="store_true", help="stop at the first bad row (default: skip and report them)")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the stratified split (files without a Usage column)")
+    prep.add_argument("--val-fraction", type=_fraction, default=0.1, help="validation share of a seeded split (default 0.1)")
+    prep.add_argument("--test-fraction", type=_fraction, default=0.0, help="test share of a seeded split (default 0)")
+    prep.set_defaults(func=_cmd_data_prepare)
+
+    synth = data_sub.add_parser("synth", help="draw synthetic 96x96 faces with exact keypoints and 5 emotions")
+    synth.add_argument("--out", required=True, metavar="DIR", help="output data set directory (replaced atomically)")
+    synth.add_argument("--n", type=_positive_int, default=5000, help="number of faces (default 5000)")
+    synth.add_argument("--seed", type=int, default=0, help="seed (same seed, same bytes)")
+    synth.add_argument("--val-fraction", type=_fraction, default=0.1, help="validation share (default 0.1)")
+    synth.add_argument("--test-fraction", type=_fraction, default=0.0, help="test share (default 0)")
+    synth.set_defaults(func=_cmd_data_synth)
+
+    train = sub.add_parser("train", help="train the keypoint or emotion model (Ray Train + Ray Data, or --no-ray)")
+    train.add_argument("task", choices=["keypoints", "emotion"])
+    train.add_argument("--data", required=True, metavar="DIR", help="prepared data set (local path or URI)")
+    train.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: best/, metrics.jsonl, config.json")
+    train.add_argument("--model", default="course", choices=["course", "wide"], help="course-faithful reference or the wider variant")
+    train.add_argument("--input-size", type=int, default=0, help="model input size in pixels (default: keypoints 96, emotion 48)")
+    train.add_argument("--epochs", type=_positive_int, default=10)
+    train.add_argument("--batch-size", type=_positive_int, default=64, help="global batch, split across workers")
+    train.add_argument("--optimizer", default="adamw", choices=["adamw", "adam"])
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "constant"])
+    train.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE", help="epochs without improvement before stopping (0: off)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--drop-incomplete", action="store_true", help="keypoints: train only on rows with all 15 points")
+    train.add_argument("--imbalance", default="weights", choices=["weights", "sampling", "none"],
+                       help="emotion: class-weighted loss, class-balanced sampling, or nothing")
+    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    train.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (each gets batch-size / workers)")
+    gpu = train.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="use GPUs (default: when present)")
+    gpu.add_argument("--no-gpu", dest="gpu", action="store_false", help="train on CPUs even if GPUs are present")
+    train.add_argument("--cpus-per-worker", type=float, default=1.0)
+    train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with a GPU)")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last (default: on with a GPU)")
+    train.add_argument("--keep-checkpoints", type=_positive_int, default=2, help="best K checkpoints kept")
+    train.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
+    train.add_argument("--storage", default=None, metavar="URI", help="Ray storage path for checkpoints (default RUN_DIR/ray)")
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint")
+    train.add_argument("--no-ray", action="store_true", help="one process without Ray (debugging, GPU boxes without Ray)")
+    train.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap optimizer steps per epoch (0: whole epoch)")
+    train.add_argument("--limit-rows", type=int, default=0, help="read only the first N rows of each split (0: all)")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="report.json and figures for a checkpoint on a data set or Kaggle CSV")
+    ev.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint dir, RUN_DIR (uses RUN_DIR/best) or exported file")
+    ev.add_argument("--data", required=True, metavar="DATA", help="prepared data set directory or a Kaggle CSV")
+    ev.add_argument("--out", required=True, metavar="REPORT_DIR")
+    ev.add_argument("--split", default="val", choices=["train", "val", "test"], help="split of a prepared data set (default val)")
+    ev.add_argument("--scheme", default=None, choices=["seed5", "fer7"], help="scheme for a FER CSV (default: the checkpoint's)")
+    ev.add_argument("--batch-size", type=_positive_int, default=128)
+    ev.add_argument("--limit-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="the whole system end to end on synthetic data")
+    demo.add_argument("--out", default="./emokp-demo", metavar="DIR", help="everything goes under DIR (default ./emokp-demo)")
+    demo.add_argument("--quick", action="store_true", help="a smaller, faster run (tests)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], None] = args.func
+        func(args)
+    except UserError as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"emokp: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emokp: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

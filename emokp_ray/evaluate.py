@@ -1,0 +1,178 @@
+"""`emokp evaluate`: a checkpoint on a prepared split or directly on a Kaggle CSV -> report + figures.
+
+    REPORT_DIR/report.json             task, n, and rmse_px / mean_shape_rmse_px / per_keypoint_rmse_px
+                                       or accuracy / macro_f1 / per_class / confusion (DESIGN.md)
+    REPORT_DIR/learning_curves.png     from the run's metrics.jsonl (or the checkpoint's own history)
+    REPORT_DIR/confusion.png           emotion
+    REPORT_DIR/per_keypoint_rmse.png   keypoints
+    REPORT_DIR/faces.png               a grid of faces with predicted (and true) keypoints / emotions
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from emokp_ray.data.pipeline import BatchPreprocessor, resize_batch_images
+from emokp_ray.data.schema import iter_split, read_info
+from emokp_ray.errors import UserError
+from emokp_ray.inference import figures
+from emokp_ray.training.loop import to_device
+from emokp_ray.training.metrics import (EmotionMetricAccumulator, KeypointMetricAccumulator, emotion_report,
+                                        keypoint_report)
+
+GRID_FACES = 24
+
+
+@dataclass
+class EvalReport:
+    report: dict[str, Any]
+    out_dir: Path
+    files: list[Path]
+
+    def summary(self) -> str:
+        r = self.report
+        if r["task"] == "keypoints":
+            base = r.get("mean_shape_rmse_px")
+            base_txt = f" (mean-shape baseline {base:.3f} px)" if base is not None else ""
+            head = f"keypoints on {r['n']} faces: RMSE {r['rmse_px']:.3f} px{base_txt}"
+        else:
+            head = f"emotion on {r['n']} faces: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}"
+            recalls = ", ".join(f"{name} {v['recall']:.2f}" for name, v in r["per_class"].items() if v.get("recall") is not None)
+            head += f"\n  recall per class: {recalls}"
+        files = "\n".join(f"  {p}" for p in self.files)
+        return f"{head}\nwrote:\n{files}"
+
+
+def _csv_batches(path: Path, task: str, input_size: int, scheme: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches straight from a Kaggle CSV (streamed; bad rows skipped and reported by the reader)."""
+    from emokp_ray.data.kaggle import detect_format, read_kaggle
+
+    fmt = detect_format(path)
+    if fmt.task != task:
+        have = fmt.task or "no labels (use `emokp label` for unlabeled images)"
+        raise UserError(f"{path}: a {fmt.description} file holds {have}, but the checkpoint is a {task} model")
+    reader = read_kaggle(path, scheme=scheme)
+    for chunk in reader:
+        batch = chunk.to_batch()
+        if task == "keypoints":
+            keep = ~np.isnan(batch["keypoints"]).all(axis=1)
+            batch = {"image": batch["image"][keep], "keypoints": batch["keypoints"][keep]}
+        else:
+            keep = batch["label"] >= 0
+            batch = {"image": batch["image"][keep], "label": batch["label"][keep]}
+        batch = resize_batch_images(batch, input_size)
+        for start in range(0, len(batch["image"]), batch_size):
+            yield {k: v[start:start + batch_size] for k, v in batch.items()}
+    if reader.report.bad_rows:
+        print(str(reader.report))
+
+
+def _dataset_batches(data: str, split: str, task: str, input_size: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    info = read_info(data)
+    if task not in info.tasks:
+        raise UserError(f"{data} has no {task} labels (it holds: {', '.join(info.tasks) or 'none'})")
+    if split not in info.counts:
+        raise UserError(f"{data} has no {split!r} split (it has: {', '.join(info.counts)})")
+    preprocess = BatchPreprocessor(task=task, input_size=input_size, augment=False)
+    for table in iter_split(data, split):
+        batch = preprocess(table)
+        for start in range(0, len(batch["image"]), batch_size):
+            yield {k: v[start:start + batch_size] for k, v in batch.items()}
+
+
+def _history(ckpt: LoadedCheckpoint) -> list[dict[str, Any]]:
+    """Per-epoch rows: the run's metrics.jsonl when CKPT is RUN_DIR/best, else the checkpoint's own."""
+    metrics_file = ckpt.path.parent / "metrics.jsonl"
+    if ckpt.path.name == "best" and metrics_file.is_file():
+        return [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    return list((ckpt.extra_state or {}).get("history", []))
+
+
+def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val", scheme: str | None = None,
+                        batch_size: int = 128, limit_rows: int = 0) -> EvalReport:
+    """Evaluate `checkpoint` on `data` (prepared data set dir or Kaggle CSV); write the report."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_checkpoint(checkpoint, map_location=device)
+    meta = ckpt.meta
+    task, size = meta.task, meta.input_size
+    data_path = Path(data)
+    if data_path.is_file():
+        batches = _csv_batches(data_path, task, size, scheme or meta.label_scheme or "seed5", batch_size)
+        where = {"data": str(data_path.resolve()), "split": None}
+    elif data_path.is_dir():
+        batches = _dataset_batches(data, split, task, size, batch_size)
+        where = {"data": str(data_path.resolve()), "split": split}
+    else:
+        raise UserError(f"--data {data}: no such file or directory")
+
+    model = ckpt.model.eval()
+    num_classes = len(meta.class_names)
+    acc = KeypointMetricAccumulator() if task == "keypoints" else EmotionMetricAccumulator(num_classes)
+    grid: dict[str, list[np.ndarray]] = {"image": [], "pred": [], "true": [], "prob": []}
+    n_seen = 0
+    with torch.no_grad():
+        for batch in batches:
+            if limit_rows and n_seen >= limit_rows:
+                break
+            if limit_rows:
+                batch = {k: v[: limit_rows - n_seen] for k, v in batch.items()}
+            n_seen += len(batch["image"])
+            out_t = model(to_device(batch, device, channels_last=False)["image"]).float().cpu()
+            if task == "keypoints":
+                pred = out_t.numpy()
+                acc.update(pred, batch["keypoints"])
+                true = batch["keypoints"]
+                prob = None
+            else:
+                prob = torch.softmax(out_t, dim=1).numpy()
+                pred = prob.argmax(axis=1)
+                acc.update(pred, batch["label"])
+                true = batch["label"]
+            have = sum(len(x) for x in grid["image"])
+            if have < GRID_FACES:
+                take = GRID_FACES - have
+                grid["image"].append(batch["image"][:take])
+                grid["pred"].append(pred[:take])
+                grid["true"].append(true[:take])
+                if prob is not None:
+                    grid["prob"].append(prob[:take])
+    if n_seen == 0:
+        raise UserError(f"{data}: no {task} rows to evaluate")
+
+    out_dir = Path(out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metadata = {"checkpoint": str(ckpt.path), "run_id": meta.run_id, "epoch": meta.epoch,
+                "model_input_size": size, **where}
+    files: list[Path] = []
+    images = np.concatenate(grid["image"])
+    if task == "keypoints":
+        mean_shape = (meta.train_config.get("data_facts") or {}).get("mean_shape")
+        mean_shape = None if mean_shape is None else np.asarray(mean_shape, np.float64)
+        report = keypoint_report(acc, mean_shape=mean_shape, metadata=metadata)
+        files.append(figures.plot_per_keypoint_rmse(report["per_keypoint_rmse_px"], out_dir / "per_keypoint_rmse.png",
+                                                    baseline=report.get("per_keypoint_mean_shape_rmse_px")))
+        files.append(figures.plot_face_grid(images, out_dir / "faces.png", pred_keypoints=np.concatenate(grid["pred"]),
+                                            true_keypoints=np.concatenate(grid["true"])))
+    else:
+        report = emotion_report(acc, class_names=list(meta.class_names), metadata=metadata)
+        files.append(figures.plot_confusion_matrix(report["confusion"], list(meta.class_names), out_dir / "confusion.png"))
+        files.append(figures.plot_face_grid(images, out_dir / "faces.png", pred_labels=np.concatenate(grid["pred"]),
+                                            true_labels=np.concatenate(grid["true"]), class_names=list(meta.class_names),
+                                            probabilities=np.concatenate(grid["prob"])))
+    history = _history(ckpt)
+    if history:
+        files.append(figures.plot_learning_curves(history, out_dir / "learning_curves.png"))
+    report_file = out_dir / "report.json"
+    tmp = out_dir / f".report.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    tmp.replace(report_file)
+    files.insert(0, report_file)
+    return EvalReport(report, out_dir, files)
