@@ -7,6 +7,7 @@ validation metric and the latest are kept.
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
 import threading
@@ -64,6 +65,8 @@ class LocalSession:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         self.log(format_epoch_line(metrics, self.cfg.task, self.cfg.epochs))
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:  # live; the driver rewrites it at the end
+            fh.write(json.dumps(metrics, sort_keys=True) + "\n")
         if checkpoint_dir is None:
             return
         dest = self.run_dir / "checkpoints" / f"epoch-{metrics['epoch']:03d}"
