@@ -33,12 +33,9 @@ def select_task_rows(table: pa.Table, task: str, drop_incomplete: bool = False) 
     """Keep the rows that carry labels for `task` (keypoints: any point; emotion: a label)."""
     if task == "emotion":
         return table.filter(pc.greater_equal(table["label"], 0))
-    keep = pc.invert(pc.is_null(table["keypoints"]))
-    table = table.filter(keep)
-    if drop_incomplete and table.num_rows:
-        kp = keypoints_from_column(table["keypoints"])
-        table = table.filter(pa.array(~np.isnan(kp).any(axis=1)))
-    return table
+    kp = keypoints_from_column(table["keypoints"])
+    keep = ~np.isnan(kp).any(axis=1) if drop_incomplete else ~np.isnan(kp).all(axis=1)
+    return table.filter(pa.array(keep))
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -139,12 +136,17 @@ def empty_batch(task: str, size: int) -> dict[str, np.ndarray]:
     return batch
 
 
-def read_split_table(data_dir: str, split: str, limit_rows: int = 0) -> pa.Table:
+def task_columns(task: str) -> list[str]:
+    """The columns a task's training reads (the other label column stays on disk)."""
+    return ["image", "height", "width", "keypoints" if task == "keypoints" else "label"]
+
+
+def read_split_table(data_dir: str, split: str, limit_rows: int = 0, columns: list[str] | None = None) -> pa.Table:
     """One split as a pyarrow table (the plain path: data sets here are tens of MB)."""
     files = split_files(data_dir, split)
     if not files:
         raise UserError(f"{data_dir} has no {split!r} split")
-    table = pa.concat_tables(pq.read_table(f) for f in files)
+    table = pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
     return table.slice(0, limit_rows) if limit_rows else table
 
 

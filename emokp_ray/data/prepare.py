@@ -6,7 +6,7 @@ Splits:
 - Every other labelled file (keypoints training.csv / data.csv, the 2-column FER variant): a seeded,
   stratified split decided row by row while streaming (`StratifiedSplitter`); strata are the emotion
   classes, or for keypoints complete (15 points) vs partial rows.
-- Kaggle's keypoints test.csv (no labels): all rows to test, keypoints null, label -1.
+- Kaggle's keypoints test.csv (no labels): all rows to test, keypoints all NaN, label -1.
 
 The output appears only when every input was read completely (schema.DatasetWriter is atomic), so a
 failing input leaves no directory, or the previous one untouched.

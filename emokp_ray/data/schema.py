@@ -10,8 +10,11 @@ Each row is one grey face:
     image      binary      height*width uint8 grey values, row-major (no header, no compression)
     height     int16       pixels
     width      int16       pixels
-    keypoints  fixed_size_list<float32>[30], null where the row has no keypoint labels at all;
-               Kaggle column order (x, y per keypoint), pixel units, NaN where one is missing
+    keypoints  fixed_size_list<float32>[30]: Kaggle column order (x, y per keypoint), pixel units,
+               NaN where one is missing; all 30 NaN where the row has no keypoint labels at all.
+               (Never null: Parquet files with null fixed-size-list entries written by pyarrow 26
+               failed to read in pyarrow 25 -- "Expected all lists to be of size=30" -- so a
+               cluster with mixed versions could not share data sets.)
     label      int16       emotion class in the data set's scheme; -1 where the row has no emotion
     split      string      train | val | test
     source     string      the input file's name (or "synth")
@@ -51,7 +54,7 @@ SCHEMA = pa.schema(
         pa.field("image", pa.binary(), nullable=False),
         pa.field("height", pa.int16(), nullable=False),
         pa.field("width", pa.int16(), nullable=False),
-        pa.field("keypoints", pa.list_(pa.float32(), 2 * NUM_KEYPOINTS), nullable=True),
+        pa.field("keypoints", pa.list_(pa.float32(), 2 * NUM_KEYPOINTS), nullable=False),
         pa.field("label", pa.int16(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
@@ -70,20 +73,17 @@ def make_table(
 ) -> pa.Table:
     """Build a table in SCHEMA from arrays.
 
-    images: [N, H, W] uint8. keypoints: [N, 30] float32 with NaN, or None (no keypoint labels);
-    a row whose 30 values are all NaN is stored as null. labels: [N] ints (-1 = none), or None.
+    images: [N, H, W] uint8. keypoints: [N, 30] float32 with NaN, or None (no keypoint labels:
+    stored as all NaN). labels: [N] ints (-1 = none), or None.
     """
     images = np.ascontiguousarray(images, dtype=np.uint8)
     n, height, width = images.shape
     flat = images.reshape(n, height * width)
     image_col = pa.array([row.tobytes() for row in flat], type=pa.binary())
     if keypoints is None:
-        kp_col = pa.nulls(n, type=SCHEMA.field("keypoints").type)
-    else:
-        keypoints = np.asarray(keypoints, dtype=np.float32).reshape(n, 2 * NUM_KEYPOINTS)
-        values = pa.array(keypoints.reshape(-1), type=pa.float32())
-        all_missing = np.isnan(keypoints).all(axis=1)
-        kp_col = pa.FixedSizeListArray.from_arrays(values, 2 * NUM_KEYPOINTS, mask=pa.array(all_missing))
+        keypoints = np.full((n, 2 * NUM_KEYPOINTS), np.nan, np.float32)
+    keypoints = np.asarray(keypoints, dtype=np.float32).reshape(n, 2 * NUM_KEYPOINTS)
+    kp_col = pa.FixedSizeListArray.from_arrays(pa.array(keypoints.reshape(-1), type=pa.float32()), 2 * NUM_KEYPOINTS)
     label_col = np.full(n, NO_LABEL, np.int16) if labels is None else np.asarray(labels, np.int16)
     return pa.Table.from_arrays(
         [
@@ -109,7 +109,8 @@ def images_from_column(column: pa.ChunkedArray | pa.Array | Iterable[bytes], hei
 
 
 def keypoints_from_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Decode a `keypoints` column into [N, 30] float32, NaN for null rows and missing values."""
+    """Decode a `keypoints` column into [N, 30] float32, NaN for missing values (and for null rows,
+    which older data sets may hold)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     n = len(column)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
-from emokp_ray.data.pipeline import BatchPreprocessor, local_batches, read_split_table
+from emokp_ray.data.pipeline import BatchPreprocessor, local_batches, read_split_table, task_columns
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.loop import format_epoch_line
 
@@ -38,8 +38,9 @@ class LocalSession:
             device = torch.device("cuda" if want_gpu else "cpu")
         self.device = device
         self.log = log
-        self.train_table = read_split_table(cfg.data, "train", cfg.limit_rows)
-        self.val_table = read_split_table(cfg.data, "val", cfg.limit_rows)
+        columns = task_columns(cfg.task)
+        self.train_table = read_split_table(cfg.data, "train", cfg.limit_rows, columns)
+        self.val_table = read_split_table(cfg.data, "val", cfg.limit_rows, columns)
         weights = info.get("sampling_weights")
         common = dict(task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete)
         self.train_pre = BatchPreprocessor(augment=cfg.augment, sampling_weights=None if weights is None else tuple(weights), **common)
