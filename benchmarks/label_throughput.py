@@ -1,0 +1,165 @@
+"""Batch labeling throughput: Ray Data (`run_label`) against a plain in-process loop of the same
+Predictor over the same image files, side by side in one run.
+
+    python benchmarks/label_throughput.py                         # 400 96x96 PNG crops, configs 1x2,2x1
+    python benchmarks/label_throughput.py --n 1000 --configs 1x2 --repeats 3
+    python benchmarks/label_throughput.py --kind photos           # 320x240..640x480 photos, one crop each
+
+Models: the two course ResNets (18.0 M and 1.2 M parameters), randomly initialized (speed does not
+depend on the weights) and saved with save_checkpoint. Inputs: synthetic 96x96 face crops saved as
+PNG (--kind crops), or synthetic photos saved as PNG/JPEG and labelled in crop mode (--kind photos:
+decoding a photo and resizing it to the model size is part of the work; no OpenCV needed).
+
+Both sides read every file, decode it with decode_image and call Predictor.predict on batches of
+--batch-size images; the Ray side (run_label) also writes labels.parquet. Two figures per side:
+images/s end to end (from the start: models loaded, actors started) and steady images/s (after the
+first batch's results: the rate a long run tends to). A Ray config "AxT" is A actors with T torch
+threads and T logical CPUs each; the plain loop uses torch's default threads (all cores). Repeats
+alternate plain and Ray and the best of each is kept (the machine is shared with other work).
+Results: benchmarks/results/label_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "label_throughput.json"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=400, help="image files (default 400)")
+    parser.add_argument("--kind", choices=["crops", "photos"], default="crops", help="96x96 PNG crops or photos (default crops)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per predict call / Ray batch (default 32)")
+    parser.add_argument("--configs", default="1x2,2x1", help="Ray configs AxT: A actors x T threads (default 1x2,2x1)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating plain/Ray rounds, best kept (default 2)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    return parser
+
+
+def write_inputs(folder: Path, n: int, kind: str) -> list[Path]:
+    """n image files in folder: synthetic 96x96 crops (PNG) or synthetic photos (PNG and JPEG)."""
+    from PIL import Image
+
+    from emokp_ray.data.synth import synthesize, synthesize_photos
+
+    folder.mkdir(parents=True)
+    if kind == "crops":
+        images = list(synthesize(n, seed=0).images)
+        names = [f"crop_{i:05d}.png" for i in range(n)]
+    else:
+        images = [p.image for p in synthesize_photos(n, seed=0)]
+        names = [f"photo_{i:05d}.{'png' if i % 2 == 0 else 'jpg'}" for i in range(n)]
+    for name, image in zip(names, images):
+        Image.fromarray(image).save(folder / name, **({"quality": 90} if name.endswith(".jpg") else {}))
+    return [folder / name for name in names]
+
+
+def write_course_checkpoints(folder: Path) -> tuple[str, str]:
+    """The two course-size models, random init, as real checkpoints."""
+    import torch
+
+    from emokp_ray.checkpoint import CheckpointMeta, save_checkpoint
+    from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config
+
+    torch.manual_seed(0)
+    paths = []
+    for name, cfg in (("keypoints", keypoint_config()), ("emotion", emotion_config())):
+        paths.append(str(save_checkpoint(folder / name, build_model(cfg).eval(), CheckpointMeta(model_config=cfg, run_id=f"bench-{name}", epoch=0))))
+    return paths[0], paths[1]
+
+
+def plain_loop(files: list[Path], keypoints: str, emotion: str, batch_size: int, mode: str) -> dict:
+    """The same work without Ray: load the predictor, then read, decode and predict batch by batch."""
+    from emokp_ray.inference.images import decode_image
+    from emokp_ray.inference.predictor import Predictor
+
+    started = time.perf_counter()
+    predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=False)
+    first, faces = None, 0
+    for lo in range(0, len(files), batch_size):
+        images = [decode_image(f.read_bytes(), source=f.name) for f in files[lo:lo + batch_size]]
+        faces += sum(len(r.faces) for r in predictor.predict(images, mode=mode))
+        if first is None:
+            first = (time.perf_counter() - started, len(images))
+    seconds = time.perf_counter() - started
+    assert faces == len(files)
+    return {"seconds": round(seconds, 3), "images_per_s": round(len(files) / seconds, 2), "startup_s": round(first[0], 3),
+            "steady_images_per_s": round((len(files) - first[1]) / (seconds - first[0]), 2)}
+
+
+def ray_run(folder: Path, keypoints: str, emotion: str, batch_size: int, actors: int, threads: int, out: Path) -> dict:
+    from emokp_ray.inference.label import run_label
+
+    wall = time.perf_counter()
+    summary = run_label(str(folder), keypoints, emotion, str(out), batch_size=batch_size, concurrency=actors,
+                        num_cpus=threads, threads=threads, detect="crop", use_gpu=False, progress=False)
+    wall = time.perf_counter() - wall
+    assert summary.errors == 0 and summary.faces == summary.images
+    return {"seconds": summary.seconds, "images_per_s": summary.images_per_s, "startup_s": summary.startup_s,
+            "steady_images_per_s": summary.steady_images_per_s, "wall_s": round(wall, 3), "actors": summary.actors}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    import torch
+
+    from emokp_ray.ray_utils import init_ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = write_inputs(tmp / "images", args.n, args.kind)
+        keypoints, emotion = write_course_checkpoints(tmp / "ckpt")
+        init_ray()
+        plain_runs: list[dict] = []
+        ray_runs: dict[str, list[dict]] = {f"{a}x{t}": [] for a, t in configs}
+        for repeat in range(args.repeats):
+            plain_runs.append(plain_loop(files, keypoints, emotion, args.batch_size, "crop"))
+            print(f"round {repeat}: plain {plain_runs[-1]['images_per_s']:.1f} images/s "
+                  f"(steady {plain_runs[-1]['steady_images_per_s']:.1f})", flush=True)
+            for actors, threads in configs:
+                name = f"{actors}x{threads}"
+                ray_runs[name].append(ray_run(tmp / "images", keypoints, emotion, args.batch_size, actors, threads, tmp / f"out-{name}"))
+                run = ray_runs[name][-1]
+                print(f"round {repeat}: ray {name} {run['images_per_s']:.1f} images/s (steady {run['steady_images_per_s']:.1f}, "
+                      f"first results after {run['startup_s']:.1f} s)", flush=True)
+
+    def best(runs: list[dict], key: str) -> dict:
+        return max(runs, key=lambda r: r[key])
+
+    plain_best = best(plain_runs, "images_per_s")
+    plain_steady = best(plain_runs, "steady_images_per_s")["steady_images_per_s"]
+    result: dict = {"n": args.n, "kind": args.kind, "batch_size": args.batch_size, "repeats": args.repeats,
+                    "plain": {"best": plain_best, "best_steady_images_per_s": plain_steady, "runs": plain_runs,
+                              "torch_threads": torch.get_num_threads()},
+                    "ray": {}}
+    for name, runs in ray_runs.items():
+        top = best(runs, "images_per_s")
+        steady = best(runs, "steady_images_per_s")["steady_images_per_s"]
+        result["ray"][name] = {"best": top, "best_steady_images_per_s": steady, "runs": runs,
+                               "ratio": round(top["images_per_s"] / plain_best["images_per_s"], 3),
+                               "steady_ratio": round(steady / plain_steady, 3)}
+    result["machine"] = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+                         "cpus": os.cpu_count(), "load_average_1m_at_end": round(os.getloadavg()[0], 2)}
+    result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    print(f"plain loop: {plain_best['images_per_s']:.1f} images/s end to end, {plain_steady:.1f} steady "
+          f"({result['plain']['torch_threads']} torch threads)")
+    for name, r in result["ray"].items():
+        print(f"ray {name}: {r['best']['images_per_s']:.1f} images/s end to end (ratio {r['ratio']:.2f}), "
+              f"{r['best_steady_images_per_s']:.1f} steady (ratio {r['steady_ratio']:.2f}); {r['best']['actors']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Latency and throughput of the Serve app over HTTP on loopback, with and without dynamic batching.
+
+    python benchmarks/serve_latency.py                      # course-size models, ~3 minutes on 2 cores
+    python benchmarks/serve_latency.py --concurrency 1 8 --requests 200 --max-batch-size 32
+
+The models are the COURSE-size networks (keypoint_resnet() at 96x96, emotion_resnet(input_size=48)),
+randomly initialized (timing does not depend on the weights), saved as real checkpoints in a temp dir.
+Each configuration (`batch`: @serve.batch with --max-batch-size; `no_batch`: max_batch_size 1) is
+deployed as its own app with ONE replica per deployment (autoscaling off, so the two configurations
+get the same hardware), warmed up, then driven by an asyncio/aiohttp client on 127.0.0.1: at
+concurrency c, c workers each send one 96x96 grey PNG crop (raw image/png body) to /v1/predict and
+send the next as soon as the answer arrives, for --requests requests or --max-seconds, whichever
+comes first. Latency is client-side wall time per request (connect + send + server + receive).
+Reported per (config, c): p50/p95/p99 ms, requests/s, errors. Results go to
+benchmarks/results/serve_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "serve_latency.json"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client concurrencies (default 1 8 32)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per (config, concurrency) at most (default 400)")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="time per (config, concurrency) at most (default 20)")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="@serve.batch size of the batched config (default 16)")
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.005, help="@serve.batch wait (default 0.005)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the model replica (default: torch's)")
+    parser.add_argument("--configs", nargs="+", default=["batch", "no_batch"], choices=["batch", "no_batch"])
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    return parser
+
+
+def write_course_checkpoints(out: Path) -> tuple[Path, Path]:
+    """Random-init course-size keypoint and emotion networks saved as checkpoints under `out`."""
+    import torch
+
+    from emokp_ray.checkpoint import CheckpointMeta, save_checkpoint
+    from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config
+
+    torch.manual_seed(0)
+    kp_cfg, em_cfg = keypoint_config(), emotion_config(input_size=48)
+    kp = save_checkpoint(out / "keypoints", build_model(kp_cfg).eval(), CheckpointMeta(model_config=kp_cfg, run_id="bench-keypoints"))
+    em = save_checkpoint(out / "emotion", build_model(em_cfg).eval(), CheckpointMeta(model_config=em_cfg, run_id="bench-emotion"))
+    return kp, em
+
+
+def crop_png() -> bytes:
+    from PIL import Image
+
+    from emokp_ray.data.synth import synthesize
+
+    buffer = io.BytesIO()
+    Image.fromarray(synthesize(1, seed=7).images[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    index = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[index]
+
+
+async def drive(url: str, body: bytes, concurrency: int, total: int, max_seconds: float) -> dict:
+    """c closed-loop workers until `total` requests are sent or `max_seconds` pass."""
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    sent = 0
+    deadline = time.perf_counter() + max_seconds
+    headers = {"Content-Type": "image/png"}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        while sent < total and time.perf_counter() < deadline:
+            sent += 1
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+                if response.status == 200:
+                    latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = sorted(1000 * t for t in latencies)
+    return {
+        "concurrency": concurrency,
+        "requests": sum(statuses.values()),
+        "ok": len(latencies),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(len(latencies) / elapsed, 2),
+        "p50_ms": round(percentile(ms, 50), 2) if ms else None,
+        "p95_ms": round(percentile(ms, 95), 2) if ms else None,
+        "p99_ms": round(percentile(ms, 99), 2) if ms else None,
+        "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    import ray
+    from ray import serve
+
+    from emokp_ray.ray_utils import init_ray
+    from emokp_ray.serving.app import compose
+    from emokp_ray.serving.schemas import AppArgs
+
+    body = crop_png()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        kp, em = write_course_checkpoints(Path(tmp))
+        init_ray()
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            for config in args.configs:
+                batch_size = args.max_batch_size if config == "batch" else 1
+                app_args = AppArgs(keypoints=str(kp), emotion=str(em), max_batch_size=batch_size,
+                                   batch_wait_timeout_s=args.batch_wait_timeout_s if config == "batch" else 0.0,
+                                   torch_threads=args.torch_threads)
+                fixed = {"num_replicas": 1, "autoscaling_config": None}
+                # Room for every client request in flight: the benchmark measures waiting, not refusals.
+                model = {**fixed, "max_ongoing_requests": max(64, batch_size), "max_queued_requests": 1024}
+                ingress = {**fixed, "max_ongoing_requests": 256, "max_queued_requests": 1024}
+                serve.run(compose(app_args, model_options=model, ingress_options=ingress), name=f"bench-{config}", route_prefix=f"/{config}")
+                url = f"http://127.0.0.1:{port}/{config}/v1/predict"
+                asyncio.run(drive(url, body, 8, 64, 30.0))   # warm-up: connections, torch kernels, batch loop
+                for c in args.concurrency:
+                    row = {"config": config, "max_batch_size": batch_size, **asyncio.run(drive(url, body, c, args.requests, args.max_seconds))}
+                    rows.append(row)
+                    print(f"{config:>8} c={c:<3} {row['requests_per_s']:>7.1f} req/s  p50 {row['p50_ms']:>7.1f}  "
+                          f"p95 {row['p95_ms']:>7.1f}  p99 {row['p99_ms']:>7.1f} ms  statuses {row['statuses']}", flush=True)
+                serve.delete(f"bench-{config}")
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+    by = {(r["config"], r["concurrency"]): r for r in rows}
+    summary = {}
+    top = max(args.concurrency)
+    if ("batch", top) in by and ("no_batch", top) in by:
+        summary[f"throughput_gain_at_c{top}"] = round(by[("batch", top)]["requests_per_s"] / by[("no_batch", top)]["requests_per_s"], 2)
+    if ("batch", 1) in by:
+        summary["p50_ms_at_c1_batch"] = by[("batch", 1)]["p50_ms"]
+    if ("no_batch", 1) in by:
+        summary["p50_ms_at_c1_no_batch"] = by[("no_batch", 1)]["p50_ms"]
+
+    print()
+    print(f"{'config':>8} {'batch':>5} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'n':>5}")
+    for r in rows:
+        print(f"{r['config']:>8} {r['max_batch_size']:>5} {r['concurrency']:>3} {r['requests_per_s']:>8.1f} "
+              f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['ok']:>5}")
+    print(json.dumps(summary))
+
+    result = {
+        "benchmark": "serve_latency",
+        "models": "course keypoint_resnet() 96x96 + emotion_resnet(input_size=48), random init",
+        "request": "one 96x96 grey PNG crop, raw image/png body, POST /v1/predict",
+        "replicas": "1 ingress + 1 model replica, autoscaling off",
+        "batch_wait_timeout_s": args.batch_wait_timeout_s,
+        "torch_threads": args.torch_threads,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+        "rows": rows,
+        "summary": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
