@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from emokp_ray.data.kaggle import Chunk, KaggleFormat, ReadReport, read_kaggle
-from emokp_ray.data.schema import SPLITS, DatasetInfo, DatasetWriter, count_summary, make_table, merge_counts
+from emokp_ray.data.schema import SPLITS, DatasetInfo, DatasetWriter, count_summary, format_counts, make_table, merge_counts
 from emokp_ray.errors import UserError
 from emokp_ray.labels import emotion_scheme
 
@@ -107,15 +107,7 @@ class PrepareResult:
             lines += [f"  {line}" for line in str(report).splitlines()]
             per_split = by_source.get(Path(report.path).name, {})
             lines.append("    -> " + ", ".join(f"{s} {per_split[s]['rows']:,}" for s in SPLITS if s in per_split))
-        classes = list(emotion_scheme(self.info.scheme).classes) if self.info.scheme else []
-        keypoint_columns = ["keypoints", "complete_keypoints"] if "keypoints" in self.info.tasks else []
-        columns = ["rows"] + keypoint_columns + classes
-        widths = [max(len(c), 9) for c in columns]
-        lines.append(f"  {'split':<6}" + "".join(f" {c:>{w}}" for c, w in zip(columns, widths)))
-        for split in SPLITS:
-            counts = self.info.counts.get(split)
-            if counts:
-                lines.append(f"  {split:<6}" + "".join(f" {counts.get(c, 0):>{w},}" for c, w in zip(columns, widths)))
+        lines += format_counts(self.info)
         return "\n".join(lines)
 
 

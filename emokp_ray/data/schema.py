@@ -248,3 +248,19 @@ def merge_counts(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]]) -> 
         for key, value in counts.items():
             dst[key] = dst.get(key, 0) + value
     return out
+
+
+def format_counts(info: DatasetInfo) -> list[str]:
+    """Console table of rows, keypoint rows and emotion classes per split."""
+    from emokp_ray.labels import emotion_scheme
+
+    classes = list(emotion_scheme(info.scheme).classes) if info.scheme else []
+    keypoint_columns = ["keypoints", "complete_keypoints"] if "keypoints" in info.tasks else []
+    columns = ["rows"] + keypoint_columns + classes
+    widths = [max(len(c), 9) for c in columns]
+    lines = [f"  {'split':<6}" + "".join(f" {c:>{w}}" for c, w in zip(columns, widths))]
+    for split in SPLITS:
+        counts = info.counts.get(split)
+        if counts:
+            lines.append(f"  {split:<6}" + "".join(f" {counts.get(c, 0):>{w},}" for c, w in zip(columns, widths)))
+    return lines
