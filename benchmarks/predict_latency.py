@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import warnings
@@ -32,6 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def median_ms(fn, n: int, warmup: int) -> float:
+    """Median wall-clock milliseconds of fn() over n calls after warmup calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -39,6 +41,17 @@ def median_ms(fn, n: int, warmup: int) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1e3, 2)
+
+
+def median_cpu_ms(fn, n: int) -> float:
+    """Median process CPU milliseconds of fn(): on a machine shared with other work, a proxy for the
+    latency on an idle core (exact with --threads 1; with more threads it adds their spin-waits)."""
+    times = []
+    for _ in range(n):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
     return round(statistics.median(times) * 1e3, 2)
 
 
@@ -67,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
         "keypoint_params": num_parameters(kp_model),
         "emotion_params": num_parameters(em_model),
         "predict_crops_1x96_ms_median": median_ms(lambda: predictor.predict_crops(crop), args.n, args.warmup),
+        "predict_crops_1x96_cpu_ms_median": median_cpu_ms(lambda: predictor.predict_crops(crop), args.n),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     # The keypoint net alone, three ways (inference_mode throughout).
     x = torch.from_numpy(crop).unsqueeze(1)

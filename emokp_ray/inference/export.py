@@ -1,0 +1,168 @@
+"""Export a checkpoint for deployment, and load any form of a model for inference.
+
+Formats (`export_checkpoint(..., fmt=...)`), each self-describing (the checkpoint's meta JSON inside):
+
+    torchscript  one TorchScript file (torch.jit.trace of the eval-mode model), meta in the archive's
+                 extra files as "meta.json"; loads with plain `torch.jit.load` anywhere (C++ too).
+                 Input: raw grey pixels [B, 1, S, S] (any dtype, 0..255); output as the model's.
+    onnx         ONNX (opset chosen by torch), meta JSON in the model's metadata_props["emokp_meta"];
+                 only where the `onnx` and `onnxscript` packages are installed (not a dependency).
+    checkpoint   the project's own exported .pt (weights + meta, `save_checkpoint_file`), read by
+                 `load_checkpoint` with weights_only=True.
+
+`torch.jit.trace` is deprecated in torch 2.x (it warns in favour of torch.export) but still the format
+most runtimes load; the warning is silenced here. The trace is checked by `test_export.py`: exported
+and in-memory outputs agree to 1e-4.
+
+`load_model(path)` is what the predictor uses: a TorchScript file -> `load_exported`, anything else
+(checkpoint dir, RUN_DIR, exported .pt) -> `load_checkpoint`. Neither unpickles arbitrary Python
+objects: `torch.jit.load` restores TorchScript modules and tensors only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import uuid
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, load_checkpoint, save_checkpoint_file
+from emokp_ray.errors import UserError
+
+FORMATS = ("torchscript", "onnx", "checkpoint")
+META_EXTRA_FILE = "meta.json"     # TorchScript extra file holding the meta JSON
+ONNX_META_KEY = "emokp_meta"      # ONNX metadata_props key holding the meta JSON
+
+
+def _example_input(meta: CheckpointMeta, batch: int = 2) -> torch.Tensor:
+    """Raw uint8 pixels [batch, C, S, S], the predictor's input format."""
+    size, chans = meta.input_size, meta.model_config.in_chans
+    return torch.randint(0, 256, (batch, chans, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def _trace(model: torch.nn.Module, meta: CheckpointMeta) -> torch.jit.ScriptModule:
+    """Trace the eval-mode model on uint8 input, then check it numerically on another batch size
+    (torch's own check_trace re-traces and compares graphs: 2 s for the tiny test model; this is ms)."""
+    model = model.eval()
+    with warnings.catch_warnings():
+        # The input-shape check in ResNet.normalize is a Python condition (TracerWarning: recorded as
+        # a constant, which is right: the traced graph is for this input size); trace is deprecated.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(model, _example_input(meta), check_trace=False)
+    probe = _example_input(meta, batch=3)
+    with torch.inference_mode():
+        gap = (traced(probe) - model(probe)).abs().max().item()
+    if not gap <= 1e-4:
+        raise RuntimeError(f"the traced model differs from the model by {gap:.3g} (expected <= 1e-4)")
+    return traced
+
+
+def _write_torchscript(loaded: LoadedCheckpoint, tmp: Path) -> None:
+    traced = _trace(loaded.model, loaded.meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(traced, str(tmp), _extra_files={META_EXTRA_FILE: loaded.meta.to_json()})
+
+
+def _write_onnx(loaded: LoadedCheckpoint, tmp: Path) -> None:
+    try:
+        import onnx
+
+        importlib.import_module("onnxscript")   # torch's ONNX exporter needs it
+    except ImportError:
+        raise UserError("ONNX export needs the onnx and onnxscript packages (pip install onnx onnxscript); --format torchscript needs nothing more") from None
+    torch.onnx.export(
+        loaded.model.eval(),
+        (_example_input(loaded.meta),),
+        str(tmp),
+        input_names=["image"],
+        output_names=["output"],
+        dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}},
+        external_data=False,
+    )
+    proto = onnx.load(str(tmp))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_META_KEY, loaded.meta.to_json()
+    onnx.save(proto, str(tmp))
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "torchscript") -> Path:
+    """Write `checkpoint` (dir, RUN_DIR or exported .pt) as one self-describing file `out` in `fmt`
+    (torchscript | onnx | checkpoint), atomically. Returns the file's path; problems are UserErrors."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"export --out {out} is a directory; give a file name")
+    loaded = load_checkpoint(checkpoint, map_location="cpu")
+    if fmt == "checkpoint":
+        try:
+            return save_checkpoint_file(out, loaded.model, loaded.meta)
+        except OSError as err:
+            raise UserError(f"cannot write {out} ({err.strerror or err})") from None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the folder of {out} ({err.strerror or err})") from None
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        (_write_torchscript if fmt == "torchscript" else _write_onnx)(loaded, tmp)
+        os.replace(tmp, out)
+    except OSError as err:
+        raise UserError(f"cannot write {out} ({err.strerror or err})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def is_torchscript_file(path: Path) -> bool:
+    """A zip archive with TorchScript code inside (torch.jit.save), as opposed to a torch.save file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def load_exported(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """A TorchScript export read back: the scripted model (eval mode) with its embedded meta."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"exported model {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"exported model {path} is not a file")
+    if not is_torchscript_file(path):
+        raise UserError(f"{path} is not a TorchScript file (export one with `emokp export --format torchscript`)")
+    extra = {META_EXTRA_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file, reported in one line
+        text = str(err).strip()
+        raise UserError(f"{path} could not be loaded as TorchScript ({(text.splitlines()[0] if text else type(err).__name__)[:200]})") from None
+    if not extra[META_EXTRA_FILE]:
+        raise UserError(f"{path} is TorchScript without {META_EXTRA_FILE}: not exported by emokp (no labels, no input size)")
+    try:
+        raw = json.loads(extra[META_EXTRA_FILE])
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: its {META_EXTRA_FILE} is not valid JSON ({err})") from None
+    try:
+        meta = CheckpointMeta.from_dict(raw)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    return LoadedCheckpoint(model=module.eval(), meta=meta, path=path)
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Any model form for inference: TorchScript export, exported .pt, checkpoint dir or RUN_DIR."""
+    candidate = Path(path)
+    if candidate.is_file() and is_torchscript_file(candidate):
+        return load_exported(candidate, map_location)
+    return load_checkpoint(candidate, map_location=map_location)

@@ -1,0 +1,171 @@
+"""Decode untrusted image bytes into numpy arrays: every format Pillow reads, every failure a typed error.
+
+What comes in (a file, an upload, a Parquet cell) is untrusted, so decoding is defensive:
+
+  * the pixel count is checked from the HEADER, before any pixel is decoded (`Image.open` parses only
+    the header), so a 20000x20000 PNG or a decompression bomb is refused in microseconds with bounded
+    memory; Pillow's own bomb guard (`DecompressionBombError`/`Warning`) is caught as well;
+  * the image is then fully loaded (`Image.load`), with `ImageFile.LOAD_TRUNCATED_IMAGES` left False,
+    so a truncated JPEG/PNG fails here instead of decoding half a face with grey below it;
+  * EXIF orientation is applied (phones store portraits sideways plus a tag);
+  * colour modes are reduced to two outputs: uint8 [H, W] for grey sources ("1", "L", "LA", 16-bit
+    grey) and uint8 [H, W, 3] RGB for colour sources ("RGB", "RGBA", "P", "CMYK", ...); alpha is
+    composited on white (a transparent PNG background reads as a white wall, not as black).
+
+Every problem is an `ImageError` (a `UserError`) whose one-line message names the source, with a
+`kind` that callers map to responses: "empty", "not_image", "truncated" (truncated or corrupt),
+"too_large", "unsupported" (a mode with no sensible grey, e.g. float TIFF).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from emokp_ray.errors import UserError
+
+MAX_IMAGE_PIXELS = 40_000_000   # width * height; ~7700x5200, above any phone camera, bounds memory to ~160 MB
+MAX_BYTES_PER_PIXEL = 10        # a file larger than this many bytes per allowed pixel cannot be a sane image
+
+ERROR_KINDS = ("empty", "not_image", "truncated", "too_large", "unsupported")
+
+WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")   # 16-bit grey PNG/TIFF: top 8 bits kept
+
+
+class ImageError(UserError):
+    """An input that is not a usable image; `kind` is one of ERROR_KINDS."""
+
+    def __init__(self, message: str, kind: str):
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown ImageError kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+
+
+def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
+    """Parse the header only and refuse oversized images before anything is decoded."""
+    try:
+        # Pillow warns above Image.MAX_IMAGE_PIXELS and raises above twice that, inside open().
+        # Note: catch_warnings swaps the process-wide filter list; the worst a concurrent thread can
+        # see is this "error" filter, which only turns the same warning into the same refusal.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{source}: image too large ({err})", "too_large") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{source}: not an image (no format Pillow reads: JPEG, PNG, WebP, BMP, ...)", "not_image") from None
+    except Exception as err:  # noqa: BLE001 - a header some plugin chokes on: the bytes are not a usable image
+        raise ImageError(f"{source}: not an image ({_first_line(err)})", "not_image") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"{source}: image has no pixels ({width}x{height})", "not_image")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{source}: image too large ({width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,})",
+            "too_large",
+        )
+    return image
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
+
+def _load(image: Image.Image, source: str) -> Image.Image:
+    """Decode every pixel now (a truncated or corrupt stream raises here) and apply EXIF orientation."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped Pillow's global: refuse rather than decode half a face
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; emokp_ray needs it False to reject truncated images")
+    try:
+        image.load()
+    except (Image.DecompressionBombError, MemoryError) as err:
+        raise ImageError(f"{source}: image too large to decode ({_first_line(err)})", "too_large") from None
+    except Exception as err:  # noqa: BLE001 - OSError, SyntaxError, EOFError, zlib/struct errors: all a broken stream
+        raise ImageError(f"{source}: truncated or corrupt {image.format or 'image'} data ({_first_line(err)})", "truncated") from None
+    try:
+        ImageOps.exif_transpose(image, in_place=True)   # in place: no copy of a large photo
+    except Exception:  # noqa: BLE001 - malformed EXIF: keep the pixels as stored rather than refuse the photo
+        pass
+    return image
+
+
+def _on_white(image: Image.Image, mode: str) -> Image.Image:
+    """Composite an image with alpha onto white, returning `mode` ("L" or "RGB")."""
+    with_alpha = image.convert("LA" if mode == "L" else "RGBA")
+    white = Image.new(mode, with_alpha.size, 255 if mode == "L" else (255, 255, 255))
+    white.paste(with_alpha.convert(mode), mask=with_alpha.getchannel("A"))   # blends by alpha
+    return white
+
+
+def _to_array(image: Image.Image, source: str) -> np.ndarray:
+    """A loaded image of any supported mode -> uint8 [H, W] (grey) or [H, W, 3] (colour)."""
+    mode = image.mode
+    if mode in WIDE_GREY_MODES:
+        # 16/32-bit grey (e.g. a 16-bit PNG): keep the top 8 of 16 bits (convert("L") would clip at 255).
+        wide = np.asarray(image).astype(np.int64)
+        return (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+    if mode in ("LA", "La"):
+        return np.asarray(_on_white(image, "L"))
+    if mode in ("1", "L"):
+        return np.asarray(image.convert("L"))
+    if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
+        return np.asarray(_on_white(image, "RGB"))
+    if mode in ("P", "RGB", "RGBX", "CMYK", "YCbCr"):
+        return np.asarray(image.convert("RGB"))
+    raise ImageError(f"{source}: unsupported image mode {mode!r} (grey, RGB, RGBA, palette or CMYK images only)", "unsupported")
+
+
+def decode_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode image bytes (JPEG/PNG/WebP/BMP/... as Pillow reads them) with EXIF orientation applied.
+
+    Returns uint8 [H, W] for grey sources or [H, W, 3] for colour ones (alpha composited on white).
+    Raises `ImageError` (kind empty | not_image | truncated | too_large | unsupported); the size limit
+    `max_pixels` (width * height) is checked from the header before decoding.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError(f"{source}: empty (0 bytes)", "empty")
+    image = _open(bytes(data), source, max_pixels)
+    with image:
+        loaded = _load(image, source)
+        array = _to_array(loaded, source)
+    return np.ascontiguousarray(array)
+
+
+def load_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """`decode_image` of a file's bytes; a missing or unreadable file is a `UserError`, and a file
+    larger than MAX_BYTES_PER_PIXEL * max_pixels bytes is refused (kind too_large) without reading it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise UserError(f"{path} is not a file")
+        if size > MAX_BYTES_PER_PIXEL * max_pixels:
+            raise ImageError(f"{path}: file too large for an image ({size:,} bytes)", "too_large")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"image file {path} does not exist") from None
+    except PermissionError:
+        raise UserError(f"image file {path} cannot be read (permission denied)") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is not a file") from None
+    return decode_image(data, source=str(path), max_pixels=max_pixels)
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W] (returned as is) or [H, W, 3] RGB -> uint8 [H, W] grey, ITU-R 601 luma exactly as
+    Pillow's convert("L") computes it (L = (299 R + 587 G + 114 B) / 1000, rounded)."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 3:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image), "RGB").convert("L"))
+    raise ValueError(f"expected an image [H, W] or [H, W, 3], got shape {list(image.shape)}")

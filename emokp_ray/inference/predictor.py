@@ -1,0 +1,390 @@
+"""One predictor for batch and online inference: face crops or photos in, faces with keypoints and
+emotion out. Batch labeling (Ray Data) and Serve both wrap this class; it never imports ray.
+
+Pipeline per call: images -> grey -> face boxes (the whole crop, the caller's boxes, or the Haar
+detector's boxes re-framed like a training crop) -> one square crop per face and per model size
+(meta.input_size: 96 keypoints, 48 or 96 emotion) -> ONE batched forward pass per model over all
+faces of all images -> keypoints mapped back to the input image's pixels, softmax probabilities.
+
+Coordinates: labels.py's pixel-centre convention throughout. A box (x, y, w, h) covers the corner
+coordinates [x, x + w] x [y, y + h] (pixel column c spans [c, c + 1] there, so an integer box from a
+detector covers columns x .. x + w - 1). A keypoint x_crop on an S x S crop of that box maps back to
+
+    x_image = x + (x_crop + 0.5) * w / S - 0.5        (same in y with h)
+
+which is exactly how Pillow's resize with a `box` samples (output pixel centres at x + (i + 0.5) w / S).
+
+Framing (Haar box -> training crop). Training crops are Kaggle-framed: eyes near y = 37.7 and the
+bottom lip near y = 79.0 of 96 (means over Kaggle's file); the synthetic faces use the same frame,
+and their photos carry the true crop box. We measured the true crop box against the Haar
+(frontalface_alt2) box of the same face:
+
+    data                                  faces found   side true/Haar (median, IQR)   centre shift down (x Haar side)
+    synthetic photos (40, seed 0)         63 / 72       1.133 (1.084 - 1.184)          +0.016
+    Kaggle crops, 3x onto a padded canvas 402 / 416     1.127 (1.05 - 1.215)           +0.025
+    (horizontal shift: |median| < 0.005 in both)
+
+so a detected face is cropped as the square of side FRAMING_MARGIN = 1.13 x the Haar side, centred
+FRAMING_SHIFT_Y = 0.02 Haar sides below the Haar box's centre. `benchmarks/framing.py` reproduces the
+numbers. Crops that reach past the photo's edge are padded by replicating the edge pixels; the box is
+never shifted to fit (that would move the face off the training framing).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from emokp_ray.checkpoint import LoadedCheckpoint
+from emokp_ray.errors import UserError
+from emokp_ray.inference.detect import FaceDetector, require_detector
+from emokp_ray.inference.images import to_grey
+
+Box = tuple[float, float, float, float]   # (x, y, w, h) in the input image's pixels (corner coordinates)
+
+FRAMING_MARGIN = 1.13     # crop side / Haar box side (measured, see the module docstring)
+FRAMING_SHIFT_Y = 0.02    # crop centre below the Haar centre, in Haar sides
+AUTO_CROP_MAX_SIDE = 128  # mode "auto": a square image up to this side is taken as one face crop
+MODES = ("auto", "crop", "detect")
+MAX_BATCH = 256           # faces per forward pass (bounds activation memory; one pass below it)
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Face:
+    """One face: its box and what each model says about it (None where that model is absent)."""
+
+    box: Box
+    keypoints: dict[str, tuple[float, float]] | None      # Kaggle names -> (x, y) input-image pixels
+    emotion: str | None                                   # the most probable class
+    probabilities: dict[str, float] | None                # every class -> probability (sums to 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: coordinates rounded to 0.001 px, probabilities to 1e-6."""
+        return {
+            "box": [round(float(v), 3) for v in self.box],
+            "keypoints": None if self.keypoints is None else {k: [round(x, 3), round(y, 3)] for k, (x, y) in self.keypoints.items()},
+            "emotion": self.emotion,
+            "probabilities": None if self.probabilities is None else {k: round(p, 6) for k, p in self.probabilities.items()},
+        }
+
+
+@dataclass
+class ImageResult:
+    """The faces of one input image (in the order found: caller's boxes in order, detections largest first)."""
+
+    width: int
+    height: int
+    faces: list[Face]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"width": self.width, "height": self.height, "faces": [f.to_dict() for f in self.faces]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: boxes, crops, mapping back
+# --------------------------------------------------------------------------------------------------
+
+
+def crop_box_from_detection(detection: Sequence[float], margin: float = FRAMING_MARGIN, shift_y: float = FRAMING_SHIFT_Y) -> Box:
+    """A detector's (x, y, w, h) -> the square crop box framed like a training crop."""
+    x, y, w, h = (float(v) for v in detection)
+    side = max(w, h)
+    cx, cy = x + w / 2.0, y + h / 2.0 + shift_y * side
+    side *= margin
+    return (cx - side / 2.0, cy - side / 2.0, side, side)
+
+
+def _inside_range(start: float, extent: float, limit: int, size: int) -> tuple[int, int]:
+    """Output pixels [i0, i1) of an S-pixel crop whose input footprint [start + i e/S, start + (i+1) e/S]
+    lies inside [0, limit]. Empty (i0 >= i1) when the crop misses the image."""
+    step = extent / size
+    i0 = max(0, math.ceil(-start / step - 1e-9))
+    i1 = min(size, math.floor((limit - start) / step + 1e-9))
+    return i0, i1
+
+
+def crop_face(image: Image.Image, box: Box, size: int) -> np.ndarray | None:
+    """The box of a grey PIL image resized to uint8 [size, size] (Pillow bilinear, antialiased when
+    shrinking, as the training pipeline resizes). Output pixels whose footprint leaves the image are
+    filled by replicating the nearest inside pixel. None when no output pixel lies inside the image.
+    Memory stays bounded whatever the box: only the part inside the image is resampled."""
+    x, y, w, h = box
+    width, height = image.size
+    i0, i1 = _inside_range(x, w, width, size)
+    j0, j1 = _inside_range(y, h, height, size)
+    if i0 >= i1 or j0 >= j1:
+        return None
+    sx, sy = w / size, h / size
+    source = (max(0.0, x + i0 * sx), max(0.0, y + j0 * sy), min(float(width), x + i1 * sx), min(float(height), y + j1 * sy))
+    inner = np.asarray(image.resize((i1 - i0, j1 - j0), Image.BILINEAR, box=source))
+    if (i0, j0, i1, j1) == (0, 0, size, size):
+        return inner
+    return np.pad(inner, ((j0, size - j1), (i0, size - i1)), mode="edge")
+
+
+def keypoints_to_image(keypoints: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Keypoints [N, 2K] (x, y per point) on S x S crops -> input-image pixels, boxes [N, 4] (x, y, w, h)."""
+    out = keypoints.astype(np.float64).reshape(len(keypoints), -1, 2)
+    scale = boxes[:, None, 2:4] / size            # [N, 1, 2] input px per crop px, x and y
+    out = boxes[:, None, 0:2] + (out + 0.5) * scale - 0.5
+    return out.reshape(len(keypoints), -1)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _check_image(image: Any, index: int) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or not (
+        image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)
+    ) or image.shape[0] < 1 or image.shape[1] < 1:
+        what = f"{image.dtype} {list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image {index}: expected uint8 [H, W] or [H, W, 3] (decode_image's output), got {what}")
+
+
+def _check_box(box: Any, where: str) -> Box:
+    """A caller's box -> floats, or a UserError (boxes come from requests)."""
+    try:
+        if isinstance(box, (str, bytes)):
+            raise TypeError
+        values = tuple(float(v) for v in box)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: a box is 4 numbers [x, y, w, h], got {box!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise UserError(f"{where}: a box is 4 finite numbers [x, y, w, h], got {list(box)}")
+    if values[2] <= 0 or values[3] <= 0:
+        raise UserError(f"{where}: box width and height must be positive, got {list(values)}")
+    return values  # type: ignore[return-value]
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch names it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------------
+# The predictor
+# --------------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Both models behind one call. Models come in as `LoadedCheckpoint`s (from `load_checkpoint`, an
+    exported file, or a test's stand-in module with a real meta); either may be None, not both.
+
+    detector: a FaceDetector; None builds one on first use (OpenCV needed only when detecting).
+    margin / shift_y: the Haar-box -> training-crop framing (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        keypoints: LoadedCheckpoint | None,
+        emotion: LoadedCheckpoint | None,
+        device: str = "cpu",
+        detector: FaceDetector | None = None,
+        margin: float = FRAMING_MARGIN,
+        shift_y: float = FRAMING_SHIFT_Y,
+    ):
+        if keypoints is None and emotion is None:
+            raise UserError("a predictor needs at least one checkpoint (keypoints or emotion)")
+        for loaded, task in ((keypoints, "keypoints"), (emotion, "emotion")):
+            if loaded is not None and loaded.meta.task != task:
+                raise UserError(f"{loaded.path} is a {loaded.meta.task} checkpoint, given as the {task} model")
+        if not margin > 0:
+            raise UserError(f"margin must be positive, got {margin}")
+        self.device = resolve_device(device)
+        self.keypoints = self._prepare(keypoints)
+        self.emotion = self._prepare(emotion)
+        self.margin, self.shift_y = float(margin), float(shift_y)
+        self._detector = detector
+        self._detector_lock = threading.Lock()   # OpenCV's cascade is not documented thread-safe
+
+    def _prepare(self, loaded: LoadedCheckpoint | None) -> LoadedCheckpoint | None:
+        """Model on the device, in eval mode, weights channels_last: on this project's 2-core CPU
+        (torch 2.13, one thread, CPU time per 96x96 crop) the keypoint net goes 8.7 -> 6.5 ms and the
+        48 px emotion net 2.4 -> 1.4 ms (benchmarks/predict_latency.py)."""
+        if loaded is None:
+            return None
+        model = loaded.model.to(self.device).eval()
+        if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+            model = model.to(memory_format=torch.channels_last)
+        return LoadedCheckpoint(model=model, meta=loaded.meta, path=loaded.path)
+
+    @classmethod
+    def from_paths(cls, keypoints: str | None, emotion: str | None, device: str = "auto", detect: bool = True) -> "Predictor":
+        """Load the checkpoints (a checkpoint dir, a RUN_DIR, an exported .pt or TorchScript file);
+        detect=True builds the face detector now, so a missing OpenCV is reported at startup."""
+        from emokp_ray.inference.export import load_model
+
+        if keypoints is None and emotion is None:
+            raise UserError("a predictor needs at least one checkpoint (--keypoints or --emotion)")
+        resolved = resolve_device(device)
+        detector = require_detector() if detect else None   # before the (slower) model loads: fail fast
+        kp = load_model(keypoints, map_location=resolved) if keypoints is not None else None
+        em = load_model(emotion, map_location=resolved) if emotion is not None else None
+        return cls(kp, em, device=str(resolved), detector=detector)
+
+    # ---- what is loaded --------------------------------------------------------------------------
+
+    def model_info(self) -> dict[str, Any]:
+        """Which models produce the predictions (for responses and output files)."""
+
+        def info(loaded: LoadedCheckpoint | None) -> dict[str, Any] | None:
+            if loaded is None:
+                return None
+            meta = loaded.meta
+            out: dict[str, Any] = {"run_id": meta.run_id, "epoch": meta.epoch, "input_size": meta.input_size, "checkpoint": str(loaded.path)}
+            if meta.task == "emotion":
+                out |= {"label_scheme": meta.label_scheme, "class_names": list(meta.class_names)}
+            return out
+
+        return {"keypoints": info(self.keypoints), "emotion": info(self.emotion)}
+
+    def labels(self) -> dict[str, Any]:
+        """Keypoint names and emotion classes in output order ([] for an absent model)."""
+        return {
+            "keypoints": list(self.keypoints.meta.keypoint_names) if self.keypoints else [],
+            "emotion": list(self.emotion.meta.class_names) if self.emotion else [],
+            "label_scheme": self.emotion.meta.label_scheme if self.emotion else None,
+        }
+
+    @property
+    def detector(self) -> FaceDetector:
+        with self._detector_lock:
+            if self._detector is None:
+                self._detector = require_detector()
+            return self._detector
+
+    # ---- inference -------------------------------------------------------------------------------
+
+    def _forward(self, loaded: LoadedCheckpoint, crops: np.ndarray) -> np.ndarray:
+        """uint8 [N, S, S] -> model outputs float32 [N, K], MAX_BATCH faces per pass."""
+        outputs = []
+        with torch.inference_mode():
+            for lo in range(0, len(crops), MAX_BATCH):
+                x = torch.from_numpy(crops[lo:lo + MAX_BATCH]).unsqueeze(1)   # [n, 1, S, S] raw pixels
+                x = x.to(self.device, non_blocking=True)
+                outputs.append(loaded.model(x).float().cpu())
+        return torch.cat(outputs).numpy()
+
+    def _run(self, crops_for: dict[int, np.ndarray], boxes: np.ndarray) -> list[Face]:
+        """Both models over the faces' crops (crops_for: input size -> uint8 [N, S, S]); boxes [N, 4]."""
+        n = len(boxes)
+        keypoints = emotion = probabilities = None
+        if self.keypoints is not None:
+            size = self.keypoints.meta.input_size
+            raw = self._forward(self.keypoints, crops_for[size])
+            keypoints = keypoints_to_image(raw, boxes, size).reshape(n, -1, 2)
+        if self.emotion is not None:
+            probabilities = _softmax(self._forward(self.emotion, crops_for[self.emotion.meta.input_size]))
+            emotion = probabilities.argmax(axis=1)
+        kp_names = self.keypoints.meta.keypoint_names if self.keypoints else ()
+        classes = self.emotion.meta.class_names if self.emotion else ()
+        # Python floats (JSON-ready) via tolist(): one conversion per array, not per value.
+        box_list = boxes.tolist()
+        kp_list = keypoints.tolist() if keypoints is not None else None
+        prob_list = probabilities.tolist() if probabilities is not None else None
+        label_list = emotion.tolist() if emotion is not None else None
+        return [
+            Face(
+                box=tuple(box_list[i]),  # type: ignore[arg-type]
+                keypoints=None if kp_list is None else {k: (xy[0], xy[1]) for k, xy in zip(kp_names, kp_list[i])},
+                emotion=None if label_list is None else classes[label_list[i]],
+                probabilities=None if prob_list is None else dict(zip(classes, prob_list[i])),
+            )
+            for i in range(n)
+        ]
+
+    def _sizes(self) -> set[int]:
+        return {m.meta.input_size for m in (self.keypoints, self.emotion) if m is not None}
+
+    def predict_crops(self, crops: np.ndarray) -> list[Face]:
+        """Face crops uint8 [N, H, W] (grey, framed like the training data, e.g. 96x96) -> one Face each,
+        box = the whole crop. Crops already at a model's input size are fed without a copy."""
+        if not isinstance(crops, np.ndarray) or crops.dtype != np.uint8 or crops.ndim != 3 or 0 in crops.shape[1:]:
+            what = f"{crops.dtype} {list(crops.shape)}" if isinstance(crops, np.ndarray) else type(crops).__name__
+            raise ValueError(f"predict_crops expects uint8 [N, H, W] grey crops, got {what}")
+        n, height, width = crops.shape
+        if not crops.flags.c_contiguous or not crops.flags.writeable:
+            crops = crops.copy()   # torch.from_numpy needs a writable, contiguous buffer
+        crops_for = {}
+        for size in self._sizes():
+            if (height, width) == (size, size):
+                crops_for[size] = crops
+            else:
+                crops_for[size] = np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in crops]) if n else np.zeros((0, size, size), np.uint8)
+        boxes = np.tile(np.array([0.0, 0.0, width, height]), (n, 1))
+        return self._run(crops_for, boxes) if n else []
+
+    def predict(self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None) -> list[ImageResult]:
+        """Faces in each image (uint8 [H, W] or [H, W, 3], e.g. from decode_image).
+
+        mode: "crop" takes each image as one face crop (box = whole image); "detect" finds faces with
+        the Haar detector (boxes re-framed like training crops); "auto" is "crop" for a square image of
+        at most 128 px, else "detect". boxes[i], when given (not None), are image i's face boxes
+        (x, y, w, h), used exactly as crop boxes (squares framed like a training crop work best; a
+        previous result's boxes qualify), overriding mode. All faces of all images go through each
+        model in one batched pass.
+        """
+        if mode not in MODES:
+            raise UserError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+        if boxes is not None and len(boxes) != len(images):
+            raise UserError(f"boxes: {len(boxes)} lists for {len(images)} images (one list per image, or none)")
+        sizes = self._sizes()
+        all_boxes: list[Box] = []
+        crops: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
+        counts: list[int] = []
+        for index, image in enumerate(images):
+            _check_image(image, index)
+            grey = to_grey(image)
+            height, width = grey.shape
+            pil = Image.fromarray(grey)
+            caller = boxes[index] if boxes is not None else None
+            if caller is not None:
+                face_boxes = [_check_box(b, f"image {index} box {j}") for j, b in enumerate(caller)]
+            elif mode == "crop" or (mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
+                face_boxes = [(0.0, 0.0, float(width), float(height))]
+            else:
+                detector = self.detector
+                with self._detector_lock:
+                    found = detector.detect(grey)
+                face_boxes = [crop_box_from_detection(d, self.margin, self.shift_y) for d in found]
+            for j, box in enumerate(face_boxes):
+                for size in sizes:
+                    crop = crop_face(pil, box, size)
+                    if crop is None:
+                        raise UserError(f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the {width}x{height} image")
+                    crops[size].append(crop)
+            all_boxes.extend(face_boxes)
+            counts.append(len(face_boxes))
+        faces: list[Face] = []
+        if all_boxes:
+            crops_for = {s: np.stack(c) for s, c in crops.items()}
+            faces = self._run(crops_for, np.asarray(all_boxes, np.float64))
+        results, start = [], 0
+        for image, count in zip(images, counts):
+            results.append(ImageResult(width=int(image.shape[1]), height=int(image.shape[0]), faces=faces[start:start + count]))
+            start += count
+        return results
+

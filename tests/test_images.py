@@ -1,0 +1,200 @@
+"""Image decoding: every format and mode, EXIF orientation, and every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from emokp_ray.errors import UserError
+from emokp_ray.inference.images import ImageError, decode_image, load_image_file, to_grey
+
+H, W = 24, 40
+
+
+def gradient_rgb() -> np.ndarray:
+    """[H, W, 3] uint8: distinct smooth channels (JPEG keeps them within a few levels)."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    return np.stack([xx * 6, yy * 10, 255 - xx * 6], axis=-1).astype(np.uint8)
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def make(mode: str) -> Image.Image:
+    rgb = Image.fromarray(gradient_rgb(), "RGB")
+    if mode == "L":
+        return rgb.convert("L")
+    if mode == "RGBA":
+        alpha = np.full((H, W), 255, np.uint8)
+        return Image.fromarray(np.dstack([gradient_rgb(), alpha]), "RGBA")
+    if mode == "P":
+        return rgb.quantize(colors=64)
+    return rgb
+
+
+LOSSLESS = {"PNG": {}, "BMP": {}, "WEBP": {"lossless": True}}
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P"])
+def test_decode_every_format_and_mode(fmt, mode):
+    if fmt == "JPEG" and mode in ("RGBA", "P"):
+        pytest.skip("JPEG stores neither alpha nor a palette")
+    source = make(mode)
+    data = encode(source, fmt, **LOSSLESS.get(fmt, {"quality": 95}))
+    decoded = decode_image(data)
+    assert decoded.dtype == np.uint8 and decoded.shape[:2] == (H, W)
+    # Grey sources come back [H, W] (WebP stores grey as colour, so it returns 3 equal channels).
+    if mode == "L" and fmt != "WEBP":
+        assert decoded.ndim == 2
+    else:
+        assert decoded.ndim == 3 and decoded.shape[2] == 3
+    expected = np.asarray(source.convert("RGB").convert("L"), np.int16)
+    tolerance = 0 if fmt in LOSSLESS else 6
+    assert np.abs(to_grey(decoded).astype(np.int16) - expected).max() <= tolerance
+
+
+def test_alpha_is_composited_on_white():
+    rgba = np.zeros((H, W, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, : W // 2, 3] = 0      # left half fully transparent
+    rgba[:, W // 2 :, 3] = 255    # right half opaque red-ish
+    out = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert (out[:, : W // 2] == 255).all()
+    assert (out[:, W // 2 :] == [200, 0, 0]).all()
+    la = Image.fromarray(rgba[..., [0, 3]].copy(), "LA")
+    grey = decode_image(encode(la, "PNG"))
+    assert grey.ndim == 2 and (grey[:, : W // 2] == 255).all() and (grey[:, W // 2 :] == 200).all()
+
+
+def test_palette_with_transparency_and_16_bit_grey():
+    pal = Image.new("P", (W, H), 1)
+    pal.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    pal.paste(0, (0, 0, W // 2, H))
+    out = decode_image(encode(pal, "PNG", transparency=0))
+    assert (out[:, : W // 2] == 255).all() and (out[:, W // 2 :] == [10, 20, 30]).all()
+    wide = (np.arange(W, dtype=np.uint16) * 1600)[None].repeat(H, 0)   # up to 62,400
+    grey = decode_image(encode(Image.fromarray(wide), "PNG"))
+    assert grey.ndim == 2 and (grey == (wide >> 8)).all()
+
+
+def test_exif_orientation_is_applied():
+    stored = np.zeros((H, W), np.uint8)
+    stored[:, W // 2 :] = 255                 # stored: dark left half, white right half
+    image = Image.fromarray(stored).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6                          # Orientation 6: display rotated 90 degrees clockwise
+    data = encode(image, "JPEG", quality=95, exif=exif)
+    decoded = to_grey(decode_image(data))
+    assert decoded.shape == (W, H)            # portrait now
+    expected = np.rot90(stored, k=-1)         # clockwise: the stored left half becomes the top
+    assert np.abs(decoded.astype(int) - expected).mean() < 4
+    assert decoded[: W // 2 - 2].mean() < 10 and decoded[W // 2 + 2 :].mean() > 245
+
+
+def crafted_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels, followed by a few bytes of deflate data
+    (a decoder would need width*height bytes; a header-only check needs none)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 65536, 9)   # the start of an all-black image: a bomb's first bytes
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "side, max_pixels",
+    [
+        (8_000, 40_000_000),     # 64 M pixels: our header check (below Pillow's own guard)
+        (10_000, 10**12),        # 100 M: Pillow's DecompressionBombWarning, turned into a refusal
+        (20_000, 10**12),        # 400 M: Pillow's DecompressionBombError
+    ],
+)
+def test_too_large_is_refused_from_the_header(side, max_pixels):
+    data = crafted_png(side, side)
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(ImageError) as err:
+        decode_image(data, source="bomb.png", max_pixels=max_pixels)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert err.value.kind == "too_large" and "bomb.png" in str(err.value)
+    assert elapsed < 0.5 and peak < 5_000_000   # the pixels are never allocated
+
+
+def test_max_pixels_is_configurable():
+    data = encode(make("RGB"), "PNG")
+    with pytest.raises(ImageError) as err:
+        decode_image(data, max_pixels=H * W - 1)
+    assert err.value.kind == "too_large" and f"{W}x{H}" in str(err.value)
+    assert decode_image(data, max_pixels=H * W).shape == (H, W, 3)
+
+
+def truncated(fmt: str) -> bytes:
+    noise = np.random.default_rng(0).integers(0, 256, (120, 160), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "data, kind",
+    [
+        (b"", "empty"),
+        (b"this is not an image, only text\n", "not_image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not_image"),
+        (truncated("JPEG"), "truncated"),
+        (truncated("PNG"), "truncated"),
+    ],
+    ids=["empty", "text", "png-signature-only", "truncated-jpeg", "truncated-png"],
+)
+def test_bad_inputs_raise_image_error_with_kind(data, kind):
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    with pytest.raises(ImageError) as err:
+        decode_image(data, source="upload.jpg")
+    assert err.value.kind == kind
+    assert isinstance(err.value, UserError)
+    message = str(err.value)
+    assert message.startswith("upload.jpg: ") and "\n" not in message
+
+
+def test_unsupported_mode():
+    data = encode(Image.fromarray(np.zeros((H, W), np.float32), "F"), "TIFF")
+    with pytest.raises(ImageError) as err:
+        decode_image(data)
+    assert err.value.kind == "unsupported" and "'F'" in str(err.value)
+
+
+def test_load_image_file(tmp_path):
+    path = tmp_path / "face.png"
+    path.write_bytes(encode(make("L"), "PNG"))
+    assert load_image_file(path).shape == (H, W)
+    with pytest.raises(UserError, match="does not exist"):
+        load_image_file(tmp_path / "missing.png")
+    with pytest.raises(UserError, match="not a file"):
+        load_image_file(tmp_path)
+    (tmp_path / "broken.jpg").write_bytes(truncated("JPEG"))
+    with pytest.raises(ImageError, match="broken.jpg") as err:
+        load_image_file(tmp_path / "broken.jpg")
+    assert err.value.kind == "truncated"
+
+
+def test_to_grey_matches_pillow_luma():
+    rgb = gradient_rgb()
+    assert (to_grey(rgb) == np.asarray(Image.fromarray(rgb).convert("L"))).all()
+    grey = rgb[..., 0].copy()
+    assert to_grey(grey) is grey
+    with pytest.raises(ValueError):
+        to_grey(np.zeros((4, 4, 4), np.uint8))
