@@ -1,0 +1,75 @@
+"""Ray Job entrypoint: batch labeling (`emokp_ray.inference.label.run_label`) on a Ray cluster.
+
+    ray job submit --address http://HEAD:8265 --working-dir . --runtime-env jobs/runtime_env.yaml -- \\
+        python jobs/label.py s3://bucket/photos/ --keypoints /mnt/emokp/runs/r1/keypoints/best \\
+            --emotion /mnt/emokp/runs/r1/emotion/best --out s3://bucket/labels/photos --concurrency 2-8 --gpu
+
+INPUT (image folder, glob or file; prepared data set; Kaggle CSV) may be a URI: the labeling actors
+read it through pyarrow. --out may be a URI: the driver writes labels.parquet (and labels.jsonl,
+summary.json) into a local folder and uploads it at the end. Every actor loads the checkpoints and
+writes the annotated images itself, so --keypoints, --emotion and --annotate are paths every node
+sees (job_common.py). Flags left out take run_label's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from typing import Sequence
+
+from job_common import JOB_PROG, JobParser, require_path, run_job, staged_output
+
+from emokp_ray.inference.label import MODES, run_label
+
+_DEFAULTS = {name: p.default for name, p in inspect.signature(run_label).parameters.items()}
+
+
+def _concurrency(text: str) -> int | tuple[int, int]:
+    """`N` actors, or `MIN-MAX` for an autoscaling pool."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-", 1))
+            return (low, high)
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+
+
+def build_parser() -> JobParser:
+    parser = JobParser(prog="jobs/label.py", description="Label every face of INPUT with both models in a Ray Data actor pool.",
+                       argument_default=argparse.SUPPRESS)
+    parser.add_argument("input", metavar="INPUT", help="image folder, glob or file; prepared data set; Kaggle CSV (path or URI)")
+    parser.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint, a path every node sees")
+    parser.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint, a path every node sees")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (path or URI)")
+    parser.add_argument("--jsonl", action="store_true", help="also write labels.jsonl")
+    parser.add_argument("--annotate", dest="annotate_dir", metavar="DIR", help="annotated PNGs, a path every node sees")
+    parser.add_argument("--batch-size", type=int, help=f"images per actor call (default {_DEFAULTS['batch_size']})")
+    parser.add_argument("--concurrency", type=_concurrency, metavar="N|MIN-MAX",
+                        help=f"actors, or an autoscaling range (default {_DEFAULTS['concurrency']})")
+    gpu = parser.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", dest="use_gpu", action="store_true", help="one GPU per actor (default: when the cluster has GPUs)")
+    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="CPU actors even on a GPU cluster")
+    parser.add_argument("--detect", choices=MODES, help=f"how faces are found in image files (default {_DEFAULTS['detect']})")
+    parser.add_argument("--num-cpus", type=float, help=f"CPUs reserved per actor (default {_DEFAULTS['num_cpus']})")
+    parser.add_argument("--threads", type=int, help="torch threads per actor (default: one per reserved CPU)")
+    return parser
+
+
+def label(argv: Sequence[str] | None = None) -> int:
+    options = vars(build_parser().parse_args(argv))
+    for flag, name in (("--keypoints", "keypoints"), ("--emotion", "emotion"), ("--annotate", "annotate_dir")):
+        if name in options:
+            require_path(options[name], flag, "every labeling actor opens it on its own node")
+    source, out = options.pop("input"), options.pop("out")
+    keypoints, emotion = options.pop("keypoints", None), options.pop("emotion", None)
+    with staged_output(out) as local_out:
+        print(f"{JOB_PROG}: labeling {source} into {out}", flush=True)
+        summary = run_label(source, keypoints, emotion, local_out, **options)
+    print(summary, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(label))
