@@ -436,6 +436,17 @@ def emotion_config_wide(**overrides: Any) -> ModelConfig:
     return emotion_config(**{**defaults, **overrides})
 
 
+def keypoint_config_small(**overrides: Any) -> ModelConfig:
+    """A light keypoint variant for CPU demos and tests: half the filters, one identity block per
+    stage and a 256-wide head (the course head's 16.8M dense weights dominate its cost on CPUs)."""
+    return keypoint_config(**{"width_mult": 0.5, "stage_depths": (1, 1), "head_hidden": (256,), "head_dropout": (0.1,), **overrides})
+
+
+def emotion_config_small(**overrides: Any) -> ModelConfig:
+    """A light emotion variant for CPU demos and tests: half the filters, one identity block per stage."""
+    return emotion_config(**{"width_mult": 0.5, "stage_depths": (1, 1), **overrides})
+
+
 def keypoint_resnet(**overrides: Any) -> ResNet:
     return build_model(keypoint_config(**overrides))
 
@@ -458,11 +469,13 @@ VARIANTS: dict[tuple[str, str], Callable[..., ModelConfig]] = {
     ("keypoints", "wide"): keypoint_config_wide,
     ("emotion", "course"): emotion_config,
     ("emotion", "wide"): emotion_config_wide,
+    ("keypoints", "small"): keypoint_config_small,
+    ("emotion", "small"): emotion_config_small,
 }
 
 
 def model_config(task: str, variant: str = "course", **overrides: Any) -> ModelConfig:
-    """The config of a named variant ("course" | "wide") for a task, with `overrides` applied."""
+    """The config of a named variant ("course" | "wide" | "small") for a task, with `overrides` applied."""
     try:
         factory = VARIANTS[(task, variant)]
     except KeyError:

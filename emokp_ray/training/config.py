@@ -22,7 +22,7 @@ class TrainConfig:
     data: str                          # prepared data set directory (local path or URI)
     out: str                           # RUN_DIR: best/, metrics.jsonl, config.json, checkpoints
     # --- model ---
-    model: str = "course"              # "course" (faithful reference) or "wide" (stronger variant)
+    model: str = "course"              # "course" (faithful reference), "wide" (stronger), "small" (CPU demos)
     input_size: int = 0                # 0: the task's default (keypoints 96; emotion 48 = FER native)
     # --- optimisation ---
     epochs: int = 10
@@ -57,7 +57,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         choices = {
             "task": TASKS,
-            "model": ("course", "wide"),
+            "model": ("course", "wide", "small"),
             "optimizer": ("adamw", "adam"),
             "schedule": ("onecycle", "cosine", "constant"),
             "imbalance": ("weights", "sampling", "none"),
