@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from emokp_ray.checkpoint import load_checkpoint
+from emokp_ray.checkpoint import read_meta
 from emokp_ray.data.schema import keypoints_from_column, read_info, split_files
 from emokp_ray.errors import UserError
 from emokp_ray.labels import emotion_scheme
@@ -107,6 +107,12 @@ def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, str | None]:
         raise UserError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, resume_from
+
+
+def _history(checkpoint_dir: Path) -> list[dict[str, Any]]:
+    """Every epoch's metrics so far, as the checkpoint's train_state.json keeps them."""
+    state = checkpoint_dir / "train_state.json"
+    return json.loads(state.read_text()).get("history", []) if state.is_file() else []
 
 
 def _install_best(src: Path, run_dir: Path) -> Path:
@@ -199,8 +205,8 @@ def run_training(cfg: TrainConfig, log=print) -> TrainOutcome:
         name, order = cfg.metric
         if not session.saved:
             raise UserError("training ran no epoch (the run had already reached --epochs; raise --epochs to continue)")
-        best_src = min(session.saved, key=lambda t: np.nan_to_num(t[0], nan=np.inf))[1]
-        latest_src = max((p for _, p in session.saved), key=lambda p: p.name)
+        best = _install_best(min(session.saved, key=lambda t: np.nan_to_num(t[0], nan=np.inf))[1], run_dir)
+        history = _history(max((p for _, p in session.saved), key=lambda p: p.name))
     else:
         from emokp_ray.training.ray_trainer import build_trainer
 
@@ -216,14 +222,14 @@ def run_training(cfg: TrainConfig, log=print) -> TrainOutcome:
             raise UserError("training ran no epoch (the run had already reached --epochs; raise --epochs to continue)")
         sign = 1.0 if order == "min" else -1.0
         best_ckpt = min(candidates, key=lambda cm: np.nan_to_num(sign * float(cm[1][name]), nan=np.inf))[0]
-        best_src = Path(best_ckpt.path)
-        latest_src = Path(result.checkpoint.path) if result.checkpoint is not None else best_src
+        # as_directory: a local path as it is, or a download when --storage is s3://, gs://, ...
+        with best_ckpt.as_directory() as path:
+            best = _install_best(Path(path), run_dir)
+        with (result.checkpoint or best_ckpt).as_directory() as path:
+            history = _history(Path(path))
 
-    best = _install_best(best_src, run_dir)
-    latest = load_checkpoint(latest_src)
-    history = (latest.extra_state or {}).get("history", [])
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
-    best_meta = load_checkpoint(best).meta
+    best_meta = read_meta(best)
     metric_value = best_meta.metrics.get(cfg.metric[0])
     seconds = time.perf_counter() - start
     log(f"best {cfg.metric[0]} = {metric_value:.4f} at epoch {best_meta.epoch}; checkpoint: {best}; "
