@@ -1,9 +1,9 @@
 """Batch labeling throughput: Ray Data (`run_label`) against a plain in-process loop of the same
 Predictor over the same image files, side by side in one run.
 
-    python benchmarks/label_throughput.py                         # 400 96x96 PNG crops, configs 1x2,2x1
-    python benchmarks/label_throughput.py --n 1000 --configs 1x2 --repeats 3
-    python benchmarks/label_throughput.py --kind photos           # 320x240..640x480 photos, one crop each
+    python benchmarks/label_throughput.py                       # 400 96x96 PNG crops
+    python benchmarks/label_throughput.py --n 2000 --configs 2x1 --repeats 3
+    python benchmarks/label_throughput.py --kind photos         # 320x240..640x480 photos, one crop each
 
 Models: the two course ResNets (18.0 M and 1.2 M parameters), randomly initialized (speed does not
 depend on the weights) and saved with save_checkpoint. Inputs: synthetic 96x96 face crops saved as
@@ -13,9 +13,10 @@ decoding a photo and resizing it to the model size is part of the work; no OpenC
 Both sides read every file, decode it with decode_image and call Predictor.predict on batches of
 --batch-size images; the Ray side (run_label) also writes labels.parquet. Two figures per side:
 images/s end to end (from the start: models loaded, actors started) and steady images/s (after the
-first batch's results: the rate a long run tends to). A Ray config "AxT" is A actors with T torch
-threads and T logical CPUs each; the plain loop uses torch's default threads (all cores). Repeats
-alternate plain and Ray and the best of each is kept (the machine is shared with other work).
+first batch's results: the rate a long run tends to). The plain loop runs with each of
+--plain-threads torch threads; a Ray config "AxT" is A actors with T torch threads and T logical
+CPUs each. Each round runs every variant once, plain first; a Ray ratio is Ray / the best plain loop
+of the same round, median over the rounds (the machine is shared, so load drifts between rounds).
 Results: benchmarks/results/label_throughput.json.
 """
 
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -38,8 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=400, help="image files (default 400)")
     parser.add_argument("--kind", choices=["crops", "photos"], default="crops", help="96x96 PNG crops or photos (default crops)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per predict call / Ray batch (default 32)")
-    parser.add_argument("--configs", default="1x2,2x1", help="Ray configs AxT: A actors x T threads (default 1x2,2x1)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating plain/Ray rounds, best kept (default 2)")
+    parser.add_argument("--configs", default="1x1,2x1,1x2", help="Ray configs AxT: A actors x T threads (default 1x1,2x1,1x2)")
+    parser.add_argument("--plain-threads", default="1,2", help="torch threads of the plain loop, each run (default 1,2)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds alternating plain and Ray (default 3)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
 
@@ -76,12 +79,15 @@ def write_course_checkpoints(folder: Path) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
-def plain_loop(files: list[Path], keypoints: str, emotion: str, batch_size: int, mode: str) -> dict:
+def plain_loop(files: list[Path], keypoints: str, emotion: str, batch_size: int, mode: str, threads: int) -> dict:
     """The same work without Ray: load the predictor, then read, decode and predict batch by batch."""
+    import torch
+
     from emokp_ray.inference.images import decode_image
     from emokp_ray.inference.predictor import Predictor
 
-    started = time.perf_counter()
+    torch.set_num_threads(threads)
+    started, cpu = time.perf_counter(), time.process_time()
     predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=False)
     first, faces = None, 0
     for lo in range(0, len(files), batch_size):
@@ -89,10 +95,11 @@ def plain_loop(files: list[Path], keypoints: str, emotion: str, batch_size: int,
         faces += sum(len(r.faces) for r in predictor.predict(images, mode=mode))
         if first is None:
             first = (time.perf_counter() - started, len(images))
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert faces == len(files)
     return {"seconds": round(seconds, 3), "images_per_s": round(len(files) / seconds, 2), "startup_s": round(first[0], 3),
-            "steady_images_per_s": round((len(files) - first[1]) / (seconds - first[0]), 2)}
+            "steady_images_per_s": round((len(files) - first[1]) / (seconds - first[0]), 2),
+            "cpu_ms_per_image": round(1000 * cpu / len(files), 2), "load_1m": round(os.getloadavg()[0], 2)}
 
 
 def ray_run(folder: Path, keypoints: str, emotion: str, batch_size: int, actors: int, threads: int, out: Path) -> dict:
@@ -104,57 +111,74 @@ def ray_run(folder: Path, keypoints: str, emotion: str, batch_size: int, actors:
     wall = time.perf_counter() - wall
     assert summary.errors == 0 and summary.faces == summary.images
     return {"seconds": summary.seconds, "images_per_s": summary.images_per_s, "startup_s": summary.startup_s,
-            "steady_images_per_s": summary.steady_images_per_s, "wall_s": round(wall, 3), "actors": summary.actors}
+            "steady_images_per_s": summary.steady_images_per_s, "wall_s": round(wall, 3), "actors": summary.actors,
+            "load_1m": round(os.getloadavg()[0], 2)}
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+    plain_threads = [int(t) for t in args.plain_threads.split(",")]
     import torch
 
     from emokp_ray.ray_utils import init_ray
 
+    plain: dict[str, list[dict]] = {f"{t} threads": [] for t in plain_threads}
+    ray: dict[str, list[dict]] = {f"{a}x{t}": [] for a, t in configs}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = write_inputs(tmp / "images", args.n, args.kind)
         keypoints, emotion = write_course_checkpoints(tmp / "ckpt")
         init_ray()
-        plain_runs: list[dict] = []
-        ray_runs: dict[str, list[dict]] = {f"{a}x{t}": [] for a, t in configs}
-        for repeat in range(args.repeats):
-            plain_runs.append(plain_loop(files, keypoints, emotion, args.batch_size, "crop"))
-            print(f"round {repeat}: plain {plain_runs[-1]['images_per_s']:.1f} images/s "
-                  f"(steady {plain_runs[-1]['steady_images_per_s']:.1f})", flush=True)
+        for repeat in range(args.repeats):   # alternate, so a change of load hits both sides
+            for threads in plain_threads:
+                run = plain_loop(files, keypoints, emotion, args.batch_size, "crop", threads)
+                plain[f"{threads} threads"].append(run)
+                print(f"round {repeat}: plain, {threads} torch threads: {run['images_per_s']:.1f} images/s "
+                      f"(steady {run['steady_images_per_s']:.1f}; {run['cpu_ms_per_image']:.2f} ms CPU per image; load {run['load_1m']})", flush=True)
             for actors, threads in configs:
-                name = f"{actors}x{threads}"
-                ray_runs[name].append(ray_run(tmp / "images", keypoints, emotion, args.batch_size, actors, threads, tmp / f"out-{name}"))
-                run = ray_runs[name][-1]
-                print(f"round {repeat}: ray {name} {run['images_per_s']:.1f} images/s (steady {run['steady_images_per_s']:.1f}, "
-                      f"first results after {run['startup_s']:.1f} s)", flush=True)
+                run = ray_run(tmp / "images", keypoints, emotion, args.batch_size, actors, threads, tmp / f"out-{actors}x{threads}")
+                ray[f"{actors}x{threads}"].append(run)
+                print(f"round {repeat}: ray {actors}x{threads}: {run['images_per_s']:.1f} images/s (steady {run['steady_images_per_s']:.1f}, "
+                      f"first results after {run['startup_s']:.1f} s; load {run['load_1m']})", flush=True)
 
-    def best(runs: list[dict], key: str) -> dict:
-        return max(runs, key=lambda r: r[key])
-
-    plain_best = best(plain_runs, "images_per_s")
-    plain_steady = best(plain_runs, "steady_images_per_s")["steady_images_per_s"]
-    result: dict = {"n": args.n, "kind": args.kind, "batch_size": args.batch_size, "repeats": args.repeats,
-                    "plain": {"best": plain_best, "best_steady_images_per_s": plain_steady, "runs": plain_runs,
-                              "torch_threads": torch.get_num_threads()},
-                    "ray": {}}
-    for name, runs in ray_runs.items():
-        top = best(runs, "images_per_s")
-        steady = best(runs, "steady_images_per_s")["steady_images_per_s"]
-        result["ray"][name] = {"best": top, "best_steady_images_per_s": steady, "runs": runs,
-                               "ratio": round(top["images_per_s"] / plain_best["images_per_s"], 3),
-                               "steady_ratio": round(steady / plain_steady, 3)}
+    # Per round, the best plain loop is the baseline; the ratios are medians over rounds (paired).
+    base = [max(runs[r]["images_per_s"] for runs in plain.values()) for r in range(args.repeats)]
+    base_steady = [max(runs[r]["steady_images_per_s"] for runs in plain.values()) for r in range(args.repeats)]
+    result: dict = {
+        "n": args.n, "kind": args.kind, "batch_size": args.batch_size, "repeats": args.repeats,
+        "plain": {name: {"median_images_per_s": _median([r["images_per_s"] for r in runs]),
+                         "median_steady_images_per_s": _median([r["steady_images_per_s"] for r in runs]),
+                         "median_cpu_ms_per_image": _median([r["cpu_ms_per_image"] for r in runs]), "runs": runs}
+                  for name, runs in plain.items()},
+        "ray": {},
+    }
+    for name, runs in ray.items():
+        result["ray"][name] = {
+            "actors": runs[0]["actors"],
+            "median_images_per_s": _median([r["images_per_s"] for r in runs]),
+            "median_steady_images_per_s": _median([r["steady_images_per_s"] for r in runs]),
+            "median_startup_s": _median([r["startup_s"] for r in runs]),
+            "ratio": _median([r["images_per_s"] / b for r, b in zip(runs, base)]),
+            "steady_ratio": _median([r["steady_images_per_s"] / b for r, b in zip(runs, base_steady)]),
+            "runs": runs,
+        }
     result["machine"] = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
-                         "cpus": os.cpu_count(), "load_average_1m_at_end": round(os.getloadavg()[0], 2)}
+                         "cpus": os.cpu_count(), "load_1m_median": _median([r["load_1m"] for runs in plain.values() for r in runs])}
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    print(f"plain loop: {plain_best['images_per_s']:.1f} images/s end to end, {plain_steady:.1f} steady "
-          f"({result['plain']['torch_threads']} torch threads)")
+    for name, r in result["plain"].items():
+        print(f"plain loop, {name}: {r['median_images_per_s']:.1f} images/s end to end, {r['median_steady_images_per_s']:.1f} steady, "
+              f"{r['median_cpu_ms_per_image']:.2f} ms CPU per image (medians)")
     for name, r in result["ray"].items():
-        print(f"ray {name}: {r['best']['images_per_s']:.1f} images/s end to end (ratio {r['ratio']:.2f}), "
-              f"{r['best_steady_images_per_s']:.1f} steady (ratio {r['steady_ratio']:.2f}); {r['best']['actors']}")
+        print(f"ray {name}: {r['median_images_per_s']:.1f} images/s end to end, ratio {r['ratio']:.2f}; "
+              f"{r['median_steady_images_per_s']:.1f} steady, ratio {r['steady_ratio']:.2f}; "
+              f"first results after {r['median_startup_s']:.1f} s ({r['actors']})")
+    print(f"(ratios: Ray / the best plain loop of the same round, median over {args.repeats} rounds; "
+          f"load average {result['machine']['load_1m_median']} on {os.cpu_count()} CPUs)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {args.out}")

@@ -1,0 +1,289 @@
+"""Batch labeling (emokp_ray.inference.label): every input comes out exactly once with the right
+status, crop-mode inputs (prepared Parquet, Kaggle test.csv) match the predictor run in-process,
+JSONL equals Parquet, annotated images are written, and OUT appears only complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from emokp_ray.data.synth import synthesize, write_synth_dataset, write_synth_photos
+from emokp_ray.errors import UserError
+from emokp_ray.inference.label import BatchLabeler, load_batch, run_label
+from emokp_ray.inference.label_output import (ANNOTATIONS_FILE, JSONL_FILE, METADATA_KEY, SUMMARY_FILE, StagedFolder,
+                                              annotation_name)
+from emokp_ray.inference.label_inputs import resolve_input
+from emokp_ray.inference.predictor import Predictor
+from emokp_ray.labels import KEYPOINT_NAMES, SEED5
+from tests.fake_detector import HalvesDetector
+from tests.helpers import write_tiny_checkpoints
+
+FOLDER_STATUS = {
+    # source -> (status, faces) with HalvesDetector: photos have 2 faces, a 96x96 crop is 1 face
+    "photo_000.png": ("ok", 2), "photo_001.jpg": ("ok", 2), "photo_002.png": ("ok", 2),
+    "sub/crop.png": ("ok", 1),
+    "grey.png": ("no_face", 0),
+    "corrupt_000.jpg": ("error", 0),   # truncated JPEG
+    "corrupt_001.jpg": ("error", 0),   # text named .jpg
+    "empty.jpg": ("error", 0),
+    "notes.png": ("error", 0),         # text named .png
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[str, str]:
+    kp, em = write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
+    return str(kp), str(em)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """3 synthetic photos, a truncated JPEG, a text .jpg, an empty file, a text .png, a flat grey
+    photo, a 96x96 crop in a subfolder, plus truth.json and a hidden image (neither is an input)."""
+    folder = tmp_path_factory.mktemp("in") / "photos"
+    write_synth_photos(folder, n=3, seed=0, n_corrupt=2)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not a picture\n")
+    Image.fromarray(np.full((150, 200), 128, np.uint8)).save(folder / "grey.png")
+    (folder / "sub").mkdir()
+    Image.fromarray(synthesize(1, seed=3).images[0]).save(folder / "sub" / "crop.png")
+    Image.fromarray(synthesize(1, seed=4).images[0]).save(folder / ".hidden.png")
+    return folder
+
+
+def _rows_by_source(table) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in table.to_pylist():
+        out.setdefault(row["source"], []).append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- without Ray
+
+def test_resolve_input_lists_images_dataset_and_csv(image_folder, tmp_path):
+    spec = resolve_input(str(image_folder))
+    assert spec.kind == "images" and not spec.crop_mode
+    assert sorted(spec.files["source"].to_pylist()) == sorted(FOLDER_STATUS)   # hidden file and truth.json left out
+    assert spec.skipped_files == 1 and spec.total == len(FOLDER_STATUS)
+
+    assert resolve_input(str(image_folder / "*.jpg")).files["source"].to_pylist() == ["corrupt_000.jpg", "corrupt_001.jpg", "empty.jpg", "photo_001.jpg"]
+    assert resolve_input(str(image_folder / "**" / "crop.png")).files["source"].to_pylist() == ["sub/crop.png"]
+    assert resolve_input(str(image_folder / "grey.png")).total == 1
+
+    data = tmp_path / "synth"
+    write_synth_dataset(data, n=20, val_fraction=0.25)
+    spec = resolve_input(str(data))
+    assert (spec.kind, spec.total, spec.crop_mode) == ("dataset", 20, True)
+
+    (tmp_path / "empty_dir").mkdir()
+    for bad, words in ((tmp_path / "missing", "no such file"), (tmp_path / "empty_dir", "no image files"),
+                       (image_folder / "*.gif", "no files match")):
+        with pytest.raises(UserError, match=words):
+            resolve_input(str(bad))
+
+
+def test_annotation_names_stay_inside_the_folder():
+    assert annotation_name("a/b.jpg") == "a/b.jpg.png"
+    assert annotation_name("train/synth:row_id=3") == "train/synth_row_id=3.png"
+    assert annotation_name("test.csv:ImageId=7") == "test.csv_ImageId=7.png"
+    for hostile in ("../../etc/passwd", "/abs/x.png", "a/../../b"):
+        name = annotation_name(hostile)
+        assert not Path(name).is_absolute() and ".." not in Path(name).parts
+
+
+def test_batch_labeler_isolates_bad_images_in_process(image_folder, checkpoints):
+    """No Ray: the UDF itself. Without OpenCV a photo that needs detection becomes an error row while the
+    crop in the same batch is labelled; with OpenCV the flat grey photo has no face."""
+    spec = resolve_input(str(image_folder))
+    labeler = BatchLabeler(*checkpoints, mode="auto", detect=False, filesystem=spec.filesystem)
+    table = labeler(spec.files)
+    rows = _rows_by_source(table)
+    assert set(rows) == set(FOLDER_STATUS)
+    assert [r["status"] for r in rows["sub/crop.png"]] == ["ok"]
+    for name in ("corrupt_000.jpg", "corrupt_001.jpg", "empty.jpg", "notes.png"):
+        (row,) = rows[name]
+        assert row["status"] == "error" and name in row["error"] and row["box"] is None
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        (row,) = rows["grey.png"]
+        assert row["status"] == "error" and "OpenCV" in row["error"]
+    else:
+        assert [r["status"] for r in rows["grey.png"]] == ["no_face"]
+        assert all(r["status"] in ("ok", "no_face") for name in rows if name.startswith("photo_") for r in rows[name])
+
+
+def test_out_must_be_empty_or_an_earlier_output(tmp_path, checkpoints, image_folder):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    with pytest.raises(UserError, match="not an earlier `emokp label` output"):
+        run_label(str(image_folder), *checkpoints, out=str(precious), progress=False)
+    assert (precious / "thesis.txt").read_text() == "do not delete"
+
+
+def test_bad_options_fail_before_any_work(tmp_path, checkpoints, image_folder):
+    out = tmp_path / "out"
+    for kwargs, words in (({"concurrency": 0}, "concurrency must be"), ({"concurrency": (3, 2)}, "concurrency must be"),
+                          ({"batch_size": 0}, "batch size"), ({"detect": "maybe"}, "detect must be"),
+                          ({"keypoints": None, "emotion": None}, "--keypoints, --emotion or both")):
+        args = {"keypoints": checkpoints[0], "emotion": checkpoints[1], **kwargs}
+        with pytest.raises(UserError, match=words):
+            run_label(str(image_folder), out=str(out), progress=False, **args)
+    with pytest.raises(UserError, match="must be a local folder"):
+        run_label(str(image_folder), *checkpoints, out="s3://bucket/labels", progress=False)
+    assert not out.exists()
+
+
+def test_staged_output_appears_only_when_complete(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / SUMMARY_FILE).write_text("{}")                      # an earlier output
+    stage = StagedFolder(str(final), "--out", SUMMARY_FILE)
+    with pytest.raises(RuntimeError):
+        with stage as tmp:
+            (tmp / "labels.parquet").write_bytes(b"half")
+            raise RuntimeError("job failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]           # no temporary left
+    assert sorted(p.name for p in final.iterdir()) == [SUMMARY_FILE]       # earlier output untouched
+    with stage as tmp:
+        (tmp / "labels.parquet").write_bytes(b"new")
+        stage.commit()
+    assert (final / "labels.parquet").read_bytes() == b"new" and not (final / SUMMARY_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ----------------------------------------------------------------------------- through Ray Data
+
+@pytest.mark.ray
+def test_label_folder_accounts_for_every_file(ray_cluster, image_folder, checkpoints, tmp_path):
+    out, annotated = tmp_path / "out", tmp_path / "annotated"
+    summary = run_label(str(image_folder), *checkpoints, out=str(out), jsonl=True, annotate_dir=str(annotated),
+                        batch_size=3, concurrency=2, num_cpus=0.5, detector=HalvesDetector(), progress=False)
+
+    table = pq.read_table(out / "labels.parquet")
+    rows = _rows_by_source(table)
+    assert set(rows) == set(FOLDER_STATUS)                     # every input, nothing else
+    for source, (status, faces) in FOLDER_STATUS.items():
+        got = sorted(rows[source], key=lambda r: r["face_index"])
+        assert [r["status"] for r in got] == [status] * max(faces, 1), source
+        assert [r["face_index"] for r in got] == (list(range(faces)) if faces else [-1]), source
+        for row in got:
+            if status == "error":
+                assert source in row["error"] and row["width"] is None and row["box"] is None
+                continue
+            assert row["error"] is None
+            with Image.open(image_folder / source) as img:
+                assert (row["width"], row["height"]) == img.size
+            if status == "ok":
+                assert len(row["keypoints"]) == 2 * len(KEYPOINT_NAMES) and np.isfinite(row["keypoints"]).all()
+                assert row["emotion"] in SEED5.classes and len(row["probabilities"]) == SEED5.num_classes
+                assert abs(sum(row["probabilities"]) - 1) < 1e-4
+                assert row["emotion"] == SEED5.classes[int(np.argmax(row["probabilities"]))]
+            else:
+                assert row["box"] is None and row["emotion"] is None
+    crop = rows["sub/crop.png"][0]
+    assert crop["box"] == [0.0, 0.0, 96.0, 96.0]
+
+    assert (summary.images, summary.faces, summary.no_face, summary.errors, summary.skipped_files) == (9, 7, 1, 4, 1)
+    assert "9 images" in str(summary) and "4 errors" in str(summary)
+    meta = json.loads(pq.read_schema(out / "labels.parquet").metadata[METADATA_KEY])
+    assert meta["emotion_classes"] == list(SEED5.classes) and meta["keypoint_names"] == list(KEYPOINT_NAMES)
+    assert meta["model"]["keypoints"]["run_id"] == "tiny-keypoints" and meta["model"]["emotion"]["run_id"] == "tiny-emotion"
+    assert json.loads((out / SUMMARY_FILE).read_text())["errors"] == 4
+
+    # JSONL holds the same rows, floats exactly as float32
+    lines = [json.loads(line) for line in (out / JSONL_FILE).read_text().splitlines()]
+    assert len(lines) == table.num_rows
+    for parquet_row, json_row in zip(table.to_pylist(), lines):
+        assert parquet_row.keys() == json_row.keys()
+        for key, value in parquet_row.items():
+            if isinstance(value, list):
+                np.testing.assert_array_equal(np.float32(json_row[key]), np.float32(value))
+            else:
+                assert json_row[key] == value, key
+
+    # one annotated PNG per decoded image, the image's size; none for errors
+    assert (annotated / ANNOTATIONS_FILE).is_file()
+    for source, (status, _) in FOLDER_STATUS.items():
+        png = annotated / annotation_name(source)
+        assert png.is_file() == (status != "error"), source
+        if png.is_file():
+            with Image.open(png) as img, Image.open(image_folder / source) as orig:
+                assert img.size == orig.size and img.mode == "RGB"
+    assert not list(tmp_path.glob(".*tmp-*"))                  # staging folders renamed away
+
+
+@pytest.mark.ray
+def test_a_pool_larger_than_the_cluster_is_refused(ray_cluster, checkpoints, image_folder, tmp_path):
+    with pytest.raises(UserError, match="lower the concurrency"):
+        run_label(str(image_folder), *checkpoints, out=str(tmp_path / "out"), concurrency=64, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.ray
+def test_label_prepared_dataset_in_crop_mode(ray_cluster, checkpoints, tmp_path):
+    """An emotion model alone over a prepared data set: one face per row, the whole crop as box, and
+    the same probabilities as the predictor run in-process on the same crops."""
+    data = tmp_path / "synth"
+    write_synth_dataset(data, n=64, val_fraction=0.25)
+    summary = run_label(str(data), None, checkpoints[1], out=str(tmp_path / "out"), batch_size=16, progress=False)
+    assert (summary.images, summary.faces, summary.errors, summary.input_kind) == (64, 64, 0, "dataset")
+
+    table = pq.read_table(summary.parquet)
+    expected = {}
+    for split in ("train", "val"):
+        part = pq.read_table(data / split)
+        for row_id, image in zip(part["row_id"].to_pylist(), part["image"].to_pylist()):
+            expected[f"{split}/synth:row_id={row_id}"] = np.frombuffer(image, np.uint8).reshape(96, 96)
+    rows = _rows_by_source(table)
+    assert set(rows) == set(expected) and all(len(r) == 1 for r in rows.values())
+    assert set(table["face_index"].to_pylist()) == {0} and set(table["status"].to_pylist()) == {"ok"}
+    assert table["keypoints"].null_count == table.num_rows     # no keypoint model given
+
+    sources = sorted(expected)
+    faces = Predictor.from_paths(None, checkpoints[1], device="cpu", detect=False).predict_crops(np.stack([expected[s] for s in sources]))
+    for source, face in zip(sources, faces):
+        (row,) = rows[source]
+        assert row["box"] == [0.0, 0.0, 96.0, 96.0] and row["emotion"] == face.emotion
+        np.testing.assert_allclose(row["probabilities"], [face.probabilities[c] for c in SEED5.classes], atol=1e-5)
+
+
+@pytest.mark.ray
+def test_label_kaggle_test_csv(ray_cluster, checkpoints, tmp_path):
+    """Kaggle's keypoints test.csv (ImageId,Image): good rows keyed by ImageId, a bad row as an error row
+    with its line, keypoints equal to the in-process predictor's."""
+    crops = synthesize(5, seed=7).images
+    lines = ["ImageId,Image"] + [f"{i + 1},{' '.join(map(str, c.reshape(-1)))}" for i, c in enumerate(crops)]
+    lines.append("6,1 2 3")                                    # line 7: too few pixels
+    csv = tmp_path / "test.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    summary = run_label(str(csv), checkpoints[0], checkpoints[1], out=str(tmp_path / "out"), batch_size=2, progress=False)
+    assert (summary.images, summary.faces, summary.errors, summary.input_kind) == (6, 5, 1, "csv")
+
+    rows = _rows_by_source(pq.read_table(summary.parquet))
+    assert set(rows) == {f"test.csv:ImageId={i}" for i in range(1, 6)} | {"test.csv:line=7"}
+    (bad,) = rows["test.csv:line=7"]
+    assert bad["status"] == "error" and "9216 pixel values" in bad["error"]
+    faces = Predictor.from_paths(*checkpoints, device="cpu", detect=False).predict_crops(crops)
+    for i, face in enumerate(faces):
+        (row,) = rows[f"test.csv:ImageId={i + 1}"]
+        expected = [v for name in KEYPOINT_NAMES for v in face.keypoints[name]]
+        np.testing.assert_allclose(row["keypoints"], expected, atol=1e-3)
+
+
+def test_load_batch_rejects_crop_rows_of_the_wrong_length():
+    import pyarrow as pa
+
+    from emokp_ray.inference.label_inputs import CROP_WORK_SCHEMA
+
+    batch = pa.Table.from_pylist([{"source": "a", "image": bytes(96 * 96), "height": 96, "width": 96},
+                                  {"source": "b", "image": bytes(10), "height": 96, "width": 96}], schema=CROP_WORK_SCHEMA)
+    sources, images, errors = load_batch(batch, None)
+    assert sources == ["a", "b"] and images[0].shape == (96, 96) and images[1] is None
+    assert errors[0] is None and "b: 10 pixel bytes" in errors[1]
