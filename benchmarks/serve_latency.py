@@ -1,18 +1,19 @@
 """Latency and throughput of the Serve app over HTTP on loopback, with and without dynamic batching.
 
-    python benchmarks/serve_latency.py                      # course-size models, ~3 minutes on 2 cores
-    python benchmarks/serve_latency.py --concurrency 1 8 --requests 200 --max-batch-size 32
+    python benchmarks/serve_latency.py                      # course-size models, ~4 minutes on 2 cores
+    python benchmarks/serve_latency.py --concurrency 1 8 --requests 200 --rounds 1 --max-batch-size 32
 
 The models are the COURSE-size networks (keypoint_resnet() at 96x96, emotion_resnet(input_size=48)),
 randomly initialized (timing does not depend on the weights), saved as real checkpoints in a temp dir.
-Each configuration (`batch`: @serve.batch with --max-batch-size; `no_batch`: max_batch_size 1) is
-deployed as its own app with ONE replica per deployment (autoscaling off, so the two configurations
-get the same hardware), warmed up, then driven by an asyncio/aiohttp client on 127.0.0.1: at
-concurrency c, c workers each send one 96x96 grey PNG crop (raw image/png body) to /v1/predict and
-send the next as soon as the answer arrives, for --requests requests or --max-seconds, whichever
-comes first. Latency is client-side wall time per request (connect + send + server + receive).
-Reported per (config, c): p50/p95/p99 ms, requests/s, errors. Results go to
-benchmarks/results/serve_latency.json.
+Each configuration (`batch`: @serve.batch with --max-batch-size and the load-adaptive batch window;
+`no_batch`: max_batch_size 1) is deployed as its own app with ONE replica per deployment (autoscaling
+off, so both get the same hardware) and warmed up; then an asyncio/aiohttp client on 127.0.0.1
+drives them in alternation, --rounds times: at concurrency c, c closed-loop workers each send one
+96x96 grey PNG crop (raw image/png body) to /v1/predict and the next as soon as the answer arrives,
+for --requests requests or --max-seconds, whichever comes first. Latency is client-side wall time
+per request (connect + send + server + receive). Reported per (config, c): the round with the best
+throughput (on a shared machine, the least disturbed) with its p50/p95/p99 ms, requests/s and the
+1-minute load average; every round is kept in benchmarks/results/serve_latency.json.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ RESULTS = Path(__file__).resolve().parent / "results" / "serve_latency.json"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client concurrencies (default 1 8 32)")
-    parser.add_argument("--requests", type=int, default=400, help="requests per (config, concurrency) at most (default 400)")
-    parser.add_argument("--max-seconds", type=float, default=20.0, help="time per (config, concurrency) at most (default 20)")
+    parser.add_argument("--requests", type=int, default=300, help="requests per measurement at most (default 300)")
+    parser.add_argument("--max-seconds", type=float, default=12.0, help="seconds per measurement at most (default 12)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per (config, concurrency), alternating; the best is reported (default 3)")
     parser.add_argument("--max-batch-size", type=int, default=16, help="@serve.batch size of the batched config (default 16)")
-    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.005, help="@serve.batch wait (default 0.005)")
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.001, help="@serve.batch wait when idle (default 0.001)")
+    parser.add_argument("--busy-batch-wait-max-s", type=float, default=0.05, help="longest wait while a batch runs (default 0.05; 0: fixed wait)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the model replica (default: torch's)")
     parser.add_argument("--configs", nargs="+", default=["batch", "no_batch"], choices=["batch", "no_batch"])
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
@@ -123,14 +126,43 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def deploy(config: str, kp: Path, em: Path, args: argparse.Namespace) -> None:
+    """One app per configuration at /<config>, one replica per deployment, queues deep enough that
+    every client request in flight is waited for, never refused (the benchmark measures waiting)."""
+    from ray import serve
+
+    from emokp_ray.serving.app import compose
+    from emokp_ray.serving.schemas import AppArgs
+
+    batched = config == "batch"
+    batch_size = args.max_batch_size if batched else 1
+    app_args = AppArgs(keypoints=str(kp), emotion=str(em), max_batch_size=batch_size,
+                       batch_wait_timeout_s=args.batch_wait_timeout_s if batched else 0.0,
+                       busy_batch_wait_max_s=args.busy_batch_wait_max_s if batched else 0.0,
+                       torch_threads=args.torch_threads)
+    fixed = {"num_replicas": 1, "autoscaling_config": None}
+    model = {**fixed, "max_ongoing_requests": max(64, batch_size), "max_queued_requests": 1024}
+    ingress = {**fixed, "max_ongoing_requests": 256, "max_queued_requests": 1024}
+    serve.run(compose(app_args, model_options=model, ingress_options=ingress), name=f"bench-{config}", route_prefix=f"/{config}")
+
+
+def best_rows(rows: list[dict]) -> list[dict]:
+    """Per (config, concurrency), the round with the highest throughput: on a shared machine the
+    least disturbed one (other rounds are kept in the JSON)."""
+    best: dict[tuple[str, int], dict] = {}
+    for row in rows:
+        key = (row["config"], row["concurrency"])
+        if key not in best or row["requests_per_s"] > best[key]["requests_per_s"]:
+            best[key] = row
+    return sorted(best.values(), key=lambda r: (r["config"] != "batch", r["concurrency"]))
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     import ray
     from ray import serve
 
     from emokp_ray.ray_utils import init_ray
-    from emokp_ray.serving.app import compose
-    from emokp_ray.serving.schemas import AppArgs
 
     body = crop_png()
     rows: list[dict] = []
@@ -141,54 +173,57 @@ def main(argv: list[str] | None = None) -> dict:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
             for config in args.configs:
-                batch_size = args.max_batch_size if config == "batch" else 1
-                app_args = AppArgs(keypoints=str(kp), emotion=str(em), max_batch_size=batch_size,
-                                   batch_wait_timeout_s=args.batch_wait_timeout_s if config == "batch" else 0.0,
-                                   torch_threads=args.torch_threads)
-                fixed = {"num_replicas": 1, "autoscaling_config": None}
-                # Room for every client request in flight: the benchmark measures waiting, not refusals.
-                model = {**fixed, "max_ongoing_requests": max(64, batch_size), "max_queued_requests": 1024}
-                ingress = {**fixed, "max_ongoing_requests": 256, "max_queued_requests": 1024}
-                serve.run(compose(app_args, model_options=model, ingress_options=ingress), name=f"bench-{config}", route_prefix=f"/{config}")
-                url = f"http://127.0.0.1:{port}/{config}/v1/predict"
-                asyncio.run(drive(url, body, 8, 64, 30.0))   # warm-up: connections, torch kernels, batch loop
+                deploy(config, kp, em, args)
+                # Warm-up: connections, torch kernels, the batch loop, the batch window's estimate.
+                asyncio.run(drive(f"http://127.0.0.1:{port}/{config}/v1/predict", body, 8, 64, 30.0))
+            # Rounds alternate the configurations, so a burst of load from elsewhere on the machine
+            # hits both alike rather than one configuration's whole measurement.
+            for round_index in range(args.rounds):
                 for c in args.concurrency:
-                    row = {"config": config, "max_batch_size": batch_size, **asyncio.run(drive(url, body, c, args.requests, args.max_seconds))}
-                    rows.append(row)
-                    print(f"{config:>8} c={c:<3} {row['requests_per_s']:>7.1f} req/s  p50 {row['p50_ms']:>7.1f}  "
-                          f"p95 {row['p95_ms']:>7.1f}  p99 {row['p99_ms']:>7.1f} ms  statuses {row['statuses']}", flush=True)
-                serve.delete(f"bench-{config}")
+                    for config in args.configs:
+                        url = f"http://127.0.0.1:{port}/{config}/v1/predict"
+                        result = asyncio.run(drive(url, body, c, args.requests, args.max_seconds))
+                        row = {"config": config, "max_batch_size": args.max_batch_size if config == "batch" else 1,
+                               "round": round_index, "load_avg_1m": round(os.getloadavg()[0], 2), **result}
+                        rows.append(row)
+                        print(f"round {round_index} {config:>8} c={c:<3} {row['requests_per_s']:>7.1f} req/s  p50 {row['p50_ms']:>7.1f}  "
+                              f"p95 {row['p95_ms']:>7.1f}  p99 {row['p99_ms']:>7.1f} ms  statuses {row['statuses']}  "
+                              f"load {row['load_avg_1m']}", flush=True)
         finally:
             serve.shutdown()
             ray.shutdown()
 
-    by = {(r["config"], r["concurrency"]): r for r in rows}
+    best = best_rows(rows)
+    by = {(r["config"], r["concurrency"]): r for r in best}
     summary = {}
     top = max(args.concurrency)
     if ("batch", top) in by and ("no_batch", top) in by:
         summary[f"throughput_gain_at_c{top}"] = round(by[("batch", top)]["requests_per_s"] / by[("no_batch", top)]["requests_per_s"], 2)
-    if ("batch", 1) in by:
-        summary["p50_ms_at_c1_batch"] = by[("batch", 1)]["p50_ms"]
-    if ("no_batch", 1) in by:
-        summary["p50_ms_at_c1_no_batch"] = by[("no_batch", 1)]["p50_ms"]
+    for config in args.configs:
+        if (config, 1) in by:
+            summary[f"p50_ms_at_c1_{config}"] = by[(config, 1)]["p50_ms"]
 
     print()
-    print(f"{'config':>8} {'batch':>5} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'n':>5}")
-    for r in rows:
+    print(f"best of {args.rounds} rounds per row")
+    print(f"{'config':>8} {'batch':>5} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'n':>5} {'load':>5}")
+    for r in best:
         print(f"{r['config']:>8} {r['max_batch_size']:>5} {r['concurrency']:>3} {r['requests_per_s']:>8.1f} "
-              f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['ok']:>5}")
+              f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['ok']:>5} {r['load_avg_1m']:>5.1f}")
     print(json.dumps(summary))
 
     result = {
         "benchmark": "serve_latency",
+        "command": "python benchmarks/serve_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "models": "course keypoint_resnet() 96x96 + emotion_resnet(input_size=48), random init",
-        "request": "one 96x96 grey PNG crop, raw image/png body, POST /v1/predict",
-        "replicas": "1 ingress + 1 model replica, autoscaling off",
+        "request": "one 96x96 grey PNG crop, raw image/png body, POST /v1/predict, closed-loop aiohttp clients on 127.0.0.1",
+        "replicas": "1 ingress + 1 model replica per configuration, autoscaling off",
         "batch_wait_timeout_s": args.batch_wait_timeout_s,
+        "busy_batch_wait_max_s": args.busy_batch_wait_max_s,
         "torch_threads": args.torch_threads,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
-        "rows": rows,
+        "best": best,
         "summary": summary,
+        "all_rounds": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

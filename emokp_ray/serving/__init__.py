@@ -1,0 +1,1 @@
+"""The Ray Serve application: app.py (ingress, builder), model.py (model deployment), http_input.py, schemas.py, batching.py, run.py."""

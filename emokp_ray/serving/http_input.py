@@ -1,0 +1,306 @@
+"""From an HTTP request to images and options: body reading with a size cap, multipart/JSON/raw
+parsing, strict option parsing, image decoding. Every user mistake is an `ApiError` with its status:
+
+    400  malformed: empty body, bad JSON or base64, a broken multipart body, a truncated or empty image
+    413  too large: the body (Content-Length or bytes read), the image's pixel count, too many images
+    415  not an image: unsupported Content-Type, or bytes that no image decoder recognizes
+    422  invalid options: unknown query/form/JSON fields, bad values, boxes outside the image
+
+The functions here are plain (bytes and strings in, values out) except `read_body`, so they are
+tested without a server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from email.message import Message
+from typing import Any, AsyncIterator, Iterable, Sequence, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from emokp_ray.serving.schemas import BatchJson, BatchOptions, BoxIn, PredictJson, PredictOptions
+
+M = TypeVar("M", bound=BaseModel)
+
+# ImageError.kind -> status: a broken image is malformed input (400); bytes that are no image at all,
+# or a format Pillow cannot read, are "not an image" (415); too many pixels is "too large" (413).
+IMAGE_ERROR_STATUS = {"empty": 400, "truncated": 400, "not_image": 415, "unsupported": 415, "too_large": 413}
+
+
+class ApiError(Exception):
+    """A user's mistake, answered as JSON {"error": message} with `status`."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ----------------------------------------------------------------------------- body
+
+def declared_length(headers: Any, limit: int) -> int | None:
+    """The Content-Length header as an int (None when absent); 400 when unreadable, 413 over `limit`."""
+    raw = headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise ApiError(400, f"Content-Length {raw!r} is not a byte count")
+    length = int(raw)
+    if length > limit:
+        raise ApiError(413, f"request body of {length} bytes exceeds the limit of {limit} bytes")
+    return length
+
+
+async def read_body(headers: Any, chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """Read the body from `chunks` (Starlette's `request.stream()`), refusing it with 413 from the
+    Content-Length header before reading, and again as soon as the bytes read pass `limit` (a
+    missing or lying Content-Length cannot make the server buffer more than `limit`)."""
+    from starlette.requests import ClientDisconnect
+
+    declared_length(headers, limit)
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+            parts.append(chunk)
+    except ClientDisconnect:   # the client went away mid-upload: nobody reads the answer
+        raise ApiError(400, "the client disconnected before the body was complete") from None
+    return b"".join(parts)
+
+
+def media_type(content_type: str | None) -> str:
+    """'multipart/form-data; boundary=x' -> 'multipart/form-data' ('' when absent)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+# ----------------------------------------------------------------------------- multipart
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a multipart/form-data body."""
+
+    name: str
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+def _header_params(value: str, header: str) -> Message:
+    msg = Message()
+    msg[header] = value
+    return msg
+
+
+def parse_multipart(body: bytes, content_type: str) -> list[Part]:
+    """Split a multipart/form-data body (RFC 7578) into its parts; 400 when it is malformed or cut off."""
+    boundary = _header_params(content_type, "content-type").get_param("boundary", header="content-type")
+    if not isinstance(boundary, str) or not boundary:
+        raise ApiError(400, "multipart/form-data without a boundary parameter")
+    delimiter = b"\r\n--" + boundary.encode("latin-1")
+    # A leading CRLF lets the first delimiter match like the others; segment 0 is the preamble.
+    segments = (b"\r\n" + body).split(delimiter)
+    if len(segments) < 2:
+        raise ApiError(400, "multipart body does not contain its boundary")
+    parts: list[Part] = []
+    for segment in segments[1:]:
+        if segment.startswith(b"--"):   # the closing delimiter: the rest is the epilogue
+            return parts
+        line_end = segment.find(b"\r\n")   # skip transport padding after the delimiter
+        if line_end < 0 or segment[:line_end].strip(b" \t"):
+            raise ApiError(400, "malformed multipart body (bad delimiter line)")
+        segment = segment[line_end + 2:]
+        if segment.startswith(b"\r\n"):
+            raw_headers, data = b"", segment[2:]
+        else:
+            split = segment.find(b"\r\n\r\n")
+            if split < 0:
+                raise ApiError(400, "malformed multipart body (part headers not terminated)")
+            raw_headers, data = segment[:split], segment[split + 4:]
+        headers: dict[str, str] = {}
+        for line in raw_headers.decode("latin-1").split("\r\n"):
+            key, sep, value = line.partition(":")
+            if not sep:
+                raise ApiError(400, f"malformed multipart part header {line[:60]!r}")
+            headers[key.strip().lower()] = value.strip()
+        disposition = _header_params(headers.get("content-disposition", ""), "content-disposition")
+        name = disposition.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "multipart part without a Content-Disposition name")
+        parts.append(Part(name, disposition.get_filename(), headers.get("content-type", ""), data))
+    raise ApiError(400, "multipart body is cut off (no closing boundary)")
+
+
+# ----------------------------------------------------------------------------- options
+
+def _one_line(err: ValidationError) -> str:
+    """A pydantic error list as one line: 'boxes.0.w: Input should be greater than 0; ...'."""
+    items = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "body"
+        message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        items.append(f"{where}: {message}")
+    return "; ".join(items)
+
+
+def validate(model: type[M], raw: Any, what: str) -> M:
+    """`model.model_validate(raw)`, with a 422 naming every bad field."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ApiError(422, f"invalid {what}: {_one_line(err)}") from None
+
+
+def options_from_fields(fields: Iterable[tuple[str, str]], model: type[M], what: str) -> M:
+    """Options from text fields (query string or multipart form fields): each name at most once,
+    `boxes` as JSON text [[x, y, w, h], ...]; unknown names and bad values are 422."""
+    raw: dict[str, Any] = {}
+    for key, value in fields:
+        if key in raw:
+            raise ApiError(422, f"invalid {what}: {key!r} given more than once")
+        if key == "boxes":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ApiError(422, f"invalid {what}: boxes must be JSON like [[x, y, w, h], ...]") from None
+        raw[key] = value
+    return validate(model, raw, what)
+
+
+def merge_options(model: type[M], *sources: BaseModel) -> M:
+    """One options object from several sources (query, body); an option set in two is a 422."""
+    merged: dict[str, Any] = {}
+    for source in sources:
+        for key in source.model_fields_set:
+            if key in merged:
+                raise ApiError(422, f"invalid options: {key!r} given both in the query and in the body")
+            merged[key] = getattr(source, key)
+    return model.model_validate(merged)
+
+
+def decode_base64(text: str, where: str) -> bytes:
+    """Strict base64 (a data: URL prefix and whitespace are allowed); 400 when malformed."""
+    text = re.sub(r"^data:[\w/+.-]*;base64,", "", text.strip())
+    try:
+        return base64.b64decode(re.sub(r"\s+", "", text), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where} is not valid base64") from None
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"malformed JSON body: {err}") from None
+
+
+# ----------------------------------------------------------------------------- requests
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image as received: its bytes, a name for messages, the caller's boxes (if any)."""
+
+    data: bytes
+    source: str
+    boxes: tuple[BoxIn, ...] | None = None
+    boxes_where: str = "boxes"   # where the boxes came from, for messages
+
+
+def _unsupported(kind: str, allowed: str) -> ApiError:
+    return ApiError(415, f"unsupported content type {kind or '(none)'!r}; send {allowed}")
+
+
+def predict_request(content_type: str | None, body: bytes, query: Sequence[tuple[str, str]]) -> tuple[ImageInput, PredictOptions]:
+    """POST /v1/predict: the image and options of a multipart, raw image/* or JSON request."""
+    query_options = options_from_fields(query, PredictOptions, "query")
+    kind = media_type(content_type)
+    if not body:
+        raise ApiError(400, "empty request body; send an image")
+    if kind == "multipart/form-data":
+        parts = parse_multipart(body, content_type or "")
+        fields = [(p.name, p.data.decode("utf-8", "replace")) for p in parts if p.name != "image"]
+        form_options = options_from_fields(fields, PredictOptions, "form fields")
+        options = merge_options(PredictOptions, query_options, form_options)
+        images = [p for p in parts if p.name == "image"]
+        if len(images) != 1:
+            raise ApiError(400, f"multipart body needs exactly one 'image' file field, got {len(images)}")
+        image = ImageInput(images[0].data, f"upload {images[0].filename or 'image'!r}")
+    elif kind == "application/json":
+        payload = validate(PredictJson, parse_json(body), "JSON body")
+        body_options = PredictOptions.model_validate(payload.model_dump(exclude={"image_base64"}, exclude_unset=True))
+        options = merge_options(PredictOptions, query_options, body_options)
+        image = ImageInput(decode_base64(payload.image_base64, "image_base64"), "image_base64")
+    elif kind.startswith("image/") or kind == "application/octet-stream":
+        options, image = query_options, ImageInput(body, "request body")
+    else:
+        raise _unsupported(kind, "multipart/form-data (field 'image'), image/*, or application/json")
+    boxes = tuple(options.boxes) if options.boxes is not None else None
+    return ImageInput(image.data, image.source, boxes), options
+
+
+def batch_request(content_type: str | None, body: bytes, query: Sequence[tuple[str, str]], max_images: int) -> tuple[list[ImageInput | ApiError], BatchOptions]:
+    """POST /v1/predict/batch: the images (multipart files `images`, or JSON {"images": [...]}) and
+    options. A per-image problem (bad base64) stays in the list as an ApiError for that image."""
+    query_options = options_from_fields(query, BatchOptions, "query")
+    kind = media_type(content_type)
+    if not body:
+        raise ApiError(400, "empty request body; send images")
+    items: list[ImageInput | ApiError] = []
+    if kind == "multipart/form-data":
+        parts = parse_multipart(body, content_type or "")
+        fields = [(p.name, p.data.decode("utf-8", "replace")) for p in parts if p.name != "images"]
+        options = merge_options(BatchOptions, query_options, options_from_fields(fields, BatchOptions, "form fields"))
+        for i, p in enumerate(q for q in parts if q.name == "images"):
+            items.append(ImageInput(p.data, f"images[{i}] {p.filename or 'upload'!r}"))
+    elif kind == "application/json":
+        payload = validate(BatchJson, parse_json(body), "JSON body")
+        body_options = BatchOptions.model_validate(payload.model_dump(exclude={"images"}, exclude_unset=True))
+        options = merge_options(BatchOptions, query_options, body_options)
+        for i, item in enumerate(payload.images):
+            try:
+                data = decode_base64(item.image_base64, f"images[{i}].image_base64")
+            except ApiError as err:
+                items.append(err)
+                continue
+            items.append(ImageInput(data, f"images[{i}]", tuple(item.boxes) if item.boxes is not None else None,
+                                    f"images[{i}].boxes"))
+    else:
+        raise _unsupported(kind, "multipart/form-data (files 'images') or application/json")
+    if not items:
+        raise ApiError(400, "no images in the request")
+    if len(items) > max_images:
+        raise ApiError(413, f"{len(items)} images in one request; the limit is {max_images}")
+    return items, options
+
+
+# ----------------------------------------------------------------------------- images
+
+def decode(image: ImageInput, max_pixels: int) -> np.ndarray:
+    """The image's pixels (uint8 [H, W] or [H, W, 3]); ImageError -> ApiError by its kind."""
+    from emokp_ray.inference.images import ImageError, decode_image
+
+    if not image.data:
+        raise ApiError(400, f"{image.source}: empty image")
+    try:
+        return decode_image(image.data, source=image.source, max_pixels=max_pixels)
+    except ImageError as err:
+        raise ApiError(IMAGE_ERROR_STATUS.get(err.kind, 400), str(err)) from None
+
+
+def check_boxes(boxes: Sequence[BoxIn] | None, width: int, height: int, max_boxes: int, where: str = "boxes") -> list[tuple[float, float, float, float]] | None:
+    """The caller's boxes as tuples; 422 when there are too many or one misses the image entirely."""
+    if boxes is None:
+        return None
+    if len(boxes) > max_boxes:
+        raise ApiError(422, f"{where}: {len(boxes)} boxes; the limit is {max_boxes}")
+    for i, b in enumerate(boxes):
+        if b.x >= width or b.y >= height or b.x + b.w <= 0 or b.y + b.h <= 0:
+            raise ApiError(422, f"{where}[{i}] {list(b.as_tuple())} lies outside the {width}x{height} image")
+    return [b.as_tuple() for b in boxes]

@@ -1,0 +1,130 @@
+"""The model deployment: one Predictor per replica; each call is a batch of images, one forward pass.
+
+The ingress gathers concurrent requests' images with `@serve.batch` (app.py) and sends each batch as
+ONE call (a list of `FaceJob`s); `run_jobs` turns it into ONE `Predictor.predict` call, so all faces
+of all images go through each network in one batched forward pass. Results travel back as
+`Outcome`s, so a user's mistake in one image (a UserError from the predictor) fails that image
+alone, not its batch-mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from ray import serve
+
+from emokp_ray.errors import UserError
+from emokp_ray.inference.detect import INSTALL_HINT
+from emokp_ray.serving.schemas import AppArgs
+
+if TYPE_CHECKING:
+    from emokp_ray.inference.predictor import ImageResult, Predictor
+
+Box = tuple[float, float, float, float]
+logger = logging.getLogger("ray.serve")
+
+
+def opencv_available() -> bool:
+    """Whether the face detector can be built (the `detect` extra's OpenCV is installed)."""
+    return importlib.util.find_spec("cv2") is not None
+
+
+@dataclass(frozen=True)
+class FaceJob:
+    """One image for the model: grey uint8 [H, W]; mode "auto" | "detect" | "crop"; the caller's
+    boxes (x, y, w, h) in image pixels, which override the mode, or None."""
+
+    image: np.ndarray
+    mode: str = "auto"
+    boxes: tuple[Box, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The model's answer to one FaceJob: a result, or a user-facing error with its HTTP status."""
+
+    result: "ImageResult | None" = None
+    error: str | None = None
+    status: int = 200
+
+
+def job_boxes(job: FaceJob) -> list[Box] | None:
+    """The job as per-image boxes for one `predict(..., mode="detect")` call: the caller's boxes;
+    the whole image for a crop (mode "crop", or "auto" on a small square image, by the predictor's
+    own AUTO_CROP_MAX_SIDE rule); None where faces must be detected."""
+    from emokp_ray.inference.predictor import AUTO_CROP_MAX_SIDE
+
+    if job.boxes is not None:
+        return list(job.boxes)
+    height, width = job.image.shape[:2]
+    if job.mode == "crop" or (job.mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
+        return [(0.0, 0.0, float(width), float(height))]
+    return None
+
+
+def run_jobs(predictor: "Predictor", jobs: Sequence[FaceJob]) -> list[Outcome]:
+    """Predict every job in ONE `predictor.predict` call, so all faces of all images go through each
+    network in one batched forward pass, whatever mix of modes and boxes the batch holds. A
+    UserError (e.g. detection without OpenCV) fails only the jobs that cause it: the batch is then
+    retried one job at a time."""
+    try:
+        results = predictor.predict([job.image for job in jobs], mode="detect", boxes=[job_boxes(job) for job in jobs])
+    except UserError as err:
+        if len(jobs) == 1:
+            return [Outcome(error=str(err).splitlines()[0], status=422)]
+        return [outcome for job in jobs for outcome in run_jobs(predictor, [job])]
+    return [Outcome(result=r) for r in results]
+
+
+@serve.deployment(
+    name="FaceModel",
+    ray_actor_options={"num_cpus": 0.5},
+    # Counted in CALLS, each a batch of up to max_batch_size images: two may run at once (one forward
+    # each, in threads); past max_queued_requests waiting calls the ingress's handle raises
+    # BackPressureError at once, which the ingress answers with 503.
+    max_ongoing_requests=2,
+    max_queued_requests=4,
+    # One ingress sends its batches one after another, so a saturated model replica has ~1 call
+    # ongoing: a target below 1 adds a replica then.
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.8},
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+)
+class FaceModel:
+    """Loads the checkpoints once; answers batches of FaceJobs, one forward pass per batch."""
+
+    def __init__(self, args: AppArgs):
+        import torch
+
+        from emokp_ray.inference.predictor import Predictor
+
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        detect = args.detect and opencv_available()
+        if args.detect and not detect:
+            logger.warning("face detection is off: OpenCV is not installed (%s); crops and caller boxes still work", INSTALL_HINT)
+        self.predictor = Predictor.from_paths(args.keypoints, args.emotion, device=args.device, detect=detect)
+        self.test_delay_s = args.test_delay_s
+        self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
+
+    def info(self) -> dict[str, Any]:
+        """{"model": Predictor.model_info(), "labels": Predictor.labels()}."""
+        return self._info
+
+    async def predict(self, jobs: list[FaceJob]) -> list[Outcome]:
+        """One batch (the ingress's) -> one Outcome per job, in order."""
+        if self.test_delay_s:
+            await asyncio.sleep(self.test_delay_s)
+        # In a worker thread, so the replica keeps answering health checks and info meanwhile.
+        return await asyncio.to_thread(run_jobs, self.predictor, jobs)
+
+    async def check_health(self) -> None:
+        """Raises (so Serve restarts the replica) when the networks no longer answer a blank crop."""
+        faces = await asyncio.to_thread(self.predictor.predict_crops, np.zeros((1, 96, 96), np.uint8))
+        if len(faces) != 1:
+            raise RuntimeError(f"health check: {len(faces)} results for one crop")

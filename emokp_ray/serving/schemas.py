@@ -1,0 +1,178 @@
+"""Typed shapes of the Serve app: the app builder's arguments, the request options and bodies, and
+the responses. Unknown fields are errors everywhere (`extra="forbid"`): a misspelt option is a 422,
+never a silently ignored default.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MiB = 1024 * 1024
+
+
+class AppArgs(BaseModel):
+    """Arguments of the app builder (`serve/config.yaml` `args:`, or `run_serve`). Checkpoint paths
+    are as `load_checkpoint` accepts them: a checkpoint dir, a RUN_DIR (its `best/`), an exported .pt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keypoints: Optional[str] = None            # keypoint checkpoint; at least one of the two
+    emotion: Optional[str] = None              # emotion checkpoint
+    device: str = "cpu"                        # "cpu" | "cuda" | "auto"
+    detect: bool = True                        # load the face detector (photos need it; crops do not)
+    # Dynamic batching in the ingress: up to max_batch_size images from concurrent requests go to the
+    # model as one call, one forward pass; an idle model's batch waits at most batch_wait_timeout_s for
+    # company; while a batch runs, the next may wait up to its expected duration, at most
+    # busy_batch_wait_max_s (batching.BatchWindow says why; 0 keeps the window fixed).
+    max_batch_size: int = Field(16, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.001, ge=0.0, le=1.0)
+    busy_batch_wait_max_s: float = Field(0.05, ge=0.0, le=1.0)
+    torch_threads: Optional[int] = Field(None, ge=1)   # None: as Ray sets it (OMP_NUM_THREADS: 1 at num_cpus <= 1)
+    # Input limits: the body is refused past max_body_bytes (Content-Length, then while reading);
+    # an image whose header declares more than max_image_pixels is refused before decoding.
+    max_body_bytes: int = Field(10 * MiB, ge=1024)
+    max_image_pixels: int = Field(24_000_000, ge=64 * 64)
+    max_images_per_request: int = Field(32, ge=1)      # /v1/predict/batch
+    # Overload: an ingress replica holds at most this many images admitted and unanswered; the next
+    # gets 503 at once (keep the Ingress deployment's max_ongoing_requests above it).
+    max_pending_requests: int = Field(64, ge=1)
+    max_boxes_per_image: int = Field(32, ge=1)
+    # TEST ONLY: the model replica sleeps this long before each batch, to provoke overload (503).
+    test_delay_s: float = Field(0.0, ge=0.0, le=60.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AppArgs":
+        if not self.keypoints and not self.emotion:
+            raise ValueError("give at least one checkpoint: keypoints or emotion")
+        if self.max_batch_size > self.max_pending_requests:
+            raise ValueError(f"max_batch_size {self.max_batch_size} > max_pending_requests {self.max_pending_requests}: "
+                             f"a batch could never fill")
+        if self.max_images_per_request > self.max_pending_requests:
+            raise ValueError(f"max_images_per_request {self.max_images_per_request} > max_pending_requests "
+                             f"{self.max_pending_requests}: a full batch request could never be admitted")
+        return self
+
+
+# ----------------------------------------------------------------------------- request options
+
+DetectOption = Literal["auto", "true", "false"]
+# detect -> Predictor.predict mode: "auto" crops a square image of at most 128 px and detects
+# faces in anything else; "true" always detects; "false" treats the whole image as one face crop.
+DETECT_TO_MODE = {"auto": "auto", "true": "detect", "false": "crop"}
+
+
+class BoxIn(BaseModel):
+    """A caller's face box (x, y, w, h) in the input image's pixels, sent as [x, y, w, h]."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    x: float
+    y: float
+    w: float = Field(gt=0)
+    h: float = Field(gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, raw: object) -> object:
+        if isinstance(raw, (list, tuple)):
+            if len(raw) != 4:
+                raise ValueError(f"a box is [x, y, w, h], got {len(raw)} numbers")
+            return dict(zip("xywh", raw))
+        return raw
+
+    @model_validator(mode="after")
+    def _finite(self) -> "BoxIn":
+        if not all(math.isfinite(v) for v in (self.x, self.y, self.w, self.h)):
+            raise ValueError("box values must be finite numbers")
+        return self
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.x, self.y, self.w, self.h)
+
+
+class BatchOptions(BaseModel):
+    """Options of POST /v1/predict/batch, from the query string or JSON fields (boxes go per image,
+    inside the JSON items)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detect: DetectOption = "auto"
+    annotate: bool = False                  # also return the annotated image as base64 PNG
+
+    @field_validator("detect", mode="before")
+    @classmethod
+    def _detect_text(cls, raw: object) -> object:
+        # JSON true/false are accepted as well as the strings of the query form.
+        if isinstance(raw, bool):
+            return "true" if raw else "false"
+        return raw.lower() if isinstance(raw, str) else raw
+
+
+class PredictOptions(BatchOptions):
+    """Options of POST /v1/predict, from the query string, form fields or JSON fields."""
+
+    boxes: Optional[list[BoxIn]] = None     # overrides detection; [] means "no faces here"
+
+
+class NoOptions(BaseModel):
+    """Options of the GET routes: none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PredictJson(PredictOptions):
+    """JSON body of POST /v1/predict: {"image_base64": ..., "detect"?, "boxes"?, "annotate"?}."""
+
+    image_base64: str
+
+
+class BatchItemJson(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_base64: str
+    boxes: Optional[list[BoxIn]] = None
+
+
+class BatchJson(BatchOptions):
+    """JSON body of POST /v1/predict/batch: {"images": [{"image_base64", "boxes"?}, ...], "detect"?, "annotate"?}."""
+
+    images: list[BatchItemJson]
+
+
+# ----------------------------------------------------------------------------- responses
+
+class FaceOut(BaseModel):
+    box: list[float]                                    # [x, y, w, h], input-image pixels
+    keypoints: Optional[dict[str, list[float]]] = None  # name -> [x, y], input-image pixels
+    emotion: Optional[str] = None
+    probabilities: Optional[dict[str, float]] = None
+
+
+class ImageOut(BaseModel):
+    width: int
+    height: int
+    faces: list[FaceOut]
+    annotated_png_base64: Optional[str] = None   # with annotate=true
+
+
+class ErrorOut(BaseModel):
+    error: str
+    status: Optional[int] = None                 # in a batch result: the status this image alone would get
+
+
+class PredictResponse(ImageOut):
+    model: dict
+
+
+class BatchResponse(BaseModel):
+    results: list[ImageOut | ErrorOut]
+    model: dict
+
+
+class LabelsResponse(BaseModel):
+    keypoints: Optional[list[str]] = None
+    emotion: Optional[list[str]] = None
+    label_scheme: Optional[str] = None

@@ -1,0 +1,70 @@
+"""`run_serve` (behind `emokp serve`) in a child process of its own: it prints the URL, answers on
+127.0.0.1:PORT, and Ctrl-C (SIGINT) stops it with exit status 0 and no Ray process left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import write_tiny_checkpoints
+
+requests = pytest.importorskip("requests")
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _session_processes(sid: int) -> list[str]:
+    """Processes still in the child's session (Ray's raylet, GCS, workers... would be)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
+    return [" ".join(line.split()[2:]) for line in out.splitlines() if int(line.split()[1]) == sid]
+
+
+def test_run_serve_answers_then_stops_cleanly_on_ctrl_c(tmp_path):
+    kp, em = write_tiny_checkpoints(tmp_path)
+    port = _free_port()
+    code = f"from emokp_ray.serving.run import run_serve; run_serve({str(kp)!r}, {str(em)!r}, port={port})"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # a local cluster of its own
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and "http://" not in line:
+            line = child.stdout.readline()
+            assert line or child.poll() is None, "run_serve exited early"
+        assert f"http://127.0.0.1:{port}/" in line
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        page = requests.get(f"http://127.0.0.1:{port}/", timeout=30)
+        assert page.status_code == 200 and "<title>emokp-ray demo</title>" in page.text
+
+        running = " ".join(_session_processes(child.pid))
+        assert "raylet" in running and "gcs_server" in running   # so the check below means something
+
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=120) == 0
+        assert "stopping" in child.stdout.read()
+        deadline = time.monotonic() + 30   # Ray's processes exit right after the driver's shutdown
+        while _session_processes(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _session_processes(child.pid) == []
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
