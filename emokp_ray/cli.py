@@ -89,6 +89,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+# ----------------------------------------------------------------------------- inference
+
+def _cmd_label(args: argparse.Namespace) -> None:
+    from emokp_ray.inference.label import run_label
+
+    summary = run_label(args.input, args.keypoints, args.emotion, args.out, jsonl=args.jsonl, annotate_dir=args.annotate,
+                        batch_size=args.batch_size, concurrency=args.concurrency, use_gpu=args.gpu, detect=args.detect,
+                        num_cpus=args.cpus_per_actor)
+    print(summary)
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from emokp_ray.serving.run import run_serve
+
+    run_serve(args.keypoints, args.emotion, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+              device=args.device)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from emokp_ray.inference.export import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, fmt=args.format)
+    print(f"exported {args.checkpoint} -> {path} ({args.format})")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from emokp_ray.demo import run_demo
 
@@ -98,7 +123,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="emokp", description="Facial keypoints and emotion: prepare data, train with Ray, evaluate.")
+    parser = _Parser(prog="emokp", description="Facial keypoints and emotion: prepare data, train with Ray, evaluate, "
+                                               "label at scale, serve over HTTP.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -131,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("task", choices=["keypoints", "emotion"])
     train.add_argument("--data", required=True, metavar="DIR", help="prepared data set (local path or URI)")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: best/, metrics.jsonl, config.json")
-    train.add_argument("--model", default="course", choices=["course", "wide"], help="course-faithful reference or the wider variant")
+    train.add_argument("--model", default="course", choices=["course", "wide", "small"],
+                       help="course-faithful reference (default), the wider variant, or a small one for CPU demos")
     train.add_argument("--input-size", type=int, default=0, help="model input size in pixels (default: keypoints 96, emotion 48)")
     train.add_argument("--epochs", type=_positive_int, default=10)
     train.add_argument("--batch-size", type=_positive_int, default=64, help="global batch, split across workers")
@@ -171,6 +198,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=_positive_int, default=128)
     ev.add_argument("--limit-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
     ev.set_defaults(func=_cmd_evaluate)
+
+    label = sub.add_parser("label", help="label a folder/glob of images, a prepared data set or a Kaggle CSV (Ray Data)")
+    label.add_argument("input", metavar="INPUT", help="image folder or glob (local or URI), prepared data set dir, or Kaggle CSV")
+    label.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint (dir, RUN_DIR or exported file)")
+    label.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint")
+    label.add_argument("--out", required=True, metavar="OUT", help="output directory: labels.parquet (+ labels.jsonl)")
+    label.add_argument("--jsonl", action="store_true", help="also write JSON lines")
+    label.add_argument("--annotate", metavar="DIR", help="write annotated copies of the images into DIR")
+    label.add_argument("--batch-size", type=_positive_int, default=32, help="images per model batch (default 32)")
+    label.add_argument("--concurrency", type=_positive_int, default=1, help="predictor actors (default 1)")
+    label.add_argument("--cpus-per-actor", type=float, default=1.0)
+    label.add_argument("--detect", default="auto", choices=["auto", "crop", "detect"],
+                       help="auto: small square images are face crops, others are searched for faces")
+    lgpu = label.add_mutually_exclusive_group()
+    lgpu.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="one GPU per actor (default: when present)")
+    lgpu.add_argument("--no-gpu", dest="gpu", action="store_false")
+    label.set_defaults(func=_cmd_label)
+
+    srv = sub.add_parser("serve", help="serve both models over HTTP with Ray Serve (demo page at /)")
+    srv.add_argument("--keypoints", metavar="CKPT")
+    srv.add_argument("--emotion", metavar="CKPT")
+    srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=_positive_int, default=8000)
+    srv.add_argument("--max-batch-size", type=_positive_int, default=16, help="@serve.batch size (1 disables batching)")
+    srv.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    srv.set_defaults(func=_cmd_serve)
+
+    exp = sub.add_parser("export", help="export a checkpoint as one TorchScript (or ONNX) file")
+    exp.add_argument("--checkpoint", required=True, metavar="CKPT")
+    exp.add_argument("--out", required=True, metavar="FILE")
+    exp.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "checkpoint"])
+    exp.set_defaults(func=_cmd_export)
 
     demo = sub.add_parser("demo", help="the whole system end to end on synthetic data")
     demo.add_argument("--out", default="./emokp-demo", metavar="DIR", help="everything goes under DIR (default ./emokp-demo)")

@@ -23,6 +23,10 @@ def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None
         # Read by Ray Data and Ray Train when they start; set before ray.init on purpose.
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray Data 2.60 starts 32 Parquet-footer reader actors for every read_parquet execution (each
+    # epoch); our data sets are a few files per split, and on small machines those actors cost
+    # seconds and crowd out the Train workers. Read by read_parquet on the driver.
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
     kwargs = {}
     if not os.environ.get("RAY_ADDRESS"):
         # A local cluster on a small machine: at least 4 logical CPUs, so that 2 Train workers and
