@@ -36,6 +36,9 @@ class RaySession:
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.per_worker_batch = max(1, cfg.batch_size // self.world_size)
+        if self.device.type == "cpu":
+            # Use exactly the cores this worker reserved (Ray's OMP_NUM_THREADS default may differ).
+            torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(model)
