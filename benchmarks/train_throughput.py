@@ -47,6 +47,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--modes", default="plain,ray-1,ray-2")
+    p.add_argument("--tag", default="", help="suffix of the results file (train_throughput<tag>.json)")
     args = p.parse_args()
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="emokp-throughput-"))
@@ -75,7 +76,7 @@ def main() -> int:
         for mode, r in results.items():
             r["ratio_to_plain"] = round(r["images_per_s"] / base, 3) if base else None
             print(f"| {mode} | {r['images_per_s']:.1f} | {r['ratio_to_plain']} | {r['wall_s']:.0f} |")
-        out = REPO / "benchmarks" / "results" / "train_throughput.json"
+        out = REPO / "benchmarks" / "results" / f"train_throughput{args.tag}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
             "task": args.task, "model": args.model, "faces": args.faces, "epochs": args.epochs, "batch_size": args.batch_size,

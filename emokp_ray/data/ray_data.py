@@ -8,9 +8,12 @@ and each worker keeps a local shuffle buffer (see `train_shuffle_buffer`).
 
 from __future__ import annotations
 
+import os
+
 import ray
 
 from emokp_ray.data.pipeline import PREPROCESS_BATCH, BatchPreprocessor
+from emokp_ray.data.schema import split_files
 
 # Columns the preprocessor needs (row ids and sources stay on disk).
 TRAIN_COLUMNS = ["image", "height", "width", "keypoints", "label"]
@@ -21,11 +24,26 @@ def split_path(data: str, split: str) -> str:
     return f"{data.rstrip('/')}/{split}"
 
 
+# Splits smaller than this on disk are read once and kept in the object store (spread over the
+# nodes, not on the driver): each epoch then re-runs only the augmentation, not the Parquet read.
+CACHE_READ_BELOW_BYTES = 1 << 30
+
+
+def _local_size(data: str, split: str) -> int | None:
+    """Bytes of a local split's Parquet files; None for URIs (not worth a listing round trip)."""
+    if "://" in data:
+        return None
+    return sum(os.path.getsize(f) for f in split_files(data, split))
+
+
 def build_dataset(data: str, split: str, preprocess: BatchPreprocessor, shuffle: bool, limit_rows: int = 0) -> "ray.data.Dataset":
     """A lazy Ray Dataset of preprocessed batches for one split; re-executed (re-augmented) per epoch."""
     ds = ray.data.read_parquet(split_path(data, split)).select_columns(TRAIN_COLUMNS)
     if limit_rows:
         ds = ds.limit(limit_rows)
+    size = _local_size(data, split)
+    if size is not None and size < CACHE_READ_BELOW_BYTES:
+        ds = ds.materialize()
     if shuffle:
         ds = ds.randomize_block_order()
     return ds.map_batches(preprocess, batch_format="pyarrow", batch_size=PREPROCESS_BATCH, zero_copy_batch=True)
