@@ -16,7 +16,7 @@ Every other flag is `emokp train`'s (`emokp train --help`) and is passed on unch
 cluster through RAY_ADDRESS, which Ray Jobs sets.
 
 Where things live (job_common.py): --data is read by Ray Data tasks on every node and by the driver
-with local file functions, so it is a path all nodes see; --out may be a URI (trained into a local
+through pyarrow filesystems, so it is a path all nodes see or a URI (s3://, gs://); --out may be a URI (trained into a local
 folder on the head, uploaded at the end, also after a failure, so `--resume` continues from any node);
 --storage (Ray Train's checkpoints, default RUN_DIR/ray) must be a path all nodes see as soon as the
 workers span several nodes.
@@ -58,8 +58,6 @@ def plan_runs(task: str, out: str, data: str | None, keypoints_data: str | None 
         task_data = {"keypoints": keypoints_data, "emotion": emotion_data}[name] or data
         if not task_data:
             raise UserError(f"give --data or --{name}-data: the {name} run has no data set")
-        require_path(task_data, "--data", "Ray Data reads it on every node and the driver reads its "
-                                          "dataset.json with local file functions (data/schema.py)")
         runs.append((name, task_data, f"{out.rstrip('/')}/{name}" if task == "both" else out))
     return runs
 

@@ -26,7 +26,8 @@ def _rows(run_dir: Path) -> list[dict]:
 
 def test_two_workers_train_from_ray_data_and_leave_best(ray_cluster, random_data, tmp_path):
     out = tmp_path / "run"
-    cfg = TrainConfig(task="emotion", data=str(random_data), out=str(out), epochs=2, batch_size=16, workers=2,
+    # the data set as a URI: Ray Data and the driver read it through pyarrow filesystems
+    cfg = TrainConfig(task="emotion", data=f"file://{random_data}", out=str(out), epochs=2, batch_size=16, workers=2,
                       cpus_per_worker=0.5, use_gpu=False)
     outcome = run_training(cfg, log=lambda *_: None)
     rows = _rows(out)

@@ -113,3 +113,12 @@ def test_cli_train_no_ray_and_user_errors(random_data, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("emokp: error:") and needle in err and "\n" not in err
+
+
+def test_data_set_given_as_a_uri(random_data, tmp_path):
+    """Prepared data sets are read through pyarrow filesystems: file:// here, s3:// or gs:// alike."""
+    out = tmp_path / "run"
+    run_training(_cfg("keypoints", f"file://{random_data}", out, epochs=1), log=lambda *_: None)
+    assert load_checkpoint(out / "best").meta.task == "keypoints"
+    with pytest.raises(UserError, match="not a prepared data set"):
+        run_training(_cfg("keypoints", f"file://{tmp_path}/nothing", tmp_path / "run2"), log=lambda *_: None)

@@ -13,7 +13,7 @@ import os
 import ray
 
 from emokp_ray.data.pipeline import PREPROCESS_BATCH, BatchPreprocessor
-from emokp_ray.data.schema import split_files
+from emokp_ray.data.schema import is_uri, split_files
 
 # Columns the preprocessor needs (row ids and sources stay on disk).
 TRAIN_COLUMNS = ["image", "height", "width", "keypoints", "label"]
@@ -31,7 +31,7 @@ CACHE_READ_BELOW_BYTES = 1 << 30
 
 def _local_size(data: str, split: str) -> int | None:
     """Bytes of a local split's Parquet files; None for URIs (not worth a listing round trip)."""
-    if "://" in data:
+    if is_uri(data):
         return None
     return sum(os.path.getsize(f) for f in split_files(data, split))
 

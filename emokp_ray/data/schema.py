@@ -194,21 +194,46 @@ class DatasetWriter:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def is_uri(location: str | os.PathLike) -> bool:
+    """s3://, gs://, file://, ... rather than a plain local path."""
+    return "://" in str(location)
+
+
 def read_info(data_dir: str | os.PathLike) -> DatasetInfo:
-    """Read DIR/dataset.json; a missing or foreign directory is a `UserError`."""
-    path = Path(data_dir) / DATASET_META
+    """Read DIR/dataset.json (DIR a local path or a pyarrow filesystem URI); a missing or foreign
+    directory is a `UserError`."""
+    location = str(data_dir).rstrip("/")
+    meta = f"{location}/{DATASET_META}"
     try:
-        raw = json.loads(path.read_text())
+        if is_uri(location):
+            from pyarrow import fs as pafs
+
+            filesystem, path = pafs.FileSystem.from_uri(meta)
+            with filesystem.open_input_stream(path) as stream:
+                raw = json.loads(stream.read())
+        else:
+            raw = json.loads(Path(meta).read_text())
         return DatasetInfo(**raw)
     except FileNotFoundError:
         raise UserError(f"{data_dir} is not a prepared data set (no {DATASET_META}); run `emokp data prepare` or `emokp data synth`") from None
     except (ValueError, TypeError) as err:
-        raise UserError(f"{path} is not a valid {DATASET_META}: {err}") from None
+        raise UserError(f"{meta} is not a valid {DATASET_META}: {err}") from None
+    except OSError as err:  # a URI's filesystem: no such bucket, no credentials, ...
+        raise UserError(f"cannot read {meta}: {str(err).splitlines()[0]}") from None
 
 
 def split_files(data_dir: str | os.PathLike, split: str) -> list[str]:
-    """The Parquet files of one split (empty list if the split has no rows)."""
-    folder = Path(data_dir) / split
+    """The Parquet files of one split (empty list if the split has no rows); URIs for a URI data set
+    (pyarrow's read_table and ParquetFile open those directly)."""
+    location = str(data_dir).rstrip("/")
+    if is_uri(location):
+        from pyarrow import fs as pafs
+
+        scheme = location.split("://", 1)[0]
+        filesystem, path = pafs.FileSystem.from_uri(f"{location}/{split}")
+        infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        return sorted(f"{scheme}://{info.path}" for info in infos if info.path.endswith(".parquet"))
+    folder = Path(location) / split
     return sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
 
 
