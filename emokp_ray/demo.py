@@ -119,6 +119,11 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
     from emokp_ray.training.config import TrainConfig
     from emokp_ray.training.train import run_training
 
+    from emokp_ray.serving.model import opencv_available
+
+    if not opencv_available():
+        raise UserError("the demo finds faces in photos with OpenCV: pip install 'emokp-ray[detect]' "
+                        "(bash scripts/setup.sh installs it)")
     plan = DemoPlan.quick() if quick else DemoPlan()
     root = Path(out).resolve()
     if root.exists() and not (root / ".emokp-demo").exists() and any(root.iterdir()):

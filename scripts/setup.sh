@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create ./.venv and install emokp-ray into it, with the right torch build for this machine.
 #
-#   bash scripts/setup.sh          # the library and the `emokp` command
-#   bash scripts/setup.sh dev      # plus the test tools (pytest)
+#   bash scripts/setup.sh          # the library, the `emokp` command and face detection (OpenCV)
+#   bash scripts/setup.sh dev      # plus the test tools (pytest, selenium)
 #
 # torch: on a machine without an NVIDIA GPU we install the CPU build (`torch==2.13.0`; on our dev and
 # CI machines that wheel lies on local disk, elsewhere set EMOKP_TORCH_INDEX to PyTorch's CPU index,
@@ -30,6 +30,6 @@ fi
 if [ "$extra" = "dev" ]; then
   "${pip[@]}" -e ".[dev]"
 else
-  "${pip[@]}" -e .
+  "${pip[@]}" -e ".[detect]"
 fi
 .venv/bin/python -c "import torch, ray; print(f'emokp-ray installed in .venv: torch {torch.__version__} (cuda: {torch.cuda.is_available()}), ray {ray.__version__}')"
