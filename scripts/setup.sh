@@ -4,10 +4,10 @@
 #   bash scripts/setup.sh          # the library, the `emokp` command and face detection (OpenCV)
 #   bash scripts/setup.sh dev      # plus the test tools (pytest, selenium)
 #
-# torch: on a machine without an NVIDIA GPU we install the CPU build (`torch==2.13.0`; on our dev and
-# CI machines that wheel lies on local disk, elsewhere set EMOKP_TORCH_INDEX to PyTorch's CPU index,
-# https://download.pytorch.org/whl/cpu). With a GPU (nvidia-smi works) we install PyPI's default
-# torch==2.13.0, which is the CUDA build. EMOKP_TORCH_SPEC overrides the requirement itself.
+# torch (EMOKP_TORCH_SPEC, default torch==2.13.0), in this order: from EMOKP_TORCH_INDEX if set; a
+# wheel on local disk if pip finds one offline (our dev and CI machines keep the CPU build there);
+# with a working nvidia-smi, PyPI's default (the CUDA build); otherwise the CPU build from PyTorch's
+# CPU index. An installed torch is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
@@ -22,8 +22,14 @@ torch_spec="${EMOKP_TORCH_SPEC:-torch==2.13.0}"
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if [ -n "${EMOKP_TORCH_INDEX:-}" ]; then
     "${pip[@]}" --index-url "$EMOKP_TORCH_INDEX" "$torch_spec"
-  else
+  elif "${pip[@]}" --no-index --no-deps "$torch_spec" 2>/dev/null; then
+    # a wheel on local disk (pip's find-links): our dev and CI machines keep the CPU build there;
+    # then torch's own dependencies from the package index
     "${pip[@]}" "$torch_spec"
+  elif command -v nvidia-smi >/dev/null && nvidia-smi >/dev/null 2>&1; then
+    "${pip[@]}" "$torch_spec"  # PyPI's Linux wheel is the CUDA build
+  else
+    "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu "$torch_spec"  # no GPU: the CPU build
   fi
 fi
 
