@@ -207,7 +207,7 @@ def _write_index(root: Path, summary: dict[str, Any], reports: dict[str, dict]) 
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary["labels"].items())
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>emokp demo report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} figure{{display:inline-block;margin:.5em}}
-img{{max-width:560px;border:1px solid #ccc}} td{{padding:2px 10px}}</style></head><body>
+figure{{vertical-align:top}} img{{max-width:560px;border:1px solid #ccc}} td{{padding:2px 10px}}</style></head><body>
 <h1>emokp demo report</h1>
 <h2>Keypoints</h2><p>validation RMSE <b>{kp['rmse_px']:.3f} px</b> (mean-shape baseline {kp['mean_shape_rmse_px']:.3f} px)</p>
 {img('keypoints/learning_curves.png', 'keypoints: learning curves')}{img('keypoints/per_keypoint_rmse.png', 'RMSE per keypoint')}
