@@ -14,9 +14,9 @@ cd "$(dirname "$0")/.."
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 if [ "$task" = emotion ]; then
-  runs="wide:wide default:wide_sampling course48:default course:faithful"
+  runs="default:default wide:wide course48:course48 course:course"
 else
-  runs="default:default wide:wide course:faithful"
+  runs="default:default wide:wide course:course"
 fi
 for spec in $runs; do
   recipe=${spec%%:*} label=${spec#*:}

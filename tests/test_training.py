@@ -57,6 +57,8 @@ def test_no_ray_run_writes_best_metrics_and_config(task, random_data, tmp_path):
     assert all(r["train/images"] == 3 * 16 for r in rows)
     metric = "val/rmse_px" if task == "keypoints" else "val/accuracy"
     assert all(math.isfinite(r[metric]) for r in rows)
+    if task == "emotion":  # per-class precision and recall every epoch
+        assert {f"val/{m}/{c}" for m in ("precision", "recall") for c in ("anger", "disgust")} <= set(rows[0])
     if task == "keypoints":
         assert rows[0]["val/mean_shape_rmse_px"] > 0
         assert len(rows[0]["val/per_keypoint_rmse_px"]) == 15

@@ -291,6 +291,7 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
             row["val/macro_f1"] = result["macro_f1"]
             row["val/per_class_recall"] = {name: v["recall"] for name, v in result["per_class"].items()}
             row.update({f"val/recall/{name}": v["recall"] for name, v in result["per_class"].items()})
+            row.update({f"val/precision/{name}": v["precision"] for name, v in result["per_class"].items()})
             row["val/confusion"] = result["confusion"]
         value = row[metric_name]
         value = float("nan") if value is None else float(value)
