@@ -13,7 +13,7 @@ import math
 import tempfile
 import time
 from contextlib import nullcontext
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -109,6 +109,18 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> Batch:
     return out
 
 
+def forward_batches(model: torch.nn.Module, batches: Iterable[dict], device: torch.device, amp: bool,
+                    channels_last: bool) -> Iterator[tuple[Batch, torch.Tensor]]:
+    """(device batch, model output) for every non-empty batch, under autocast where AMP is on."""
+    for raw in batches:
+        batch = to_device(raw, device, channels_last)
+        if batch["image"].shape[0] == 0:
+            continue
+        with autocast_context(device, amp):
+            out = model(batch["image"])
+        yield batch, out
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     batches: Iterable[dict],
@@ -125,12 +137,7 @@ def train_one_epoch(
     model.train()
     total_loss, images, steps = 0.0, 0, 0
     start = time.perf_counter()
-    for raw in batches:
-        batch = to_device(raw, device, channels_last)
-        if batch["image"].shape[0] == 0:
-            continue
-        with autocast_context(device, amp):
-            out = model(batch["image"])
+    for batch, out in forward_batches(model, batches, device, amp, channels_last):
         loss = loss_fn(out, batch)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
@@ -161,12 +168,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], task: str, num_cla
     model.eval()
     acc = KeypointMetricAccumulator() if task == "keypoints" else EmotionMetricAccumulator(num_classes)
     loss_sum, n = 0.0, 0
-    for raw in batches:
-        batch = to_device(raw, device, channels_last)
-        if batch["image"].shape[0] == 0:
-            continue
-        with autocast_context(device, amp):
-            out = model(batch["image"])
+    for batch, out in forward_batches(model, batches, device, amp, channels_last):
         out = out.float()
         loss_sum += float(loss_fn(out, batch)) * out.shape[0]
         n += out.shape[0]
