@@ -72,7 +72,7 @@ def main() -> int:
                              "per_epoch_images_per_s": [round(r["train/images_per_s"], 2) for r in outcome.history]}
             print(f"{mode}: {results[mode]['images_per_s']:.1f} images/s (steady), {results[mode]['wall_s']:.0f} s wall", flush=True)
         base = results.get("plain", {}).get("images_per_s")
-        print(f"\n| mode | images/s | ratio to plain | wall s |\n|---|---|---|---|")
+        print("\n| mode | images/s | ratio to plain | wall s |\n|---|---|---|---|")
         for mode, r in results.items():
             r["ratio_to_plain"] = round(r["images_per_s"] / base, 3) if base else None
             print(f"| {mode} | {r['images_per_s']:.1f} | {r['ratio_to_plain']} | {r['wall_s']:.0f} |")

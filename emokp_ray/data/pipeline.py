@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 from emokp_ray.data import augment
 from emokp_ray.data.schema import keypoints_from_column, split_files
 from emokp_ray.errors import UserError
-from emokp_ray.labels import NUM_KEYPOINTS
 
 # Rows decoded together; also Ray Data's map_batches batch size.
 PREPROCESS_BATCH = 256
@@ -125,15 +124,6 @@ class BatchPreprocessor:
         if self.augment:
             batch = augment.augment_emotion_batch(batch, augment.EmotionAugment(), rng)
         return batch
-
-
-def empty_batch(task: str, size: int) -> dict[str, np.ndarray]:
-    batch = {"image": np.zeros((0, size, size), np.uint8)}
-    if task == "keypoints":
-        batch["keypoints"] = np.zeros((0, 2 * NUM_KEYPOINTS), np.float32)
-    else:
-        batch["label"] = np.zeros((0,), np.int64)
-    return batch
 
 
 def task_columns(task: str) -> list[str]:

@@ -9,7 +9,6 @@ checkpoint after a worker dies (`FailureConfig`).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -126,7 +125,3 @@ def build_trainer(cfg: TrainConfig, info: dict[str, Any], storage_path: str, run
 
 def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
-
-
-def checkpoint_path(result_checkpoint: "ray.train.Checkpoint") -> str:
-    return str(Path(result_checkpoint.path))
