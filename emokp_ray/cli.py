@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--no-gpu", dest="gpu", action="store_false", help="train on CPUs even if GPUs are present")
     train.add_argument("--cpus-per-worker", type=float, default=1.0)
     train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with a GPU)")
-    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last (default: on with a GPU)")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels-last memory layout (default: on; faster on CPU and GPU)")
     train.add_argument("--keep-checkpoints", type=_positive_int, default=2, help="best K checkpoints kept")
     train.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
     train.add_argument("--storage", default=None, metavar="URI", help="Ray storage path for checkpoints (default RUN_DIR/ray)")

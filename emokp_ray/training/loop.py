@@ -181,13 +181,19 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], task: str, num_cla
 
 # ----------------------------------------------------------------------------- fit
 
+def _fused_supported(params: list[torch.nn.Parameter]) -> bool:
+    """Fused Adam needs floating-point parameters on CPU or CUDA (torch >= 2.4)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
     """Adam/AdamW and the learning-rate schedule (stepped once per optimizer step)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one multi-threaded kernel per parameter instead of a chain of single-threaded ops. On CPU
+    # the per-tensor Adam took a quarter of each course keypoint step (py-spy); fused, the step runs
+    # 1.35x faster (benchmarks/optimizer_layout.py). Same update rule, rounding aside.
+    optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_supported(params))
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -216,7 +222,7 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
     np.random.seed(cfg.seed)
     device = session.device
     use_amp = bool(cfg.amp) if cfg.amp is not None else device.type == "cuda"
-    channels_last = bool(cfg.channels_last) if cfg.channels_last is not None else device.type == "cuda"
+    channels_last = cfg.channels_last is not False   # None: a config saved when the default followed the GPU
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
