@@ -29,6 +29,9 @@ def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
     kwargs = {}
     if not os.environ.get("RAY_ADDRESS"):
+        # A machine of our own is not a spot instance: Train's preemption watcher (one more actor
+        # polling every 5 s, ~1% of a core) has nothing to watch. Read by the Train controller.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # A local cluster on a small machine: at least 4 logical CPUs, so that 2 Train workers and
         # Ray Data's read/augment tasks can all be scheduled (with 2, they starve each other and hang).
         kwargs.update(num_cpus=num_cpus or max(4, os.cpu_count() or 1), object_store_memory=object_store_memory)
