@@ -1,8 +1,8 @@
 """Batch labeling throughput: Ray Data (`run_label`) against a plain in-process loop of the same
 Predictor over the same image files, side by side in one run.
 
-    python benchmarks/label_throughput.py                       # 400 96x96 PNG crops
-    python benchmarks/label_throughput.py --n 2000 --configs 2x1 --repeats 3
+    python benchmarks/label_throughput.py                       # 20,000 96x96 PNG crops, 2 rounds
+    python benchmarks/label_throughput.py --n 4000 --repeats 3 --out benchmarks/results/label_throughput_4000.json
     python benchmarks/label_throughput.py --kind photos         # 320x240..640x480 photos, one crop each
 
 Models: the two course ResNets (18.0 M and 1.2 M parameters), randomly initialized (speed does not
@@ -10,8 +10,9 @@ depend on the weights) and saved with save_checkpoint. Inputs: synthetic 96x96 f
 PNG (--kind crops), or synthetic photos saved as PNG/JPEG and labelled in crop mode (--kind photos:
 decoding a photo and resizing it to the model size is part of the work; no OpenCV needed).
 
-Both sides read every file, decode it with decode_image and call Predictor.predict on batches of
---batch-size images; the Ray side (run_label) also writes labels.parquet. Two figures per side:
+Both sides do the same job on batches of --batch-size images: read every file, decode it, run
+Predictor.predict, build the output rows (BatchLabeler) and write labels.parquet (OutputWriter);
+the Ray side is `run_label` (an actor pool of BatchLabelers feeding the driver's writer). Two figures per side:
 images/s end to end (from the start: models loaded, actors started) and steady images/s (after the
 first batch's results: the rate a long run tends to). The plain loop runs with each of
 --plain-threads torch threads; a Ray config "AxT" is A actors with T torch threads and T logical
@@ -37,12 +38,12 @@ RESULTS = Path(__file__).resolve().parent / "results" / "label_throughput.json"
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=400, help="image files (default 400)")
+    parser.add_argument("--n", type=int, default=20000, help="image files (default 20000)")
     parser.add_argument("--kind", choices=["crops", "photos"], default="crops", help="96x96 PNG crops or photos (default crops)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per predict call / Ray batch (default 32)")
-    parser.add_argument("--configs", default="1x1,2x1,1x2", help="Ray configs AxT: A actors x T threads (default 1x1,2x1,1x2)")
+    parser.add_argument("--configs", default="2x1", help="Ray configs AxT: A actors x T threads (default 2x1: `emokp label`'s default here)")
     parser.add_argument("--plain-threads", default="1,2", help="torch threads of the plain loop, each run (default 1,2)")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds alternating plain and Ray (default 3)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds alternating plain and Ray (default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
 
@@ -79,27 +80,33 @@ def write_course_checkpoints(folder: Path) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
-def plain_loop(files: list[Path], keypoints: str, emotion: str, batch_size: int, mode: str, threads: int) -> dict:
-    """The same work without Ray: load the predictor, then read, decode and predict batch by batch."""
+def plain_loop(folder: Path, keypoints: str, emotion: str, batch_size: int, mode: str, threads: int, out: Path) -> dict:
+    """The same job without Ray, in this process: the same work rows, the same per-batch labeler
+    (read + decode + Predictor.predict + output rows) and the same Parquet writer as `emokp label`."""
     import torch
 
-    from emokp_ray.inference.images import decode_image
-    from emokp_ray.inference.predictor import Predictor
+    from emokp_ray.inference.label import BatchLabeler
+    from emokp_ray.inference.label_inputs import resolve_input
+    from emokp_ray.inference.label_output import OUTPUT_SCHEMA, OutputWriter
 
     torch.set_num_threads(threads)
     started, cpu = time.perf_counter(), time.process_time()
-    predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=False)
-    first, faces = None, 0
-    for lo in range(0, len(files), batch_size):
-        images = [decode_image(f.read_bytes(), source=f.name) for f in files[lo:lo + batch_size]]
-        faces += sum(len(r.faces) for r in predictor.predict(images, mode=mode))
-        if first is None:
-            first = (time.perf_counter() - started, len(images))
+    spec = resolve_input(str(folder))
+    labeler = BatchLabeler(keypoints, emotion, mode=mode, device="cpu", detect=False, filesystem=spec.filesystem, threads=threads,
+                           batch_size=batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    first = None
+    with OutputWriter(out, OUTPUT_SCHEMA, jsonl=False) as output:
+        for lo in range(0, spec.files.num_rows, batch_size):
+            output.write(labeler(spec.files.slice(lo, batch_size)))
+            if first is None:
+                first = (time.perf_counter() - started, output.images)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    assert faces == len(files)
-    return {"seconds": round(seconds, 3), "images_per_s": round(len(files) / seconds, 2), "startup_s": round(first[0], 3),
-            "steady_images_per_s": round((len(files) - first[1]) / (seconds - first[0]), 2),
-            "cpu_ms_per_image": round(1000 * cpu / len(files), 2), "load_1m": round(os.getloadavg()[0], 2)}
+    n = output.images
+    assert output.faces == n == spec.total
+    return {"seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2), "startup_s": round(first[0], 3),
+            "steady_images_per_s": round((n - first[1]) / (seconds - first[0]), 2),
+            "cpu_ms_per_image": round(1000 * cpu / n, 2), "load_1m": round(os.getloadavg()[0], 2)}
 
 
 def ray_run(folder: Path, keypoints: str, emotion: str, batch_size: int, actors: int, threads: int, out: Path) -> dict:
@@ -131,12 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
     ray: dict[str, list[dict]] = {f"{a}x{t}": [] for a, t in configs}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = write_inputs(tmp / "images", args.n, args.kind)
+        write_inputs(tmp / "images", args.n, args.kind)
         keypoints, emotion = write_course_checkpoints(tmp / "ckpt")
         init_ray()
         for repeat in range(args.repeats):   # alternate, so a change of load hits both sides
             for threads in plain_threads:
-                run = plain_loop(files, keypoints, emotion, args.batch_size, "crop", threads)
+                run = plain_loop(tmp / "images", keypoints, emotion, args.batch_size, "crop", threads, tmp / f"plain-{threads}")
                 plain[f"{threads} threads"].append(run)
                 print(f"round {repeat}: plain, {threads} torch threads: {run['images_per_s']:.1f} images/s "
                       f"(steady {run['steady_images_per_s']:.1f}; {run['cpu_ms_per_image']:.2f} ms CPU per image; load {run['load_1m']})", flush=True)

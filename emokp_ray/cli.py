@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--jsonl", action="store_true", help="also write JSON lines")
     label.add_argument("--annotate", metavar="DIR", help="write annotated copies of the images into DIR")
     label.add_argument("--batch-size", type=_positive_int, default=32, help="images per model batch (default 32)")
-    label.add_argument("--concurrency", type=_positive_int, default=1, help="predictor actors (default 1)")
+    label.add_argument("--concurrency", type=_positive_int, default=None,
+                       help="predictor actors (default: one per GPU, else one per --cpus-per-actor cores of the machine)")
     label.add_argument("--cpus-per-actor", type=float, default=1.0)
     label.add_argument("--detect", default="auto", choices=["auto", "crop", "detect"],
                        help="auto: small square images are face crops, others are searched for faces")

@@ -45,9 +45,9 @@ def build_parser() -> JobParser:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (path or URI)")
     parser.add_argument("--jsonl", action="store_true", help="also write labels.jsonl")
     parser.add_argument("--annotate", dest="annotate_dir", metavar="DIR", help="annotated PNGs, a path every node sees")
-    parser.add_argument("--batch-size", type=int, help=f"images per actor call (default {_DEFAULTS['batch_size']})")
-    parser.add_argument("--concurrency", type=_concurrency, metavar="N|MIN-MAX",
-                        help=f"actors, or an autoscaling range (default {_DEFAULTS['concurrency']})")
+    parser.add_argument("--batch-size", type=int, help=f"images per model batch (default {_DEFAULTS['batch_size']})")
+    parser.add_argument("--concurrency", type=_concurrency, metavar="N|MIN-MAX", default=None,
+                        help="actors, or an autoscaling range (default: one per GPU, else 1 to cluster CPUs / --num-cpus)")
     gpu = parser.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", dest="use_gpu", action="store_true", help="one GPU per actor (default: when the cluster has GPUs)")
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="CPU actors even on a GPU cluster")

@@ -5,11 +5,13 @@ JSONL equals Parquet, annotated images are written, and OUT appears only complet
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 from PIL import Image
 
 from emokp_ray.data.synth import synthesize, write_synth_dataset, write_synth_photos
@@ -118,6 +120,20 @@ def test_batch_labeler_isolates_bad_images_in_process(image_folder, checkpoints)
         assert all(r["status"] in ("ok", "no_face") for name in rows if name.startswith("photo_") for r in rows[name])
 
 
+def test_batch_labeler_labels_a_call_in_model_batches(image_folder, checkpoints):
+    """A Ray block holds several model batches: chunked (2 images per predictor call) or all at once,
+    the rows are the same, in input order, and a bad file in one chunk leaves the others labelled."""
+    spec = resolve_input(str(image_folder))
+    whole = BatchLabeler(*checkpoints, mode="crop", detect=False, filesystem=spec.filesystem, batch_size=64)(spec.files)
+    chunked = BatchLabeler(*checkpoints, mode="crop", detect=False, filesystem=spec.filesystem, batch_size=2)(spec.files)
+    assert chunked.column("source").to_pylist() == whole.column("source").to_pylist()
+    assert chunked.column("status").to_pylist() == whole.column("status").to_pylist()
+    for name in ("keypoints", "probabilities"):
+        a, b = whole.column(name).to_pylist(), chunked.column(name).to_pylist()
+        assert all((x is None and y is None) or np.allclose(x, y, atol=1e-4) for x, y in zip(a, b))
+    assert chunked.column("status").to_pylist().count("ok") >= 1 and "error" in chunked.column("status").to_pylist()
+
+
 def test_out_must_be_empty_or_an_earlier_output(tmp_path, checkpoints, image_folder):
     precious = tmp_path / "mine"
     precious.mkdir()
@@ -159,6 +175,15 @@ def test_staged_output_appears_only_when_complete(tmp_path):
 
 
 # ----------------------------------------------------------------------------- through Ray Data
+
+@pytest.mark.ray
+def test_default_pool_has_one_single_cpu_actor_per_core(ray_cluster, image_folder, checkpoints, tmp_path):
+    summary = run_label(str(image_folder), *checkpoints, out=str(tmp_path / "out"), concurrency=None, use_gpu=False,
+                        detector=HalvesDetector(), progress=False)
+    cores = int(min(os.cpu_count() or 1, ray.cluster_resources()["CPU"]))
+    assert summary.actors.startswith(f"{cores} actor{'s' if cores > 1 else ''} x 1 CPU")
+    assert summary.images == 9 and json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["options"]["concurrency"] == cores
+
 
 @pytest.mark.ray
 def test_label_folder_accounts_for_every_file(ray_cluster, image_folder, checkpoints, tmp_path):

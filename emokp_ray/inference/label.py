@@ -32,6 +32,11 @@ from emokp_ray.labels import KEYPOINT_COLUMNS, KEYPOINT_NAMES
 
 MODES = ("auto", "crop", "detect")
 MAX_FILE_BYTES = 256 * 2**20   # larger files are error rows, never read into an actor
+# Rows per actor call, in model batches. Each Ray Data call costs the actor tens of milliseconds
+# (scheduling, result transfer, Ray Data's bookkeeping): with one 32-image batch per call, 2 actors
+# on 2 cores ran at 0.70x the plain loop once started; with 8 per call at 1.03-1.16x
+# (benchmarks/label_throughput.py).
+ROWS_PER_CALL_BATCHES = 8
 PROGRESS_EVERY_S = 5.0
 
 
@@ -80,14 +85,16 @@ def load_batch(batch: pa.Table, filesystem: pafs.FileSystem | None) -> tuple[lis
 class BatchLabeler:
     """The Ray Data UDF: load the Predictor once (per actor), then label batches of work rows.
 
-    Plain Python (usable without Ray): `BatchLabeler(...)(table) -> table`. All decodable images of a
-    batch go through the predictor in ONE call; if that call fails, the images are retried one by one
-    so only the one at fault becomes an error row.
+    Plain Python (usable without Ray): `BatchLabeler(...)(table) -> table`. A call's rows (a Ray
+    block: several model batches, so Ray's per-call cost is paid once per ROWS_PER_CALL_BATCHES
+    batches) are labelled in chunks of `batch_size`; all decodable images of a chunk go through the
+    predictor in ONE call; if that call fails, the chunk's images are retried one by one so only the
+    one at fault becomes an error row.
     """
 
     def __init__(self, keypoints: str | None, emotion: str | None, mode: str = "auto", device: str = "cpu",
                  detect: bool = True, filesystem: pafs.FileSystem | None = None, annotate_dir: str | None = None,
-                 threads: int | None = None, detector: Any = None):
+                 threads: int | None = None, detector: Any = None, batch_size: int = 32):
         import torch
 
         from emokp_ray.inference.export import load_model
@@ -105,8 +112,13 @@ class BatchLabeler:
         self.mode = mode
         self.filesystem = filesystem
         self.annotate_dir = Path(annotate_dir) if annotate_dir else None
+        self.batch_size = batch_size
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, rows: pa.Table) -> pa.Table:
+        return pa.concat_tables([self._label_chunk(rows.slice(lo, self.batch_size))
+                                 for lo in range(0, rows.num_rows, self.batch_size)] or [self._label_chunk(rows)])
+
+    def _label_chunk(self, batch: pa.Table) -> pa.Table:
         sources, images, errors = load_batch(batch, self.filesystem)
         results = self._predict(sources, images, errors)
         if self.annotate_dir is not None:
@@ -189,6 +201,22 @@ def _actor_range(concurrency: int | tuple[int, int]) -> tuple[int, int]:
     raise UserError(f"concurrency must be a positive integer or (min, max) with 1 <= min <= max, got {concurrency!r}")
 
 
+def _auto_concurrency(asked_gpu: bool | None, num_cpus: float) -> int | tuple[int, int]:
+    """Actors that fill the machine: one per GPU; on CPUs, one per `num_cpus` of this machine's cores
+    (a local cluster; its logical CPUs may outnumber the cores: 2 single-thread actors on 2 cores run
+    at 1.1x the plain loop, more only compete) or (1, CPUs / num_cpus) on a cluster,
+    where Ray Data grows the pool as work queues up."""
+    import ray
+
+    total = ray.cluster_resources()
+    if total.get("GPU", 0) >= 1 and asked_gpu is not False:
+        return int(total["GPU"])
+    if os.environ.get("RAY_ADDRESS"):
+        return 1, max(1, int(total.get("CPU", 1) // num_cpus))
+    cores = min(os.cpu_count() or 1, total.get("CPU", 1))
+    return max(1, int(cores // num_cpus))
+
+
 def _check_resources(asked_gpu: bool | None, min_actors: int, num_cpus: float) -> bool:
     """Whether actors get a GPU, and that the cluster can hold the smallest pool (Ray Data would wait
     for it forever). A local cluster's shortfall is an error; on a cluster (RAY_ADDRESS) an autoscaler
@@ -257,7 +285,7 @@ def _stream(labeled, output: OutputWriter, total: int, progress: bool) -> tuple[
 
 
 def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, jsonl: bool = False,
-              annotate_dir: str | None = None, batch_size: int = 32, concurrency: int | tuple[int, int] = 1,
+              annotate_dir: str | None = None, batch_size: int = 32, concurrency: int | tuple[int, int] | None = 1,
               use_gpu: bool | None = None, detect: str = "auto", num_cpus: float = 1.0, threads: int | None = None,
               progress: bool = True, detector: Any = None) -> LabelSummary:
     """Label every face of INPUT with the Predictor, in a Ray Data actor pool; see the module docstring.
@@ -265,7 +293,8 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
     detect: how faces are found in image files: "auto" (a square image of at most 128 px is one face
     crop, others are searched; without OpenCV those become error rows), "crop" (each image is one
     face) or "detect" (always search; needs OpenCV). Data set and CSV rows are crops unless "detect".
-    concurrency: actors (int) or (min, max) for an autoscaling pool. num_cpus: CPUs reserved per actor;
+    concurrency: actors (int), (min, max) for an autoscaling pool, or None: fill the machine or
+    cluster (`_auto_concurrency`). num_cpus: CPUs reserved per actor;
     threads: torch threads per actor (None: Ray's default, one per reserved CPU). use_gpu: one GPU per
     actor (None: when the cluster has GPUs). detector: an object with `detect(grey) -> [(x, y, w, h)...]`
     (largest first) used instead of OpenCV's; it is pickled to every actor.
@@ -278,7 +307,8 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
         raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
     if num_cpus <= 0 or (threads is not None and threads < 1):
         raise UserError(f"num_cpus must be > 0 and threads >= 1, got {num_cpus!r}, {threads!r}")
-    min_actors, max_actors = _actor_range(concurrency)
+    if concurrency is not None:
+        min_actors, max_actors = _actor_range(concurrency)   # bad values fail before Ray starts
     out_stage = StagedFolder(out, "--out", SUMMARY_FILE)
     ann_stage = StagedFolder(annotate_dir, "--annotate", ANNOTATIONS_FILE) if annotate_dir else None
     spec: LabelInput = resolve_input(input)
@@ -296,6 +326,9 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
     init_ray()
     import ray.data
 
+    if concurrency is None:
+        concurrency = _auto_concurrency(use_gpu, num_cpus)
+        min_actors, max_actors = _actor_range(concurrency)
     gpu = _check_resources(use_gpu, min_actors, num_cpus)
     compute = ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors)
     actors = (f"{min_actors}" if min_actors == max_actors else f"{min_actors}-{max_actors}") + f" actor{'s' if max_actors > 1 else ''}"
@@ -309,14 +342,16 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
                 output.write(output_table(sources, [None] * len(sources), [None] * len(sources), messages, []))
             startup, done_at_startup = 0.0, output.images
             with parquet_footer_readers(1):
-                ds = work_dataset(spec, batch_size)
+                rows_per_call = batch_size * ROWS_PER_CALL_BATCHES
+                ds = work_dataset(spec, rows_per_call, min_blocks=2 * max_actors)
                 if ds is not None:
                     labeled = ds.map_batches(
                         BatchLabeler,
                         fn_constructor_kwargs=dict(keypoints=keypoints, emotion=emotion, mode=mode, device="cuda" if gpu else "cpu",
                                                    detect=use_detector, filesystem=spec.filesystem, threads=threads,
-                                                   detector=detector, annotate_dir=str(ann_tmp) if ann_tmp else None),
-                        batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
+                                                   detector=detector, annotate_dir=str(ann_tmp) if ann_tmp else None,
+                                                   batch_size=batch_size),
+                        batch_size=rows_per_call, batch_format="pyarrow", zero_copy_batch=True,
                         compute=compute, num_cpus=num_cpus, num_gpus=1 if gpu else 0,
                     )
                     startup, done_at_startup = _stream(labeled, output, spec.total, progress)

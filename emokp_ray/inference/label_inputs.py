@@ -243,18 +243,21 @@ def parquet_footer_readers(count: int) -> Iterator[None]:
         os.environ.pop(name, None)
 
 
-def work_dataset(spec: LabelInput, batch_size: int):
-    """The Ray Dataset of work rows for the labeling actors (lazy; image bytes are not read here)."""
+def work_dataset(spec: LabelInput, rows_per_block: int, min_blocks: int = 1):
+    """The Ray Dataset of work rows for the labeling actors (lazy; image bytes are not read here).
+
+    Blocks of about `rows_per_block` rows (one actor call each), but at least `min_blocks` of them
+    where there are rows enough, so every actor of the pool gets work at once, and results stream
+    back block by block (a whole file as one block would go to one actor and come back in one piece).
+    """
     import ray
 
-    # Blocks of about one batch: every actor of the pool gets work at once, and results stream back
-    # batch by batch (a whole file as one block would go to one actor and come back in one piece).
     if spec.kind == "dataset":
         ds = ray.data.read_parquet(spec.split_dirs, filesystem=spec.filesystem).select_columns(DATASET_COLUMNS)
-        return ds.repartition(target_num_rows_per_block=batch_size)   # streaming: no shuffle, no barrier
+        return ds.repartition(target_num_rows_per_block=rows_per_block)   # streaming: no shuffle, no barrier
     tables = [spec.files] if spec.kind == "images" else spec.crops
     rows = sum(t.num_rows for t in tables)
     if rows == 0:
         return None  # a CSV of bad rows only: nothing for the actors
-    step = max(batch_size, -(-rows // MAX_BLOCKS))
+    step = max(1, min(rows_per_block, -(-rows // min_blocks)), -(-rows // MAX_BLOCKS))
     return ray.data.from_arrow([t.slice(lo, step) for t in tables for lo in range(0, t.num_rows, step)])
