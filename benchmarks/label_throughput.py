@@ -40,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="image files (default 20000)")
     parser.add_argument("--kind", choices=["crops", "photos"], default="crops", help="96x96 PNG crops or photos (default crops)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per predict call / Ray batch (default 32)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model batch; a Ray call takes 8 (default 32)")
     parser.add_argument("--configs", default="2x1", help="Ray configs AxT: A actors x T threads (default 2x1: `emokp label`'s default here)")
     parser.add_argument("--plain-threads", default="1,2", help="torch threads of the plain loop, each run (default 1,2)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds alternating plain and Ray (default 2)")
