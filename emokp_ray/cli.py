@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     gpu = train.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="use GPUs (default: when present)")
     gpu.add_argument("--no-gpu", dest="gpu", action="store_false", help="train on CPUs even if GPUs are present")
-    train.add_argument("--cpus-per-worker", type=float, default=1.0)
+    train.add_argument("--cpus-per-worker", type=float, default=0.0,
+                       help="CPUs reserved per worker, also its torch threads (default 0: reserve 1, use the node's cores / its workers)")
     train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with a GPU)")
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels-last memory layout (default: on; faster on CPU and GPU)")
     train.add_argument("--keep-checkpoints", type=_positive_int, default=2, help="best K checkpoints kept")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from emokp_ray.checkpoint import load_checkpoint
+from emokp_ray.errors import UserError
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.train import run_training
 from tests.helpers import write_random_dataset
@@ -53,3 +54,15 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, random_d
     # finished from the epoch-2 checkpoint: epochs 1..3 each exactly once in the history
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert load_checkpoint(out / "best").meta.task == "keypoints"
+
+
+def test_worker_torch_threads_follow_the_reservation_or_share_the_node():
+    from emokp_ray.training.ray_trainer import torch_threads
+
+    assert torch_threads(0.0, local_workers=1, node_cores=2) == 2        # default: the whole 2-core machine
+    assert torch_threads(0.0, local_workers=2, node_cores=8) == 4        # two workers share a node
+    assert torch_threads(0.0, local_workers=4, node_cores=2) == 1        # never below one thread
+    assert torch_threads(3.0, local_workers=1, node_cores=16) == 3       # an explicit reservation wins
+    assert torch_threads(0.5, local_workers=2, node_cores=2) == 1
+    with pytest.raises(UserError, match="--cpus-per-worker must be >= 0"):
+        TrainConfig(task="keypoints", data="d", out="o", cpus_per_worker=-1)

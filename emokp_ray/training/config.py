@@ -42,7 +42,8 @@ class TrainConfig:
     # --- execution ---
     workers: int = 1
     use_gpu: bool | None = None        # None: use GPUs when the cluster has them
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 0.0       # CPUs Ray reserves per worker (= its torch threads); 0: reserve 1,
+                                       # and torch uses this node's cores / the workers on it
     amp: bool | None = None            # None: on with a GPU (bf16 where supported, else fp16)
     channels_last: bool = True         # NHWC: 1.25-1.6x faster CPU steps too (benchmarks/optimizer_layout.py)
     keep_checkpoints: int = 2          # keep the best K checkpoints by the validation metric
@@ -71,6 +72,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.batch_size < self.workers:
             raise UserError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
+        if self.cpus_per_worker < 0:
+            raise UserError(f"--cpus-per-worker must be >= 0 (0 = automatic), got {self.cpus_per_worker}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 

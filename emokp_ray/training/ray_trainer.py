@@ -9,6 +9,7 @@ checkpoint after a worker dies (`FailureConfig`).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Iterable
 
 import numpy as np
@@ -26,6 +27,15 @@ from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.loop import fit
 
 
+def torch_threads(cpus_per_worker: float, local_workers: int, node_cores: int) -> int:
+    """A CPU worker's torch threads: the CPUs it reserved, or with --cpus-per-worker 0 (the default)
+    its share of the node's cores. Ray's OMP_NUM_THREADS default is the reservation, which at the
+    1-CPU default would leave a 2-core machine's second core idle (0.6x the speed)."""
+    if cpus_per_worker > 0:
+        return max(1, int(cpus_per_worker))
+    return max(1, node_cores // max(1, local_workers))
+
+
 class RaySession:
     def __init__(self, cfg: TrainConfig, info: dict[str, Any]):
         ctx = ray.train.get_context()
@@ -36,8 +46,7 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self.per_worker_batch = max(1, cfg.batch_size // self.world_size)
         if self.device.type == "cpu":
-            # Use exactly the cores this worker reserved (Ray's OMP_NUM_THREADS default may differ).
-            torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+            torch.set_num_threads(torch_threads(cfg.cpus_per_worker, ctx.get_local_world_size(), os.cpu_count() or 1))
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(model)
@@ -106,7 +115,7 @@ def build_trainer(cfg: TrainConfig, info: dict[str, Any], storage_path: str, run
         scaling_config=ScalingConfig(
             num_workers=cfg.workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker={"CPU": cfg.cpus_per_worker or 1.0, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=RunConfig(
             name=run_name,
