@@ -347,44 +347,76 @@ class Predictor:
         previous result's boxes qualify), overriding mode. All faces of all images go through each
         model in one batched pass.
         """
-        if mode not in MODES:
-            raise UserError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
-        if boxes is not None and len(boxes) != len(images):
-            raise UserError(f"boxes: {len(boxes)} lists for {len(images)} images (one list per image, or none)")
-        sizes = self._sizes()
-        all_boxes: list[Box] = []
-        crops: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
-        counts: list[int] = []
-        for index, image in enumerate(images):
-            _check_image(image, index)
-            grey = to_grey(image)
-            height, width = grey.shape
-            pil = Image.fromarray(grey)
-            caller = boxes[index] if boxes is not None else None
-            if caller is not None:
-                face_boxes = [_check_box(b, f"image {index} box {j}") for j, b in enumerate(caller)]
-            elif mode == "crop" or (mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
-                face_boxes = [(0.0, 0.0, float(width), float(height))]
-            else:
-                detector = self.detector
-                with self._detector_lock:
-                    found = detector.detect(grey)
-                face_boxes = [crop_box_from_detection(d, self.margin, self.shift_y) for d in found]
-            for j, box in enumerate(face_boxes):
-                for size in sizes:
-                    crop = crop_face(pil, box, size)
-                    if crop is None:
-                        raise UserError(f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the {width}x{height} image")
-                    crops[size].append(crop)
-            all_boxes.extend(face_boxes)
-            counts.append(len(face_boxes))
-        faces: list[Face] = []
-        if all_boxes:
-            crops_for = {s: np.stack(c) for s, c in crops.items()}
-            faces = self._run(crops_for, np.asarray(all_boxes, np.float64))
+        return self.predict_prepared(self.prepare(images, mode, boxes))
+
+    def prepare(self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None) -> "PreparedFaces":
+        """The CPU half of `predict` (detect and crop, no model runs); see `prepare_faces`."""
+        def detect(grey: np.ndarray) -> list:
+            detector = self.detector
+            with self._detector_lock:
+                return detector.detect(grey)
+
+        return prepare_faces(images, self._sizes(), mode, detect, boxes, self.margin, self.shift_y)
+
+    def predict_prepared(self, prepared: "PreparedFaces") -> list[ImageResult]:
+        """The network half of `predict`: both models over prepared faces, one batched pass each."""
+        faces: list[Face] = self._run(prepared.crops, prepared.boxes) if len(prepared.boxes) else []
         results, start = [], 0
-        for image, count in zip(images, counts):
-            results.append(ImageResult(width=int(image.shape[1]), height=int(image.shape[0]), faces=faces[start:start + count]))
+        for (width, height), count in zip(prepared.sizes, prepared.counts):
+            results.append(ImageResult(width=width, height=height, faces=faces[start:start + count]))
             start += count
         return results
 
+
+# --------------------------------------------------------------------------------------------------
+# Detect and crop without the models (batch labeling runs this in CPU tasks, the networks elsewhere)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedFaces:
+    """Images ready for the networks: every face cropped at every model input size."""
+
+    crops: dict[int, np.ndarray]     # input size S -> uint8 [F, S, S], the faces of all images in order
+    boxes: np.ndarray                # float64 [F, 4] (x, y, w, h) in the input images' pixels
+    counts: list[int]                # faces per image (sum F)
+    sizes: list[tuple[int, int]]     # (width, height) per image
+
+
+def prepare_faces(images: list[np.ndarray], sizes: set[int], mode: str, detect: Any,
+                  boxes: list[list[Box] | None] | None = None, margin: float = FRAMING_MARGIN,
+                  shift_y: float = FRAMING_SHIFT_Y) -> PreparedFaces:
+    """Face boxes and crops for each image, as `Predictor.predict` finds them (see there for mode
+    and boxes); detect: grey uint8 [H, W] -> detector boxes (x, y, w, h), called only where a photo
+    is searched. sizes: the models' input sizes."""
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    if boxes is not None and len(boxes) != len(images):
+        raise UserError(f"boxes: {len(boxes)} lists for {len(images)} images (one list per image, or none)")
+    all_boxes: list[Box] = []
+    crops: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
+    counts: list[int] = []
+    image_sizes: list[tuple[int, int]] = []
+    for index, image in enumerate(images):
+        _check_image(image, index)
+        grey = to_grey(image)
+        height, width = grey.shape
+        pil = Image.fromarray(grey)
+        caller = boxes[index] if boxes is not None else None
+        if caller is not None:
+            face_boxes = [_check_box(b, f"image {index} box {j}") for j, b in enumerate(caller)]
+        elif mode == "crop" or (mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
+            face_boxes = [(0.0, 0.0, float(width), float(height))]
+        else:
+            face_boxes = [crop_box_from_detection(d, margin, shift_y) for d in detect(grey)]
+        for j, box in enumerate(face_boxes):
+            for size in sizes:
+                crop = crop_face(pil, box, size)
+                if crop is None:
+                    raise UserError(f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the {width}x{height} image")
+                crops[size].append(crop)
+        all_boxes.extend(face_boxes)
+        counts.append(len(face_boxes))
+        image_sizes.append((int(image.shape[1]), int(image.shape[0])))
+    return PreparedFaces(crops={s: np.stack(c) if c else np.zeros((0, s, s), np.uint8) for s, c in crops.items()},
+                         boxes=np.asarray(all_boxes, np.float64).reshape(-1, 4), counts=counts, sizes=image_sizes)
