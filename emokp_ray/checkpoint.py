@@ -364,11 +364,13 @@ def _model_from(meta: CheckpointMeta, state_dict: Any, where: Path) -> nn.Module
     return model.eval()
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", training_state: bool = True) -> LoadedCheckpoint:
     """Rebuild the model a checkpoint describes, with its weights, in eval mode on `map_location`.
 
     `path`: a checkpoint directory, a run directory with best/ inside, or an exported .pt file.
-    Optimizer / scheduler / scaler states and train_state.json come back when present (for resume).
+    Optimizer / scheduler / scaler states and train_state.json come back when present (for resume);
+    training_state=False (inference: evaluation, labeling, serving, export) never opens those files,
+    so an inference replica holds only the weights (Adam's state is twice their size).
     """
     resolved = resolve_checkpoint_path(path)
     if resolved.is_file():
@@ -383,6 +385,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not model_file.is_file():
         raise UserError(f"checkpoint {resolved} has no {MODEL_FILE}")
     model = _model_from(meta, _torch_load(model_file, "cpu"), model_file).to(map_location)
+    if not training_state:
+        return LoadedCheckpoint(model=model, meta=meta, path=resolved)
 
     def optional(name: str) -> Any:
         file = resolved / name

@@ -37,7 +37,7 @@ def exported(tiny, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("which", [0, 1], ids=["keypoints", "emotion"])
 def test_torchscript_export_matches_the_model(tiny, exported, which):
     original = load_checkpoint(tiny[which])
-    loaded = load_exported(exported[which])
+    loaded = load_exported(exported[which], trust_torchscript=True)
     assert isinstance(loaded.model, torch.jit.ScriptModule)
     assert loaded.meta.to_dict() == original.meta.to_dict()          # self-describing
     size = original.meta.input_size
@@ -59,10 +59,11 @@ def test_torchscript_file_is_a_plain_torch_jit_archive(exported):
 
 def test_predictor_from_exported_files_matches_checkpoints(tiny, exported):
     crops = np.random.default_rng(2).integers(0, 256, (3, 96, 96), dtype=np.uint8)
-    from_dirs = Predictor.from_paths(str(tiny[0]), str(tiny[1]), device="cpu", detect=False).predict_crops(crops)
-    from_files = Predictor.from_paths(str(exported[0]), str(exported[1]), device="cpu", detect=False)
-    assert from_files.model_info()["emotion"]["checkpoint"] == str(exported[1])
-    for a, b in zip(from_dirs, from_files.predict_crops(crops)):
+    dirs = Predictor.from_paths(str(tiny[0]), str(tiny[1]), device="cpu", detect=False)
+    from_files = Predictor.from_paths(str(exported[0]), str(exported[1]), device="cpu", detect=False, trust_torchscript=True)
+    # The same weights are the same version, whatever the file format; no path is named.
+    assert from_files.model_info() == dirs.model_info()
+    for a, b in zip(dirs.predict_crops(crops), from_files.predict_crops(crops)):
         assert a.emotion == b.emotion
         assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
         assert np.allclose(np.array(list(a.keypoints.values())), np.array(list(b.keypoints.values())), atol=1e-3)
@@ -101,13 +102,36 @@ def test_load_exported_errors(tiny, tmp_path):
         (bare, "without meta.json"),
     ]:
         with pytest.raises(UserError) as err:
-            load_exported(path)
+            load_exported(path, trust_torchscript=True)
         assert fragment in str(err.value) and "\n" not in str(err.value)
     broken = tmp_path / "broken.ts"
     with zipfile.ZipFile(broken, "w") as archive:
         archive.writestr("model/code/__torch__.py", "garbage")
     with pytest.raises(UserError, match="could not be loaded as TorchScript"):
-        load_exported(broken)
+        load_exported(broken, trust_torchscript=True)
+
+
+def test_torchscript_is_loaded_only_when_trusted(exported):
+    # A TorchScript file is a program: without the explicit trust flag it is refused before
+    # torch.jit.load runs anything, in one line that says what to do.
+    for load in (load_exported, load_model):
+        with pytest.raises(UserError) as err:
+            load(exported[0])
+        assert "--trust-torchscript" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="trust-torchscript"):
+        Predictor.from_paths(str(exported[0]), None, device="cpu", detect=False)
+    assert isinstance(load_model(exported[0], trust_torchscript=True).model, torch.jit.ScriptModule)
+
+
+def test_inference_loads_no_optimizer_state(tiny, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny[0], ckpt)
+    (ckpt / "optimizer.pt").write_bytes(b"PK\x03\x04 not a real archive")   # read -> an error
+    assert load_model(ckpt).optimizer_state is None                 # never opened
+    with pytest.raises(UserError, match="optimizer.pt"):
+        load_checkpoint(ckpt)                                       # resume reads it (and refuses it)
 
 
 def test_onnx_needs_the_onnx_package(tiny, tmp_path, monkeypatch):

@@ -187,12 +187,16 @@ def test_face_and_result_to_dict(predictor):
 
 def test_model_info_and_labels(predictor, tiny):
     info = predictor.model_info()
-    assert info["keypoints"] == {"run_id": "tiny-keypoints", "epoch": 1, "input_size": 96, "checkpoint": str(tiny[0])}
+    assert info["keypoints"] == {"run_id": "tiny-keypoints", "epoch": 1, "input_size": 96, "version": info["keypoints"]["version"]}
     assert info["emotion"] == {
-        "run_id": "tiny-emotion", "epoch": 1, "input_size": 48, "checkpoint": str(tiny[1]),
+        "run_id": "tiny-emotion", "epoch": 1, "input_size": 48, "version": info["emotion"]["version"],
         "label_scheme": "seed5", "class_names": list(SEED5.classes),
     }
     assert predictor.labels() == {"keypoints": list(KEYPOINT_NAMES), "emotion": list(SEED5.classes), "label_scheme": "seed5"}
+    # The version is a hash of the weights: 12 hex digits, one per model, and no path anywhere.
+    versions = [info["keypoints"]["version"], info["emotion"]["version"]]
+    assert all(len(v) == 12 and int(v, 16) >= 0 for v in versions) and versions[0] != versions[1]
+    assert str(tiny[0].parent) not in str(info)
 
 
 def test_one_model_only(tiny):

@@ -146,3 +146,20 @@ def test_data_set_given_as_a_uri(random_data, tmp_path):
     assert load_checkpoint(out / "best").meta.task == "keypoints"
     with pytest.raises(UserError, match="not a prepared data set"):
         run_training(_cfg("keypoints", f"file://{tmp_path}/nothing", tmp_path / "run2"), log=lambda *_: None)
+
+
+def test_install_best_swaps_the_whole_directory(tmp_path):
+    from emokp_ray.training.train import _install_best
+
+    run_dir = tmp_path / "run"
+    for epoch, files in ((1, {"model.pt": "one", "stale.txt": "x"}), (2, {"model.pt": "two"})):
+        src = tmp_path / f"epoch-{epoch}"
+        src.mkdir()
+        for name, text in files.items():
+            (src / name).write_text(text)
+        run_dir.mkdir(exist_ok=True)
+        assert _install_best(src, run_dir) == run_dir / "best"
+    # The new best replaced the old one whole (no file of the old one survives), nothing left aside.
+    assert sorted(p.name for p in (run_dir / "best").iterdir()) == ["model.pt"]
+    assert (run_dir / "best" / "model.pt").read_text() == "two"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best"]

@@ -15,8 +15,12 @@ most runtimes load; the warning is silenced here. The trace is checked by `test_
 and in-memory outputs agree to 1e-4.
 
 `load_model(path)` is what the predictor uses: a TorchScript file -> `load_exported`, anything else
-(checkpoint dir, RUN_DIR, exported .pt) -> `load_checkpoint`. Neither unpickles arbitrary Python
-objects: `torch.jit.load` restores TorchScript modules and tensors only.
+(checkpoint dir, RUN_DIR, exported .pt) -> `load_checkpoint` (weights only: no optimizer state).
+A checkpoint never runs code (`torch.load(weights_only=True)`). A TorchScript file IS code: its
+serialized TorchScript program runs when the model is called, and PyTorch's security notes treat
+`torch.jit.load` of an untrusted file like running an untrusted program. So a TorchScript file is
+loaded only with `trust_torchscript=True` (`--trust-torchscript` on the command line,
+`trust_torchscript: true` in the Serve app args); otherwise it is a one-line UserError.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
     out = Path(out)
     if out.is_dir():
         raise UserError(f"export --out {out} is a directory; give a file name")
-    loaded = load_checkpoint(checkpoint, map_location="cpu")
+    loaded = load_checkpoint(checkpoint, map_location="cpu", training_state=False)
     if fmt == "checkpoint":
         try:
             return save_checkpoint_file(out, loaded.model, loaded.meta)
@@ -130,8 +134,14 @@ def is_torchscript_file(path: Path) -> bool:
         return False
 
 
-def load_exported(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """A TorchScript export read back: the scripted model (eval mode) with its embedded meta."""
+TRUST_HINT = ("TorchScript files are programs, not just weights: load one only if you trust its origin "
+              "(--trust-torchscript; trust_torchscript: true in the Serve app args), or use the checkpoint "
+              "it was exported from")
+
+
+def load_exported(path: str | os.PathLike, map_location: str | torch.device = "cpu", trust_torchscript: bool = False) -> LoadedCheckpoint:
+    """A TorchScript export read back: the scripted model (eval mode) with its embedded meta.
+    Refused (UserError) unless `trust_torchscript`: the file's code runs in this process."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"exported model {path} does not exist")
@@ -139,6 +149,8 @@ def load_exported(path: str | os.PathLike, map_location: str | torch.device = "c
         raise UserError(f"exported model {path} is not a file")
     if not is_torchscript_file(path):
         raise UserError(f"{path} is not a TorchScript file (export one with `emokp export --format torchscript`)")
+    if not trust_torchscript:
+        raise UserError(f"{path} is a TorchScript file and was not loaded: {TRUST_HINT}")
     extra = {META_EXTRA_FILE: ""}
     try:
         with warnings.catch_warnings():
@@ -160,9 +172,10 @@ def load_exported(path: str | os.PathLike, map_location: str | torch.device = "c
     return LoadedCheckpoint(model=module.eval(), meta=meta, path=path)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Any model form for inference: TorchScript export, exported .pt, checkpoint dir or RUN_DIR."""
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", trust_torchscript: bool = False) -> LoadedCheckpoint:
+    """Any model form for inference: TorchScript export (only with `trust_torchscript`), exported .pt,
+    checkpoint dir or RUN_DIR. Weights only: optimizer and scheduler states are never read."""
     candidate = Path(path)
     if candidate.is_file() and is_torchscript_file(candidate):
-        return load_exported(candidate, map_location)
-    return load_checkpoint(candidate, map_location=map_location)
+        return load_exported(candidate, map_location, trust_torchscript=trust_torchscript)
+    return load_checkpoint(candidate, map_location=map_location, training_state=False)

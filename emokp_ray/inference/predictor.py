@@ -32,6 +32,7 @@ never shifted to fit (that would move the face off the training framing).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from dataclasses import dataclass
@@ -171,6 +172,19 @@ def _check_box(box: Any, where: str) -> Box:
     return values  # type: ignore[return-value]
 
 
+def weights_version(model: torch.nn.Module) -> str:
+    """12 hex digits of the SHA-256 over the model's parameters and buffers (names, dtypes, shapes,
+    bytes, sorted by name; buffers too, since a TorchScript export keeps the non-persistent ones of
+    the module): the same weights give the same version, from a checkpoint or a TorchScript file."""
+    digest = hashlib.sha256()
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    for name, tensor in sorted(tensors.items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:12]
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" -> cuda when available, else cpu; anything else as torch names it."""
     if device == "auto":
@@ -232,29 +246,35 @@ class Predictor:
         return LoadedCheckpoint(model=model, meta=loaded.meta, path=loaded.path)
 
     @classmethod
-    def from_paths(cls, keypoints: str | None, emotion: str | None, device: str = "auto", detect: bool = True) -> "Predictor":
-        """Load the checkpoints (a checkpoint dir, a RUN_DIR, an exported .pt or TorchScript file);
-        detect=True builds the face detector now, so a missing OpenCV is reported at startup."""
+    def from_paths(cls, keypoints: str | None, emotion: str | None, device: str = "auto", detect: bool = True,
+                   trust_torchscript: bool = False) -> "Predictor":
+        """Load the checkpoints (a checkpoint dir, a RUN_DIR, an exported .pt, or a TorchScript file
+        where `trust_torchscript`: export.load_model says why); detect=True builds the face detector
+        now, so a missing OpenCV is reported at startup."""
         from emokp_ray.inference.export import load_model
 
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (--keypoints or --emotion)")
         resolved = resolve_device(device)
         detector = require_detector() if detect else None   # before the (slower) model loads: fail fast
-        kp = load_model(keypoints, map_location=resolved) if keypoints is not None else None
-        em = load_model(emotion, map_location=resolved) if emotion is not None else None
+        kp = load_model(keypoints, map_location=resolved, trust_torchscript=trust_torchscript) if keypoints is not None else None
+        em = load_model(emotion, map_location=resolved, trust_torchscript=trust_torchscript) if emotion is not None else None
         return cls(kp, em, device=str(resolved), detector=detector)
 
     # ---- what is loaded --------------------------------------------------------------------------
 
     def model_info(self) -> dict[str, Any]:
-        """Which models produce the predictions (for responses and output files)."""
+        """Which models produce the predictions (for responses and output files): per model its run
+        id, epoch, input size and `version`, the first 12 hex digits of the SHA-256 of its weights
+        (`weights_version`). No file paths: this goes into HTTP answers, and where the server keeps
+        its files is none of a client's business."""
 
         def info(loaded: LoadedCheckpoint | None) -> dict[str, Any] | None:
             if loaded is None:
                 return None
             meta = loaded.meta
-            out: dict[str, Any] = {"run_id": meta.run_id, "epoch": meta.epoch, "input_size": meta.input_size, "checkpoint": str(loaded.path)}
+            out: dict[str, Any] = {"run_id": meta.run_id, "epoch": meta.epoch, "input_size": meta.input_size,
+                                   "version": weights_version(loaded.model)}
             if meta.task == "emotion":
                 out |= {"label_scheme": meta.label_scheme, "class_names": list(meta.class_names)}
             return out

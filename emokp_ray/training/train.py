@@ -116,14 +116,21 @@ def _history(checkpoint_dir: Path) -> list[dict[str, Any]]:
 
 
 def _install_best(src: Path, run_dir: Path) -> Path:
-    """Copy a checkpoint to RUN_DIR/best atomically (the old best stays until the new one is whole)."""
+    """Copy a checkpoint to RUN_DIR/best atomically: the copy is made whole beside it, the old best is
+    renamed aside, the new one renamed in, then the old one deleted. A reader never sees a half-copied
+    best: only the old or the new one, or for the instant between the two renames none (POSIX cannot
+    rename a directory over a non-empty one); a crash in that instant leaves the old one whole in
+    .best.old."""
     dest = run_dir / "best"
     tmp = run_dir / ".best.tmp"
+    old = run_dir / ".best.old"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
-        shutil.rmtree(dest)
+        dest.rename(old)
     tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
     return dest
 
 
