@@ -118,8 +118,8 @@ def crafted_png(width: int, height: int) -> bytes:
     "side, max_pixels",
     [
         (8_000, 40_000_000),     # 64 M pixels: our header check (below Pillow's own guard)
-        (10_000, 10**12),        # 100 M: Pillow's DecompressionBombWarning, turned into a refusal
-        (20_000, 10**12),        # 400 M: Pillow's DecompressionBombError
+        (10_000, 10**12),        # 100 M: over Pillow's MAX_IMAGE_PIXELS, which caps any limit we are given
+        (20_000, 10**12),        # 400 M: the same
     ],
 )
 def test_too_large_is_refused_from_the_header(side, max_pixels):
@@ -198,3 +198,50 @@ def test_to_grey_matches_pillow_luma():
     assert to_grey(grey) is grey
     with pytest.raises(ValueError):
         to_grey(np.zeros((4, 4, 4), np.uint8))
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+
+
+@pytest.mark.parametrize("data, name", [(EPS, "EPS"), (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "PDF"),
+                                        (b"\x00\x00\x01\x00\x01\x00\x10\x10" + b"\x00" * 40, "ICO")])
+def test_only_the_documented_formats_are_parsed(data, name):
+    # Pillow reads EPS (through Ghostscript), ICO and more; we refuse them from the first bytes,
+    # with our list of formats in the message and nothing of the parser's internals.
+    with pytest.raises(ImageError) as err:
+        decode_image(data, source=f"upload.{name.lower()}")
+    assert err.value.kind == "not_image"
+    assert "JPEG, PNG, WebP, BMP, GIF, TIFF or PPM/PGM" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM"])
+def test_every_allowed_format_decodes_and_probes(fmt):
+    from emokp_ray.inference.images import probe_image
+
+    data = encode(make("L"), fmt)
+    header = probe_image(data, "upload")
+    assert (header.width, header.height, header.pixels) == (W, H, W * H) and header.format in (fmt, "MPO")
+    assert decode_image(data).shape[:2] == (H, W)   # WebP and GIF store grey as colour
+
+
+def test_bomb_guard_touches_no_warnings_filter_and_is_thread_safe():
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    bomb = crafted_png(10_000, 10_000)   # 100 M pixels: over Pillow's own warning threshold
+    good = encode(make("RGB"), "PNG")
+    before = list(warnings.filters)
+
+    def both(_):
+        with pytest.raises(ImageError):
+            decode_image(bomb, max_pixels=10**12)
+        return decode_image(good).shape
+
+    with warnings.catch_warnings(record=True) as caught:   # this thread's view: nothing is warned
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        with ThreadPoolExecutor(8) as pool:
+            shapes = list(pool.map(both, range(64)))
+        assert list(warnings.filters) == before
+    assert shapes == [(H, W, 3)] * 64
+    assert not [w for w in caught if "DecompressionBomb" in type(w.message).__name__]

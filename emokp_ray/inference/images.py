@@ -1,10 +1,15 @@
-"""Decode untrusted image bytes into numpy arrays: every format Pillow reads, every failure a typed error.
+"""Decode untrusted image bytes into numpy arrays: the formats we document, every failure a typed error.
 
 What comes in (a file, an upload, a Parquet cell) is untrusted, so decoding is defensive:
 
-  * the pixel count is checked from the HEADER, before any pixel is decoded (`Image.open` parses only
-    the header), so a 20000x20000 PNG or a decompression bomb is refused in microseconds with bounded
-    memory; Pillow's own bomb guard (`DecompressionBombError`/`Warning`) is caught as well;
+  * only ALLOWED_FORMATS are parsed (JPEG incl. phones' MPO, PNG, WebP, BMP, GIF, TIFF, PPM/PGM):
+    Pillow's other plugins are never tried, so an EPS or PDF never reaches Ghostscript, and no
+    exotic parser sees hostile bytes;
+  * the pixel count is checked from the HEADER, before any pixel is decoded (`probe_image` parses
+    only the header), so a 20000x20000 PNG or a decompression bomb is refused in microseconds with
+    bounded memory. This is our own guard, with our limit: the header is parsed by the format's
+    plugin directly (as `Image.open` does, minus its global bomb check), so no process-wide warnings
+    filter is swapped in and out under other threads;
   * the image is then fully loaded (`Image.load`), with `ImageFile.LOAD_TRUNCATED_IMAGES` left False,
     so a truncated JPEG/PNG fails here instead of decoding half a face with grey below it;
   * EXIF orientation is applied (phones store portraits sideways plus a tag);
@@ -12,20 +17,24 @@ What comes in (a file, an upload, a Parquet cell) is untrusted, so decoding is d
     grey) and uint8 [H, W, 3] RGB for colour sources ("RGB", "RGBA", "P", "CMYK", ...); alpha is
     composited on white (a transparent PNG background reads as a white wall, not as black).
 
-Every problem is an `ImageError` (a `UserError`) whose one-line message names the source, with a
-`kind` that callers map to responses: "empty", "not_image", "truncated" (truncated or corrupt),
-"too_large", "unsupported" (a mode with no sensible grey, e.g. float TIFF).
+Every problem is an `ImageError` (a `UserError`) whose one-line message names the source and states
+OUR limits (formats, pixels), not a parser's internals, with a `kind` that callers map to
+responses: "empty", "not_image", "truncated" (truncated or corrupt), "too_large", "unsupported"
+(a mode with no sensible grey, e.g. float TIFF).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import warnings
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps
+# The plugins of the allowed formats; importing one registers its parser in Image.OPEN.
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, PpmImagePlugin, TiffImagePlugin, WebPImagePlugin  # noqa: F401
 
 from emokp_ray.errors import UserError
 
@@ -35,6 +44,10 @@ MAX_BYTES_PER_PIXEL = 10        # a file larger than this many bytes per allowed
 ERROR_KINDS = ("empty", "not_image", "truncated", "too_large", "unsupported")
 
 WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")   # 16-bit grey PNG/TIFF: top 8 bits kept
+
+# Pillow format names tried, in this order (JPEG's parser also returns phones' multi-picture MPO).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF, TIFF or PPM/PGM"
 
 
 class ImageError(UserError):
@@ -47,30 +60,70 @@ class ImageError(UserError):
         self.kind = kind
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, before any pixel is decoded."""
+
+    width: int
+    height: int
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _parse_header(data: bytes) -> ImageFile.ImageFile | None:
+    """The first allowed format whose parser accepts the bytes, header parsed (lazy: no pixel
+    decoded), or None. This is `Image.open`'s loop over Image.OPEN restricted to ALLOWED_FORMATS and
+    without its DecompressionBombWarning (a process-global warnings filter would be needed to turn
+    that into an error, and filters are not thread-safe): the caller checks the size itself."""
+    prefix = data[:16]
+    for name in ALLOWED_FORMATS:
+        factory, accept = Image.OPEN[name]
+        verdict = accept(prefix) if accept else True
+        if not verdict or isinstance(verdict, str):   # a str is Pillow's "looks like it, but unsupported"
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):   # not this format after all
+            continue
+    return None
+
+
 def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
-    """Parse the header only and refuse oversized images before anything is decoded."""
+    """Parse the header only and refuse other formats and oversized images before anything is decoded."""
     try:
-        # Pillow warns above Image.MAX_IMAGE_PIXELS and raises above twice that, inside open().
-        # Note: catch_warnings swaps the process-wide filter list; the worst a concurrent thread can
-        # see is this "error" filter, which only turns the same warning into the same refusal.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{source}: image too large ({err})", "too_large") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{source}: not an image (no format Pillow reads: JPEG, PNG, WebP, BMP, ...)", "not_image") from None
-    except Exception as err:  # noqa: BLE001 - a header some plugin chokes on: the bytes are not a usable image
-        raise ImageError(f"{source}: not an image ({_first_line(err)})", "not_image") from None
+        image = _parse_header(data)
+    except Image.DecompressionBombError:   # a plugin's own check (e.g. GIF frames) past Pillow's hard limit
+        raise ImageError(f"{source}: image too large (more pixels than the limit of {max_pixels:,})", "too_large") from None
+    except Exception as err:  # noqa: BLE001 - a header the parser chokes on: not a usable image
+        raise ImageError(f"{source}: not a readable image (a damaged {FORMATS_TEXT} header: {_first_line(err)})", "not_image") from None
+    if image is None:
+        raise ImageError(f"{source}: not an image in a supported format ({FORMATS_TEXT})", "not_image")
     width, height = image.size
+    # Pillow's own bomb limit (Image.MAX_IMAGE_PIXELS, 89 M by default) stays a ceiling on ours.
+    max_pixels = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     if width < 1 or height < 1:
+        image.close()
         raise ImageError(f"{source}: image has no pixels ({width}x{height})", "not_image")
     if width * height > max_pixels:
+        image.close()
         raise ImageError(
             f"{source}: image too large ({width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,})",
             "too_large",
         )
     return image
+
+
+def probe_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> ImageHeader:
+    """The image's size and format from its header alone (microseconds, no pixel decoded); the same
+    ImageError as `decode_image` for bytes that are empty, of another format, or over `max_pixels`."""
+    if len(data) == 0:
+        raise ImageError(f"{source}: empty (0 bytes)", "empty")
+    image = _open(bytes(data), source, max_pixels)
+    with image:
+        return ImageHeader(image.size[0], image.size[1], image.format or "")
 
 
 def _first_line(err: BaseException) -> str:
@@ -84,10 +137,10 @@ def _load(image: Image.Image, source: str) -> Image.Image:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; emokp_ray needs it False to reject truncated images")
     try:
         image.load()
-    except (Image.DecompressionBombError, MemoryError) as err:
-        raise ImageError(f"{source}: image too large to decode ({_first_line(err)})", "too_large") from None
-    except Exception as err:  # noqa: BLE001 - OSError, SyntaxError, EOFError, zlib/struct errors: all a broken stream
-        raise ImageError(f"{source}: truncated or corrupt {image.format or 'image'} data ({_first_line(err)})", "truncated") from None
+    except (Image.DecompressionBombError, MemoryError):
+        raise ImageError(f"{source}: image too large to decode ({image.size[0]}x{image.size[1]})", "too_large") from None
+    except Exception:  # noqa: BLE001 - OSError, SyntaxError, EOFError, zlib/struct errors: all a broken stream
+        raise ImageError(f"{source}: truncated or corrupt {image.format or 'image'} data", "truncated") from None
     try:
         ImageOps.exif_transpose(image, in_place=True)   # in place: no copy of a large photo
     except Exception:  # noqa: BLE001 - malformed EXIF: keep the pixels as stored rather than refuse the photo
@@ -122,7 +175,7 @@ def _to_array(image: Image.Image, source: str) -> np.ndarray:
 
 
 def decode_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode image bytes (JPEG/PNG/WebP/BMP/... as Pillow reads them) with EXIF orientation applied.
+    """Decode image bytes (one of ALLOWED_FORMATS) with EXIF orientation applied.
 
     Returns uint8 [H, W] for grey sources or [H, W, 3] for colour ones (alpha composited on white).
     Raises `ImageError` (kind empty | not_image | truncated | too_large | unsupported); the size limit
