@@ -5,7 +5,8 @@ A checkpoint is a DIRECTORY:
     meta.json          format_version, task, model_config, label_scheme + class_names (emotion),
                        keypoint_names (keypoints), input_size, in_chans, normalization,
                        train_config, epoch, metrics, run_id, created (UTC ISO), torch_version
-    model.pt           the model's state_dict (plain tensors, torch.save)
+    model.pt           the model's state_dict (plain tensors, torch.save); with weight EMA, the average
+    train_model.pt     optional, for resume of a weight-EMA run: the raw weights the optimizer steps
     optimizer.pt       optional, for resume: optimizer / LR scheduler / AMP scaler state_dicts
     scheduler.pt
     scaler.pt
@@ -48,6 +49,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 SCALER_FILE = "scaler.pt"
 TRAIN_STATE_FILE = "train_state.json"
+TRAIN_MODEL_FILE = "train_model.pt"  # with weight EMA: the raw training weights (model.pt holds the average)
 BEST_DIR = "best"  # `emokp train` leaves RUN_DIR/best; a run dir is accepted wherever a checkpoint is
 
 
@@ -180,6 +182,7 @@ class LoadedCheckpoint:
     scheduler_state: dict[str, Any] | None = None
     scaler_state: dict[str, Any] | None = None
     extra_state: dict[str, Any] | None = None  # train_state.json
+    train_model_state: dict[str, Any] | None = None  # train_model.pt (runs with weight EMA), for resume
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,6 +218,7 @@ def save_checkpoint(
     scheduler: Any | None = None,
     scaler: Any | None = None,
     extra_state: dict[str, Any] | None = None,
+    train_model: nn.Module | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically: everything goes into a temporary sibling that is
     renamed into place when complete; an existing checkpoint there is replaced only then."""
@@ -225,6 +229,8 @@ def save_checkpoint(
     try:
         (tmp / META_FILE).write_text(meta.to_json() + "\n")
         torch.save(_plain_state_dict(model, meta), tmp / MODEL_FILE)
+        if train_model is not None:  # weight EMA: model is the average, train_model what the optimizer steps
+            torch.save(_plain_state_dict(train_model, meta), tmp / TRAIN_MODEL_FILE)
         for obj, name in ((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE), (scaler, SCALER_FILE)):
             state = obj.state_dict() if obj is not None else None
             # A disabled GradScaler's state is {}, which an enabled one refuses to load: skip it.
@@ -400,5 +406,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         optimizer_state=optional(OPTIMIZER_FILE),
         scheduler_state=optional(SCHEDULER_FILE),
         scaler_state=optional(SCALER_FILE),
+        train_model_state=optional(TRAIN_MODEL_FILE),
         extra_state=_read_json(train_state) if train_state.is_file() else None,
     )

@@ -46,7 +46,8 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
     from emokp_ray.data.prepare import prepare_dataset
 
     result = prepare_dataset(args.inputs, args.out, scheme=args.scheme, strict=args.strict, seed=args.seed,
-                             val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                             group_near_duplicates=not args.keep_near_duplicates)
     print(result.summary())
 
 
@@ -64,20 +65,23 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- train / evaluate
 
+# TrainConfig fields a recipe may set and a flag may override (flag value None = not given).
+_TRAIN_FIELDS = (
+    "model", "input_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "early_stopping",
+    "seed", "drop_incomplete", "imbalance", "label_smoothing", "augment", "random_erasing", "mixup_alpha",
+    "cutmix_alpha", "ema_decay", "workers", "use_gpu", "cpus_per_worker", "amp", "channels_last", "keep_checkpoints",
+    "max_failures", "storage", "resume", "no_ray", "max_steps_per_epoch", "limit_rows",
+)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
-    from emokp_ray.training.config import TrainConfig
+    from emokp_ray.training.recipes import DEFAULT_RECIPE, config_from_recipe
     from emokp_ray.training.train import run_training
 
-    cfg = TrainConfig(
-        task=args.task, data=args.data, out=args.out, model=args.model, input_size=args.input_size,
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, schedule=args.schedule, early_stopping=args.early_stopping,
-        seed=args.seed, drop_incomplete=args.drop_incomplete, imbalance=args.imbalance,
-        label_smoothing=args.label_smoothing, augment=not args.no_augment, workers=args.workers,
-        use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, amp=args.amp, channels_last=args.channels_last,
-        keep_checkpoints=args.keep_checkpoints, max_failures=args.max_failures, storage=args.storage or "",
-        resume=args.resume, no_ray=args.no_ray, max_steps_per_epoch=args.max_steps_per_epoch, limit_rows=args.limit_rows,
-    )
+    given = {name: getattr(args, name) for name in _TRAIN_FIELDS}
+    cfg = config_from_recipe(args.task, args.data, args.out, recipe=args.recipe or DEFAULT_RECIPE, **given)
+    print(f"recipe {cfg.recipe}: {cfg.model} model, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
+          f"lr {cfg.lr:g} {cfg.schedule}" + (f", EMA {cfg.ema_decay:g}" if cfg.ema_decay else ""))
     run_training(cfg)
 
 
@@ -141,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--scheme", default="seed5", choices=["seed5", "fer7"], help="emotion label scheme (default: seed5)")
     prep.add_argument("--strict", action="store_true", help="stop at the first bad row (default: skip and report them)")
     prep.add_argument("--seed", type=int, default=0, help="seed of the stratified split (files without a Usage column)")
-    prep.add_argument("--val-fraction", type=_fraction, default=0.1, help="validation share of a seeded split (default 0.1)")
-    prep.add_argument("--test-fraction", type=_fraction, default=0.0, help="test share of a seeded split (default 0)")
+    prep.add_argument("--val-fraction", type=_fraction, default=0.1,
+                      help="seeded, stratified validation share of FER's Training rows or of a file without a Usage column (default 0.1)")
+    prep.add_argument("--test-fraction", type=_fraction, default=0.1,
+                      help="seeded test share of a file without a Usage column (default 0.1; FER's test is PublicTest)")
+    prep.add_argument("--keep-near-duplicates", action="store_true",
+                      help="keypoint files: split row by row instead of keeping near-duplicate faces (frames of one video) in one split")
     prep.set_defaults(func=_cmd_data_prepare)
 
     synth = data_sub.add_parser("synth", help="draw synthetic 96x96 faces with exact keypoints and 5 emotions")
@@ -157,37 +165,46 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("task", choices=["keypoints", "emotion"])
     train.add_argument("--data", required=True, metavar="DIR", help="prepared data set (local path or URI)")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: best/, metrics.jsonl, config.json")
-    train.add_argument("--model", default="course", choices=["course", "wide", "small"],
-                       help="course-faithful reference (default), the wider variant, or a small one for CPU demos")
-    train.add_argument("--input-size", type=int, default=0, help="model input size in pixels (default: keypoints 96, emotion 48)")
-    train.add_argument("--epochs", type=_positive_int, default=10)
-    train.add_argument("--batch-size", type=_positive_int, default=64, help="global batch, split across workers")
-    train.add_argument("--optimizer", default="adamw", choices=["adamw", "adam"])
-    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    train.add_argument("--weight-decay", type=float, default=1e-4)
-    train.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "constant"])
-    train.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE", help="epochs without improvement before stopping (0: off)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--drop-incomplete", action="store_true", help="keypoints: train only on rows with all 15 points")
-    train.add_argument("--imbalance", default="weights", choices=["weights", "sampling", "none"],
+    train.add_argument("--recipe", default=None, metavar="NAME",
+                       help="named preset of the options below: course | release | fast (default: release; "
+                            "see emokp_ray/training/recipes.py); a flag given here overrides the recipe's value")
+    train.add_argument("--model", default=None, choices=["course", "wide", "small", "compact", "fer48"],
+                       help="network: course (the course's), wide, small (CPU demos), compact (keypoints: course "
+                            "backbone, 1024-512 head), fer48 (emotion at 48x48 without the stem max-pool)")
+    train.add_argument("--input-size", type=int, default=None, help="model input size in pixels (default: keypoints 96, emotion 48)")
+    train.add_argument("--epochs", type=_positive_int, default=None)
+    train.add_argument("--batch-size", type=_positive_int, default=None, help="global batch, split across workers")
+    train.add_argument("--optimizer", default=None, choices=["adamw", "adam"])
+    train.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    train.add_argument("--weight-decay", type=float, default=None)
+    train.add_argument("--schedule", default=None, choices=["onecycle", "cosine", "constant"])
+    train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE", help="epochs without improvement before stopping (0: off)")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--drop-incomplete", action="store_true", default=None, help="keypoints: train only on rows with all 15 points")
+    train.add_argument("--imbalance", default=None, choices=["weights", "sampling", "none"],
                        help="emotion: class-weighted loss, class-balanced sampling, or nothing")
-    train.add_argument("--label-smoothing", type=float, default=0.0)
-    train.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    train.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (each gets batch-size / workers)")
+    train.add_argument("--label-smoothing", type=float, default=None)
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="label-true augmentation of the train split (--no-augment: off)")
+    train.add_argument("--random-erasing", type=float, default=None, metavar="P", help="probability of erasing a random rectangle per training image")
+    train.add_argument("--mixup-alpha", type=float, default=None, help="emotion: mixup Beta(a, a) (0: off)")
+    train.add_argument("--cutmix-alpha", type=float, default=None, help="emotion: cutmix Beta(a, a) (0: off)")
+    train.add_argument("--ema-decay", type=float, default=None, help="weight EMA per step for validation and checkpoints (0: off)")
+    train.add_argument("--workers", type=_positive_int, default=None, help="Ray Train workers (each gets batch-size / workers)")
     gpu = train.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="use GPUs (default: when present)")
-    gpu.add_argument("--no-gpu", dest="gpu", action="store_false", help="train on CPUs even if GPUs are present")
-    train.add_argument("--cpus-per-worker", type=float, default=0.0,
+    gpu.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="use GPUs (default: when present)")
+    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="train on CPUs even if GPUs are present")
+    train.add_argument("--cpus-per-worker", type=float, default=None,
                        help="CPUs reserved per worker, also its torch threads (default 0: reserve 1, use the node's cores / its workers)")
     train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with a GPU)")
-    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels-last memory layout (default: on; faster on CPU and GPU)")
-    train.add_argument("--keep-checkpoints", type=_positive_int, default=2, help="best K checkpoints kept")
-    train.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last memory layout (default: on; faster on CPU and GPU)")
+    train.add_argument("--keep-checkpoints", type=_positive_int, default=None, help="best K checkpoints kept (default 2)")
+    train.add_argument("--max-failures", type=int, default=None, help="worker-group restarts from the last checkpoint (default 2)")
     train.add_argument("--storage", default=None, metavar="URI", help="Ray storage path for checkpoints (default RUN_DIR/ray)")
-    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint")
-    train.add_argument("--no-ray", action="store_true", help="one process without Ray (debugging, GPU boxes without Ray)")
-    train.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap optimizer steps per epoch (0: whole epoch)")
-    train.add_argument("--limit-rows", type=int, default=0, help="read only the first N rows of each split (0: all)")
+    train.add_argument("--resume", action="store_true", default=None, help="continue the run in RUN_DIR from its latest checkpoint")
+    train.add_argument("--no-ray", action="store_true", default=None, help="one process without Ray (debugging, GPU boxes without Ray)")
+    train.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap optimizer steps per epoch (0: whole epoch)")
+    train.add_argument("--limit-rows", type=int, default=None, help="read only the first N rows of each split (0: all)")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="report.json and figures for a checkpoint on a data set or Kaggle CSV")

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from emokp_ray.data import augment
+from emokp_ray.data.regularize import mix_batch, random_erase
 from emokp_ray.data.schema import keypoints_from_column, split_files
 from emokp_ray.errors import UserError
 
@@ -104,6 +105,9 @@ class BatchPreprocessor:
     seed: int = 0
     drop_incomplete: bool = False
     sampling_weights: tuple[float, ...] | None = None
+    random_erasing: float = 0.0        # training only (augment=True): see data/regularize.py
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         table = select_task_rows(table, self.task, self.drop_incomplete)
@@ -114,6 +118,8 @@ class BatchPreprocessor:
             batch = {"image": images, "keypoints": keypoints.astype(np.float32)}
             if self.augment:
                 batch = augment.augment_keypoint_batch(batch, augment.KeypointAugment(), rng)
+                if self.random_erasing:
+                    batch["image"] = random_erase(batch["image"], self.random_erasing, rng)
             return batch
         labels = table["label"].to_numpy().astype(np.int64)
         batch = {"image": images, "label": labels}
@@ -123,6 +129,9 @@ class BatchPreprocessor:
             batch = {k: v[idx] for k, v in batch.items()}
         if self.augment:
             batch = augment.augment_emotion_batch(batch, augment.EmotionAugment(), rng)
+            if self.random_erasing:
+                batch["image"] = random_erase(batch["image"], self.random_erasing, rng)
+            batch = mix_batch(batch, self.mixup_alpha, self.cutmix_alpha, rng)
         return batch
 
 

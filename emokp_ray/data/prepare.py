@@ -1,11 +1,16 @@
 """`emokp data prepare`: Kaggle CSVs -> one prepared data set (Parquet in the schema of schema.py).
 
-Splits:
-- FER files with a Usage column: Training -> train, PublicTest -> val, PrivateTest -> test (the
-  fractions are not used for them).
-- Every other labelled file (keypoints training.csv / data.csv, the 2-column FER variant): a seeded,
-  stratified split decided row by row while streaming (`StratifiedSplitter`); strata are the emotion
-  classes, or for keypoints complete (15 points) vs partial rows.
+Three splits, seeded and recorded in dataset.json: `train`, `val` (chooses recipes, epochs, early
+stopping, temperatures) and `test` (reported, never used to choose anything).
+- FER files with a Usage column: PublicTest and PrivateTest -> test; Training -> train and a seeded,
+  stratified `val_fraction` share of it -> val (`test_fraction` does not apply).
+- Keypoint files (training.csv / data.csv): near-duplicate faces (frames of one video) are grouped
+  (near_duplicates.py) and whole groups go to train, val or test, stratified by complete / partial
+  rows; a few train groups lend one member each to test, flagged in dataset.json
+  (`near_duplicates.holdout_row_ids`) so evaluation can say what a leaked near-duplicate is worth.
+  The whole file is held in memory for the grouping (Kaggle's has 7,049 rows: ~65 MB).
+- Every other labelled file (the 2-column FER variant): a seeded, stratified split decided row by row
+  while streaming (`StratifiedSplitter`); strata are the emotion classes.
 - Kaggle's keypoints test.csv (no labels): all rows to test, keypoints all NaN, label -1.
 
 The output appears only when every input was read completely (schema.DatasetWriter is atomic), so a
@@ -23,11 +28,12 @@ from typing import Sequence
 import numpy as np
 
 from emokp_ray.data.kaggle import Chunk, KaggleFormat, ReadReport, read_kaggle
+from emokp_ray.data.near_duplicates import NEAR_DUPLICATE_RMS, fingerprints, group_split, near_duplicate_groups
 from emokp_ray.data.schema import SPLITS, DatasetInfo, DatasetWriter, count_summary, format_counts, make_table, merge_counts
 from emokp_ray.errors import UserError
 from emokp_ray.labels import emotion_scheme
 
-USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "test", "PrivateTest": "test"}
 SPLIT_BLOCK_ROWS = 20  # rows of one stratum that receive an exact quota of val/test rows
 
 
@@ -82,12 +88,41 @@ def _strata(chunk: Chunk) -> np.ndarray:
     return (~np.isnan(chunk.keypoints).any(axis=1)).astype(np.int64)
 
 
-def _splits(fmt: KaggleFormat, chunk: Chunk, source: str, splitter: StratifiedSplitter) -> np.ndarray:
+def _splits(fmt: KaggleFormat, chunk: Chunk, source: str, splitter: StratifiedSplitter,
+            training_splitter: StratifiedSplitter) -> np.ndarray:
     if chunk.usage is not None:
-        return np.array([USAGE_TO_SPLIT[u] for u in chunk.usage], dtype=object)
+        # FER: the test rows are Kaggle's; val is a stratified share of Training
+        splits = np.array([USAGE_TO_SPLIT[u] for u in chunk.usage], dtype=object)
+        training = splits == "train"
+        if training.any():
+            splits[training] = training_splitter.assign(source, _strata(chunk)[training])
+        return splits
     if fmt.task is None:  # test.csv: no labels, inference only
         return np.full(len(chunk), "test", dtype=object)
     return splitter.assign(source, _strata(chunk))
+
+
+def _grouped_keypoint_chunk(reader, seed: int, val_fraction: float, test_fraction: float) -> tuple[Chunk | None, np.ndarray, dict]:
+    """A whole keypoint file as one chunk, its group-aware splits, and what dataset.json records."""
+    chunks = list(reader)
+    if not chunks:
+        return None, np.empty(0, object), {}
+    chunk = Chunk(
+        images=np.concatenate([c.images for c in chunks]),
+        keypoints=np.concatenate([c.keypoints for c in chunks]),
+        labels=None, usage=None, image_ids=None,
+        row_ids=np.concatenate([c.row_ids for c in chunks]),
+    )
+    groups = near_duplicate_groups(fingerprints(chunk.images))
+    splits, holdout = group_split(groups, _strata(chunk), seed, val_fraction, test_fraction)
+    sizes = np.bincount(groups)
+    record = {
+        "method": "fingerprint RMS difference < threshold, connected components; whole groups per split",
+        "threshold_rms": NEAR_DUPLICATE_RMS, "groups": int(len(sizes)),
+        "rows_with_near_duplicate": int((sizes[groups] >= 2).sum()),
+        "holdout_row_ids": chunk.row_ids[holdout].tolist(),
+    }
+    return chunk, splits, record
 
 
 @dataclass(frozen=True)
@@ -128,7 +163,8 @@ def _check_options(inputs: Sequence[str | Path], val_fraction: float, test_fract
 
 
 def prepare_dataset(inputs: Sequence[str | Path], out_dir: str | Path, scheme: str = "seed5", strict: bool = False,
-                    seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.0,
+                    seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                    group_near_duplicates: bool = True,
                     chunk_rows: int | None = None) -> PrepareResult:
     """Read Kaggle CSVs (any mix of known formats) into a prepared data set at `out_dir`, atomically.
 
@@ -143,14 +179,20 @@ def prepare_dataset(inputs: Sequence[str | Path], out_dir: str | Path, scheme: s
     tasks = {r.format.task for r in readers}
     class_names = emotion.classes if "emotion" in tasks else None
     splitter = StratifiedSplitter(seed, val_fraction, test_fraction)
+    training_splitter = StratifiedSplitter(seed, val_fraction, 0.0)  # FER Training -> train / val
+    near_dups: dict[str, dict] = {}
     counts: dict[str, dict[str, int]] = {}
     by_source: dict[str, dict[str, dict[str, int]]] = {}
     sizes: set[tuple[int, int]] = set()
     with DatasetWriter(out_dir) as writer:
         for reader in readers:
             source = reader.path.name
-            for chunk in reader:
-                splits = _splits(reader.format, chunk, source, splitter)
+            if group_near_duplicates and reader.format.task == "keypoints":
+                chunk, grouped, near_dups[source] = _grouped_keypoint_chunk(reader, seed, val_fraction, test_fraction)
+                pairs = [] if chunk is None else [(chunk, grouped)]
+            else:
+                pairs = ((c, _splits(reader.format, c, source, splitter, training_splitter)) for c in reader)
+            for chunk, splits in pairs:
                 table = make_table(chunk.images, chunk.keypoints, chunk.labels, splits, source, chunk.row_ids)
                 writer.write(table)
                 chunk_counts = count_summary(table, class_names)
@@ -171,9 +213,11 @@ def prepare_dataset(inputs: Sequence[str | Path], out_dir: str | Path, scheme: s
                 "reports": [r.report.to_dict() for r in readers],
                 "formats": {r.path.name: r.format.name for r in readers},
                 "counts_by_source": by_source,
-                "split": {"method": "usage column, else stratified blocks", "seed": seed,
-                          "val_fraction": val_fraction, "test_fraction": test_fraction,
+                "split": {"method": "FER: Usage (PublicTest/PrivateTest = test) with a stratified val share of "
+                                    "Training; keypoints: near-duplicate groups; else stratified blocks",
+                          "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                           "block_rows": SPLIT_BLOCK_ROWS},
+                "near_duplicates": near_dups,
                 "strict": strict,
             },
         )

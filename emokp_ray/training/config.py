@@ -21,8 +21,10 @@ class TrainConfig:
     task: str                          # "keypoints" | "emotion"
     data: str                          # prepared data set directory (local path or URI)
     out: str                           # RUN_DIR: best/, metrics.jsonl, config.json, checkpoints
+    recipe: str = ""                   # the named preset these values started from (recipes.py); "" = none
     # --- model ---
-    model: str = "course"              # "course" (faithful reference), "wide" (stronger), "small" (CPU demos)
+    model: str = "course"              # "course" (faithful reference), "wide" (stronger), "small" (CPU demos),
+                                       # keypoints "compact" (course backbone, 1024-512 head), emotion "fer48"
     input_size: int = 0                # 0: the task's default (keypoints 96; emotion 48 = FER native)
     # --- optimisation ---
     epochs: int = 10
@@ -39,6 +41,11 @@ class TrainConfig:
     imbalance: str = "weights"         # emotion: "weights" (class-weighted loss) | "sampling" | "none"
     label_smoothing: float = 0.0       # emotion
     augment: bool = True               # train split only; validation is never augmented
+    random_erasing: float = 0.0        # probability per training image of erasing a random rectangle (noise-filled)
+    mixup_alpha: float = 0.0           # emotion: Beta(a, a) mixup of image pairs and their labels; 0 = off
+    cutmix_alpha: float = 0.0          # emotion: Beta(a, a) cutmix (a pasted rectangle); with mixup, each batch picks one
+    ema_decay: float = 0.0             # exponential moving average of the weights per step; validation and
+                                       # checkpoints use the average (0 = off; 0.999 ~ the last 1,000 steps)
     # --- execution ---
     workers: int = 1
     use_gpu: bool | None = None        # None: use GPUs when the cluster has them
@@ -58,7 +65,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         choices = {
             "task": TASKS,
-            "model": ("course", "wide", "small"),
+            "model": ("course", "wide", "small", "compact", "fer48"),
             "optimizer": ("adamw", "adam"),
             "schedule": ("onecycle", "cosine", "constant"),
             "imbalance": ("weights", "sampling", "none"),
@@ -76,6 +83,14 @@ class TrainConfig:
             raise UserError(f"--cpus-per-worker must be >= 0 (0 = automatic), got {self.cpus_per_worker}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise UserError(f"--random-erasing must be a probability in [0, 1], got {self.random_erasing}")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise UserError(f"--mixup-alpha and --cutmix-alpha must be >= 0, got {self.mixup_alpha} and {self.cutmix_alpha}")
+        if (self.mixup_alpha or self.cutmix_alpha) and self.task != "emotion":
+            raise UserError("--mixup-alpha / --cutmix-alpha apply to emotion only (keypoint targets cannot be mixed)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
 
     @property
     def resolved_input_size(self) -> int:

@@ -43,9 +43,30 @@ class LocalSession:
         self.val_table = read_split_table(cfg.data, "val", cfg.limit_rows, columns)
         weights = info.get("sampling_weights")
         common = dict(task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete)
-        self.train_pre = BatchPreprocessor(augment=cfg.augment, sampling_weights=None if weights is None else tuple(weights), **common)
+        self.train_pre = BatchPreprocessor(augment=cfg.augment, sampling_weights=None if weights is None else tuple(weights),
+                                           random_erasing=cfg.random_erasing, mixup_alpha=cfg.mixup_alpha,
+                                           cutmix_alpha=cfg.cutmix_alpha, **common)
         self.val_pre = BatchPreprocessor(augment=False, **common)
         self.saved: list[tuple[float, Path]] = []
+        if resume_from:
+            self.saved = self._kept_checkpoints()
+
+    def _kept_checkpoints(self) -> list[tuple[float, Path]]:
+        """The checkpoints an interrupted run kept (RUN_DIR/checkpoints/epoch-NNN), scored like
+        `report` scores them, so a resumed run's RUN_DIR/best is the best of ALL its epochs."""
+        from emokp_ray.checkpoint import read_meta
+        from emokp_ray.errors import UserError
+
+        name, order = self.cfg.metric
+        kept = []
+        for path in sorted((self.run_dir / "checkpoints").glob("epoch-*")):
+            try:
+                value = read_meta(path).metrics.get(name)
+            except UserError:
+                continue  # a checkpoint cut short by the interruption
+            if value is not None:
+                kept.append((float(value) if order == "min" else -float(value), path))
+        return kept
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)

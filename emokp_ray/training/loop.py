@@ -9,6 +9,7 @@ checkpoints are reported, and where a resumed run's state comes from.
 
 from __future__ import annotations
 
+import copy
 import math
 import tempfile
 import time
@@ -67,7 +68,14 @@ def make_loss(cfg: TrainConfig, class_weights: np.ndarray | None):
 
     def loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:
         w = weight.to(out.device) if weight is not None else None
-        return F.cross_entropy(out.float(), batch["label"], weight=w, label_smoothing=cfg.label_smoothing)
+        ce = F.cross_entropy(out.float(), batch["label"], weight=w, label_smoothing=cfg.label_smoothing, reduction="none")
+        if "mix_lam" in batch:  # mixup / cutmix (data/regularize.py): the partner's label takes 1 - lam
+            lam = batch["mix_lam"]
+            ce_mix = F.cross_entropy(out.float(), batch["label_mix"], weight=w, label_smoothing=cfg.label_smoothing, reduction="none")
+            ce = lam * ce + (1.0 - lam) * ce_mix
+        # weighted mean as F.cross_entropy's "mean" reduction: sum of w[y] * loss / sum of w[y]
+        norm = w[batch["label"]].sum() if w is not None else torch.tensor(float(len(ce)), device=ce.device)
+        return ce.sum() / norm.clamp(min=1e-12)
 
     return loss
 
@@ -77,6 +85,42 @@ def class_weights_from_counts(counts: dict[str, int], class_names: tuple[str, ..
     n_c = np.array([counts.get(name, 0) for name in class_names], np.float64)
     weights = np.where(n_c > 0, n_c.sum() / (len(n_c) * np.maximum(n_c, 1)), 1.0)
     return (weights / weights.mean()).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- weight EMA
+
+class WeightEMA:
+    """Exponential moving average of a model's weights, updated after every optimizer step.
+
+    ema = d * ema + (1 - d) * weights for parameters and float buffers (BN running statistics), with
+    the usual warm-up d = min(decay, (1 + k) / (10 + k)) after k updates, so early averages do not
+    drag the random initialization along. The average is a separate module (same device and memory
+    format) that validation and checkpoints use; the optimizer keeps stepping the raw weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0):
+        from emokp_ray.checkpoint import unwrap_model
+
+        self.decay = float(decay)
+        self.updates = int(updates)
+        self.model = copy.deepcopy(unwrap_model(model)).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        from emokp_ray.checkpoint import unwrap_model
+
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        src = unwrap_model(model)
+        ema_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in src.parameters()], 1.0 - d)
+        for ema_b, b in zip(self.model.buffers(), src.buffers()):
+            if ema_b.is_floating_point():
+                ema_b.lerp_(b, 1.0 - d)
+            else:
+                ema_b.copy_(b)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -102,8 +146,11 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> Batch:
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     out["image"] = image
-    if "label" in out:
-        out["label"] = out["label"].long()
+    for key in ("label", "label_mix"):
+        if key in out:
+            out[key] = out[key].long()
+    if "mix_lam" in out:
+        out["mix_lam"] = out["mix_lam"].float()
     if "keypoints" in out:
         out["keypoints"] = out["keypoints"].float()
     return out
@@ -132,8 +179,10 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
     max_steps: int = 0,
+    ema: WeightEMA | None = None,
 ) -> dict[str, float]:
-    """One pass of optimizer steps. Returns {"loss": mean loss, "images": n, "seconds": t, "steps": k}."""
+    """One pass of optimizer steps (each followed by the EMA update, if any).
+    Returns {"loss": mean loss, "images": n, "seconds": t, "steps": k}."""
     model.train()
     total_loss, images, steps = 0.0, 0, 0
     start = time.perf_counter()
@@ -147,6 +196,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if ema is not None:
+            ema.update(model)
         # OneCycleLR raises past its last step; a resumed or longer-than-planned epoch stays at the end.
         if scheduler is not None and scheduler.last_epoch < getattr(scheduler, "total_steps", getattr(scheduler, "T_max", math.inf)) - 1:
             scheduler.step()
@@ -246,7 +297,9 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
     start_epoch, history, best, stale = 0, [], None, 0
     restored = session.restore()
     if restored is not None:
-        model.load_state_dict(restored.model.state_dict())
+        # an EMA run's model.pt is the average; the raw weights it was stepping are in train_model.pt
+        raw = restored.train_model_state if restored.train_model_state is not None else restored.model.state_dict()
+        model.load_state_dict(raw)
         if restored.optimizer_state is not None:
             optimizer.load_state_dict(restored.optimizer_state)
         if restored.scheduler_state is not None and scheduler is not None:
@@ -260,6 +313,12 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
         stale = int(state.get("stale", 0))
 
     model = session.prepare_model(model)
+    ema = None
+    if cfg.ema_decay:
+        ema = WeightEMA(model, cfg.ema_decay, updates=int((restored.extra_state or {}).get("ema_updates", 0)) if restored else 0)
+        if restored is not None and restored.train_model_state is not None:
+            ema.model.load_state_dict(restored.model.state_dict())
+    eval_model = ema.model if ema is not None else model
     class_weights = info.get("class_weights")
     loss_fn = make_loss(cfg, None if class_weights is None else np.asarray(class_weights, np.float32))
     metric_name, order = cfg.metric
@@ -271,8 +330,9 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
             _maybe_fail_once(cfg.extra.get("fail_marker"), session.rank)
 
         stats = train_one_epoch(model, session.train_batches(epoch), optimizer, scheduler, loss_fn, device,
-                                amp=use_amp, scaler=scaler, channels_last=channels_last, max_steps=cfg.max_steps_per_epoch)
-        acc, val_loss_sum, val_n = evaluate(model, session.val_batches(), cfg.task, num_classes, loss_fn, device,
+                                amp=use_amp, scaler=scaler, channels_last=channels_last, max_steps=cfg.max_steps_per_epoch,
+                                ema=ema)
+        acc, val_loss_sum, val_n = evaluate(eval_model, session.val_batches(), cfg.task, num_classes, loss_fn, device,
                                             amp=use_amp, channels_last=channels_last)
         # Reduce across ranks: the accumulators' sums plus the loss and image counts.
         train_sums = session.all_reduce(np.array([stats["loss"] * stats["images"], stats["images"], stats["seconds"]], np.float64))
@@ -326,8 +386,10 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
                 metrics=json_safe({k: v for k, v in row.items() if not isinstance(v, (dict, list))}),
                 run_id=info.get("run_id", ""),
             )
-            save_checkpoint(checkpoint_dir, model, meta, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            extra_state=json_safe({"epoch": epoch + 1, "history": history, "best": best, "stale": stale}))
+            save_checkpoint(checkpoint_dir, eval_model, meta, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            train_model=model if ema is not None else None,
+                            extra_state=json_safe({"epoch": epoch + 1, "history": history, "best": best, "stale": stale,
+                                                   "ema_updates": ema.updates if ema is not None else 0}))
         session.report(_scalar_metrics(row), checkpoint_dir)
         if tmp is not None:
             tmp.cleanup()
