@@ -36,8 +36,14 @@ MAX_BODY = 1024 * 1024
 class Served:
     base: str          # http://127.0.0.1:PORT/t
     busy: str          # the slow app: one request at a time, one queued, 1 s per batch
+    scripted: str      # the same models from trusted TorchScript files
     keypoints: Path
     emotion: Path
+    port: int
+
+
+MAIN_PIXELS = {"max_image_pixels": 4_000_000, "max_request_pixels": 8_000_000, "max_replica_pixels": 16_000_000}
+BODY_TIMEOUT_S = 3.0
 
 
 def _free_port() -> int:
@@ -53,21 +59,31 @@ def served(ray_cluster, tmp_path_factory) -> Served:
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
 
-    kp, em = write_tiny_checkpoints(tmp_path_factory.mktemp("serve-ckpt"))
+    from emokp_ray.inference.export import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("serve-ckpt")
+    kp, em = write_tiny_checkpoints(folder)
+    # Optimizer state that cannot be read: inference must never open it (every test below serves it).
+    (kp / "optimizer.pt").write_bytes(b"PK\x03\x04 not a torch archive")
+    scripted = [export_checkpoint(kp, folder / "keypoints.ts"), export_checkpoint(em, folder / "emotion.ts")]
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     one_replica = {"num_replicas": 1, "autoscaling_config": None, "ray_actor_options": {"num_cpus": 0.25}}
     main = AppArgs(keypoints=str(kp), emotion=str(em), max_batch_size=8, batch_wait_timeout_s=0.01,
-                   max_body_bytes=MAX_BODY, max_images_per_request=4, max_image_pixels=4_000_000)
-    # /busy: 1 s per batch of 1 image; 2 images admitted per ingress; tiny Serve queues behind that.
+                   max_body_bytes=MAX_BODY, max_images_per_request=4, body_timeout_s=BODY_TIMEOUT_S, **MAIN_PIXELS)
+    # /busy: 1 s per batch of 1 image; 2 images admitted per ingress; tiny Serve queues behind that;
+    # 1 M decoded pixels per replica.
     busy = AppArgs(keypoints=str(kp), emotion=str(em), max_batch_size=1, test_delay_s=1.0,
-                   max_pending_requests=2, max_images_per_request=2)
+                   max_pending_requests=2, max_images_per_request=2,
+                   max_image_pixels=1_000_000, max_request_pixels=1_000_000, max_replica_pixels=1_000_000)
     serve.run(compose(main, model_options=one_replica, ingress_options=one_replica), name="emokp-test", route_prefix="/t")
     serve.run(compose(busy, ingress_options={**one_replica, "max_ongoing_requests": 4, "max_queued_requests": 2},
                       model_options={**one_replica, "max_ongoing_requests": 1, "max_queued_requests": 1}),
               name="emokp-busy", route_prefix="/busy")
+    trusted = AppArgs(keypoints=str(scripted[0]), emotion=str(scripted[1]), trust_torchscript=True)
+    serve.run(compose(trusted, model_options=one_replica, ingress_options=one_replica), name="emokp-ts", route_prefix="/ts")
     try:
-        yield Served(f"http://127.0.0.1:{port}/t", f"http://127.0.0.1:{port}/busy", kp, em)
+        yield Served(f"http://127.0.0.1:{port}/t", f"http://127.0.0.1:{port}/busy", f"http://127.0.0.1:{port}/ts", kp, em, port)
     finally:
         serve.shutdown()
 
@@ -116,6 +132,9 @@ def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
     idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
 
 
 def truncated_jpeg() -> bytes:
@@ -274,6 +293,22 @@ BAD_REQUESTS = {
     "labels_with_query": (lambda u: requests.get(u + "/v1/labels", params={"lang": "fr"}, timeout=30), 422),
     "unknown_route": (lambda u: requests.get(u + "/v2/nothing", timeout=30), 404),
     "wrong_method": (lambda u: requests.get(u + "/v1/predict", timeout=30), 405),
+    # Issue 11: formats outside the allowlist, boxes that are slivers, limits checked before the work.
+    "eps_document": (lambda u: requests.post(u + "/v1/predict", data=EPS, headers={"Content-Type": "image/png"}, timeout=30), 415),
+    "degenerate_box": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[10, 10, 2, 50]]"}), 422),
+    "box_overlapping_by_a_sliver": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[94, 0, 50, 50]]"}), 422),
+    "too_many_boxes_in_json": (lambda u: requests.post(u + "/v1/predict", json={"image_base64": base64.b64encode(png(crops(1)[0])).decode(),
+                                                                              "boxes": [[0, 0, 10, 10]] * 60_000}, timeout=30), 422),
+    "deep_json_body": (lambda u: requests.post(u + "/v1/predict", data=b"[" * 100_000 + b"]" * 100_000,
+                                               headers={"Content-Type": "application/json"}, timeout=30), 400),
+    "deep_json_boxes": (lambda u: requests.post(u + "/v1/predict", headers={"Content-Type": "application/json"}, timeout=30,
+                                                data=b'{"image_base64": "AAAA", "boxes": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"), 400),
+    "deep_boxes_form_field": (lambda u: requests.post(u + "/v1/predict", timeout=30, files={
+        "image": ("a.png", png(crops(1)[0]), "image/png"), "boxes": (None, "[" * 20_000 + "]" * 20_000)}), 422),
+    "deep_boxes_query": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[" * 300 + "]" * 300}), 422),
+    "headers_too_large": (lambda u: requests.get(u + "/healthz", headers={"X-Padding": "a" * 20_000}, timeout=30), 431),
+    "batch_over_request_pixels": (lambda u: requests.post(u + "/v1/predict/batch", timeout=30, json={
+        "images": [{"image_base64": base64.b64encode(png_bomb(2000, 2000)).decode()}] * 3}), 413),
 }
 
 
@@ -369,3 +404,145 @@ def test_demo_page_uploads_a_photo_and_shows_the_result(served, tmp_path):
             shutil.copy(tmp_path / "demo_page.png", os.environ["EMOKP_DEMO_SCREENSHOT"])
     finally:
         driver.quit()
+
+
+# ----------------------------------------------------------------------------- hardening (issue 11)
+# No single client can take the service's memory or time from the others; each test ends with a
+# good request answered promptly (assert_good_request, or a timed one).
+
+def _raw_exchange(port: int, data: bytes, wait_s: float) -> tuple[bytes, float]:
+    """Send `data` on a fresh TCP connection and read until the response's headers (or `wait_s`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        sock.sendall(data)
+        started, reply = time.perf_counter(), b""
+        try:
+            while b"\r\n\r\n" not in reply:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        except socket.timeout:
+            pass
+        return reply, time.perf_counter() - started
+
+
+def _timed_good_request(served: Served) -> float:
+    started = time.perf_counter()
+    assert_good_request(served)
+    return time.perf_counter() - started
+
+
+def test_request_pixel_budget_is_checked_from_the_headers(served):
+    flat = base64.b64encode(png_bomb(2000, 2000)).decode()   # 4 M pixels in a few KB
+    url = served.base + "/v1/predict/batch"
+    started = time.perf_counter()
+    refused = requests.post(url, json={"images": [{"image_base64": flat}] * 4}, timeout=30)   # 16 M > 8 M
+    elapsed = time.perf_counter() - started
+    assert refused.status_code == 413, refused.text
+    assert "16,000,000 pixels" in refused.json()["error"] and "8,000,000 per request" in refused.json()["error"]
+    assert elapsed < 3.0   # header reads only: 16 M pixels were never decoded
+    within = requests.post(url, json={"images": [{"image_base64": flat}] * 2, "detect": "false"}, timeout=60)
+    assert within.status_code == 200, within.text
+    assert [(r["width"], r["height"]) for r in within.json()["results"]] == [(2000, 2000)] * 2
+    assert _timed_good_request(served) < 5.0
+
+
+def test_large_decodes_run_off_the_event_loop(served):
+    # Many 4 M-pixel images (each a few KB compressed) decode in worker threads, within the
+    # replica's pixel budget (503 past it), while a crop request is answered meanwhile.
+    flat = png_bomb(2000, 2000)
+
+    def heavy(_):
+        return requests.post(served.base + "/v1/predict", data=flat, params={"detect": "false"},
+                             headers={"Content-Type": "image/png"}, timeout=120).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = [pool.submit(heavy, i) for i in range(8)]
+        time.sleep(0.2)
+        crop_s = _timed_good_request(served)
+        codes = [c.result() for c in codes]
+    assert set(codes) <= {200, 503} and 200 in codes, codes
+    assert crop_s < 5.0
+
+
+def test_replica_pixel_budget_refuses_503_while_spent_then_recovers(served):
+    # /busy holds at most 1 M decoded pixels; a 600 k-pixel image stays held through its 1 s batch.
+    wide = png(np.full((600, 1000), 128, np.uint8))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post_image, served.busy + "/v1/predict", wide, params={"detect": "false"})
+        time.sleep(0.4)
+        started = time.perf_counter()
+        second = post_image(served.busy + "/v1/predict", wide, params={"detect": "false"})
+        refused_s = time.perf_counter() - started
+        assert first.result().status_code == 200
+    assert second.status_code == 503, second.text
+    assert "busy decoding other large images" in second.json()["error"] and refused_s < 0.5
+    again = post_image(served.busy + "/v1/predict", wide, params={"detect": "false"})
+    assert again.status_code == 200, again.text
+
+
+def test_overload_is_refused_before_the_body_is_read(served):
+    # With /busy's 2 admission slots taken, a request that declares 500 KB and sends 10 bytes gets
+    # its JSON 503 at once: the ingress never waits for (nor reads, nor decodes) the rest.
+    with ThreadPoolExecutor(2) as pool:
+        holders = [pool.submit(post_image, served.busy + "/v1/predict", png(crops(1)[0])) for _ in range(2)]
+        time.sleep(0.4)
+        head = (b"POST /busy/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 500000\r\n\r\n" + b"x" * 10)
+        reply, elapsed = _raw_exchange(served.port, head, wait_s=10)
+        assert [h.result().status_code for h in holders] == [200, 200]
+    assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
+    assert b"application/json" in reply and elapsed < 0.9   # before the first 1 s batch is done
+    assert post_image(served.busy + "/v1/predict", png(crops(1)[0])).status_code == 200
+
+
+def test_slow_upload_gets_408_and_slow_headers_stall_no_one(served):
+    # An upload that never completes is cut off after body_timeout_s with a JSON 408.
+    head = (b"POST /t/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b"x" * 10)
+    reply, elapsed = _raw_exchange(served.port, head, wait_s=BODY_TIMEOUT_S + 20)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert BODY_TIMEOUT_S - 0.5 < elapsed < BODY_TIMEOUT_S + 10
+    # Connections that never finish their headers (slowloris) hold no worker: others are answered.
+    idle = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(50)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /t/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        assert _timed_good_request(served) < 5.0
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_box_overlapping_the_image_is_clipped_consistently(served, predictor):
+    crop = crops(1, seed=4)[0]
+    response = post_image(served.base + "/v1/predict", png(crop), params={"boxes": "[[-20, -10, 60, 50]]"})
+    assert response.status_code == 200, response.text
+    [face] = response.json()["faces"]
+    assert face["box"] == [0, 0, 40, 40]   # the box clipped to the image: what the networks saw
+    assert_same_faces([face], predictor.predict([crop], boxes=[[(0, 0, 40, 40)]])[0].to_dict()["faces"])
+
+
+def test_answers_name_models_by_run_and_version_not_by_path(served):
+    folder = str(served.keypoints.parent)
+    answers = [requests.get(served.base + "/healthz", timeout=30), requests.get(served.base + "/v1/labels", timeout=30),
+               post_image(served.base + "/v1/predict", png(crops(1)[0])),
+               requests.post(served.base + "/v1/predict/batch", files=[("images", ("a.png", png(crops(1)[0]), "image/png"))], timeout=30),
+               post_image(served.base + "/v1/predict", b"not an image"),
+               requests.get(served.scripted + "/healthz", timeout=30)]
+    for response in answers:
+        assert folder not in response.text and "/tmp" not in response.text and "serve-ckpt" not in response.text
+    model = answers[0].json()["model"]
+    assert model["keypoints"]["run_id"] == "tiny-keypoints" and model["emotion"]["epoch"] == 1
+    assert all(len(model[task]["version"]) == 12 for task in ("keypoints", "emotion"))
+    # The TorchScript files hold the same weights: the same names and versions.
+    assert answers[-1].json()["model"] == model
+
+
+def test_trusted_torchscript_app_answers_like_the_checkpoints(served):
+    crop = png(crops(1, seed=11)[0])
+    from_checkpoints = post_image(served.base + "/v1/predict", crop)
+    from_torchscript = post_image(served.scripted + "/v1/predict", crop)
+    assert from_torchscript.status_code == 200, from_torchscript.text
+    assert_same_faces(from_torchscript.json()["faces"], from_checkpoints.json()["faces"])
+    assert _timed_good_request(served) < 5.0

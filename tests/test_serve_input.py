@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +194,51 @@ def test_decode_refuses_too_many_pixels_from_the_header():
     assert decode(ImageInput(big, "upload"), 120_000).shape == (300, 400)
 
 
-def test_check_boxes():
-    boxes = [BoxIn.model_validate([10, 10, 20, 20]), BoxIn.model_validate([-5, -5, 10, 10])]
-    assert check_boxes(boxes, 96, 96, max_boxes=2) == [(10, 10, 20, 20), (-5, -5, 10, 10)]
+def test_check_boxes_clips_to_the_image_and_refuses_slivers():
+    box = BoxIn.model_validate
+    boxes = [box([10, 10, 20, 20]), box([-5, -5, 10, 10]), box([90, 80, 30, 30])]
+    # Boxes that overlap the image are clipped to it: what the networks see and the answer reports.
+    assert check_boxes(boxes, 96, 96, max_boxes=3) == [(10, 10, 20, 20), (0, 0, 5, 5), (90, 80, 6, 16)]
     assert check_boxes(None, 96, 96, max_boxes=2) is None
-    assert status_of(check_boxes, boxes, 96, 96, 1) == 422
-    assert status_of(check_boxes, [BoxIn.model_validate([96, 0, 10, 10])], 96, 96, 2) == 422
+    assert status_of(check_boxes, boxes, 96, 96, 2) == 422                       # too many
+    assert status_of(check_boxes, [box([96, 0, 10, 10])], 96, 96, 2) == 422      # outside
+    assert status_of(check_boxes, [box([10, 10, 3, 40])], 96, 96, 2) == 422      # degenerate: 3 px wide
+    assert status_of(check_boxes, [box([94, 10, 40, 40])], 96, 96, 2) == 422     # overlaps by 2 px only
+    assert check_boxes([box([92, 10, 40, 40])], 96, 96, 2) == [(92, 10, 4, 40)]  # 4 px: accepted
+
+
+def test_cheap_limits_come_before_validation():
+    from emokp_ray.serving.http_input import MAX_JSON_DEPTH, json_depth_bound
+
+    many = json.dumps({"image_base64": base64.b64encode(IMAGE).decode(), "boxes": [[0, 0, 5, 5]] * 100_000}).encode()
+    started = time.perf_counter()
+    assert status_of(predict_request, "application/json", many, [], 32) == 422
+    assert status_of(predict_request, "image/png", IMAGE, [("boxes", json.dumps([[0, 0, 5, 5]] * 100_000))], 32) == 422
+    items = json.dumps({"images": [{"image_base64": "%%"}] * 10_000}).encode()
+    assert status_of(batch_request, "application/json", items, [], 4) == 413
+    assert time.perf_counter() - started < 1.0   # counted, not validated one by one
+    # Deep nesting is refused before parsing, in the body and in a boxes field: never a RecursionError.
+    deep = b"[" * 200_000 + b"]" * 200_000
+    assert json_depth_bound(deep) == 200_000 and json_depth_bound(b'{"a": [[1, 2]]}') == 3
+    assert status_of(predict_request, "application/json", deep, []) == 400
+    assert status_of(predict_request, "application/json", b'{"image_base64": "", "boxes": ' + deep + b"}", []) == 400
+    assert status_of(predict_request, "image/png", IMAGE, [("boxes", deep.decode())]) == 422
+    assert status_of(batch_request, "application/json", b'{"images": ' + deep + b"}", [], 4) == 400
+    ok = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert status_of(predict_request, "application/json", ok, []) == 422   # parsed, then invalid: a list
+
+
+def test_read_body_times_out_a_slow_upload():
+    async def slow():
+        yield b"x" * 10
+        await asyncio.sleep(5)
+        yield b"y"
+
+    started = time.perf_counter()
+    with pytest.raises(ApiError) as err:
+        asyncio.run(read_body({}, slow(), limit=5000, timeout_s=0.2))
+    assert err.value.status == 408 and "10 bytes" in err.value.message
+    assert time.perf_counter() - started < 2
 
 
 def test_app_args_are_typed_and_strict():

@@ -6,11 +6,15 @@
     GET  /healthz            {"status": "ok", ...} once the model answers
     GET  /                   the demo page
 
-The ingress reads and checks the request (size caps, content type, options), admits it (at most
-max_pending_requests images in flight per replica, else 503), decodes the image (in a worker thread
-unless it is small), batches the grey pixels of concurrent requests with `@serve.batch` into one
-call to `FaceModel` (one forward pass) and, on request, draws the annotated PNG. Errors
-are JSON {"error": "..."} with 400/413/415/422/503 (http_input.py says which); a 500 means a bug.
+Every request is admitted first, before its body is read (at most max_pending_requests images in
+flight per ingress replica, else an immediate 503), so overload costs the service nothing. Then the
+ingress reads the body (size cap, timeout), checks the cheap limits (JSON nesting, image and box
+counts) before validating the rest, reads every image's size from its header and refuses a request
+whose pixels pass max_request_pixels (413) or would take the replica past max_replica_pixels
+decoded pixels (503), decodes (in a worker thread unless the image is small, by pixels and bytes),
+batches the grey pixels of concurrent requests with `@serve.batch` into one call to `FaceModel`
+(one forward pass) and, on request, draws the annotated PNG. Errors are JSON {"error": "..."} with
+400/408/413/415/422/503 (http_input.py says which); a 500 means a bug.
 
 `build_app` is the typed builder named by serve/config.yaml; `compose` also takes deployment
 options, for tests and benchmarks.
@@ -45,6 +49,7 @@ from emokp_ray.serving.http_input import (
     decode,
     options_from_fields,
     predict_request,
+    probe,
     read_body,
 )
 from emokp_ray.serving.batching import Admission, BatchWindow
@@ -59,7 +64,12 @@ from emokp_ray.serving.schemas import (
 )
 
 logger = logging.getLogger("ray.serve")
-INLINE_DECODE_BYTES = 64 * 1024   # smaller images are decoded on the event loop; larger in a thread
+# An image is decoded on the event loop only when it is small in bytes AND in pixels (a 96x96 crop:
+# ~0.1 ms); anything larger, whatever its compressed size (a flat 20000x1000 PNG is 60 KB), goes to
+# a worker thread, so no decode stalls the other requests.
+INLINE_DECODE_BYTES = 64 * 1024
+INLINE_DECODE_PIXELS = 256 * 256
+OVERLOADED = "the service is overloaded; retry later"
 
 # Swagger/ReDoc pages load scripts from a CDN: off. /openapi.json stays.
 api = FastAPI(title="emokp-ray", version=__version__, docs_url=None, redoc_url=None)
@@ -115,6 +125,14 @@ def _no_query(request: Request) -> None:
     options_from_fields(request.query_params.multi_items(), NoOptions, "query")
 
 
+def _check_headers(request: Request, limit: int) -> None:
+    """431 when the request's headers (names and values) add up to more than `limit` bytes: Serve's
+    proxy (uvicorn with httptools) sets no cap of its own."""
+    size = sum(len(name) + len(value) + 4 for name, value in request.headers.raw)
+    if size > limit:
+        raise ApiError(431, f"request headers of {size} bytes exceed the limit of {limit} bytes")
+
+
 @serve.deployment(
     name="Ingress",
     ray_actor_options={"num_cpus": 0.25},
@@ -140,23 +158,57 @@ class Ingress:
         self._predict_jobs.set_max_batch_size(args.max_batch_size)
         self._predict_jobs.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.window = BatchWindow(args.batch_wait_timeout_s, args.busy_batch_wait_max_s)
-        self.admission = Admission(args.max_pending_requests)
+        self.admission = Admission(args.max_pending_requests)    # images in flight
+        self.pixels = Admission(args.max_replica_pixels)          # decoded pixels held at once
 
-    async def _predict_one(self, image: ImageInput, detect: str, annotate: bool) -> dict[str, Any]:
-        """Admit, decode, check boxes, predict one image; ApiError for this image's problems."""
-        if not self.admission.try_enter():
-            raise ApiError(503, "the service is overloaded; retry later")
+    def _admit(self, images: int) -> None:
+        """Take `images` admission slots or refuse the request with 503 at once."""
+        if not self.admission.try_enter(images):
+            raise ApiError(503, OVERLOADED)
+
+    async def _headers(self, items: list[ImageInput | ApiError]) -> list[Any]:
+        """Each image's header (size, format) or its ApiError, no pixel decoded; a large upload's
+        header is parsed in a thread (a PNG can hold megabytes of chunks before its pixels)."""
+        async def one(item: ImageInput | ApiError) -> Any:
+            if isinstance(item, ApiError):
+                return item
+            try:
+                if len(item.data) <= INLINE_DECODE_BYTES:
+                    return probe(item, self.args.max_image_pixels)
+                return await asyncio.to_thread(probe, item, self.args.max_image_pixels)
+            except ApiError as err:
+                return err
+
+        return list(await asyncio.gather(*(one(item) for item in items)))
+
+    async def _predict_images(self, items: list[ImageInput | ApiError], detect: str, annotate: bool) -> list[Any]:
+        """One answer per item, in order: a dict, or the ApiError of that image. The request's total
+        pixels (from the headers) are checked against max_request_pixels (413) and reserved from
+        the replica's decoded-pixel budget (503 when it is spent) before anything is decoded."""
+        headers = await self._headers(items)
+        total = sum(h.pixels for h in headers if not isinstance(h, ApiError))
+        if total > self.args.max_request_pixels:
+            raise ApiError(413, f"the request's images hold {total:,} pixels; the limit is {self.args.max_request_pixels:,} per request")
+        if not self.pixels.try_enter(total):
+            raise ApiError(503, "the service is busy decoding other large images; retry later")
         try:
-            if len(image.data) <= INLINE_DECODE_BYTES:   # a crop decodes in ~0.1 ms: no thread hop
-                pixels, grey = _decode_for_model(image, self.args)
-            else:
-                pixels, grey = await asyncio.to_thread(_decode_for_model, image, self.args)
-            height, width = grey.shape
-            boxes = check_boxes(image.boxes, width, height, self.args.max_boxes_per_image, image.boxes_where)
-            job = FaceJob(grey, DETECT_TO_MODE[detect], tuple(boxes) if boxes is not None else None)
-            outcome: Outcome = await self._predict_jobs(job)
+            return list(await asyncio.gather(*(self._predict_one(item, header, detect, annotate)
+                                               for item, header in zip(items, headers)), return_exceptions=True))
         finally:
-            self.admission.leave()
+            self.pixels.leave(total)
+
+    async def _predict_one(self, image: ImageInput | ApiError, header: Any, detect: str, annotate: bool) -> dict[str, Any]:
+        """Decode, check boxes, predict one admitted image; ApiError for this image's problems."""
+        if isinstance(header, ApiError):
+            raise header
+        if len(image.data) <= INLINE_DECODE_BYTES and header.pixels <= INLINE_DECODE_PIXELS:
+            pixels, grey = _decode_for_model(image, self.args)   # a crop: no thread hop
+        else:
+            pixels, grey = await asyncio.to_thread(_decode_for_model, image, self.args)
+        height, width = grey.shape
+        boxes = check_boxes(image.boxes, width, height, self.args.max_boxes_per_image, image.boxes_where)
+        job = FaceJob(grey, DETECT_TO_MODE[detect], tuple(boxes) if boxes is not None else None)
+        outcome: Outcome = await self._predict_jobs(job)
         if outcome.error is not None:
             raise ApiError(outcome.status, outcome.error if outcome.status == 503 else f"{image.source}: {outcome.error}")
         out = outcome.result.to_dict()
@@ -176,7 +228,7 @@ class Ingress:
         try:
             return await self.model.predict.remote(jobs)
         except BackPressureError:
-            return [Outcome(error="the service is overloaded; retry later", status=503)] * len(jobs)
+            return [Outcome(error=OVERLOADED, status=503)] * len(jobs)
         except DeploymentUnavailableError as err:
             return [Outcome(error=f"the model is unavailable: {err.message}", status=503)] * len(jobs)
         finally:
@@ -184,48 +236,61 @@ class Ingress:
             self._predict_jobs.set_batch_wait_timeout_s(self.window.idle_s)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index(self) -> HTMLResponse:
+    async def index(self, request: Request) -> HTMLResponse:
+        _check_headers(request, self.args.max_header_bytes)
         return HTMLResponse(self.page)
 
     @api.get("/healthz")
     async def healthz(self, request: Request) -> dict[str, Any]:
         """OK once the whole path answers: proxy -> ingress -> a model replica."""
+        _check_headers(request, self.args.max_header_bytes)
         _no_query(request)
         try:
             info = await self.model.info.remote()
         except BackPressureError:
-            raise ApiError(503, "the service is overloaded; retry later") from None
+            raise ApiError(503, OVERLOADED) from None
         except DeploymentUnavailableError as err:
             raise ApiError(503, f"the model is unavailable: {err.message}") from None
         return {"status": "ok", "version": __version__, "model": info["model"]}
 
     @api.get("/v1/labels", response_model=LabelsResponse)
     async def labels(self, request: Request) -> dict[str, Any]:
+        _check_headers(request, self.args.max_header_bytes)
         _no_query(request)
         return self.info["labels"]
 
     @api.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
     async def predict(self, request: Request) -> JSONResponse:
-        body = await read_body(request.headers, request.stream(), self.args.max_body_bytes)
-        image, options = predict_request(request.headers.get("content-type"), body, request.query_params.multi_items())
-        del body
-        out = await self._predict_one(image, options.detect, options.annotate)
+        _check_headers(request, self.args.max_header_bytes)
+        self._admit(1)   # before the body is read: a refused request costs no reading, parsing or decoding
+        try:
+            body = await read_body(request.headers, request.stream(), self.args.max_body_bytes, self.args.body_timeout_s)
+            image, options = predict_request(request.headers.get("content-type"), body, request.query_params.multi_items(),
+                                             self.args.max_boxes_per_image)
+            del body
+            (answer,) = await self._predict_images([image], options.detect, options.annotate)
+        finally:
+            self.admission.leave(1)
+        if isinstance(answer, BaseException):
+            raise answer
         # A Response skips FastAPI's re-validation against response_model (which documents the shape).
-        return JSONResponse({**out, "model": self.info["model"]})
+        return JSONResponse({**answer, "model": self.info["model"]})
 
     @api.post("/v1/predict/batch", response_model=BatchResponse, response_model_exclude_none=True)
     async def predict_batch(self, request: Request) -> JSONResponse:
-        body = await read_body(request.headers, request.stream(), self.args.max_body_bytes)
-        items, options = batch_request(request.headers.get("content-type"), body, request.query_params.multi_items(),
-                                       self.args.max_images_per_request)
-        del body
-
-        async def one(item: ImageInput | ApiError) -> dict[str, Any]:
-            if isinstance(item, ApiError):
-                raise item
-            return await self._predict_one(item, options.detect, options.annotate)
-
-        answers = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+        _check_headers(request, self.args.max_header_bytes)
+        self._admit(1)   # one slot before the body is read; the rest once the images are counted
+        held = 1
+        try:
+            body = await read_body(request.headers, request.stream(), self.args.max_body_bytes, self.args.body_timeout_s)
+            items, options = batch_request(request.headers.get("content-type"), body, request.query_params.multi_items(),
+                                           self.args.max_images_per_request, self.args.max_boxes_per_image)
+            del body
+            self._admit(len(items) - 1)
+            held = len(items)
+            answers = await self._predict_images(items, options.detect, options.annotate)
+        finally:
+            self.admission.leave(held)
         results: list[dict[str, Any]] = []
         for answer in answers:
             if isinstance(answer, ApiError) and answer.status == 503:

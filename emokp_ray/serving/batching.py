@@ -34,9 +34,10 @@ class BatchWindow:
 
 
 class Admission:
-    """At most `limit` images admitted and not yet answered (per ingress replica); the next one is
-    refused at once. The ingress turns a refusal into 503 {"error": ...}: Serve's own bounded queues
-    (max_queued_requests) stay behind it as a backstop, but the proxy's refusal is plain text."""
+    """At most `limit` units (images, or decoded pixels) admitted and not yet released (per ingress
+    replica); a request that would pass it is refused at once, whole. The ingress turns a refusal
+    into 503 {"error": ...}: Serve's own bounded queues (max_queued_requests) stay behind it as a
+    backstop, but the proxy's refusal is plain text."""
 
     def __init__(self, limit: int):
         if limit < 1:
@@ -44,11 +45,13 @@ class Admission:
         self.limit = limit
         self.pending = 0
 
-    def try_enter(self) -> bool:
-        if self.pending >= self.limit:
+    def try_enter(self, units: int = 1) -> bool:
+        if units < 0:
+            raise ValueError(f"units must be >= 0, got {units}")
+        if self.pending + units > self.limit:
             return False
-        self.pending += 1
+        self.pending += units
         return True
 
-    def leave(self) -> None:
-        self.pending -= 1
+    def leave(self, units: int = 1) -> None:
+        self.pending -= units

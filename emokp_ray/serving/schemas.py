@@ -21,6 +21,8 @@ class AppArgs(BaseModel):
 
     keypoints: Optional[str] = None            # keypoint checkpoint; at least one of the two
     emotion: Optional[str] = None              # emotion checkpoint
+    # A TorchScript file is a program (export.load_model): loaded only when this says so.
+    trust_torchscript: bool = False
     device: str = "cpu"                        # "cpu" | "cuda" | "auto"
     detect: bool = True                        # load the face detector (photos need it; crops do not)
     # Dynamic batching in the ingress: up to max_batch_size images from concurrent requests go to the
@@ -31,10 +33,17 @@ class AppArgs(BaseModel):
     batch_wait_timeout_s: float = Field(0.001, ge=0.0, le=1.0)
     busy_batch_wait_max_s: float = Field(0.05, ge=0.0, le=1.0)
     torch_threads: Optional[int] = Field(None, ge=1)   # None: as Ray sets it (OMP_NUM_THREADS: 1 at num_cpus <= 1)
-    # Input limits: the body is refused past max_body_bytes (Content-Length, then while reading);
-    # an image whose header declares more than max_image_pixels is refused before decoding.
+    # Input limits: the body is refused past max_body_bytes (Content-Length, then while reading) and
+    # when it has not arrived within body_timeout_s (408); an image whose header declares more than
+    # max_image_pixels (at most Pillow's own 89 M ceiling), or a request whose images' headers add
+    # up to more than max_request_pixels, is refused (413) before any of its images is decoded; an
+    # ingress replica holds at most max_replica_pixels decoded pixels at once (past it: 503).
     max_body_bytes: int = Field(10 * MiB, ge=1024)
-    max_image_pixels: int = Field(24_000_000, ge=64 * 64)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # all request headers together; 431 past it
+    body_timeout_s: float = Field(30.0, gt=0.0, le=600.0)
+    max_image_pixels: int = Field(24_000_000, ge=64 * 64, le=89_478_485)
+    max_request_pixels: int = Field(48_000_000, ge=64 * 64)
+    max_replica_pixels: int = Field(96_000_000, ge=64 * 64)
     max_images_per_request: int = Field(32, ge=1)      # /v1/predict/batch
     # Overload: an ingress replica holds at most this many images admitted and unanswered; the next
     # gets 503 at once (keep the Ingress deployment's max_ongoing_requests above it).
@@ -47,6 +56,9 @@ class AppArgs(BaseModel):
     def _consistent(self) -> "AppArgs":
         if not self.keypoints and not self.emotion:
             raise ValueError("give at least one checkpoint: keypoints or emotion")
+        if not self.max_image_pixels <= self.max_request_pixels <= self.max_replica_pixels:
+            raise ValueError(f"need max_image_pixels {self.max_image_pixels:,} <= max_request_pixels {self.max_request_pixels:,} "
+                             f"<= max_replica_pixels {self.max_replica_pixels:,}: a valid request could never be decoded")
         if self.max_batch_size > self.max_pending_requests:
             raise ValueError(f"max_batch_size {self.max_batch_size} > max_pending_requests {self.max_pending_requests}: "
                              f"a batch could never fill")
