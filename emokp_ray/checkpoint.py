@@ -75,6 +75,7 @@ class CheckpointMeta:
     epoch: int | None = None                          # epochs completed
     metrics: Mapping[str, Any] = field(default_factory=dict)       # e.g. {"val/rmse_px": 2.1}
     run_id: str | None = None
+    calibration: Mapping[str, Any] = field(default_factory=dict)   # emotion: {"temperature": T, "fitted_on": ...}
     created: str = field(default_factory=_utc_now)
     torch_version: str = str(torch.__version__)
     format_version: int = FORMAT_VERSION
@@ -130,6 +131,7 @@ class CheckpointMeta:
             "epoch": self.epoch,
             "metrics": dict(self.metrics),
             "run_id": self.run_id,
+            "calibration": dict(self.calibration),
             "created": self.created,
             "torch_version": self.torch_version,
         }
@@ -253,11 +255,18 @@ def save_checkpoint(
     return directory
 
 
-def save_checkpoint_file(file: str | os.PathLike, model: nn.Module, meta: CheckpointMeta) -> Path:
-    """Export one self-describing .pt file (weights + meta as a JSON string; no training state)."""
+def save_checkpoint_file(file: str | os.PathLike, model: nn.Module, meta: CheckpointMeta, fp16: bool = False) -> Path:
+    """Export one self-describing .pt file (weights + meta as a JSON string; no training state).
+
+    fp16=True stores floating-point tensors in half precision (half the bytes; the shipped release
+    models): loading builds the fp32 model from the meta and copies them in, so they run as fp32.
+    """
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": FORMAT_VERSION, "meta_json": meta.to_json(), "state_dict": _plain_state_dict(model, meta)}
+    state = _plain_state_dict(model, meta)
+    if fp16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    payload = {"format_version": FORMAT_VERSION, "meta_json": meta.to_json(), "state_dict": state}
     tmp = file.parent / f".{file.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         torch.save(payload, tmp)
@@ -273,7 +282,12 @@ def save_checkpoint_file(file: str | os.PathLike, model: nn.Module, meta: Checkp
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """A checkpoint dir, a run dir holding best/ (-> best/), or an exported file; else a `UserError`."""
+    """A checkpoint dir, a run dir holding best/ (-> best/), an exported file, or `builtin:NAME` (a
+    release model shipped in the package, emokp_ray/builtin/); else a `UserError`."""
+    from emokp_ray.builtin import builtin_path, is_builtin
+
+    if is_builtin(str(path)):
+        return builtin_path(str(path))
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")

@@ -89,16 +89,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from emokp_ray.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, scheme=args.scheme,
-                                 batch_size=args.batch_size, limit_rows=args.limit_rows)
+                                 batch_size=args.batch_size, limit_rows=args.limit_rows, flip_tta=not args.no_flip_tta)
     print(report.summary())
 
 
 # ----------------------------------------------------------------------------- inference
 
+def _model_pair(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """--keypoints / --emotion as given; with neither, the shipped release pair (builtin:keypoints,
+    builtin:emotion); with one, that model alone."""
+    from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
+
+    if args.keypoints is None and args.emotion is None:
+        return DEFAULT_KEYPOINTS, DEFAULT_EMOTION
+    return args.keypoints, args.emotion
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from emokp_ray.inference.quick import run_predict
+
+    run_predict(args.images, *_model_pair(args), as_json=args.json, annotate_dir=args.annotate, detect=args.detect,
+                flip_tta=not args.no_flip_tta)
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from emokp_ray.inference.quick import describe_builtin_models
+
+    print(describe_builtin_models(as_json=args.json))
+
+
 def _cmd_label(args: argparse.Namespace) -> None:
     from emokp_ray.inference.label import run_label
 
-    summary = run_label(args.input, args.keypoints, args.emotion, args.out, jsonl=args.jsonl, annotate_dir=args.annotate,
+    summary = run_label(args.input, *_model_pair(args), args.out, jsonl=args.jsonl, annotate_dir=args.annotate,
                         batch_size=args.batch_size, concurrency=args.concurrency, use_gpu=args.gpu, detect=args.detect,
                         num_cpus=args.cpus_per_actor)
     print(summary)
@@ -107,8 +130,8 @@ def _cmd_label(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from emokp_ray.serving.run import run_serve
 
-    run_serve(args.keypoints, args.emotion, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-              device=args.device)
+    run_serve(*_model_pair(args), host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+              device=args.device, trust_torchscript=args.trust_torchscript)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -208,19 +231,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="report.json and figures for a checkpoint on a data set or Kaggle CSV")
-    ev.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint dir, RUN_DIR (uses RUN_DIR/best) or exported file")
+    ev.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint dir, RUN_DIR (uses RUN_DIR/best), exported file or builtin:NAME")
     ev.add_argument("--data", required=True, metavar="DATA", help="prepared data set directory or a Kaggle CSV")
     ev.add_argument("--out", required=True, metavar="REPORT_DIR")
-    ev.add_argument("--split", default="val", choices=["train", "val", "test"], help="split of a prepared data set (default val)")
+    ev.add_argument("--split", default="val", choices=["train", "val", "test"],
+                    help="split of a prepared data set (default val: the one that chooses; report test)")
+    ev.add_argument("--no-flip-tta", action="store_true", help="score the plain forward pass, without the predictor's "
+                                                               "horizontal-flip test-time augmentation")
     ev.add_argument("--scheme", default=None, choices=["seed5", "fer7"], help="scheme for a FER CSV (default: the checkpoint's)")
     ev.add_argument("--batch-size", type=_positive_int, default=128)
     ev.add_argument("--limit-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
+
+    pred = sub.add_parser("predict", help="keypoints and emotions for a few photos, in this process (no Ray)",
+                          description="One JSON object per image (faces: box, keypoints, emotion, calibrated "
+                                      "probabilities) with --json, else one readable line per face. Without model "
+                                      "flags the shipped release models (builtin:keypoints, builtin:emotion) are used.")
+    pred.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF, PPM)")
+    pred.add_argument("--keypoints", metavar="CKPT", help="keypoint model (default: builtin:keypoints)")
+    pred.add_argument("--emotion", metavar="CKPT", help="emotion model (default: builtin:emotion; e.g. builtin:emotion-fer7)")
+    pred.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the images into DIR")
+    pred.add_argument("--detect", default="auto", choices=["auto", "crop", "detect"],
+                      help="auto: a small square image is one face crop, others are searched for faces")
+    pred.add_argument("--no-flip-tta", action="store_true", help="one forward pass per face (faster, slightly less accurate)")
+    pred.set_defaults(func=_cmd_predict)
+
+    models = sub.add_parser("models", help="the shipped release models and their test figures")
+    models.add_argument("--json", action="store_true", help="release.json as it is")
+    models.set_defaults(func=_cmd_models)
     ev.set_defaults(func=_cmd_evaluate)
 
     label = sub.add_parser("label", help="label a folder/glob of images, a prepared data set or a Kaggle CSV (Ray Data)")
     label.add_argument("input", metavar="INPUT", help="image folder or glob (local or URI), prepared data set dir, or Kaggle CSV")
-    label.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint (dir, RUN_DIR or exported file)")
-    label.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint")
+    label.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint (dir, RUN_DIR, exported file or builtin:NAME; "
+                                                          "default with neither flag: builtin:keypoints)")
+    label.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint (default with neither flag: builtin:emotion)")
     label.add_argument("--out", required=True, metavar="OUT", help="output directory: labels.parquet (+ labels.jsonl)")
     label.add_argument("--jsonl", action="store_true", help="also write JSON lines")
     label.add_argument("--annotate", metavar="DIR", help="write annotated copies of the images into DIR")
@@ -236,12 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     label.set_defaults(func=_cmd_label)
 
     srv = sub.add_parser("serve", help="serve both models over HTTP with Ray Serve (demo page at /)")
-    srv.add_argument("--keypoints", metavar="CKPT")
-    srv.add_argument("--emotion", metavar="CKPT")
+    srv.add_argument("--keypoints", metavar="CKPT", help="keypoint model (default with neither flag: builtin:keypoints)")
+    srv.add_argument("--emotion", metavar="CKPT", help="emotion model (default with neither flag: builtin:emotion)")
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=_positive_int, default=8000)
     srv.add_argument("--max-batch-size", type=_positive_int, default=16, help="@serve.batch size (1 disables batching)")
     srv.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    srv.add_argument("--trust-torchscript", action="store_true",
+                     help="allow TorchScript model files: they are programs, run in the server (only files you trust)")
     srv.set_defaults(func=_cmd_serve)
 
     exp = sub.add_parser("export", help="export a checkpoint as one TorchScript (or ONNX) file")

@@ -1,7 +1,11 @@
 """`emokp evaluate`: a checkpoint on a prepared split or directly on a Kaggle CSV -> report + figures.
 
     REPORT_DIR/report.json             task, n, and rmse_px / mean_shape_rmse_px / per_keypoint_rmse_px
-                                       or accuracy / macro_f1 / per_class / confusion (DESIGN.md)
+                                       or accuracy / macro_f1 / per_class / confusion (DESIGN.md);
+                                       emotion: calibration (ECE before / after the temperature);
+                                       keypoints on a split with a near-duplicate holdout: the holdout's
+                                       figures apart (rmse_px is over the other rows)
+    REPORT_DIR/reliability.png         emotion: reliability diagram before / after the temperature
     REPORT_DIR/learning_curves.png     from the run's metrics.jsonl (or the checkpoint's own history)
     REPORT_DIR/confusion.png           emotion
     REPORT_DIR/per_keypoint_rmse.png   keypoints
@@ -20,10 +24,12 @@ import numpy as np
 import torch
 
 from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
-from emokp_ray.data.pipeline import BatchPreprocessor, resize_batch_images
+from emokp_ray.data.pipeline import BatchPreprocessor, resize_batch_images, select_task_rows
 from emokp_ray.data.schema import iter_split, read_info
 from emokp_ray.errors import UserError
 from emokp_ray.inference import figures
+from emokp_ray.inference.calibration import reliability, softmax, temperature_of
+from emokp_ray.inference.tta import forward_with_flip
 from emokp_ray.training.loop import to_device
 from emokp_ray.training.metrics import (EmotionMetricAccumulator, KeypointMetricAccumulator, emotion_report,
                                         keypoint_report)
@@ -43,10 +49,18 @@ class EvalReport:
             base = r.get("mean_shape_rmse_px")
             base_txt = f" (mean-shape baseline {base:.3f} px)" if base is not None else ""
             head = f"keypoints on {r['n']} faces: RMSE {r['rmse_px']:.3f} px{base_txt}"
+            hold = r.get("near_duplicate_holdout")
+            if hold:
+                head += (f"\n  near-duplicate holdout ({hold['n']} faces whose twin was trained on): RMSE "
+                         f"{hold['rmse_px']:.3f} px; all {hold['all_n']} rows together: {hold['all_rmse_px']:.3f} px")
         else:
             head = f"emotion on {r['n']} faces: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}"
             recalls = ", ".join(f"{name} {v['recall']:.2f}" for name, v in r["per_class"].items() if v.get("recall") is not None)
             head += f"\n  recall per class: {recalls}"
+            cal = r.get("calibration")
+            if cal:
+                head += (f"\n  calibration: ECE {cal['ece_uncalibrated']:.4f} at T=1, {cal['ece']:.4f} at the "
+                         f"checkpoint's T={cal['temperature']:.3f}")
         files = "\n".join(f"  {p}" for p in self.files)
         return f"{head}\nwrote:\n{files}"
 
@@ -76,14 +90,21 @@ def _csv_batches(path: Path, task: str, input_size: int, scheme: str, batch_size
 
 
 def _dataset_batches(data: str, split: str, task: str, input_size: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of a prepared split; each also carries "holdout" bool [B]: the row is a near-duplicate
+    holdout of the keypoint split (its twin was trained on, see data/near_duplicates.py)."""
     info = read_info(data)
     if task not in info.tasks:
         raise UserError(f"{data} has no {task} labels (it holds: {', '.join(info.tasks) or 'none'})")
     if split not in info.counts:
         raise UserError(f"{data} has no {split!r} split (it has: {', '.join(info.counts)})")
+    holdout_ids = {(source, int(row)) for source, record in (info.extra.get("near_duplicates") or {}).items()
+                   for row in record.get("holdout_row_ids", [])}
     preprocess = BatchPreprocessor(task=task, input_size=input_size, augment=False)
     for table in iter_split(data, split):
+        table = select_task_rows(table, task)
         batch = preprocess(table)
+        keys = zip(table["source"].to_pylist(), table["row_id"].to_pylist())
+        batch["holdout"] = np.array([key in holdout_ids for key in keys], bool)
         for start in range(0, len(batch["image"]), batch_size):
             yield {k: v[start:start + batch_size] for k, v in batch.items()}
 
@@ -96,11 +117,25 @@ def _history(ckpt: LoadedCheckpoint) -> list[dict[str, Any]]:
     return list((ckpt.extra_state or {}).get("history", []))
 
 
+def _forward_fn(model: torch.nn.Module, device: torch.device):
+    """uint8 crops [N, S, S] -> float32 outputs [N, K] numpy, through the model on `device`."""
+    def forward(crops: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(to_device({"image": crops}, device, channels_last=True)["image"]).float().cpu().numpy()
+    return forward
+
+
 def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val", scheme: str | None = None,
-                        batch_size: int = 128, limit_rows: int = 0) -> EvalReport:
-    """Evaluate `checkpoint` on `data` (prepared data set dir or Kaggle CSV); write the report."""
+                        batch_size: int = 128, limit_rows: int = 0, flip_tta: bool = True) -> EvalReport:
+    """Evaluate `checkpoint` on `data` (prepared data set dir or Kaggle CSV); write the report.
+
+    The predictions are the predictor's: flip test-time augmentation (flip_tta) and, for emotion, the
+    checkpoint's temperature (accuracy is the same at any temperature; calibration figures differ).
+    """
+    from emokp_ray.inference.export import load_model
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = load_checkpoint(checkpoint, map_location=device)
+    ckpt = load_model(checkpoint, map_location=device)
     meta = ckpt.meta
     task, size = meta.task, meta.input_size
     data_path = Path(data)
@@ -113,57 +148,83 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val"
     else:
         raise UserError(f"--data {data}: no such file or directory")
 
-    model = ckpt.model.eval().to(memory_format=torch.channels_last)   # 2.5x faster batches on CPU
+    model = ckpt.model.eval()
+    if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+        model = model.to(memory_format=torch.channels_last)   # 2.5x faster batches on CPU
+    forward = _forward_fn(model, device)
+    temperature = temperature_of(meta.calibration)
     num_classes = len(meta.class_names)
     acc = KeypointMetricAccumulator() if task == "keypoints" else EmotionMetricAccumulator(num_classes)
+    holdout_acc = KeypointMetricAccumulator()
+    all_acc = KeypointMetricAccumulator()
+    all_logits, all_labels = [], []
     grid: dict[str, list[np.ndarray]] = {"image": [], "pred": [], "true": [], "prob": []}
-    n_seen = 0
-    with torch.no_grad():
-        for batch in batches:
-            if limit_rows and n_seen >= limit_rows:
-                break
-            if limit_rows:
-                batch = {k: v[: limit_rows - n_seen] for k, v in batch.items()}
-            n_seen += len(batch["image"])
-            out_t = model(to_device(batch, device, channels_last=True)["image"]).float().cpu()
-            if task == "keypoints":
-                pred = out_t.numpy()
-                acc.update(pred, batch["keypoints"])
-                true = batch["keypoints"]
-                prob = None
-            else:
-                prob = torch.softmax(out_t, dim=1).numpy()
-                pred = prob.argmax(axis=1)
-                acc.update(pred, batch["label"])
-                true = batch["label"]
-            have = sum(len(x) for x in grid["image"])
-            if have < GRID_FACES:
-                take = GRID_FACES - have
-                grid["image"].append(batch["image"][:take])
-                grid["pred"].append(pred[:take])
-                grid["true"].append(true[:take])
-                if prob is not None:
-                    grid["prob"].append(prob[:take])
+    n_seen = n_holdout = 0
+    for batch in batches:
+        if limit_rows and n_seen >= limit_rows:
+            break
+        if limit_rows:
+            batch = {k: v[: limit_rows - n_seen] for k, v in batch.items()}
+        n_seen += len(batch["image"])
+        images = np.ascontiguousarray(batch["image"])
+        outputs = forward_with_flip(forward, images, task, meta.keypoint_names) if flip_tta else forward(images)
+        if task == "keypoints":
+            pred = outputs
+            held = batch.get("holdout", np.zeros(len(pred), bool))
+            acc.update(pred[~held], batch["keypoints"][~held])
+            if held.any():
+                holdout_acc.update(pred[held], batch["keypoints"][held])
+                n_holdout += int(held.sum())
+            all_acc.update(pred, batch["keypoints"])
+            true = batch["keypoints"]
+            prob = None
+        else:
+            prob = softmax(outputs, temperature)
+            pred = prob.argmax(axis=1)
+            acc.update(pred, batch["label"])
+            all_logits.append(outputs)
+            all_labels.append(batch["label"])
+            true = batch["label"]
+        have = sum(len(x) for x in grid["image"])
+        if have < GRID_FACES:
+            take = GRID_FACES - have
+            grid["image"].append(batch["image"][:take])
+            grid["pred"].append(pred[:take])
+            grid["true"].append(true[:take])
+            if prob is not None:
+                grid["prob"].append(prob[:take])
     if n_seen == 0:
         raise UserError(f"{data}: no {task} rows to evaluate")
 
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = {"checkpoint": str(ckpt.path), "run_id": meta.run_id, "epoch": meta.epoch,
-                "model_input_size": size, **where}
+    metadata: dict[str, Any] = {"checkpoint": str(ckpt.path), "run_id": meta.run_id, "epoch": meta.epoch,
+                                "model_input_size": size, "flip_tta": bool(flip_tta), **where}
     files: list[Path] = []
     images = np.concatenate(grid["image"])
     if task == "keypoints":
         mean_shape = (meta.train_config.get("data_facts") or {}).get("mean_shape")
         mean_shape = None if mean_shape is None else np.asarray(mean_shape, np.float64)
+        if n_holdout:
+            metadata["near_duplicate_holdout"] = {
+                "n": n_holdout, "rmse_px": holdout_acc.compute()["rmse_px"],
+                "all_n": n_seen, "all_rmse_px": all_acc.compute()["rmse_px"],
+                "note": "rmse_px above is over the rows without a trained-on near-duplicate",
+            }
         report = keypoint_report(acc, mean_shape=mean_shape, metadata=metadata)
         files.append(figures.plot_per_keypoint_rmse(report["per_keypoint_rmse_px"], out_dir / "per_keypoint_rmse.png",
                                                     baseline=report.get("per_keypoint_mean_shape_rmse_px")))
         files.append(figures.plot_face_grid(images, out_dir / "faces.png", pred_keypoints=np.concatenate(grid["pred"]),
                                             true_keypoints=np.concatenate(grid["true"])))
     else:
+        logits, labels = np.concatenate(all_logits), np.concatenate(all_labels)
+        before, after = reliability(softmax(logits, 1.0), labels), reliability(softmax(logits, temperature), labels)
+        metadata["calibration"] = {"temperature": temperature, "fitted_on": (meta.calibration or {}).get("fitted_on"),
+                                   "ece_uncalibrated": before["ece"], "ece": after["ece"],
+                                   "bins_uncalibrated": before["bins"], "bins": after["bins"]}
         report = emotion_report(acc, class_names=list(meta.class_names), metadata=metadata)
         files.append(figures.plot_confusion_matrix(report["confusion"], list(meta.class_names), out_dir / "confusion.png"))
+        files.append(figures.plot_reliability(before["bins"], after["bins"], temperature, out_dir / "reliability.png"))
         files.append(figures.plot_face_grid(images, out_dir / "faces.png", pred_labels=np.concatenate(grid["pred"]),
                                             true_labels=np.concatenate(grid["true"]), class_names=list(meta.class_names),
                                             probabilities=np.concatenate(grid["prob"])))
@@ -176,3 +237,23 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val"
     tmp.replace(report_file)
     files.insert(0, report_file)
     return EvalReport(report, out_dir, files)
+
+
+def collect_logits(checkpoint: str, data: str, split: str, flip_tta: bool = True, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """An emotion checkpoint's logits [N, K] (as the predictor computes them, before the temperature)
+    and the labels [N] of a prepared split: what the temperature is fitted on (the val split)."""
+    from emokp_ray.inference.export import load_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_model(checkpoint, map_location=device)
+    if ckpt.meta.task != "emotion":
+        raise UserError(f"{checkpoint} is a {ckpt.meta.task} checkpoint; temperatures calibrate emotion models")
+    forward = _forward_fn(ckpt.model.eval().to(memory_format=torch.channels_last), device)
+    logits, labels = [], []
+    for batch in _dataset_batches(data, split, "emotion", ckpt.meta.input_size, batch_size):
+        images = np.ascontiguousarray(batch["image"])
+        logits.append(forward_with_flip(forward, images, "emotion") if flip_tta else forward(images))
+        labels.append(batch["label"])
+    if not logits:
+        raise UserError(f"{data}: no emotion rows in the {split!r} split")
+    return np.concatenate(logits), np.concatenate(labels)

@@ -1,4 +1,5 @@
-"""Report figures (PNG): learning curves, confusion matrix, face grids, per-keypoint RMSE, emotion bars.
+"""Report figures (PNG): learning curves, confusion matrix, reliability diagram, face grids, per-keypoint
+RMSE, emotion bars.
 
 Every function draws on a `matplotlib.figure.Figure` with its own Agg canvas: nothing here touches
 pyplot or the global backend, so importing or calling this module is safe in a server, a Ray
@@ -155,6 +156,40 @@ def plot_confusion_matrix(
     accuracy = np.trace(counts) / total if total else float("nan")
     norm_note = "row-normalized" if normalize else "counts"
     ax.set_title(f"Confusion matrix ({norm_note}), accuracy {accuracy:.3f}, n={total}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reliability diagram
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_reliability(bins_before: Sequence[Mapping[str, Any]], bins_after: Sequence[Mapping[str, Any]],
+                     temperature: float, out_path: str | os.PathLike) -> Path:
+    """Accuracy against confidence per bin (inference/calibration.py `reliability` tables), at T = 1
+    and at the checkpoint's temperature; a calibrated model lies on the diagonal. Bar widths are the
+    bins, the numbers under the axis the faces per bin."""
+    fig = _figure(9.0, 4.2)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, bins, title in ((axes[0], bins_before, "uncalibrated (T = 1)"), (axes[1], bins_after, f"temperature T = {temperature:.3f}")):
+        lo = np.array([b["lo"] for b in bins])
+        width = np.array([b["hi"] - b["lo"] for b in bins])
+        acc = np.array([np.nan if b["accuracy"] is None else b["accuracy"] for b in bins])
+        conf = np.array([np.nan if b["confidence"] is None else b["confidence"] for b in bins])
+        n = np.array([b["n"] for b in bins])
+        ax.bar(lo, np.nan_to_num(acc), width=width, align="edge", color="#1f77b4", edgecolor="white", label="accuracy")
+        ax.bar(lo, np.nan_to_num(conf - acc), bottom=np.nan_to_num(acc), width=width, align="edge", color=PRED_COLOR,
+               alpha=0.35, edgecolor="white", label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "--", color=BASELINE_COLOR, linewidth=1)
+        total = max(int(n.sum()), 1)
+        ece = float(np.nansum(n / total * np.abs(acc - conf)))
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", title=f"{title}: ECE {ece:.3f}")
+        for x, w, count in zip(lo, width, n):
+            if count:
+                ax.text(x + w / 2, 0.02, str(int(count)), ha="center", va="bottom", fontsize=6, rotation=90, color="white")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return _save(fig, out_path)
 

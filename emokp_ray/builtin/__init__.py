@@ -1,0 +1,54 @@
+"""The release models shipped inside the package: `builtin:NAME` wherever a checkpoint is accepted.
+
+    builtin:keypoints      15 facial keypoints (Kaggle order) from a 96x96 grey face
+    builtin:emotion        5 emotions (seed5: anger, disgust, sad, happiness, surprise), 48x48 input
+    builtin:emotion-fer7   FER2013's 7 classes (angry, disgust, fear, happy, sad, surprise, neutral)
+
+Each is one exported, self-describing checkpoint file (`NAME.pt`, weights stored in fp16 and loaded
+as fp32, meta with the recipe, the splits, test metrics and the emotion temperature) written by
+scripts/build_release_models.py, with MODEL_CARD.md (data, recipe, test metrics per class,
+calibration, limits, terms of use), release.json (the figures `emokp models` prints) and the training
+logs beside them (results/release/).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from emokp_ray.errors import UserError
+
+PREFIX = "builtin:"
+FOLDER = Path(__file__).resolve().parent
+NAMES = ("keypoints", "emotion", "emotion-fer7")
+DEFAULT_KEYPOINTS = PREFIX + "keypoints"
+DEFAULT_EMOTION = PREFIX + "emotion"
+RELEASE_FILE = "release.json"
+
+
+def is_builtin(location: object) -> bool:
+    return isinstance(location, str) and location.startswith(PREFIX)
+
+
+def builtin_path(location: str) -> Path:
+    """`builtin:NAME` -> the shipped file; an unknown name lists the known ones, a missing file says so."""
+    name = location[len(PREFIX):]
+    if name not in NAMES:
+        raise UserError(f"unknown builtin model {location!r} (known: {', '.join(PREFIX + n for n in NAMES)})")
+    path = FOLDER / f"{name}.pt"
+    if not path.is_file():
+        raise UserError(f"builtin model {location} is not in this installation ({path} is missing); "
+                        f"reinstall emokp-ray or regenerate it with scripts/build_release_models.py")
+    return path
+
+
+def release_info() -> dict[str, Any]:
+    """release.json: per builtin model its architecture, recipe, splits and test figures ({} if absent)."""
+    path = FOLDER / RELEASE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from None

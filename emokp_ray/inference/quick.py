@@ -1,0 +1,107 @@
+"""`emokp predict` and `emokp models`: keypoints and emotions for a few photos in one process, no Ray.
+
+For the user who has a handful of photos right after `pip install`: the shipped release models
+(emokp_ray/builtin/) load in about a second, each photo goes through the same Predictor as batch
+labeling and serving (face detection, framing, flip test-time augmentation, calibrated
+probabilities). A file that cannot be read is reported on its own line and the others are still
+labelled; the command exits 2 at the end if any file failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from emokp_ray.errors import UserError
+
+
+def _face_line(index: int, face: dict) -> str:
+    x, y, w, h = (round(v) for v in face["box"])
+    text = f"  face {index}: box x={x} y={y} w={w} h={h}"
+    if face.get("emotion") is not None:
+        p = face["probabilities"][face["emotion"]]
+        text += f"  {face['emotion']} {p:.2f}"
+    if face.get("keypoints"):
+        eyes = [face["keypoints"].get(k) for k in ("left_eye_center", "right_eye_center")]
+        if all(eyes):
+            text += "  eyes " + " ".join(f"({e[0]:.0f},{e[1]:.0f})" for e in eyes)
+    return text
+
+
+def run_predict(images: Sequence[str], keypoints: str | None, emotion: str | None, as_json: bool = False,
+                annotate_dir: str | None = None, detect: str = "auto", flip_tta: bool = True, out=None) -> int:
+    """Label each image file; print JSON lines (as_json) or readable lines; returns the failure count.
+
+    A user error in one file (unreadable, not an image, too large) is one line on stderr; the run goes
+    on and raises a UserError naming the failures at the end, so the CLI exits 2 after the others.
+    """
+    from emokp_ray.inference.images import load_image_file
+    from emokp_ray.inference.predictor import Predictor
+
+    out = out or sys.stdout
+    started = time.perf_counter()
+    predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=detect != "crop")
+    predictor.flip_tta = flip_tta
+    annotate_path = Path(annotate_dir) if annotate_dir else None
+    if annotate_path is not None:
+        annotate_path.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for name in images:
+        try:
+            image = load_image_file(name)
+            result = predictor.predict([image], mode=detect)[0]
+        except UserError as err:
+            failures.append(name)
+            print(f"emokp: error: {err}", file=sys.stderr)
+            continue
+        record = {"image": name, **result.to_dict()}
+        if as_json:
+            out.write(json.dumps(record) + "\n")
+        else:
+            faces = record["faces"]
+            out.write(f"{name}: {result.width}x{result.height}, {len(faces)} face{'s' if len(faces) != 1 else ''}\n")
+            for i, face in enumerate(faces):
+                out.write(_face_line(i, face) + "\n")
+        if annotate_path is not None:
+            from emokp_ray.inference.render import annotate
+
+            target = annotate_path / (Path(name).stem + ".annotated.png")
+            annotate(image, result).save(target)
+        out.flush()
+    if not as_json:
+        out.write(f"{len(images) - len(failures)} of {len(images)} images labelled in {time.perf_counter() - started:.1f} s\n")
+    if failures:
+        raise UserError(f"{len(failures)} of {len(images)} images could not be labelled: {', '.join(failures[:5])}"
+                        + (" ..." if len(failures) > 5 else ""))
+    return 0
+
+
+def describe_builtin_models(as_json: bool = False) -> str:
+    """The builtin models with their test figures (from emokp_ray/builtin/release.json)."""
+    from emokp_ray.builtin import FOLDER, NAMES, PREFIX, release_info
+
+    info = release_info()
+    if as_json:
+        return json.dumps(info, indent=2, sort_keys=True)
+    lines = []
+    for name in NAMES:
+        entry = info.get("models", {}).get(name)
+        present = (FOLDER / f"{name}.pt").is_file()
+        if entry is None:
+            lines.append(f"{PREFIX}{name}: {'shipped, no release.json entry' if present else 'not in this installation'}")
+            continue
+        test = entry.get("test", {})
+        if entry["task"] == "keypoints":
+            figures = f"test RMSE {test.get('rmse_px', float('nan')):.3f} px on {test.get('n')} faces (mean shape {test.get('mean_shape_rmse_px', float('nan')):.3f})"
+        else:
+            figures = (f"test accuracy {test.get('accuracy', float('nan')):.3f}, macro-F1 {test.get('macro_f1', float('nan')):.3f} "
+                       f"on {test.get('n')} faces, ECE {test.get('ece', float('nan')):.3f} (T={entry.get('temperature', 1.0):.2f})")
+        lines.append(f"{PREFIX}{name}: {entry['description']}\n    {entry['architecture']}; {figures}\n    "
+                     f"recipe {entry.get('recipe')}; {entry.get('size_mb', 0):.1f} MB{'' if present else '  (file missing!)'}")
+    card = FOLDER / "MODEL_CARD.md"
+    if card.is_file():
+        lines.append(f"model card: {card}")
+    return "\n".join(lines)
