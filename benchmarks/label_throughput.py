@@ -4,15 +4,20 @@ Predictor over the same image files, side by side in one run.
     python benchmarks/label_throughput.py                       # 20,000 96x96 PNG crops, 2 rounds
     python benchmarks/label_throughput.py --n 4000 --repeats 3 --out benchmarks/results/label_throughput_4000.json
     python benchmarks/label_throughput.py --kind photos         # 320x240..640x480 photos, one crop each
+    python benchmarks/label_throughput.py --kind photos --detect detect --stages split,single --n 600 \
+        --out benchmarks/results/label_throughput_photos_detect.json   # Haar detection: split vs single stage
 
 Models: the two course ResNets (18.0 M and 1.2 M parameters), randomly initialized (speed does not
 depend on the weights) and saved with save_checkpoint. Inputs: synthetic 96x96 face crops saved as
 PNG (--kind crops), or synthetic photos saved as PNG/JPEG and labelled in crop mode (--kind photos:
 decoding a photo and resizing it to the model size is part of the work; no OpenCV needed).
 
-Both sides do the same job on batches of --batch-size images: read every file, decode it, run
-Predictor.predict, build the output rows (BatchLabeler) and write labels.parquet (OutputWriter);
-the Ray side is `run_label` (an actor pool of BatchLabelers feeding the driver's writer). Two figures per side:
+Both sides do the same job on batches of --batch-size images: read every file, decode it, find the
+faces (--detect detect: OpenCV's Haar detector) or take the image as one crop (--detect crop), run
+both networks, build the output rows (label_stages.BatchLabeler) and write Parquet; the Ray side is
+`run_label` with --stages: "split" (read + decode + detect + crop in Ray Data CPU tasks, the networks
+in the actor pool, the part files written by tasks) and/or "single" (all but the writing in the
+actors, the shape before the split). Two figures per side:
 images/s end to end (from the start: models loaded, actors started) and steady images/s (after the
 first batch's results: the rate a long run tends to). The plain loop runs with each of
 --plain-threads torch threads; a Ray config "AxT" is A actors with T torch threads and T logical
@@ -42,6 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", choices=["crops", "photos"], default="crops", help="96x96 PNG crops or photos (default crops)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model batch; a Ray call takes 8 (default 32)")
     parser.add_argument("--configs", default="2x1", help="Ray configs AxT: A actors x T threads (default 2x1: `emokp label`'s default here)")
+    parser.add_argument("--stages", default="split", help="Ray pipeline shapes, each run: split, single or split,single (default split)")
+    parser.add_argument("--detect", choices=["crop", "detect"], default="crop", help="each image one crop, or Haar detection (default crop)")
     parser.add_argument("--plain-threads", default="1,2", help="torch threads of the plain loop, each run (default 1,2)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds alternating plain and Ray (default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
@@ -83,40 +90,45 @@ def write_course_checkpoints(folder: Path) -> tuple[str, str]:
 def plain_loop(folder: Path, keypoints: str, emotion: str, batch_size: int, mode: str, threads: int, out: Path) -> dict:
     """The same job without Ray, in this process: the same work rows, the same per-batch labeler
     (read + decode + Predictor.predict + output rows) and the same Parquet writer as `emokp label`."""
+    import pyarrow.parquet as pq
     import torch
 
-    from emokp_ray.inference.label import BatchLabeler
-    from emokp_ray.inference.label_inputs import resolve_input
-    from emokp_ray.inference.label_output import OUTPUT_SCHEMA, OutputWriter
+    from emokp_ray.inference.label_inputs import resolve_input, work_table
+    from emokp_ray.inference.label_output import OUTPUT_SCHEMA
+    from emokp_ray.inference.label_stages import BatchLabeler
 
     torch.set_num_threads(threads)
     started, cpu = time.perf_counter(), time.process_time()
     spec = resolve_input(str(folder))
-    labeler = BatchLabeler(keypoints, emotion, mode=mode, device="cpu", detect=False, filesystem=spec.filesystem, threads=threads,
+    work = work_table(spec)
+    labeler = BatchLabeler(keypoints, emotion, mode=mode, device="cpu", filesystem=spec.filesystem, threads=threads,
                            batch_size=batch_size)
     out.mkdir(parents=True, exist_ok=True)
-    first = None
-    with OutputWriter(out, OUTPUT_SCHEMA, jsonl=False) as output:
-        for lo in range(0, spec.files.num_rows, batch_size):
-            output.write(labeler(spec.files.slice(lo, batch_size)))
+    first, n, errors = None, 0, 0
+    with pq.ParquetWriter(out / "labels.parquet", OUTPUT_SCHEMA) as writer:
+        for lo in range(0, work.num_rows, batch_size):
+            table = labeler(work.slice(lo, batch_size))
+            writer.write_table(table)
+            n += int((table["face_index"].to_numpy() <= 0).sum())
+            errors += table["status"].to_pylist().count("error")
             if first is None:
-                first = (time.perf_counter() - started, output.images)
+                first = (time.perf_counter() - started, n)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    n = output.images
-    assert output.faces == n == spec.total
+    assert n == work.num_rows and errors == 0
     return {"seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2), "startup_s": round(first[0], 3),
             "steady_images_per_s": round((n - first[1]) / (seconds - first[0]), 2),
             "cpu_ms_per_image": round(1000 * cpu / n, 2), "load_1m": round(os.getloadavg()[0], 2)}
 
 
-def ray_run(folder: Path, keypoints: str, emotion: str, batch_size: int, actors: int, threads: int, out: Path) -> dict:
+def ray_run(folder: Path, keypoints: str, emotion: str, batch_size: int, actors: int, threads: int, out: Path,
+            mode: str = "crop", stages: str = "split") -> dict:
     from emokp_ray.inference.label import run_label
 
     wall = time.perf_counter()
     summary = run_label(str(folder), keypoints, emotion, str(out), batch_size=batch_size, concurrency=actors,
-                        num_cpus=threads, threads=threads, detect="crop", use_gpu=False, progress=False)
+                        num_cpus=threads, threads=threads, detect=mode, use_gpu=False, progress=False, stages=stages)
     wall = time.perf_counter() - wall
-    assert summary.errors == 0 and summary.faces == summary.images
+    assert summary.errors == 0
     return {"seconds": summary.seconds, "images_per_s": summary.images_per_s, "startup_s": summary.startup_s,
             "steady_images_per_s": summary.steady_images_per_s, "wall_s": round(wall, 3), "actors": summary.actors,
             "load_1m": round(os.getloadavg()[0], 2)}
@@ -130,12 +142,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     plain_threads = [int(t) for t in args.plain_threads.split(",")]
+    shapes = args.stages.split(",")
     import torch
 
     from emokp_ray.ray_utils import init_ray
 
     plain: dict[str, list[dict]] = {f"{t} threads": [] for t in plain_threads}
-    ray: dict[str, list[dict]] = {f"{a}x{t}": [] for a, t in configs}
+    ray: dict[str, list[dict]] = {f"{shape} {a}x{t}": [] for shape in shapes for a, t in configs}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_inputs(tmp / "images", args.n, args.kind)
@@ -143,21 +156,23 @@ def main(argv: list[str] | None = None) -> dict:
         init_ray()
         for repeat in range(args.repeats):   # alternate, so a change of load hits both sides
             for threads in plain_threads:
-                run = plain_loop(tmp / "images", keypoints, emotion, args.batch_size, "crop", threads, tmp / f"plain-{threads}")
+                run = plain_loop(tmp / "images", keypoints, emotion, args.batch_size, args.detect, threads, tmp / f"plain-{threads}")
                 plain[f"{threads} threads"].append(run)
                 print(f"round {repeat}: plain, {threads} torch threads: {run['images_per_s']:.1f} images/s "
                       f"(steady {run['steady_images_per_s']:.1f}; {run['cpu_ms_per_image']:.2f} ms CPU per image; load {run['load_1m']})", flush=True)
-            for actors, threads in configs:
-                run = ray_run(tmp / "images", keypoints, emotion, args.batch_size, actors, threads, tmp / f"out-{actors}x{threads}")
-                ray[f"{actors}x{threads}"].append(run)
-                print(f"round {repeat}: ray {actors}x{threads}: {run['images_per_s']:.1f} images/s (steady {run['steady_images_per_s']:.1f}, "
-                      f"first results after {run['startup_s']:.1f} s; load {run['load_1m']})", flush=True)
+            for shape in shapes:
+                for actors, threads in configs:
+                    run = ray_run(tmp / "images", keypoints, emotion, args.batch_size, actors, threads,
+                                  tmp / f"out-{shape}-{actors}x{threads}", mode=args.detect, stages=shape)
+                    ray[f"{shape} {actors}x{threads}"].append(run)
+                    print(f"round {repeat}: ray {shape} {actors}x{threads}: {run['images_per_s']:.1f} images/s "
+                          f"(steady {run['steady_images_per_s']:.1f}, first part after {run['startup_s']:.1f} s; load {run['load_1m']})", flush=True)
 
     # Per round, the best plain loop is the baseline; the ratios are medians over rounds (paired).
     base = [max(runs[r]["images_per_s"] for runs in plain.values()) for r in range(args.repeats)]
     base_steady = [max(runs[r]["steady_images_per_s"] for runs in plain.values()) for r in range(args.repeats)]
     result: dict = {
-        "n": args.n, "kind": args.kind, "batch_size": args.batch_size, "repeats": args.repeats,
+        "n": args.n, "kind": args.kind, "detect": args.detect, "batch_size": args.batch_size, "repeats": args.repeats,
         "plain": {name: {"median_images_per_s": _median([r["images_per_s"] for r in runs]),
                          "median_steady_images_per_s": _median([r["steady_images_per_s"] for r in runs]),
                          "median_cpu_ms_per_image": _median([r["cpu_ms_per_image"] for r in runs]), "runs": runs}

@@ -123,8 +123,11 @@ def _cmd_label(args: argparse.Namespace) -> None:
 
     summary = run_label(args.input, *_model_pair(args), args.out, jsonl=args.jsonl, annotate_dir=args.annotate,
                         batch_size=args.batch_size, concurrency=args.concurrency, use_gpu=args.gpu, detect=args.detect,
-                        num_cpus=args.cpus_per_actor)
+                        num_cpus=args.cpus_per_actor, resume=args.resume, stages=args.stages)
     print(summary)
+    failure = summary.failure(args.max_error_fraction)   # after the summary is written and shown
+    if failure:
+        raise UserError(failure)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -266,13 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint (dir, RUN_DIR, exported file or builtin:NAME; "
                                                           "default with neither flag: builtin:keypoints)")
     label.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint (default with neither flag: builtin:emotion)")
-    label.add_argument("--out", required=True, metavar="OUT", help="output directory: labels.parquet (+ labels.jsonl)")
+    label.add_argument("--out", required=True, metavar="OUT",
+                       help="output folder, a path or URI (s3://, gs://, file://): labels.parquet/ part files "
+                            "(+ labels.jsonl/), written by the workers; summary.json last, when complete")
     label.add_argument("--jsonl", action="store_true", help="also write JSON lines")
     label.add_argument("--annotate", metavar="DIR", help="write annotated copies of the images into DIR")
     label.add_argument("--batch-size", type=_positive_int, default=32, help="images per model batch (default 32)")
     label.add_argument("--concurrency", type=_positive_int, default=None,
                        help="predictor actors (default: one per GPU, else one per --cpus-per-actor cores of the machine)")
     label.add_argument("--cpus-per-actor", type=float, default=1.0)
+    label.add_argument("--resume", action="store_true",
+                       help="finish the unfinished run in OUT (killed, interrupted): label only the inputs not yet written")
+    label.add_argument("--max-error-fraction", type=_fraction, default=None, metavar="F",
+                       help="fail (exit 2, the output still complete) when more than this share of inputs are errors "
+                            "(default: fail only when no input was labelled)")
+    label.add_argument("--stages", default="split", choices=["split", "single"],
+                       help="split: read/decode/detect/crop in CPU tasks, the networks in the actor pool (default); "
+                            "single: all of it in the actors")
     label.add_argument("--detect", default="auto", choices=["auto", "crop", "detect"],
                        help="auto: small square images are face crops, others are searched for faces")
     lgpu = label.add_mutually_exclusive_group()

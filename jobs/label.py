@@ -4,11 +4,12 @@
         python jobs/label.py s3://bucket/photos/ --keypoints /mnt/emokp/runs/r1/keypoints/best \\
             --emotion /mnt/emokp/runs/r1/emotion/best --out s3://bucket/labels/photos --concurrency 2-8 --gpu
 
-INPUT (image folder, glob or file; prepared data set; Kaggle CSV) may be a URI: the labeling actors
-read it through pyarrow. --out may be a URI: the driver writes labels.parquet (and labels.jsonl,
-summary.json) into a local folder and uploads it at the end. Every actor loads the checkpoints and
-writes the annotated images itself, so --keypoints, --emotion and --annotate are paths every node
-sees (job_common.py). Flags left out take run_label's defaults.
+INPUT (image folder, glob or file; prepared data set; Kaggle CSV) may be a URI: the labeling tasks
+read it through pyarrow. --out and --annotate may be URIs (or paths every node sees): the Ray Data
+workers write their part files and PNGs there directly, nothing goes through the driver, and
+summary.json is written last. A job that was killed (driver, node, cluster) is finished by submitting
+it again with --resume. Every actor loads the checkpoints itself, so --keypoints and --emotion are
+paths every node sees (job_common.py). Flags left out take run_label's defaults.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import inspect
 import sys
 from typing import Sequence
 
-from job_common import JOB_PROG, JobParser, require_path, run_job, staged_output
+from job_common import JOB_PROG, JobParser, require_path, run_job
 
-from emokp_ray.inference.label import MODES, run_label
+from emokp_ray.errors import UserError
+from emokp_ray.inference.label import MODES, STAGES, run_label
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(run_label).parameters.items()}
 
@@ -42,9 +44,13 @@ def build_parser() -> JobParser:
     parser.add_argument("input", metavar="INPUT", help="image folder, glob or file; prepared data set; Kaggle CSV (path or URI)")
     parser.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint, a path every node sees")
     parser.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint, a path every node sees")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (path or URI)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (path or URI), written by the workers")
+    parser.add_argument("--resume", action="store_true", help="finish the unfinished run in --out (label only what is missing)")
+    parser.add_argument("--max-error-fraction", type=float, metavar="F", default=None,
+                        help="fail when more than this share of inputs are errors (default: only when none was labelled)")
+    parser.add_argument("--stages", choices=STAGES, help=f"pipeline shape (default {_DEFAULTS['stages']})")
     parser.add_argument("--jsonl", action="store_true", help="also write labels.jsonl")
-    parser.add_argument("--annotate", dest="annotate_dir", metavar="DIR", help="annotated PNGs, a path every node sees")
+    parser.add_argument("--annotate", dest="annotate_dir", metavar="DIR", help="annotated PNGs (path every node sees, or URI)")
     parser.add_argument("--batch-size", type=int, help=f"images per model batch (default {_DEFAULTS['batch_size']})")
     parser.add_argument("--concurrency", type=_concurrency, metavar="N|MIN-MAX", default=None,
                         help="actors, or an autoscaling range (default: one per GPU, else 1 to cluster CPUs / --num-cpus)")
@@ -59,15 +65,18 @@ def build_parser() -> JobParser:
 
 def label(argv: Sequence[str] | None = None) -> int:
     options = vars(build_parser().parse_args(argv))
-    for flag, name in (("--keypoints", "keypoints"), ("--emotion", "emotion"), ("--annotate", "annotate_dir")):
+    for flag, name in (("--keypoints", "keypoints"), ("--emotion", "emotion")):
         if name in options:
             require_path(options[name], flag, "every labeling actor opens it on its own node")
     source, out = options.pop("input"), options.pop("out")
     keypoints, emotion = options.pop("keypoints", None), options.pop("emotion", None)
-    with staged_output(out) as local_out:
-        print(f"{JOB_PROG}: labeling {source} into {out}", flush=True)
-        summary = run_label(source, keypoints, emotion, local_out, **options)
+    max_error_fraction = options.pop("max_error_fraction", None)
+    print(f"{JOB_PROG}: labeling {source} into {out}", flush=True)
+    summary = run_label(source, keypoints, emotion, out, **options)
     print(summary, flush=True)
+    failure = summary.failure(max_error_fraction)
+    if failure:
+        raise UserError(failure)
     return 0
 
 

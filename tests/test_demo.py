@@ -55,7 +55,7 @@ def test_quick_demo_learns_labels_serves_and_reports(tmp_path, ray_root):
     index = (out / "report" / "index.html").read_text()
     for figure in ("keypoints/learning_curves.png", "emotion/confusion.png", "served.png"):
         assert figure in index and (out / "report" / figure).is_file()
-    assert (out / "labels" / "labels.parquet").is_file()
+    assert (out / "labels" / "labels.parquet").is_dir() and (out / "labels" / "summary.json").is_file()   # part files, complete
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Batch labeling (emokp_ray.inference.label): every input comes out exactly once with the right
 status, crop-mode inputs (prepared Parquet, Kaggle test.csv) match the predictor run in-process,
-JSONL equals Parquet, annotated images are written, and OUT appears only complete."""
+JSONL equals Parquet, annotated images are written, the summary is written last from what was
+written, and an unfinished OUT is refused by readers and finished by a resume."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from PIL import Image
 from emokp_ray.data.synth import synthesize, write_synth_dataset, write_synth_photos
 from emokp_ray.errors import UserError
 from emokp_ray.inference.label import BatchLabeler, load_batch, run_label
-from emokp_ray.inference.label_output import (ANNOTATIONS_FILE, JSONL_FILE, METADATA_KEY, SUMMARY_FILE, StagedFolder,
-                                              annotation_name)
-from emokp_ray.inference.label_inputs import resolve_input
+from emokp_ray.inference.label_inputs import ListingCounts, iter_work_tables, resolve_input, work_table
+from emokp_ray.inference.label_output import (ANNOTATIONS_FILE, JSONL_DIR, METADATA_KEY, PARQUET_DIR, RUN_FILE, SUMMARY_FILE,
+                                              annotation_name, read_labels)
 from emokp_ray.inference.predictor import Predictor
 from emokp_ray.labels import KEYPOINT_NAMES, SEED5
 from tests.fake_detector import HalvesDetector
@@ -70,12 +71,20 @@ def _rows_by_source(table) -> dict[str, list[dict]]:
 def test_resolve_input_lists_images_dataset_and_csv(image_folder, tmp_path):
     spec = resolve_input(str(image_folder))
     assert spec.kind == "images" and not spec.crop_mode
-    assert sorted(spec.files["source"].to_pylist()) == sorted(FOLDER_STATUS)   # hidden file and truth.json left out
-    assert spec.skipped_files == 1 and spec.total == len(FOLDER_STATUS)
+    counts = ListingCounts()
+    chunks = list(iter_work_tables(spec, counts, chunk_rows=4))                 # streamed in chunks of at most 4 rows
+    assert [t.num_rows for t in chunks] == [4, 4, 1]
+    sources = [s for t in chunks for s in t["source"].to_pylist()]
+    assert sources == sorted(FOLDER_STATUS)                                      # hidden file and truth.json left out
+    assert (counts.skipped_files, counts.inputs) == (1, len(FOLDER_STATUS))
 
-    assert resolve_input(str(image_folder / "*.jpg")).files["source"].to_pylist() == ["corrupt_000.jpg", "corrupt_001.jpg", "empty.jpg", "photo_001.jpg"]
-    assert resolve_input(str(image_folder / "**" / "crop.png")).files["source"].to_pylist() == ["sub/crop.png"]
-    assert resolve_input(str(image_folder / "grey.png")).total == 1
+    def listed(location):
+        return work_table(resolve_input(str(location)))["source"].to_pylist()
+
+    assert listed(image_folder / "*.jpg") == ["corrupt_000.jpg", "corrupt_001.jpg", "empty.jpg", "photo_001.jpg"]
+    assert listed(image_folder / "**" / "crop.png") == ["sub/crop.png"]
+    assert listed(image_folder / "sub" / "*.png") == ["crop.png"]                 # relative to the glob base
+    assert listed(image_folder / "grey.png") == ["grey.png"]
 
     data = tmp_path / "synth"
     write_synth_dataset(data, n=20, val_fraction=0.25)
@@ -102,8 +111,8 @@ def test_batch_labeler_isolates_bad_images_in_process(image_folder, checkpoints)
     """No Ray: the UDF itself. Without OpenCV a photo that needs detection becomes an error row while the
     crop in the same batch is labelled; with OpenCV the flat grey photo has no face."""
     spec = resolve_input(str(image_folder))
-    labeler = BatchLabeler(*checkpoints, mode="auto", detect=False, filesystem=spec.filesystem)
-    table = labeler(spec.files)
+    labeler = BatchLabeler(*checkpoints, mode="auto", filesystem=spec.filesystem)
+    table = labeler(work_table(spec))
     rows = _rows_by_source(table)
     assert set(rows) == set(FOLDER_STATUS)
     assert [r["status"] for r in rows["sub/crop.png"]] == ["ok"]
@@ -124,8 +133,8 @@ def test_batch_labeler_labels_a_call_in_model_batches(image_folder, checkpoints)
     """A Ray block holds several model batches: chunked (2 images per predictor call) or all at once,
     the rows are the same, in input order, and a bad file in one chunk leaves the others labelled."""
     spec = resolve_input(str(image_folder))
-    whole = BatchLabeler(*checkpoints, mode="crop", detect=False, filesystem=spec.filesystem, batch_size=64)(spec.files)
-    chunked = BatchLabeler(*checkpoints, mode="crop", detect=False, filesystem=spec.filesystem, batch_size=2)(spec.files)
+    whole = BatchLabeler(*checkpoints, mode="crop", filesystem=spec.filesystem, batch_size=64)(work_table(spec))
+    chunked = BatchLabeler(*checkpoints, mode="crop", filesystem=spec.filesystem, batch_size=2)(work_table(spec))
     assert chunked.column("source").to_pylist() == whole.column("source").to_pylist()
     assert chunked.column("status").to_pylist() == whole.column("status").to_pylist()
     for name in ("keypoints", "probabilities"):
@@ -151,27 +160,28 @@ def test_bad_options_fail_before_any_work(tmp_path, checkpoints, image_folder):
         args = {"keypoints": checkpoints[0], "emotion": checkpoints[1], **kwargs}
         with pytest.raises(UserError, match=words):
             run_label(str(image_folder), out=str(out), progress=False, **args)
-    with pytest.raises(UserError, match="must be a local folder"):
-        run_label(str(image_folder), *checkpoints, out="s3://bucket/labels", progress=False)
     assert not out.exists()
 
 
-def test_staged_output_appears_only_when_complete(tmp_path):
-    final = tmp_path / "out"
-    final.mkdir()
-    (final / SUMMARY_FILE).write_text("{}")                      # an earlier output
-    stage = StagedFolder(str(final), "--out", SUMMARY_FILE)
-    with pytest.raises(RuntimeError):
-        with stage as tmp:
-            (tmp / "labels.parquet").write_bytes(b"half")
-            raise RuntimeError("job failed")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]           # no temporary left
-    assert sorted(p.name for p in final.iterdir()) == [SUMMARY_FILE]       # earlier output untouched
-    with stage as tmp:
-        (tmp / "labels.parquet").write_bytes(b"new")
-        stage.commit()
-    assert (final / "labels.parquet").read_bytes() == b"new" and not (final / SUMMARY_FILE).exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+def test_an_unwritable_destination_fails_before_any_model_is_loaded(tmp_path, image_folder):
+    """A file where OUT's parent folder should be: the error names OUT, though the checkpoints do not
+    even exist (they would be loaded later)."""
+    (tmp_path / "a_file").write_text("x")
+    for flag, kwargs in (("--out", {"out": str(tmp_path / "a_file" / "out")}),
+                         ("--annotate", {"out": str(tmp_path / "out"), "annotate_dir": str(tmp_path / "a_file" / "png")})):
+        with pytest.raises(UserError, match=f"{flag} .*cannot write there"):
+            run_label(str(image_folder), str(tmp_path / "no-such-ckpt"), None, progress=False, **kwargs)
+
+
+def test_an_unfinished_output_is_refused_by_readers_and_by_a_run_without_resume(tmp_path, checkpoints, image_folder):
+    out = tmp_path / "out"
+    (out / PARQUET_DIR).mkdir(parents=True)
+    (out / RUN_FILE).write_text("{}")                           # a run of ours started here, never finished
+    with pytest.raises(UserError, match="not a complete `emokp label` output.*--resume"):
+        read_labels(str(out))
+    with pytest.raises(UserError, match="unfinished run .*add --resume"):
+        run_label(str(image_folder), *checkpoints, out=str(out), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [RUN_FILE, PARQUET_DIR]   # nothing touched
 
 
 # ----------------------------------------------------------------------------- through Ray Data
@@ -191,7 +201,7 @@ def test_label_folder_accounts_for_every_file(ray_cluster, image_folder, checkpo
     summary = run_label(str(image_folder), *checkpoints, out=str(out), jsonl=True, annotate_dir=str(annotated),
                         batch_size=3, concurrency=2, num_cpus=0.5, detector=HalvesDetector(), progress=False)
 
-    table = pq.read_table(out / "labels.parquet")
+    table = read_labels(str(out))
     rows = _rows_by_source(table)
     assert set(rows) == set(FOLDER_STATUS)                     # every input, nothing else
     for source, (status, faces) in FOLDER_STATUS.items():
@@ -217,21 +227,28 @@ def test_label_folder_accounts_for_every_file(ray_cluster, image_folder, checkpo
 
     assert (summary.images, summary.faces, summary.no_face, summary.errors, summary.skipped_files) == (9, 7, 1, 4, 1)
     assert "9 images" in str(summary) and "4 errors" in str(summary)
-    meta = json.loads(pq.read_schema(out / "labels.parquet").metadata[METADATA_KEY])
+    parts = sorted((out / PARQUET_DIR).glob("part-*.parquet"))
+    assert len(parts) >= 2                                      # written by the workers, one per block
+    meta = json.loads(pq.read_schema(parts[0]).metadata[METADATA_KEY])
     assert meta["emotion_classes"] == list(SEED5.classes) and meta["keypoint_names"] == list(KEYPOINT_NAMES)
     assert meta["model"]["keypoints"]["run_id"] == "tiny-keypoints" and meta["model"]["emotion"]["run_id"] == "tiny-emotion"
-    assert json.loads((out / SUMMARY_FILE).read_text())["errors"] == 4
+    saved = json.loads((out / SUMMARY_FILE).read_text())
+    assert (saved["errors"], saved["rows"], sum(saved["emotions"].values())) == (4, table.num_rows, 7)
+    assert saved["emotions"] == {c: table["emotion"].to_pylist().count(c) for c in SEED5.classes}
 
-    # JSONL holds the same rows, floats exactly as float32
-    lines = [json.loads(line) for line in (out / JSONL_FILE).read_text().splitlines()]
-    assert len(lines) == table.num_rows
-    for parquet_row, json_row in zip(table.to_pylist(), lines):
-        assert parquet_row.keys() == json_row.keys()
-        for key, value in parquet_row.items():
-            if isinstance(value, list):
-                np.testing.assert_array_equal(np.float32(json_row[key]), np.float32(value))
-            else:
-                assert json_row[key] == value, key
+    # each JSONL part holds the same rows as its Parquet part, floats exactly as float32
+    assert sorted(p.stem for p in (out / JSONL_DIR).iterdir()) == [p.stem for p in parts]
+    for part in parts:
+        lines = [json.loads(line) for line in (out / JSONL_DIR / f"{part.stem}.jsonl").read_text().splitlines()]
+        part_rows = pq.read_table(part).to_pylist()
+        assert len(lines) == len(part_rows)
+        for parquet_row, json_row in zip(part_rows, lines):
+            assert parquet_row.keys() == json_row.keys()
+            for key, value in parquet_row.items():
+                if isinstance(value, list):
+                    np.testing.assert_array_equal(np.float32(json_row[key]), np.float32(value))
+                else:
+                    assert json_row[key] == value, key
 
     # one annotated PNG per decoded image, the image's size; none for errors
     assert (annotated / ANNOTATIONS_FILE).is_file()
@@ -241,7 +258,7 @@ def test_label_folder_accounts_for_every_file(ray_cluster, image_folder, checkpo
         if png.is_file():
             with Image.open(png) as img, Image.open(image_folder / source) as orig:
                 assert img.size == orig.size and img.mode == "RGB"
-    assert not list(tmp_path.glob(".*tmp-*"))                  # staging folders renamed away
+    assert not list(tmp_path.rglob(".*tmp-*"))                 # every temporary renamed into place
 
 
 @pytest.mark.ray

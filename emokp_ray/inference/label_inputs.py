@@ -1,18 +1,25 @@
-"""What `emokp label` reads, resolved on the driver into a Ray Dataset of work rows.
+"""What `emokp label` reads: INPUT resolved on the driver, its work rows streamed in bounded chunks.
 
 INPUT is one of
-    an image folder, a glob or one image file   local path or URI (s3://, gs://, ...) through
+    an image folder, a glob or one image file   local path or URI (s3://, gs://, file://, ...) through
                                                 pyarrow filesystems; work rows: path, source, size
     a prepared Parquet data set                 DIR/dataset.json + DIR/<split>/*.parquet (schema.py);
-                                                work rows: the schema's image, height, width, split,
-                                                source, row_id (face crops)
+                                                Ray Data reads its rows (image, height, width, split,
+                                                source, row_id: face crops) where they are
     a Kaggle CSV (.csv / .csv.gz, local)        any format kaggle.py reads, Kaggle's keypoints
                                                 test.csv included; work rows: source, image, height,
-                                                width (face crops)
+                                                width, error (face crops, or a bad row's reason)
 
 Only names and sizes are listed on the driver; image bytes are read and decoded by the labeling
-actors, so an unreadable file becomes an error row there. A CSV is parsed on the driver (it is one
-file, and its rows are small crops); its bad rows become error rows here, its good rows crop rows.
+tasks, so an unreadable file becomes an error row there. A CSV is parsed on the driver (it is one
+file); its bad rows become work rows that carry their error.
+
+Memory bound of the listing (`iter_work_tables`): the walk goes one folder at a time (pyarrow lists
+a folder in one call, `_walk`), so the driver holds the entries of the folders on the current path,
+their pending sub-folder names, and one chunk of at most LISTING_CHUNK_ROWS work rows (about
+100 bytes each for files, ~9 KB for 96x96 CSV crops, CSV_CHUNK_ROWS at a time), never the whole
+listing. A flat prefix of millions of objects is still one folder listing: split such a bucket by
+sub-prefix. The chunks are written to OUT/_work by the run (label.py), and Ray Data reads them.
 """
 
 from __future__ import annotations
@@ -37,35 +44,46 @@ from emokp_ray.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CSV_SUFFIXES = (".csv", ".csv.gz")
-CSV_CHUNK_ROWS = 512        # rows parsed at a time from a CSV (96x96: ~4.7 MB)
-MAX_BLOCKS = 2000           # work blocks from a listing or a CSV (more rows: larger blocks)
+CSV_CHUNK_ROWS = 512          # rows parsed at a time from a CSV (96x96: ~4.7 MB)
+LISTING_CHUNK_ROWS = 50_000   # file rows per listing chunk on the driver (~5 MB)
 # Columns of a prepared data set the labeler needs (labels and keypoints stay on disk).
 DATASET_COLUMNS = ["image", "height", "width", "split", "source", "row_id"]
 _GLOB_MAGIC = re.compile(r"[*?\[]")
 
 FILE_WORK_SCHEMA = pa.schema([("path", pa.string()), ("source", pa.string()), ("size", pa.int64())])
-CROP_WORK_SCHEMA = pa.schema([("source", pa.string()), ("image", pa.binary()), ("height", pa.int16()), ("width", pa.int16())])
+CROP_WORK_SCHEMA = pa.schema([("source", pa.string()), ("image", pa.binary()), ("height", pa.int16()), ("width", pa.int16()),
+                              ("error", pa.string())])   # error: a bad CSV row's reason (image empty), else null
 
 
 @dataclass
 class LabelInput:
-    """INPUT resolved: its kind, where its rows are, and the inputs already known to be bad."""
+    """INPUT resolved (not yet listed): its kind and where its rows are."""
 
     kind: str                                   # "images" | "dataset" | "csv"
     location: str                               # INPUT as given
     filesystem: pafs.FileSystem | None = None   # images, dataset
-    files: pa.Table | None = None               # images: FILE_WORK_SCHEMA rows, sorted by source
-    skipped_files: int = 0                      # images: files in a folder without an image extension
+    path: str = ""                              # INPUT's path on `filesystem` (images: a folder, a glob or a file)
     split_dirs: list[str] = field(default_factory=list)   # dataset: <DIR>/<split> paths on `filesystem`
-    crops: list[pa.Table] = field(default_factory=list)   # csv: CROP_WORK_SCHEMA tables
-    error_rows: list[tuple[str, str]] = field(default_factory=list)  # csv: (source, reason) of bad rows
-    total: int = 0                              # images expected in the output (bad CSV rows included)
+    total: int = 0                              # dataset: rows (from the footers); others: known once listed
     detail: str = ""                            # one line for the console: what was found
 
     @property
     def crop_mode(self) -> bool:
         """Every row is one face crop (data set, CSV); image files go through the predictor's mode."""
         return self.kind != "images"
+
+    @property
+    def identity(self) -> str:
+        """INPUT as a run's output records it (an absolute path or the URI): what --resume compares."""
+        return self.location if _is_uri(self.location) else self.path
+
+
+@dataclass
+class ListingCounts:
+    """What a listing found so far (updated while `iter_work_tables` runs)."""
+
+    inputs: int = 0          # work rows: images expected in the output
+    skipped_files: int = 0   # files in an image folder without an image extension (not inputs)
 
 
 def _is_uri(location: str) -> bool:
@@ -91,50 +109,83 @@ def _glob_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
     return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(pattern[1:], parts[1:])
 
 
+def _may_contain(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether a folder at relative `parts` can hold a match of `pattern` (prunes the walk of a glob)."""
+    for i, part in enumerate(parts):
+        if i >= len(pattern):
+            return False
+        if pattern[i] == "**":
+            return True
+        if not fnmatch.fnmatchcase(part, pattern[i]):
+            return False
+    return len(parts) < len(pattern)
+
+
 def _hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(relative).parts)
 
 
-def _file_table(entries: list[tuple[str, str, int]]) -> pa.Table:
-    entries.sort(key=lambda e: e[1])
-    paths, sources, sizes = zip(*entries) if entries else ((), (), ())
-    return pa.Table.from_arrays([pa.array(paths, pa.string()), pa.array(sources, pa.string()),
-                                 pa.array(sizes, pa.int64())], schema=FILE_WORK_SCHEMA)
+def _walk(fs: pafs.FileSystem, base: str, keep_folder=lambda parts: True) -> Iterator[tuple[str, str, int]]:
+    """(path, path relative to base, size) of every file under base, depth first, each folder's
+    entries sorted by name; one folder listed per call (see the module docstring's bound)."""
+    stack: list[str] = [base]
+    while stack:
+        folder = stack.pop()
+        entries = sorted(fs.get_file_info(pafs.FileSelector(folder, recursive=False, allow_not_found=True)),
+                         key=lambda i: i.path)
+        subfolders = []
+        for info in entries:
+            relative = str(PurePosixPath(info.path).relative_to(base))
+            if info.type == pafs.FileType.Directory:
+                if keep_folder(PurePosixPath(relative).parts):
+                    subfolders.append(info.path)
+            elif info.type == pafs.FileType.File:
+                yield info.path, relative, info.size
+        del entries
+        stack.extend(reversed(subfolders))   # popped in name order
 
 
-def _list_images(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
-    """An image folder (recursive; image extensions only; hidden entries skipped) or a glob
-    (every match, whatever its extension). Sources are paths relative to the folder / glob base."""
+def _file_entries(spec: LabelInput, counts: ListingCounts) -> Iterator[tuple[str, str, int]]:
+    """The image files of a folder (image extensions, hidden entries skipped), a glob (every match) or one file."""
+    fs, path = spec.filesystem, spec.path
     if _GLOB_MAGIC.search(path):
         parts = PurePosixPath(path).parts
         first_magic = next(i for i, p in enumerate(parts) if _GLOB_MAGIC.search(p))
         base = str(PurePosixPath(*parts[:first_magic])) if first_magic else "/"
         pattern = parts[first_magic:]
-        found = pafs.FileSelector(base, recursive="**" in pattern or len(pattern) > 1, allow_not_found=True)
-        entries = []
-        for info in fs.get_file_info(found):
-            relative = str(PurePosixPath(info.path).relative_to(base))
-            if info.type == pafs.FileType.File and _glob_match(pattern, PurePosixPath(relative).parts):
-                entries.append((info.path, relative, info.size))
-        if not entries:
-            raise UserError(f"{location}: no files match this pattern")
-        files, skipped = _file_table(entries), 0
-    else:
-        entries, skipped = [], 0
-        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-            relative = str(PurePosixPath(info.path).relative_to(path))
-            if info.type != pafs.FileType.File or _hidden(relative):
-                continue
-            if relative.lower().endswith(IMAGE_EXTENSIONS):
-                entries.append((info.path, relative, info.size))
-            else:
-                skipped += 1
-        if not entries:
-            raise UserError(f"{location}: no image files in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        files = _file_table(entries)
-    detail = f"{files.num_rows:,} image files" + (f" ({skipped:,} other files skipped)" if skipped else "")
-    return LabelInput("images", location, filesystem=fs, files=files, skipped_files=skipped,
-                      total=files.num_rows, detail=detail)
+        for entry in _walk(fs, base, lambda folder: _may_contain(pattern, folder)):
+            if _glob_match(pattern, PurePosixPath(entry[1]).parts):
+                yield entry
+        return
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        yield path, PurePosixPath(path).name, info.size
+        return
+    for entry in _walk(fs, path, lambda folder: not folder[-1].startswith(".")):
+        if _hidden(entry[1]):
+            continue
+        if entry[1].lower().endswith(IMAGE_EXTENSIONS):
+            yield entry
+        else:
+            counts.skipped_files += 1
+
+
+def _file_tables(spec: LabelInput, counts: ListingCounts, chunk_rows: int) -> Iterator[pa.Table]:
+    chunk: list[tuple[str, str, int]] = []
+    for entry in _file_entries(spec, counts):
+        chunk.append(entry)
+        if len(chunk) == chunk_rows:
+            yield _file_table(chunk, counts)
+            chunk = []
+    if chunk:
+        yield _file_table(chunk, counts)
+
+
+def _file_table(entries: list[tuple[str, str, int]], counts: ListingCounts) -> pa.Table:
+    paths, sources, sizes = zip(*entries)
+    counts.inputs += len(entries)
+    return pa.Table.from_arrays([pa.array(paths, pa.string()), pa.array(sources, pa.string()),
+                                 pa.array(sizes, pa.int64())], schema=FILE_WORK_SCHEMA)
 
 
 def _dataset(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
@@ -156,7 +207,7 @@ def _dataset(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
     if not split_dirs:
         raise UserError(f"{location}: prepared data set without Parquet files in {', '.join(SPLITS)}")
     names = ", ".join(PurePosixPath(d).name for d in split_dirs)
-    return LabelInput("dataset", location, filesystem=fs, split_dirs=split_dirs, total=rows,
+    return LabelInput("dataset", location, filesystem=fs, path=path, split_dirs=split_dirs, total=rows,
                       detail=f"prepared data set, {rows:,} face crops ({names})")
 
 
@@ -173,56 +224,82 @@ class _AllBadRowsReader(KaggleReader):
         self.bad.extend((int(lines[i]), str(reasons[i])) for i in np.flatnonzero(bad))
 
 
-def _csv(location: str) -> LabelInput:
-    """A Kaggle CSV as crop tables. The scheme is fer7, which keeps every valid FER row (labels are
-    not needed to label). Sources: `test.csv:ImageId=N` for Kaggle's keypoints test file, else
-    `NAME:line=N` (the row's line in the file, header = 1)."""
-    if _is_uri(location):
-        raise UserError(f"{location}: a Kaggle CSV must be a local file (copy it here first)")
-    name = Path(location).name
-    reader = _AllBadRowsReader(os.path.expanduser(location), scheme="fer7", chunk_rows=CSV_CHUNK_ROWS)
+def _csv_tables(spec: LabelInput, counts: ListingCounts) -> Iterator[pa.Table]:
+    """A Kaggle CSV as crop tables, CSV_CHUNK_ROWS rows at a time. The scheme is fer7, which keeps
+    every valid FER row (labels are not needed to label). Sources: `test.csv:ImageId=N` for Kaggle's
+    keypoints test file, else `NAME:line=N` (the row's line in the file, header = 1); bad rows come
+    last, with their reason."""
+    name = Path(spec.location).name
+    reader = _AllBadRowsReader(os.path.expanduser(spec.location), scheme="fer7", chunk_rows=CSV_CHUNK_ROWS)
     by_id = reader.format.id_column is not None
-    crops = []
     for chunk in reader:
         n, height, width = chunk.images.shape
         ids = chunk.image_ids if by_id else chunk.row_ids
         sources = [f"{name}:ImageId={i}" if by_id else f"{name}:line={i}" for i in ids]
         flat = np.ascontiguousarray(chunk.images).reshape(n, height * width)
-        crops.append(pa.Table.from_arrays(
+        counts.inputs += n
+        yield pa.Table.from_arrays(
             [pa.array(sources, pa.string()), pa.array([row.tobytes() for row in flat], pa.binary()),
-             pa.array(np.full(n, height, np.int16)), pa.array(np.full(n, width, np.int16))],
-            schema=CROP_WORK_SCHEMA))
-    errors = [(f"{name}:line={line}", f"{name}:{line}: {reason}") for line, reason in reader.bad]
-    report = reader.report
-    if not crops and not errors:
-        raise UserError(f"{location}: no data rows")
-    detail = f"{reader.format.description}, {report.rows_kept:,} face crops" + (f", {report.bad_rows:,} bad rows" if report.bad_rows else "")
-    return LabelInput("csv", location, crops=crops, error_rows=errors, total=report.rows_kept + len(errors), detail=detail)
+             pa.array(np.full(n, height, np.int16)), pa.array(np.full(n, width, np.int16)), pa.nulls(n, pa.string())],
+            schema=CROP_WORK_SCHEMA)
+    if reader.bad:
+        n = len(reader.bad)
+        counts.inputs += n
+        yield pa.Table.from_arrays(
+            [pa.array([f"{name}:line={line}" for line, _ in reader.bad], pa.string()), pa.array([b""] * n, pa.binary()),
+             pa.array(np.zeros(n, np.int16)), pa.array(np.zeros(n, np.int16)),
+             pa.array([f"{name}:{line}: {reason}" for line, reason in reader.bad], pa.string())], schema=CROP_WORK_SCHEMA)
+
+
+def iter_work_tables(spec: LabelInput, counts: ListingCounts | None = None,
+                     chunk_rows: int = LISTING_CHUNK_ROWS) -> Iterator[pa.Table]:
+    """The work rows of an image or CSV input, streamed in chunks (see the module docstring's bound);
+    `counts` is updated as they come. A prepared data set has none: Ray Data reads it in place."""
+    counts = counts if counts is not None else ListingCounts()
+    if spec.kind == "images":
+        yield from _file_tables(spec, counts, chunk_rows)
+    elif spec.kind == "csv":
+        yield from _csv_tables(spec, counts)
+
+
+def work_table(spec: LabelInput) -> pa.Table:
+    """All work rows of a small input as one table (tests, benchmarks, a plain loop)."""
+    tables = list(iter_work_tables(spec))
+    return pa.concat_tables(tables) if tables else FILE_WORK_SCHEMA.empty_table()
 
 
 def resolve_input(location: str) -> LabelInput:
-    """Find out what INPUT is and list it; a missing, empty, unreadable or unknown INPUT is a UserError."""
+    """Find out what INPUT is and check that it has inputs (listing stops at the first one); a
+    missing, empty, unreadable or unknown INPUT is a UserError."""
     fs, path = _filesystem(location)
     try:
-        return _resolve(location, fs, path)
+        spec = _resolve(location, fs, path)
+        if spec.kind != "dataset" and next(iter_work_tables(spec, chunk_rows=1), None) is None:
+            if spec.kind == "csv":
+                raise UserError(f"{location}: no data rows")
+            if _GLOB_MAGIC.search(path):
+                raise UserError(f"{location}: no files match this pattern")
+            raise UserError(f"{location}: no image files in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        return spec
     except OSError as err:   # a folder that cannot be listed, a store that refuses us
         raise UserError(f"{location}: cannot be read ({(str(err).splitlines() or [type(err).__name__])[0]})") from None
 
 
 def _resolve(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
-    if not _GLOB_MAGIC.search(path):
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise UserError(f"{location}: no such file or folder")
-        if info.type == pafs.FileType.Directory:
-            meta = fs.get_file_info(f"{path}/{DATASET_META}")
-            return _dataset(location, fs, path) if meta.type == pafs.FileType.File else _list_images(location, fs, path)
-        if path.lower().endswith(CSV_SUFFIXES):
-            return _csv(location)
-        name = PurePosixPath(path).name
-        files = _file_table([(path, name, info.size)])
-        return LabelInput("images", location, filesystem=fs, files=files, total=1, detail="1 image file")
-    return _list_images(location, fs, path)
+    if _GLOB_MAGIC.search(path):
+        return LabelInput("images", location, filesystem=fs, path=path, detail="image files matching the pattern")
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{location}: no such file or folder")
+    if info.type == pafs.FileType.Directory:
+        if fs.get_file_info(f"{path}/{DATASET_META}").type == pafs.FileType.File:
+            return _dataset(location, fs, path)
+        return LabelInput("images", location, filesystem=fs, path=path, detail="an image folder")
+    if path.lower().endswith(CSV_SUFFIXES):
+        if _is_uri(location):
+            raise UserError(f"{location}: a Kaggle CSV must be a local file (copy it here first)")
+        return LabelInput("csv", location, path=path, detail="a Kaggle CSV (parsed on the driver)")
+    return LabelInput("images", location, filesystem=fs, path=path, detail="1 image file")
 
 
 @contextlib.contextmanager
@@ -241,23 +318,3 @@ def parquet_footer_readers(count: int) -> Iterator[None]:
         yield
     finally:
         os.environ.pop(name, None)
-
-
-def work_dataset(spec: LabelInput, rows_per_block: int, min_blocks: int = 1):
-    """The Ray Dataset of work rows for the labeling actors (lazy; image bytes are not read here).
-
-    Blocks of about `rows_per_block` rows (one actor call each), but at least `min_blocks` of them
-    where there are rows enough, so every actor of the pool gets work at once, and results stream
-    back block by block (a whole file as one block would go to one actor and come back in one piece).
-    """
-    import ray
-
-    if spec.kind == "dataset":
-        ds = ray.data.read_parquet(spec.split_dirs, filesystem=spec.filesystem).select_columns(DATASET_COLUMNS)
-        return ds.repartition(target_num_rows_per_block=rows_per_block)   # streaming: no shuffle, no barrier
-    tables = [spec.files] if spec.kind == "images" else spec.crops
-    rows = sum(t.num_rows for t in tables)
-    if rows == 0:
-        return None  # a CSV of bad rows only: nothing for the actors
-    step = max(1, min(rows_per_block, -(-rows // min_blocks)), -(-rows // MAX_BLOCKS))
-    return ray.data.from_arrow([t.slice(lo, step) for t in tables for lo in range(0, t.num_rows, step)])

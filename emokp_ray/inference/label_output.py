@@ -1,42 +1,62 @@
-"""What `emokp label` writes: the output schema, its rows, and folders that appear only when complete.
+"""What `emokp label` writes: the output schema, its rows, part files written by the workers, and
+the summary that marks an output complete.
 
-OUT (a folder, written in a hidden sibling and renamed into place when complete; an earlier
-`emokp label` output there is replaced then, any other existing folder is refused):
+OUT (a folder on any pyarrow filesystem: a local path, file://, s3://, gs://, a shared mount):
 
-    labels.parquet   OUTPUT_SCHEMA, one row per face; an image without a face, or one that could not be
-                     read or decoded, gets ONE row with face_index -1 and status "no_face" / "error".
-                     The schema's metadata key b"emokp" holds the keypoint columns, class names and
-                     model info (JSON).
-    labels.jsonl     the same rows as JSON lines, floats written as their shortest float32 text, so
-                     they read back to the Parquet values exactly
-    summary.json     the counts, timing, model info and options of the run
+    _run.json               written first: INPUT, models and output options of the run (what --resume checks)
+    _work/inputs-*.parquet  the input listing, streamed by the driver in chunks (label_inputs.py);
+    _work/listing.json      written once the listing is complete (a resume re-lists without it)
+    labels.parquet/part-<hash>.parquet
+                            OUTPUT_SCHEMA, one row per face, written by the Ray Data workers, one
+                            file per block of inputs; an image without a face, or one that could not
+                            be read or decoded, gets ONE row with face_index -1 and status "no_face" /
+                            "error". The schema's metadata key b"emokp" holds the keypoint columns,
+                            class names and model info (JSON). `pq.read_table(OUT/labels.parquet)`
+                            reads them all.
+    labels.jsonl/part-<hash>.jsonl
+                            the same rows as JSON lines (--jsonl), floats as their shortest float32
+                            text, so they read back to the Parquet values exactly
+    summary.json            written LAST, from what was written (`summarize`): the completion marker.
+                            A folder without it is an unfinished run: `read_labels` refuses it and
+                            `emokp label --resume` finishes it.
 
-Annotated images: one PNG per decoded image, named by `annotation_name(source)`, in a folder staged
-the same way (marked by annotations.json).
+A part is named by a hash of its block's sources, so a retried block writes the same name again. On a
+local or mounted filesystem a part is written under a hidden temporary name and renamed into place;
+on an object store an object appears only once its upload is complete. Either way a part is whole or
+absent, and the Parquet part is written after its JSONL part and annotated images: a block counts as
+done when its Parquet part exists (`done_hashes`), and a resume removes JSONL parts without one.
+
+Annotated images: one PNG per decoded image, named by `annotation_name(source)`, in a folder marked
+complete by annotations.json (written last too).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any, Iterator
+import uuid
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from emokp_ray.errors import UserError
 from emokp_ray.labels import KEYPOINT_COLUMNS, KEYPOINT_NAMES
 
-PARQUET_FILE = "labels.parquet"
-JSONL_FILE = "labels.jsonl"
-SUMMARY_FILE = "summary.json"          # also marks a folder as an earlier output that may be replaced
-ANNOTATIONS_FILE = "annotations.json"  # the same for an annotation folder
+PARQUET_DIR = "labels.parquet"
+JSONL_DIR = "labels.jsonl"
+SUMMARY_FILE = "summary.json"          # the completion marker
+RUN_FILE = "_run.json"                 # a run of ours started here (complete or not)
+WORK_DIR = "_work"
+LISTING_FILE = f"{WORK_DIR}/listing.json"
+ANNOTATIONS_FILE = "annotations.json"  # the completion marker of an annotation folder
 METADATA_KEY = b"emokp"
+_OURS = (PARQUET_DIR, JSONL_DIR, SUMMARY_FILE, RUN_FILE, WORK_DIR)
 
 OUTPUT_SCHEMA = pa.schema([
     pa.field("source", pa.string(), nullable=False),      # file path relative to INPUT, `split/source:row_id=N`, `test.csv:ImageId=N`
@@ -52,20 +72,21 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
-def output_table(sources: list[str], images: list[np.ndarray | None], results: list[Any], errors: list[str | None],
+# ----------------------------------------------------------------------------- rows
+
+def output_table(sources: list[str], sizes: list[tuple[int, int] | None], results: list[Any], errors: list[str | None],
                  class_names: list[str]) -> pa.Table:
-    """One OUTPUT_SCHEMA row per face, or one no_face / error row per image."""
+    """One OUTPUT_SCHEMA row per face, or one no_face / error row per image; sizes: (width, height)."""
     cols: dict[str, list] = {f.name: [] for f in OUTPUT_SCHEMA}
 
     def add(source, index, status, error=None, size=(None, None), box=None, kp=None, emotion=None, probs=None):
         for name, value in zip(OUTPUT_SCHEMA.names, (source, index, status, error, size[0], size[1], box, kp, emotion, probs)):
             cols[name].append(value)
 
-    for source, image, result, error in zip(sources, images, results, errors):
+    for source, size, result, error in zip(sources, sizes, results, errors):
         if error is not None or result is None:
             add(source, -1, "error", error or f"{source}: not labelled")
             continue
-        size = (image.shape[1], image.shape[0])
         if not result.faces:
             add(source, -1, "no_face", size=size)
         for k, face in enumerate(result.faces):
@@ -108,68 +129,183 @@ def json_rows(table: pa.Table) -> Iterator[str]:
         yield json.dumps({name: columns[name][i] for name in table.column_names})
 
 
-class OutputWriter:
-    """labels.parquet (and labels.jsonl) in a folder, written as tables arrive, with running counts."""
-
-    def __init__(self, folder: Path, schema: pa.Schema, jsonl: bool):
-        self.schema = schema
-        self.images = self.faces = self.no_face = self.errors = 0
-        self._parquet = pq.ParquetWriter(folder / PARQUET_FILE, schema)
-        self._jsonl = open(folder / JSONL_FILE, "w") if jsonl else None
-
-    def write(self, table: pa.Table) -> None:
-        table = table.cast(self.schema)
-        self._parquet.write_table(table)
-        if self._jsonl is not None:
-            self._jsonl.writelines(line + "\n" for line in json_rows(table))
-        status = np.asarray(table["status"].to_pylist(), dtype=object)
-        self.images += int((table["face_index"].to_numpy() <= 0).sum())   # an image's first (or only) row
-        self.faces += int((status == "ok").sum())
-        self.no_face += int((status == "no_face").sum())
-        self.errors += int((status == "error").sum())
-
-    def close(self) -> None:
-        self._parquet.close()
-        if self._jsonl is not None:
-            self._jsonl.close()
-
-    def __enter__(self) -> "OutputWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+def source_hashes(sources: list[str]) -> np.ndarray:
+    """uint64 [N]: 8 bytes of BLAKE2b per source (what a resume keeps of each input already written)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") for s in sources),
+                       dtype=np.uint64, count=len(sources))
 
 
-class StagedFolder:
-    """A folder written under a hidden temporary sibling and renamed into place by commit(); an existing
-    folder there is replaced only if it is empty or carries `marker` (an earlier output of ours)."""
+def part_name(sources: list[str]) -> str:
+    """`part-<32 hex>`: the same block of inputs, the same name (a retried block overwrites itself)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for source in sources:
+        digest.update(source.encode() + b"\0")
+    return f"part-{digest.hexdigest()}"
 
-    def __init__(self, path: str, flag: str, marker: str):
-        if "://" in path:
-            raise UserError(f"{flag} {path}: must be a local folder")
-        self.final = Path(path).expanduser().resolve()
-        if self.final.exists():
-            if not self.final.is_dir():
-                raise UserError(f"{flag} {self.final} exists and is not a folder")
-            if any(self.final.iterdir()) and not (self.final / marker).is_file():
-                raise UserError(f"{flag} {self.final} exists and is not an earlier `emokp label` output (no {marker}); choose a new folder")
-        self.tmp: Path | None = None
 
-    def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
-        return self.tmp
+# ----------------------------------------------------------------------------- files on any filesystem
 
-    def commit(self) -> None:
-        old = None
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            self.final.rename(old)
-        self.tmp.rename(self.final)
-        self.tmp = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+def open_location(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a local path or URI; a URI pyarrow cannot open is a UserError."""
+    if "://" in location:
+        try:
+            fs, path = pafs.FileSystem.from_uri(location)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types; the user sees one line
+            raise UserError(f"{location}: cannot open this URI ({(str(err).splitlines() or [type(err).__name__])[0]})") from None
+        return fs, path.rstrip("/")
+    import os
 
-    def __exit__(self, *exc) -> None:
-        if self.tmp is not None:  # not committed: the job failed or was interrupted
-            shutil.rmtree(self.tmp, ignore_errors=True)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes | Callable[[Any], None]) -> None:
+    """Write a whole file or nothing: on a local (or mounted) filesystem under a hidden temporary name in
+    the same folder, then renamed; on an object store directly (an object exists once uploaded).
+    data: the bytes, or a function writing to the open output stream."""
+    folder, name = path.rsplit("/", 1)
+    target = path
+    if isinstance(fs, pafs.LocalFileSystem):   # object stores have no folders to make
+        fs.create_dir(folder, recursive=True)
+        target = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(target) as stream:
+        if callable(data):
+            data(stream)
+        else:
+            stream.write(data)
+    if target != path:
+        fs.move(target, path)
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
+    """A JSON file's object, or None when there is no such file."""
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def write_json(fs: pafs.FileSystem, path: str, value: dict) -> None:
+    write_bytes(fs, path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+def _files(fs: pafs.FileSystem, folder: str, suffix: str) -> list[str]:
+    """Whole files (not hidden temporaries) ending in suffix in a folder; [] when it does not exist."""
+    return sorted(i.path for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+                  if i.type == pafs.FileType.File and i.path.endswith(suffix) and not i.base_name.startswith((".", "_")))
+
+
+def parquet_parts(fs: pafs.FileSystem, out: str) -> list[str]:
+    return _files(fs, f"{out}/{PARQUET_DIR}", ".parquet")
+
+
+def write_part(fs: pafs.FileSystem, out: str, name: str, table: pa.Table, jsonl: bool) -> None:
+    """A block's rows as OUT/labels.jsonl/NAME.jsonl (first) and OUT/labels.parquet/NAME.parquet (last)."""
+    if jsonl:
+        write_bytes(fs, f"{out}/{JSONL_DIR}/{name}.jsonl", "".join(line + "\n" for line in json_rows(table)).encode())
+    write_bytes(fs, f"{out}/{PARQUET_DIR}/{name}.parquet", lambda stream: pq.write_table(table, stream))
+
+
+def write_png(fs: pafs.FileSystem, path: str, image) -> None:
+    """A PIL image as a PNG file, whole or not at all."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes(fs, path, buffer.getvalue())
+
+
+# ----------------------------------------------------------------------------- a run's output folder
+
+def folder_state(fs: pafs.FileSystem, path: str) -> str:
+    """"missing" | "empty" | "complete" (summary.json: an earlier finished run) | "unfinished" (a run of
+    ours without summary.json) | "foreign" (anything else: never touched) | "file"."""
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return "missing"
+    if info.type != pafs.FileType.Directory:
+        return "file"
+    entries = fs.get_file_info(pafs.FileSelector(path))
+    if not entries:
+        return "empty"
+    names = {i.base_name for i in entries}
+    if SUMMARY_FILE in names:
+        return "complete"
+    if RUN_FILE in names:
+        return "unfinished"
+    return "foreign"
+
+
+def check_writable(fs: pafs.FileSystem, path: str, flag: str) -> None:
+    """Create the folder and write then delete a probe file in it: an unwritable destination is a
+    UserError now, before any model is loaded."""
+    probe = f"{path}/.emokp-write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"probe")
+        fs.delete_file(probe)
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot write there ({(str(err).splitlines() or [type(err).__name__])[0]})") from None
+
+
+def clear_output(fs: pafs.FileSystem, path: str) -> None:
+    """Remove what an earlier run of ours wrote in OUT (only our names)."""
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        if info.base_name in _OURS or info.base_name.startswith(".emokp-"):
+            (fs.delete_dir if info.type == pafs.FileType.Directory else fs.delete_file)(info.path)
+
+
+def remove_unfinished_parts(fs: pafs.FileSystem, out: str) -> int:
+    """Before a resume: JSONL parts whose Parquet part is missing (their block is labelled again) and
+    hidden temporaries of a killed run. Returns how many files were removed."""
+    done = {p.rsplit("/", 1)[1][:-len(".parquet")] for p in parquet_parts(fs, out)}
+    removed = 0
+    for folder in (f"{out}/{PARQUET_DIR}", f"{out}/{JSONL_DIR}"):
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            stem = info.base_name.rsplit(".", 1)[0]
+            if info.type == pafs.FileType.File and (info.base_name.startswith(".") or stem not in done):
+                fs.delete_file(info.path)
+                removed += 1
+    return removed
+
+
+def _scan(fs: pafs.FileSystem, out: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    parts = parquet_parts(fs, out)
+    if not parts:
+        return iter(())
+    return pads.dataset(parts, filesystem=fs, format="parquet").to_batches(columns=columns, batch_size=65536)
+
+
+def done_hashes(fs: pafs.FileSystem, out: str) -> np.ndarray:
+    """Sorted unique uint64 hashes of the sources in OUT's Parquet parts: the inputs a resume skips
+    (8 bytes per input already written, streamed part by part)."""
+    chunks = [source_hashes(batch.column(0).to_pylist()) for batch in _scan(fs, out, ["source"])]
+    return np.unique(np.concatenate(chunks)) if chunks else np.zeros(0, np.uint64)
+
+
+def summarize(fs: pafs.FileSystem, out: str, class_names: list[str]) -> dict:
+    """Counts from what was written (every Parquet part, a few columns at a time): rows, images (an
+    image's first or only row), faces (status ok), no_face, errors, per-class emotion counts."""
+    counts = {"rows": 0, "images": 0, "faces": 0, "no_face": 0, "errors": 0}
+    emotions = dict.fromkeys(class_names, 0)
+    for batch in _scan(fs, out, ["face_index", "status", "emotion"]):
+        status = batch.column(1).to_numpy(zero_copy_only=False)
+        counts["rows"] += batch.num_rows
+        counts["images"] += int((batch.column(0).to_numpy() <= 0).sum())
+        counts["faces"] += int((status == "ok").sum())
+        counts["no_face"] += int((status == "no_face").sum())
+        counts["errors"] += int((status == "error").sum())
+        names, n = np.unique(batch.column(2).drop_null().to_numpy(zero_copy_only=False), return_counts=True)
+        for name, k in zip(names.tolist(), n.tolist()):
+            emotions[name] = emotions.get(name, 0) + k
+    return {**counts, "emotions": emotions}
+
+
+def read_labels(location: str, columns: list[str] | None = None) -> pa.Table:
+    """Every row of a complete `emokp label` output; an unfinished one (no summary.json) is a UserError."""
+    fs, path = open_location(location)
+    if fs.get_file_info(f"{path}/{SUMMARY_FILE}").type != pafs.FileType.File:
+        raise UserError(f"{location}: not a complete `emokp label` output (no {SUMMARY_FILE}): "
+                        f"finish it with `emokp label ... --out {location} --resume`")
+    parts = parquet_parts(fs, path)
+    if not parts:
+        return OUTPUT_SCHEMA.empty_table()
+    return pads.dataset(parts, filesystem=fs, format="parquet").to_table(columns=columns)

@@ -1,0 +1,120 @@
+"""The labeling driver's peak memory against the input count: `emokp label` over 10,000 and 100,000
+small crops, each run in a fresh process whose own peak RSS (ru_maxrss) is recorded.
+
+    python benchmarks/label_memory.py                         # 10,000 and 100,000 96x96 PNG crops
+    python benchmarks/label_memory.py --sizes 2000,20000 --out /tmp/label_memory.json
+
+Inputs: 96x96 synthetic face crops as PNG files, 1,000 per sub-folder (a common layout; the listing
+walks one folder at a time, label_inputs.py), written from a pool of 1,000 encoded crops (the
+content does not change the driver's work). Models: the tests' tiny networks (the driver's memory
+does not depend on the networks' speed; they only make the run shorter). The driver is the process
+that runs `emokp label` (its Ray worker processes are not counted: they hold no per-input state
+of the run). Stated bound: the driver's peak RSS over 100,000 inputs stays within BOUND_MB of the
+peak over 10,000 (checked here and recorded). Results: benchmarks/results/label_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results" / "label_memory.json"
+PER_FOLDER = 1000
+BOUND_MB = 64       # peak RSS growth allowed from the smallest to the largest input count
+
+# The driver: `emokp label ARGS...`, then its own peak RSS (kB on Linux) as the last line.
+_DRIVER = """
+import resource, sys
+from emokp_ray.cli import main
+code = main(sys.argv[1:])
+print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+sys.exit(code)
+"""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000", help="input counts, each a fresh driver (default 10000,100000)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    return parser
+
+
+def write_crops(folder: Path, n: int) -> None:
+    import io
+
+    from PIL import Image
+
+    from emokp_ray.data.synth import synthesize
+
+    pool = []
+    for image in synthesize(min(n, 1000), seed=0).images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        pool.append(buffer.getvalue())
+    for i in range(n):
+        sub = folder / f"d{i // PER_FOLDER:04d}"
+        if i % PER_FOLDER == 0:
+            sub.mkdir(parents=True)
+        (sub / f"crop_{i:06d}.png").write_bytes(pool[i % len(pool)])
+
+
+def run_driver(folder: Path, out: Path, keypoints: str, emotion: str, batch_size: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # its own local cluster, like a user's run
+    command = [sys.executable, "-c", _DRIVER, "label", str(folder), "--keypoints", keypoints, "--emotion", emotion,
+               "--out", str(out), "--detect", "crop", "--batch-size", str(batch_size)]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"emokp label failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    maxrss_kb = int(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("MAXRSS_KB")))
+    summary = json.loads((out / "summary.json").read_text())
+    return {"images": summary["images"], "driver_peak_rss_mb": round(maxrss_kb / 1024, 1), "wall_s": round(wall, 1),
+            "images_per_s": summary["images_per_s"], "actors": summary["actors"], "load_1m": round(os.getloadavg()[0], 2)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from tests.helpers import write_tiny_checkpoints
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="emokp-label-memory-") as tmp:
+        tmp = Path(tmp)
+        keypoints, emotion = (str(p) for p in write_tiny_checkpoints(tmp / "ckpt"))
+        for n in sizes:
+            folder = tmp / f"crops-{n}"
+            write_crops(folder, n)
+            run = run_driver(folder, tmp / f"out-{n}", keypoints, emotion, args.batch_size)
+            assert run["images"] == n
+            runs.append({"n": n, **run})
+            print(f"{n:,} crops: driver peak RSS {run['driver_peak_rss_mb']:.1f} MB, {run['images_per_s']:.1f} images/s, "
+                  f"{run['wall_s']:.0f} s in all (load {run['load_1m']})", flush=True)
+            import shutil
+
+            shutil.rmtree(folder)
+    growth = runs[-1]["driver_peak_rss_mb"] - runs[0]["driver_peak_rss_mb"]
+    result = {"runs": runs, "growth_mb": round(growth, 1), "bound_mb": BOUND_MB, "within_bound": growth <= BOUND_MB,
+              "per_folder": PER_FOLDER, "batch_size": args.batch_size,
+              "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    print(f"driver peak RSS grew {growth:+.1f} MB from {sizes[0]:,} to {sizes[-1]:,} inputs "
+          f"(bound {BOUND_MB} MB: {'met' if result['within_bound'] else 'NOT met'})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
