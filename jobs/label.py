@@ -46,7 +46,7 @@ def build_parser() -> JobParser:
     parser.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint, a path every node sees")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (path or URI), written by the workers")
     parser.add_argument("--resume", action="store_true", help="finish the unfinished run in --out (label only what is missing)")
-    parser.add_argument("--max-error-fraction", type=float, metavar="F", default=None,
+    parser.add_argument("--max-error-fraction", type=float, metavar="F",
                         help="fail when more than this share of inputs are errors (default: only when none was labelled)")
     parser.add_argument("--stages", choices=STAGES, help=f"pipeline shape (default {_DEFAULTS['stages']})")
     parser.add_argument("--jsonl", action="store_true", help="also write labels.jsonl")

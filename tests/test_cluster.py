@@ -208,7 +208,7 @@ def test_jobs_train_on_two_nodes_then_label(cluster, tmp_path):
     submit = subprocess.run(
         [str(RAY), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".", "--runtime-env",
          "jobs/runtime_env.yaml", "--", python, "jobs/label.py", str(data), "--keypoints", str(keypoints),
-         "--emotion", str(run / "best"), "--out", str(labels), "--concurrency", "2", "--num-cpus", "1", "--no-gpu",
+         "--emotion", str(run / "best"), "--out", labels.as_uri(), "--concurrency", "2", "--num-cpus", "1", "--no-gpu",
          "--batch-size", "16"],
         cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     assert submit.returncode == 0 and "succeeded" in submit.stdout, (submit.stdout + submit.stderr)[-4000:]
@@ -218,3 +218,5 @@ def test_jobs_train_on_two_nodes_then_label(cluster, tmp_path):
     assert set(table["emotion"].to_pylist()) <= set(best.meta.class_names)
     summary = json.loads((labels / "summary.json").read_text())
     assert summary["images"] == 96 and summary["faces"] == 96
+    # the workers wrote the part files through the file:// URI (nothing staged by the driver), summary last
+    assert len(list((labels / "labels.parquet").glob("part-*.parquet"))) >= 2 and summary["rows"] == 96

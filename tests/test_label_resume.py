@@ -103,9 +103,9 @@ def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(ray_cluster
     assert 0 < written_before < N_CROPS, written_before
 
     # another run's output is refused with the reason, and nothing is touched
-    with pytest.raises(UserError, match="holds another run's output: its models was"):
+    with pytest.raises(UserError, match=r"holds another run's output \(models: "):
         run_label(str(crops), None, checkpoints[1], target, batch_size=2, detect="crop", jsonl=True, resume=True, progress=False)
-    with pytest.raises(UserError, match="holds another run's output: its INPUT was"):
+    with pytest.raises(UserError, match=r"holds another run's output \(INPUT: "):
         run_label(str(crops / "d0"), *checkpoints, target, batch_size=2, detect="crop", jsonl=True, resume=True, progress=False)
     with pytest.raises(UserError, match="unfinished run .*add --resume"):
         run_label(str(crops), *checkpoints, target, batch_size=2, detect="crop", jsonl=True, progress=False)

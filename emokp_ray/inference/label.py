@@ -203,7 +203,7 @@ def _check_resumable(recorded: dict, current: dict, out: str) -> None:
             what = {"input": "INPUT", "input_kind": "INPUT's kind", "mode": "detect mode", "model": "models",
                     "jsonl": "--jsonl", "annotate_dir": "--annotate"}[key]
             shown = (lambda v: json.dumps(v, sort_keys=True)[:200])
-            raise UserError(f"--resume: {out} holds another run's output: its {what} was {shown(was)}, now {shown(now)}; "
+            raise UserError(f"--resume: {out} holds another run's output ({what}: {shown(was)} there, {shown(now)} now); "
                             f"resume with the same INPUT, models and options, or choose a new --out")
 
 
@@ -366,14 +366,14 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
     for folder in (PARQUET_DIR, JSONL_DIR if jsonl else None):
         if folder:
             out_fs.create_dir(f"{out_path}/{folder}", recursive=True)
+    listing = _write_listing(spec, out_fs, out_path, progress) if spec.kind != "dataset" else {"total": spec.total, "skipped_files": 0}
+    total = listing["total"]
     if progress:
-        print(f"label: {input}: {spec.detail}", file=sys.stderr, flush=True)
+        skipped = f", {listing['skipped_files']:,} other files skipped" if listing["skipped_files"] else ""
+        print(f"label: {input}: {total:,} inputs ({spec.detail}{skipped})", file=sys.stderr, flush=True)
         if mode == "auto" and not use_detector and not spec.crop_mode:
             print("label: OpenCV is not installed: images that are not face crops become error rows "
                   "(pip install 'emokp-ray[detect]', or detect='crop')", file=sys.stderr, flush=True)
-
-    listing = _write_listing(spec, out_fs, out_path, progress) if spec.kind != "dataset" else {"total": spec.total, "skipped_files": 0}
-    total = listing["total"]
     done = done_hashes(out_fs, out_path) if recorded is not None else None
     resumed = 0 if done is None else len(done)
     if progress and resumed:
