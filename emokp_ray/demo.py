@@ -29,6 +29,8 @@ from typing import Any
 
 from emokp_ray.errors import UserError
 
+PHOTOS = Path(__file__).resolve().parent / "photos"   # openly licensed photos shipped with the package (SOURCES.md)
+
 
 @dataclass(frozen=True)
 class DemoPlan:
@@ -131,7 +133,7 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
     shutil.rmtree(root, ignore_errors=True)  # re-runs start clean
     root.mkdir(parents=True)
     (root / ".emokp-demo").write_text("emokp demo output; `emokp demo` replaces this folder\n")
-    stages = _Stages(6, log)
+    stages = _Stages(7, log)
     summary: dict[str, Any] = {"plan": plan.__dict__}
     started_ray = False
     try:
@@ -172,6 +174,10 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
         stages.end(t, f"{labels.images} images: {labels.faces} faces, {labels.no_face} without a face, "
                       f"{labels.errors} unreadable (kept as error rows) -> {root / 'labels'}")
 
+        t = stages.begin("label real photos with the shipped release models (builtin:keypoints, builtin:emotion)")
+        summary["real_photos"] = _label_real_photos(root / "report" / "real")
+        stages.end(t, summary["real_photos"]["line"])
+
         t = stages.begin(f"serve on http://127.0.0.1:{port} and send real requests")
         photos = sorted(p for p in (root / "photos").iterdir() if p.suffix == ".png")
         corrupt = next(p for p in (root / "photos").iterdir() if p.name.startswith("corrupt") or "truncated" in p.name)
@@ -192,6 +198,32 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
     finally:
         if started_ray and ray.is_initialized():
             ray.shutdown()  # also on Ctrl-C: stops every process of the local cluster
+
+
+def _label_real_photos(out: Path) -> dict[str, Any]:
+    """The bundled, openly licensed photos (emokp_ray/photos, SOURCES.md) through the builtin models,
+    in this process; annotated copies into `out`. Missing builtin models are one line, not a failure."""
+    from emokp_ray.inference.images import load_image_file
+    from emokp_ray.inference.predictor import Predictor
+    from emokp_ray.inference.render import annotate
+
+    photos = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    try:
+        predictor = Predictor.from_paths("builtin:keypoints", "builtin:emotion", device="cpu")
+    except UserError as err:
+        return {"line": f"skipped: {err}", "photos": []}
+    out.mkdir(parents=True, exist_ok=True)
+    found = []
+    for photo in photos:
+        image = load_image_file(photo)
+        result = predictor.predict([image])[0]
+        annotate(image, result).save(out / f"{photo.stem}.png")
+        found.append({"photo": photo.name, "faces": [{"emotion": f.emotion, "probability": round(f.probabilities[f.emotion], 3)}
+                                                     for f in result.faces]})
+    faces = sum(len(p["faces"]) for p in found)
+    emotions = ", ".join(f"{p['photo']}: " + (", ".join(f"{f['emotion']} {f['probability']:.2f}" for f in p["faces"]) or "no face")
+                         for p in found)
+    return {"line": f"{len(found)} photos, {faces} faces ({emotions}) -> {out}", "photos": found}
 
 
 def _write_index(root: Path, summary: dict[str, Any], reports: dict[str, dict]) -> Path:
@@ -217,6 +249,10 @@ figure{{vertical-align:top}} img{{max-width:560px;border:1px solid #ccc}} td{{pa
 {img('emotion/faces.png', 'predicted and true emotions')}
 <h2>Batch labeling (Ray Data)</h2><table>{rows}</table>
 {''.join(img(str(p.relative_to(report)), p.name) for p in annotated)}
+<h2>Real photos, shipped release models</h2>
+<p>Openly licensed photos bundled with the package (sources and licenses: emokp_ray/photos/SOURCES.md), labelled by
+builtin:keypoints and builtin:emotion (calibrated probabilities).</p>
+{''.join(img(str(p.relative_to(report)), p.stem) for p in sorted((report / "real").glob("*.png")))}
 <h2>Serve</h2>{img('served.png', 'annotated by the Serve app (POST /v1/predict?annotate=true)')}
 <p>Answers: <a href="serve_answers.json">serve_answers.json</a>; metrics: <a href="summary.json">summary.json</a>,
 <a href="keypoints/report.json">keypoints/report.json</a>, <a href="emotion/report.json">emotion/report.json</a></p>

@@ -87,6 +87,241 @@ def train(names: list[str], threads: int) -> None:
         raise SystemExit(f"train: {', '.join(failed)} failed; see results/release/*.log, then rerun to resume")
 
 
+DESCRIPTIONS = {
+    "keypoints": "15 facial keypoints (Kaggle order, pixels) from a 96x96 grey face crop",
+    "emotion": "5 emotions (seed5: anger, disgust, sad, happiness, surprise) from a grey face crop, 48x48",
+    "emotion-fer7": "FER2013's 7 emotions (angry, disgust, fear, happy, sad, surprise, neutral), 48x48",
+}
+FP16_CHECK_FACES = 512   # test faces on which the fp16 file is compared with the fp32 checkpoint
+
+
+def _machine() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (1 GPU)"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), 1 torch thread per run, 3 runs side by side"
+
+
+def _fp16_check(fp32_dir: Path, fp16_file: Path, data: Path, task: str) -> dict:
+    """Largest change the fp16 file makes to the predictor's outputs on FP16_CHECK_FACES test faces."""
+    import numpy as np
+
+    from emokp_ray.evaluate import _dataset_batches
+    from emokp_ray.inference.export import load_model
+    from emokp_ray.inference.predictor import Predictor
+
+    a = load_model(fp32_dir)
+    b = load_model(fp16_file)
+    size = a.meta.input_size
+    crops = np.concatenate([batch["image"] for batch in _dataset_batches(str(data), "test", task, size, 256)])[:FP16_CHECK_FACES]
+    kw = {"keypoints": (a, None), "emotion": (None, a)}[task]
+    pa = Predictor(*kw, device="cpu", detector=None)
+    pb = Predictor(*({"keypoints": (b, None), "emotion": (None, b)}[task]), device="cpu", detector=None)
+    fa, fb = pa.predict_crops(crops), pb.predict_crops(crops)
+    if task == "keypoints":
+        diff = max(abs(u - v) for x, y in zip(fa, fb) for k in x.keypoints for u, v in zip(x.keypoints[k], y.keypoints[k]))
+        return {"faces": len(crops), "max_keypoint_change_px": float(diff)}
+    diff = max(abs(x.probabilities[c] - y.probabilities[c]) for x, y in zip(fa, fb) for c in x.probabilities)
+    flips = sum(x.emotion != y.emotion for x, y in zip(fa, fb))
+    return {"faces": len(crops), "max_probability_change": float(diff), "changed_labels": int(flips)}
+
+
+def finish(names: list[str]) -> None:
+    """Per model: fit the temperature on val (emotion), write the fp16 file into the package, check it
+    against the fp32 checkpoint, evaluate it on test (and val, and test without flip TTA), then
+    release.json and MODEL_CARD.md."""
+    import dataclasses
+
+    from emokp_ray.builtin import RELEASE_FILE
+    from emokp_ray.checkpoint import load_checkpoint, save_checkpoint_file
+    from emokp_ray.evaluate import collect_logits, evaluate_checkpoint
+    from emokp_ray.inference.calibration import fit_temperature, nll, reliability, softmax
+    from emokp_ray.models.resnet import num_parameters
+
+    BUILTIN.mkdir(parents=True, exist_ok=True)
+    release_path = BUILTIN / RELEASE_FILE
+    release = json.loads(release_path.read_text()) if release_path.is_file() else {"models": {}}
+    for name in names:
+        task, folder, _ = MODELS[name]
+        data = PREPARED / folder
+        best = RUNS / name / "best"
+        loaded = load_checkpoint(best, training_state=False)
+        meta = loaded.meta
+        calibration: dict = {}
+        if task == "emotion":
+            logits, labels = collect_logits(str(best), str(data), "val")
+            temperature = fit_temperature(logits, labels)
+            calibration = {
+                "temperature": temperature, "fitted_on": "val", "method": "temperature scaling (NLL), flip-TTA logits",
+                "val_nll": [nll(logits, labels, 1.0), nll(logits, labels, temperature)],
+                "val_ece": [reliability(softmax(logits, 1.0), labels)["ece"], reliability(softmax(logits, temperature), labels)["ece"]],
+            }
+            print(f"finish: {name}: temperature {temperature:.3f} (val NLL {calibration['val_nll'][0]:.4f} -> {calibration['val_nll'][1]:.4f})")
+        released = dataclasses.replace(meta, run_id=f"release-{name}-{meta.run_id}", calibration=calibration)
+        target = BUILTIN / f"{name}.pt"
+        save_checkpoint_file(target, loaded.model, released, fp16=True)
+        fp16 = _fp16_check(best, target, data, task)
+        print(f"finish: {name}: {target} ({target.stat().st_size / 1e6:.2f} MB), fp16 vs fp32: {fp16}")
+        reports = {}
+        for split, tta in (("test", True), ("val", True), ("test", False)):
+            key = split + ("" if tta else "_no_tta")
+            out = RESULTS / f"{name}-{key}"
+            reports[key] = evaluate_checkpoint(str(target), str(data), str(out), split=split, flip_tta=tta).report
+            print(f"finish: {name}: {key}: " + ", ".join(f"{k} {reports[key][k]:.4f}" for k in ("rmse_px", "accuracy", "macro_f1") if k in reports[key]))
+        test = reports["test"]
+        keep = ("n", "rmse_px", "mean_shape_rmse_px", "per_keypoint_rmse_px", "near_duplicate_holdout", "accuracy",
+                "macro_f1", "per_class", "confusion")
+        entry = {
+            "task": task, "description": DESCRIPTIONS[name], "file": target.name,
+            "size_mb": round(target.stat().st_size / 1e6, 2), "parameters": num_parameters(loaded.model),
+            "architecture": f"{meta.train_config.get('model')} variant, {meta.input_size}x{meta.input_size} input",
+            "model_config": meta.model_config.to_dict(), "recipe": meta.train_config.get("recipe"),
+            "train_config": {k: v for k, v in meta.train_config.items() if k not in ("data_facts", "extra")},
+            "epoch": meta.epoch, "label_scheme": meta.label_scheme, "class_names": list(meta.class_names),
+            "splits": json.loads((data / "dataset.json").read_text())["counts"],
+            "test": {k: test[k] for k in keep if k in test},
+            "val": {k: reports["val"][k] for k in ("n", "rmse_px", "accuracy", "macro_f1") if k in reports["val"]},
+            "test_without_flip_tta": {k: reports["test_no_tta"][k] for k in ("rmse_px", "accuracy", "macro_f1") if k in reports["test_no_tta"]},
+            "fp16_check": fp16, "machine": _machine(),
+        }
+        if task == "emotion":
+            entry["temperature"] = calibration["temperature"]
+            entry["calibration"] = {k: v for k, v in calibration.items() if k != "temperature"}
+            entry["test"]["ece"] = test["calibration"]["ece"]
+            entry["test"]["ece_uncalibrated"] = test["calibration"]["ece_uncalibrated"]
+        history = [json.loads(line) for line in (RUNS / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        entry["train_seconds"] = round(sum(r.get("train/images", 0) / max(r.get("train/images_per_s", 1), 1e-9) for r in history))
+        entry["epochs_run"] = len(history)
+        release["models"][name] = entry
+        shutil.copy(RUNS / name / "metrics.jsonl", RESULTS / f"{name}.metrics.jsonl")
+    release["regenerate"] = "python scripts/build_release_models.py all"
+    tmp = release_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(release, indent=2, sort_keys=True) + "\n")
+    tmp.replace(release_path)
+    (BUILTIN / "MODEL_CARD.md").write_text(model_card(release))
+    print(f"finish: wrote {release_path} and {BUILTIN / 'MODEL_CARD.md'}")
+
+
+def _f(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def model_card(release: dict) -> str:
+    """MODEL_CARD.md from release.json: every figure in it comes from the files this script wrote."""
+    models = release["models"]
+    lines = [
+        "# emokp-ray release models: model card",
+        "",
+        "Generated by `python scripts/build_release_models.py finish` from `release.json` (do not edit by",
+        "hand). Training logs and per-epoch metrics: `results/release/` in the repository.",
+        "",
+        "| builtin | what | parameters | file | test (never used to choose) | val (chose epochs, temperature) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in models.items():
+        t, v = m["test"], m["val"]
+        if m["task"] == "keypoints":
+            test_txt = f"RMSE **{_f(t.get('rmse_px'))} px** on {t.get('n')} faces (mean shape {_f(t.get('mean_shape_rmse_px'))})"
+            val_txt = f"RMSE {_f(v.get('rmse_px'))} px"
+        else:
+            test_txt = (f"accuracy **{_f(t.get('accuracy'))}**, macro-F1 **{_f(t.get('macro_f1'))}** on {t.get('n')} faces, "
+                        f"ECE {_f(t.get('ece_uncalibrated'))} -> {_f(t.get('ece'))}")
+            val_txt = f"accuracy {_f(v.get('accuracy'))}, macro-F1 {_f(v.get('macro_f1'))}"
+        lines.append(f"| `builtin:{name}` | {m['description']} | {m['parameters']:,} | {m['file']} ({m['size_mb']:.1f} MB, fp16) | {test_txt} | {val_txt} |")
+    lines += [
+        "",
+        "Figures are the predictor's: horizontal-flip test-time augmentation on (for keypoints the mirrored",
+        "prediction is flipped back with left/right names swapped), emotion probabilities divided by the",
+        "temperature. Without flip TTA: " + "; ".join(
+            f"{n} " + ", ".join(f"{k} {_f(val)}" for k, val in m["test_without_flip_tta"].items()) for n, m in models.items()) + ".",
+        "",
+        "## Data and splits",
+        "",
+        "- Emotion: FER2013 (Kaggle \"Challenges in Representation Learning: Facial Expression Recognition",
+        "  Challenge\", the JPEG release's pixel values), 48x48 grey faces. `test` = the PublicTest rows;",
+        "  `val` = a seeded (seed 0), stratified 10% of the Training rows; `train` = the rest. `seed5` keeps",
+        "  anger, disgust, sad, happiness, surprise (fear and neutral dropped); `fer7` keeps all seven.",
+        "- Keypoints: Kaggle \"Facial Keypoints Detection\" `training.csv` format, 3,383 faces (frames of the",
+        "  YouTube Faces data set with their landmarks mapped to Kaggle's 15; 1,007 carry only 4 keypoints).",
+        "  Near-duplicate faces (frames of one video: fingerprint RMS difference < 0.45 std, connected",
+        "  components) are kept in one split; seeded 10% val and 10% test by group, stratified by complete /",
+        "  partial rows. A holdout of one member from some trained-on groups sits in `test` and is scored",
+        "  apart: it measures what a near-duplicate in training is worth.",
+        "",
+        "| model | split | rows | per class / keypoints |",
+        "|---|---|---|---|",
+    ]
+    for name, m in models.items():
+        for split, counts in m["splits"].items():
+            extra = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "rows")
+            lines.append(f"| {name} | {split} | {counts.get('rows', 0):,} | {extra} |")
+    for name, m in models.items():
+        t = m["test"]
+        cfg = m["train_config"]
+        lines += ["", f"## `builtin:{name}`", "", f"{m['description']}. Architecture: {m['architecture']}, "
+                  f"{m['parameters']:,} parameters; best epoch {m['epoch']} of {m['epochs_run']} by the val metric; "
+                  f"{m['train_seconds'] / 60:.0f} min of training on {m['machine']}.", "",
+                  "Recipe (`emokp train " + m["task"] + " --recipe " + str(m["recipe"]) + "`): " +
+                  ", ".join(f"{k}={cfg[k]}" for k in ("model", "input_size", "epochs", "batch_size", "optimizer", "lr",
+                                                       "weight_decay", "schedule", "imbalance", "label_smoothing",
+                                                       "random_erasing", "mixup_alpha", "cutmix_alpha", "ema_decay",
+                                                       "augment", "seed") if k in cfg) + ".", ""]
+        if m["task"] == "keypoints":
+            hold = t.get("near_duplicate_holdout") or {}
+            lines += [f"Test RMSE {_f(t.get('rmse_px'))} px over {t.get('n')} faces without a trained-on near-duplicate "
+                      f"(the mean-shape predictor: {_f(t.get('mean_shape_rmse_px'))} px)."]
+            if hold:
+                lines += [f"Near-duplicate holdout: {hold['n']} faces whose twin frame was trained on score "
+                          f"{_f(hold['rmse_px'])} px; scoring all {hold['all_n']} test rows together would report "
+                          f"{_f(hold['all_rmse_px'])} px: the optimism a random row split would carry."]
+            lines += ["", "| keypoint | test RMSE (px) |", "|---|---|"]
+            lines += [f"| {k} | {_f(v)} |" for k, v in t.get("per_keypoint_rmse_px", {}).items()]
+        else:
+            lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+            for cls, v in t.get("per_class", {}).items():
+                lines.append(f"| {cls} | {_f(v.get('precision'))} | {_f(v.get('recall'))} | {_f(v.get('f1'))} | {v.get('support')} |")
+            cal = m.get("calibration", {})
+            lines += ["", f"Calibration: temperature T = {m['temperature']:.3f} fitted on val (NLL "
+                      f"{_f(cal.get('val_nll', [None, None])[0], 4)} -> {_f(cal.get('val_nll', [None, None])[1], 4)}); "
+                      f"on test, expected calibration error (15 bins) {_f(t.get('ece_uncalibrated'), 4)} at T = 1 -> "
+                      f"{_f(t.get('ece'), 4)} with T. Reliability diagram: results/release/{name}-test/reliability.png."]
+        fp = m["fp16_check"]
+        lines += ["", "fp16 storage against the fp32 checkpoint on " + str(fp["faces"]) + " test faces: " +
+                  ", ".join(f"{k.replace('_', ' ')} {v:.2g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                            for k, v in fp.items() if k != "faces") + "."]
+    lines += [
+        "",
+        "## Known limits",
+        "",
+        "- Grey faces only, framed like the training crops (eyes near 40% of the crop's height). In photos,",
+        "  faces come from OpenCV's frontal Haar cascade: profiles, strong tilt and small faces (< ~40 px)",
+        "  are missed, and the framing of a detection is less tight than Kaggle's crops.",
+        "- Emotion labels are FER2013's: single annotators, noisy (human agreement on FER2013 is about",
+        "  65%), mostly posed or web images of adults; disgust has 436 training faces. Expression is not",
+        "  emotion: these models say what a face looks like, not what a person feels. Do not use them to",
+        "  make decisions about people.",
+        "- Accuracy by age, gender or skin tone was not measured (the data sets carry no such labels);",
+        "  expect it to vary.",
+        "- Keypoints: 15 points on near-frontal faces from video frames of celebrities; large pose,",
+        "  occlusion and expressions far from the training frames raise the error.",
+        "- The test figures come from the same data sets' held-out rows; on other photographs (light,",
+        "  cameras, framing) expect lower accuracy.",
+        "",
+        "## Terms of use",
+        "",
+        "The code is Apache-2.0. The weights are derived from FER2013 (Kaggle competition data, released for",
+        "research by its authors, Goodfellow et al. 2013) and from frames of the YouTube Faces data set",
+        "(Wolf et al., 2011; research use) in the layout of Kaggle's Facial Keypoints Detection data. Those",
+        "terms restrict the data to research and do not clearly permit commercial use; treat the weights",
+        "as research-only as well, and check the data sets' terms yourself before any other use.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["prepare", "train", "finish", "all"])
@@ -104,9 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("train", "all"):
         train(names, args.threads)
     if args.step in ("finish", "all"):
-        from emokp_ray.release_build import finish
-
-        finish(names, PREPARED, RUNS, RESULTS, BUILTIN, {n: MODELS[n][:2] for n in names})
+        finish(names)
     return 0
 
 

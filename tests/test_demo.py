@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,8 +41,8 @@ def test_quick_demo_learns_labels_serves_and_reports(tmp_path, ray_root):
     proc = subprocess.run([sys.executable, "-m", "emokp_ray.cli", "demo", "--out", str(out), "--quick"],
                           capture_output=True, text=True, timeout=900, env=_demo_env(ray_root))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for stage in range(1, 7):
-        assert f"[{stage}/6]" in proc.stdout
+    for stage in range(1, 8):
+        assert f"[{stage}/7]" in proc.stdout
     assert not (out / "stale.txt").exists()  # a re-run replaces the old output
     summary = json.loads((out / "report" / "summary.json").read_text())
     # the synthetic data is learnable: well under half the mean-shape error, emotion above 90%
@@ -56,6 +57,13 @@ def test_quick_demo_learns_labels_serves_and_reports(tmp_path, ray_root):
     for figure in ("keypoints/learning_curves.png", "emotion/confusion.png", "served.png"):
         assert figure in index and (out / "report" / figure).is_file()
     assert (out / "labels" / "labels.parquet").is_dir() and (out / "labels" / "summary.json").is_file()   # part files, complete
+    # the shipped models on the bundled real photos (skipped in one line where they are not shipped)
+    real = summary["real_photos"]
+    if (Path(__file__).resolve().parents[1] / "emokp_ray" / "builtin" / "emotion.pt").is_file():
+        assert [p["photo"] for p in real["photos"]] == ["eileen_collins_nasa.jpg", "grace_hopper_us_navy.jpg"]
+        assert all(len(p["faces"]) == 1 for p in real["photos"]) and "real/grace_hopper_us_navy.png" in index
+    else:
+        assert real["line"].startswith("skipped:")
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):
@@ -74,7 +82,7 @@ def test_ctrl_c_leaves_no_ray_processes(tmp_path, ray_root):
     try:
         deadline = time.time() + 300
         for line in proc.stdout:  # wait until training (and so the Ray cluster) has started
-            if "[2/6]" in line or time.time() > deadline:
+            if "[2/7]" in line or time.time() > deadline:
                 break
         time.sleep(8)
         proc.send_signal(signal.SIGINT)

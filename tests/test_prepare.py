@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from PIL import Image
 
+from emokp_ray.data.near_duplicates import fingerprints, group_split, near_duplicate_groups
 from emokp_ray.data.prepare import StratifiedSplitter, prepare_dataset
 from emokp_ray.data.schema import (DATASET_META, images_from_column, iter_split, keypoints_from_column,
                                    read_info)
@@ -67,20 +69,21 @@ def test_fer_usage_decides_the_split_and_counts_per_class(tmp_path):
     usage = ["Training", "Training", "Training", "PublicTest", "PrivateTest", "Training", "Training",
              "PrivateTest", "Training", "PublicTest"]
     src = fer_file(tmp_path / "fer2013.csv.gz", labels, usage, compress=True)
-    result = prepare_dataset([src], tmp_path / "out", val_fraction=0.5)  # fractions don't apply to Usage files
+    result = prepare_dataset([src], tmp_path / "out", val_fraction=0.0, test_fraction=0.5)  # test_fraction: not for Usage files
     info = read_info(tmp_path / "out")
     assert info.tasks == ["emotion"] and info.scheme == "seed5" and info.image_sizes == [[48, 48]]
     assert info.counts["train"] == {"rows": 4, "keypoints": 0, "complete_keypoints": 0, "anger": 1, "disgust": 1,
                                     "sad": 0, "happiness": 1, "surprise": 1}
-    assert info.counts["val"]["rows"] == 2 and info.counts["val"]["happiness"] == 1 and info.counts["val"]["anger"] == 1
-    assert info.counts["test"]["rows"] == 2 and info.counts["test"]["sad"] == 1
+    assert "val" not in info.counts
+    # PublicTest and PrivateTest are the test split
+    assert info.counts["test"]["rows"] == 4 and info.counts["test"]["happiness"] == 2 and info.counts["test"]["sad"] == 1
     assert info.extra["reports"][0]["dropped_by_scheme"] == 2 and info.extra["formats"] == {"fer2013.csv.gz": "fer2013"}
     test = read_split(tmp_path / "out", "test")
-    assert test["row_id"].to_pylist() == [6, 9] and test["label"].to_pylist() == [2, 3]
+    assert test["row_id"].to_pylist() == [5, 6, 9, 11] and test["label"].to_pylist() == [3, 2, 3, 0]
     images = images_from_column(test["image"], 48, 48)
-    assert images.shape == (2, 48, 48) and images[0].reshape(-1).tolist()[:3] == [int(v) for v in pixel_text(0, 48).split()[:3]]
+    assert images.shape == (4, 48, 48) and images[0].reshape(-1).tolist()[:3] == [int(v) for v in pixel_text(0, 48).split()[:3]]
     text = result.summary()
-    assert "2 dropped by scheme seed5" in text and "-> train 4, val 2, test 2" in text
+    assert "2 dropped by scheme seed5" in text and "-> train 4, test 4" in text
     assert "happiness" in text and "complete_keypoints" not in text
 
 
@@ -88,7 +91,7 @@ def test_keypoints_and_test_csv_together(tmp_path):
     kp = keypoints_file(tmp_path / "training.csv", [True, False, True])
     pix = pixel_text(2, 96)
     test = write(tmp_path / "test.csv", ["ImageId,Image", f"1,{pix}", f"2,{pix}"])
-    prepare_dataset([kp, test], tmp_path / "out", val_fraction=0.0)
+    prepare_dataset([kp, test], tmp_path / "out", val_fraction=0.0, test_fraction=0.0)
     info = read_info(tmp_path / "out")
     assert info.tasks == ["keypoints"] and info.scheme is None and info.image_sizes == [[96, 96]]
     assert info.counts["train"] == {"rows": 3, "keypoints": 3, "complete_keypoints": 2}
@@ -125,7 +128,8 @@ def test_stratified_split_is_deterministic_and_keeps_class_proportions(tmp_path)
 
 def test_keypoint_rows_are_stratified_by_completeness(tmp_path):
     complete = [bool(i % 3) for i in range(300)]  # 200 complete, 100 partial
-    prepare_dataset([keypoints_file(tmp_path / "data.csv", complete)], tmp_path / "out", val_fraction=0.1, seed=3)
+    prepare_dataset([keypoints_file(tmp_path / "data.csv", complete)], tmp_path / "out", val_fraction=0.1, seed=3,
+                    test_fraction=0.0, group_near_duplicates=False)  # the fixture's faces are all one image
     counts = read_info(tmp_path / "out").counts
     assert counts["val"]["rows"] == 30 and counts["val"]["complete_keypoints"] == 20
 
@@ -207,7 +211,70 @@ def test_first_rows_of_the_real_files(tmp_path, real_data):
 def test_full_real_files_give_the_documented_counts(tmp_path, real_data):
     """The whole of both files: ~5 s on the idle 2-core dev machine."""
     fer = prepare_dataset([real_data / FER_GZ], tmp_path / "fer", strict=True).info.counts
-    assert (fer["train"]["rows"], fer["val"]["rows"]) == (19_647, 2_486) and "test" not in fer
-    kp = prepare_dataset([real_data / KEYPOINTS_GZ], tmp_path / "kp", strict=True).info.counts
+    # val = a stratified 10% of Training (19,647 seed5 rows), test = PublicTest
+    assert (fer["train"]["rows"], fer["val"]["rows"], fer["test"]["rows"]) == (17_683, 1_964, 2_486)
+    assert fer["val"]["disgust"] == 43 and fer["train"]["disgust"] + fer["val"]["disgust"] == 436
+    kp_info = prepare_dataset([real_data / KEYPOINTS_GZ], tmp_path / "kp", strict=True).info
+    kp = kp_info.counts
     assert sum(c["keypoints"] for c in kp.values()) == 3_383
     assert sum(c["complete_keypoints"] for c in kp.values()) == 2_376
+    assert (kp["train"]["rows"], kp["val"]["rows"], kp["test"]["rows"]) == (2_534, 339, 510)
+    near = kp_info.extra["near_duplicates"][Path(KEYPOINTS_GZ).name]
+    assert near["groups"] == 3_014 and len(near["holdout_row_ids"]) == 170
+
+
+# ----------------------------------------------------------------------------- near-duplicate groups
+
+def _faces(n: int, seed: int) -> np.ndarray:
+    """n distinct random 96x96 'faces' (smooth noise, so their fingerprints differ)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, 12, 12)).astype(np.uint8)
+    return np.stack([np.asarray(Image.fromarray(s).resize((96, 96), Image.BILINEAR)) for s in small])
+
+
+def test_near_duplicates_group_jittered_copies_and_nothing_else():
+    faces = _faces(40, 0)
+    rng = np.random.default_rng(1)
+    # rows 40..49: copies of faces 0..9 with noise and a brightness change (another frame of one video)
+    twins = np.clip(faces[:10].astype(np.int16) + rng.integers(-6, 7, faces[:10].shape) + 12, 0, 255).astype(np.uint8)
+    groups = near_duplicate_groups(fingerprints(np.concatenate([faces, twins])))
+    assert all(groups[40 + i] == groups[i] for i in range(10))
+    assert len(set(groups[:40].tolist())) == 40  # distinct faces stay apart
+    assert groups.tolist()[:3] == [0, 1, 2]      # ids in order of first appearance
+
+
+def test_group_split_keeps_groups_whole_and_flags_the_holdout():
+    groups = np.repeat(np.arange(300), [1 + (g % 3) for g in range(300)])   # groups of 1, 2 and 3 rows
+    strata = (groups % 5 == 0).astype(int)
+    splits, holdout = group_split(groups, strata, seed=4, val_fraction=0.1, test_fraction=0.1)
+    again, again_holdout = group_split(groups, strata, seed=4, val_fraction=0.1, test_fraction=0.1)
+    assert (splits == again).all() and (holdout == again_holdout).all()
+    clean = ~holdout
+    for g in np.unique(groups):
+        assert len(set(splits[(groups == g) & clean])) <= 1, g   # a group never straddles splits...
+    n = len(groups)
+    # quotas per stratum, overshot by at most one group (3 rows) in each of the 2 strata
+    assert abs((splits[clean] == "test").sum() - 0.1 * n) <= 6 and abs((splits == "val").sum() - 0.1 * n) <= 6
+    # ... except the holdout: one member of a trained-on group, scored apart in test
+    assert holdout.sum() == round(0.5 * (splits[clean] == "test").sum())
+    for i in np.flatnonzero(holdout):
+        assert splits[i] == "test" and (splits[groups == groups[i]] == "train").any()
+
+
+def test_prepare_puts_a_keypoint_file_s_near_duplicates_in_one_split(tmp_path):
+    faces = _faces(200, 2)
+    images = np.concatenate([faces, faces[:50]])                # 50 exact repeats: groups of two
+    full = ",".join(f"{40 + (j % 7)}.25" for j in range(30))
+    rows = [f"{full}," + " ".join(map(str, img.ravel().tolist())) for img in images]
+    src = write(tmp_path / "training.csv", [",".join(KEYPOINT_COLUMNS + ("Image",))] + rows)
+    info = prepare_dataset([src], tmp_path / "out", val_fraction=0.1, test_fraction=0.2, seed=1).info
+    mapping = split_of_rows(tmp_path / "out")
+    held = set(info.extra["near_duplicates"]["training.csv"]["holdout_row_ids"])
+    assert info.extra["near_duplicates"]["training.csv"]["rows_with_near_duplicate"] == 100
+    for i in range(50):                                          # row ids: line numbers, header = 1
+        a, b = mapping[("training.csv", i + 2)], mapping[("training.csv", 200 + i + 2)]
+        if i + 2 in held or 200 + i + 2 in held:
+            assert "test" in (a, b) and "train" in (a, b)
+        else:
+            assert a == b
+    assert held and all(mapping[("training.csv", r)] == "test" for r in held)
