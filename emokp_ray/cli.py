@@ -40,6 +40,12 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
+                        help="where the networks run: torch (eager PyTorch), onnx (ONNX Runtime, fp32), onnx-int8 "
+                             "(ONNX Runtime, int8); auto (default): onnx where the onnx extra is installed, else torch")
+
+
 # ----------------------------------------------------------------------------- data
 
 def _cmd_data_prepare(args: argparse.Namespace) -> None:
@@ -109,7 +115,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from emokp_ray.inference.quick import run_predict
 
     run_predict(args.images, *_model_pair(args), as_json=args.json, annotate_dir=args.annotate, detect=args.detect,
-                flip_tta=not args.no_flip_tta)
+                flip_tta=not args.no_flip_tta, backend=args.backend)
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -123,7 +129,7 @@ def _cmd_label(args: argparse.Namespace) -> None:
 
     summary = run_label(args.input, *_model_pair(args), args.out, jsonl=args.jsonl, annotate_dir=args.annotate,
                         batch_size=args.batch_size, concurrency=args.concurrency, use_gpu=args.gpu, detect=args.detect,
-                        num_cpus=args.cpus_per_actor, resume=args.resume, stages=args.stages)
+                        num_cpus=args.cpus_per_actor, resume=args.resume, stages=args.stages, backend=args.backend)
     print(summary)
     failure = summary.failure(args.max_error_fraction)   # after the summary is written and shown
     if failure:
@@ -134,7 +140,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from emokp_ray.serving.run import run_serve
 
     run_serve(*_model_pair(args), host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-              device=args.device, trust_torchscript=args.trust_torchscript)
+              device=args.device, trust_torchscript=args.trust_torchscript, backend=args.backend)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -257,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--detect", default="auto", choices=["auto", "crop", "detect"],
                       help="auto: a small square image is one face crop, others are searched for faces")
     pred.add_argument("--no-flip-tta", action="store_true", help="one forward pass per face (faster, slightly less accurate)")
+    _add_backend(pred)
     pred.set_defaults(func=_cmd_predict)
 
     models = sub.add_parser("models", help="the shipped release models and their test figures")
@@ -291,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     lgpu = label.add_mutually_exclusive_group()
     lgpu.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="one GPU per actor (default: when present)")
     lgpu.add_argument("--no-gpu", dest="gpu", action="store_false")
+    _add_backend(label)
     label.set_defaults(func=_cmd_label)
 
     srv = sub.add_parser("serve", help="serve both models over HTTP with Ray Serve (demo page at /)")
@@ -302,12 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     srv.add_argument("--trust-torchscript", action="store_true",
                      help="allow TorchScript model files: they are programs, run in the server (only files you trust)")
+    _add_backend(srv)
     srv.set_defaults(func=_cmd_serve)
 
     exp = sub.add_parser("export", help="export a checkpoint as one TorchScript (or ONNX) file")
     exp.add_argument("--checkpoint", required=True, metavar="CKPT")
     exp.add_argument("--out", required=True, metavar="FILE")
-    exp.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "checkpoint"])
+    exp.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "onnx-int8", "checkpoint"],
+                     help="onnx / onnx-int8 need the onnx extra; onnx-int8 is calibrated on synthetic faces")
     exp.set_defaults(func=_cmd_export)
 
     demo = sub.add_parser("demo", help="the whole system end to end on synthetic data")

@@ -136,14 +136,149 @@ def test_inference_loads_no_optimizer_state(tiny, tmp_path):
 
 def test_onnx_needs_the_onnx_package(tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(UserError, match="pip install onnx"):
+    with pytest.raises(UserError, match=r"pip install 'emokp-ray\[onnx\]'") as err:
         export_checkpoint(str(tiny[1]), str(tmp_path / "emotion.onnx"), fmt="onnx")
+    assert "\n" not in str(err.value)
     assert not (tmp_path / "emotion.onnx").exists()
 
 
-def test_onnx_export_when_available(tiny, tmp_path):
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxscript")
-    path = export_checkpoint(str(tiny[1]), str(tmp_path / "emotion.onnx"), fmt="onnx")
-    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+# --------------------------------------------------------------------------------------------------
+# ONNX (the `onnx` extra, in dev: these run in CI)
+# --------------------------------------------------------------------------------------------------
+
+
+def _randomized(cfg) -> torch.nn.Module:
+    """A variant with random weights AND non-trivial BatchNorm statistics and head (the keypoint
+    head starts at zero, which would make every output the crop centre and hide any mismatch)."""
+    from emokp_ray.models.resnet import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+        torch.nn.init.normal_(model.head[-1].weight, std=0.02)
+        torch.nn.init.normal_(model.head[-1].bias, std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("task,variant", [("keypoints", "course"), ("keypoints", "wide"), ("keypoints", "small"),
+                                          ("emotion", "course"), ("emotion", "wide"), ("emotion", "small")])
+def test_onnx_export_matches_every_variant_at_batch_1_and_32(task, variant):
+    # The stated tolerance (export.ONNX_TOLERANCE = 1e-3: keypoint pixels, emotion logits) holds for
+    # every variant at the two batch sizes Serve and labeling use.
+    pytest.importorskip("onnxruntime")
+    from emokp_ray.checkpoint import CheckpointMeta
+    from emokp_ray.inference.backends import OnnxModel, OnnxRunner
+    from emokp_ray.inference.export import ONNX_TOLERANCE, onnx_bytes
+    from emokp_ray.models.resnet import model_config
+
+    cfg = model_config(task, variant)
+    model, meta = _randomized(cfg), CheckpointMeta(model_config=cfg, run_id=f"{task}-{variant}")
+    runner = OnnxRunner(OnnxModel(onnx_bytes(model, meta), version="x"))
+    for batch in (1, 32):
+        crops = np.random.default_rng(batch).integers(0, 256, (batch, cfg.input_size, cfg.input_size), dtype=np.uint8)
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(crops).unsqueeze(1)).numpy()
+        got = runner(crops)
+        assert got.shape == expected.shape == (batch, cfg.num_outputs) and got.dtype == np.float32
+        assert np.abs(expected).max() > 0.1 and np.std(expected[:, 0]) > 0 if batch > 1 else True   # not a constant
+        assert np.abs(got - expected).max() <= ONNX_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tiny, tmp_path_factory) -> tuple[Path, Path]:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("onnx")
+    return (export_checkpoint(str(tiny[0]), str(out / "keypoints.onnx"), fmt="onnx"),
+            export_checkpoint(str(tiny[1]), str(out / "emotion.onnx"), fmt="onnx"))
+
+
+def test_onnx_file_describes_itself_and_predicts_like_the_checkpoint(tiny, onnx_files):
+    import onnx
+
+    from emokp_ray.inference.export import load_onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_files[1])).metadata_props}
     assert '"task": "emotion"' in props["emokp_meta"]
+    for ckpt, file in zip(tiny, onnx_files):
+        assert load_onnx(file).meta.to_dict() == load_checkpoint(ckpt).meta.to_dict()
+    crops = np.random.default_rng(3).integers(0, 256, (4, 96, 96), dtype=np.uint8)
+    dirs = Predictor.from_paths(str(tiny[0]), str(tiny[1]), device="cpu", detect=False, backend="torch")
+    files = Predictor.from_paths(str(onnx_files[0]), str(onnx_files[1]), device="cpu", detect=False)
+    assert files.model_info() == dirs.model_info()                   # same run ids and weights versions
+    assert {r.backend for r in files.runners.values()} == {"onnx"}   # a .onnx file runs on ONNX Runtime
+    for a, b in zip(dirs.predict_crops(crops), files.predict_crops(crops)):
+        assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+        assert np.allclose(np.array(list(a.keypoints.values())), np.array(list(b.keypoints.values())), atol=1e-3)
+
+
+def test_onnx_int8_export_is_quantized_and_close(tiny, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from emokp_ray.inference.export import load_onnx
+
+    fp32 = load_onnx(export_checkpoint(str(tiny[0]), str(tmp_path / "k.onnx"), fmt="onnx"))
+    int8 = load_onnx(export_checkpoint(str(tiny[0]), str(tmp_path / "k8.onnx"), fmt="onnx-int8"))
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "k8.onnx")).graph.node}
+    assert int8.model.int8 and not fp32.model.int8 and {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert int8.model.version == fp32.model.version and int8.meta.to_dict() == fp32.meta.to_dict()
+    predictors = [Predictor(m, None, backend="onnx-int8" if m is int8 else "onnx") for m in (fp32, int8)]
+    assert predictors[1].runners["keypoints"].backend == "onnx-int8"
+    crops = np.random.default_rng(4).integers(0, 256, (8, 96, 96), dtype=np.uint8)
+    a, b = (np.array([list(f.keypoints.values()) for f in p.predict_crops(crops)]) for p in predictors)
+    assert 0 < np.abs(a - b).max() < 2.0                             # quantized: close, not identical
+    with pytest.raises(UserError, match="fp32 ONNX file"):
+        Predictor(fp32, None, backend="onnx-int8")
+
+
+def _rewrite_meta(src: Path, dst: Path, **changes) -> Path:
+    import json
+
+    import onnx
+
+    from emokp_ray.inference.export import ONNX_META_KEY, set_onnx_metadata
+
+    proto = onnx.load(str(src))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}[ONNX_META_KEY])
+    for key, value in changes.items():
+        meta["model_config"][key] = value
+        if key in meta:
+            meta[key] = value
+    if "num_outputs" in changes and meta["task"] == "emotion":
+        meta["label_scheme"], meta["class_names"] = "fer7", []
+    set_onnx_metadata(proto, {ONNX_META_KEY: json.dumps(meta)})
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_onnx_files_that_do_not_match_their_meta_are_refused(onnx_files, tmp_path):
+    import onnx
+
+    from emokp_ray.inference.export import load_onnx
+
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model")
+    bare = tmp_path / "bare.onnx"
+    proto = onnx.load(str(onnx_files[1]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bare))
+    cases = [
+        (tmp_path / "missing.onnx", "does not exist"),
+        (text, "is not an ONNX"),
+        (bare, "not exported by emokp"),
+        # a 48 px emotion graph whose meta claims 96 px crops
+        (_rewrite_meta(onnx_files[1], tmp_path / "size.onnx", input_size=96), "takes input ['batch', 1, 48, 48]"),
+        # a 5-class graph whose meta claims the 7-class fer7 scheme
+        (_rewrite_meta(onnx_files[1], tmp_path / "scheme.onnx", num_outputs=7), "label scheme fer7 (7 classes)"),
+    ]
+    for path, fragment in cases:
+        with pytest.raises(UserError) as err:
+            load_model(path)
+        assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
+    with pytest.raises(UserError, match="is an emotion checkpoint, given as the keypoints model"):
+        Predictor.from_paths(str(onnx_files[1]), None, device="cpu", detect=False)
+    assert load_onnx(onnx_files[0]).meta.task == "keypoints"

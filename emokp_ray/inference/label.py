@@ -179,9 +179,9 @@ def _detector_available(mode: str, detector: Any) -> bool:
         return False
 
 
-def _model_metadata(keypoints: str | None, emotion: str | None, trust_torchscript: bool = False) -> dict:
+def _model_metadata(keypoints: str | None, emotion: str | None, trust_torchscript: bool = False, backend: str = "auto") -> dict:
     """Load the predictor once on the driver: a bad checkpoint fails here, before any actor starts."""
-    predictor = load_predictor(keypoints, emotion, device="cpu", trust_torchscript=trust_torchscript)
+    predictor = load_predictor(keypoints, emotion, device="cpu", trust_torchscript=trust_torchscript, backend=backend)
     labels = predictor.labels()
     return {"format_version": 2, "keypoint_names": list(KEYPOINT_NAMES), "keypoint_columns": list(KEYPOINT_COLUMNS),
             "emotion_classes": list(labels.get("emotion") or []), "label_scheme": labels.get("label_scheme"),
@@ -289,7 +289,7 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
               annotate_dir: str | None = None, batch_size: int = 32, concurrency: int | tuple[int, int] | None = 1,
               use_gpu: bool | None = None, detect: str = "auto", num_cpus: float = 1.0, threads: int | None = None,
               progress: bool = True, detector: Any = None, resume: bool = False, stages: str = "split",
-              trust_torchscript: bool = False) -> LabelSummary:
+              trust_torchscript: bool = False, backend: str = "auto") -> LabelSummary:
     """Label every face of INPUT with the Predictor in Ray Data stages; see the module docstring.
 
     out, annotate_dir: a local path or a URI (s3://, gs://, file://, ...): written by the workers.
@@ -331,7 +331,7 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
         spec: LabelInput = resolve_input(input)
         mode = "crop" if spec.crop_mode and detect == "auto" else detect
         use_detector = _detector_available(mode, detector)
-        metadata = {**_model_metadata(keypoints, emotion, trust_torchscript), "input": spec.identity, "input_kind": spec.kind,
+        metadata = {**_model_metadata(keypoints, emotion, trust_torchscript, backend), "input": spec.identity, "input_kind": spec.kind,
                     "mode": mode, "jsonl": jsonl, "annotate_dir": (annotate_dir if "://" in annotate_dir else ann_path) if annotate_dir else None}
         recorded = read_json(out_fs, f"{out_path}/{RUN_FILE}") if resume and state in ("unfinished", "complete") else None
         if recorded is not None:
@@ -401,14 +401,15 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
                                           batch_format="pyarrow", zero_copy_batch=True, num_cpus=PREPARE_CPUS)
                 labeled = prepared.map_batches(
                     FaceNetworks, fn_constructor_kwargs=dict(keypoints=keypoints, emotion=emotion, device=device, threads=threads,
-                                                             batch_size=batch_size, trust_torchscript=trust_torchscript),
+                                                             batch_size=batch_size, trust_torchscript=trust_torchscript,
+                                                             backend=backend),
                     batch_size=None, batch_format="pyarrow", zero_copy_batch=True, compute=compute, num_cpus=num_cpus,
                     num_gpus=1 if gpu else 0)
             else:
                 labeled = ds.map_batches(
                     BatchLabeler, fn_constructor_kwargs=dict(keypoints=keypoints, emotion=emotion, device=device, threads=threads,
                                                              batch_size=batch_size, trust_torchscript=trust_torchscript,
-                                                             **prepare_kwargs),
+                                                             backend=backend, **prepare_kwargs),
                     batch_size=None, batch_format="pyarrow", zero_copy_batch=True, compute=compute, num_cpus=num_cpus,
                     num_gpus=1 if gpu else 0)
             written_parts = labeled.map_batches(

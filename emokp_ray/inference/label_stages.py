@@ -160,13 +160,14 @@ def prepare_block(batch: pa.Table, *, filesystem: pafs.FileSystem | None, sizes:
 
 # ----------------------------------------------------------------------------- B: the networks
 
-def load_predictor(keypoints: str | None, emotion: str | None, device: str = "cpu", trust_torchscript: bool = False):
+def load_predictor(keypoints: str | None, emotion: str | None, device: str = "cpu", trust_torchscript: bool = False,
+                   backend: str = "auto"):
     """The one place a labeling run builds its Predictor (the driver's check and every stage-B actor):
     models only, no detector (detection runs in stage A)."""
     from emokp_ray.inference.predictor import Predictor
 
     kwargs = {"trust_torchscript": True} if trust_torchscript else {}
-    return Predictor.from_paths(keypoints, emotion, device=device, detect=False, **kwargs)
+    return Predictor.from_paths(keypoints, emotion, device=device, detect=False, backend=backend, **kwargs)
 
 
 class FaceNetworks:
@@ -174,12 +175,12 @@ class FaceNetworks:
     (plus the pixels on each image's first row when annotating), `batch_size` images per model batch."""
 
     def __init__(self, keypoints: str | None, emotion: str | None, device: str = "cpu", threads: int | None = None,
-                 batch_size: int = 32, trust_torchscript: bool = False):
+                 batch_size: int = 32, trust_torchscript: bool = False, backend: str = "auto"):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.predictor = load_predictor(keypoints, emotion, device=device, trust_torchscript=trust_torchscript)
+        self.predictor = load_predictor(keypoints, emotion, device=device, trust_torchscript=trust_torchscript, backend=backend)
         self.class_names = list(self.predictor.labels().get("emotion") or [])
         self.sizes = sorted({m.meta.input_size for m in (self.predictor.keypoints, self.predictor.emotion) if m is not None})
         self.batch_size = batch_size
@@ -235,9 +236,9 @@ class BatchLabeler:
     def __init__(self, keypoints: str | None, emotion: str | None, mode: str = "auto", device: str = "cpu",
                  filesystem: pafs.FileSystem | None = None, pixels: bool = False,
                  threads: int | None = None, detector: Any = None, batch_size: int = 32, done: Any = None,
-                 trust_torchscript: bool = False):
+                 trust_torchscript: bool = False, backend: str = "auto"):
         self.networks = FaceNetworks(keypoints, emotion, device=device, threads=threads, batch_size=batch_size,
-                                     trust_torchscript=trust_torchscript)
+                                     trust_torchscript=trust_torchscript, backend=backend)
         self.prepare = functools.partial(prepare_block, filesystem=filesystem, sizes=self.networks.sizes, mode=mode,
                                          detector=detector, pixels=pixels, done=done)
         self.batch_size = batch_size

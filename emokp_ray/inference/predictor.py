@@ -175,7 +175,11 @@ def _check_box(box: Any, where: str) -> Box:
 def weights_version(model: torch.nn.Module) -> str:
     """12 hex digits of the SHA-256 over the model's parameters and buffers (names, dtypes, shapes,
     bytes, sorted by name; buffers too, since a TorchScript export keeps the non-persistent ones of
-    the module): the same weights give the same version, from a checkpoint or a TorchScript file."""
+    the module): the same weights give the same version, from a checkpoint or a TorchScript file.
+    An ONNX export carries the version of the weights it was exported from."""
+    version = getattr(model, "version", None)
+    if isinstance(version, str) and version and not isinstance(model, torch.nn.Module):
+        return version                    # backends.OnnxModel
     digest = hashlib.sha256()
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     for name, tensor in sorted(tensors.items()):
@@ -219,7 +223,10 @@ class Predictor:
         detector: FaceDetector | None = None,
         margin: float = FRAMING_MARGIN,
         shift_y: float = FRAMING_SHIFT_Y,
+        backend: str = "torch",
     ):
+        from emokp_ray.inference.backends import make_runner, resolve_backend
+
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (keypoints or emotion)")
         for loaded, task in ((keypoints, "keypoints"), (emotion, "emotion")):
@@ -230,6 +237,10 @@ class Predictor:
         self.device = resolve_device(device)
         self.keypoints = self._prepare(keypoints)
         self.emotion = self._prepare(emotion)
+        # backend: "auto" | "torch" | "onnx" | "onnx-int8" (inference/backends.py). One runner per
+        # model, the only thing _forward calls; an exported .onnx file runs on ONNX Runtime as it is.
+        self.backend = resolve_backend(backend, self.device)
+        self.runners = {m.meta.task: make_runner(m, self.backend, self.device) for m in (self.keypoints, self.emotion) if m is not None}
         self.margin, self.shift_y = float(margin), float(shift_y)
         self._detector = detector
         self._detector_lock = threading.Lock()   # OpenCV's cascade is not documented thread-safe
@@ -238,8 +249,8 @@ class Predictor:
         """Model on the device, in eval mode, weights channels_last: on this project's 2-core CPU
         (torch 2.13, one thread, CPU time per 96x96 crop) the keypoint net goes 8.7 -> 6.5 ms and the
         48 px emotion net 2.4 -> 1.4 ms (benchmarks/predict_latency.py)."""
-        if loaded is None:
-            return None
+        if loaded is None or not hasattr(loaded.model, "to"):
+            return loaded                 # None, or an exported ONNX graph (backends.OnnxModel)
         model = loaded.model.to(self.device).eval()
         if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
             model = model.to(memory_format=torch.channels_last)
@@ -247,7 +258,7 @@ class Predictor:
 
     @classmethod
     def from_paths(cls, keypoints: str | None, emotion: str | None, device: str = "auto", detect: bool = True,
-                   trust_torchscript: bool = False) -> "Predictor":
+                   trust_torchscript: bool = False, backend: str = "torch") -> "Predictor":
         """Load the checkpoints (a checkpoint dir, a RUN_DIR, an exported .pt, or a TorchScript file
         where `trust_torchscript`: export.load_model says why); detect=True builds the face detector
         now, so a missing OpenCV is reported at startup."""
@@ -259,7 +270,7 @@ class Predictor:
         detector = require_detector() if detect else None   # before the (slower) model loads: fail fast
         kp = load_model(keypoints, map_location=resolved, trust_torchscript=trust_torchscript) if keypoints is not None else None
         em = load_model(emotion, map_location=resolved, trust_torchscript=trust_torchscript) if emotion is not None else None
-        return cls(kp, em, device=str(resolved), detector=detector)
+        return cls(kp, em, device=str(resolved), detector=detector, backend=backend)
 
     # ---- what is loaded --------------------------------------------------------------------------
 
@@ -299,14 +310,10 @@ class Predictor:
     # ---- inference -------------------------------------------------------------------------------
 
     def _forward(self, loaded: LoadedCheckpoint, crops: np.ndarray) -> np.ndarray:
-        """uint8 [N, S, S] -> model outputs float32 [N, K], MAX_BATCH faces per pass."""
-        outputs = []
-        with torch.inference_mode():
-            for lo in range(0, len(crops), MAX_BATCH):
-                x = torch.from_numpy(crops[lo:lo + MAX_BATCH]).unsqueeze(1)   # [n, 1, S, S] raw pixels
-                x = x.to(self.device, non_blocking=True)
-                outputs.append(loaded.model(x).float().cpu())
-        return torch.cat(outputs).numpy()
+        """uint8 [N, S, S] -> model outputs float32 [N, K], MAX_BATCH faces per pass, on the model's
+        runner (self.backend: torch, onnx or onnx-int8)."""
+        runner = self.runners[loaded.meta.task]
+        return np.concatenate([runner(crops[lo:lo + MAX_BATCH]) for lo in range(0, len(crops), MAX_BATCH)])
 
     def _run(self, crops_for: dict[int, np.ndarray], boxes: np.ndarray) -> list[Face]:
         """Both models over the faces' crops (crops_for: input size -> uint8 [N, S, S]); boxes [N, 4]."""

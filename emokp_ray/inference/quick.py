@@ -32,7 +32,8 @@ def _face_line(index: int, face: dict) -> str:
 
 
 def run_predict(images: Sequence[str], keypoints: str | None, emotion: str | None, as_json: bool = False,
-                annotate_dir: str | None = None, detect: str = "auto", flip_tta: bool = True, out=None) -> int:
+                annotate_dir: str | None = None, detect: str = "auto", flip_tta: bool = True, out=None,
+                backend: str = "auto") -> int:
     """Label each image file; print JSON lines (as_json) or readable lines; returns the failure count.
 
     A user error in one file (unreadable, not an image, too large) is one line on stderr; the run goes
@@ -43,7 +44,7 @@ def run_predict(images: Sequence[str], keypoints: str | None, emotion: str | Non
 
     out = out or sys.stdout
     started = time.perf_counter()
-    predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=detect != "crop")
+    predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=detect != "crop", backend=backend)
     predictor.flip_tta = flip_tta
     annotate_path = Path(annotate_dir) if annotate_dir else None
     if annotate_path is not None:

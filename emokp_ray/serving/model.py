@@ -109,7 +109,7 @@ class FaceModel:
         if args.detect and not detect:
             logger.warning("face detection is off: OpenCV is not installed (%s); crops and caller boxes still work", INSTALL_HINT)
         self.predictor = Predictor.from_paths(args.keypoints, args.emotion, device=args.device, detect=detect,
-                                              trust_torchscript=args.trust_torchscript)
+                                              trust_torchscript=args.trust_torchscript, backend=args.backend)
         self.test_delay_s = args.test_delay_s
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
 

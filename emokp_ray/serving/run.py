@@ -35,6 +35,10 @@ def run_serve(keypoints: str | None, emotion: str | None, host: str = "127.0.0.1
     for task, path in (("keypoints", args.keypoints), ("emotion", args.emotion)):
         if path and (found := read_meta(path).task) != task:
             raise UserError(f"serve: --{task} {path} is a {found} checkpoint")
+    from emokp_ray.inference.backends import resolve_backend
+    from emokp_ray.inference.predictor import resolve_device
+
+    resolve_backend(args.backend, resolve_device(args.device))   # e.g. onnx without the extra: one line, now
 
     from emokp_ray.serving.model import opencv_available
 

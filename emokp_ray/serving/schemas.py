@@ -24,6 +24,9 @@ class AppArgs(BaseModel):
     # A TorchScript file is a program (export.load_model): loaded only when this says so.
     trust_torchscript: bool = False
     device: str = "cpu"                        # "cpu" | "cuda" | "auto"
+    # Where the networks run (inference/backends.py): auto = onnx where the onnx extra is installed
+    # and the device is the CPU, else torch.
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     detect: bool = True                        # load the face detector (photos need it; crops do not)
     # Dynamic batching in the ingress: up to max_batch_size images from concurrent requests go to the
     # model as one call, one forward pass; an idle model's batch waits at most batch_wait_timeout_s for
