@@ -138,7 +138,14 @@ def test_calibration_crops_are_synthetic_faces_at_the_model_size():
     assert np.array_equal(crops, backends.calibration_crops(48, n=8))   # deterministic
 
 
-def test_onnx_backends_refuse_a_gpu_and_a_torchscript_model(tiny):
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit is deprecated, still read
+def test_onnx_backends_refuse_a_gpu_and_a_torchscript_model(tiny, tmp_path):
+    from emokp_ray.inference.export import export_checkpoint, load_exported
+
     with pytest.raises(UserError, match="runs on the CPU"):
         backends.resolve_backend("onnx", "cuda")
     assert backends.resolve_backend("auto", "cuda") == "torch"
+    scripted = load_exported(export_checkpoint(str(tiny[1]), str(tmp_path / "em.ts")), trust_torchscript=True)
+    assert Predictor(None, scripted, backend="auto").runners["emotion"].backend == "torch"   # the default: torch
+    with pytest.raises(UserError, match="needs a checkpoint"):
+        Predictor(None, scripted, backend="onnx")                       # asked for: a clear refusal

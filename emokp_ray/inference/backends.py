@@ -37,6 +37,7 @@ import torch
 
 from emokp_ray.checkpoint import LoadedCheckpoint
 from emokp_ray.errors import UserError
+from emokp_ray.models.resnet import ResNet
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_INSTALL_HINT = "pip install 'emokp-ray[onnx]' (onnx, onnxruntime), or use --backend torch"
@@ -144,18 +145,21 @@ class OnnxRunner:
         return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
 
 
-def make_runner(loaded: LoadedCheckpoint, backend: str, device: torch.device) -> Runner:
+def make_runner(loaded: LoadedCheckpoint, backend: str, device: torch.device, explicit: bool = True) -> Runner:
     """The runner for one model on a resolved backend ("torch" | "onnx" | "onnx-int8").
     An exported .onnx file (model an OnnxModel) runs on ONNX Runtime as it is, whatever the backend:
-    the file is the model (only asking int8 of an fp32 file is an error)."""
+    the file is the model (only asking int8 of an fp32 file is an error). A model that is not a
+    checkpoint's network (a TorchScript file, a test's stand-in) runs on torch when the backend was
+    only the default (explicit=False: "auto"), and is an error when ONNX was asked for."""
     if isinstance(loaded.model, OnnxModel):
         if backend == "onnx-int8" and not loaded.model.int8:
             raise UserError(f"{loaded.path} is an fp32 ONNX file: give the checkpoint for --backend onnx-int8 "
                             f"(or export one with `emokp export --format onnx-int8`)")
         return OnnxRunner(loaded.model)
-    if backend == "torch":
+    exportable = isinstance(loaded.model, ResNet)
+    if backend == "torch" or (not exportable and not explicit):
         return TorchRunner(loaded.model, device)
-    if not isinstance(loaded.model, torch.nn.Module) or isinstance(loaded.model, torch.jit.ScriptModule):
+    if not exportable:
         raise UserError(f"{loaded.path}: --backend {backend} needs a checkpoint (or an .onnx export), "
                         f"not {type(loaded.model).__name__}")
     return OnnxRunner(onnx_model_for(loaded, int8=backend == "onnx-int8"))

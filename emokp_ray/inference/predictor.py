@@ -240,7 +240,8 @@ class Predictor:
         # backend: "auto" | "torch" | "onnx" | "onnx-int8" (inference/backends.py). One runner per
         # model, the only thing _forward calls; an exported .onnx file runs on ONNX Runtime as it is.
         self.backend = resolve_backend(backend, self.device)
-        self.runners = {m.meta.task: make_runner(m, self.backend, self.device) for m in (self.keypoints, self.emotion) if m is not None}
+        self.runners = {m.meta.task: make_runner(m, self.backend, self.device, explicit=backend != "auto")
+                        for m in (self.keypoints, self.emotion) if m is not None}
         self.margin, self.shift_y = float(margin), float(shift_y)
         self._detector = detector
         self._detector_lock = threading.Lock()   # OpenCV's cascade is not documented thread-safe
