@@ -29,6 +29,7 @@ Results: benchmarks/results/label_throughput.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -51,6 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detect", choices=["crop", "detect"], default="crop", help="each image one crop, or Haar detection (default crop)")
     parser.add_argument("--plain-threads", default="1,2", help="torch threads of the plain loop, each run (default 1,2)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds alternating plain and Ray (default 2)")
+    parser.add_argument("--backends", default="torch,onnx",
+                        help="network backends of the Ray runs, each run (default torch,onnx); the plain loop is torch")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
 
@@ -102,7 +105,7 @@ def plain_loop(folder: Path, keypoints: str, emotion: str, batch_size: int, mode
     spec = resolve_input(str(folder))
     work = work_table(spec)
     labeler = BatchLabeler(keypoints, emotion, mode=mode, device="cpu", filesystem=spec.filesystem, threads=threads,
-                           batch_size=batch_size)
+                           batch_size=batch_size, backend="torch")   # the baseline: eager torch, as before backends
     out.mkdir(parents=True, exist_ok=True)
     first, n, errors = None, 0, 0
     with pq.ParquetWriter(out / "labels.parquet", OUTPUT_SCHEMA) as writer:
@@ -121,12 +124,13 @@ def plain_loop(folder: Path, keypoints: str, emotion: str, batch_size: int, mode
 
 
 def ray_run(folder: Path, keypoints: str, emotion: str, batch_size: int, actors: int, threads: int, out: Path,
-            mode: str = "crop", stages: str = "split") -> dict:
+            mode: str = "crop", stages: str = "split", backend: str = "torch") -> dict:
     from emokp_ray.inference.label import run_label
 
     wall = time.perf_counter()
     summary = run_label(str(folder), keypoints, emotion, str(out), batch_size=batch_size, concurrency=actors,
-                        num_cpus=threads, threads=threads, detect=mode, use_gpu=False, progress=False, stages=stages)
+                        num_cpus=threads, threads=threads, detect=mode, use_gpu=False, progress=False, stages=stages,
+                        backend=backend)
     wall = time.perf_counter() - wall
     assert summary.errors == 0
     return {"seconds": summary.seconds, "images_per_s": summary.images_per_s, "startup_s": summary.startup_s,
@@ -143,12 +147,13 @@ def main(argv: list[str] | None = None) -> dict:
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     plain_threads = [int(t) for t in args.plain_threads.split(",")]
     shapes = args.stages.split(",")
+    backends = args.backends.split(",")
     import torch
 
     from emokp_ray.ray_utils import init_ray
 
     plain: dict[str, list[dict]] = {f"{t} threads": [] for t in plain_threads}
-    ray: dict[str, list[dict]] = {f"{shape} {a}x{t}": [] for shape in shapes for a, t in configs}
+    ray: dict[str, list[dict]] = {f"{shape} {a}x{t} {b}": [] for shape in shapes for a, t in configs for b in backends}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_inputs(tmp / "images", args.n, args.kind)
@@ -160,13 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
                 plain[f"{threads} threads"].append(run)
                 print(f"round {repeat}: plain, {threads} torch threads: {run['images_per_s']:.1f} images/s "
                       f"(steady {run['steady_images_per_s']:.1f}; {run['cpu_ms_per_image']:.2f} ms CPU per image; load {run['load_1m']})", flush=True)
-            for shape in shapes:
-                for actors, threads in configs:
-                    run = ray_run(tmp / "images", keypoints, emotion, args.batch_size, actors, threads,
-                                  tmp / f"out-{shape}-{actors}x{threads}", mode=args.detect, stages=shape)
-                    ray[f"{shape} {actors}x{threads}"].append(run)
-                    print(f"round {repeat}: ray {shape} {actors}x{threads}: {run['images_per_s']:.1f} images/s "
-                          f"(steady {run['steady_images_per_s']:.1f}, first part after {run['startup_s']:.1f} s; load {run['load_1m']})", flush=True)
+            for shape, (actors, threads), backend in itertools.product(shapes, configs, backends):
+                run = ray_run(tmp / "images", keypoints, emotion, args.batch_size, actors, threads,
+                              tmp / f"out-{shape}-{actors}x{threads}-{backend}", mode=args.detect, stages=shape, backend=backend)
+                ray[f"{shape} {actors}x{threads} {backend}"].append(run)
+                print(f"round {repeat}: ray {shape} {actors}x{threads} {backend}: {run['images_per_s']:.1f} images/s "
+                      f"(steady {run['steady_images_per_s']:.1f}, first part after {run['startup_s']:.1f} s; load {run['load_1m']})", flush=True)
 
     # Per round, the best plain loop is the baseline; the ratios are medians over rounds (paired).
     base = [max(runs[r]["images_per_s"] for runs in plain.values()) for r in range(args.repeats)]
