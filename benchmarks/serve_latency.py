@@ -2,6 +2,7 @@
 
     python benchmarks/serve_latency.py                      # course-size models, ~4 minutes on 2 cores
     python benchmarks/serve_latency.py --concurrency 1 8 --requests 200 --rounds 1 --max-batch-size 32
+    python benchmarks/serve_latency.py --configs overload     # only the 503 latency under overload
 
 The models are the COURSE-size networks (keypoint_resnet() at 96x96, emotion_resnet(input_size=48)),
 randomly initialized (timing does not depend on the weights), saved as real checkpoints in a temp dir.
@@ -14,6 +15,13 @@ for --requests requests or --max-seconds, whichever comes first. Latency is clie
 per request (connect + send + server + receive). Reported per (config, c): the round with the best
 throughput (on a shared machine, the least disturbed) with its p50/p95/p99 ms, requests/s and the
 1-minute load average; every round is kept in benchmarks/results/serve_latency.json.
+
+`overload` (issue 11: a refusal must be fast) deploys the app with the DEFAULT limits of
+serve/config.yaml (admission of 64 images per ingress, Ingress max_ongoing_requests 96 and
+max_queued_requests 128, FaceModel 2 + 4 calls), one replica each, and drives it with
+--overload-concurrency closed-loop clients (default 200) for --overload-seconds: it reports the
+latency of the 503 answers (target p99 < 100 ms) beside that of the 200s, and how many 503s came
+from the ingress (JSON) rather than from Serve's proxy queue (plain text).
 """
 
 from __future__ import annotations
@@ -44,7 +52,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.001, help="@serve.batch wait when idle (default 0.001)")
     parser.add_argument("--busy-batch-wait-max-s", type=float, default=0.05, help="longest wait while a batch runs (default 0.05; 0: fixed wait)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the model replica (default: torch's)")
-    parser.add_argument("--configs", nargs="+", default=["batch", "no_batch"], choices=["batch", "no_batch"])
+    parser.add_argument("--configs", nargs="+", default=["batch", "no_batch", "overload"], choices=["batch", "no_batch", "overload"])
+    parser.add_argument("--overload-concurrency", type=int, default=200, help="clients of the overload run (default 200)")
+    parser.add_argument("--overload-seconds", type=float, default=20.0, help="length of the overload run (default 20)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
 
@@ -85,6 +95,8 @@ async def drive(url: str, body: bytes, concurrency: int, total: int, max_seconds
 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    by_status: dict[int, list[float]] = {}
+    json_503 = 0
     sent = 0
     deadline = time.perf_counter() + max_seconds
     headers = {"Content-Type": "image/png"}
@@ -96,9 +108,13 @@ async def drive(url: str, body: bytes, concurrency: int, total: int, max_seconds
             started = time.perf_counter()
             async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
+                elapsed = time.perf_counter() - started
                 statuses[response.status] = statuses.get(response.status, 0) + 1
+                by_status.setdefault(response.status, []).append(elapsed)
+                if response.status == 503 and response.content_type == "application/json":
+                    json_503 += 1
                 if response.status == 200:
-                    latencies.append(time.perf_counter() - started)
+                    latencies.append(elapsed)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -106,7 +122,15 @@ async def drive(url: str, body: bytes, concurrency: int, total: int, max_seconds
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     ms = sorted(1000 * t for t in latencies)
+
+    def summary(values: list[float]) -> dict:
+        v = sorted(1000 * t for t in values)
+        return {"n": len(v), "p50_ms": round(percentile(v, 50), 2), "p95_ms": round(percentile(v, 95), 2),
+                "p99_ms": round(percentile(v, 99), 2), "max_ms": round(v[-1], 2)} if v else {"n": 0}
+
     return {
+        "latency_by_status": {str(k): summary(v) for k, v in sorted(by_status.items())},
+        "json_503": json_503,
         "concurrency": concurrency,
         "requests": sum(statuses.values()),
         "ok": len(latencies),
@@ -124,6 +148,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def deploy_overload(kp: Path, em: Path, args: argparse.Namespace) -> None:
+    """The app with serve/config.yaml's default limits and batching, one replica per deployment."""
+    from ray import serve
+
+    from emokp_ray.serving.app import compose
+    from emokp_ray.serving.schemas import AppArgs
+
+    fixed = {"num_replicas": 1, "autoscaling_config": None}
+    app_args = AppArgs(keypoints=str(kp), emotion=str(em), torch_threads=args.torch_threads)
+    serve.run(compose(app_args, model_options=fixed, ingress_options=fixed), name="bench-overload", route_prefix="/overload")
+
+
+def run_overload(port: int, body: bytes, args: argparse.Namespace) -> dict:
+    url = f"http://127.0.0.1:{port}/overload/v1/predict"
+    asyncio.run(drive(url, body, 8, 64, 30.0))   # warm-up
+    result = asyncio.run(drive(url, body, args.overload_concurrency, 10**9, args.overload_seconds))
+    row = {"config": "overload", "load_avg_1m": round(os.getloadavg()[0], 2), **result}
+    refused = result["latency_by_status"].get("503", {"n": 0})
+    ok = result["latency_by_status"].get("200", {"n": 0})
+    print(f"overload c={args.overload_concurrency}: statuses {result['statuses']} ({result['json_503']} of the 503s JSON from the ingress)")
+    for name, stats in (("503", refused), ("200", ok)):
+        if stats["n"]:
+            print(f"  {name}: n {stats['n']:>6}  p50 {stats['p50_ms']:>7.1f}  p95 {stats['p95_ms']:>7.1f}  p99 {stats['p99_ms']:>7.1f}  "
+                  f"max {stats['max_ms']:>7.1f} ms", flush=True)
+    return row
 
 
 def deploy(config: str, kp: Path, em: Path, args: argparse.Namespace) -> None:
@@ -171,16 +222,22 @@ def main(argv: list[str] | None = None) -> dict:
         init_ray()
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
+        overload = None
         try:
-            for config in args.configs:
+            if "overload" in args.configs:
+                deploy_overload(kp, em, args)
+                overload = run_overload(port, body, args)
+                serve.delete("bench-overload")
+            configs = [c for c in args.configs if c != "overload"]
+            for config in configs:
                 deploy(config, kp, em, args)
                 # Warm-up: connections, torch kernels, the batch loop, the batch window's estimate.
                 asyncio.run(drive(f"http://127.0.0.1:{port}/{config}/v1/predict", body, 8, 64, 30.0))
             # Rounds alternate the configurations, so a burst of load from elsewhere on the machine
             # hits both alike rather than one configuration's whole measurement.
-            for round_index in range(args.rounds):
+            for round_index in range(args.rounds if configs else 0):
                 for c in args.concurrency:
-                    for config in args.configs:
+                    for config in configs:
                         url = f"http://127.0.0.1:{port}/{config}/v1/predict"
                         result = asyncio.run(drive(url, body, c, args.requests, args.max_seconds))
                         row = {"config": config, "max_batch_size": args.max_batch_size if config == "batch" else 1,
@@ -199,6 +256,10 @@ def main(argv: list[str] | None = None) -> dict:
     top = max(args.concurrency)
     if ("batch", top) in by and ("no_batch", top) in by:
         summary[f"throughput_gain_at_c{top}"] = round(by[("batch", top)]["requests_per_s"] / by[("no_batch", top)]["requests_per_s"], 2)
+    if overload is not None:
+        summary["overload_concurrency"] = args.overload_concurrency
+        summary["overload_503_p99_ms"] = overload["latency_by_status"].get("503", {}).get("p99_ms")
+        summary["overload_200_p99_ms"] = overload["latency_by_status"].get("200", {}).get("p99_ms")
     for config in args.configs:
         if (config, 1) in by:
             summary[f"p50_ms_at_c1_{config}"] = by[(config, 1)]["p50_ms"]
@@ -222,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": args.torch_threads,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "best": best,
+        "overload": overload,
         "summary": summary,
         "all_rounds": rows,
     }

@@ -185,3 +185,25 @@ def test_runtime_envs_are_valid_and_the_pip_one_lists_the_project_dependencies()
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert pip_env["pip"]["packages"] == [d for d in deps if not d.startswith("ray")]
+
+
+def test_network_policy_keeps_the_dashboard_and_jobs_api_inside():
+    # Ray's dashboard port is its unauthenticated Jobs API: no rule open to everyone may include it
+    # (or any Ray port but Serve's); it is reachable from Ray pods, the operator and labelled clients.
+    (policy,) = list(yaml.safe_load_all((K8S / "networkpolicy.yaml").read_text()))
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    ray_pods = {"ray.io/is-ray-node": "yes"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == ray_pods
+    serve_ports = {p["containerPort"] for _, g in _pod_specs(_manifest("rayservice.yaml")["spec"]["rayClusterConfig"])
+                   for c in g["template"]["spec"]["containers"] for p in c.get("ports", []) if p.get("name") == "serve"}
+    dashboard_allowed_from = []
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if not rule.get("from"):
+            assert ports and ports <= serve_ports == {8000}, f"a rule open to all allows {ports}"
+            continue
+        assert all(peer.get("podSelector", {}).get("matchLabels") for peer in rule["from"]), rule   # never "any pod"
+        if not ports or 8265 in ports:
+            dashboard_allowed_from += [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
+    assert ray_pods in dashboard_allowed_from and {"app.kubernetes.io/name": "kuberay-operator"} in dashboard_allowed_from
+    assert "networkpolicy.yaml" in (REPO / "README.md").read_text()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,14 @@ def _session_processes(sid: int) -> list[str]:
     return [" ".join(line.split()[2:]) for line in out.splitlines() if int(line.split()[1]) == sid]
 
 
-def test_run_serve_answers_then_stops_cleanly_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_run_serve_answers_then_drains_and_stops_cleanly(tmp_path, stop):
+    # Ctrl-C (SIGINT) or SIGTERM (Docker, systemd, Kubernetes) while a request is in the model (each
+    # batch takes 3 s here): that request is still answered, then Serve and Ray shut down, status 0,
+    # one line, no stack dump, no Ray process left, the port closed.
     kp, em = write_tiny_checkpoints(tmp_path)
     port = _free_port()
-    code = f"from emokp_ray.serving.run import run_serve; run_serve({str(kp)!r}, {str(em)!r}, port={port})"
+    code = f"from emokp_ray.serving.run import run_serve; run_serve({str(kp)!r}, {str(em)!r}, port={port}, test_delay_s=3.0)"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # a local cluster of its own
     child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -55,9 +60,20 @@ def test_run_serve_answers_then_stops_cleanly_on_ctrl_c(tmp_path):
         running = " ".join(_session_processes(child.pid))
         assert "raylet" in running and "gcs_server" in running   # so the check below means something
 
-        child.send_signal(signal.SIGINT)
+        crop = tiny_png()
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(requests.post, f"http://127.0.0.1:{port}/v1/predict", data=crop,
+                                    headers={"Content-Type": "image/png"}, timeout=60)
+            time.sleep(1.0)   # the request is in the model's 3 s batch now
+            child.send_signal(stop)
+            answer = in_flight.result()
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["faces"]) == 1
         assert child.wait(timeout=120) == 0
-        assert "stopping" in child.stdout.read()
+        rest = child.stdout.read()
+        assert "stopping" in rest
+        for dump in ("Traceback", "Stack (most recent", "SIGTERM received", "Fatal Python error", "*** "):
+            assert dump not in rest, rest
         deadline = time.monotonic() + 30   # Ray's processes exit right after the driver's shutdown
         while _session_processes(child.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -68,3 +84,26 @@ def test_run_serve_answers_then_stops_cleanly_on_ctrl_c(tmp_path):
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
+
+
+def tiny_png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((96, 96), 100, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_serve_refuses_an_untrusted_torchscript_file_before_starting_anything(tmp_path):
+    from emokp_ray.inference.export import export_checkpoint
+
+    kp, _ = write_tiny_checkpoints(tmp_path)
+    scripted = export_checkpoint(kp, tmp_path / "keypoints.ts")
+    result = subprocess.run([sys.executable, "-m", "emokp_ray.cli", "serve", "--keypoints", str(scripted)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("emokp: error:") and "--trust-torchscript" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

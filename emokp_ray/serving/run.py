@@ -1,20 +1,63 @@
-"""`emokp serve`: start Serve on HOST:PORT with the app, print the URL, block until Ctrl-C, clean up."""
+"""`emokp serve`: start Serve on HOST:PORT with the app, print the URL, block until Ctrl-C or SIGTERM
+(as Docker, systemd and Kubernetes stop a service), drain, clean up, exit 0."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from typing import Any
 
 APP_NAME = "emokp"
+REQUEST_TIMEOUT_S = 60.0   # the proxy's end-to-end limit per request (as in serve/config.yaml)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the server like Ctrl-C: a KeyboardInterrupt in the main thread, so the cleanup
+    below runs (Ray's own handler would end the process with a native stack dump)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():   # signals reach the main thread only
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _ignore_stop_signals() -> None:
+    """While draining, a second Ctrl-C or SIGTERM must not cut the cleanup short."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _check_model(task: str, path: str, trust_torchscript: bool) -> None:
+    """Fail here, in one line, rather than inside a replica that Serve retries forever: the file
+    exists and holds a `task` model; a TorchScript file only with trust_torchscript."""
+    from pathlib import Path
+
+    from emokp_ray.checkpoint import read_meta
+    from emokp_ray.errors import UserError
+    from emokp_ray.inference.export import TRUST_HINT, is_torchscript_file, load_exported
+
+    candidate = Path(path)
+    if candidate.is_file() and is_torchscript_file(candidate):
+        if not trust_torchscript:
+            raise UserError(f"serve: --{task} {path} is a TorchScript file: {TRUST_HINT}")
+        found = load_exported(candidate, trust_torchscript=True).meta.task
+    else:
+        found = read_meta(path).task
+    if found != task:
+        raise UserError(f"serve: --{task} {path} is a {found} checkpoint")
 
 
 def run_serve(keypoints: str | None, emotion: str | None, host: str = "127.0.0.1", port: int = 8000, **app_options: Any) -> None:
-    """Serve the two checkpoints at http://HOST:PORT/ until Ctrl-C (SIGINT).
+    """Serve the two checkpoints at http://HOST:PORT/ until Ctrl-C (SIGINT) or SIGTERM.
 
     `app_options` are further AppArgs fields (max_batch_size, batch_wait_timeout_s, max_body_bytes,
-    device, ...). On a local cluster started here, Ctrl-C shuts Serve and Ray down (no Ray process is
-    left); on a cluster named by RAY_ADDRESS only this app is deleted.
+    device, trust_torchscript, ...). On a stop signal, requests in flight are answered (Serve drains
+    each replica before it stops, up to its graceful_shutdown_timeout_s, 20 s), then on a local
+    cluster started here Serve and Ray are shut down (no Ray process is left), on a cluster named by
+    RAY_ADDRESS only this app is deleted; the process then exits normally (status 0).
     """
     import ray
     from pydantic import ValidationError
@@ -29,12 +72,9 @@ def run_serve(keypoints: str | None, emotion: str | None, host: str = "127.0.0.1
         args = AppArgs(keypoints=keypoints, emotion=emotion, **app_options)
     except ValidationError as err:
         raise UserError(f"serve: {'; '.join(e['msg'] for e in err.errors())}") from None
-    # Fail here, in one line, rather than inside a replica that Serve retries forever.
-    from emokp_ray.checkpoint import read_meta
-
     for task, path in (("keypoints", args.keypoints), ("emotion", args.emotion)):
-        if path and (found := read_meta(path).task) != task:
-            raise UserError(f"serve: --{task} {path} is a {found} checkpoint")
+        if path:
+            _check_model(task, path, args.trust_torchscript)
     from emokp_ray.inference.backends import resolve_backend
     from emokp_ray.inference.predictor import resolve_device
 
@@ -48,8 +88,9 @@ def run_serve(keypoints: str | None, emotion: str | None, host: str = "127.0.0.1
         args = args.model_copy(update={"detect": False})
     local = not os.environ.get("RAY_ADDRESS")
     init_ray()
+    _stop_on_sigterm()   # after ray.init, whose core worker installs a handler of its own
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
         try:
             app = compose(args)
         except ValueError as err:
@@ -59,8 +100,9 @@ def run_serve(keypoints: str | None, emotion: str | None, host: str = "127.0.0.1
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
-        print("emokp serve: stopping", flush=True)
+        print("emokp serve: stopping (answering the requests in flight)", flush=True)
     finally:
+        _ignore_stop_signals()
         try:
             if local:
                 serve.shutdown()
