@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -546,3 +547,83 @@ def test_trusted_torchscript_app_answers_like_the_checkpoints(served):
     assert from_torchscript.status_code == 200, from_torchscript.text
     assert_same_faces(from_torchscript.json()["faces"], from_checkpoints.json()["faces"])
     assert _timed_good_request(served) < 5.0
+
+
+# ----------------------------------------------------------------------------- metrics (issue 13, item 6)
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)\{(.*)\}\s+(\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _scrape(port: int, application: str) -> dict[tuple[str, frozenset], float]:
+    """Ray's Prometheus endpoint -> {(metric, labels minus the per-process ones): value}, for one app."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    out: dict[tuple[str, frozenset], float] = {}
+    for line in text.splitlines():
+        found = _SAMPLE.match(line)
+        if not found or "emokp" not in found.group(1):
+            continue
+        labels = dict(_LABEL.findall(found.group(2)))
+        if labels.get("application") != application:
+            continue
+        keep = frozenset((k, v) for k, v in labels.items() if k in ("route", "status", "reason", "le", "deployment"))
+        key = (found.group(1), keep)
+        out[key] = out.get(key, 0.0) + float(found.group(3))
+    return out
+
+
+def _total(samples: dict, metric: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (name, have), v in samples.items() if name == metric and want <= have)
+
+
+def test_serve_metrics_reach_rays_prometheus_endpoint(served):
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    before, busy_before = _scrape(port, "emokp-test"), _scrape(port, "emokp-busy")
+    url = served.base + "/v1/predict"
+    for _ in range(3):
+        assert post_image(url, png(crops(1)[0])).status_code == 200                      # 3 images, 3 faces
+    assert post_image(url, b"not an image").status_code == 415
+    two = [("images", (f"{i}.png", png(crops(1)[0]), "image/png")) for i in range(2)]
+    assert requests.post(served.base + "/v1/predict/batch", files=two, timeout=30).status_code == 200   # 2 images, 2 faces
+    assert requests.get(served.base + "/no/such/route", timeout=30).status_code == 404
+    with ThreadPoolExecutor(8) as pool:   # /busy admits 2 images: the rest are refused
+        answers = list(pool.map(lambda _: post_image(served.busy + "/v1/predict", png(crops(1)[0])), range(8)))
+    json_503 = sum(r.status_code == 503 and r.headers["content-type"].startswith("application/json") for r in answers)
+    assert json_503 >= 1
+
+    expected = {
+        ("ray_emokp_requests_total", (("route", "/v1/predict"), ("status", "200"))): 3,
+        ("ray_emokp_requests_total", (("route", "/v1/predict"), ("status", "415"))): 1,
+        ("ray_emokp_requests_total", (("route", "/v1/predict/batch"), ("status", "200"))): 1,
+        ("ray_emokp_requests_total", (("route", "unmatched"), ("status", "404"))): 1,
+        ("ray_emokp_images_per_request_count", ()): 5,     # 3 + the 415 one + the batch
+        ("ray_emokp_images_per_request_sum", ()): 6,
+        ("ray_emokp_faces_per_request_sum", ()): 5,
+        ("ray_emokp_model_batch_size_sum", ()): 5,         # images that reached the model
+        ("ray_emokp_queue_wait_s_count", ()): 5,
+    }
+    # Ray exports every few seconds: wait until the counts have arrived, then they must be exact.
+    deadline, delta = time.monotonic() + 120, {}
+    while time.monotonic() < deadline:
+        after = _scrape(port, "emokp-test")
+        delta = {key: _total(after, key[0], **dict(key[1])) - _total(before, key[0], **dict(key[1])) for key in expected}
+        if all(delta[key] >= want for key, want in expected.items()):
+            break
+        time.sleep(2)
+    assert delta == expected
+    assert _total(after, "ray_emokp_model_latency_s_count") > _total(before, "ray_emokp_model_latency_s_count")
+    assert _total(after, "ray_emokp_model_latency_s_bucket", le="+Inf") == _total(after, "ray_emokp_model_latency_s_count")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        busy_after = _scrape(port, "emokp-busy")
+        refused = _total(busy_after, "ray_emokp_admissions_refused_total", reason="images") - \
+            _total(busy_before, "ray_emokp_admissions_refused_total", reason="images")
+        if refused >= json_503:
+            break
+        time.sleep(2)
+    assert refused == json_503
+    assert _total(busy_after, "ray_emokp_requests_total", status="503") - _total(busy_before, "ray_emokp_requests_total", status="503") == json_503
+    assert_good_request(served)

@@ -353,3 +353,18 @@ def test_admission_refuses_past_the_limit_and_frees_slots():
     assert gate.try_enter() and not gate.try_enter()
     with pytest.raises(ValueError):
         Admission(0)
+
+
+def test_grafana_dashboard_charts_only_the_metrics_the_app_exports():
+    import re as regex
+
+    from emokp_ray.serving import metrics
+
+    dashboard = json.loads((Path(__file__).resolve().parents[1] / "serve" / "grafana_dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {regex.sub(r"_(bucket|sum|count|total)$", "", m) for e in exprs for m in regex.findall(r"ray_(emokp_\w+)", e)}
+    source = (Path(metrics.__file__)).read_text()
+    defined = set(regex.findall(r'metrics\.\w+\("(emokp_\w+)"', source))
+    assert used == defined == {"emokp_requests", "emokp_admissions_refused", "emokp_images_per_request", "emokp_faces_per_request",
+                               "emokp_model_batch_size", "emokp_model_latency_s", "emokp_queue_wait_s"}
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])

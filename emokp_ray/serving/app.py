@@ -52,6 +52,7 @@ from emokp_ray.serving.http_input import (
     probe,
     read_body,
 )
+from emokp_ray.serving import metrics as serve_metrics
 from emokp_ray.serving.batching import Admission, BatchWindow
 from emokp_ray.serving.model import FaceJob, FaceModel, Outcome
 from emokp_ray.serving.schemas import (
@@ -73,6 +74,7 @@ OVERLOADED = "the service is overloaded; retry later"
 
 # Swagger/ReDoc pages load scripts from a CDN: off. /openapi.json stays.
 api = FastAPI(title="emokp-ray", version=__version__, docs_url=None, redoc_url=None)
+api.add_middleware(serve_metrics.RequestMetrics)   # emokp_requests_total{route, status} (metrics.py)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -160,10 +162,12 @@ class Ingress:
         self.window = BatchWindow(args.batch_wait_timeout_s, args.busy_batch_wait_max_s)
         self.admission = Admission(args.max_pending_requests)    # images in flight
         self.pixels = Admission(args.max_replica_pixels)          # decoded pixels held at once
+        self.metrics = serve_metrics.get()
 
     def _admit(self, images: int) -> None:
         """Take `images` admission slots or refuse the request with 503 at once."""
         if not self.admission.try_enter(images):
+            self.metrics.refused.inc(tags={"reason": "images"})
             raise ApiError(503, OVERLOADED)
 
     async def _headers(self, items: list[ImageInput | ApiError]) -> list[Any]:
@@ -190,6 +194,7 @@ class Ingress:
         if total > self.args.max_request_pixels:
             raise ApiError(413, f"the request's images hold {total:,} pixels; the limit is {self.args.max_request_pixels:,} per request")
         if not self.pixels.try_enter(total):
+            self.metrics.refused.inc(tags={"reason": "pixels"})
             raise ApiError(503, "the service is busy decoding other large images; retry later")
         try:
             return list(await asyncio.gather(*(self._predict_one(item, header, detect, annotate)
@@ -207,7 +212,7 @@ class Ingress:
             pixels, grey = await asyncio.to_thread(_decode_for_model, image, self.args)
         height, width = grey.shape
         boxes = check_boxes(image.boxes, width, height, self.args.max_boxes_per_image, image.boxes_where)
-        job = FaceJob(grey, DETECT_TO_MODE[detect], tuple(boxes) if boxes is not None else None)
+        job = FaceJob(grey, DETECT_TO_MODE[detect], tuple(boxes) if boxes is not None else None, time.perf_counter())
         outcome: Outcome = await self._predict_jobs(job)
         if outcome.error is not None:
             raise ApiError(outcome.status, outcome.error if outcome.status == 503 else f"{image.source}: {outcome.error}")
@@ -225,6 +230,9 @@ class Ingress:
         call per image)."""
         self._predict_jobs.set_batch_wait_timeout_s(self.window.busy_s())
         started = time.perf_counter()
+        self.metrics.batch_size.observe(len(jobs))
+        for job in jobs:
+            self.metrics.queue_wait.observe(started - job.submitted_s)
         try:
             return await self.model.predict.remote(jobs)
         except BackPressureError:
@@ -233,6 +241,7 @@ class Ingress:
             return [Outcome(error=f"the model is unavailable: {err.message}", status=503)] * len(jobs)
         finally:
             self.window.record(time.perf_counter() - started)
+            self.metrics.model_latency.observe(time.perf_counter() - started)
             self._predict_jobs.set_batch_wait_timeout_s(self.window.idle_s)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -268,11 +277,13 @@ class Ingress:
             image, options = predict_request(request.headers.get("content-type"), body, request.query_params.multi_items(),
                                              self.args.max_boxes_per_image)
             del body
+            self.metrics.images.observe(1)
             (answer,) = await self._predict_images([image], options.detect, options.annotate)
         finally:
             self.admission.leave(1)
         if isinstance(answer, BaseException):
             raise answer
+        self.metrics.faces.observe(len(answer["faces"]))
         # A Response skips FastAPI's re-validation against response_model (which documents the shape).
         return JSONResponse({**answer, "model": self.info["model"]})
 
@@ -288,6 +299,7 @@ class Ingress:
             del body
             self._admit(len(items) - 1)
             held = len(items)
+            self.metrics.images.observe(len(items))
             answers = await self._predict_images(items, options.detect, options.annotate)
         finally:
             self.admission.leave(held)
@@ -301,6 +313,7 @@ class Ingress:
                 raise answer
             else:
                 results.append(answer)
+        self.metrics.faces.observe(sum(len(r.get("faces", ())) for r in results))
         return JSONResponse({"results": results, "model": self.info["model"]})
 
 

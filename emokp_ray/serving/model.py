@@ -37,11 +37,13 @@ def opencv_available() -> bool:
 @dataclass(frozen=True)
 class FaceJob:
     """One image for the model: grey uint8 [H, W]; mode "auto" | "detect" | "crop"; the caller's
-    boxes (x, y, w, h) in image pixels, which override the mode, or None."""
+    boxes (x, y, w, h) in image pixels, which override the mode, or None; when the ingress queued it
+    for batching (time.perf_counter() there, for the queue-wait metric)."""
 
     image: np.ndarray
     mode: str = "auto"
     boxes: tuple[Box, ...] | None = None
+    submitted_s: float = 0.0
 
 
 @dataclass(frozen=True)
