@@ -129,7 +129,8 @@ def _cmd_label(args: argparse.Namespace) -> None:
 
     summary = run_label(args.input, *_model_pair(args), args.out, jsonl=args.jsonl, annotate_dir=args.annotate,
                         batch_size=args.batch_size, concurrency=args.concurrency, use_gpu=args.gpu, detect=args.detect,
-                        num_cpus=args.cpus_per_actor, resume=args.resume, stages=args.stages, backend=args.backend)
+                        num_cpus=args.cpus_per_actor, resume=args.resume, stages=args.stages, backend=args.backend,
+                        trust_torchscript=args.trust_torchscript)
     print(summary)
     failure = summary.failure(args.max_error_fraction)   # after the summary is written and shown
     if failure:
@@ -299,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     lgpu.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="one GPU per actor (default: when present)")
     lgpu.add_argument("--no-gpu", dest="gpu", action="store_false")
     _add_backend(label)
+    label.add_argument("--trust-torchscript", action="store_true",
+                       help="allow TorchScript model files: they are programs, run in the workers (only files you trust)")
     label.set_defaults(func=_cmd_label)
 
     srv = sub.add_parser("serve", help="serve both models over HTTP with Ray Serve (demo page at /)")
