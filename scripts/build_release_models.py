@@ -105,16 +105,23 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), 1 torch thread per run, 3 runs side by side"
 
 
-def _fp16_check(fp32_dir: Path, fp16_file: Path, data: Path, task: str) -> dict:
-    """Largest change the fp16 file makes to the predictor's outputs on FP16_CHECK_FACES test faces."""
+def _fp16_check(fp16_file: Path, data: Path, task: str) -> dict:
+    """Largest change the fp16 file makes to the predictor's outputs on FP16_CHECK_FACES test faces,
+    against the same model and meta (temperature included) stored in fp32."""
+    import tempfile
+
     import numpy as np
 
+    from emokp_ray.checkpoint import save_checkpoint_file
     from emokp_ray.evaluate import _dataset_batches
     from emokp_ray.inference.export import load_model
     from emokp_ray.inference.predictor import Predictor
 
-    a = load_model(fp32_dir)
     b = load_model(fp16_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = RUNS / fp16_file.stem / "best"
+        fp32 = save_checkpoint_file(Path(tmp) / "fp32.pt", load_model(reference).model, b.meta)
+        a = load_model(fp32)
     size = a.meta.input_size
     crops = np.concatenate([batch["image"] for batch in _dataset_batches(str(data), "test", task, size, 256)])[:FP16_CHECK_FACES]
     kw = {"keypoints": (a, None), "emotion": (None, a)}[task]
@@ -163,7 +170,7 @@ def finish(names: list[str]) -> None:
         released = dataclasses.replace(meta, run_id=f"release-{name}-{meta.run_id}", calibration=calibration)
         target = BUILTIN / f"{name}.pt"
         save_checkpoint_file(target, loaded.model, released, fp16=True)
-        fp16 = _fp16_check(best, target, data, task)
+        fp16 = _fp16_check(target, data, task)
         print(f"finish: {name}: {target} ({target.stat().st_size / 1e6:.2f} MB), fp16 vs fp32: {fp16}")
         reports = {}
         for split, tta in (("test", True), ("val", True), ("test", False)):

@@ -21,7 +21,7 @@ from tests.helpers import write_random_dataset, write_tiny_checkpoints
 
 PHOTOS = builtin.FOLDER.parent / "photos"
 SHIPPED = all((builtin.FOLDER / f"{n}.pt").is_file() for n in builtin.NAMES)
-FP16_TOLERANCE = {"keypoints_px": 0.05, "probability": 2e-3}   # the stated fp16-storage tolerance
+FP16_TOLERANCE = {"keypoints_px": 0.05, "probability": 5e-3}   # the stated fp16-storage tolerance
 
 
 @pytest.fixture

@@ -44,8 +44,10 @@ from PIL import Image
 
 from emokp_ray.checkpoint import LoadedCheckpoint
 from emokp_ray.errors import UserError
+from emokp_ray.inference.calibration import softmax, temperature_of
 from emokp_ray.inference.detect import FaceDetector, require_detector
 from emokp_ray.inference.images import to_grey
+from emokp_ray.inference.tta import forward_with_flip
 
 Box = tuple[float, float, float, float]   # (x, y, w, h) in the input image's pixels (corner coordinates)
 
@@ -142,13 +144,6 @@ def keypoints_to_image(keypoints: np.ndarray, boxes: np.ndarray, size: int) -> n
     return out.reshape(len(keypoints), -1)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    return z / z.sum(axis=1, keepdims=True)
-
-
 def _check_image(image: Any, index: int) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or not (
         image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)
@@ -211,6 +206,11 @@ class Predictor:
     """Both models behind one call. Models come in as `LoadedCheckpoint`s (from `load_checkpoint`, an
     exported file, or a test's stand-in module with a real meta); either may be None, not both.
 
+    Every face goes through each network twice, as it is and mirrored (flip_tta, inference/tta.py:
+    on the release models keypoint test RMSE 1.618 -> 1.557 px, seed5 accuracy 75.3 -> 75.8%), and
+    emotion probabilities are softmax(logits / T) with the checkpoint's calibrated temperature T
+    (inference/calibration.py; T = 1 for a checkpoint without one).
+
     detector: a FaceDetector; None builds one on first use (OpenCV needed only when detecting).
     margin / shift_y: the Haar-box -> training-crop framing (see the module docstring).
     """
@@ -224,6 +224,7 @@ class Predictor:
         margin: float = FRAMING_MARGIN,
         shift_y: float = FRAMING_SHIFT_Y,
         backend: str = "torch",
+        flip_tta: bool = True,
     ):
         from emokp_ray.inference.backends import make_runner, resolve_backend
 
@@ -243,6 +244,7 @@ class Predictor:
         self.runners = {m.meta.task: make_runner(m, self.backend, self.device, explicit=backend != "auto")
                         for m in (self.keypoints, self.emotion) if m is not None}
         self.margin, self.shift_y = float(margin), float(shift_y)
+        self.flip_tta = bool(flip_tta)   # average each network over the crop and its mirror image (2x the work)
         self._detector = detector
         self._detector_lock = threading.Lock()   # OpenCV's cascade is not documented thread-safe
 
@@ -316,16 +318,25 @@ class Predictor:
         runner = self.runners[loaded.meta.task]
         return np.concatenate([runner(crops[lo:lo + MAX_BATCH]) for lo in range(0, len(crops), MAX_BATCH)])
 
+    def _outputs(self, loaded: LoadedCheckpoint, crops: np.ndarray) -> np.ndarray:
+        """The network's outputs for uint8 crops [N, S, S], averaged with its mirrored view where
+        self.flip_tta (inference/tta.py): keypoints [N, 30] crop pixels, or emotion logits [N, K]."""
+        forward = lambda c: self._forward(loaded, c)  # noqa: E731
+        if not self.flip_tta:
+            return forward(crops)
+        return forward_with_flip(forward, crops, loaded.meta.task, loaded.meta.keypoint_names)
+
     def _run(self, crops_for: dict[int, np.ndarray], boxes: np.ndarray) -> list[Face]:
         """Both models over the faces' crops (crops_for: input size -> uint8 [N, S, S]); boxes [N, 4]."""
         n = len(boxes)
         keypoints = emotion = probabilities = None
         if self.keypoints is not None:
             size = self.keypoints.meta.input_size
-            raw = self._forward(self.keypoints, crops_for[size])
+            raw = self._outputs(self.keypoints, crops_for[size])
             keypoints = keypoints_to_image(raw, boxes, size).reshape(n, -1, 2)
         if self.emotion is not None:
-            probabilities = _softmax(self._forward(self.emotion, crops_for[self.emotion.meta.input_size]))
+            logits = self._outputs(self.emotion, crops_for[self.emotion.meta.input_size])
+            probabilities = softmax(logits, temperature_of(self.emotion.meta.calibration))   # calibrated
             emotion = probabilities.argmax(axis=1)
         kp_names = self.keypoints.meta.keypoint_names if self.keypoints else ()
         classes = self.emotion.meta.class_names if self.emotion else ()
