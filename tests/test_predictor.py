@@ -134,7 +134,8 @@ def test_all_faces_of_all_images_go_through_one_forward_pass():
     boxes = [[(10, 10, 80, 80), (160, 110, 80, 80)], [(260, 60, 80, 80)]]
     results = predictor.predict(photos, boxes=boxes)
     assert [len(r.faces) for r in results] == [2, 1]
-    assert oracle.calls == [(3, 1, 96, 96)] and logits.calls == [(3, 1, 48, 48)]
+    # one pass per network over every face and its mirror image (flip test-time augmentation)
+    assert oracle.calls == [(6, 1, 96, 96)] and logits.calls == [(6, 1, 48, 48)]
     expected = torch.softmax(torch.tensor([0.0, 1.0, 3.0, 0.5, -1.0], dtype=torch.float64), 0).numpy()
     for face in results[0].faces + results[1].faces:
         assert list(face.probabilities) == list(SEED5.classes)
