@@ -42,8 +42,10 @@ def build_parser() -> JobParser:
     parser = JobParser(prog="jobs/label.py", description="Label every face of INPUT with both models in a Ray Data actor pool.",
                        argument_default=argparse.SUPPRESS)
     parser.add_argument("input", metavar="INPUT", help="image folder, glob or file; prepared data set; Kaggle CSV (path or URI)")
-    parser.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint, a path every node sees")
-    parser.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint, a path every node sees")
+    parser.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint, a path every node sees, or builtin:NAME "
+                                                           "(default with neither flag: builtin:keypoints)")
+    parser.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint, a path every node sees, or builtin:NAME "
+                                                         "(default with neither flag: builtin:emotion)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (path or URI), written by the workers")
     parser.add_argument("--resume", action="store_true", help="finish the unfinished run in --out (label only what is missing)")
     parser.add_argument("--max-error-fraction", type=float, metavar="F",
@@ -70,6 +72,10 @@ def label(argv: Sequence[str] | None = None) -> int:
             require_path(options[name], flag, "every labeling actor opens it on its own node")
     source, out = options.pop("input"), options.pop("out")
     keypoints, emotion = options.pop("keypoints", None), options.pop("emotion", None)
+    if keypoints is None and emotion is None:   # as `emokp label`: the release models shipped in the package
+        from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
+
+        keypoints, emotion = DEFAULT_KEYPOINTS, DEFAULT_EMOTION
     max_error_fraction = options.pop("max_error_fraction", None)
     print(f"{JOB_PROG}: labeling {source} into {out}", flush=True)
     summary = run_label(source, keypoints, emotion, out, **options)
