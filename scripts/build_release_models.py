@@ -92,6 +92,7 @@ DESCRIPTIONS = {
     "emotion": "5 emotions (seed5: anger, disgust, sad, happiness, surprise) from a grey face crop, 48x48",
     "emotion-fer7": "FER2013's 7 emotions (angry, disgust, fear, happy, sad, surprise, neutral), 48x48",
 }
+EMOTION_ONLY = ("imbalance", "label_smoothing", "mixup_alpha", "cutmix_alpha")
 FP16_CHECK_FACES = 512   # test faces on which the fp16 file is compared with the fp32 checkpoint
 
 
@@ -218,7 +219,8 @@ def _f(value, digits: int = 3) -> str:
 
 def model_card(release: dict) -> str:
     """MODEL_CARD.md from release.json: every figure in it comes from the files this script wrote."""
-    models = release["models"]
+    order = list(MODELS)
+    models = dict(sorted(release["models"].items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
     lines = [
         "# emokp-ray release models: model card",
         "",
@@ -263,7 +265,7 @@ def model_card(release: dict) -> str:
     ]
     for name, m in models.items():
         for split, counts in m["splits"].items():
-            extra = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "rows")
+            extra = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "rows" and v)
             lines.append(f"| {name} | {split} | {counts.get('rows', 0):,} | {extra} |")
     for name, m in models.items():
         t = m["test"]
@@ -275,7 +277,8 @@ def model_card(release: dict) -> str:
                   ", ".join(f"{k}={cfg[k]}" for k in ("model", "input_size", "epochs", "batch_size", "optimizer", "lr",
                                                        "weight_decay", "schedule", "imbalance", "label_smoothing",
                                                        "random_erasing", "mixup_alpha", "cutmix_alpha", "ema_decay",
-                                                       "augment", "seed") if k in cfg) + ".", ""]
+                                                       "augment", "seed")
+                            if k in cfg and not (m["task"] == "keypoints" and k in EMOTION_ONLY)) + ".", ""]
         if m["task"] == "keypoints":
             hold = t.get("near_duplicate_holdout") or {}
             lines += [f"Test RMSE {_f(t.get('rmse_px'))} px over {t.get('n')} faces without a trained-on near-duplicate "

@@ -23,7 +23,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -102,7 +102,7 @@ def _splits(fmt: KaggleFormat, chunk: Chunk, source: str, splitter: StratifiedSp
     return splitter.assign(source, _strata(chunk))
 
 
-def _grouped_keypoint_chunk(reader, seed: int, val_fraction: float, test_fraction: float) -> tuple[Chunk | None, np.ndarray, dict]:
+def _grouped_keypoint_chunk(reader: Iterable[Chunk], seed: int, val_fraction: float, test_fraction: float) -> tuple[Chunk | None, np.ndarray, dict]:
     """A whole keypoint file as one chunk, its group-aware splits, and what dataset.json records."""
     chunks = list(reader)
     if not chunks:
@@ -170,6 +170,8 @@ def prepare_dataset(inputs: Sequence[str | Path], out_dir: str | Path, scheme: s
 
     Bad rows are skipped and reported (strict=True: the first is a UserError "FILE:LINE: reason");
     an input with no data row, or a run that keeps no row, is a UserError and writes nothing.
+    group_near_duplicates: keypoint files are split by near-duplicate groups (module docstring);
+    False splits them row by row like any other file.
     """
     started = time.perf_counter()
     _check_options(inputs, val_fraction, test_fraction, seed)
