@@ -297,6 +297,6 @@ def test_onnx_files_that_do_not_match_their_meta_are_refused(onnx_files, tmp_pat
         with pytest.raises(UserError) as err:
             load_model(path)
         assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
-    with pytest.raises(UserError, match="is an emotion checkpoint, given as the keypoints model"):
+    with pytest.raises(UserError, match="is an? emotion checkpoint, given as the keypoints model"):
         Predictor.from_paths(str(onnx_files[1]), None, device="cpu", detect=False)
     assert load_onnx(onnx_files[0]).meta.task == "keypoints"
