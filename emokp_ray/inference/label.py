@@ -188,6 +188,13 @@ def _model_metadata(keypoints: str | None, emotion: str | None, trust_torchscrip
             "model": predictor.model_info()}
 
 
+def _own_stage() -> dict:
+    """A `ray_remote_args_fn` that changes nothing, but keeps stage A an operator of its own: Ray Data
+    2.60 fuses a task map into the actor map after it when their resources are equal
+    (logical/rules/operator_fusion.py), which would run read + decode + detect inside the actors."""
+    return {}
+
+
 def _model_identity(model: dict) -> dict:
     """What names a model for --resume: everything model_info says but where its file is."""
     return {task: None if info is None else {k: v for k, v in info.items() if k != "checkpoint"} for task, info in model.items()}
@@ -398,7 +405,8 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
             prepare_kwargs = dict(filesystem=spec.filesystem, mode=mode, detector=detector, pixels=pixels, done=done_ref)
             if stages == "split":
                 prepared = ds.map_batches(prepare_block, fn_kwargs=dict(sizes=sizes, **prepare_kwargs), batch_size=None,
-                                          batch_format="pyarrow", zero_copy_batch=True, num_cpus=PREPARE_CPUS)
+                                          batch_format="pyarrow", zero_copy_batch=True, num_cpus=PREPARE_CPUS,
+                                          ray_remote_args_fn=_own_stage)
                 labeled = prepared.map_batches(
                     FaceNetworks, fn_constructor_kwargs=dict(keypoints=keypoints, emotion=emotion, device=device, threads=threads,
                                                              batch_size=batch_size, trust_torchscript=trust_torchscript,
