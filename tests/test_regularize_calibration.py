@@ -151,3 +151,21 @@ def test_temperature_fit_recovers_the_temperature_that_generated_the_labels():
     assert sum(b["n"] for b in after["bins"]) == len(labels) and len(after["bins"]) == 15
     assert (softmax(logits, t).argmax(1) == softmax(logits, 1.0).argmax(1)).all()   # labels never change
     assert temperature_of({}) == 1.0 and temperature_of({"temperature": 1.7}) == 1.7
+
+
+def test_an_ema_run_checkpoints_the_average_and_resumes_both_weights(tmp_path):
+    from emokp_ray.checkpoint import load_checkpoint
+    from emokp_ray.training.train import run_training
+    from tests.helpers import write_random_dataset
+
+    data = write_random_dataset(tmp_path / "data", n_train=64, n_val=16, size=48)
+    common = dict(task="emotion", data=str(data), out=str(tmp_path / "run"), recipe="fast", no_ray=True,
+                  batch_size=16, ema_decay=0.9, random_erasing=0.5, cutmix_alpha=1.0, keep_checkpoints=5)
+    run_training(config_from_recipe(**{**common, "epochs": 1}), log=lambda *_: None)
+    first = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-001")
+    assert first.train_model_state is not None and first.extra_state["ema_updates"] == 4
+    key = [k for k in first.train_model_state if k.startswith("head.") and k.endswith(".weight")][-1]
+    assert not torch.equal(first.model.state_dict()[key], first.train_model_state[key])   # the average is not the raw weights
+    run_training(config_from_recipe(**{**common, "epochs": 2, "resume": True}), log=lambda *_: None)
+    second = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-002")
+    assert second.extra_state["ema_updates"] == 8 and second.meta.epoch == 2
