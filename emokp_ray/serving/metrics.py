@@ -39,7 +39,7 @@ class ServeMetrics:
         self.images = metrics.Histogram("emokp_images_per_request", description="Images in an admitted predict request.",
                                         boundaries=COUNT_BOUNDARIES)
         self.faces = metrics.Histogram("emokp_faces_per_request", description="Faces in the answer to a predict request.",
-                                       boundaries=[0, *COUNT_BOUNDARIES])
+                                       boundaries=[0.5, *COUNT_BOUNDARIES])   # le=0.5: no face; Ray wants positive bounds
         self.batch_size = metrics.Histogram("emokp_model_batch_size", description="Images per FaceModel call (one forward pass).",
                                             boundaries=COUNT_BOUNDARIES)
         self.model_latency = metrics.Histogram("emokp_model_latency_s", description="Duration of a FaceModel call seen by the "
