@@ -572,6 +572,19 @@ def _scrape(port: int, application: str) -> dict[tuple[str, frozenset], float]:
     return out
 
 
+def _settled_scrape(port: int, application: str, period_s: float = 12.0) -> dict:
+    """A scrape after Ray has exported everything sent so far: two scrapes one export period apart
+    agree (Ray reports metrics every few seconds, so earlier tests' requests may still be on their way)."""
+    previous = _scrape(port, application)
+    for _ in range(10):
+        time.sleep(period_s)
+        current = _scrape(port, application)
+        if current == previous:
+            return current
+        previous = current
+    return previous
+
+
 def _total(samples: dict, metric: str, **labels: str) -> float:
     want = set(labels.items())
     return sum(v for (name, have), v in samples.items() if name == metric and want <= have)
@@ -581,7 +594,7 @@ def test_serve_metrics_reach_rays_prometheus_endpoint(served):
     import ray
 
     port = ray.nodes()[0]["MetricsExportPort"]
-    before, busy_before = _scrape(port, "emokp-test"), _scrape(port, "emokp-busy")
+    before, busy_before = _settled_scrape(port, "emokp-test"), _settled_scrape(port, "emokp-busy")
     url = served.base + "/v1/predict"
     for _ in range(3):
         assert post_image(url, png(crops(1)[0])).status_code == 200                      # 3 images, 3 faces
