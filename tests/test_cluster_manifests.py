@@ -110,7 +110,7 @@ def test_rayjob_runs_a_valid_train_command_on_gpu_workers():
 
     flags = build_parser().parse_args(["train", "keypoints", "--data", "D", "--out", "O", *rest])
     gpus = sum(g["replicas"] for g in gpu_groups)
-    assert flags.workers == gpus and flags.gpu is True
+    assert flags.workers == gpus and flags.use_gpu is True
     runs = train.plan_runs(args.task, args.out, args.data, args.keypoints_data, args.emotion_data)
     for _, data, out in runs:  # everything the job reads and writes is on the shared volume
         assert any(PurePosixPath(p).is_relative_to(m) for p in (data, out) for m in _mounts(spec["rayClusterSpec"]))
