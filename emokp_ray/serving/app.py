@@ -164,6 +164,10 @@ class Ingress:
         self.pixels = Admission(args.max_replica_pixels)          # decoded pixels held at once
         self.metrics = serve_metrics.get()
 
+    async def in_flight(self) -> int:
+        """Images admitted and not yet answered on this replica (`emokp serve` waits for 0 to drain)."""
+        return self.admission.pending
+
     def _admit(self, images: int) -> None:
         """Take `images` admission slots or refuse the request with 503 at once."""
         if not self.admission.try_enter(images):

@@ -50,6 +50,21 @@ def _check_model(task: str, path: str, trust_torchscript: bool) -> None:
         raise UserError(f"serve: --{task} {path} is a {found} checkpoint")
 
 
+DRAIN_TIMEOUT_S = 30.0
+
+
+def _drain(serve: Any) -> None:
+    """Wait (up to DRAIN_TIMEOUT_S) until the ingress holds no admitted request: serve.shutdown()
+    stops the HTTP proxy at once, which would cut the connections of requests still being answered."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    try:
+        handle = serve.get_app_handle(APP_NAME)
+        while time.monotonic() < deadline and handle.in_flight.remote().result(timeout_s=5.0) > 0:
+            time.sleep(0.2)
+    except Exception:  # noqa: BLE001 - no app (failed start) or it is already gone: nothing to drain
+        return
+
+
 def run_serve(keypoints: str | None, emotion: str | None, host: str = "127.0.0.1", port: int = 8000, **app_options: Any) -> None:
     """Serve the two checkpoints at http://HOST:PORT/ until Ctrl-C (SIGINT) or SIGTERM.
 
@@ -103,6 +118,7 @@ def run_serve(keypoints: str | None, emotion: str | None, host: str = "127.0.0.1
         print("emokp serve: stopping (answering the requests in flight)", flush=True)
     finally:
         _ignore_stop_signals()
+        _drain(serve)
         try:
             if local:
                 serve.shutdown()
