@@ -354,8 +354,11 @@ def run_label(input: str, keypoints: str | None, emotion: str | None, out: str, 
         gpu = _check_resources(use_gpu, min_actors, num_cpus, task_cpus)
     except BaseException:
         for fs, path in made:   # refused before anything was written: leave no empty folder behind
-            if not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-                fs.delete_dir(path)
+            try:
+                if not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+                    fs.delete_dir(path)
+            except OSError:     # it was never created (e.g. a file where its parent folder should be)
+                pass
         raise
     if state == "complete":
         if resume:
