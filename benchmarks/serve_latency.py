@@ -102,7 +102,7 @@ async def drive(url: str, body: bytes, concurrency: int, total: int, max_seconds
     headers = {"Content-Type": "image/png"}
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal sent
+        nonlocal sent, json_503
         while sent < total and time.perf_counter() < deadline:
             sent += 1
             started = time.perf_counter()
