@@ -18,12 +18,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from emokp_ray.checkpoint import LoadedCheckpoint
 from emokp_ray.data.pipeline import BatchPreprocessor, resize_batch_images, select_task_rows
 from emokp_ray.data.schema import iter_split, read_info
 from emokp_ray.errors import UserError
@@ -117,12 +117,28 @@ def _history(ckpt: LoadedCheckpoint) -> list[dict[str, Any]]:
     return list((ckpt.extra_state or {}).get("history", []))
 
 
-def _forward_fn(model: torch.nn.Module, device: torch.device):
-    """uint8 crops [N, S, S] -> float32 outputs [N, K] numpy, through the model on `device`."""
+def _load_for_evaluation(checkpoint: str) -> tuple[LoadedCheckpoint, Callable[[np.ndarray], np.ndarray]]:
+    """The model (any form load_model reads) and its forward: uint8 crops [N, S, S] -> float32
+    outputs [N, K] numpy, on the GPU where there is one, channels-last (2.5x faster batches on CPU)."""
+    from emokp_ray.inference.export import load_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_model(checkpoint, map_location=device)
+    model = ckpt.model.eval()
+    if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+        model = model.to(memory_format=torch.channels_last)
+
     def forward(crops: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(to_device({"image": crops}, device, channels_last=True)["image"]).float().cpu().numpy()
-    return forward
+
+    return ckpt, forward
+
+
+def _outputs(forward: Callable[[np.ndarray], np.ndarray], batch: dict[str, np.ndarray], meta, flip_tta: bool) -> np.ndarray:
+    """The predictor's outputs for a batch's images: flip test-time augmentation where flip_tta."""
+    images = np.ascontiguousarray(batch["image"])
+    return forward_with_flip(forward, images, meta.task, meta.keypoint_names) if flip_tta else forward(images)
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val", scheme: str | None = None,
@@ -132,10 +148,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val"
     The predictions are the predictor's: flip test-time augmentation (flip_tta) and, for emotion, the
     checkpoint's temperature (accuracy is the same at any temperature; calibration figures differ).
     """
-    from emokp_ray.inference.export import load_model
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = load_model(checkpoint, map_location=device)
+    ckpt, forward = _load_for_evaluation(checkpoint)
     meta = ckpt.meta
     task, size = meta.task, meta.input_size
     data_path = Path(data)
@@ -148,10 +161,6 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val"
     else:
         raise UserError(f"--data {data}: no such file or directory")
 
-    model = ckpt.model.eval()
-    if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-        model = model.to(memory_format=torch.channels_last)   # 2.5x faster batches on CPU
-    forward = _forward_fn(model, device)
     temperature = temperature_of(meta.calibration)
     num_classes = len(meta.class_names)
     acc = KeypointMetricAccumulator() if task == "keypoints" else EmotionMetricAccumulator(num_classes)
@@ -166,8 +175,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val"
         if limit_rows:
             batch = {k: v[: limit_rows - n_seen] for k, v in batch.items()}
         n_seen += len(batch["image"])
-        images = np.ascontiguousarray(batch["image"])
-        outputs = forward_with_flip(forward, images, task, meta.keypoint_names) if flip_tta else forward(images)
+        outputs = _outputs(forward, batch, meta, flip_tta)
         if task == "keypoints":
             pred = outputs
             held = batch.get("holdout", np.zeros(len(pred), bool))
@@ -242,17 +250,12 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val"
 def collect_logits(checkpoint: str, data: str, split: str, flip_tta: bool = True, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """An emotion checkpoint's logits [N, K] (as the predictor computes them, before the temperature)
     and the labels [N] of a prepared split: what the temperature is fitted on (the val split)."""
-    from emokp_ray.inference.export import load_model
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = load_model(checkpoint, map_location=device)
+    ckpt, forward = _load_for_evaluation(checkpoint)
     if ckpt.meta.task != "emotion":
         raise UserError(f"{checkpoint} is a {ckpt.meta.task} checkpoint; temperatures calibrate emotion models")
-    forward = _forward_fn(ckpt.model.eval().to(memory_format=torch.channels_last), device)
     logits, labels = [], []
     for batch in _dataset_batches(data, split, "emotion", ckpt.meta.input_size, batch_size):
-        images = np.ascontiguousarray(batch["image"])
-        logits.append(forward_with_flip(forward, images, "emotion") if flip_tta else forward(images))
+        logits.append(_outputs(forward, batch, ckpt.meta, flip_tta))
         labels.append(batch["label"])
     if not logits:
         raise UserError(f"{data}: no emotion rows in the {split!r} split")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, save_checkpoint
+from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, save_checkpoint, unwrap_model
 from emokp_ray.labels import emotion_scheme
 from emokp_ray.models.resnet import build_model, model_config
 from emokp_ray.training.config import TrainConfig
@@ -99,8 +99,6 @@ class WeightEMA:
     """
 
     def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0):
-        from emokp_ray.checkpoint import unwrap_model
-
         self.decay = float(decay)
         self.updates = int(updates)
         self.model = copy.deepcopy(unwrap_model(model)).eval()
@@ -109,8 +107,6 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        from emokp_ray.checkpoint import unwrap_model
-
         self.updates += 1
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         src = unwrap_model(model)
