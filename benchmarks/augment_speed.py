@@ -38,8 +38,10 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "augment_speed.json"
 
 def make_batch(n: int, size: int, with_keypoints: bool, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    batch = {"image": rng.integers(0, 256, (n, size, size), dtype=np.uint8),
-             "label": rng.integers(0, 5, n).astype(np.int64)}
+    batch = {
+        "image": rng.integers(0, 256, (n, size, size), dtype=np.uint8),
+        "label": rng.integers(0, 5, n).astype(np.int64),
+    }
     if with_keypoints:
         batch["keypoints"] = rng.uniform(0.2 * size, 0.8 * size, (n, 30)).astype(np.float32)
     return batch
@@ -52,17 +54,21 @@ def cases(n: int) -> dict:
         "keypoint_48": (lambda b, r: augment_keypoint_batch(b, KeypointAugment(), r), make_batch(n, 48, True)),
         "emotion_48": (lambda b, r: augment_emotion_batch(b, EmotionAugment(), r), make_batch(n, 48, False)),
         "emotion_96": (lambda b, r: augment_emotion_batch(b, EmotionAugment(), r), make_batch(n, 96, False)),
-        "emotion_48_to_96": (lambda b, r: augment_emotion_batch(b, EmotionAugment(output_size=96), r),
-                             make_batch(n, 48, False)),
-        "emotion_96_to_48": (lambda b, r: augment_emotion_batch(b, EmotionAugment(output_size=48), r),
-                             make_batch(n, 96, False)),
+        "emotion_48_to_96": (
+            lambda b, r: augment_emotion_batch(b, EmotionAugment(output_size=96), r),
+            make_batch(n, 48, False),
+        ),
+        "emotion_96_to_48": (
+            lambda b, r: augment_emotion_batch(b, EmotionAugment(output_size=48), r),
+            make_batch(n, 96, False),
+        ),
         "resize_48_to_96": (lambda b, r: resize_batch(b, 96), make_batch(n, 48, False)),
     }
 
 
 def measure(fn, batch: dict, repeats: int) -> dict:
     rng = np.random.default_rng(0)
-    fn(batch, rng)                                   # warm-up: allocations, first-touch pages
+    fn(batch, rng)  # warm-up: allocations, first-touch pages
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -70,8 +76,13 @@ def measure(fn, batch: dict, repeats: int) -> dict:
         times.append(time.perf_counter() - started)
     n = len(batch["image"])
     median = statistics.median(times)
-    return {"batch_size": n, "input_hw": list(batch["image"].shape[1:]), "median_s": round(median, 5),
-            "best_s": round(min(times), 5), "images_per_s": round(n / median)}
+    return {
+        "batch_size": n,
+        "input_hw": list(batch["image"].shape[1:]),
+        "median_s": round(median, 5),
+        "best_s": round(min(times), 5),
+        "images_per_s": round(n / median),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,14 +95,18 @@ def main(argv: list[str] | None = None) -> dict:
     pinned = None
     if hasattr(os, "sched_setaffinity"):
         pinned = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {pinned})            # one core, as one Ray Data CPU task gets
+        os.sched_setaffinity(0, {pinned})  # one core, as one Ray Data CPU task gets
     results = {name: measure(fn, batch, args.repeats) for name, (fn, batch) in cases(args.batch_size).items()}
     report = {
         "benchmark": "augment_speed",
         "unit": "images/s on one core",
         "pinned_core": pinned,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "numpy": np.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
         "repeats": args.repeats,
         "cases": results,
     }

@@ -27,7 +27,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "framing.json"
 KAGGLE_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "facial-keypoints" / "training.csv.gz"
-EYE_Y_COLUMNS, LIP_Y_COLUMN = (1, 3), 29   # left/right eye centre y, bottom lip y in the 30 columns
+EYE_Y_COLUMNS, LIP_Y_COLUMN = (1, 3), 29  # left/right eye centre y, bottom lip y in the 30 columns
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def measure(faces: list[tuple[np.ndarray, tuple[float, float, float], np.ndarray
         cx, cy, side, _ = crop_box_from_detection((x, y, w, h))
         # True keypoints in the predictor's 96 px crop (inverse of keypoints_to_image).
         crop_y = (kp[1::2] + 0.5 - cy) * 96 / side - 0.5
-        eye_y.append(float(np.mean(crop_y[list(c // 2 for c in EYE_Y_COLUMNS)])))
+        eye_y.append(float(np.mean(crop_y[[c // 2 for c in EYE_Y_COLUMNS]])))
         lip_y.append(float(crop_y[LIP_Y_COLUMN // 2]))
 
     def q(values: list[float]) -> dict:
@@ -104,7 +104,10 @@ def kaggle_faces(rows: int) -> tuple[list, dict]:
         canvas = np.pad(big, pad, mode="edge")
         photo_kp = pad + (kp + 0.5) * scale - 0.5
         faces.append((canvas, (float(pad), float(pad), 96.0 * scale), photo_kp))
-    training = {"eye_y_mean": round(float(keypoints[:, list(EYE_Y_COLUMNS)].mean()), 2), "bottom_lip_y_mean": round(float(keypoints[:, LIP_Y_COLUMN].mean()), 2)}
+    training = {
+        "eye_y_mean": round(float(keypoints[:, list(EYE_Y_COLUMNS)].mean()), 2),
+        "bottom_lip_y_mean": round(float(keypoints[:, LIP_Y_COLUMN].mean()), 2),
+    }
     return faces, training
 
 

@@ -30,11 +30,19 @@ RESULTS = Path(__file__).resolve().parent / "results" / "inference_backends.json
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keypoints", default=None, help="keypoint checkpoint (default: the course net, random weights)")
-    parser.add_argument("--emotion", default=None, help="emotion checkpoint (default: the course net at 48 px, random weights)")
-    parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--keypoints", default=None, help="keypoint checkpoint (default: the course net, random weights)"
+    )
+    parser.add_argument(
+        "--emotion", default=None, help="emotion checkpoint (default: the course net at 48 px, random weights)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and ONNX Runtime intra-op threads (default: torch's)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=10, help="calls per variant per round at batch 1 (batch 32: a quarter)")
+    parser.add_argument(
+        "--calls", type=int, default=10, help="calls per variant per round at batch 1 (batch 32: a quarter)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser
 
@@ -65,7 +73,9 @@ def load(path: str | None, task: str):
     if path:
         return load_model(path, map_location="cpu")
     cfg = keypoint_config() if task == "keypoints" else emotion_config(input_size=48)
-    return LoadedCheckpoint(build_model(cfg).eval(), CheckpointMeta(model_config=cfg, run_id=f"course-random-{task}"), Path(task))
+    return LoadedCheckpoint(
+        build_model(cfg).eval(), CheckpointMeta(model_config=cfg, run_id=f"course-random-{task}"), Path(task)
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,16 +89,25 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     cpu = torch.device("cpu")
-    report: dict = {"torch": torch.__version__, "threads": threads, "rounds": args.rounds, "cpus": os.cpu_count(),
-                    "load_average_1min_start": round(os.getloadavg()[0], 2), "models": {}}
+    report: dict = {
+        "torch": torch.__version__,
+        "threads": threads,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "load_average_1min_start": round(os.getloadavg()[0], 2),
+        "models": {},
+    }
     runners_by_task = {}
     for task, path in (("keypoints", args.keypoints), ("emotion", args.emotion)):
         loaded = load(path, task)
         size = loaded.meta.input_size
         contiguous = build_model(loaded.meta.model_config).eval()
         contiguous.load_state_dict(loaded.model.state_dict())
-        channels_last = load(path, task).model.eval().to(memory_format=torch.channels_last) if path else \
-            _copy_channels_last(contiguous)
+        channels_last = (
+            load(path, task).model.eval().to(memory_format=torch.channels_last)
+            if path
+            else _copy_channels_last(contiguous)
+        )
         runners = {
             "torch_eager": TorchRunner(contiguous, cpu),
             "torch_channels_last": TorchRunner(channels_last, cpu),
@@ -101,8 +120,14 @@ def main(argv: list[str] | None = None) -> dict:
             crops = np.random.default_rng(batch).integers(0, 256, (batch, size, size), dtype=np.uint8)
             seconds = side_by_side({n: (lambda r=r: r(crops)) for n, r in runners.items()}, args.rounds, calls)
             base = seconds["torch_channels_last"]
-            row[f"batch{batch}"] = {n: {"ms_per_call": round(s * 1e3, 3), "faces_per_s": round(batch / s, 1),
-                                        "speedup_vs_torch_channels_last": round(base / s, 2)} for n, s in seconds.items()}
+            row[f"batch{batch}"] = {
+                n: {
+                    "ms_per_call": round(s * 1e3, 3),
+                    "faces_per_s": round(batch / s, 1),
+                    "speedup_vs_torch_channels_last": round(base / s, 2),
+                }
+                for n, s in seconds.items()
+            }
         report["models"][task] = row
         print(json.dumps({task: row}, indent=1), flush=True)
 
@@ -110,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
     # keeps its intra-op threads; ONNX Runtime and torch release the GIL while they compute).
     report["two_networks"] = {}
     for backend in ("torch_channels_last", "onnx_fp32"):
-        (kp, kp_size), (em, em_size) = ((r[backend], s) for r, s in (runners_by_task["keypoints"], runners_by_task["emotion"]))
+        (kp, kp_size), (em, em_size) = (
+            (r[backend], s) for r, s in (runners_by_task["keypoints"], runners_by_task["emotion"])
+        )
         for batch, calls in ((1, args.calls), (32, max(1, args.calls // 4))):
             kp_crops = np.random.default_rng(0).integers(0, 256, (batch, kp_size, kp_size), dtype=np.uint8)
             em_crops = np.random.default_rng(1).integers(0, 256, (batch, em_size, em_size), dtype=np.uint8)
@@ -127,8 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
 
             seconds = side_by_side({"sequential": sequential, "concurrent": concurrent}, args.rounds, calls)
             report["two_networks"][f"{backend}_batch{batch}"] = {
-                "sequential_ms": round(seconds["sequential"] * 1e3, 3), "concurrent_ms": round(seconds["concurrent"] * 1e3, 3),
-                "speedup_concurrent": round(seconds["sequential"] / seconds["concurrent"], 2)}
+                "sequential_ms": round(seconds["sequential"] * 1e3, 3),
+                "concurrent_ms": round(seconds["concurrent"] * 1e3, 3),
+                "speedup_concurrent": round(seconds["sequential"] / seconds["concurrent"], 2),
+            }
     print(json.dumps({"two_networks": report["two_networks"]}, indent=1))
     report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)

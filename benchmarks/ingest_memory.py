@@ -55,14 +55,22 @@ def child(mode: str, data: Path) -> dict:
         rows_kept = sum(r.rows_kept for r in result.reports)
     seconds = time.perf_counter() - started
     peak = _peak_rss_mb()
-    return {"mode": mode, "seconds": round(seconds, 2), "rows_read": rows_read, "rows_kept": rows_kept,
-            "rows_per_s": round(rows_read / seconds), "peak_rss_mb": round(peak, 1),
-            "baseline_rss_mb": round(baseline, 1), "added_rss_mb": round(peak - baseline, 1)}
+    return {
+        "mode": mode,
+        "seconds": round(seconds, 2),
+        "rows_read": rows_read,
+        "rows_kept": rows_kept,
+        "rows_per_s": round(rows_read / seconds),
+        "peak_rss_mb": round(peak, 1),
+        "baseline_rss_mb": round(baseline, 1),
+        "added_rss_mb": round(peak - baseline, 1),
+    }
 
 
 def run_child(mode: str, data: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--data", str(data)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--data", str(data)], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -83,21 +91,32 @@ def main() -> None:
         runs["prepare_both"] = run_child("prepare_both", args.data)
     streamed, naive = runs["prepare"], runs["naive_pandas"]
     figures = {
-        "file": str(FER), "file_mb": round((args.data / FER).stat().st_size / 2**20, 1),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_average_1min_before": load_before},
+        "file": str(FER),
+        "file_mb": round((args.data / FER).stat().st_size / 2**20, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_1min_before": load_before,
+        },
         "runs": runs,
-        "naive_over_streamed": {"added_rss": round(naive["added_rss_mb"] / streamed["added_rss_mb"], 1),
-                                "peak_rss": round(naive["peak_rss_mb"] / streamed["peak_rss_mb"], 1),
-                                "seconds": round(naive["seconds"] / streamed["seconds"], 2)},
+        "naive_over_streamed": {
+            "added_rss": round(naive["added_rss_mb"] / streamed["added_rss_mb"], 1),
+            "peak_rss": round(naive["peak_rss_mb"] / streamed["peak_rss_mb"], 1),
+            "seconds": round(naive["seconds"] / streamed["seconds"], 2),
+        },
     }
     print(f"{'run':<14}{'seconds':>9}{'rows/s':>9}{'peak MB':>9}{'added MB':>10}  rows read -> kept")
     for run in runs.values():
-        print(f"{run['mode']:<14}{run['seconds']:>9.1f}{run['rows_per_s']:>9,}{run['peak_rss_mb']:>9.0f}"
-              f"{run['added_rss_mb']:>10.0f}  {run['rows_read']:,} -> {run['rows_kept']:,}")
+        print(
+            f"{run['mode']:<14}{run['seconds']:>9.1f}{run['rows_per_s']:>9,}{run['peak_rss_mb']:>9.0f}"
+            f"{run['added_rss_mb']:>10.0f}  {run['rows_read']:,} -> {run['rows_kept']:,}"
+        )
     ratio = figures["naive_over_streamed"]
-    print(f"naive pandas / streamed prepare: {ratio['added_rss']}x added memory, {ratio['peak_rss']}x peak RSS, "
-          f"{ratio['seconds']}x time")
+    print(
+        f"naive pandas / streamed prepare: {ratio['added_rss']}x added memory, {ratio['peak_rss']}x peak RSS, "
+        f"{ratio['seconds']}x time"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"saved {args.out}")

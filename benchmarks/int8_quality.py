@@ -32,8 +32,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="checkpoint dir, RUN_DIR, exported .pt or builtin:NAME")
     parser.add_argument("--data", required=True, help="prepared data set directory (emokp data prepare)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--calibration", default="synthetic", choices=["synthetic", "train", "both"],
-                        help="int8 activation ranges from synthetic faces (the backend's), the train split, or both")
+    parser.add_argument(
+        "--calibration",
+        default="synthetic",
+        choices=["synthetic", "train", "both"],
+        help="int8 activation ranges from synthetic faces (the backend's), the train split, or both",
+    )
     parser.add_argument("--calibration-faces", type=int, default=128)
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N rows (0: all)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -66,14 +70,14 @@ def score(task: str, outputs: np.ndarray, targets: np.ndarray, num_classes: int)
 
 
 def run_all(runner, crops: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([runner(crops[lo:lo + batch_size]) for lo in range(0, len(crops), batch_size)])
+    return np.concatenate([runner(crops[lo : lo + batch_size]) for lo in range(0, len(crops), batch_size)])
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     import torch
 
-    from emokp_ray.inference.backends import (OnnxModel, OnnxRunner, TorchRunner, calibration_crops, quantize_int8)
+    from emokp_ray.inference.backends import OnnxModel, OnnxRunner, TorchRunner, calibration_crops, quantize_int8
     from emokp_ray.inference.export import load_model, onnx_bytes
 
     loaded = load_model(args.checkpoint, map_location="cpu")
@@ -81,22 +85,29 @@ def main(argv: list[str] | None = None) -> dict:
     model = loaded.model.eval().to(memory_format=torch.channels_last)
     crops, targets = split_crops(args.data, args.split, task, size, args.limit)
     fp32 = onnx_bytes(loaded.model, meta)
-    runners = {"torch_fp32": TorchRunner(model, torch.device("cpu")), "onnx_fp32": OnnxRunner(OnnxModel(fp32, version=""))}
+    runners = {
+        "torch_fp32": TorchRunner(model, torch.device("cpu")),
+        "onnx_fp32": OnnxRunner(OnnxModel(fp32, version="")),
+    }
     calibrations = {"synthetic": calibration_crops(size, n=args.calibration_faces)}
     if args.calibration in ("train", "both"):
         calibrations["train"] = split_crops(args.data, "train", task, size, args.calibration_faces)[0]
     if args.calibration == "train":
         del calibrations["synthetic"]
     for name, calib in calibrations.items():
-        runners[f"onnx_int8_{name}"] = OnnxRunner(OnnxModel(quantize_int8(fp32, meta, calibration=calib), version="", int8=True))
+        runners[f"onnx_int8_{name}"] = OnnxRunner(
+            OnnxModel(quantize_int8(fp32, meta, calibration=calib), version="", int8=True)
+        )
 
     unit = "rmse_px" if task == "keypoints" else "accuracy_percent"
     figures: dict[str, dict] = {}
     for name, runner in runners.items():
         started = time.perf_counter()
         outputs = run_all(runner, crops, args.batch_size)
-        figures[name] = {unit: round(score(task, outputs, targets, len(meta.class_names)), 4),
-                         "seconds": round(time.perf_counter() - started, 2)}
+        figures[name] = {
+            unit: round(score(task, outputs, targets, len(meta.class_names)), 4),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
     base = figures["torch_fp32"][unit]
     bound = MAX_RMSE_CHANGE_PX if task == "keypoints" else MAX_ACCURACY_CHANGE_POINTS
     for name, row in figures.items():
@@ -104,10 +115,20 @@ def main(argv: list[str] | None = None) -> dict:
         loss = (row[unit] - base) if task == "keypoints" else (base - row[unit])
         row["change"] = round(row[unit] - base, 4)
         row["within_bound"] = bool(loss <= bound)
-    report = {"checkpoint": args.checkpoint, "run_id": meta.run_id, "task": task, "input_size": size,
-              "model": meta.model_config.to_dict(), "data": str(Path(args.data).resolve()), "split": args.split,
-              "n": int(len(crops)), "metric": unit, "bound": bound, "results": figures,
-              "load_average_1min": round(os.getloadavg()[0], 2)}
+    report = {
+        "checkpoint": args.checkpoint,
+        "run_id": meta.run_id,
+        "task": task,
+        "input_size": size,
+        "model": meta.model_config.to_dict(),
+        "data": str(Path(args.data).resolve()),
+        "split": args.split,
+        "n": len(crops),
+        "metric": unit,
+        "bound": bound,
+        "results": figures,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
     print(json.dumps(report | {"model": "..."}, indent=1))
     out = args.out or RESULTS / f"int8_quality_{task}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "label_memory.json"
 PER_FOLDER = 1000
-BOUND_MB = 64       # peak RSS growth allowed from the smallest to the largest input count
+BOUND_MB = 64  # peak RSS growth allowed from the smallest to the largest input count
 
 # The driver: `emokp label ARGS...`, then its own peak RSS (kB on Linux) as the last line.
 _DRIVER = """
@@ -42,7 +42,9 @@ sys.exit(code)
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,100000", help="input counts, each a fresh driver (default 10000,100000)")
+    parser.add_argument(
+        "--sizes", default="10000,100000", help="input counts, each a fresh driver (default 10000,100000)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
@@ -68,9 +70,24 @@ def write_crops(folder: Path, n: int) -> None:
 
 
 def run_driver(folder: Path, out: Path, keypoints: str, emotion: str, batch_size: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # its own local cluster, like a user's run
-    command = [sys.executable, "-c", _DRIVER, "label", str(folder), "--keypoints", keypoints, "--emotion", emotion,
-               "--out", str(out), "--detect", "crop", "--batch-size", str(batch_size)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster, like a user's run
+    command = [
+        sys.executable,
+        "-c",
+        _DRIVER,
+        "label",
+        str(folder),
+        "--keypoints",
+        keypoints,
+        "--emotion",
+        emotion,
+        "--out",
+        str(out),
+        "--detect",
+        "crop",
+        "--batch-size",
+        str(batch_size),
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -78,8 +95,14 @@ def run_driver(folder: Path, out: Path, keypoints: str, emotion: str, batch_size
         raise SystemExit(f"emokp label failed ({done.returncode}):\n{done.stderr[-3000:]}")
     maxrss_kb = int(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("MAXRSS_KB")))
     summary = json.loads((out / "summary.json").read_text())
-    return {"images": summary["images"], "driver_peak_rss_mb": round(maxrss_kb / 1024, 1), "wall_s": round(wall, 1),
-            "images_per_s": summary["images_per_s"], "actors": summary["actors"], "load_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "images": summary["images"],
+        "driver_peak_rss_mb": round(maxrss_kb / 1024, 1),
+        "wall_s": round(wall, 1),
+        "images_per_s": summary["images_per_s"],
+        "actors": summary["actors"],
+        "load_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -98,18 +121,29 @@ def main(argv: list[str] | None = None) -> dict:
             run = run_driver(folder, tmp / f"out-{n}", keypoints, emotion, args.batch_size)
             assert run["images"] == n
             runs.append({"n": n, **run})
-            print(f"{n:,} crops: driver peak RSS {run['driver_peak_rss_mb']:.1f} MB, {run['images_per_s']:.1f} images/s, "
-                  f"{run['wall_s']:.0f} s in all (load {run['load_1m']})", flush=True)
+            print(
+                f"{n:,} crops: driver peak RSS {run['driver_peak_rss_mb']:.1f} MB, {run['images_per_s']:.1f} images/s, "
+                f"{run['wall_s']:.0f} s in all (load {run['load_1m']})",
+                flush=True,
+            )
             import shutil
 
             shutil.rmtree(folder)
     growth = runs[-1]["driver_peak_rss_mb"] - runs[0]["driver_peak_rss_mb"]
-    result = {"runs": runs, "growth_mb": round(growth, 1), "bound_mb": BOUND_MB, "within_bound": growth <= BOUND_MB,
-              "per_folder": PER_FOLDER, "batch_size": args.batch_size,
-              "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    print(f"driver peak RSS grew {growth:+.1f} MB from {sizes[0]:,} to {sizes[-1]:,} inputs "
-          f"(bound {BOUND_MB} MB: {'met' if result['within_bound'] else 'NOT met'})")
+    result = {
+        "runs": runs,
+        "growth_mb": round(growth, 1),
+        "bound_mb": BOUND_MB,
+        "within_bound": growth <= BOUND_MB,
+        "per_folder": PER_FOLDER,
+        "batch_size": args.batch_size,
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(
+        f"driver peak RSS grew {growth:+.1f} MB from {sizes[0]:,} to {sizes[-1]:,} inputs "
+        f"(bound {BOUND_MB} MB: {'met' if result['within_bound'] else 'NOT met'})"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {args.out}")

@@ -57,16 +57,28 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.label_throughput import plain_loop, write_course_checkpoints, write_inputs
     from tests.test_cluster import TwoNodeCluster
 
-    result: dict = {"n": args.n, "kind": args.kind, "detect": args.detect, "batch_size": args.batch_size,
-                    "gpu": "untested: no GPU on this machine", "plain": {}, "ray": {}}
+    result: dict = {
+        "n": args.n,
+        "kind": args.kind,
+        "detect": args.detect,
+        "batch_size": args.batch_size,
+        "gpu": "untested: no GPU on this machine",
+        "plain": {},
+        "ray": {},
+    }
     with tempfile.TemporaryDirectory(prefix="emokp-label-scale-") as tmp:
         tmp = Path(tmp)
         write_inputs(tmp / "images", args.n, args.kind)
         keypoints, emotion = write_course_checkpoints(tmp / "ckpt")
         for threads in (1, 2):
-            run = plain_loop(tmp / "images", keypoints, emotion, args.batch_size, args.detect, threads, tmp / f"plain-{threads}")
+            run = plain_loop(
+                tmp / "images", keypoints, emotion, args.batch_size, args.detect, threads, tmp / f"plain-{threads}"
+            )
             result["plain"][f"{threads} threads"] = run
-            print(f"plain loop, {threads} torch threads: {run['images_per_s']:.1f} images/s (load {run['load_1m']})", flush=True)
+            print(
+                f"plain loop, {threads} torch threads: {run['images_per_s']:.1f} images/s (load {run['load_1m']})",
+                flush=True,
+            )
         best = max(r["images_per_s"] for r in result["plain"].values())
         cluster = TwoNodeCluster()
         try:
@@ -75,24 +87,45 @@ def main(argv: list[str] | None = None) -> dict:
             result["cluster_start_s"] = round(time.monotonic() - started, 1)
             env = {**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}"}
             for actors in (int(a) for a in args.actors.split(",")):
-                call = dict(input=str(tmp / "images"), keypoints=keypoints, emotion=emotion, out=str(tmp / f"out-{actors}"),
-                            batch_size=args.batch_size, concurrency=actors, num_cpus=1.0, threads=1, use_gpu=False,
-                            detect=args.detect, progress=False, stages="split")
-                done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(call)], cwd=REPO, env=env,
-                                      capture_output=True, text=True)
+                call = dict(
+                    input=str(tmp / "images"),
+                    keypoints=keypoints,
+                    emotion=emotion,
+                    out=str(tmp / f"out-{actors}"),
+                    batch_size=args.batch_size,
+                    concurrency=actors,
+                    num_cpus=1.0,
+                    threads=1,
+                    use_gpu=False,
+                    detect=args.detect,
+                    progress=False,
+                    stages="split",
+                )
+                done = subprocess.run(
+                    [sys.executable, "-c", _DRIVER, json.dumps(call)], cwd=REPO, env=env, capture_output=True, text=True
+                )
                 if done.returncode != 0:
                     raise SystemExit(f"{actors} actors: the driver failed:\n{done.stderr[-3000:]}")
                 line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-                got = json.loads(line[len("RESULT "):])
+                got = json.loads(line[len("RESULT ") :])
                 summary = got["summary"]
                 assert summary["images"] == args.n and summary["errors"] == 0
-                run = {"images_per_s": summary["images_per_s"], "steady_images_per_s": summary["steady_images_per_s"],
-                       "startup_s": summary["startup_s"], "seconds": summary["seconds"], "actors": summary["actors"],
-                       "driver_cpu_share": round(got["driver_cpu_s"] / got["driver_wall_s"], 3),
-                       "ratio_to_plain": round(summary["images_per_s"] / best, 3), "load_1m": round(os.getloadavg()[0], 2)}
+                run = {
+                    "images_per_s": summary["images_per_s"],
+                    "steady_images_per_s": summary["steady_images_per_s"],
+                    "startup_s": summary["startup_s"],
+                    "seconds": summary["seconds"],
+                    "actors": summary["actors"],
+                    "driver_cpu_share": round(got["driver_cpu_s"] / got["driver_wall_s"], 3),
+                    "ratio_to_plain": round(summary["images_per_s"] / best, 3),
+                    "load_1m": round(os.getloadavg()[0], 2),
+                }
                 result["ray"][f"{actors} actors"] = run
-                print(f"{actors} actor(s) on 2 nodes: {run['images_per_s']:.1f} images/s ({run['ratio_to_plain']:.2f}x the plain loop; "
-                      f"steady {run['steady_images_per_s']:.1f}), driver CPU {run['driver_cpu_share']:.1%} (load {run['load_1m']})", flush=True)
+                print(
+                    f"{actors} actor(s) on 2 nodes: {run['images_per_s']:.1f} images/s ({run['ratio_to_plain']:.2f}x the plain loop; "
+                    f"steady {run['steady_images_per_s']:.1f}), driver CPU {run['driver_cpu_share']:.1%} (load {run['load_1m']})",
+                    flush=True,
+                )
         finally:
             cluster.stop()
     result["machine"] = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}

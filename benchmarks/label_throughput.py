@@ -45,15 +45,35 @@ RESULTS = Path(__file__).resolve().parent / "results" / "label_throughput.json"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="image files (default 20000)")
-    parser.add_argument("--kind", choices=["crops", "photos"], default="crops", help="96x96 PNG crops or photos (default crops)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per model batch; a Ray call takes 8 (default 32)")
-    parser.add_argument("--configs", default="2x1", help="Ray configs AxT: A actors x T threads (default 2x1: `emokp label`'s default here)")
-    parser.add_argument("--stages", default="split", help="Ray pipeline shapes, each run: split, single or split,single (default split)")
-    parser.add_argument("--detect", choices=["crop", "detect"], default="crop", help="each image one crop, or Haar detection (default crop)")
-    parser.add_argument("--plain-threads", default="1,2", help="torch threads of the plain loop, each run (default 1,2)")
+    parser.add_argument(
+        "--kind", choices=["crops", "photos"], default="crops", help="96x96 PNG crops or photos (default crops)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="images per model batch; a Ray call takes 8 (default 32)"
+    )
+    parser.add_argument(
+        "--configs",
+        default="2x1",
+        help="Ray configs AxT: A actors x T threads (default 2x1: `emokp label`'s default here)",
+    )
+    parser.add_argument(
+        "--stages", default="split", help="Ray pipeline shapes, each run: split, single or split,single (default split)"
+    )
+    parser.add_argument(
+        "--detect",
+        choices=["crop", "detect"],
+        default="crop",
+        help="each image one crop, or Haar detection (default crop)",
+    )
+    parser.add_argument(
+        "--plain-threads", default="1,2", help="torch threads of the plain loop, each run (default 1,2)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="rounds alternating plain and Ray (default 2)")
-    parser.add_argument("--backends", default="torch,onnx",
-                        help="network backends of the Ray runs, each run (default torch,onnx); the plain loop is torch")
+    parser.add_argument(
+        "--backends",
+        default="torch,onnx",
+        help="network backends of the Ray runs, each run (default torch,onnx); the plain loop is torch",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
 
@@ -86,7 +106,15 @@ def write_course_checkpoints(folder: Path) -> tuple[str, str]:
     torch.manual_seed(0)
     paths = []
     for name, cfg in (("keypoints", keypoint_config()), ("emotion", emotion_config())):
-        paths.append(str(save_checkpoint(folder / name, build_model(cfg).eval(), CheckpointMeta(model_config=cfg, run_id=f"bench-{name}", epoch=0))))
+        paths.append(
+            str(
+                save_checkpoint(
+                    folder / name,
+                    build_model(cfg).eval(),
+                    CheckpointMeta(model_config=cfg, run_id=f"bench-{name}", epoch=0),
+                )
+            )
+        )
     return paths[0], paths[1]
 
 
@@ -104,8 +132,16 @@ def plain_loop(folder: Path, keypoints: str, emotion: str, batch_size: int, mode
     started, cpu = time.perf_counter(), time.process_time()
     spec = resolve_input(str(folder))
     work = work_table(spec)
-    labeler = BatchLabeler(keypoints, emotion, mode=mode, device="cpu", filesystem=spec.filesystem, threads=threads,
-                           batch_size=batch_size, backend="torch")   # the baseline: eager torch, as before backends
+    labeler = BatchLabeler(
+        keypoints,
+        emotion,
+        mode=mode,
+        device="cpu",
+        filesystem=spec.filesystem,
+        threads=threads,
+        batch_size=batch_size,
+        backend="torch",
+    )  # the baseline: eager torch, as before backends
     out.mkdir(parents=True, exist_ok=True)
     first, n, errors = None, 0, 0
     with pq.ParquetWriter(out / "labels.parquet", OUTPUT_SCHEMA) as writer:
@@ -118,24 +154,57 @@ def plain_loop(folder: Path, keypoints: str, emotion: str, batch_size: int, mode
                 first = (time.perf_counter() - started, n)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert n == work.num_rows and errors == 0
-    return {"seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2), "startup_s": round(first[0], 3),
-            "steady_images_per_s": round((n - first[1]) / (seconds - first[0]), 2),
-            "cpu_ms_per_image": round(1000 * cpu / n, 2), "load_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "seconds": round(seconds, 3),
+        "images_per_s": round(n / seconds, 2),
+        "startup_s": round(first[0], 3),
+        "steady_images_per_s": round((n - first[1]) / (seconds - first[0]), 2),
+        "cpu_ms_per_image": round(1000 * cpu / n, 2),
+        "load_1m": round(os.getloadavg()[0], 2),
+    }
 
 
-def ray_run(folder: Path, keypoints: str, emotion: str, batch_size: int, actors: int, threads: int, out: Path,
-            mode: str = "crop", stages: str = "split", backend: str = "torch") -> dict:
+def ray_run(
+    folder: Path,
+    keypoints: str,
+    emotion: str,
+    batch_size: int,
+    actors: int,
+    threads: int,
+    out: Path,
+    mode: str = "crop",
+    stages: str = "split",
+    backend: str = "torch",
+) -> dict:
     from emokp_ray.inference.label import run_label
 
     wall = time.perf_counter()
-    summary = run_label(str(folder), keypoints, emotion, str(out), batch_size=batch_size, concurrency=actors,
-                        num_cpus=threads, threads=threads, detect=mode, use_gpu=False, progress=False, stages=stages,
-                        backend=backend)
+    summary = run_label(
+        str(folder),
+        keypoints,
+        emotion,
+        str(out),
+        batch_size=batch_size,
+        concurrency=actors,
+        num_cpus=threads,
+        threads=threads,
+        detect=mode,
+        use_gpu=False,
+        progress=False,
+        stages=stages,
+        backend=backend,
+    )
     wall = time.perf_counter() - wall
     assert summary.errors == 0
-    return {"seconds": summary.seconds, "images_per_s": summary.images_per_s, "startup_s": summary.startup_s,
-            "steady_images_per_s": summary.steady_images_per_s, "wall_s": round(wall, 3), "actors": summary.actors,
-            "load_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "seconds": summary.seconds,
+        "images_per_s": summary.images_per_s,
+        "startup_s": summary.startup_s,
+        "steady_images_per_s": summary.steady_images_per_s,
+        "wall_s": round(wall, 3),
+        "actors": summary.actors,
+        "load_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def _median(values: list[float]) -> float:
@@ -159,28 +228,55 @@ def main(argv: list[str] | None = None) -> dict:
         write_inputs(tmp / "images", args.n, args.kind)
         keypoints, emotion = write_course_checkpoints(tmp / "ckpt")
         init_ray()
-        for repeat in range(args.repeats):   # alternate, so a change of load hits both sides
+        for repeat in range(args.repeats):  # alternate, so a change of load hits both sides
             for threads in plain_threads:
-                run = plain_loop(tmp / "images", keypoints, emotion, args.batch_size, args.detect, threads, tmp / f"plain-{threads}")
+                run = plain_loop(
+                    tmp / "images", keypoints, emotion, args.batch_size, args.detect, threads, tmp / f"plain-{threads}"
+                )
                 plain[f"{threads} threads"].append(run)
-                print(f"round {repeat}: plain, {threads} torch threads: {run['images_per_s']:.1f} images/s "
-                      f"(steady {run['steady_images_per_s']:.1f}; {run['cpu_ms_per_image']:.2f} ms CPU per image; load {run['load_1m']})", flush=True)
+                print(
+                    f"round {repeat}: plain, {threads} torch threads: {run['images_per_s']:.1f} images/s "
+                    f"(steady {run['steady_images_per_s']:.1f}; {run['cpu_ms_per_image']:.2f} ms CPU per image; load {run['load_1m']})",
+                    flush=True,
+                )
             for shape, (actors, threads), backend in itertools.product(shapes, configs, backends):
-                run = ray_run(tmp / "images", keypoints, emotion, args.batch_size, actors, threads,
-                              tmp / f"out-{shape}-{actors}x{threads}-{backend}", mode=args.detect, stages=shape, backend=backend)
+                run = ray_run(
+                    tmp / "images",
+                    keypoints,
+                    emotion,
+                    args.batch_size,
+                    actors,
+                    threads,
+                    tmp / f"out-{shape}-{actors}x{threads}-{backend}",
+                    mode=args.detect,
+                    stages=shape,
+                    backend=backend,
+                )
                 ray[f"{shape} {actors}x{threads} {backend}"].append(run)
-                print(f"round {repeat}: ray {shape} {actors}x{threads} {backend}: {run['images_per_s']:.1f} images/s "
-                      f"(steady {run['steady_images_per_s']:.1f}, first part after {run['startup_s']:.1f} s; load {run['load_1m']})", flush=True)
+                print(
+                    f"round {repeat}: ray {shape} {actors}x{threads} {backend}: {run['images_per_s']:.1f} images/s "
+                    f"(steady {run['steady_images_per_s']:.1f}, first part after {run['startup_s']:.1f} s; load {run['load_1m']})",
+                    flush=True,
+                )
 
     # Per round, the best plain loop is the baseline; the ratios are medians over rounds (paired).
     base = [max(runs[r]["images_per_s"] for runs in plain.values()) for r in range(args.repeats)]
     base_steady = [max(runs[r]["steady_images_per_s"] for runs in plain.values()) for r in range(args.repeats)]
     result: dict = {
-        "n": args.n, "kind": args.kind, "detect": args.detect, "batch_size": args.batch_size, "repeats": args.repeats,
-        "plain": {name: {"median_images_per_s": _median([r["images_per_s"] for r in runs]),
-                         "median_steady_images_per_s": _median([r["steady_images_per_s"] for r in runs]),
-                         "median_cpu_ms_per_image": _median([r["cpu_ms_per_image"] for r in runs]), "runs": runs}
-                  for name, runs in plain.items()},
+        "n": args.n,
+        "kind": args.kind,
+        "detect": args.detect,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "plain": {
+            name: {
+                "median_images_per_s": _median([r["images_per_s"] for r in runs]),
+                "median_steady_images_per_s": _median([r["steady_images_per_s"] for r in runs]),
+                "median_cpu_ms_per_image": _median([r["cpu_ms_per_image"] for r in runs]),
+                "runs": runs,
+            }
+            for name, runs in plain.items()
+        },
         "ray": {},
     }
     for name, runs in ray.items():
@@ -193,18 +289,29 @@ def main(argv: list[str] | None = None) -> dict:
             "steady_ratio": _median([r["steady_images_per_s"] / b for r, b in zip(runs, base_steady)]),
             "runs": runs,
         }
-    result["machine"] = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
-                         "cpus": os.cpu_count(), "load_1m_median": _median([r["load_1m"] for runs in plain.values() for r in runs])}
+    result["machine"] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_1m_median": _median([r["load_1m"] for runs in plain.values() for r in runs]),
+    }
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for name, r in result["plain"].items():
-        print(f"plain loop, {name}: {r['median_images_per_s']:.1f} images/s end to end, {r['median_steady_images_per_s']:.1f} steady, "
-              f"{r['median_cpu_ms_per_image']:.2f} ms CPU per image (medians)")
+        print(
+            f"plain loop, {name}: {r['median_images_per_s']:.1f} images/s end to end, {r['median_steady_images_per_s']:.1f} steady, "
+            f"{r['median_cpu_ms_per_image']:.2f} ms CPU per image (medians)"
+        )
     for name, r in result["ray"].items():
-        print(f"ray {name}: {r['median_images_per_s']:.1f} images/s end to end, ratio {r['ratio']:.2f}; "
-              f"{r['median_steady_images_per_s']:.1f} steady, ratio {r['steady_ratio']:.2f}; "
-              f"first results after {r['median_startup_s']:.1f} s ({r['actors']})")
-    print(f"(ratios: Ray / the best plain loop of the same round, median over {args.repeats} rounds; "
-          f"load average {result['machine']['load_1m_median']} on {os.cpu_count()} CPUs)")
+        print(
+            f"ray {name}: {r['median_images_per_s']:.1f} images/s end to end, ratio {r['ratio']:.2f}; "
+            f"{r['median_steady_images_per_s']:.1f} steady, ratio {r['steady_ratio']:.2f}; "
+            f"first results after {r['median_startup_s']:.1f} s ({r['actors']})"
+        )
+    print(
+        f"(ratios: Ray / the best plain loop of the same round, median over {args.repeats} rounds; "
+        f"load average {result['machine']['load_1m_median']} on {os.cpu_count()} CPUs)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {args.out}")

@@ -28,16 +28,23 @@ sys.path.insert(0, str(REPO))
 
 from emokp_ray.models.resnet import build_model, model_config  # noqa: E402
 
-VARIANTS = {   # name -> (channels_last, fused Adam)
+VARIANTS = {  # name -> (channels_last, fused Adam)
     "contiguous, per-tensor Adam": (False, False),
     "contiguous, fused Adam": (False, True),
     "channels-last, per-tensor Adam": (True, False),
     "channels-last, fused Adam": (True, True),
 }
-NETWORKS = [("keypoints", "course", 96), ("emotion", "course", 48), ("keypoints", "small", 96), ("emotion", "small", 48)]
+NETWORKS = [
+    ("keypoints", "course", 96),
+    ("emotion", "course", 48),
+    ("keypoints", "small", 96),
+    ("emotion", "small", 48),
+]
 
 
-def images_per_s(task: str, variant: str, size: int, channels_last: bool, fused: bool, steps: int, batch: int = 32) -> float:
+def images_per_s(
+    task: str, variant: str, size: int, channels_last: bool, fused: bool, steps: int, batch: int = 32
+) -> float:
     torch.manual_seed(0)
     model = build_model(model_config(task, variant, input_size=size))
     x = torch.randn(batch, 1, size, size)
@@ -52,7 +59,7 @@ def images_per_s(task: str, variant: str, size: int, channels_last: bool, fused:
         ((model(x) - target) ** 2).mean().backward()
         optimizer.step()
 
-    for _ in range(3):   # warm-up: allocator, oneDNN primitive caches
+    for _ in range(3):  # warm-up: allocator, oneDNN primitive caches
         step()
     started = time.perf_counter()
     for _ in range(steps):
@@ -62,7 +69,9 @@ def images_per_s(task: str, variant: str, size: int, channels_last: bool, fused:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="timed steps of the course keypoint net (others scale up)")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps of the course keypoint net (others scale up)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     results = {}
@@ -75,15 +84,32 @@ def main() -> int:
                 runs[name].append(images_per_s(task, variant, size, channels_last, fused, steps))
         base = statistics.median(runs["contiguous, per-tensor Adam"])
         key = f"{task}/{variant} {size}x{size}"
-        results[key] = {name: {"median_images_per_s": round(statistics.median(r), 1), "ratio": round(statistics.median(r) / base, 2)}
-                        for name, r in runs.items()}
+        results[key] = {
+            name: {
+                "median_images_per_s": round(statistics.median(r), 1),
+                "ratio": round(statistics.median(r) / base, 2),
+            }
+            for name, r in runs.items()
+        }
         print(key)
         for name, r in results[key].items():
             print(f"  {name:32s} {r['median_images_per_s']:8.1f} images/s  {r['ratio']:.2f}x")
     out = REPO / "benchmarks" / "results" / "optimizer_layout.json"
-    out.write_text(json.dumps({"batch_size": 32, "rounds": args.rounds, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "batch_size": 32,
+                "rounds": args.rounds,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"saved {out}")
     return 0
 

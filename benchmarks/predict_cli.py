@@ -39,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     cold = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "emokp_ray.cli", "predict", str(photos[0]), "--json"], check=True,
-                       capture_output=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        subprocess.run(
+            [sys.executable, "-m", "emokp_ray.cli", "predict", str(photos[0]), "--json"],
+            check=True,
+            capture_output=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         cold.append(time.perf_counter() - start)
 
     predictor = Predictor.from_paths("builtin:keypoints", "builtin:emotion", device="cpu")
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     per_photo = {}
     for tta in (True, False):
         predictor.flip_tta = tta
-        predictor.predict([images[0]])   # warm-up
+        predictor.predict([images[0]])  # warm-up
         times = []
         for _ in range(args.per_photo_rounds):
             for image in images:
@@ -65,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         "per_photo_s": per_photo,
         "tta_cost_ratio": per_photo["flip_tta"] / per_photo["no_tta"],
     }
-    print(f"{'emokp predict, fresh process, 1 photo':45s} {result['startup_plus_one_photo_s']['median']:.2f} s (median of {len(cold)})")
+    print(
+        f"{'emokp predict, fresh process, 1 photo':45s} {result['startup_plus_one_photo_s']['median']:.2f} s (median of {len(cold)})"
+    )
     print(f"{'per photo after start-up, flip TTA (default)':45s} {per_photo['flip_tta'] * 1000:.0f} ms")
-    print(f"{'per photo after start-up, no TTA':45s} {per_photo['no_tta'] * 1000:.0f} ms  (TTA costs {result['tta_cost_ratio']:.2f}x)")
+    print(
+        f"{'per photo after start-up, no TTA':45s} {per_photo['no_tta'] * 1000:.0f} ms  (TTA costs {result['tta_cost_ratio']:.2f}x)"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

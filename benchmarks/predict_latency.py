@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
     kp_cfg, em_cfg = keypoint_config(), emotion_config(input_size=48)
     kp_model, em_model = build_model(kp_cfg).eval(), build_model(em_cfg).eval()
     predictor = Predictor(
-        LoadedCheckpoint(kp_model, CheckpointMeta(model_config=kp_cfg, run_id="course-random"), Path("course-keypoints")),
+        LoadedCheckpoint(
+            kp_model, CheckpointMeta(model_config=kp_cfg, run_id="course-random"), Path("course-keypoints")
+        ),
         LoadedCheckpoint(em_model, CheckpointMeta(model_config=em_cfg, run_id="course-random"), Path("course-emotion")),
     )
     crop = np.random.default_rng(0).integers(0, 256, (1, 96, 96), dtype=np.uint8)
@@ -92,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
         report["keypoint_forward_channels_last_ms"] = median_ms(lambda: kp_model(x), args.n, args.warmup)
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(plain, x)))
         report["keypoint_forward_frozen_trace_ms"] = median_ms(lambda: frozen(x), args.n, args.warmup)
-        report["emotion_forward_48_ms"] = median_ms(lambda: em_model(torch.from_numpy(crop[:, ::2, ::2].copy()).unsqueeze(1)), args.n, args.warmup)
+        report["emotion_forward_48_ms"] = median_ms(
+            lambda: em_model(torch.from_numpy(crop[:, ::2, ::2].copy()).unsqueeze(1)), args.n, args.warmup
+        )
     print(json.dumps(report, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

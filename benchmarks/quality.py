@@ -31,24 +31,69 @@ from emokp_ray.training.train import run_training  # noqa: E402
 RECIPES: dict[str, dict[str, dict]] = {
     "keypoints": {
         # the course: Adam 1e-4, constant rate, no augmentation (our head still predicts normalized offsets)
-        "course": dict(model="course", optimizer="adam", lr=1e-4, schedule="constant", epochs=60, batch_size=32, augment=False),
+        "course": dict(
+            model="course", optimizer="adam", lr=1e-4, schedule="constant", epochs=60, batch_size=32, augment=False
+        ),
         # ours, on the course network: AdamW + one-cycle, label-true augmentation (flip with name swap, affine, intensity)
-        "default": dict(model="course", optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="onecycle", epochs=60, batch_size=64),
+        "default": dict(
+            model="course", optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="onecycle", epochs=60, batch_size=64
+        ),
         # the same recipe on the wider variant (2x filters, 3 identity blocks per stage)
-        "wide": dict(model="wide", optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="onecycle", epochs=45, batch_size=64),
+        "wide": dict(
+            model="wide", optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="onecycle", epochs=45, batch_size=64
+        ),
     },
     "emotion": {
         # the course: 96x96 upscaled input, Adam, constant rate, no class balancing
-        "course": dict(model="course", input_size=96, optimizer="adam", lr=1e-3, schedule="constant", epochs=18, batch_size=64, imbalance="none"),
+        "course": dict(
+            model="course",
+            input_size=96,
+            optimizer="adam",
+            lr=1e-3,
+            schedule="constant",
+            epochs=18,
+            batch_size=64,
+            imbalance="none",
+        ),
         # our recipe on the course network at FER's native 48x48: class-weighted loss, label smoothing, one-cycle
-        "course48": dict(model="course", input_size=48, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="onecycle",
-                         epochs=50, batch_size=128, imbalance="weights", label_smoothing=0.1),
+        "course48": dict(
+            model="course",
+            input_size=48,
+            optimizer="adamw",
+            lr=2e-3,
+            weight_decay=5e-4,
+            schedule="onecycle",
+            epochs=50,
+            batch_size=128,
+            imbalance="weights",
+            label_smoothing=0.1,
+        ),
         # the wide 48x48 variant with a class-weighted loss
-        "wide": dict(model="wide", input_size=48, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="onecycle",
-                     epochs=40, batch_size=128, imbalance="weights", label_smoothing=0.1),
+        "wide": dict(
+            model="wide",
+            input_size=48,
+            optimizer="adamw",
+            lr=2e-3,
+            weight_decay=5e-4,
+            schedule="onecycle",
+            epochs=40,
+            batch_size=128,
+            imbalance="weights",
+            label_smoothing=0.1,
+        ),
         # the recipe that meets the targets: the wide variant with class-balanced sampling
-        "default": dict(model="wide", input_size=48, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="onecycle",
-                        epochs=40, batch_size=128, imbalance="sampling", label_smoothing=0.1),
+        "default": dict(
+            model="wide",
+            input_size=48,
+            optimizer="adamw",
+            lr=2e-3,
+            weight_decay=5e-4,
+            schedule="onecycle",
+            epochs=40,
+            batch_size=128,
+            imbalance="sampling",
+            label_smoothing=0.1,
+        ),
     },
 }
 
@@ -98,23 +143,41 @@ def main(argv: list[str] | None = None) -> int:
     best = max(outcome.history, key=lambda r: -r["val/rmse_px"] if args.task == "keypoints" else r["val/macro_f1"])
     last = outcome.history[-1]
     result = {
-        "task": args.task, "recipe": args.recipe, "config": cfg.to_dict(), "machine": machine(),
-        "epochs": last["epoch"], "wall_s": round(wall, 1), "best_epoch": best["epoch"],
-        "mean_train_images_per_s": round(sum(r["train/images_per_s"] for r in outcome.history) / len(outcome.history), 1),
+        "task": args.task,
+        "recipe": args.recipe,
+        "config": cfg.to_dict(),
+        "machine": machine(),
+        "epochs": last["epoch"],
+        "wall_s": round(wall, 1),
+        "best_epoch": best["epoch"],
+        "mean_train_images_per_s": round(
+            sum(r["train/images_per_s"] for r in outcome.history) / len(outcome.history), 1
+        ),
     }
     if args.task == "keypoints":
-        result.update(val_rmse_px=best["val/rmse_px"], mean_shape_rmse_px=best["val/mean_shape_rmse_px"],
-                      per_keypoint_rmse_px=best.get("val/per_keypoint_rmse_px"), target="rmse_px <= 2.0",
-                      meets_target=best["val/rmse_px"] <= 2.0)
+        result.update(
+            val_rmse_px=best["val/rmse_px"],
+            mean_shape_rmse_px=best["val/mean_shape_rmse_px"],
+            per_keypoint_rmse_px=best.get("val/per_keypoint_rmse_px"),
+            target="rmse_px <= 2.0",
+            meets_target=best["val/rmse_px"] <= 2.0,
+        )
         row = f"| keypoints | {args.recipe} | RMSE {best['val/rmse_px']:.3f} px (mean shape {best['val/mean_shape_rmse_px']:.3f}) |"
     else:
         recall = best.get("val/per_class_recall") or {}
-        result.update(val_accuracy=best["val/accuracy"], val_macro_f1=best["val/macro_f1"], per_class_recall=recall,
-                      disgust_recall=recall.get("disgust"), confusion=best.get("val/confusion"),
-                      target="accuracy >= 0.80 and disgust recall >= 0.50",
-                      meets_target=best["val/accuracy"] >= 0.80 and (recall.get("disgust") or 0) >= 0.50)
-        row = (f"| emotion seed5 | {args.recipe} | acc {best['val/accuracy']:.4f}, macro-F1 {best['val/macro_f1']:.4f}, "
-               f"disgust recall {recall.get('disgust', float('nan')):.3f} |")
+        result.update(
+            val_accuracy=best["val/accuracy"],
+            val_macro_f1=best["val/macro_f1"],
+            per_class_recall=recall,
+            disgust_recall=recall.get("disgust"),
+            confusion=best.get("val/confusion"),
+            target="accuracy >= 0.80 and disgust recall >= 0.50",
+            meets_target=best["val/accuracy"] >= 0.80 and (recall.get("disgust") or 0) >= 0.50,
+        )
+        row = (
+            f"| emotion seed5 | {args.recipe} | acc {best['val/accuracy']:.4f}, macro-F1 {best['val/macro_f1']:.4f}, "
+            f"disgust recall {recall.get('disgust', float('nan')):.3f} |"
+        )
     row += f" best epoch {best['epoch']}/{last['epoch']} | {wall / 60:.1f} min | {result['machine']} |"
     result["table_row"] = row
     results = Path(args.results)

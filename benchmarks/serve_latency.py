@@ -44,16 +44,38 @@ RESULTS = Path(__file__).resolve().parent / "results" / "serve_latency.json"
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client concurrencies (default 1 8 32)")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client concurrencies (default 1 8 32)"
+    )
     parser.add_argument("--requests", type=int, default=300, help="requests per measurement at most (default 300)")
     parser.add_argument("--max-seconds", type=float, default=12.0, help="seconds per measurement at most (default 12)")
-    parser.add_argument("--rounds", type=int, default=3, help="measurements per (config, concurrency), alternating; the best is reported (default 3)")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="@serve.batch size of the batched config (default 16)")
-    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.001, help="@serve.batch wait when idle (default 0.001)")
-    parser.add_argument("--busy-batch-wait-max-s", type=float, default=0.05, help="longest wait while a batch runs (default 0.05; 0: fixed wait)")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the model replica (default: torch's)")
-    parser.add_argument("--configs", nargs="+", default=["batch", "no_batch", "overload"], choices=["batch", "no_batch", "overload"])
-    parser.add_argument("--overload-concurrency", type=int, default=200, help="clients of the overload run (default 200)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measurements per (config, concurrency), alternating; the best is reported (default 3)",
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, default=16, help="@serve.batch size of the batched config (default 16)"
+    )
+    parser.add_argument(
+        "--batch-wait-timeout-s", type=float, default=0.001, help="@serve.batch wait when idle (default 0.001)"
+    )
+    parser.add_argument(
+        "--busy-batch-wait-max-s",
+        type=float,
+        default=0.05,
+        help="longest wait while a batch runs (default 0.05; 0: fixed wait)",
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch threads in the model replica (default: torch's)"
+    )
+    parser.add_argument(
+        "--configs", nargs="+", default=["batch", "no_batch", "overload"], choices=["batch", "no_batch", "overload"]
+    )
+    parser.add_argument(
+        "--overload-concurrency", type=int, default=200, help="clients of the overload run (default 200)"
+    )
     parser.add_argument("--overload-seconds", type=float, default=20.0, help="length of the overload run (default 20)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
@@ -68,8 +90,12 @@ def write_course_checkpoints(out: Path) -> tuple[Path, Path]:
 
     torch.manual_seed(0)
     kp_cfg, em_cfg = keypoint_config(), emotion_config(input_size=48)
-    kp = save_checkpoint(out / "keypoints", build_model(kp_cfg).eval(), CheckpointMeta(model_config=kp_cfg, run_id="bench-keypoints"))
-    em = save_checkpoint(out / "emotion", build_model(em_cfg).eval(), CheckpointMeta(model_config=em_cfg, run_id="bench-emotion"))
+    kp = save_checkpoint(
+        out / "keypoints", build_model(kp_cfg).eval(), CheckpointMeta(model_config=kp_cfg, run_id="bench-keypoints")
+    )
+    em = save_checkpoint(
+        out / "emotion", build_model(em_cfg).eval(), CheckpointMeta(model_config=em_cfg, run_id="bench-emotion")
+    )
     return kp, em
 
 
@@ -85,7 +111,7 @@ def crop_png() -> bytes:
 
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
-    index = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    index = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
     return sorted_values[index]
 
 
@@ -125,8 +151,17 @@ async def drive(url: str, body: bytes, concurrency: int, total: int, max_seconds
 
     def summary(values: list[float]) -> dict:
         v = sorted(1000 * t for t in values)
-        return {"n": len(v), "p50_ms": round(percentile(v, 50), 2), "p95_ms": round(percentile(v, 95), 2),
-                "p99_ms": round(percentile(v, 99), 2), "max_ms": round(v[-1], 2)} if v else {"n": 0}
+        return (
+            {
+                "n": len(v),
+                "p50_ms": round(percentile(v, 50), 2),
+                "p95_ms": round(percentile(v, 95), 2),
+                "p99_ms": round(percentile(v, 99), 2),
+                "max_ms": round(v[-1], 2),
+            }
+            if v
+            else {"n": 0}
+        )
 
     return {
         "latency_by_status": {str(k): summary(v) for k, v in sorted(by_status.items())},
@@ -159,21 +194,28 @@ def deploy_overload(kp: Path, em: Path, args: argparse.Namespace) -> None:
 
     fixed = {"num_replicas": 1, "autoscaling_config": None}
     app_args = AppArgs(keypoints=str(kp), emotion=str(em), torch_threads=args.torch_threads)
-    serve.run(compose(app_args, model_options=fixed, ingress_options=fixed), name="bench-overload", route_prefix="/overload")
+    serve.run(
+        compose(app_args, model_options=fixed, ingress_options=fixed), name="bench-overload", route_prefix="/overload"
+    )
 
 
 def run_overload(port: int, body: bytes, args: argparse.Namespace) -> dict:
     url = f"http://127.0.0.1:{port}/overload/v1/predict"
-    asyncio.run(drive(url, body, 8, 64, 30.0))   # warm-up
+    asyncio.run(drive(url, body, 8, 64, 30.0))  # warm-up
     result = asyncio.run(drive(url, body, args.overload_concurrency, 10**9, args.overload_seconds))
     row = {"config": "overload", "load_avg_1m": round(os.getloadavg()[0], 2), **result}
     refused = result["latency_by_status"].get("503", {"n": 0})
     ok = result["latency_by_status"].get("200", {"n": 0})
-    print(f"overload c={args.overload_concurrency}: statuses {result['statuses']} ({result['json_503']} of the 503s JSON from the ingress)")
+    print(
+        f"overload c={args.overload_concurrency}: statuses {result['statuses']} ({result['json_503']} of the 503s JSON from the ingress)"
+    )
     for name, stats in (("503", refused), ("200", ok)):
         if stats["n"]:
-            print(f"  {name}: n {stats['n']:>6}  p50 {stats['p50_ms']:>7.1f}  p95 {stats['p95_ms']:>7.1f}  p99 {stats['p99_ms']:>7.1f}  "
-                  f"max {stats['max_ms']:>7.1f} ms", flush=True)
+            print(
+                f"  {name}: n {stats['n']:>6}  p50 {stats['p50_ms']:>7.1f}  p95 {stats['p95_ms']:>7.1f}  p99 {stats['p99_ms']:>7.1f}  "
+                f"max {stats['max_ms']:>7.1f} ms",
+                flush=True,
+            )
     return row
 
 
@@ -187,14 +229,22 @@ def deploy(config: str, kp: Path, em: Path, args: argparse.Namespace) -> None:
 
     batched = config == "batch"
     batch_size = args.max_batch_size if batched else 1
-    app_args = AppArgs(keypoints=str(kp), emotion=str(em), max_batch_size=batch_size,
-                       batch_wait_timeout_s=args.batch_wait_timeout_s if batched else 0.0,
-                       busy_batch_wait_max_s=args.busy_batch_wait_max_s if batched else 0.0,
-                       torch_threads=args.torch_threads)
+    app_args = AppArgs(
+        keypoints=str(kp),
+        emotion=str(em),
+        max_batch_size=batch_size,
+        batch_wait_timeout_s=args.batch_wait_timeout_s if batched else 0.0,
+        busy_batch_wait_max_s=args.busy_batch_wait_max_s if batched else 0.0,
+        torch_threads=args.torch_threads,
+    )
     fixed = {"num_replicas": 1, "autoscaling_config": None}
     model = {**fixed, "max_ongoing_requests": max(64, batch_size), "max_queued_requests": 1024}
     ingress = {**fixed, "max_ongoing_requests": 256, "max_queued_requests": 1024}
-    serve.run(compose(app_args, model_options=model, ingress_options=ingress), name=f"bench-{config}", route_prefix=f"/{config}")
+    serve.run(
+        compose(app_args, model_options=model, ingress_options=ingress),
+        name=f"bench-{config}",
+        route_prefix=f"/{config}",
+    )
 
 
 def best_rows(rows: list[dict]) -> list[dict]:
@@ -240,12 +290,20 @@ def main(argv: list[str] | None = None) -> dict:
                     for config in configs:
                         url = f"http://127.0.0.1:{port}/{config}/v1/predict"
                         result = asyncio.run(drive(url, body, c, args.requests, args.max_seconds))
-                        row = {"config": config, "max_batch_size": args.max_batch_size if config == "batch" else 1,
-                               "round": round_index, "load_avg_1m": round(os.getloadavg()[0], 2), **result}
+                        row = {
+                            "config": config,
+                            "max_batch_size": args.max_batch_size if config == "batch" else 1,
+                            "round": round_index,
+                            "load_avg_1m": round(os.getloadavg()[0], 2),
+                            **result,
+                        }
                         rows.append(row)
-                        print(f"round {round_index} {config:>8} c={c:<3} {row['requests_per_s']:>7.1f} req/s  p50 {row['p50_ms']:>7.1f}  "
-                              f"p95 {row['p95_ms']:>7.1f}  p99 {row['p99_ms']:>7.1f} ms  statuses {row['statuses']}  "
-                              f"load {row['load_avg_1m']}", flush=True)
+                        print(
+                            f"round {round_index} {config:>8} c={c:<3} {row['requests_per_s']:>7.1f} req/s  p50 {row['p50_ms']:>7.1f}  "
+                            f"p95 {row['p95_ms']:>7.1f}  p99 {row['p99_ms']:>7.1f} ms  statuses {row['statuses']}  "
+                            f"load {row['load_avg_1m']}",
+                            flush=True,
+                        )
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -255,7 +313,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {}
     top = max(args.concurrency)
     if ("batch", top) in by and ("no_batch", top) in by:
-        summary[f"throughput_gain_at_c{top}"] = round(by[("batch", top)]["requests_per_s"] / by[("no_batch", top)]["requests_per_s"], 2)
+        summary[f"throughput_gain_at_c{top}"] = round(
+            by[("batch", top)]["requests_per_s"] / by[("no_batch", top)]["requests_per_s"], 2
+        )
     if overload is not None:
         summary["overload_concurrency"] = args.overload_concurrency
         summary["overload_503_p99_ms"] = overload["latency_by_status"].get("503", {}).get("p99_ms")
@@ -266,10 +326,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     print()
     print(f"best of {args.rounds} rounds per row")
-    print(f"{'config':>8} {'batch':>5} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'n':>5} {'load':>5}")
+    print(
+        f"{'config':>8} {'batch':>5} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'n':>5} {'load':>5}"
+    )
     for r in best:
-        print(f"{r['config']:>8} {r['max_batch_size']:>5} {r['concurrency']:>3} {r['requests_per_s']:>8.1f} "
-              f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['ok']:>5} {r['load_avg_1m']:>5.1f}")
+        print(
+            f"{r['config']:>8} {r['max_batch_size']:>5} {r['concurrency']:>3} {r['requests_per_s']:>8.1f} "
+            f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['ok']:>5} {r['load_avg_1m']:>5.1f}"
+        )
     print(json.dumps(summary))
 
     result = {

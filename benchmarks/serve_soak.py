@@ -52,13 +52,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients (default 8)")
     parser.add_argument("--warmup", type=int, default=1000, help="requests before the RSS baseline (default 1000)")
     parser.add_argument("--sample-every", type=int, default=250, help="requests between RSS samples (default 250)")
-    parser.add_argument("--max-growth-mib", type=float, default=64.0, help="allowed RSS growth per replica after warm-up (MiB)")
-    parser.add_argument("--max-slope-kib", type=float, default=1.0, help="allowed RSS slope over the second half (KiB per request)")
+    parser.add_argument(
+        "--max-growth-mib", type=float, default=64.0, help="allowed RSS growth per replica after warm-up (MiB)"
+    )
+    parser.add_argument(
+        "--max-slope-kib", type=float, default=1.0, help="allowed RSS slope over the second half (KiB per request)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
 
 
 # ----------------------------------------------------------------------------- the request mix
+
 
 def _png(array) -> bytes:
     from PIL import Image
@@ -128,15 +133,39 @@ def request_mix() -> tuple[list[dict], dict]:
     json_type = {"Content-Type": "application/json"}
 
     def post(route, body, headers, status, params=None, kind=""):
-        return {"route": route, "body": body, "headers": headers, "status": status, "params": params or {}, "kind": kind}
+        return {
+            "route": route,
+            "body": body,
+            "headers": headers,
+            "status": status,
+            "params": params or {},
+            "kind": kind,
+        }
 
     mix: list[dict] = []
-    for i in range(20):                                                     # 20 faces
+    for i in range(20):  # 20 faces
         mix.append(post("/v1/predict", faces[i % len(faces)], png_type, 200, kind="face"))
-    for i, data in enumerate(photo_bytes):                                  # real photos, one annotated
-        mix.append(post("/v1/predict", data, {"Content-Type": "image/jpeg"}, 200, {"annotate": "true"} if i == 0 else None, "photo"))
+    for i, data in enumerate(photo_bytes):  # real photos, one annotated
+        mix.append(
+            post(
+                "/v1/predict",
+                data,
+                {"Content-Type": "image/jpeg"},
+                200,
+                {"annotate": "true"} if i == 0 else None,
+                "photo",
+            )
+        )
     mix.append(post("/v1/predict", synthetic, {"Content-Type": "image/jpeg"}, 200, kind="photo"))
-    mix.append(post("/v1/predict/batch", json.dumps({"images": [{"image_base64": b64}] * 3}).encode(), json_type, 200, kind="batch"))
+    mix.append(
+        post(
+            "/v1/predict/batch",
+            json.dumps({"images": [{"image_base64": b64}] * 3}).encode(),
+            json_type,
+            200,
+            kind="batch",
+        )
+    )
     truncated = jpeg(np.random.default_rng(0).integers(0, 256, (120, 160), dtype=np.uint8))[:-500]
     mix += [
         post("/v1/predict", truncated, {"Content-Type": "image/jpeg"}, 400, kind="bad"),
@@ -145,15 +174,25 @@ def request_mix() -> tuple[list[dict], dict]:
         post("/v1/predict", faces[1], png_type, 422, {"boxes": "[[500, 500, 10, 10]]"}, "bad"),
         post("/v1/predict", png_bomb(20_000, 20_000), png_type, 413, kind="bad"),
         post("/v1/predict", EPS, png_type, 415, kind="bad"),
-        post("/v1/predict/batch", json.dumps({"images": [{"image_base64": b64}] * 40}).encode(), json_type, 413, kind="bad"),
+        post(
+            "/v1/predict/batch",
+            json.dumps({"images": [{"image_base64": b64}] * 40}).encode(),
+            json_type,
+            413,
+            kind="bad",
+        ),
         post("/v1/predict", b"[" * 5000 + b"]" * 5000, json_type, 400, kind="bad"),
     ]
-    about = {"faces": faces_from, "photos": [p.name for p in photos] + ["synthetic 480x360, 3 faces"],
-             "cycle": {kind: sum(m["kind"] == kind for m in mix) for kind in ("face", "photo", "batch", "bad")}}
+    about = {
+        "faces": faces_from,
+        "photos": [p.name for p in photos] + ["synthetic 480x360, 3 faces"],
+        "cycle": {kind: sum(m["kind"] == kind for m in mix) for kind in ("face", "photo", "batch", "bad")},
+    }
     return mix, about
 
 
 # ----------------------------------------------------------------------------- replica memory
+
 
 def replica_rss() -> dict[str, int]:
     """{'Ingress#pid': RSS bytes, ...} of this app's Serve replica processes (Linux /proc)."""
@@ -186,6 +225,7 @@ def slope_per_request(points: list[tuple[int, int]]) -> float:
 
 # ----------------------------------------------------------------------------- the run
 
+
 async def soak(base: str, mix: list[dict], args: argparse.Namespace) -> dict:
     import aiohttp
 
@@ -204,10 +244,12 @@ async def soak(base: str, mix: list[dict], args: argparse.Namespace) -> dict:
         while next_index < args.requests:
             item = mix[next_index % len(mix)]
             next_index += 1
-            async with session.post(base + item["route"], data=item["body"], headers=item["headers"], params=item["params"]) as response:
+            async with session.post(
+                base + item["route"], data=item["body"], headers=item["headers"], params=item["params"]
+            ) as response:
                 await response.read()
                 statuses[response.status] = statuses.get(response.status, 0) + 1
-                if response.status != item["status"] and response.status != 503:   # 503: overload, allowed
+                if response.status != item["status"] and response.status != 503:  # 503: overload, allowed
                     key = f"{item['route']} {item['kind']}: {item['status']} -> {response.status}"
                     wrong[key] = wrong.get(key, 0) + 1
             done += 1
@@ -215,12 +257,18 @@ async def soak(base: str, mix: list[dict], args: argparse.Namespace) -> dict:
                 sample()
 
     sample()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency),
-                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=args.concurrency), timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
         await asyncio.gather(*(worker(session) for _ in range(args.concurrency)))
     sample()
-    return {"requests": done, "seconds": round(time.perf_counter() - started, 1), "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "unexpected_statuses": wrong, "samples": samples}
+    return {
+        "requests": done,
+        "seconds": round(time.perf_counter() - started, 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "unexpected_statuses": wrong,
+        "samples": samples,
+    }
 
 
 def verdict(samples: list[dict], args: argparse.Namespace) -> dict:
@@ -234,11 +282,15 @@ def verdict(samples: list[dict], args: argparse.Namespace) -> dict:
         base, end = after_warmup[0][1], series[-1][1]
         second_half = [p for p in series if p[0] >= total / 2]
         slope = slope_per_request(second_half)
-        out[name] = {"rss_start_mib": round(series[0][1] / MiB, 1), "rss_after_warmup_mib": round(base / MiB, 1),
-                     "rss_end_mib": round(end / MiB, 1), "rss_max_mib": round(max(y for _, y in series) / MiB, 1),
-                     "growth_after_warmup_mib": round((end - base) / MiB, 1),
-                     "slope_second_half_kib_per_request": round(slope / 1024, 3),
-                     "within_bound": (end - base) / MiB <= args.max_growth_mib and slope / 1024 <= args.max_slope_kib}
+        out[name] = {
+            "rss_start_mib": round(series[0][1] / MiB, 1),
+            "rss_after_warmup_mib": round(base / MiB, 1),
+            "rss_end_mib": round(end / MiB, 1),
+            "rss_max_mib": round(max(y for _, y in series) / MiB, 1),
+            "growth_after_warmup_mib": round((end - base) / MiB, 1),
+            "slope_second_half_kib_per_request": round(slope / 1024, 3),
+            "within_bound": (end - base) / MiB <= args.max_growth_mib and slope / 1024 <= args.max_slope_kib,
+        }
     return out
 
 
@@ -261,8 +313,11 @@ def main(argv: list[str] | None = None) -> dict:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
             fixed = {"num_replicas": 1, "autoscaling_config": None}
-            serve.run(compose(AppArgs(keypoints=str(kp), emotion=str(em)), model_options=fixed, ingress_options=fixed),
-                      name=APP, route_prefix="/")
+            serve.run(
+                compose(AppArgs(keypoints=str(kp), emotion=str(em)), model_options=fixed, ingress_options=fixed),
+                name=APP,
+                route_prefix="/",
+            )
             run = asyncio.run(soak(f"http://127.0.0.1:{port}", mix, args))
         finally:
             serve.shutdown()
@@ -274,21 +329,33 @@ def main(argv: list[str] | None = None) -> dict:
         "app": "serve/config.yaml defaults, course networks (random init), detection on, 1 ingress + 1 model replica",
         "inputs": about,
         "concurrency": args.concurrency,
-        "bound": {"warmup_requests": args.warmup, "max_growth_mib": args.max_growth_mib, "max_slope_kib_per_request": args.max_slope_kib},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m_end": round(os.getloadavg()[0], 2)},
+        "bound": {
+            "warmup_requests": args.warmup,
+            "max_growth_mib": args.max_growth_mib,
+            "max_slope_kib_per_request": args.max_slope_kib,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_1m_end": round(os.getloadavg()[0], 2),
+        },
         **{k: v for k, v in run.items() if k != "samples"},
         "requests_per_s": round(run["requests"] / run["seconds"], 1),
         "replicas": replicas,
         "within_bound": all(r["within_bound"] for r in replicas.values()) and bool(replicas),
         "samples": run["samples"],
     }
-    print(f"{run['requests']} requests in {run['seconds']} s ({result['requests_per_s']} req/s), statuses {run['statuses']}")
+    print(
+        f"{run['requests']} requests in {run['seconds']} s ({result['requests_per_s']} req/s), statuses {run['statuses']}"
+    )
     if run["unexpected_statuses"]:
         print(f"unexpected statuses: {run['unexpected_statuses']}")
     for name, r in replicas.items():
-        print(f"  {name:<18} RSS {r['rss_start_mib']:.0f} -> {r['rss_after_warmup_mib']:.0f} (after {args.warmup}) -> {r['rss_end_mib']:.0f} MiB, "
-              f"growth {r['growth_after_warmup_mib']:+.1f} MiB, slope {r['slope_second_half_kib_per_request']:+.3f} KiB/request: "
-              f"{'within' if r['within_bound'] else 'OVER'} the bound")
+        print(
+            f"  {name:<18} RSS {r['rss_start_mib']:.0f} -> {r['rss_after_warmup_mib']:.0f} (after {args.warmup}) -> {r['rss_end_mib']:.0f} MiB, "
+            f"growth {r['growth_after_warmup_mib']:+.1f} MiB, slope {r['slope_second_half_kib_per_request']:+.3f} KiB/request: "
+            f"{'within' if r['within_bound'] else 'OVER'} the bound"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {args.out}")

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     from emokp_ray.data.synth import SynthConfig, face_grid, synthesize, write_synth_dataset
 
     options = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
-    synthesize(256, seed=12345, **options)   # warm-up: imports, allocator, caches
+    synthesize(256, seed=12345, **options)  # warm-up: imports, allocator, caches
     walls, cpus = [], []
     for repeat in range(args.repeats):
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
         "cpus": os.cpu_count(),
     }
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    print(f"synth: {result['faces_per_s']:,.0f} faces/s on one core (best of {args.repeats}; median {result['faces_per_s_median']:,.0f}; cpu-time {result['cpu_faces_per_s']:,.0f})")
+    print(
+        f"synth: {result['faces_per_s']:,.0f} faces/s on one core (best of {args.repeats}; median {result['faces_per_s_median']:,.0f}; cpu-time {result['cpu_faces_per_s']:,.0f})"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {args.out}")

@@ -47,8 +47,17 @@ def steady_rate(history: list[dict], warmup_epochs: int) -> float:
 
 
 def mode_config(mode: str, args: argparse.Namespace, data: str, out: str, cores: int) -> TrainConfig:
-    common = dict(task=args.task, data=data, out=out, model=args.model, epochs=args.epochs,
-                  batch_size=args.batch_size, seed=0, use_gpu=False, keep_checkpoints=1)
+    common = dict(
+        task=args.task,
+        data=data,
+        out=out,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=0,
+        use_gpu=False,
+        keep_checkpoints=1,
+    )
     if mode == "plain":
         return TrainConfig(no_ray=True, **common)
     if mode == "ray-1":
@@ -59,7 +68,18 @@ def mode_config(mode: str, args: argparse.Namespace, data: str, out: str, cores:
 
 
 def forwarded(args: argparse.Namespace) -> list[str]:
-    return ["--task", args.task, "--model", args.model, "--epochs", str(args.epochs), "--warmup-epochs", str(args.warmup_epochs), "--batch-size", str(args.batch_size)]
+    return [
+        "--task",
+        args.task,
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--warmup-epochs",
+        str(args.warmup_epochs),
+        "--batch-size",
+        str(args.batch_size),
+    ]
 
 
 def run_one(args: argparse.Namespace, cores: int) -> int:
@@ -68,13 +88,21 @@ def run_one(args: argparse.Namespace, cores: int) -> int:
     try:
         cfg = mode_config(args.run_one, args, args.data, str(out / "run"), cores)
         started = time.perf_counter()
-        outcome = run_training(cfg, log=lambda line: print(f"  {args.run_one}: {line}", flush=True) if line.startswith("epoch") else None)
-        Path(args.result).write_text(json.dumps({
-            "images_per_s": round(steady_rate(outcome.history, args.warmup_epochs), 2), "wall_s": round(time.perf_counter() - started, 1),
-            "per_epoch_images_per_s": [round(r["train/images_per_s"], 2) for r in outcome.history],
-            "load_1m": round(os.getloadavg()[0], 2)}))
+        outcome = run_training(
+            cfg, log=lambda line: print(f"  {args.run_one}: {line}", flush=True) if line.startswith("epoch") else None
+        )
+        Path(args.result).write_text(
+            json.dumps(
+                {
+                    "images_per_s": round(steady_rate(outcome.history, args.warmup_epochs), 2),
+                    "wall_s": round(time.perf_counter() - started, 1),
+                    "per_epoch_images_per_s": [round(r["train/images_per_s"], 2) for r in outcome.history],
+                    "load_1m": round(os.getloadavg()[0], 2),
+                }
+            )
+        )
     finally:
-        shutil.rmtree(out, ignore_errors=True)   # 200+ MB of checkpoints per run
+        shutil.rmtree(out, ignore_errors=True)  # 200+ MB of checkpoints per run
     return 0
 
 
@@ -89,7 +117,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--modes", default="plain,ray-1,ray-2")
     p.add_argument("--tag", default="", help="suffix of the results file (train_throughput<tag>.json)")
-    p.add_argument("--run-one", help=argparse.SUPPRESS)   # internal: one mode in this process
+    p.add_argument("--run-one", help=argparse.SUPPRESS)  # internal: one mode in this process
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -105,29 +133,68 @@ def main() -> int:
         for round_ in range(args.rounds):
             for mode in modes:
                 result = work / f"{mode}-{round_}.json"
-                subprocess.run([sys.executable, __file__, "--run-one", mode, "--data", str(data), "--result", str(result),
-                                *forwarded(args)], check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--run-one",
+                        mode,
+                        "--data",
+                        str(data),
+                        "--result",
+                        str(result),
+                        *forwarded(args),
+                    ],
+                    check=True,
+                )
                 run = json.loads(result.read_text())
                 runs[mode].append(run)
-                print(f"round {round_}: {mode}: {run['images_per_s']:.1f} images/s (steady), {run['wall_s']:.0f} s wall", flush=True)
+                print(
+                    f"round {round_}: {mode}: {run['images_per_s']:.1f} images/s (steady), {run['wall_s']:.0f} s wall",
+                    flush=True,
+                )
         results = {}
         for mode, mode_runs in runs.items():
-            results[mode] = {"median_images_per_s": round(statistics.median(r["images_per_s"] for r in mode_runs), 2), "runs": mode_runs}
+            results[mode] = {
+                "median_images_per_s": round(statistics.median(r["images_per_s"] for r in mode_runs), 2),
+                "runs": mode_runs,
+            }
             if "plain" in runs:
                 ratios = [r["images_per_s"] / p["images_per_s"] for r, p in zip(mode_runs, runs["plain"])]
                 results[mode]["ratios_to_plain"] = [round(x, 3) for x in ratios]
                 results[mode]["ratio_to_plain"] = round(statistics.median(ratios), 3)
-        print(f"\n| mode | images/s (median of {args.rounds}) | ratio to plain (median of paired rounds) | ratios per round |\n|---|---|---|---|")
+        print(
+            f"\n| mode | images/s (median of {args.rounds}) | ratio to plain (median of paired rounds) | ratios per round |\n|---|---|---|---|"
+        )
         for mode, r in results.items():
-            print(f"| {mode} | {r['median_images_per_s']:.1f} | {r.get('ratio_to_plain')} | {r.get('ratios_to_plain')} |")
+            print(
+                f"| {mode} | {r['median_images_per_s']:.1f} | {r.get('ratio_to_plain')} | {r.get('ratios_to_plain')} |"
+            )
         out = REPO / "benchmarks" / "results" / f"train_throughput{args.tag}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({
-            "task": args.task, "model": args.model, "faces": args.faces, "epochs": args.epochs, "warmup_epochs": args.warmup_epochs, "batch_size": args.batch_size,
-            "rounds": args.rounds,
-            "machine": {"cpus": cores, "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-                        "load_average_1m_at_end": os.getloadavg()[0]},
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results}, indent=2) + "\n")
+        out.write_text(
+            json.dumps(
+                {
+                    "task": args.task,
+                    "model": args.model,
+                    "faces": args.faces,
+                    "epochs": args.epochs,
+                    "warmup_epochs": args.warmup_epochs,
+                    "batch_size": args.batch_size,
+                    "rounds": args.rounds,
+                    "machine": {
+                        "cpus": cores,
+                        "processor": platform.processor() or platform.machine(),
+                        "python": platform.python_version(),
+                        "load_average_1m_at_end": os.getloadavg()[0],
+                    },
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"saved {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -31,9 +31,10 @@ import re
 import shutil
 import uuid
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,14 +69,14 @@ class CheckpointMeta:
     KEYPOINT_NAMES (Kaggle order); emotion gets the classes of `label_scheme` (default seed5)."""
 
     model_config: ModelConfig
-    label_scheme: str | None = None                   # emotion: scheme name, e.g. "seed5"
-    class_names: tuple[str, ...] = ()                 # emotion: logit order
-    keypoint_names: tuple[str, ...] = ()              # keypoints: output order (x, y per name)
+    label_scheme: str | None = None  # emotion: scheme name, e.g. "seed5"
+    class_names: tuple[str, ...] = ()  # emotion: logit order
+    keypoint_names: tuple[str, ...] = ()  # keypoints: output order (x, y per name)
     train_config: Mapping[str, Any] = field(default_factory=dict)  # the caller's JSON config
-    epoch: int | None = None                          # epochs completed
-    metrics: Mapping[str, Any] = field(default_factory=dict)       # e.g. {"val/rmse_px": 2.1}
+    epoch: int | None = None  # epochs completed
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"val/rmse_px": 2.1}
     run_id: str | None = None
-    calibration: Mapping[str, Any] = field(default_factory=dict)   # emotion: {"temperature": T, "fitted_on": ...}
+    calibration: Mapping[str, Any] = field(default_factory=dict)  # emotion: {"temperature": T, "fitted_on": ...}
     created: str = field(default_factory=_utc_now)
     torch_version: str = str(torch.__version__)
     format_version: int = FORMAT_VERSION
@@ -140,7 +141,7 @@ class CheckpointMeta:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, raw: Any) -> "CheckpointMeta":
+    def from_dict(cls, raw: Any) -> CheckpointMeta:
         """Parse and check a meta.json object; every problem is a `UserError` (without the path)."""
         if not isinstance(raw, dict):
             raise UserError(f"meta must be a JSON object, got {type(raw).__name__}")
@@ -179,7 +180,7 @@ class LoadedCheckpoint:
 
     model: nn.Module
     meta: CheckpointMeta
-    path: Path                                # the checkpoint directory (or exported file) read
+    path: Path  # the checkpoint directory (or exported file) read
     optimizer_state: dict[str, Any] | None = None
     scheduler_state: dict[str, Any] | None = None
     scaler_state: dict[str, Any] | None = None
@@ -297,7 +298,9 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
         return path
     if (path / BEST_DIR / META_FILE).is_file():
         return path / BEST_DIR
-    raise UserError(f"checkpoint {path} has no {META_FILE} (and no {BEST_DIR}/{META_FILE}): not a checkpoint or run directory")
+    raise UserError(
+        f"checkpoint {path} has no {META_FILE} (and no {BEST_DIR}/{META_FILE}): not a checkpoint or run directory"
+    )
 
 
 def _torch_load(file: Path, map_location: Any) -> Any:
@@ -312,7 +315,7 @@ def _torch_load(file: Path, map_location: Any) -> Any:
         raise UserError(f"{file} is truncated or corrupt (its zip directory is missing)")
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file, reported in one line
+    except Exception as err:
         text = str(err)
         if "weights_only" in text or "Weights only load failed" in text:
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
@@ -354,7 +357,9 @@ def _exported_payload(file: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or not isinstance(payload.get("meta_json"), str) or "state_dict" not in payload:
         raise UserError(f"{file} is a torch file but not an exported checkpoint (no meta_json / state_dict)")
     if payload.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{file}: unknown checkpoint format_version {payload.get('format_version')!r} (this version reads {FORMAT_VERSION})")
+        raise UserError(
+            f"{file}: unknown checkpoint format_version {payload.get('format_version')!r} (this version reads {FORMAT_VERSION})"
+        )
     try:
         json.loads(payload["meta_json"])
     except json.JSONDecodeError as err:
@@ -373,7 +378,9 @@ def _model_from(meta: CheckpointMeta, state_dict: Any, where: Path) -> nn.Module
     if missing:
         raise UserError(f"{where} does not match its model_config: missing key {missing[0]!r} ({len(missing)} missing)")
     if unexpected:
-        raise UserError(f"{where} does not match its model_config: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
+        raise UserError(
+            f"{where} does not match its model_config: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)"
+        )
     for key, tensor in expected.items():
         if state_dict[key].shape != tensor.shape:
             raise UserError(
@@ -384,7 +391,9 @@ def _model_from(meta: CheckpointMeta, state_dict: Any, where: Path) -> nn.Module
     return model.eval()
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", training_state: bool = True) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", training_state: bool = True
+) -> LoadedCheckpoint:
     """Rebuild the model a checkpoint describes, with its weights, in eval mode on `map_location`.
 
     `path`: a checkpoint directory, a run directory with best/ inside, or an exported .pt file.

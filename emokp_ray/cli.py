@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from emokp_ray.errors import UserError
 
@@ -41,31 +41,45 @@ def _fraction(text: str) -> float:
 
 
 def _add_backend(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
-                        help="where the networks run: torch (eager PyTorch), onnx (ONNX Runtime, fp32), onnx-int8 "
-                             "(ONNX Runtime, int8); auto (default): onnx where the onnx extra is installed, else torch")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx", "onnx-int8"],
+        help="where the networks run: torch (eager PyTorch), onnx (ONNX Runtime, fp32), onnx-int8 "
+        "(ONNX Runtime, int8); auto (default): onnx where the onnx extra is installed, else torch",
+    )
 
 
 # ----------------------------------------------------------------------------- data
 
+
 def _cmd_data_prepare(args: argparse.Namespace) -> None:
     from emokp_ray.data.prepare import prepare_dataset
 
-    result = prepare_dataset(args.inputs, args.out, scheme=args.scheme, strict=args.strict, seed=args.seed,
-                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                             group_near_duplicates=not args.keep_near_duplicates)
+    result = prepare_dataset(
+        args.inputs,
+        args.out,
+        scheme=args.scheme,
+        strict=args.strict,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        group_near_duplicates=not args.keep_near_duplicates,
+    )
     print(result.summary())
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> None:
+    from emokp_ray.data.schema import format_counts, read_info
     from emokp_ray.data.synth import write_synth_dataset
 
-    from emokp_ray.data.schema import format_counts, read_info
-
-    summary = write_synth_dataset(args.out, n=args.n, seed=args.seed, val_fraction=args.val_fraction,
-                                  test_fraction=args.test_fraction)
-    print(f"synthesized {summary['n']:,} faces into {summary['out_dir']} in {summary['seconds']:.1f} s "
-          f"({summary['faces_per_s']:,.0f} faces/s, keypoints exact, emotions seed5)")
+    summary = write_synth_dataset(
+        args.out, n=args.n, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction
+    )
+    print(
+        f"synthesized {summary['n']:,} faces into {summary['out_dir']} in {summary['seconds']:.1f} s "
+        f"({summary['faces_per_s']:,.0f} faces/s, keypoints exact, emotions seed5)"
+    )
     print("\n".join(format_counts(read_info(summary["out_dir"]))))
 
 
@@ -73,10 +87,36 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
 
 # TrainConfig fields a recipe may set and a flag may override (flag value None = not given).
 _TRAIN_FIELDS = (
-    "model", "input_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "early_stopping",
-    "seed", "drop_incomplete", "imbalance", "label_smoothing", "augment", "random_erasing", "mixup_alpha",
-    "cutmix_alpha", "ema_decay", "workers", "use_gpu", "cpus_per_worker", "amp", "channels_last", "keep_checkpoints",
-    "max_failures", "storage", "resume", "no_ray", "max_steps_per_epoch", "limit_rows",
+    "model",
+    "input_size",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "early_stopping",
+    "seed",
+    "drop_incomplete",
+    "imbalance",
+    "label_smoothing",
+    "augment",
+    "random_erasing",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "ema_decay",
+    "workers",
+    "use_gpu",
+    "cpus_per_worker",
+    "amp",
+    "channels_last",
+    "keep_checkpoints",
+    "max_failures",
+    "storage",
+    "resume",
+    "no_ray",
+    "max_steps_per_epoch",
+    "limit_rows",
 )
 
 
@@ -86,20 +126,31 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     given = {name: getattr(args, name) for name in _TRAIN_FIELDS}
     cfg = config_from_recipe(args.task, args.data, args.out, recipe=args.recipe or DEFAULT_RECIPE, **given)
-    print(f"recipe {cfg.recipe}: {cfg.model} model, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
-          f"lr {cfg.lr:g} {cfg.schedule}" + (f", EMA {cfg.ema_decay:g}" if cfg.ema_decay else ""))
+    print(
+        f"recipe {cfg.recipe}: {cfg.model} model, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
+        f"lr {cfg.lr:g} {cfg.schedule}" + (f", EMA {cfg.ema_decay:g}" if cfg.ema_decay else "")
+    )
     run_training(cfg)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from emokp_ray.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.checkpoint, args.data, args.out, split=args.split, scheme=args.scheme,
-                                 batch_size=args.batch_size, limit_rows=args.limit_rows, flip_tta=not args.no_flip_tta)
+    report = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        args.out,
+        split=args.split,
+        scheme=args.scheme,
+        batch_size=args.batch_size,
+        limit_rows=args.limit_rows,
+        flip_tta=not args.no_flip_tta,
+    )
     print(report.summary())
 
 
 # ----------------------------------------------------------------------------- inference
+
 
 def _model_pair(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """--keypoints / --emotion as given; with neither, the shipped release pair (builtin:keypoints,
@@ -114,8 +165,15 @@ def _model_pair(args: argparse.Namespace) -> tuple[str | None, str | None]:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from emokp_ray.inference.quick import run_predict
 
-    run_predict(args.images, *_model_pair(args), as_json=args.json, annotate_dir=args.annotate, detect=args.detect,
-                flip_tta=not args.no_flip_tta, backend=args.backend)
+    run_predict(
+        args.images,
+        *_model_pair(args),
+        as_json=args.json,
+        annotate_dir=args.annotate,
+        detect=args.detect,
+        flip_tta=not args.no_flip_tta,
+        backend=args.backend,
+    )
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -127,12 +185,24 @@ def _cmd_models(args: argparse.Namespace) -> None:
 def _cmd_label(args: argparse.Namespace) -> None:
     from emokp_ray.inference.label import run_label
 
-    summary = run_label(args.input, *_model_pair(args), args.out, jsonl=args.jsonl, annotate_dir=args.annotate,
-                        batch_size=args.batch_size, concurrency=args.concurrency, use_gpu=args.gpu, detect=args.detect,
-                        num_cpus=args.cpus_per_actor, resume=args.resume, stages=args.stages, backend=args.backend,
-                        trust_torchscript=args.trust_torchscript)
+    summary = run_label(
+        args.input,
+        *_model_pair(args),
+        args.out,
+        jsonl=args.jsonl,
+        annotate_dir=args.annotate,
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        use_gpu=args.gpu,
+        detect=args.detect,
+        num_cpus=args.cpus_per_actor,
+        resume=args.resume,
+        stages=args.stages,
+        backend=args.backend,
+        trust_torchscript=args.trust_torchscript,
+    )
     print(summary)
-    failure = summary.failure(args.max_error_fraction)   # after the summary is written and shown
+    failure = summary.failure(args.max_error_fraction)  # after the summary is written and shown
     if failure:
         raise UserError(failure)
 
@@ -140,8 +210,15 @@ def _cmd_label(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from emokp_ray.serving.run import run_serve
 
-    run_serve(*_model_pair(args), host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-              device=args.device, trust_torchscript=args.trust_torchscript, backend=args.backend)
+    run_serve(
+        *_model_pair(args),
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        device=args.device,
+        trust_torchscript=args.trust_torchscript,
+        backend=args.backend,
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -159,9 +236,13 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- parser
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="emokp", description="Facial keypoints and emotion: prepare data, train with Ray, evaluate, "
-                                               "label at scale, serve over HTTP.")
+    parser = _Parser(
+        prog="emokp",
+        description="Facial keypoints and emotion: prepare data, train with Ray, evaluate, "
+        "label at scale, serve over HTTP.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -169,21 +250,37 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
     data_sub.required = True
 
-    prep = data_sub.add_parser("prepare", help="Kaggle CSV(s) -> Parquet data set (format detected from the header)",
-                               description="Read FER2013 (fer2013.csv, icml_face_data.csv, 2-column) or Facial "
-                                           "Keypoints (training.csv, data.csv, test.csv) files, plain or .gz, into "
-                                           "one Parquet data set with train/val/test splits.")
+    prep = data_sub.add_parser(
+        "prepare",
+        help="Kaggle CSV(s) -> Parquet data set (format detected from the header)",
+        description="Read FER2013 (fer2013.csv, icml_face_data.csv, 2-column) or Facial "
+        "Keypoints (training.csv, data.csv, test.csv) files, plain or .gz, into "
+        "one Parquet data set with train/val/test splits.",
+    )
     prep.add_argument("inputs", nargs="+", metavar="INPUT", help="Kaggle .csv or .csv.gz files")
     prep.add_argument("--out", required=True, metavar="DIR", help="output data set directory (replaced atomically)")
-    prep.add_argument("--scheme", default="seed5", choices=["seed5", "fer7"], help="emotion label scheme (default: seed5)")
+    prep.add_argument(
+        "--scheme", default="seed5", choices=["seed5", "fer7"], help="emotion label scheme (default: seed5)"
+    )
     prep.add_argument("--strict", action="store_true", help="stop at the first bad row (default: skip and report them)")
     prep.add_argument("--seed", type=int, default=0, help="seed of the stratified split (files without a Usage column)")
-    prep.add_argument("--val-fraction", type=_fraction, default=0.1,
-                      help="seeded, stratified validation share of FER's Training rows or of a file without a Usage column (default 0.1)")
-    prep.add_argument("--test-fraction", type=_fraction, default=0.1,
-                      help="seeded test share of a file without a Usage column (default 0.1; FER's test is PublicTest)")
-    prep.add_argument("--keep-near-duplicates", action="store_true",
-                      help="keypoint files: split row by row instead of keeping near-duplicate faces (frames of one video) in one split")
+    prep.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=0.1,
+        help="seeded, stratified validation share of FER's Training rows or of a file without a Usage column (default 0.1)",
+    )
+    prep.add_argument(
+        "--test-fraction",
+        type=_fraction,
+        default=0.1,
+        help="seeded test share of a file without a Usage column (default 0.1; FER's test is PublicTest)",
+    )
+    prep.add_argument(
+        "--keep-near-duplicates",
+        action="store_true",
+        help="keypoint files: split row by row instead of keeping near-duplicate faces (frames of one video) in one split",
+    )
     prep.set_defaults(func=_cmd_data_prepare)
 
     synth = data_sub.add_parser("synth", help="draw synthetic 96x96 faces with exact keypoints and 5 emotions")
@@ -197,73 +294,161 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the keypoint or emotion model (Ray Train + Ray Data, or --no-ray)")
     train.add_argument("task", choices=["keypoints", "emotion"])
     train.add_argument("--data", required=True, metavar="DIR", help="prepared data set (local path or URI)")
-    train.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: best/, metrics.jsonl, config.json")
-    train.add_argument("--recipe", default=None, metavar="NAME",
-                       help="named preset of the options below: course | release | fast (default: release; "
-                            "see emokp_ray/training/recipes.py); a flag given here overrides the recipe's value")
-    train.add_argument("--model", default=None, choices=["course", "wide", "small", "compact", "fer48"],
-                       help="network: course (the course's), wide, small (CPU demos), compact (keypoints: course "
-                            "backbone, 1024-512 head), fer48 (emotion at 48x48 without the stem max-pool)")
-    train.add_argument("--input-size", type=int, default=None, help="model input size in pixels (default: keypoints 96, emotion 48)")
+    train.add_argument(
+        "--out", required=True, metavar="RUN_DIR", help="run directory: best/, metrics.jsonl, config.json"
+    )
+    train.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME",
+        help="named preset of the options below: course | release | fast (default: release; "
+        "see emokp_ray/training/recipes.py); a flag given here overrides the recipe's value",
+    )
+    train.add_argument(
+        "--model",
+        default=None,
+        choices=["course", "wide", "small", "compact", "fer48"],
+        help="network: course (the course's), wide, small (CPU demos), compact (keypoints: course "
+        "backbone, 1024-512 head), fer48 (emotion at 48x48 without the stem max-pool)",
+    )
+    train.add_argument(
+        "--input-size", type=int, default=None, help="model input size in pixels (default: keypoints 96, emotion 48)"
+    )
     train.add_argument("--epochs", type=_positive_int, default=None)
     train.add_argument("--batch-size", type=_positive_int, default=None, help="global batch, split across workers")
     train.add_argument("--optimizer", default=None, choices=["adamw", "adam"])
     train.add_argument("--lr", type=float, default=None, help="peak learning rate")
     train.add_argument("--weight-decay", type=float, default=None)
     train.add_argument("--schedule", default=None, choices=["onecycle", "cosine", "constant"])
-    train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE", help="epochs without improvement before stopping (0: off)")
+    train.add_argument(
+        "--early-stopping",
+        type=int,
+        default=None,
+        metavar="PATIENCE",
+        help="epochs without improvement before stopping (0: off)",
+    )
     train.add_argument("--seed", type=int, default=None)
-    train.add_argument("--drop-incomplete", action="store_true", default=None, help="keypoints: train only on rows with all 15 points")
-    train.add_argument("--imbalance", default=None, choices=["weights", "sampling", "none"],
-                       help="emotion: class-weighted loss, class-balanced sampling, or nothing")
+    train.add_argument(
+        "--drop-incomplete", action="store_true", default=None, help="keypoints: train only on rows with all 15 points"
+    )
+    train.add_argument(
+        "--imbalance",
+        default=None,
+        choices=["weights", "sampling", "none"],
+        help="emotion: class-weighted loss, class-balanced sampling, or nothing",
+    )
     train.add_argument("--label-smoothing", type=float, default=None)
-    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                       help="label-true augmentation of the train split (--no-augment: off)")
-    train.add_argument("--random-erasing", type=float, default=None, metavar="P", help="probability of erasing a random rectangle per training image")
+    train.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="label-true augmentation of the train split (--no-augment: off)",
+    )
+    train.add_argument(
+        "--random-erasing",
+        type=float,
+        default=None,
+        metavar="P",
+        help="probability of erasing a random rectangle per training image",
+    )
     train.add_argument("--mixup-alpha", type=float, default=None, help="emotion: mixup Beta(a, a) (0: off)")
     train.add_argument("--cutmix-alpha", type=float, default=None, help="emotion: cutmix Beta(a, a) (0: off)")
-    train.add_argument("--ema-decay", type=float, default=None, help="weight EMA per step for validation and checkpoints (0: off)")
-    train.add_argument("--workers", type=_positive_int, default=None, help="Ray Train workers (each gets batch-size / workers)")
+    train.add_argument(
+        "--ema-decay", type=float, default=None, help="weight EMA per step for validation and checkpoints (0: off)"
+    )
+    train.add_argument(
+        "--workers", type=_positive_int, default=None, help="Ray Train workers (each gets batch-size / workers)"
+    )
     gpu = train.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="use GPUs (default: when present)")
+    gpu.add_argument(
+        "--gpu", dest="use_gpu", action="store_true", default=None, help="use GPUs (default: when present)"
+    )
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="train on CPUs even if GPUs are present")
-    train.add_argument("--cpus-per-worker", type=float, default=None,
-                       help="CPUs reserved per worker, also its torch threads (default 0: reserve 1, use the node's cores / its workers)")
-    train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with a GPU)")
-    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last memory layout (default: on; faster on CPU and GPU)")
-    train.add_argument("--keep-checkpoints", type=_positive_int, default=None, help="best K checkpoints kept (default 2)")
-    train.add_argument("--max-failures", type=int, default=None, help="worker-group restarts from the last checkpoint (default 2)")
-    train.add_argument("--storage", default=None, metavar="URI", help="Ray storage path for checkpoints (default RUN_DIR/ray)")
-    train.add_argument("--resume", action="store_true", default=None, help="continue the run in RUN_DIR from its latest checkpoint")
-    train.add_argument("--no-ray", action="store_true", default=None, help="one process without Ray (debugging, GPU boxes without Ray)")
-    train.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap optimizer steps per epoch (0: whole epoch)")
+    train.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=None,
+        help="CPUs reserved per worker, also its torch threads (default 0: reserve 1, use the node's cores / its workers)",
+    )
+    train.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with a GPU)"
+    )
+    train.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory layout (default: on; faster on CPU and GPU)",
+    )
+    train.add_argument(
+        "--keep-checkpoints", type=_positive_int, default=None, help="best K checkpoints kept (default 2)"
+    )
+    train.add_argument(
+        "--max-failures", type=int, default=None, help="worker-group restarts from the last checkpoint (default 2)"
+    )
+    train.add_argument(
+        "--storage", default=None, metavar="URI", help="Ray storage path for checkpoints (default RUN_DIR/ray)"
+    )
+    train.add_argument(
+        "--resume", action="store_true", default=None, help="continue the run in RUN_DIR from its latest checkpoint"
+    )
+    train.add_argument(
+        "--no-ray", action="store_true", default=None, help="one process without Ray (debugging, GPU boxes without Ray)"
+    )
+    train.add_argument(
+        "--max-steps-per-epoch", type=int, default=None, help="cap optimizer steps per epoch (0: whole epoch)"
+    )
     train.add_argument("--limit-rows", type=int, default=None, help="read only the first N rows of each split (0: all)")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="report.json and figures for a checkpoint on a data set or Kaggle CSV")
-    ev.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint dir, RUN_DIR (uses RUN_DIR/best), exported file or builtin:NAME")
+    ev.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        help="checkpoint dir, RUN_DIR (uses RUN_DIR/best), exported file or builtin:NAME",
+    )
     ev.add_argument("--data", required=True, metavar="DATA", help="prepared data set directory or a Kaggle CSV")
     ev.add_argument("--out", required=True, metavar="REPORT_DIR")
-    ev.add_argument("--split", default="val", choices=["train", "val", "test"],
-                    help="split of a prepared data set (default val: the one that chooses; report test)")
-    ev.add_argument("--no-flip-tta", action="store_true", help="score the plain forward pass, without the predictor's "
-                                                               "horizontal-flip test-time augmentation")
-    ev.add_argument("--scheme", default=None, choices=["seed5", "fer7"], help="scheme for a FER CSV (default: the checkpoint's)")
+    ev.add_argument(
+        "--split",
+        default="val",
+        choices=["train", "val", "test"],
+        help="split of a prepared data set (default val: the one that chooses; report test)",
+    )
+    ev.add_argument(
+        "--no-flip-tta",
+        action="store_true",
+        help="score the plain forward pass, without the predictor's horizontal-flip test-time augmentation",
+    )
+    ev.add_argument(
+        "--scheme", default=None, choices=["seed5", "fer7"], help="scheme for a FER CSV (default: the checkpoint's)"
+    )
     ev.add_argument("--batch-size", type=_positive_int, default=128)
     ev.add_argument("--limit-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
 
-    pred = sub.add_parser("predict", help="keypoints and emotions for a few photos, in this process (no Ray)",
-                          description="One JSON object per image (faces: box, keypoints, emotion, calibrated "
-                                      "probabilities) with --json, else one readable line per face. Without model "
-                                      "flags the shipped release models (builtin:keypoints, builtin:emotion) are used.")
+    pred = sub.add_parser(
+        "predict",
+        help="keypoints and emotions for a few photos, in this process (no Ray)",
+        description="One JSON object per image (faces: box, keypoints, emotion, calibrated "
+        "probabilities) with --json, else one readable line per face. Without model "
+        "flags the shipped release models (builtin:keypoints, builtin:emotion) are used.",
+    )
     pred.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF, PPM)")
     pred.add_argument("--keypoints", metavar="CKPT", help="keypoint model (default: builtin:keypoints)")
-    pred.add_argument("--emotion", metavar="CKPT", help="emotion model (default: builtin:emotion; e.g. builtin:emotion-fer7)")
+    pred.add_argument(
+        "--emotion", metavar="CKPT", help="emotion model (default: builtin:emotion; e.g. builtin:emotion-fer7)"
+    )
     pred.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the images into DIR")
-    pred.add_argument("--detect", default="auto", choices=["auto", "crop", "detect"],
-                      help="auto: a small square image is one face crop, others are searched for faces")
-    pred.add_argument("--no-flip-tta", action="store_true", help="one forward pass per face (faster, slightly less accurate)")
+    pred.add_argument(
+        "--detect",
+        default="auto",
+        choices=["auto", "crop", "detect"],
+        help="auto: a small square image is one face crop, others are searched for faces",
+    )
+    pred.add_argument(
+        "--no-flip-tta", action="store_true", help="one forward pass per face (faster, slightly less accurate)"
+    )
     _add_backend(pred)
     pred.set_defaults(func=_cmd_predict)
 
@@ -272,59 +457,109 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_cmd_models)
     ev.set_defaults(func=_cmd_evaluate)
 
-    label = sub.add_parser("label", help="label a folder/glob of images, a prepared data set or a Kaggle CSV (Ray Data)")
-    label.add_argument("input", metavar="INPUT", help="image folder or glob (local or URI), prepared data set dir, or Kaggle CSV")
-    label.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint (dir, RUN_DIR, exported file or builtin:NAME; "
-                                                          "default with neither flag: builtin:keypoints)")
-    label.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint (default with neither flag: builtin:emotion)")
-    label.add_argument("--out", required=True, metavar="OUT",
-                       help="output folder, a path or URI (s3://, gs://, file://): labels.parquet/ part files "
-                            "(+ labels.jsonl/), written by the workers; summary.json last, when complete")
+    label = sub.add_parser(
+        "label", help="label a folder/glob of images, a prepared data set or a Kaggle CSV (Ray Data)"
+    )
+    label.add_argument(
+        "input", metavar="INPUT", help="image folder or glob (local or URI), prepared data set dir, or Kaggle CSV"
+    )
+    label.add_argument(
+        "--keypoints",
+        metavar="CKPT",
+        help="keypoint checkpoint (dir, RUN_DIR, exported file or builtin:NAME; "
+        "default with neither flag: builtin:keypoints)",
+    )
+    label.add_argument(
+        "--emotion", metavar="CKPT", help="emotion checkpoint (default with neither flag: builtin:emotion)"
+    )
+    label.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="output folder, a path or URI (s3://, gs://, file://): labels.parquet/ part files "
+        "(+ labels.jsonl/), written by the workers; summary.json last, when complete",
+    )
     label.add_argument("--jsonl", action="store_true", help="also write JSON lines")
     label.add_argument("--annotate", metavar="DIR", help="write annotated copies of the images into DIR")
     label.add_argument("--batch-size", type=_positive_int, default=32, help="images per model batch (default 32)")
-    label.add_argument("--concurrency", type=_positive_int, default=None,
-                       help="predictor actors (default: one per GPU, else one per --cpus-per-actor cores of the machine)")
+    label.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=None,
+        help="predictor actors (default: one per GPU, else one per --cpus-per-actor cores of the machine)",
+    )
     label.add_argument("--cpus-per-actor", type=float, default=1.0)
-    label.add_argument("--resume", action="store_true",
-                       help="finish the unfinished run in OUT (killed, interrupted): label only the inputs not yet written")
-    label.add_argument("--max-error-fraction", type=_fraction, default=None, metavar="F",
-                       help="fail (exit 2, the output still complete) when more than this share of inputs are errors "
-                            "(default: fail only when no input was labelled)")
-    label.add_argument("--stages", default="split", choices=["split", "single"],
-                       help="split: read/decode/detect/crop in CPU tasks, the networks in the actor pool (default); "
-                            "single: all of it in the actors")
-    label.add_argument("--detect", default="auto", choices=["auto", "crop", "detect"],
-                       help="auto: small square images are face crops, others are searched for faces")
+    label.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish the unfinished run in OUT (killed, interrupted): label only the inputs not yet written",
+    )
+    label.add_argument(
+        "--max-error-fraction",
+        type=_fraction,
+        default=None,
+        metavar="F",
+        help="fail (exit 2, the output still complete) when more than this share of inputs are errors "
+        "(default: fail only when no input was labelled)",
+    )
+    label.add_argument(
+        "--stages",
+        default="split",
+        choices=["split", "single"],
+        help="split: read/decode/detect/crop in CPU tasks, the networks in the actor pool (default); "
+        "single: all of it in the actors",
+    )
+    label.add_argument(
+        "--detect",
+        default="auto",
+        choices=["auto", "crop", "detect"],
+        help="auto: small square images are face crops, others are searched for faces",
+    )
     lgpu = label.add_mutually_exclusive_group()
-    lgpu.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="one GPU per actor (default: when present)")
+    lgpu.add_argument(
+        "--gpu", dest="gpu", action="store_true", default=None, help="one GPU per actor (default: when present)"
+    )
     lgpu.add_argument("--no-gpu", dest="gpu", action="store_false")
     _add_backend(label)
-    label.add_argument("--trust-torchscript", action="store_true",
-                       help="allow TorchScript model files: they are programs, run in the workers (only files you trust)")
+    label.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="allow TorchScript model files: they are programs, run in the workers (only files you trust)",
+    )
     label.set_defaults(func=_cmd_label)
 
     srv = sub.add_parser("serve", help="serve both models over HTTP with Ray Serve (demo page at /)")
-    srv.add_argument("--keypoints", metavar="CKPT", help="keypoint model (default with neither flag: builtin:keypoints)")
+    srv.add_argument(
+        "--keypoints", metavar="CKPT", help="keypoint model (default with neither flag: builtin:keypoints)"
+    )
     srv.add_argument("--emotion", metavar="CKPT", help="emotion model (default with neither flag: builtin:emotion)")
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=_positive_int, default=8000)
     srv.add_argument("--max-batch-size", type=_positive_int, default=16, help="@serve.batch size (1 disables batching)")
     srv.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    srv.add_argument("--trust-torchscript", action="store_true",
-                     help="allow TorchScript model files: they are programs, run in the server (only files you trust)")
+    srv.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="allow TorchScript model files: they are programs, run in the server (only files you trust)",
+    )
     _add_backend(srv)
     srv.set_defaults(func=_cmd_serve)
 
     exp = sub.add_parser("export", help="export a checkpoint as one TorchScript (or ONNX) file")
     exp.add_argument("--checkpoint", required=True, metavar="CKPT")
     exp.add_argument("--out", required=True, metavar="FILE")
-    exp.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "onnx-int8", "checkpoint"],
-                     help="onnx / onnx-int8 need the onnx extra; onnx-int8 is calibrated on synthetic faces")
+    exp.add_argument(
+        "--format",
+        default="torchscript",
+        choices=["torchscript", "onnx", "onnx-int8", "checkpoint"],
+        help="onnx / onnx-int8 need the onnx extra; onnx-int8 is calibrated on synthetic faces",
+    )
     exp.set_defaults(func=_cmd_export)
 
     demo = sub.add_parser("demo", help="the whole system end to end on synthetic data")
-    demo.add_argument("--out", default="./emokp-demo", metavar="DIR", help="everything goes under DIR (default ./emokp-demo)")
+    demo.add_argument(
+        "--out", default="./emokp-demo", metavar="DIR", help="everything goes under DIR (default ./emokp-demo)"
+    )
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run (tests)")
     demo.set_defaults(func=_cmd_demo)
     return parser

@@ -29,7 +29,7 @@ from typing import Any
 
 from emokp_ray.errors import UserError
 
-PHOTOS = Path(__file__).resolve().parent / "photos"   # openly licensed photos shipped with the package (SOURCES.md)
+PHOTOS = Path(__file__).resolve().parent / "photos"  # openly licensed photos shipped with the package (SOURCES.md)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class DemoPlan:
     model: str = "small"
 
     @classmethod
-    def quick(cls) -> "DemoPlan":
+    def quick(cls) -> DemoPlan:
         """The reduced run of the tests: fewer faces and photos, same models and thresholds."""
         return cls(n_faces=2400, n_photos=3)
 
@@ -96,8 +96,10 @@ def _serve_roundtrip(keypoints: Path, emotion: Path, photo: Path, bad: Path, por
         annotated = good.pop("annotated_png_base64", None) if isinstance(good, dict) else None
         answers["good_photo"] = {"status": status, "body": good}
         faces = good.get("faces", []) if isinstance(good, dict) else []
-        log(f"      POST /v1/predict {photo.name}: {status}, {len(faces)} face(s): "
-            + ", ".join(f"{f.get('emotion')} at {[round(v) for v in f['box']]}" for f in faces))
+        log(
+            f"      POST /v1/predict {photo.name}: {status}, {len(faces)} face(s): "
+            + ", ".join(f"{f.get('emotion')} at {[round(v) for v in f['box']]}" for f in faces)
+        )
         status, bad_answer = _http("POST", f"{base}/v1/predict", bad.read_bytes(), "image/jpeg")
         answers["bad_photo"] = {"status": status, "body": bad_answer}
         log(f"      POST /v1/predict {bad.name}: {status} {bad_answer.get('error', '')}")
@@ -118,14 +120,15 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
     from emokp_ray.evaluate import evaluate_checkpoint
     from emokp_ray.inference.label import run_label
     from emokp_ray.ray_utils import init_ray
+    from emokp_ray.serving.model import opencv_available
     from emokp_ray.training.config import TrainConfig
     from emokp_ray.training.train import run_training
 
-    from emokp_ray.serving.model import opencv_available
-
     if not opencv_available():
-        raise UserError("the demo finds faces in photos with OpenCV: pip install 'emokp-ray[detect]' "
-                        "(bash scripts/setup.sh installs it)")
+        raise UserError(
+            "the demo finds faces in photos with OpenCV: pip install 'emokp-ray[detect]' "
+            "(bash scripts/setup.sh installs it)"
+        )
     plan = DemoPlan.quick() if quick else DemoPlan()
     root = Path(out).resolve()
     if root.exists() and not (root / ".emokp-demo").exists() and any(root.iterdir()):
@@ -140,18 +143,32 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
         t = stages.begin(f"synthesize {plan.n_faces:,} faces and {plan.n_photos} photos")
         data = write_synth_dataset(root / "data", n=plan.n_faces, seed=0)
         truth = write_synth_photos(root / "photos", n=plan.n_photos, seed=1, n_corrupt=2)
-        stages.end(t, f"{root / 'data'}: {data['counts']['train']['rows']:,} train / {data['counts']['val']['rows']:,} val faces; "
-                      f"{root / 'photos'}: {plan.n_photos} photos + 2 corrupt files")
+        stages.end(
+            t,
+            f"{root / 'data'}: {data['counts']['train']['rows']:,} train / {data['counts']['val']['rows']:,} val faces; "
+            f"{root / 'photos'}: {plan.n_photos} photos + 2 corrupt files",
+        )
 
         started_ray = not ray.is_initialized()  # only a Ray started here is stopped at the end
         init_ray()
         runs = {}
         t = stages.begin(f"train both models with Ray Train + Ray Data ({plan.workers} workers, CPU)")
         for task, epochs in (("keypoints", plan.keypoint_epochs), ("emotion", plan.emotion_epochs)):
-            cfg = TrainConfig(task=task, data=str(root / "data"), out=str(root / "runs" / task), model=plan.model,
-                              epochs=epochs, batch_size=plan.batch_size, workers=plan.workers, use_gpu=False,
-                              input_size=plan.emotion_input_size if task == "emotion" else 0, seed=0)
-            outcome = run_training(cfg, log=lambda line, task=task: log(f"      {task}: {line}") if line.startswith("epoch") else None)
+            cfg = TrainConfig(
+                task=task,
+                data=str(root / "data"),
+                out=str(root / "runs" / task),
+                model=plan.model,
+                epochs=epochs,
+                batch_size=plan.batch_size,
+                workers=plan.workers,
+                use_gpu=False,
+                input_size=plan.emotion_input_size if task == "emotion" else 0,
+                seed=0,
+            )
+            outcome = run_training(
+                cfg, log=lambda line, task=task: log(f"      {task}: {line}") if line.startswith("epoch") else None
+            )
             runs[task] = outcome
         stages.end(t, f"checkpoints in {root / 'runs'}")
 
@@ -163,16 +180,34 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
         kp, em = reports["keypoints"], reports["emotion"]
         summary["keypoints"] = {"rmse_px": kp["rmse_px"], "mean_shape_rmse_px": kp["mean_shape_rmse_px"]}
         summary["emotion"] = {"accuracy": em["accuracy"], "macro_f1": em["macro_f1"]}
-        stages.end(t, f"keypoint RMSE {kp['rmse_px']:.2f} px (mean-shape baseline {kp['mean_shape_rmse_px']:.2f}); "
-                      f"emotion accuracy {em['accuracy']:.1%}, macro-F1 {em['macro_f1']:.3f}")
+        stages.end(
+            t,
+            f"keypoint RMSE {kp['rmse_px']:.2f} px (mean-shape baseline {kp['mean_shape_rmse_px']:.2f}); "
+            f"emotion accuracy {em['accuracy']:.1%}, macro-F1 {em['macro_f1']:.3f}",
+        )
 
         t = stages.begin("label the photo folder with Ray Data batch inference")
-        labels = run_label(str(root / "photos"), str(runs["keypoints"].best_checkpoint), str(runs["emotion"].best_checkpoint),
-                           str(root / "labels"), jsonl=True, annotate_dir=str(root / "report" / "annotated"),
-                           batch_size=8, progress=False)
-        summary["labels"] = {"images": labels.images, "faces": labels.faces, "no_face": labels.no_face, "errors": labels.errors}
-        stages.end(t, f"{labels.images} images: {labels.faces} faces, {labels.no_face} without a face, "
-                      f"{labels.errors} unreadable (kept as error rows) -> {root / 'labels'}")
+        labels = run_label(
+            str(root / "photos"),
+            str(runs["keypoints"].best_checkpoint),
+            str(runs["emotion"].best_checkpoint),
+            str(root / "labels"),
+            jsonl=True,
+            annotate_dir=str(root / "report" / "annotated"),
+            batch_size=8,
+            progress=False,
+        )
+        summary["labels"] = {
+            "images": labels.images,
+            "faces": labels.faces,
+            "no_face": labels.no_face,
+            "errors": labels.errors,
+        }
+        stages.end(
+            t,
+            f"{labels.images} images: {labels.faces} faces, {labels.no_face} without a face, "
+            f"{labels.errors} unreadable (kept as error rows) -> {root / 'labels'}",
+        )
 
         t = stages.begin("label real photos with the shipped release models (builtin:keypoints, builtin:emotion)")
         summary["real_photos"] = _label_real_photos(root / "report" / "real")
@@ -181,7 +216,9 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
         t = stages.begin(f"serve on http://127.0.0.1:{port} and send real requests")
         photos = sorted(p for p in (root / "photos").iterdir() if p.suffix == ".png")
         corrupt = next(p for p in (root / "photos").iterdir() if p.name.startswith("corrupt") or "truncated" in p.name)
-        answers = _serve_roundtrip(runs["keypoints"].best_checkpoint, runs["emotion"].best_checkpoint, photos[0], corrupt, port, log)
+        answers = _serve_roundtrip(
+            runs["keypoints"].best_checkpoint, runs["emotion"].best_checkpoint, photos[0], corrupt, port, log
+        )
         annotated = answers.pop("annotated_png")
         if annotated:
             (root / "report" / "served.png").write_bytes(base64.b64decode(annotated))
@@ -218,11 +255,19 @@ def _label_real_photos(out: Path) -> dict[str, Any]:
         image = load_image_file(photo)
         result = predictor.predict([image])[0]
         annotate(image, result).save(out / f"{photo.stem}.png")
-        found.append({"photo": photo.name, "faces": [{"emotion": f.emotion, "probability": round(f.probabilities[f.emotion], 3)}
-                                                     for f in result.faces]})
+        found.append(
+            {
+                "photo": photo.name,
+                "faces": [
+                    {"emotion": f.emotion, "probability": round(f.probabilities[f.emotion], 3)} for f in result.faces
+                ],
+            }
+        )
     faces = sum(len(p["faces"]) for p in found)
-    emotions = ", ".join(f"{p['photo']}: " + (", ".join(f"{f['emotion']} {f['probability']:.2f}" for f in p["faces"]) or "no face")
-                         for p in found)
+    emotions = ", ".join(
+        f"{p['photo']}: " + (", ".join(f"{f['emotion']} {f['probability']:.2f}" for f in p["faces"]) or "no face")
+        for p in found
+    )
     return {"line": f"{len(found)} photos, {faces} faces ({emotions}) -> {out}", "photos": found}
 
 
@@ -231,29 +276,37 @@ def _write_index(root: Path, summary: dict[str, Any], reports: dict[str, dict]) 
     report = root / "report"
 
     def img(rel: str, caption: str) -> str:
-        return (f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}">'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>") if (report / rel).exists() else ""
+        return (
+            (
+                f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+            if (report / rel).exists()
+            else ""
+        )
 
     kp, em = summary["keypoints"], summary["emotion"]
     annotated = sorted((report / "annotated").glob("*.png")) + sorted((report / "annotated").glob("*.jpg"))
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary["labels"].items())
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary["labels"].items()
+    )
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>emokp demo report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} figure{{display:inline-block;margin:.5em}}
 figure{{vertical-align:top}} img{{max-width:560px;border:1px solid #ccc}} td{{padding:2px 10px}}</style></head><body>
 <h1>emokp demo report</h1>
-<h2>Keypoints</h2><p>validation RMSE <b>{kp['rmse_px']:.3f} px</b> (mean-shape baseline {kp['mean_shape_rmse_px']:.3f} px)</p>
-{img('keypoints/learning_curves.png', 'keypoints: learning curves')}{img('keypoints/per_keypoint_rmse.png', 'RMSE per keypoint')}
-{img('keypoints/faces.png', 'predicted (red) and true (green) keypoints')}
-<h2>Emotion</h2><p>validation accuracy <b>{em['accuracy']:.1%}</b>, macro-F1 {em['macro_f1']:.3f}</p>
-{img('emotion/learning_curves.png', 'emotion: learning curves')}{img('emotion/confusion.png', 'confusion matrix')}
-{img('emotion/faces.png', 'predicted and true emotions')}
+<h2>Keypoints</h2><p>validation RMSE <b>{kp["rmse_px"]:.3f} px</b> (mean-shape baseline {kp["mean_shape_rmse_px"]:.3f} px)</p>
+{img("keypoints/learning_curves.png", "keypoints: learning curves")}{img("keypoints/per_keypoint_rmse.png", "RMSE per keypoint")}
+{img("keypoints/faces.png", "predicted (red) and true (green) keypoints")}
+<h2>Emotion</h2><p>validation accuracy <b>{em["accuracy"]:.1%}</b>, macro-F1 {em["macro_f1"]:.3f}</p>
+{img("emotion/learning_curves.png", "emotion: learning curves")}{img("emotion/confusion.png", "confusion matrix")}
+{img("emotion/faces.png", "predicted and true emotions")}
 <h2>Batch labeling (Ray Data)</h2><table>{rows}</table>
-{''.join(img(str(p.relative_to(report)), p.name) for p in annotated)}
+{"".join(img(str(p.relative_to(report)), p.name) for p in annotated)}
 <h2>Real photos, shipped release models</h2>
 <p>Openly licensed photos bundled with the package (sources and licenses: emokp_ray/photos/SOURCES.md), labelled by
 builtin:keypoints and builtin:emotion (calibrated probabilities).</p>
-{''.join(img(str(p.relative_to(report)), p.stem) for p in sorted((report / "real").glob("*.png")))}
-<h2>Serve</h2>{img('served.png', 'annotated by the Serve app (POST /v1/predict?annotate=true)')}
+{"".join(img(str(p.relative_to(report)), p.stem) for p in sorted((report / "real").glob("*.png")))}
+<h2>Serve</h2>{img("served.png", "annotated by the Serve app (POST /v1/predict?annotate=true)")}
 <p>Answers: <a href="serve_answers.json">serve_answers.json</a>; metrics: <a href="summary.json">summary.json</a>,
 <a href="keypoints/report.json">keypoints/report.json</a>, <a href="emotion/report.json">emotion/report.json</a></p>
 </body></html>

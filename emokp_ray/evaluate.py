@@ -1,24 +1,25 @@
 """`emokp evaluate`: a checkpoint on a prepared split or directly on a Kaggle CSV -> report + figures.
 
-    REPORT_DIR/report.json             task, n, and rmse_px / mean_shape_rmse_px / per_keypoint_rmse_px
-                                       or accuracy / macro_f1 / per_class / confusion (DESIGN.md);
-                                       emotion: calibration (ECE before / after the temperature);
-                                       keypoints on a split with a near-duplicate holdout: the holdout's
-                                       figures apart (rmse_px is over the other rows)
-    REPORT_DIR/reliability.png         emotion: reliability diagram before / after the temperature
-    REPORT_DIR/learning_curves.png     from the run's metrics.jsonl (or the checkpoint's own history)
-    REPORT_DIR/confusion.png           emotion
-    REPORT_DIR/per_keypoint_rmse.png   keypoints
-    REPORT_DIR/faces.png               a grid of faces with predicted (and true) keypoints / emotions
+REPORT_DIR/report.json             task, n, and rmse_px / mean_shape_rmse_px / per_keypoint_rmse_px
+                                   or accuracy / macro_f1 / per_class / confusion (DESIGN.md);
+                                   emotion: calibration (ECE before / after the temperature);
+                                   keypoints on a split with a near-duplicate holdout: the holdout's
+                                   figures apart (rmse_px is over the other rows)
+REPORT_DIR/reliability.png         emotion: reliability diagram before / after the temperature
+REPORT_DIR/learning_curves.png     from the run's metrics.jsonl (or the checkpoint's own history)
+REPORT_DIR/confusion.png           emotion
+REPORT_DIR/per_keypoint_rmse.png   keypoints
+REPORT_DIR/faces.png               a grid of faces with predicted (and true) keypoints / emotions
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,12 @@ from emokp_ray.inference import figures
 from emokp_ray.inference.calibration import reliability, softmax, temperature_of
 from emokp_ray.inference.tta import forward_with_flip
 from emokp_ray.training.loop import to_device
-from emokp_ray.training.metrics import (EmotionMetricAccumulator, KeypointMetricAccumulator, emotion_report,
-                                        keypoint_report)
+from emokp_ray.training.metrics import (
+    EmotionMetricAccumulator,
+    KeypointMetricAccumulator,
+    emotion_report,
+    keypoint_report,
+)
 
 GRID_FACES = 24
 
@@ -51,21 +56,29 @@ class EvalReport:
             head = f"keypoints on {r['n']} faces: RMSE {r['rmse_px']:.3f} px{base_txt}"
             hold = r.get("near_duplicate_holdout")
             if hold:
-                head += (f"\n  near-duplicate holdout ({hold['n']} faces whose twin was trained on): RMSE "
-                         f"{hold['rmse_px']:.3f} px; all {hold['all_n']} rows together: {hold['all_rmse_px']:.3f} px")
+                head += (
+                    f"\n  near-duplicate holdout ({hold['n']} faces whose twin was trained on): RMSE "
+                    f"{hold['rmse_px']:.3f} px; all {hold['all_n']} rows together: {hold['all_rmse_px']:.3f} px"
+                )
         else:
             head = f"emotion on {r['n']} faces: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}"
-            recalls = ", ".join(f"{name} {v['recall']:.2f}" for name, v in r["per_class"].items() if v.get("recall") is not None)
+            recalls = ", ".join(
+                f"{name} {v['recall']:.2f}" for name, v in r["per_class"].items() if v.get("recall") is not None
+            )
             head += f"\n  recall per class: {recalls}"
             cal = r.get("calibration")
             if cal:
-                head += (f"\n  calibration: ECE {cal['ece_uncalibrated']:.4f} at T=1, {cal['ece']:.4f} at the "
-                         f"checkpoint's T={cal['temperature']:.3f}")
+                head += (
+                    f"\n  calibration: ECE {cal['ece_uncalibrated']:.4f} at T=1, {cal['ece']:.4f} at the "
+                    f"checkpoint's T={cal['temperature']:.3f}"
+                )
         files = "\n".join(f"  {p}" for p in self.files)
         return f"{head}\nwrote:\n{files}"
 
 
-def _csv_batches(path: Path, task: str, input_size: int, scheme: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def _csv_batches(
+    path: Path, task: str, input_size: int, scheme: str, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Batches straight from a Kaggle CSV (streamed; bad rows skipped and reported by the reader)."""
     from emokp_ray.data.kaggle import detect_format, read_kaggle
 
@@ -84,12 +97,14 @@ def _csv_batches(path: Path, task: str, input_size: int, scheme: str, batch_size
             batch = {"image": batch["image"][keep], "label": batch["label"][keep]}
         batch = resize_batch_images(batch, input_size)
         for start in range(0, len(batch["image"]), batch_size):
-            yield {k: v[start:start + batch_size] for k, v in batch.items()}
+            yield {k: v[start : start + batch_size] for k, v in batch.items()}
     if reader.report.bad_rows:
         print(str(reader.report))
 
 
-def _dataset_batches(data: str, split: str, task: str, input_size: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def _dataset_batches(
+    data: str, split: str, task: str, input_size: int, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Batches of a prepared split; each also carries "holdout" bool [B]: the row is a near-duplicate
     holdout of the keypoint split (its twin was trained on, see data/near_duplicates.py)."""
     info = read_info(data)
@@ -97,8 +112,11 @@ def _dataset_batches(data: str, split: str, task: str, input_size: int, batch_si
         raise UserError(f"{data} has no {task} labels (it holds: {', '.join(info.tasks) or 'none'})")
     if split not in info.counts:
         raise UserError(f"{data} has no {split!r} split (it has: {', '.join(info.counts)})")
-    holdout_ids = {(source, int(row)) for source, record in (info.extra.get("near_duplicates") or {}).items()
-                   for row in record.get("holdout_row_ids", [])}
+    holdout_ids = {
+        (source, int(row))
+        for source, record in (info.extra.get("near_duplicates") or {}).items()
+        for row in record.get("holdout_row_ids", [])
+    }
     preprocess = BatchPreprocessor(task=task, input_size=input_size, augment=False)
     for table in iter_split(data, split):
         table = select_task_rows(table, task)
@@ -106,7 +124,7 @@ def _dataset_batches(data: str, split: str, task: str, input_size: int, batch_si
         keys = zip(table["source"].to_pylist(), table["row_id"].to_pylist())
         batch["holdout"] = np.array([key in holdout_ids for key in keys], bool)
         for start in range(0, len(batch["image"]), batch_size):
-            yield {k: v[start:start + batch_size] for k, v in batch.items()}
+            yield {k: v[start : start + batch_size] for k, v in batch.items()}
 
 
 def _history(ckpt: LoadedCheckpoint) -> list[dict[str, Any]]:
@@ -135,14 +153,24 @@ def _load_for_evaluation(checkpoint: str) -> tuple[LoadedCheckpoint, Callable[[n
     return ckpt, forward
 
 
-def _outputs(forward: Callable[[np.ndarray], np.ndarray], batch: dict[str, np.ndarray], meta, flip_tta: bool) -> np.ndarray:
+def _outputs(
+    forward: Callable[[np.ndarray], np.ndarray], batch: dict[str, np.ndarray], meta, flip_tta: bool
+) -> np.ndarray:
     """The predictor's outputs for a batch's images: flip test-time augmentation where flip_tta."""
     images = np.ascontiguousarray(batch["image"])
     return forward_with_flip(forward, images, meta.task, meta.keypoint_names) if flip_tta else forward(images)
 
 
-def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val", scheme: str | None = None,
-                        batch_size: int = 128, limit_rows: int = 0, flip_tta: bool = True) -> EvalReport:
+def evaluate_checkpoint(
+    checkpoint: str,
+    data: str,
+    out: str,
+    split: str = "val",
+    scheme: str | None = None,
+    batch_size: int = 128,
+    limit_rows: int = 0,
+    flip_tta: bool = True,
+) -> EvalReport:
     """Evaluate `checkpoint` on `data` (prepared data set dir or Kaggle CSV); write the report.
 
     The predictions are the predictor's: flip test-time augmentation (flip_tta) and, for emotion, the
@@ -206,8 +234,14 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val"
 
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    metadata: dict[str, Any] = {"checkpoint": str(ckpt.path), "run_id": meta.run_id, "epoch": meta.epoch,
-                                "model_input_size": size, "flip_tta": bool(flip_tta), **where}
+    metadata: dict[str, Any] = {
+        "checkpoint": str(ckpt.path),
+        "run_id": meta.run_id,
+        "epoch": meta.epoch,
+        "model_input_size": size,
+        "flip_tta": bool(flip_tta),
+        **where,
+    }
     files: list[Path] = []
     images = np.concatenate(grid["image"])
     if task == "keypoints":
@@ -215,27 +249,54 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val"
         mean_shape = None if mean_shape is None else np.asarray(mean_shape, np.float64)
         if n_holdout:
             metadata["near_duplicate_holdout"] = {
-                "n": n_holdout, "rmse_px": holdout_acc.compute()["rmse_px"],
-                "all_n": n_seen, "all_rmse_px": all_acc.compute()["rmse_px"],
+                "n": n_holdout,
+                "rmse_px": holdout_acc.compute()["rmse_px"],
+                "all_n": n_seen,
+                "all_rmse_px": all_acc.compute()["rmse_px"],
                 "note": "rmse_px above is over the rows without a trained-on near-duplicate",
             }
         report = keypoint_report(acc, mean_shape=mean_shape, metadata=metadata)
-        files.append(figures.plot_per_keypoint_rmse(report["per_keypoint_rmse_px"], out_dir / "per_keypoint_rmse.png",
-                                                    baseline=report.get("per_keypoint_mean_shape_rmse_px")))
-        files.append(figures.plot_face_grid(images, out_dir / "faces.png", pred_keypoints=np.concatenate(grid["pred"]),
-                                            true_keypoints=np.concatenate(grid["true"])))
+        files.append(
+            figures.plot_per_keypoint_rmse(
+                report["per_keypoint_rmse_px"],
+                out_dir / "per_keypoint_rmse.png",
+                baseline=report.get("per_keypoint_mean_shape_rmse_px"),
+            )
+        )
+        files.append(
+            figures.plot_face_grid(
+                images,
+                out_dir / "faces.png",
+                pred_keypoints=np.concatenate(grid["pred"]),
+                true_keypoints=np.concatenate(grid["true"]),
+            )
+        )
     else:
         logits, labels = np.concatenate(all_logits), np.concatenate(all_labels)
         before, after = reliability(softmax(logits, 1.0), labels), reliability(softmax(logits, temperature), labels)
-        metadata["calibration"] = {"temperature": temperature, "fitted_on": (meta.calibration or {}).get("fitted_on"),
-                                   "ece_uncalibrated": before["ece"], "ece": after["ece"],
-                                   "bins_uncalibrated": before["bins"], "bins": after["bins"]}
+        metadata["calibration"] = {
+            "temperature": temperature,
+            "fitted_on": (meta.calibration or {}).get("fitted_on"),
+            "ece_uncalibrated": before["ece"],
+            "ece": after["ece"],
+            "bins_uncalibrated": before["bins"],
+            "bins": after["bins"],
+        }
         report = emotion_report(acc, class_names=list(meta.class_names), metadata=metadata)
-        files.append(figures.plot_confusion_matrix(report["confusion"], list(meta.class_names), out_dir / "confusion.png"))
+        files.append(
+            figures.plot_confusion_matrix(report["confusion"], list(meta.class_names), out_dir / "confusion.png")
+        )
         files.append(figures.plot_reliability(before["bins"], after["bins"], temperature, out_dir / "reliability.png"))
-        files.append(figures.plot_face_grid(images, out_dir / "faces.png", pred_labels=np.concatenate(grid["pred"]),
-                                            true_labels=np.concatenate(grid["true"]), class_names=list(meta.class_names),
-                                            probabilities=np.concatenate(grid["prob"])))
+        files.append(
+            figures.plot_face_grid(
+                images,
+                out_dir / "faces.png",
+                pred_labels=np.concatenate(grid["pred"]),
+                true_labels=np.concatenate(grid["true"]),
+                class_names=list(meta.class_names),
+                probabilities=np.concatenate(grid["prob"]),
+            )
+        )
     history = _history(ckpt)
     if history:
         files.append(figures.plot_learning_curves(history, out_dir / "learning_curves.png"))
@@ -247,7 +308,9 @@ def evaluate_checkpoint(checkpoint: str, data: str, out: str, split: str = "val"
     return EvalReport(report, out_dir, files)
 
 
-def collect_logits(checkpoint: str, data: str, split: str, flip_tta: bool = True, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def collect_logits(
+    checkpoint: str, data: str, split: str, flip_tta: bool = True, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """An emotion checkpoint's logits [N, K] (as the predictor computes them, before the temperature)
     and the labels [N] of a prepared split: what the temperature is fitted on (the val split)."""
     ckpt, forward = _load_for_evaluation(checkpoint)

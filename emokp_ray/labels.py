@@ -49,13 +49,13 @@ KEYPOINT_IMAGE_SIZE = 96  # the keypoint data set's crops are 96x96 grey
 
 def _mirror_name(name: str) -> str:
     if name.startswith("left_"):
-        return "right_" + name[len("left_"):]
+        return "right_" + name[len("left_") :]
     if name.startswith("right_"):
-        return "left_" + name[len("right_"):]
+        return "left_" + name[len("right_") :]
     if name.startswith("mouth_left_"):
-        return "mouth_right_" + name[len("mouth_left_"):]
+        return "mouth_right_" + name[len("mouth_left_") :]
     if name.startswith("mouth_right_"):
-        return "mouth_left_" + name[len("mouth_right_"):]
+        return "mouth_left_" + name[len("mouth_right_") :]
     return name  # nose_tip, mouth_center_*: on the midline
 
 
@@ -114,6 +114,4 @@ def emotion_scheme(name: str) -> EmotionScheme:
     try:
         return EMOTION_SCHEMES[name]
     except KeyError:
-        raise UserError(
-            f"unknown emotion scheme {name!r}; known: {', '.join(EMOTION_SCHEMES)}"
-        ) from None
+        raise UserError(f"unknown emotion scheme {name!r}; known: {', '.join(EMOTION_SCHEMES)}") from None

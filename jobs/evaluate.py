@@ -12,7 +12,7 @@ Every other flag is `emokp evaluate`'s (--split, --scheme, --batch-size, --limit
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from job_common import JOB_PROG, JobParser, run_job, staged_input, staged_output
 
@@ -20,9 +20,14 @@ from emokp_ray import cli
 
 
 def build_parser() -> JobParser:
-    parser = JobParser(prog="jobs/evaluate.py", description="Evaluate a checkpoint; paths may be URIs.",
-                       epilog="Any other flag is passed to `emokp evaluate` unchanged (see `emokp evaluate --help`).")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint folder, RUN_DIR or exported file")
+    parser = JobParser(
+        prog="jobs/evaluate.py",
+        description="Evaluate a checkpoint; paths may be URIs.",
+        epilog="Any other flag is passed to `emokp evaluate` unchanged (see `emokp evaluate --help`).",
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="CKPT", help="checkpoint folder, RUN_DIR or exported file"
+    )
     parser.add_argument("--data", required=True, metavar="DATA", help="prepared data set folder or Kaggle CSV")
     parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder")
     return parser

@@ -19,9 +19,9 @@ import argparse
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, Sequence
 
 import pyarrow.fs as pafs
 
@@ -38,7 +38,7 @@ def is_uri(location: str) -> bool:
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
-    except Exception as err:  # noqa: BLE001 - pyarrow raises several types; the user sees one line
+    except Exception as err:
         first = (str(err).splitlines() or [type(err).__name__])[0]
         raise UserError(f"{uri}: cannot open this URI ({first})") from None
 
@@ -68,8 +68,9 @@ def upload(local_dir: Path, uri: str) -> None:
     """Copy every file under `local_dir` to the folder `uri` (files already there are overwritten)."""
     fs, path = _filesystem(uri)
     fs.create_dir(path, recursive=True)  # a no-op on object stores
-    pafs.copy_files(str(Path(local_dir).resolve()), path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
+    pafs.copy_files(
+        str(Path(local_dir).resolve()), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+    )
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from job_common import JOB_PROG, JobParser, require_path, run_job
 
@@ -39,27 +39,58 @@ def _concurrency(text: str) -> int | tuple[int, int]:
 
 
 def build_parser() -> JobParser:
-    parser = JobParser(prog="jobs/label.py", description="Label every face of INPUT with both models in a Ray Data actor pool.",
-                       argument_default=argparse.SUPPRESS)
-    parser.add_argument("input", metavar="INPUT", help="image folder, glob or file; prepared data set; Kaggle CSV (path or URI)")
-    parser.add_argument("--keypoints", metavar="CKPT", help="keypoint checkpoint, a path every node sees, or builtin:NAME "
-                                                           "(default with neither flag: builtin:keypoints)")
-    parser.add_argument("--emotion", metavar="CKPT", help="emotion checkpoint, a path every node sees, or builtin:NAME "
-                                                         "(default with neither flag: builtin:emotion)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (path or URI), written by the workers")
-    parser.add_argument("--resume", action="store_true", help="finish the unfinished run in --out (label only what is missing)")
-    parser.add_argument("--max-error-fraction", type=float, metavar="F",
-                        help="fail when more than this share of inputs are errors (default: only when none was labelled)")
+    parser = JobParser(
+        prog="jobs/label.py",
+        description="Label every face of INPUT with both models in a Ray Data actor pool.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "input", metavar="INPUT", help="image folder, glob or file; prepared data set; Kaggle CSV (path or URI)"
+    )
+    parser.add_argument(
+        "--keypoints",
+        metavar="CKPT",
+        help="keypoint checkpoint, a path every node sees, or builtin:NAME "
+        "(default with neither flag: builtin:keypoints)",
+    )
+    parser.add_argument(
+        "--emotion",
+        metavar="CKPT",
+        help="emotion checkpoint, a path every node sees, or builtin:NAME (default with neither flag: builtin:emotion)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (path or URI), written by the workers"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="finish the unfinished run in --out (label only what is missing)"
+    )
+    parser.add_argument(
+        "--max-error-fraction",
+        type=float,
+        metavar="F",
+        help="fail when more than this share of inputs are errors (default: only when none was labelled)",
+    )
     parser.add_argument("--stages", choices=STAGES, help=f"pipeline shape (default {_DEFAULTS['stages']})")
     parser.add_argument("--jsonl", action="store_true", help="also write labels.jsonl")
-    parser.add_argument("--annotate", dest="annotate_dir", metavar="DIR", help="annotated PNGs (path every node sees, or URI)")
+    parser.add_argument(
+        "--annotate", dest="annotate_dir", metavar="DIR", help="annotated PNGs (path every node sees, or URI)"
+    )
     parser.add_argument("--batch-size", type=int, help=f"images per model batch (default {_DEFAULTS['batch_size']})")
-    parser.add_argument("--concurrency", type=_concurrency, metavar="N|MIN-MAX", default=None,
-                        help="actors, or an autoscaling range (default: one per GPU, else 1 to cluster CPUs / --num-cpus)")
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        metavar="N|MIN-MAX",
+        default=None,
+        help="actors, or an autoscaling range (default: one per GPU, else 1 to cluster CPUs / --num-cpus)",
+    )
     gpu = parser.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", dest="use_gpu", action="store_true", help="one GPU per actor (default: when the cluster has GPUs)")
+    gpu.add_argument(
+        "--gpu", dest="use_gpu", action="store_true", help="one GPU per actor (default: when the cluster has GPUs)"
+    )
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="CPU actors even on a GPU cluster")
-    parser.add_argument("--detect", choices=MODES, help=f"how faces are found in image files (default {_DEFAULTS['detect']})")
+    parser.add_argument(
+        "--detect", choices=MODES, help=f"how faces are found in image files (default {_DEFAULTS['detect']})"
+    )
     parser.add_argument("--num-cpus", type=float, help=f"CPUs reserved per actor (default {_DEFAULTS['num_cpus']})")
     parser.add_argument("--threads", type=int, help="torch threads per actor (default: one per reserved CPU)")
     return parser
@@ -72,7 +103,7 @@ def label(argv: Sequence[str] | None = None) -> int:
             require_path(options[name], flag, "every labeling actor opens it on its own node")
     source, out = options.pop("input"), options.pop("out")
     keypoints, emotion = options.pop("keypoints", None), options.pop("emotion", None)
-    if keypoints is None and emotion is None:   # as `emokp label`: the release models shipped in the package
+    if keypoints is None and emotion is None:  # as `emokp label`: the release models shipped in the package
         from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
 
         keypoints, emotion = DEFAULT_KEYPOINTS, DEFAULT_EMOTION

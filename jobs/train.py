@@ -25,7 +25,7 @@ workers span several nodes.
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from job_common import JOB_PROG, JobParser, require_path, run_job, staged_output
 
@@ -36,22 +36,36 @@ TASK_ORDER = ("keypoints", "emotion")
 
 
 def build_parser() -> JobParser:
-    parser = JobParser(prog="jobs/train.py", description="Train keypoints, emotion or both on a Ray cluster.",
-                       epilog="Any other flag is passed to `emokp train` unchanged (see `emokp train --help`).")
+    parser = JobParser(
+        prog="jobs/train.py",
+        description="Train keypoints, emotion or both on a Ray cluster.",
+        epilog="Any other flag is passed to `emokp train` unchanged (see `emokp train --help`).",
+    )
     parser.add_argument("task", choices=[*TASK_ORDER, "both"])
     parser.add_argument("--data", metavar="DIR", help="prepared data set, a path every node sees")
     parser.add_argument("--keypoints-data", metavar="DIR", help="data set of the keypoints run (default --data)")
     parser.add_argument("--emotion-data", metavar="DIR", help="data set of the emotion run (default --data)")
-    parser.add_argument("--out", required=True, metavar="RUN_DIR",
-                        help="run folder (path or URI); with `both`, OUT/keypoints and OUT/emotion")
-    parser.add_argument("--storage", metavar="DIR", help="Ray Train checkpoints (default RUN_DIR/ray), a path every node sees")
-    parser.add_argument("--evaluate", metavar="SPLIT", choices=["train", "val", "test"],
-                        help="evaluate each best checkpoint on this split into RUN_DIR/eval-SPLIT")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder (path or URI); with `both`, OUT/keypoints and OUT/emotion",
+    )
+    parser.add_argument(
+        "--storage", metavar="DIR", help="Ray Train checkpoints (default RUN_DIR/ray), a path every node sees"
+    )
+    parser.add_argument(
+        "--evaluate",
+        metavar="SPLIT",
+        choices=["train", "val", "test"],
+        help="evaluate each best checkpoint on this split into RUN_DIR/eval-SPLIT",
+    )
     return parser
 
 
-def plan_runs(task: str, out: str, data: str | None, keypoints_data: str | None = None,
-              emotion_data: str | None = None) -> list[tuple[str, str, str]]:
+def plan_runs(
+    task: str, out: str, data: str | None, keypoints_data: str | None = None, emotion_data: str | None = None
+) -> list[tuple[str, str, str]]:
     """(task, data, run folder) of each training, in order."""
     runs = []
     for name in TASK_ORDER if task == "both" else (task,):
@@ -67,8 +81,11 @@ def train(argv: Sequence[str] | None = None) -> int:
     runs = plan_runs(args.task, args.out, args.data, args.keypoints_data, args.emotion_data)
     storage = []
     if args.storage:
-        require_path(args.storage, "--storage", "RUN_DIR/best is copied out of Ray's checkpoint folder with "
-                                                "local file functions (training/train.py)")
+        require_path(
+            args.storage,
+            "--storage",
+            "RUN_DIR/best is copied out of Ray's checkpoint folder with local file functions (training/train.py)",
+        )
         storage = ["--storage", args.storage]
     for task, data, out in runs:
         with staged_output(out) as run_dir:
@@ -76,8 +93,17 @@ def train(argv: Sequence[str] | None = None) -> int:
             print(f"{JOB_PROG}: emokp {' '.join(command)}", flush=True)
             code = cli.main(command)
             if code == 0 and args.evaluate:
-                command = ["evaluate", "--checkpoint", f"{run_dir}/best", "--data", data, "--split", args.evaluate,
-                           "--out", f"{run_dir}/eval-{args.evaluate}"]
+                command = [
+                    "evaluate",
+                    "--checkpoint",
+                    f"{run_dir}/best",
+                    "--data",
+                    data,
+                    "--split",
+                    args.evaluate,
+                    "--out",
+                    f"{run_dir}/eval-{args.evaluate}",
+                ]
                 print(f"{JOB_PROG}: emokp {' '.join(command)}", flush=True)
                 code = cli.main(command)
         if code != 0:

@@ -42,7 +42,7 @@ MODELS = {
     "emotion": ("emotion", "fer", [str(SHARED / "fer2013" / "fer2013.csv.gz"), "--scheme", "seed5"]),
     "emotion-fer7": ("emotion", "fer7", [str(SHARED / "fer2013" / "fer2013.csv.gz"), "--scheme", "fer7"]),
 }
-SPLIT_SEED = 0   # `emokp data prepare --seed`: the val (and keypoint test) shares
+SPLIT_SEED = 0  # `emokp data prepare --seed`: the val (and keypoint test) shares
 
 
 def emokp(*args: str) -> list[str]:
@@ -68,7 +68,9 @@ def train(names: list[str], threads: int) -> None:
     for name in names:
         task, folder, _ = MODELS[name]
         run_dir = RUNS / name
-        cmd = emokp("train", task, "--data", str(PREPARED / folder), "--out", str(run_dir), "--recipe", "release", "--no-ray")
+        cmd = emokp(
+            "train", task, "--data", str(PREPARED / folder), "--out", str(run_dir), "--recipe", "release", "--no-ray"
+        )
         if (run_dir / "config.json").is_file():
             cmd.append("--resume")
         log = open(RESULTS / f"{name}.log", "a")
@@ -93,7 +95,7 @@ DESCRIPTIONS = {
     "emotion-fer7": "FER2013's 7 emotions (angry, disgust, fear, happy, sad, surprise, neutral), 48x48",
 }
 EMOTION_ONLY = ("imbalance", "label_smoothing", "mixup_alpha", "cutmix_alpha")
-FP16_CHECK_FACES = 512   # test faces on which the fp16 file is compared with the fp32 checkpoint
+FP16_CHECK_FACES = 512  # test faces on which the fp16 file is compared with the fp32 checkpoint
 
 
 def _machine() -> str:
@@ -124,13 +126,17 @@ def _fp16_check(fp16_file: Path, data: Path, task: str) -> dict:
         fp32 = save_checkpoint_file(Path(tmp) / "fp32.pt", load_model(reference).model, b.meta)
         a = load_model(fp32)
     size = a.meta.input_size
-    crops = np.concatenate([batch["image"] for batch in _dataset_batches(str(data), "test", task, size, 256)])[:FP16_CHECK_FACES]
+    crops = np.concatenate([batch["image"] for batch in _dataset_batches(str(data), "test", task, size, 256)])[
+        :FP16_CHECK_FACES
+    ]
     kw = {"keypoints": (a, None), "emotion": (None, a)}[task]
     pa = Predictor(*kw, device="cpu", detector=None)
     pb = Predictor(*({"keypoints": (b, None), "emotion": (None, b)}[task]), device="cpu", detector=None)
     fa, fb = pa.predict_crops(crops), pb.predict_crops(crops)
     if task == "keypoints":
-        diff = max(abs(u - v) for x, y in zip(fa, fb) for k in x.keypoints for u, v in zip(x.keypoints[k], y.keypoints[k]))
+        diff = max(
+            abs(u - v) for x, y in zip(fa, fb) for k in x.keypoints for u, v in zip(x.keypoints[k], y.keypoints[k])
+        )
         return {"faces": len(crops), "max_keypoint_change_px": float(diff)}
     diff = max(abs(x.probabilities[c] - y.probabilities[c]) for x, y in zip(fa, fb) for c in x.probabilities)
     flips = sum(x.emotion != y.emotion for x, y in zip(fa, fb))
@@ -163,11 +169,18 @@ def finish(names: list[str]) -> None:
             logits, labels = collect_logits(str(best), str(data), "val")
             temperature = fit_temperature(logits, labels)
             calibration = {
-                "temperature": temperature, "fitted_on": "val", "method": "temperature scaling (NLL), flip-TTA logits",
+                "temperature": temperature,
+                "fitted_on": "val",
+                "method": "temperature scaling (NLL), flip-TTA logits",
                 "val_nll": [nll(logits, labels, 1.0), nll(logits, labels, temperature)],
-                "val_ece": [reliability(softmax(logits, 1.0), labels)["ece"], reliability(softmax(logits, temperature), labels)["ece"]],
+                "val_ece": [
+                    reliability(softmax(logits, 1.0), labels)["ece"],
+                    reliability(softmax(logits, temperature), labels)["ece"],
+                ],
             }
-            print(f"finish: {name}: temperature {temperature:.3f} (val NLL {calibration['val_nll'][0]:.4f} -> {calibration['val_nll'][1]:.4f})")
+            print(
+                f"finish: {name}: temperature {temperature:.3f} (val NLL {calibration['val_nll'][0]:.4f} -> {calibration['val_nll'][1]:.4f})"
+            )
         released = dataclasses.replace(meta, run_id=f"release-{name}-{meta.run_id}", calibration=calibration)
         target = BUILTIN / f"{name}.pt"
         save_checkpoint_file(target, loaded.model, released, fp16=True)
@@ -178,30 +191,57 @@ def finish(names: list[str]) -> None:
             key = split + ("" if tta else "_no_tta")
             out = RESULTS / f"{name}-{key}"
             reports[key] = evaluate_checkpoint(str(target), str(data), str(out), split=split, flip_tta=tta).report
-            print(f"finish: {name}: {key}: " + ", ".join(f"{k} {reports[key][k]:.4f}" for k in ("rmse_px", "accuracy", "macro_f1") if k in reports[key]))
+            print(
+                f"finish: {name}: {key}: "
+                + ", ".join(
+                    f"{k} {reports[key][k]:.4f}" for k in ("rmse_px", "accuracy", "macro_f1") if k in reports[key]
+                )
+            )
         test = reports["test"]
-        keep = ("n", "rmse_px", "mean_shape_rmse_px", "per_keypoint_rmse_px", "near_duplicate_holdout", "accuracy",
-                "macro_f1", "per_class", "confusion")
+        keep = (
+            "n",
+            "rmse_px",
+            "mean_shape_rmse_px",
+            "per_keypoint_rmse_px",
+            "near_duplicate_holdout",
+            "accuracy",
+            "macro_f1",
+            "per_class",
+            "confusion",
+        )
         entry = {
-            "task": task, "description": DESCRIPTIONS[name], "file": target.name,
-            "size_mb": round(target.stat().st_size / 1e6, 2), "parameters": num_parameters(loaded.model),
+            "task": task,
+            "description": DESCRIPTIONS[name],
+            "file": target.name,
+            "size_mb": round(target.stat().st_size / 1e6, 2),
+            "parameters": num_parameters(loaded.model),
             "architecture": f"{meta.train_config.get('model')} variant, {meta.input_size}x{meta.input_size} input",
-            "model_config": meta.model_config.to_dict(), "recipe": meta.train_config.get("recipe"),
+            "model_config": meta.model_config.to_dict(),
+            "recipe": meta.train_config.get("recipe"),
             "train_config": {k: v for k, v in meta.train_config.items() if k not in ("data_facts", "extra")},
-            "epoch": meta.epoch, "label_scheme": meta.label_scheme, "class_names": list(meta.class_names),
+            "epoch": meta.epoch,
+            "label_scheme": meta.label_scheme,
+            "class_names": list(meta.class_names),
             "splits": json.loads((data / "dataset.json").read_text())["counts"],
             "test": {k: test[k] for k in keep if k in test},
             "val": {k: reports["val"][k] for k in ("n", "rmse_px", "accuracy", "macro_f1") if k in reports["val"]},
-            "test_without_flip_tta": {k: reports["test_no_tta"][k] for k in ("rmse_px", "accuracy", "macro_f1") if k in reports["test_no_tta"]},
-            "fp16_check": fp16, "machine": _machine(),
+            "test_without_flip_tta": {
+                k: reports["test_no_tta"][k] for k in ("rmse_px", "accuracy", "macro_f1") if k in reports["test_no_tta"]
+            },
+            "fp16_check": fp16,
+            "machine": _machine(),
         }
         if task == "emotion":
             entry["temperature"] = calibration["temperature"]
             entry["calibration"] = {k: v for k, v in calibration.items() if k != "temperature"}
             entry["test"]["ece"] = test["calibration"]["ece"]
             entry["test"]["ece_uncalibrated"] = test["calibration"]["ece_uncalibrated"]
-        history = [json.loads(line) for line in (RUNS / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        entry["train_seconds"] = round(sum(r.get("train/images", 0) / max(r.get("train/images_per_s", 1), 1e-9) for r in history))
+        history = [
+            json.loads(line) for line in (RUNS / name / "metrics.jsonl").read_text().splitlines() if line.strip()
+        ]
+        entry["train_seconds"] = round(
+            sum(r.get("train/images", 0) / max(r.get("train/images_per_s", 1), 1e-9) for r in history)
+        )
         entry["epochs_run"] = len(history)
         release["models"][name] = entry
         shutil.copy(RUNS / name / "metrics.jsonl", RESULTS / f"{name}.metrics.jsonl")
@@ -220,7 +260,9 @@ def _f(value, digits: int = 3) -> str:
 def model_card(release: dict) -> str:
     """MODEL_CARD.md from release.json: every figure in it comes from the files this script wrote."""
     order = list(MODELS)
-    models = dict(sorted(release["models"].items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+    models = dict(
+        sorted(release["models"].items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+    )
     lines = [
         "# emokp-ray release models: model card",
         "",
@@ -236,24 +278,32 @@ def model_card(release: dict) -> str:
             test_txt = f"RMSE **{_f(t.get('rmse_px'))} px** on {t.get('n')} faces (mean shape {_f(t.get('mean_shape_rmse_px'))})"
             val_txt = f"RMSE {_f(v.get('rmse_px'))} px"
         else:
-            test_txt = (f"accuracy **{_f(t.get('accuracy'))}**, macro-F1 **{_f(t.get('macro_f1'))}** on {t.get('n')} faces, "
-                        f"ECE {_f(t.get('ece_uncalibrated'))} -> {_f(t.get('ece'))}")
+            test_txt = (
+                f"accuracy **{_f(t.get('accuracy'))}**, macro-F1 **{_f(t.get('macro_f1'))}** on {t.get('n')} faces, "
+                f"ECE {_f(t.get('ece_uncalibrated'))} -> {_f(t.get('ece'))}"
+            )
             val_txt = f"accuracy {_f(v.get('accuracy'))}, macro-F1 {_f(v.get('macro_f1'))}"
-        lines.append(f"| `builtin:{name}` | {m['description']} | {m['parameters']:,} | {m['file']} ({m['size_mb']:.1f} MB, fp16) | {test_txt} | {val_txt} |")
+        lines.append(
+            f"| `builtin:{name}` | {m['description']} | {m['parameters']:,} | {m['file']} ({m['size_mb']:.1f} MB, fp16) | {test_txt} | {val_txt} |"
+        )
     lines += [
         "",
         "Figures are the predictor's: horizontal-flip test-time augmentation on (for keypoints the mirrored",
         "prediction is flipped back with left/right names swapped), emotion probabilities divided by the",
-        "temperature. Without flip TTA: " + "; ".join(
-            f"{n} " + ", ".join(f"{k} {_f(val)}" for k, val in m["test_without_flip_tta"].items()) for n, m in models.items()) + ".",
+        "temperature. Without flip TTA: "
+        + "; ".join(
+            f"{n} " + ", ".join(f"{k} {_f(val)}" for k, val in m["test_without_flip_tta"].items())
+            for n, m in models.items()
+        )
+        + ".",
         "",
         "## Data and splits",
         "",
-        "- Emotion: FER2013 (Kaggle \"Challenges in Representation Learning: Facial Expression Recognition",
+        '- Emotion: FER2013 (Kaggle "Challenges in Representation Learning: Facial Expression Recognition',
         "  Challenge\", the JPEG release's pixel values), 48x48 grey faces. `test` = the PublicTest rows;",
         "  `val` = a seeded (seed 0), stratified 10% of the Training rows; `train` = the rest. `seed5` keeps",
         "  anger, disgust, sad, happiness, surprise (fear and neutral dropped); `fer7` keeps all seven.",
-        "- Keypoints: Kaggle \"Facial Keypoints Detection\" `training.csv` format, 3,383 faces (frames of the",
+        '- Keypoints: Kaggle "Facial Keypoints Detection" `training.csv` format, 3,383 faces (frames of the',
         "  YouTube Faces data set with their landmarks mapped to Kaggle's 15; 1,007 carry only 4 keypoints).",
         "  Near-duplicate faces (frames of one video: fingerprint RMS difference < 0.45 std, connected",
         "  components) are kept in one split; seeded 10% val and 10% test by group, stratified by complete /",
@@ -270,38 +320,85 @@ def model_card(release: dict) -> str:
     for name, m in models.items():
         t = m["test"]
         cfg = m["train_config"]
-        lines += ["", f"## `builtin:{name}`", "", f"{m['description']}. Architecture: {m['architecture']}, "
-                  f"{m['parameters']:,} parameters; best epoch {m['epoch']} of {m['epochs_run']} by the val metric; "
-                  f"{m['train_seconds'] / 60:.0f} min of training on {m['machine']}.", "",
-                  "Recipe (`emokp train " + m["task"] + " --recipe " + str(m["recipe"]) + "`): " +
-                  ", ".join(f"{k}={cfg[k]}" for k in ("model", "input_size", "epochs", "batch_size", "optimizer", "lr",
-                                                       "weight_decay", "schedule", "imbalance", "label_smoothing",
-                                                       "random_erasing", "mixup_alpha", "cutmix_alpha", "ema_decay",
-                                                       "augment", "seed")
-                            if k in cfg and not (m["task"] == "keypoints" and k in EMOTION_ONLY)) + ".", ""]
+        lines += [
+            "",
+            f"## `builtin:{name}`",
+            "",
+            f"{m['description']}. Architecture: {m['architecture']}, "
+            f"{m['parameters']:,} parameters; best epoch {m['epoch']} of {m['epochs_run']} by the val metric; "
+            f"{m['train_seconds'] / 60:.0f} min of training on {m['machine']}.",
+            "",
+            "Recipe (`emokp train "
+            + m["task"]
+            + " --recipe "
+            + str(m["recipe"])
+            + "`): "
+            + ", ".join(
+                f"{k}={cfg[k]}"
+                for k in (
+                    "model",
+                    "input_size",
+                    "epochs",
+                    "batch_size",
+                    "optimizer",
+                    "lr",
+                    "weight_decay",
+                    "schedule",
+                    "imbalance",
+                    "label_smoothing",
+                    "random_erasing",
+                    "mixup_alpha",
+                    "cutmix_alpha",
+                    "ema_decay",
+                    "augment",
+                    "seed",
+                )
+                if k in cfg and not (m["task"] == "keypoints" and k in EMOTION_ONLY)
+            )
+            + ".",
+            "",
+        ]
         if m["task"] == "keypoints":
             hold = t.get("near_duplicate_holdout") or {}
-            lines += [f"Test RMSE {_f(t.get('rmse_px'))} px over {t.get('n')} faces without a trained-on near-duplicate "
-                      f"(the mean-shape predictor: {_f(t.get('mean_shape_rmse_px'))} px)."]
+            lines += [
+                f"Test RMSE {_f(t.get('rmse_px'))} px over {t.get('n')} faces without a trained-on near-duplicate "
+                f"(the mean-shape predictor: {_f(t.get('mean_shape_rmse_px'))} px)."
+            ]
             if hold:
-                lines += [f"Near-duplicate holdout: {hold['n']} faces whose twin frame was trained on score "
-                          f"{_f(hold['rmse_px'])} px; scoring all {hold['all_n']} test rows together would report "
-                          f"{_f(hold['all_rmse_px'])} px: the optimism a random row split would carry."]
+                lines += [
+                    f"Near-duplicate holdout: {hold['n']} faces whose twin frame was trained on score "
+                    f"{_f(hold['rmse_px'])} px; scoring all {hold['all_n']} test rows together would report "
+                    f"{_f(hold['all_rmse_px'])} px: the optimism a random row split would carry."
+                ]
             lines += ["", "| keypoint | test RMSE (px) |", "|---|---|"]
             lines += [f"| {k} | {_f(v)} |" for k, v in t.get("per_keypoint_rmse_px", {}).items()]
         else:
             lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
             for cls, v in t.get("per_class", {}).items():
-                lines.append(f"| {cls} | {_f(v.get('precision'))} | {_f(v.get('recall'))} | {_f(v.get('f1'))} | {v.get('support')} |")
+                lines.append(
+                    f"| {cls} | {_f(v.get('precision'))} | {_f(v.get('recall'))} | {_f(v.get('f1'))} | {v.get('support')} |"
+                )
             cal = m.get("calibration", {})
-            lines += ["", f"Calibration: temperature T = {m['temperature']:.3f} fitted on val (NLL "
-                      f"{_f(cal.get('val_nll', [None, None])[0], 4)} -> {_f(cal.get('val_nll', [None, None])[1], 4)}); "
-                      f"on test, expected calibration error (15 bins) {_f(t.get('ece_uncalibrated'), 4)} at T = 1 -> "
-                      f"{_f(t.get('ece'), 4)} with T. Reliability diagram: results/release/{name}-test/reliability.png."]
+            lines += [
+                "",
+                f"Calibration: temperature T = {m['temperature']:.3f} fitted on val (NLL "
+                f"{_f(cal.get('val_nll', [None, None])[0], 4)} -> {_f(cal.get('val_nll', [None, None])[1], 4)}); "
+                f"on test, expected calibration error (15 bins) {_f(t.get('ece_uncalibrated'), 4)} at T = 1 -> "
+                f"{_f(t.get('ece'), 4)} with T. Reliability diagram: results/release/{name}-test/reliability.png.",
+            ]
         fp = m["fp16_check"]
-        lines += ["", "fp16 storage against the fp32 checkpoint on " + str(fp["faces"]) + " test faces: " +
-                  ", ".join(f"{k.replace('_', ' ')} {v:.2g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
-                            for k, v in fp.items() if k != "faces") + "."]
+        lines += [
+            "",
+            "fp16 storage against the fp32 checkpoint on "
+            + str(fp["faces"])
+            + " test faces: "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {v:.2g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                for k, v in fp.items()
+                if k != "faces"
+            )
+            + ".",
+        ]
     lines += [
         "",
         "## Known limits",
@@ -336,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["prepare", "train", "finish", "all"])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per training process (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads per training process (0: torch's default)"
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in MODELS]

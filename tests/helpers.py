@@ -23,9 +23,13 @@ def write_random_dataset(out: Path, n_train: int = 64, n_val: int = 32, size: in
     table = make_table(images, keypoints, labels, splits, "random", np.arange(n))
     with DatasetWriter(out) as writer:
         writer.write(table)
-        writer.info = DatasetInfo(tasks=["keypoints", "emotion"], scheme="seed5",
-                                  counts=count_summary(table, SEED5.classes), sources=["random"],
-                                  image_sizes=[[size, size]])
+        writer.info = DatasetInfo(
+            tasks=["keypoints", "emotion"],
+            scheme="seed5",
+            counts=count_summary(table, SEED5.classes),
+            sources=["random"],
+            image_sizes=[[size, size]],
+        )
     return out
 
 
@@ -41,6 +45,12 @@ def write_tiny_checkpoints(out: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     kp_cfg = keypoint_config(width_mult=0.25, head_hidden=(64,), head_dropout=(0.0,))
     em_cfg = emotion_config(input_size=48, width_mult=0.25)
-    kp_dir = save_checkpoint(out / "keypoints", build_model(kp_cfg).eval(), CheckpointMeta(model_config=kp_cfg, run_id="tiny-keypoints", epoch=1))
-    em_dir = save_checkpoint(out / "emotion", build_model(em_cfg).eval(), CheckpointMeta(model_config=em_cfg, run_id="tiny-emotion", epoch=1))
+    kp_dir = save_checkpoint(
+        out / "keypoints",
+        build_model(kp_cfg).eval(),
+        CheckpointMeta(model_config=kp_cfg, run_id="tiny-keypoints", epoch=1),
+    )
+    em_dir = save_checkpoint(
+        out / "emotion", build_model(em_cfg).eval(), CheckpointMeta(model_config=em_cfg, run_id="tiny-emotion", epoch=1)
+    )
     return kp_dir, em_dir

@@ -39,7 +39,7 @@ NO_INTENSITY_EMO = dict(brightness_range=(1.0, 1.0))
 
 def kp_xy(keypoints: np.ndarray, name: str) -> np.ndarray:
     """[B, 2] coordinates of one named keypoint."""
-    return keypoints[:, 2 * IDX[name]: 2 * IDX[name] + 2]
+    return keypoints[:, 2 * IDX[name] : 2 * IDX[name] + 2]
 
 
 def identity_matrices(n: int) -> np.ndarray:
@@ -48,8 +48,13 @@ def identity_matrices(n: int) -> np.ndarray:
 
 # Five well-separated keypoints (the others NaN), placed like a face: offsets from the centre in units
 # of a fifth of the image side. "left" is the subject's left, on the image's right (larger x).
-DOTS = {"left_eye_center": (1, -1), "right_eye_center": (-1, -1), "nose_tip": (0, 0),
-        "mouth_left_corner": (1, 1), "mouth_right_corner": (-1, 1)}
+DOTS = {
+    "left_eye_center": (1, -1),
+    "right_eye_center": (-1, -1),
+    "nose_tip": (0, 0),
+    "mouth_left_corner": (1, 1),
+    "mouth_right_corner": (-1, 1),
+}
 
 
 def dot_batch(n: int, size: int, seed: int = 0) -> dict:
@@ -59,13 +64,17 @@ def dot_batch(n: int, size: int, seed: int = 0) -> dict:
     keypoints = np.full((n, 2 * NUM_KEYPOINTS), np.nan, np.float32)
     centre, step = size // 2, round(size / 5)
     for b in range(n):
-        jitter = rng.integers(-2, 3, 2) * size // 96          # a few pixels, scaled with the image
+        jitter = rng.integers(-2, 3, 2) * size // 96  # a few pixels, scaled with the image
         for name, (dx, dy) in DOTS.items():
             x, y = centre + dx * step + jitter[0], centre + dy * step + jitter[1]
-            images[b, y - 1:y + 2, x - 1:x + 2] = 255
+            images[b, y - 1 : y + 2, x - 1 : x + 2] = 255
             kp_xy(keypoints, name)[b] = (x, y)
-    return {"image": images, "keypoints": keypoints, "label": rng.integers(0, 5, n),
-            "row_id": np.arange(n, dtype=np.int64) + 1000}
+    return {
+        "image": images,
+        "keypoints": keypoints,
+        "label": rng.integers(0, 5, n),
+        "row_id": np.arange(n, dtype=np.int64) + 1000,
+    }
 
 
 def assert_dots_under_keypoints(out: dict, radius: float) -> None:
@@ -81,13 +90,14 @@ def assert_dots_under_keypoints(out: dict, radius: float) -> None:
             x, y = keypoints[b, 2 * k], keypoints[b, 2 * k + 1]
             if np.isnan(x):
                 continue
-            window = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
+            window = (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
             weights = images[b] * window
             assert weights.max() >= 100, f"sample {b} {KEYPOINT_NAMES[k]}: no dot near ({x:.1f}, {y:.1f})"
             cx, cy = (weights * xx).sum() / weights.sum(), (weights * yy).sum() / weights.sum()
             err = np.hypot(cx - x, cy - y)
-            assert err <= 0.4, (f"sample {b} {KEYPOINT_NAMES[k]}: dot at ({cx:.2f}, {cy:.2f}), "
-                                f"keypoint ({x:.2f}, {y:.2f})")
+            assert err <= 0.4, (
+                f"sample {b} {KEYPOINT_NAMES[k]}: dot at ({cx:.2f}, {cy:.2f}), keypoint ({x:.2f}, {y:.2f})"
+            )
 
 
 def assert_exercised(plan, in_size: int, out_size: int) -> None:
@@ -113,8 +123,11 @@ def random_batches(draw):
     keypoints = (np.round(keypoints * 256) / 256).astype(np.float32)
     missing = rng.random((n, NUM_KEYPOINTS)) < 0.3
     keypoints[np.repeat(missing, 2, axis=1)] = np.nan
-    return {"image": rng.integers(0, 256, (n, height, width), dtype=np.uint8), "keypoints": keypoints,
-            "label": rng.integers(-1, 5, n)}
+    return {
+        "image": rng.integers(0, 256, (n, height, width), dtype=np.uint8),
+        "keypoints": keypoints,
+        "label": rng.integers(-1, 5, n),
+    }
 
 
 @settings(max_examples=40, deadline=None)
@@ -137,8 +150,10 @@ def test_flip_twice_is_identity(batch):
 @given(st.integers(0, 2**31))
 def test_flip_twice_is_identity_within_float32_rounding_for_any_keypoints(seed):
     rng = np.random.default_rng(seed)
-    batch = {"image": rng.integers(0, 256, (2, 96, 96), dtype=np.uint8),
-             "keypoints": rng.uniform(0, 95, (2, 30)).astype(np.float32)}
+    batch = {
+        "image": rng.integers(0, 256, (2, 96, 96), dtype=np.uint8),
+        "keypoints": rng.uniform(0, 95, (2, 30)).astype(np.float32),
+    }
     twice = flip_batch(flip_batch(batch))
     assert np.array_equal(twice["image"], batch["image"])
     assert np.abs(twice["keypoints"] - batch["keypoints"]).max() <= np.spacing(np.float32(95))
@@ -158,8 +173,9 @@ def test_flip_swaps_left_and_right_names():
     assert (kp_xy(before, "left_eye_center")[:, 0] > kp_xy(before, "right_eye_center")[:, 0]).all()
     assert (kp_xy(after, "left_eye_center")[:, 0] > kp_xy(after, "right_eye_center")[:, 0]).all()
     # Emotion flips swap names too when the batch carries keypoints.
-    cfg = EmotionAugment(flip_prob=1.0, rotation_deg=0, width_shift=0, height_shift=0, shear_deg=0,
-                         zoom_range=(1, 1), **NO_INTENSITY_EMO)
+    cfg = EmotionAugment(
+        flip_prob=1.0, rotation_deg=0, width_shift=0, height_shift=0, shear_deg=0, zoom_range=(1, 1), **NO_INTENSITY_EMO
+    )
     emo = augment_emotion_batch(batch, cfg, np.random.default_rng(0))
     assert np.array_equal(emo["keypoints"], after, equal_nan=True)
     assert np.array_equal(emo["image"], flipped["image"])
@@ -186,25 +202,35 @@ def test_integer_shift_matches_edge_padding(batch, dx, dy):
     pad = 12
     for border, mode in [("replicate", "edge"), ("reflect", "symmetric")]:
         padded = np.stack([np.pad(img, pad, mode=mode) for img in images])  # symmetric repeats for wide pads
-        expected = padded[:, pad - dy: pad - dy + height, pad - dx: pad - dx + width]
+        expected = padded[:, pad - dy : pad - dy + height, pad - dx : pad - dx + width]
         assert np.array_equal(warp_images(images, matrices, (height, width), border), expected), border
 
 
 def test_brightness_and_contrast_saturate_in_uint8():
     ramp = np.tile(np.arange(256, dtype=np.uint8), (2, 1, 1)).reshape(2, 16, 16)
     batch = {"image": ramp}
-    bright = KeypointAugment(flip_prob=0, affine_prob=0, intensity_prob=1, brightness_range=(1.2, 1.2),
-                             contrast_range=(1.0, 1.0))
+    bright = KeypointAugment(
+        flip_prob=0, affine_prob=0, intensity_prob=1, brightness_range=(1.2, 1.2), contrast_range=(1.0, 1.0)
+    )
     out = augment_keypoint_batch(batch, bright, np.random.default_rng(0))["image"]
     assert out.dtype == np.uint8
     assert np.array_equal(out, np.clip(np.floor(ramp * 1.2 + 0.5), 0, 255).astype(np.uint8))  # 255 is kept, not wrapped
-    low_contrast = KeypointAugment(flip_prob=0, affine_prob=0, intensity_prob=1, brightness_range=(1.0, 1.0),
-                                   contrast_range=(0.5, 0.5))
+    low_contrast = KeypointAugment(
+        flip_prob=0, affine_prob=0, intensity_prob=1, brightness_range=(1.0, 1.0), contrast_range=(0.5, 0.5)
+    )
     out = augment_keypoint_batch(batch, low_contrast, np.random.default_rng(0))["image"].astype(float)
     expected = ramp.mean() + 0.5 * (ramp - ramp.mean())
     assert np.abs(out - expected).max() <= 0.5 + 1e-6
-    dark = EmotionAugment(enabled=True, flip_prob=0, rotation_deg=0, width_shift=0, height_shift=0,
-                          shear_deg=0, zoom_range=(1, 1), brightness_range=(0.8, 0.8))
+    dark = EmotionAugment(
+        enabled=True,
+        flip_prob=0,
+        rotation_deg=0,
+        width_shift=0,
+        height_shift=0,
+        shear_deg=0,
+        zoom_range=(1, 1),
+        brightness_range=(0.8, 0.8),
+    )
     out = augment_emotion_batch(batch, dark, np.random.default_rng(0))["image"].astype(float)
     assert np.abs(out - ramp * 0.8).max() <= 0.5 + 1e-6
     # Random draws with a geometric warp: still uint8, full range used, no wrap-around at 0 or 255.
@@ -235,8 +261,9 @@ SIZES = [(96, None), (48, None), (96, 48), (48, 96)]
 
 def geometry_cases(kinds) -> list:
     """Each single transform at 96x96, and the combined one at every size (with resize 96<->48)."""
-    return ([pytest.param(kind, 96, None, id=f"{kind}-96") for kind in kinds]
-            + [pytest.param("combined", i, o, id=f"combined-{i}-to-{o or i}") for i, o in SIZES[1:]])
+    return [pytest.param(kind, 96, None, id=f"{kind}-96") for kind in kinds] + [
+        pytest.param("combined", i, o, id=f"combined-{i}-to-{o or i}") for i, o in SIZES[1:]
+    ]
 
 
 @pytest.mark.parametrize("kind,in_size,out_size", geometry_cases(KP_GEOMETRY))
@@ -267,14 +294,17 @@ def test_keras_matrix_matches_keras_composition():
     theta, tx, ty, shear, zx, zy = 12.0, 3.0, -5.0, 7.0, 0.93, 1.08
     h = w = 48
     t, s = np.deg2rad(theta), np.deg2rad(shear)
-    keras = (np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
-             @ np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]])
-             @ np.array([[1, -np.sin(s), 0], [0, np.cos(s), 0], [0, 0, 1]])
-             @ np.array([[zx, 0, 0], [0, zy, 0], [0, 0, 1]]))
-    o_x, o_y = h / 2 - 0.5, w / 2 - 0.5                    # Keras's transform_matrix_offset_center
+    keras = (
+        np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+        @ np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]])
+        @ np.array([[1, -np.sin(s), 0], [0, np.cos(s), 0], [0, 0, 1]])
+        @ np.array([[zx, 0, 0], [0, zy, 0], [0, 0, 1]])
+    )
+    o_x, o_y = h / 2 - 0.5, w / 2 - 0.5  # Keras's transform_matrix_offset_center
     keras = np.array([[1, 0, o_x], [0, 1, o_y], [0, 0, 1]]) @ keras @ np.array([[1, 0, -o_x], [0, 1, -o_y], [0, 0, 1]])
-    ours = aug._compose(keras_inverse_map(*(np.array([v]) for v in (theta, tx, ty, shear, zx, zy))),
-                        np.zeros(1, bool), (h, w), (h, w))[0]
+    ours = aug._compose(
+        keras_inverse_map(*(np.array([v]) for v in (theta, tx, ty, shear, zx, zy))), np.zeros(1, bool), (h, w), (h, w)
+    )[0]
     # (row, col) -> (x, y): swap both the rows and the columns of the 2x2 part and the offset.
     assert np.allclose(ours[:, :2], keras[:2, :2][::-1, ::-1])
     assert np.allclose(ours[:, 2], keras[:2, 2][::-1])
@@ -294,14 +324,18 @@ def test_keypoints_never_leave_the_frame(seed, sizes):
     n = 32
     keypoints = rng.uniform(1, in_size - 2, (n, 2 * NUM_KEYPOINTS)).astype(np.float32)  # many near an edge
     keypoints[np.repeat(rng.random((n, NUM_KEYPOINTS)) < 0.2, 2, axis=1)] = np.nan
-    batch = {"image": rng.integers(0, 256, (n, in_size, in_size), dtype=np.uint8), "keypoints": keypoints,
-             "label": np.full(n, -1)}
-    wild = KeypointAugment(rotation_deg=45, scale_range=(0.6, 1.6), shift_frac=0.3, affine_prob=1,
-                           output_size=out_size, **NO_INTENSITY_KP)
+    batch = {
+        "image": rng.integers(0, 256, (n, in_size, in_size), dtype=np.uint8),
+        "keypoints": keypoints,
+        "label": np.full(n, -1),
+    }
+    wild = KeypointAugment(
+        rotation_deg=45, scale_range=(0.6, 1.6), shift_frac=0.3, affine_prob=1, output_size=out_size, **NO_INTENSITY_KP
+    )
     plan = plan_keypoint_augment(batch, wild, rng)
     out = apply_plan(batch, plan)
     size = out_size or in_size
-    assert len(out["image"]) == n and len(out["keypoints"]) == n          # no row dropped
+    assert len(out["image"]) == n and len(out["keypoints"]) == n  # no row dropped
     got = out["keypoints"]
     inside = np.isnan(got) | ((got >= 0) & (got <= size - 1))
     assert inside.all()
@@ -312,22 +346,23 @@ def test_keypoints_never_leave_the_frame(seed, sizes):
         assert np.array_equal(out["image"][rows], plain["image"])
         assert np.allclose(out["keypoints"][rows], plain["keypoints"], atol=1e-4, equal_nan=True)
     # Emotion batches that carry keypoints obey the same rule.
-    emo = augment_emotion_batch(batch, EmotionAugment(rotation_deg=45, width_shift=0.3, height_shift=0.3,
-                                                      output_size=out_size), rng)["keypoints"]
+    emo = augment_emotion_batch(
+        batch, EmotionAugment(rotation_deg=45, width_shift=0.3, height_shift=0.3, output_size=out_size), rng
+    )["keypoints"]
     assert (np.isnan(emo) | ((emo >= 0) & (emo <= size - 1))).all()
 
 
 def test_nan_keypoints_stay_nan_and_present_ones_stay_present():
     batch = dot_batch(64, 96, seed=5)
     rng = np.random.default_rng(0)
-    batch["keypoints"][rng.random(64) < 0.5, 0:2] = np.nan           # some left eyes missing
+    batch["keypoints"][rng.random(64) < 0.5, 0:2] = np.nan  # some left eyes missing
     plan = plan_keypoint_augment(batch, KeypointAugment(), np.random.default_rng(1))
     out = apply_plan(batch, plan)["keypoints"]
     missing_before = np.isnan(batch["keypoints"])
     expected = np.isnan(flip_batch(batch, plan.flipped)["keypoints"])  # the mask, names swapped where flipped
     assert plan.flipped.any() and (~plan.flipped).any()
     assert np.array_equal(np.isnan(out), expected)
-    assert not np.array_equal(expected, missing_before)           # the permutation really mattered
+    assert not np.array_equal(expected, missing_before)  # the permutation really mattered
 
 
 @pytest.mark.realdata
@@ -340,7 +375,7 @@ def test_real_faces_keep_their_keypoints_in_frame_with_default_settings(real_dat
     plan = plan_keypoint_augment(batch, KeypointAugment(), np.random.default_rng(0))
     out = apply_plan(batch, plan)["keypoints"]
     assert (np.isnan(out) | ((out >= 0) & (out <= 95))).all()
-    assert plan.withdrawn.mean() < 0.05                 # the defaults rarely need the fallback
+    assert plan.withdrawn.mean() < 0.05  # the defaults rarely need the fallback
 
 
 # --- resize and evaluation -------------------------------------------------------------------------
@@ -351,8 +386,13 @@ def test_resize_down_2x_is_the_2x2_block_mean_and_keypoints_follow():
     images = rng.integers(0, 256, (3, 96, 96), dtype=np.uint8)
     keypoints = rng.uniform(0, 95, (3, 30)).astype(np.float32)
     keypoints[0, :4] = np.nan
-    batch = {"image": images, "keypoints": keypoints, "label": np.arange(3), "height": np.full(3, 96, np.int16),
-             "width": np.full(3, 96, np.int16)}
+    batch = {
+        "image": images,
+        "keypoints": keypoints,
+        "label": np.arange(3),
+        "height": np.full(3, 96, np.int16),
+        "width": np.full(3, 96, np.int16),
+    }
     small = resize_batch(batch, 48)
     block_mean = images.reshape(3, 48, 2, 48, 2).mean(axis=(2, 4))
     assert small["image"].shape == (3, 48, 48) and small["image"].dtype == np.uint8
@@ -371,7 +411,7 @@ def test_prepare_eval_batch_only_resizes():
     batch = dot_batch(4, 48)
     cfg = EmotionAugment(output_size=96)
     once, again = prepare_eval_batch(batch, cfg), prepare_eval_batch(batch, cfg)
-    assert np.array_equal(once["image"], again["image"])             # nothing random
+    assert np.array_equal(once["image"], again["image"])  # nothing random
     assert np.array_equal(once["image"], resize_batch(batch, 96)["image"])
     assert_dots_under_keypoints(once, radius=5)
     assert prepare_eval_batch(batch, KeypointAugment()) is batch
@@ -388,8 +428,16 @@ def test_disabled_config_is_the_identity_or_only_resizes():
     assert np.array_equal(out["image"], resize_batch(batch, 48)["image"])
 
 
-@pytest.mark.parametrize("bad", [dict(border="wrap"), dict(flip_prob=1.5), dict(brightness_range=(1.2, 0.8)),
-                                 dict(output_size=1), dict(max_redraws=-1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(border="wrap"),
+        dict(flip_prob=1.5),
+        dict(brightness_range=(1.2, 0.8)),
+        dict(output_size=1),
+        dict(max_redraws=-1),
+    ],
+)
 def test_bad_config_values_are_user_errors(bad):
     with pytest.raises(UserError):
         KeypointAugment(**bad)
@@ -415,11 +463,11 @@ def test_same_seed_same_result_other_seed_other_result():
 def test_augmenter_is_reproducible_varies_per_call_and_survives_pickling():
     batch = dot_batch(8, 96)
     first, second = KeypointAugmenter(KeypointAugment(), seed=5), KeypointAugmenter(KeypointAugment(), seed=5)
-    copy = pickle.loads(pickle.dumps(first))                         # what Ray Data ships to a worker
+    copy = pickle.loads(pickle.dumps(first))  # what Ray Data ships to a worker
     run_a = [first(batch)["image"] for _ in range(3)]
     run_b = [second(batch)["image"] for _ in range(3)]
     assert all(np.array_equal(x, y) for x, y in zip(run_a, run_b))  # same seed, same sequence
-    assert not np.array_equal(run_a[0], run_a[1])                    # the same batch again: new draw
+    assert not np.array_equal(run_a[0], run_a[1])  # the same batch again: new draw
     assert np.array_equal(copy(batch)["image"], run_a[0])
     other_epoch = KeypointAugmenter(KeypointAugment(), seed=5, epoch=1)(batch)["image"]
     assert not np.array_equal(other_epoch, run_a[0])
@@ -446,6 +494,8 @@ def test_emotion_keeps_labels_and_other_keys_shapes_and_dtypes(n):
 
 
 def test_module_imports_neither_ray_nor_torch():
-    code = ("import sys, emokp_ray.data.augment; "
-            "bad = [m for m in ('ray', 'torch') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, emokp_ray.data.augment; "
+        "bad = [m for m in ('ray', 'torch') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -45,24 +45,26 @@ def faces(predictor: Predictor, images: list[np.ndarray]) -> list:
 
 def test_torch_and_onnx_give_the_same_faces_emotions_and_keypoints(tiny):
     images = photos()
-    by_backend = {name: Predictor.from_paths(str(tiny[0]), str(tiny[1]), device="cpu", detect=False, backend=name)
-                  for name in ("torch", "onnx")}
+    by_backend = {
+        name: Predictor.from_paths(str(tiny[0]), str(tiny[1]), device="cpu", detect=False, backend=name)
+        for name in ("torch", "onnx")
+    }
     for name, predictor in by_backend.items():
         predictor._detector = HalvesDetector()
         assert {r.backend for r in predictor.runners.values()} == {name}
     torch_faces, onnx_faces = (faces(p, images) for p in by_backend.values())
     assert len(torch_faces) == len(onnx_faces) == 4
     for a, b in zip(torch_faces, onnx_faces):
-        assert a.box == b.box                                           # detection and framing: identical
+        assert a.box == b.box  # detection and framing: identical
         probs_a, probs_b = np.array(list(a.probabilities.values())), np.array(list(b.probabilities.values()))
         assert np.abs(probs_a - probs_b).max() < 1e-5
         top2 = np.sort(probs_a)[-2:]
-        if top2[1] - top2[0] > 1e-4:                                    # a clear winner: the same emotion
+        if top2[1] - top2[0] > 1e-4:  # a clear winner: the same emotion
             assert a.emotion == b.emotion
         kp_a, kp_b = np.array(list(a.keypoints.values())), np.array(list(b.keypoints.values()))
         assert list(a.keypoints) == list(b.keypoints) and np.abs(kp_a - kp_b).max() < 1e-3
     info = [p.model_info() for p in by_backend.values()]
-    assert info[0] == info[1]                                           # the same models, by weights version
+    assert info[0] == info[1]  # the same models, by weights version
 
 
 def test_auto_is_onnx_on_cpu_where_installed_else_torch(tiny, monkeypatch):
@@ -97,7 +99,7 @@ def test_a_checkpoint_is_exported_once_then_read_from_the_cache(tiny, monkeypatc
         raise AssertionError("exported again")
 
     monkeypatch.setattr(export, "onnx_bytes", no_export)
-    again = Predictor.from_paths(str(tiny[0]), None, device="cpu", detect=False, backend="onnx")   # memory
+    again = Predictor.from_paths(str(tiny[0]), None, device="cpu", detect=False, backend="onnx")  # memory
     monkeypatch.setattr(backends, "_MEMORY", {})
     from_disk = Predictor.from_paths(str(tiny[0]), None, device="cpu", detect=False, backend="onnx")
     for predictor in (again, from_disk):
@@ -115,7 +117,7 @@ def test_a_checkpoint_is_exported_once_then_read_from_the_cache(tiny, monkeypatc
 def test_an_unwritable_cache_costs_only_the_export(tiny, monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv("EMOKP_CACHE_DIR", str(blocker))               # mkdir under a file fails
+    monkeypatch.setenv("EMOKP_CACHE_DIR", str(blocker))  # mkdir under a file fails
     predictor = Predictor.from_paths(None, str(tiny[1]), device="cpu", detect=False, backend="onnx")
     assert len(predictor.predict_crops(np.zeros((1, 48, 48), np.uint8))) == 1
 
@@ -127,7 +129,7 @@ def test_int8_backend_quantizes_a_checkpoint(tiny):
     assert {r.backend for r in int8.runners.values()} == {"onnx-int8"}
     for a, b in zip(fp32.predict_crops(crops), int8.predict_crops(crops)):
         kp_a, kp_b = np.array(list(a.keypoints.values())), np.array(list(b.keypoints.values()))
-        assert np.abs(kp_a - kp_b).max() < 2.0                          # quantized: close, not equal
+        assert np.abs(kp_a - kp_b).max() < 2.0  # quantized: close, not equal
         assert abs(sum(b.probabilities.values()) - 1) < 1e-6
     assert fp32.model_info() == int8.model_info()
 
@@ -135,10 +137,10 @@ def test_int8_backend_quantizes_a_checkpoint(tiny):
 def test_calibration_crops_are_synthetic_faces_at_the_model_size():
     crops = backends.calibration_crops(48, n=8)
     assert crops.shape == (8, 48, 48) and crops.dtype == np.uint8 and crops.std() > 10
-    assert np.array_equal(crops, backends.calibration_crops(48, n=8))   # deterministic
+    assert np.array_equal(crops, backends.calibration_crops(48, n=8))  # deterministic
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit is deprecated, still read
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated, still read
 def test_onnx_backends_refuse_a_gpu_and_a_torchscript_model(tiny, tmp_path):
     from emokp_ray.inference.export import export_checkpoint, load_exported
 
@@ -146,6 +148,6 @@ def test_onnx_backends_refuse_a_gpu_and_a_torchscript_model(tiny, tmp_path):
         backends.resolve_backend("onnx", "cuda")
     assert backends.resolve_backend("auto", "cuda") == "torch"
     scripted = load_exported(export_checkpoint(str(tiny[1]), str(tmp_path / "em.ts")), trust_torchscript=True)
-    assert Predictor(None, scripted, backend="auto").runners["emotion"].backend == "torch"   # the default: torch
+    assert Predictor(None, scripted, backend="auto").runners["emotion"].backend == "torch"  # the default: torch
     with pytest.raises(UserError, match="needs a checkpoint"):
-        Predictor(None, scripted, backend="onnx")                       # asked for: a clear refusal
+        Predictor(None, scripted, backend="onnx")  # asked for: a clear refusal

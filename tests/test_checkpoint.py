@@ -162,7 +162,9 @@ def test_resume_state_round_trip(tmp_path):
     assert not (path / "scaler.pt").exists() and load_checkpoint(path).scaler_state is None
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch.compile's import
+@pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)  # torch.compile's import
 def test_wrappers_are_unwrapped_before_saving(tmp_path):
     model = small_emotion_model()
     for wrapped in (torch.nn.DataParallel(model), torch.compile(model)):
@@ -260,7 +262,12 @@ def test_state_dict_missing_key(saved):
 
 def test_state_dict_shape_mismatch_names_the_key(saved):
     path, model = saved
-    edit_meta(path, model_config={**model.cfg.to_dict(), "num_outputs": 7}, class_names=list(FER7.classes), label_scheme="fer7")
+    edit_meta(
+        path,
+        model_config={**model.cfg.to_dict(), "num_outputs": 7},
+        class_names=list(FER7.classes),
+        label_scheme="fer7",
+    )
     assert_user_error(path, "'head.2.weight' has shape [5, 128]", "[7, 128]")
 
 

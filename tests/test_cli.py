@@ -37,7 +37,11 @@ def test_synth_then_prepare_round_trip(tmp_path, capsys):
 
     csv = tmp_path / "fer.csv.gz"
     pixels = " ".join(["128"] * 48 * 48)
-    rows = ["emotion,pixels,Usage"] + [f"{label},{pixels},Training" for label in (0, 1, 3, 4, 5, 2)] + [f"3,{pixels},PublicTest"]
+    rows = (
+        ["emotion,pixels,Usage"]
+        + [f"{label},{pixels},Training" for label in (0, 1, 3, 4, 5, 2)]
+        + [f"3,{pixels},PublicTest"]
+    )
     rows.append("9,1 2 3,Training")  # an unknown label with a wrong pixel count: skipped and reported
     with gzip.open(csv, "wt") as fh:
         fh.write("\n".join(rows) + "\n")
@@ -46,7 +50,10 @@ def test_synth_then_prepare_round_trip(tmp_path, capsys):
     assert "1 bad" in out and "line 9" in out
     info = read_info(tmp_path / "fer")
     # fear (2) dropped by seed5; val is a seeded share of Training, test the PublicTest row
-    assert sum(info.counts[s]["rows"] for s in ("train", "val") if s in info.counts) == 5 and info.counts["test"]["rows"] == 1
+    assert (
+        sum(info.counts[s]["rows"] for s in ("train", "val") if s in info.counts) == 5
+        and info.counts["test"]["rows"] == 1
+    )
 
     assert main(["data", "prepare", str(csv), "--out", str(tmp_path / "strict"), "--strict"]) == 2
     err = capsys.readouterr().err.strip()
@@ -54,13 +61,16 @@ def test_synth_then_prepare_round_trip(tmp_path, capsys):
     assert not (tmp_path / "strict").exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["data", "prepare", "/no/such/file.csv", "--out", "OUT"], "no/such/file.csv"),
-    (["data", "synth", "--out", "OUT", "--n", "-5"], "positive integer"),
-    (["data", "prepare", "x.csv", "--out", "OUT", "--val-fraction", "2"], "fraction"),
-    (["train", "emotion", "--data", "D"], "--out"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["data", "prepare", "/no/such/file.csv", "--out", "OUT"], "no/such/file.csv"),
+        (["data", "synth", "--out", "OUT", "--n", "-5"], "positive integer"),
+        (["data", "prepare", "x.csv", "--out", "OUT", "--val-fraction", "2"], "fraction"),
+        (["train", "emotion", "--data", "D"], "--out"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_user_errors_are_one_line(argv, needle, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
@@ -71,7 +81,10 @@ def test_user_errors_are_one_line(argv, needle, tmp_path, monkeypatch, capsys):
 def test_console_script_exits_2_without_traceback(tmp_path):
     binary = tmp_path / "bin.csv"
     binary.write_bytes(bytes(range(256)) * 10)
-    proc = subprocess.run([sys.executable, "-m", "emokp_ray.cli", "data", "prepare", str(binary), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "emokp_ray.cli", "data", "prepare", str(binary), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1 and "bin.csv" in proc.stderr

@@ -32,12 +32,15 @@ import yaml
 from emokp_ray.checkpoint import load_checkpoint
 from tests.helpers import write_random_dataset, write_tiny_checkpoints
 
-pytestmark = [pytest.mark.ray, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds its processes in /proc")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds its processes in /proc"),
+]
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
 CPUS_PER_NODE = 3
-CPUS_PER_TRAIN_WORKER = 2        # > CPUS_PER_NODE / 2: one Train worker per node
+CPUS_PER_TRAIN_WORKER = 2  # > CPUS_PER_NODE / 2: one Train worker per node
 JOB_TIMEOUT_S = 300
 
 
@@ -75,30 +78,57 @@ class TwoNodeCluster:
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.sessions: list[int] = []  # session ids of our `ray start` runs: their daemons keep them
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
-        self.env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.root / "auth_token"),
-                    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {
+            **env,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.root / "auth_token"),
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
 
     def _ray_start(self, *args: str) -> None:
-        ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
-                 "--dashboard-agent-listen-port", "--runtime-env-agent-port", "--metrics-export-port"]
-        command = [str(RAY), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={CPUS_PER_NODE}", "--num-gpus=0",
-                   f"--temp-dir={self.root}", "--object-store-memory=200000000", "--disable-usage-stats",
-                   *[f"{flag}={_free_port()}" for flag in ports], *args]
-        proc = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        ports = [
+            "--node-manager-port",
+            "--object-manager-port",
+            "--dashboard-agent-grpc-port",
+            "--dashboard-agent-listen-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+        ]
+        command = [
+            str(RAY),
+            "start",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={CPUS_PER_NODE}",
+            "--num-gpus=0",
+            f"--temp-dir={self.root}",
+            "--object-store-memory=200000000",
+            "--disable-usage-stats",
+            *[f"{flag}={_free_port()}" for flag in ports],
+            *args,
+        ]
+        proc = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         self.sessions.append(proc.pid)
         output, _ = proc.communicate(timeout=180)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{output[-3000:]}")
 
     def start(self) -> None:
-        self._ray_start("--head", f"--port={self.gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                        f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={_free_port()}",
-                        '--resources={"node_a": 1}')
+        self._ray_start(
+            "--head",
+            f"--port={self.gcs_port}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={_free_port()}",
+            '--resources={"node_a": 1}',
+        )
         self._ray_start(f"--address=127.0.0.1:{self.gcs_port}", '--resources={"node_b": 1}')
 
     def our_processes(self) -> set[int]:
@@ -173,8 +203,11 @@ def _train_worker_nodes(cluster: TwoNodeCluster) -> list[str]:
     nodes = state.list(StateResource.NODES, options=ListApiOptions(detail=True), raise_on_missing_output=False)
     name_of = {n.node_id: next(k for k in n.resources_total if k.startswith("node_")) for n in nodes}
     assert sorted(name_of.values()) == ["node_a", "node_b"]
-    actors = state.list(StateResource.ACTORS, options=ListApiOptions(detail=True, filters=[("class_name", "=", "RayTrainWorker")]),
-                        raise_on_missing_output=False)
+    actors = state.list(
+        StateResource.ACTORS,
+        options=ListApiOptions(detail=True, filters=[("class_name", "=", "RayTrainWorker")]),
+        raise_on_missing_output=False,
+    )
     return sorted(name_of[a.node_id] for a in actors)
 
 
@@ -187,9 +220,12 @@ def test_jobs_train_on_two_nodes_then_label(cluster, tmp_path):
     python = sys.executable  # the entrypoint runs through the head node's shell (RAY_NOTES)
 
     # 2 workers x 8 images (global batch 16), 2 steps, then the evaluation of RUN_DIR/best on val.
-    status, logs = _run_job(client, f"{python} jobs/train.py emotion --data {data} --out {run} --workers 2 "
-                                    f"--cpus-per-worker {CPUS_PER_TRAIN_WORKER} --no-gpu --epochs 1 --batch-size 16 "
-                                    f"--max-steps-per-epoch 2 --evaluate val")
+    status, logs = _run_job(
+        client,
+        f"{python} jobs/train.py emotion --data {data} --out {run} --workers 2 "
+        f"--cpus-per-worker {CPUS_PER_TRAIN_WORKER} --no-gpu --epochs 1 --batch-size 16 "
+        f"--max-steps-per-epoch 2 --evaluate val",
+    )
     assert status == "SUCCEEDED", logs[-4000:]
     assert _train_worker_nodes(cluster) == ["node_a", "node_b"]
 
@@ -197,8 +233,8 @@ def test_jobs_train_on_two_nodes_then_label(cluster, tmp_path):
     assert best.meta.task == "emotion" and best.meta.epoch == 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1]
-    assert rows[0]["train/images"] == 2 * 16          # 2 steps of the global batch, both workers counted
-    assert rows[0]["val/n"] == 32                     # every val row once, reduced across the 2 workers
+    assert rows[0]["train/images"] == 2 * 16  # 2 steps of the global batch, both workers counted
+    assert rows[0]["val/n"] == 32  # every val row once, reduced across the 2 workers
     report = json.loads((run / "eval-val" / "report.json").read_text())
     assert report["task"] == "emotion" and report["n"] == 32
 
@@ -206,11 +242,40 @@ def test_jobs_train_on_two_nodes_then_label(cluster, tmp_path):
     keypoints, _ = write_tiny_checkpoints(tmp_path / "tiny")
     labels = tmp_path / "labels"
     submit = subprocess.run(
-        [str(RAY), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".", "--runtime-env",
-         "jobs/runtime_env.yaml", "--", python, "jobs/label.py", str(data), "--keypoints", str(keypoints),
-         "--emotion", str(run / "best"), "--out", labels.as_uri(), "--concurrency", "2", "--num-cpus", "1", "--no-gpu",
-         "--batch-size", "16"],
-        cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        [
+            str(RAY),
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--working-dir",
+            ".",
+            "--runtime-env",
+            "jobs/runtime_env.yaml",
+            "--",
+            python,
+            "jobs/label.py",
+            str(data),
+            "--keypoints",
+            str(keypoints),
+            "--emotion",
+            str(run / "best"),
+            "--out",
+            labels.as_uri(),
+            "--concurrency",
+            "2",
+            "--num-cpus",
+            "1",
+            "--no-gpu",
+            "--batch-size",
+            "16",
+        ],
+        cwd=REPO,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+    )
     assert submit.returncode == 0 and "succeeded" in submit.stdout, (submit.stdout + submit.stderr)[-4000:]
     assert "labelled 96 images" in submit.stdout  # the job's own summary line, streamed back
     table = pq.read_table(labels / "labels.parquet")

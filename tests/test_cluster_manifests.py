@@ -53,8 +53,9 @@ def _check_cluster_spec(spec: dict) -> None:
     assert spec["workerGroupSpecs"], "no worker group"
     for name, group in _pod_specs(spec):
         params = group["rayStartParams"]
-        assert isinstance(params, dict) and all(isinstance(v, str) for v in params.values()), \
+        assert isinstance(params, dict) and all(isinstance(v, str) for v in params.values()), (
             f"{name}: rayStartParams values must be strings (KubeRay's map[string]string)"
+        )
         pod = group["template"]["spec"]
         containers = pod["containers"]
         assert containers and all(c["image"] and c["name"] for c in containers), name
@@ -70,13 +71,21 @@ def _check_cluster_spec(spec: dict) -> None:
 
 
 def _mounts(spec: dict) -> set[str]:
-    return {m["mountPath"] for _, g in _pod_specs(spec) for c in g["template"]["spec"]["containers"]
-            for m in c.get("volumeMounts", [])}
+    return {
+        m["mountPath"]
+        for _, g in _pod_specs(spec)
+        for c in g["template"]["spec"]["containers"]
+        for m in c.get("volumeMounts", [])
+    }
 
 
 def _claims(spec: dict) -> set[str]:
-    return {v["persistentVolumeClaim"]["claimName"] for _, g in _pod_specs(spec)
-            for v in g["template"]["spec"].get("volumes", []) if "persistentVolumeClaim" in v}
+    return {
+        v["persistentVolumeClaim"]["claimName"]
+        for _, g in _pod_specs(spec)
+        for v in g["template"]["spec"].get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
 
 
 def test_every_manifest_names_its_api_kind_and_name():
@@ -94,10 +103,15 @@ def test_rayjob_runs_a_valid_train_command_on_gpu_workers():
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     spec = job["spec"]
     _check_cluster_spec(spec["rayClusterSpec"])
-    gpu_groups = [g for g in spec["rayClusterSpec"]["workerGroupSpecs"]
-                  if all(int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1 for c in g["template"]["spec"]["containers"])]
+    gpu_groups = [
+        g
+        for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+        if all(int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1 for c in g["template"]["spec"]["containers"])
+    ]
     assert gpu_groups, "no worker group with nvidia.com/gpu limits"
-    assert all("nvidia.com/gpu" in c["resources"]["requests"] for g in gpu_groups for c in g["template"]["spec"]["containers"])
+    assert all(
+        "nvidia.com/gpu" in c["resources"]["requests"] for g in gpu_groups for c in g["template"]["spec"]["containers"]
+    )
     assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
 
     # The entrypoint is a command the job and `emokp train` accept, with one worker per GPU.
@@ -129,7 +143,10 @@ def test_rayservice_embeds_the_serve_config_and_autoscales(render):
 
     embedded = yaml.safe_load(spec["serveConfigV2"])
     assert embedded == render.serve_config(), "rayservice.yaml is out of date: run python jobs/k8s/render.py"
-    assert render.render((K8S / "rayservice.yaml").read_text(), render.serve_config()) == (K8S / "rayservice.yaml").read_text()
+    assert (
+        render.render((K8S / "rayservice.yaml").read_text(), render.serve_config())
+        == (K8S / "rayservice.yaml").read_text()
+    )
 
     # Serve accepts it, the app builder accepts its args, and the proxy listens beyond loopback.
     from ray.serve.schema import ServeDeploySchema
@@ -147,29 +164,49 @@ def test_rayservice_serves_the_runs_the_rayjob_writes(render):
     job = _manifest("rayjob-train.yaml")["spec"]
     train = _load(REPO / "jobs" / "train.py", "emokp_job_train_manifest2")
     args, _ = train.build_parser().parse_known_args(shlex.split(job["entrypoint"])[2:])
-    trained = {task: out for task, _, out in train.plan_runs(args.task, args.out, args.data, args.keypoints_data, args.emotion_data)}
+    trained = {
+        task: out
+        for task, _, out in train.plan_runs(args.task, args.out, args.data, args.keypoints_data, args.emotion_data)
+    }
     served = yaml.safe_load(service["serveConfigV2"])["applications"][0]["args"]
     assert {k: served[k] for k in trained} == trained
-    storage = {d["metadata"]["name"] for d in yaml.safe_load_all((K8S / "storage.yaml").read_text())
-               if d["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in d["spec"]["accessModes"]}
+    storage = {
+        d["metadata"]["name"]
+        for d in yaml.safe_load_all((K8S / "storage.yaml").read_text())
+        if d["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in d["spec"]["accessModes"]
+    }
     assert _claims(service["rayClusterConfig"]) == _claims(job["rayClusterSpec"]) == storage
     assert _mounts(service["rayClusterConfig"]) == _mounts(job["rayClusterSpec"]) - {"/dev/shm"}
 
 
 def test_overrides_merge_by_name_and_refuse_unknown_names(render, tmp_path):
-    base = {"http_options": {"host": "127.0.0.1", "port": 8000},
-            "applications": [{"name": "a", "args": {"x": 1, "y": 2}, "deployments": [{"name": "D", "n": 1}, {"name": "E"}]}]}
-    merged = render.merge(base, {"http_options": {"host": "0.0.0.0"},
-                                 "applications": [{"name": "a", "args": {"y": 3}, "deployments": [{"name": "E", "n": 5}]}]})
-    assert merged == {"http_options": {"host": "0.0.0.0", "port": 8000},
-                      "applications": [{"name": "a", "args": {"x": 1, "y": 3},
-                                        "deployments": [{"name": "D", "n": 1}, {"name": "E", "n": 5}]}]}
+    base = {
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "applications": [
+            {"name": "a", "args": {"x": 1, "y": 2}, "deployments": [{"name": "D", "n": 1}, {"name": "E"}]}
+        ],
+    }
+    merged = render.merge(
+        base,
+        {
+            "http_options": {"host": "0.0.0.0"},
+            "applications": [{"name": "a", "args": {"y": 3}, "deployments": [{"name": "E", "n": 5}]}],
+        },
+    )
+    assert merged == {
+        "http_options": {"host": "0.0.0.0", "port": 8000},
+        "applications": [
+            {"name": "a", "args": {"x": 1, "y": 3}, "deployments": [{"name": "D", "n": 1}, {"name": "E", "n": 5}]}
+        ],
+    }
     assert base["http_options"]["host"] == "127.0.0.1"  # the input is not modified
     with pytest.raises(ValueError, match="typo"):
         render.merge(base, {"applications": [{"name": "typo"}]})
     manifest = "spec:\n  serveConfigV2: |\n    old: 1\n\n  rayClusterConfig:\n    x: 1\n"
     text = render.render(manifest, {"new": [1, 2]})
-    assert yaml.safe_load(text) == {"spec": {"serveConfigV2": render.HEADER + "new:\n- 1\n- 2\n", "rayClusterConfig": {"x": 1}}}
+    assert yaml.safe_load(text) == {
+        "spec": {"serveConfigV2": render.HEADER + "new:\n- 1\n- 2\n", "rayClusterConfig": {"x": 1}}
+    }
 
 
 def test_runtime_envs_are_valid_and_the_pip_one_lists_the_project_dependencies():
@@ -194,16 +231,23 @@ def test_network_policy_keeps_the_dashboard_and_jobs_api_inside():
     assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
     ray_pods = {"ray.io/is-ray-node": "yes"}
     assert policy["spec"]["podSelector"]["matchLabels"] == ray_pods
-    serve_ports = {p["containerPort"] for _, g in _pod_specs(_manifest("rayservice.yaml")["spec"]["rayClusterConfig"])
-                   for c in g["template"]["spec"]["containers"] for p in c.get("ports", []) if p.get("name") == "serve"}
+    serve_ports = {
+        p["containerPort"]
+        for _, g in _pod_specs(_manifest("rayservice.yaml")["spec"]["rayClusterConfig"])
+        for c in g["template"]["spec"]["containers"]
+        for p in c.get("ports", [])
+        if p.get("name") == "serve"
+    }
     dashboard_allowed_from = []
     for rule in policy["spec"]["ingress"]:
         ports = {p["port"] for p in rule.get("ports", [])}
         if not rule.get("from"):
             assert ports and ports <= serve_ports == {8000}, f"a rule open to all allows {ports}"
             continue
-        assert all(peer.get("podSelector", {}).get("matchLabels") for peer in rule["from"]), rule   # never "any pod"
+        assert all(peer.get("podSelector", {}).get("matchLabels") for peer in rule["from"]), rule  # never "any pod"
         if not ports or 8265 in ports:
             dashboard_allowed_from += [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
-    assert ray_pods in dashboard_allowed_from and {"app.kubernetes.io/name": "kuberay-operator"} in dashboard_allowed_from
+    assert (
+        ray_pods in dashboard_allowed_from and {"app.kubernetes.io/name": "kuberay-operator"} in dashboard_allowed_from
+    )
     assert "networkpolicy.yaml" in (REPO / "README.md").read_text()

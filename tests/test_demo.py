@@ -38,8 +38,13 @@ def test_quick_demo_learns_labels_serves_and_reports(tmp_path, ray_root):
     out.mkdir()
     (out / ".emokp-demo").write_text("an earlier run\n")
     (out / "stale.txt").write_text("left over from an earlier run\n")
-    proc = subprocess.run([sys.executable, "-m", "emokp_ray.cli", "demo", "--out", str(out), "--quick"],
-                          capture_output=True, text=True, timeout=900, env=_demo_env(ray_root))
+    proc = subprocess.run(
+        [sys.executable, "-m", "emokp_ray.cli", "demo", "--out", str(out), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_demo_env(ray_root),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for stage in range(1, 8):
         assert f"[{stage}/7]" in proc.stdout
@@ -56,7 +61,9 @@ def test_quick_demo_learns_labels_serves_and_reports(tmp_path, ray_root):
     index = (out / "report" / "index.html").read_text()
     for figure in ("keypoints/learning_curves.png", "emotion/confusion.png", "served.png"):
         assert figure in index and (out / "report" / figure).is_file()
-    assert (out / "labels" / "labels.parquet").is_dir() and (out / "labels" / "summary.json").is_file()   # part files, complete
+    assert (out / "labels" / "labels.parquet").is_dir() and (
+        out / "labels" / "summary.json"
+    ).is_file()  # part files, complete
     # the shipped models on the bundled real photos (skipped in one line where they are not shipped)
     real = summary["real_photos"]
     if (Path(__file__).resolve().parents[1] / "emokp_ray" / "builtin" / "emotion.pt").is_file():
@@ -77,8 +84,13 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):
 
 def test_ctrl_c_leaves_no_ray_processes(tmp_path, ray_root):
     env = _demo_env(ray_root)
-    proc = subprocess.Popen([sys.executable, "-m", "emokp_ray.cli", "demo", "--out", str(tmp_path / "demo"), "--quick"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emokp_ray.cli", "demo", "--out", str(tmp_path / "demo"), "--quick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.time() + 300
         for line in proc.stdout:  # wait until training (and so the Ray cluster) has started

@@ -39,13 +39,13 @@ def test_torchscript_export_matches_the_model(tiny, exported, which):
     original = load_checkpoint(tiny[which])
     loaded = load_exported(exported[which], trust_torchscript=True)
     assert isinstance(loaded.model, torch.jit.ScriptModule)
-    assert loaded.meta.to_dict() == original.meta.to_dict()          # self-describing
+    assert loaded.meta.to_dict() == original.meta.to_dict()  # self-describing
     size = original.meta.input_size
     x = torch.randint(0, 256, (5, 1, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = original.model(x)
         got = loaded.model(x)
-        got_float = loaded.model(x.float())                          # any dtype of raw pixels
+        got_float = loaded.model(x.float())  # any dtype of raw pixels
     assert got.shape == expected.shape == (5, original.meta.model_config.num_outputs)
     assert torch.allclose(got, expected, atol=1e-4, rtol=0)
     assert torch.allclose(got_float, expected, atol=1e-4, rtol=0)
@@ -53,14 +53,16 @@ def test_torchscript_export_matches_the_model(tiny, exported, which):
 
 def test_torchscript_file_is_a_plain_torch_jit_archive(exported):
     extra = {"meta.json": ""}
-    module = torch.jit.load(str(exported[1]), _extra_files=extra)   # no emokp code needed to run it
+    module = torch.jit.load(str(exported[1]), _extra_files=extra)  # no emokp code needed to run it
     assert b'"task": "emotion"' in extra["meta.json"] and module(torch.zeros(1, 1, 48, 48)).shape == (1, 5)
 
 
 def test_predictor_from_exported_files_matches_checkpoints(tiny, exported):
     crops = np.random.default_rng(2).integers(0, 256, (3, 96, 96), dtype=np.uint8)
     dirs = Predictor.from_paths(str(tiny[0]), str(tiny[1]), device="cpu", detect=False)
-    from_files = Predictor.from_paths(str(exported[0]), str(exported[1]), device="cpu", detect=False, trust_torchscript=True)
+    from_files = Predictor.from_paths(
+        str(exported[0]), str(exported[1]), device="cpu", detect=False, trust_torchscript=True
+    )
     # The same weights are the same version, whatever the file format; no path is named.
     assert from_files.model_info() == dirs.model_info()
     for a, b in zip(dirs.predict_crops(crops), from_files.predict_crops(crops)):
@@ -85,7 +87,7 @@ def test_export_errors_are_one_line_user_errors(tiny, tmp_path):
         with pytest.raises(UserError) as err:
             call()
         assert fragment in str(err.value) and "\n" not in str(err.value)
-    assert not list(tmp_path.glob(".*tmp*"))                          # nothing half-written left
+    assert not list(tmp_path.glob(".*tmp*"))  # nothing half-written left
 
 
 def test_load_exported_errors(tiny, tmp_path):
@@ -93,7 +95,7 @@ def test_load_exported_errors(tiny, tmp_path):
     text.write_text("not a model")
     plain_pt = export_checkpoint(str(tiny[0]), str(tmp_path / "k.pt"), fmt="checkpoint")
     bare = tmp_path / "bare.ts"
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(bare))   # TorchScript without meta.json
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(bare))  # TorchScript without meta.json
     for path, fragment in [
         (tmp_path / "missing.ts", "does not exist"),
         (tmp_path, "is not a file"),
@@ -128,10 +130,10 @@ def test_inference_loads_no_optimizer_state(tiny, tmp_path):
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny[0], ckpt)
-    (ckpt / "optimizer.pt").write_bytes(b"PK\x03\x04 not a real archive")   # read -> an error
-    assert load_model(ckpt).optimizer_state is None                 # never opened
+    (ckpt / "optimizer.pt").write_bytes(b"PK\x03\x04 not a real archive")  # read -> an error
+    assert load_model(ckpt).optimizer_state is None  # never opened
     with pytest.raises(UserError, match="optimizer.pt"):
-        load_checkpoint(ckpt)                                       # resume reads it (and refuses it)
+        load_checkpoint(ckpt)  # resume reads it (and refuses it)
 
 
 def test_onnx_needs_the_onnx_package(tiny, tmp_path, monkeypatch):
@@ -164,8 +166,17 @@ def _randomized(cfg) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("task,variant", [("keypoints", "course"), ("keypoints", "wide"), ("keypoints", "small"),
-                                          ("emotion", "course"), ("emotion", "wide"), ("emotion", "small")])
+@pytest.mark.parametrize(
+    "task,variant",
+    [
+        ("keypoints", "course"),
+        ("keypoints", "wide"),
+        ("keypoints", "small"),
+        ("emotion", "course"),
+        ("emotion", "wide"),
+        ("emotion", "small"),
+    ],
+)
 def test_onnx_export_matches_every_variant_at_batch_1_and_32(task, variant):
     # The stated tolerance (export.ONNX_TOLERANCE = 1e-3: keypoint pixels, emotion logits) holds for
     # every variant at the two batch sizes Serve and labeling use.
@@ -191,7 +202,7 @@ def _assert_onnx_matches(model: torch.nn.Module, meta) -> None:
         got = runner(crops)
         assert got.shape == expected.shape == (batch, cfg.num_outputs) and got.dtype == np.float32
         if batch > 1:
-            assert np.std(expected[:, 0]) > 0                           # the outputs depend on the input
+            assert np.std(expected[:, 0]) > 0  # the outputs depend on the input
         assert np.abs(got - expected).max() <= ONNX_TOLERANCE
 
 
@@ -210,8 +221,10 @@ def test_onnx_export_matches_each_shipped_model(name):
 def onnx_files(tiny, tmp_path_factory) -> tuple[Path, Path]:
     pytest.importorskip("onnxruntime")
     out = tmp_path_factory.mktemp("onnx")
-    return (export_checkpoint(str(tiny[0]), str(out / "keypoints.onnx"), fmt="onnx"),
-            export_checkpoint(str(tiny[1]), str(out / "emotion.onnx"), fmt="onnx"))
+    return (
+        export_checkpoint(str(tiny[0]), str(out / "keypoints.onnx"), fmt="onnx"),
+        export_checkpoint(str(tiny[1]), str(out / "emotion.onnx"), fmt="onnx"),
+    )
 
 
 def test_onnx_file_describes_itself_and_predicts_like_the_checkpoint(tiny, onnx_files):
@@ -226,8 +239,8 @@ def test_onnx_file_describes_itself_and_predicts_like_the_checkpoint(tiny, onnx_
     crops = np.random.default_rng(3).integers(0, 256, (4, 96, 96), dtype=np.uint8)
     dirs = Predictor.from_paths(str(tiny[0]), str(tiny[1]), device="cpu", detect=False, backend="torch")
     files = Predictor.from_paths(str(onnx_files[0]), str(onnx_files[1]), device="cpu", detect=False)
-    assert files.model_info() == dirs.model_info()                   # same run ids and weights versions
-    assert {r.backend for r in files.runners.values()} == {"onnx"}   # a .onnx file runs on ONNX Runtime
+    assert files.model_info() == dirs.model_info()  # same run ids and weights versions
+    assert {r.backend for r in files.runners.values()} == {"onnx"}  # a .onnx file runs on ONNX Runtime
     for a, b in zip(dirs.predict_crops(crops), files.predict_crops(crops)):
         assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
         assert np.allclose(np.array(list(a.keypoints.values())), np.array(list(b.keypoints.values())), atol=1e-3)
@@ -248,7 +261,7 @@ def test_onnx_int8_export_is_quantized_and_close(tiny, tmp_path):
     assert predictors[1].runners["keypoints"].backend == "onnx-int8"
     crops = np.random.default_rng(4).integers(0, 256, (8, 96, 96), dtype=np.uint8)
     a, b = (np.array([list(f.keypoints.values()) for f in p.predict_crops(crops)]) for p in predictors)
-    assert np.abs(a - b).max() < 2.0                                 # quantized: close (the tiny net's head starts at 0)
+    assert np.abs(a - b).max() < 2.0  # quantized: close (the tiny net's head starts at 0)
     with pytest.raises(UserError, match="fp32 ONNX file"):
         Predictor(fp32, None, backend="onnx-int8")
 

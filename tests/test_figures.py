@@ -43,8 +43,10 @@ def test_learning_curves_keypoints_and_emotion(tmp_path):
     ]
     kp_rows.append({"epoch": 5, "train/loss": 0.1})  # a resumed run repeating an epoch: last row wins
     _assert_png(figures.plot_learning_curves(kp_rows, tmp_path / "kp.png"), min_size=(900, 300))
-    emo_rows = [{"epoch": e, "train/loss": 1 / e, "val/accuracy": 0.5 + e / 20, "val/macro_f1": 0.4 + e / 20}
-                for e in range(1, 4)]
+    emo_rows = [
+        {"epoch": e, "train/loss": 1 / e, "val/accuracy": 0.5 + e / 20, "val/macro_f1": 0.4 + e / 20}
+        for e in range(1, 4)
+    ]
     _assert_png(figures.plot_learning_curves(emo_rows, tmp_path / "sub" / "emo.png"), min_size=(900, 300))
     loss_only = figures.plot_learning_curves([{"train/loss": 2.0}, {"train/loss": 1.0}], tmp_path / "loss.png")
     _assert_png(loss_only)
@@ -53,8 +55,13 @@ def test_learning_curves_keypoints_and_emotion(tmp_path):
 
 
 def test_series_keeps_last_row_per_epoch_and_skips_missing():
-    rows = [{"epoch": 1, "val/loss": 3.0}, {"epoch": 2}, {"epoch": 2, "val/loss": 2.0},
-            {"epoch": 1, "val/loss": 2.5}, {"epoch": 3, "val/loss": None}]
+    rows = [
+        {"epoch": 1, "val/loss": 3.0},
+        {"epoch": 2},
+        {"epoch": 2, "val/loss": 2.0},
+        {"epoch": 1, "val/loss": 2.5},
+        {"epoch": 3, "val/loss": None},
+    ]
     assert figures._series(rows, "val/loss") == ([1.0, 2.0], [2.5, 2.0])
 
 
@@ -73,8 +80,11 @@ def test_face_grid_variants(tmp_path):
     _assert_png(kp, min_size=(600, 350))
     probs = np.random.default_rng(1).dirichlet(np.ones(5), size=len(images))
     emo = figures.plot_face_grid(
-        images[:, ::2, ::2], tmp_path / "emo.png", true_labels=[0, 1, 2, 3, 4, -1, 3, 2],
-        class_names=SEED5.classes, probabilities=probs,
+        images[:, ::2, ::2],
+        tmp_path / "emo.png",
+        true_labels=[0, 1, 2, 3, 4, -1, 3, 2],
+        class_names=SEED5.classes,
+        probabilities=probs,
     )
     _assert_png(emo, min_size=(600, 350))
     one = figures.plot_face_grid(images[:1], tmp_path / "one.png", pred_labels=[3], true_labels=[3])
@@ -88,16 +98,20 @@ def test_face_grid_variants(tmp_path):
 def test_label_title_colours_right_and_wrong():
     probs = np.array([[0.1, 0.9], [0.7, 0.3]])
     assert figures._label_title(0, None, [1, 1], ["sad", "happy"], probs) == (
-        "pred: happy (0.90)\ntrue: happy", figures.TRUE_COLOR)
+        "pred: happy (0.90)\ntrue: happy",
+        figures.TRUE_COLOR,
+    )
     assert figures._label_title(1, None, [1, 1], ["sad", "happy"], probs) == (
-        "pred: sad (0.70)\ntrue: happy", figures.PRED_COLOR)
+        "pred: sad (0.70)\ntrue: happy",
+        figures.PRED_COLOR,
+    )
     assert figures._label_title(0, [1, 0], [-1, -1], None, None) == ("pred: 1", "black")
 
 
 def test_per_keypoint_rmse_and_emotion_bars(tmp_path):
     per_kp = {name: 1.0 + i / 5 for i, name in enumerate(KEYPOINT_NAMES)}
     per_kp["mouth_left_corner"] = None  # undefined (never present) is drawn as n/a
-    baseline = {name: 3.0 for name in KEYPOINT_NAMES}
+    baseline = dict.fromkeys(KEYPOINT_NAMES, 3.0)
     _assert_png(figures.plot_per_keypoint_rmse(per_kp, tmp_path / "a.png", baseline=baseline), min_size=(600, 500))
     _assert_png(figures.plot_per_keypoint_rmse(per_kp, tmp_path / "b.png", baseline=3.1), min_size=(600, 500))
     _assert_png(figures.plot_per_keypoint_rmse(per_kp, tmp_path / "c.png"), min_size=(600, 500))

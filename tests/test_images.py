@@ -67,8 +67,8 @@ def test_decode_every_format_and_mode(fmt, mode):
 def test_alpha_is_composited_on_white():
     rgba = np.zeros((H, W, 4), np.uint8)
     rgba[..., 0] = 200
-    rgba[:, : W // 2, 3] = 0      # left half fully transparent
-    rgba[:, W // 2 :, 3] = 255    # right half opaque red-ish
+    rgba[:, : W // 2, 3] = 0  # left half fully transparent
+    rgba[:, W // 2 :, 3] = 255  # right half opaque red-ish
     out = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
     assert (out[:, : W // 2] == 255).all()
     assert (out[:, W // 2 :] == [200, 0, 0]).all()
@@ -83,21 +83,21 @@ def test_palette_with_transparency_and_16_bit_grey():
     pal.paste(0, (0, 0, W // 2, H))
     out = decode_image(encode(pal, "PNG", transparency=0))
     assert (out[:, : W // 2] == 255).all() and (out[:, W // 2 :] == [10, 20, 30]).all()
-    wide = (np.arange(W, dtype=np.uint16) * 1600)[None].repeat(H, 0)   # up to 62,400
+    wide = (np.arange(W, dtype=np.uint16) * 1600)[None].repeat(H, 0)  # up to 62,400
     grey = decode_image(encode(Image.fromarray(wide), "PNG"))
     assert grey.ndim == 2 and (grey == (wide >> 8)).all()
 
 
 def test_exif_orientation_is_applied():
     stored = np.zeros((H, W), np.uint8)
-    stored[:, W // 2 :] = 255                 # stored: dark left half, white right half
+    stored[:, W // 2 :] = 255  # stored: dark left half, white right half
     image = Image.fromarray(stored).convert("RGB")
     exif = Image.Exif()
-    exif[0x0112] = 6                          # Orientation 6: display rotated 90 degrees clockwise
+    exif[0x0112] = 6  # Orientation 6: display rotated 90 degrees clockwise
     data = encode(image, "JPEG", quality=95, exif=exif)
     decoded = to_grey(decode_image(data))
-    assert decoded.shape == (W, H)            # portrait now
-    expected = np.rot90(stored, k=-1)         # clockwise: the stored left half becomes the top
+    assert decoded.shape == (W, H)  # portrait now
+    expected = np.rot90(stored, k=-1)  # clockwise: the stored left half becomes the top
     assert np.abs(decoded.astype(int) - expected).mean() < 4
     assert decoded[: W // 2 - 2].mean() < 10 and decoded[W // 2 + 2 :].mean() > 245
 
@@ -110,16 +110,16 @@ def crafted_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 65536, 9)   # the start of an all-black image: a bomb's first bytes
+    idat = zlib.compress(b"\x00" * 65536, 9)  # the start of an all-black image: a bomb's first bytes
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize(
     "side, max_pixels",
     [
-        (8_000, 40_000_000),     # 64 M pixels: our header check (below Pillow's own guard)
-        (10_000, 10**12),        # 100 M: over Pillow's MAX_IMAGE_PIXELS, which caps any limit we are given
-        (20_000, 10**12),        # 400 M: the same
+        (8_000, 40_000_000),  # 64 M pixels: our header check (below Pillow's own guard)
+        (10_000, 10**12),  # 100 M: over Pillow's MAX_IMAGE_PIXELS, which caps any limit we are given
+        (20_000, 10**12),  # 400 M: the same
     ],
 )
 def test_too_large_is_refused_from_the_header(side, max_pixels):
@@ -132,7 +132,7 @@ def test_too_large_is_refused_from_the_header(side, max_pixels):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert err.value.kind == "too_large" and "bomb.png" in str(err.value)
-    assert elapsed < 0.5 and peak < 5_000_000   # the pixels are never allocated
+    assert elapsed < 0.5 and peak < 5_000_000  # the pixels are never allocated
 
 
 def test_max_pixels_is_configurable():
@@ -203,8 +203,14 @@ def test_to_grey_matches_pillow_luma():
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
 
 
-@pytest.mark.parametrize("data, name", [(EPS, "EPS"), (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "PDF"),
-                                        (b"\x00\x00\x01\x00\x01\x00\x10\x10" + b"\x00" * 40, "ICO")])
+@pytest.mark.parametrize(
+    "data, name",
+    [
+        (EPS, "EPS"),
+        (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "PDF"),
+        (b"\x00\x00\x01\x00\x01\x00\x10\x10" + b"\x00" * 40, "ICO"),
+    ],
+)
 def test_only_the_documented_formats_are_parsed(data, name):
     # Pillow reads EPS (through Ghostscript), ICO and more; we refuse them from the first bytes,
     # with our list of formats in the message and nothing of the parser's internals.
@@ -221,14 +227,14 @@ def test_every_allowed_format_decodes_and_probes(fmt):
     data = encode(make("L"), fmt)
     header = probe_image(data, "upload")
     assert (header.width, header.height, header.pixels) == (W, H, W * H) and header.format in (fmt, "MPO")
-    assert decode_image(data).shape[:2] == (H, W)   # WebP and GIF store grey as colour
+    assert decode_image(data).shape[:2] == (H, W)  # WebP and GIF store grey as colour
 
 
 def test_bomb_guard_touches_no_warnings_filter_and_is_thread_safe():
     import warnings
     from concurrent.futures import ThreadPoolExecutor
 
-    bomb = crafted_png(10_000, 10_000)   # 100 M pixels: over Pillow's own warning threshold
+    bomb = crafted_png(10_000, 10_000)  # 100 M pixels: over Pillow's own warning threshold
     good = encode(make("RGB"), "PNG")
     before = list(warnings.filters)
 
@@ -237,7 +243,7 @@ def test_bomb_guard_touches_no_warnings_filter_and_is_thread_safe():
             decode_image(bomb, max_pixels=10**12)
         return decode_image(good).shape
 
-    with warnings.catch_warnings(record=True) as caught:   # this thread's view: nothing is warned
+    with warnings.catch_warnings(record=True) as caught:  # this thread's view: nothing is warned
         warnings.simplefilter("always")
         before = list(warnings.filters)
         with ThreadPoolExecutor(8) as pool:

@@ -89,9 +89,13 @@ def test_run_job_prints_a_user_error_as_one_line_and_exits_2(common, capsys):
 def test_train_plan_of_both_tasks_and_its_errors():
     train = _job("train")
     runs = train.plan_runs("both", "s3://bucket/runs/r1/", "/data/all", emotion_data="/data/fer")
-    assert runs == [("keypoints", "/data/all", "s3://bucket/runs/r1/keypoints"),
-                    ("emotion", "/data/fer", "s3://bucket/runs/r1/emotion")]
-    assert train.plan_runs("emotion", "/runs/e", None, emotion_data="/data/fer") == [("emotion", "/data/fer", "/runs/e")]
+    assert runs == [
+        ("keypoints", "/data/all", "s3://bucket/runs/r1/keypoints"),
+        ("emotion", "/data/fer", "s3://bucket/runs/r1/emotion"),
+    ]
+    assert train.plan_runs("emotion", "/runs/e", None, emotion_data="/data/fer") == [
+        ("emotion", "/data/fer", "/runs/e")
+    ]
     with pytest.raises(UserError, match="--keypoints-data"):
         train.plan_runs("both", "/runs", None, emotion_data="/data/fer")
     # a data set URI is passed through: Ray Data and the driver read it with pyarrow filesystems
@@ -104,7 +108,12 @@ def test_train_job_refuses_remote_storage_and_bad_forwarded_flags(tmp_path, caps
     assert common.run_job(train.train, ["keypoints", "--data", "/d", "--out", "/o", "--storage", "s3://b/ray"]) == 2
     assert "--storage s3://b/ray" in capsys.readouterr().err
     # a flag the job does not know goes to `emokp train`, which rejects a bad value in one line
-    assert common.run_job(train.train, ["keypoints", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--epochs", "0"]) == 2
+    assert (
+        common.run_job(
+            train.train, ["keypoints", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--epochs", "0"]
+        )
+        == 2
+    )
     assert "--epochs" in capsys.readouterr().err
 
 
@@ -114,8 +123,24 @@ def test_train_job_trains_both_evaluates_and_uploads_to_a_uri(tmp_path):
     train = _job("train")
     data = write_random_dataset(tmp_path / "data", n_train=32, n_val=16)
     remote = tmp_path / "bucket" / "runs" / "r1"
-    code = train.train(["both", "--data", str(data), "--out", remote.as_uri(), "--no-ray", "--epochs", "1",
-                        "--batch-size", "16", "--max-steps-per-epoch", "1", "--evaluate", "val"])
+    code = train.train(
+        [
+            "both",
+            "--data",
+            str(data),
+            "--out",
+            remote.as_uri(),
+            "--no-ray",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--max-steps-per-epoch",
+            "1",
+            "--evaluate",
+            "val",
+        ]
+    )
     assert code == 0
     for task in ("keypoints", "emotion"):
         run = remote / task
@@ -124,7 +149,9 @@ def test_train_job_trains_both_evaluates_and_uploads_to_a_uri(tmp_path):
         report = json.loads((run / "eval-val" / "report.json").read_text())
         assert report["task"] == task and report["n"] == 16
     # keypoints ran first: its run folder was complete before the emotion run started
-    assert (remote / "keypoints" / "config.json").stat().st_mtime <= (remote / "emotion" / "config.json").stat().st_mtime
+    assert (remote / "keypoints" / "config.json").stat().st_mtime <= (
+        remote / "emotion" / "config.json"
+    ).stat().st_mtime
 
 
 def test_evaluate_job_reads_and_writes_uris(tmp_path):
@@ -132,8 +159,20 @@ def test_evaluate_job_reads_and_writes_uris(tmp_path):
     data = write_random_dataset(tmp_path / "bucket" / "data", n_train=8, n_val=8, size=48)
     _, emotion = write_tiny_checkpoints(tmp_path / "bucket" / "ckpt")
     out = tmp_path / "bucket" / "reports" / "tiny"
-    code = evaluate.evaluate(["--checkpoint", emotion.as_uri(), "--data", data.as_uri(), "--out", out.as_uri(),
-                              "--split", "val", "--batch-size", "4"])
+    code = evaluate.evaluate(
+        [
+            "--checkpoint",
+            emotion.as_uri(),
+            "--data",
+            data.as_uri(),
+            "--out",
+            out.as_uri(),
+            "--split",
+            "val",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "emotion" and report["n"] == 8
@@ -145,6 +184,6 @@ def test_label_job_flags_and_paths():
     options = vars(label.build_parser().parse_args(["imgs", "--emotion", "/c", "--out", "/o", "--concurrency", "1-4"]))
     # flags left out are absent, so run_label's own defaults apply
     assert options == {"input": "imgs", "emotion": "/c", "out": "/o", "concurrency": (1, 4)}
-    assert vars(label.build_parser().parse_args(["imgs", "--out", "/o"]))["concurrency"] is None   # auto-sized pool
+    assert vars(label.build_parser().parse_args(["imgs", "--out", "/o"]))["concurrency"] is None  # auto-sized pool
     with pytest.raises(UserError, match="--emotion s3://bucket/best: must be a path every node sees"):
         label.label(["imgs", "--emotion", "s3://bucket/best", "--out", "/o"])

@@ -63,19 +63,41 @@ def keypoints_csv(rows: list[tuple[str, str]]) -> str:
 
 def test_detects_all_six_formats_and_reads_their_values(tmp_path):
     fer_pix = [pixels(i) for i in range(3)]
-    fer = write(tmp_path / "fer2013.csv", fer_csv([(3, pixel_text(p)) for p in fer_pix], ["Training", "PublicTest", "PrivateTest"]))
-    icml = write(tmp_path / "icml_face_data.csv", "emotion, Usage, pixels\n" + "".join(
-        f"{lab}, {use}, {pixel_text(p)}\n" for lab, use, p in zip((0, 4, 5), ("Training", "PublicTest", "Training"), fer_pix)))
-    two = write(tmp_path / "two.csv", "emotion, pixels\n" + "".join(f"{lab},{pixel_text(p)}\n" for lab, p in zip((1, 3, 5), fer_pix)))
+    fer = write(
+        tmp_path / "fer2013.csv",
+        fer_csv([(3, pixel_text(p)) for p in fer_pix], ["Training", "PublicTest", "PrivateTest"]),
+    )
+    icml = write(
+        tmp_path / "icml_face_data.csv",
+        "emotion, Usage, pixels\n"
+        + "".join(
+            f"{lab}, {use}, {pixel_text(p)}\n"
+            for lab, use, p in zip((0, 4, 5), ("Training", "PublicTest", "Training"), fer_pix)
+        ),
+    )
+    two = write(
+        tmp_path / "two.csv",
+        "emotion, pixels\n" + "".join(f"{lab},{pixel_text(p)}\n" for lab, p in zip((1, 3, 5), fer_pix)),
+    )
     kp_pix = [pixels(10 + i, KP_PIXELS) for i in range(2)]
     partial = [keypoint_values(1, complete=True), keypoint_values(2, complete=False)]
-    training = write(tmp_path / "training.csv", keypoints_csv([(coord_text(c), pixel_text(p)) for c, p in zip(partial, kp_pix)]))
+    training = write(
+        tmp_path / "training.csv", keypoints_csv([(coord_text(c), pixel_text(p)) for c, p in zip(partial, kp_pix)])
+    )
     data = write(tmp_path / "data.csv", keypoints_csv([(coord_text(keypoint_values(3)), pixel_text(kp_pix[0]))]))
-    test = write(tmp_path / "test.csv", "ImageId,Image\n" + "".join(f"{i + 1},{pixel_text(p)}\n" for i, p in enumerate(kp_pix)))
+    test = write(
+        tmp_path / "test.csv", "ImageId,Image\n" + "".join(f"{i + 1},{pixel_text(p)}\n" for i, p in enumerate(kp_pix))
+    )
 
     names = {p.name: detect_format(p).name for p in (fer, icml, two, training, data, test)}
-    assert names == {"fer2013.csv": "fer2013", "icml_face_data.csv": "icml_face_data", "two.csv": "fer_2col",
-                     "training.csv": "keypoints", "data.csv": "keypoints", "test.csv": "keypoints_test"}
+    assert names == {
+        "fer2013.csv": "fer2013",
+        "icml_face_data.csv": "icml_face_data",
+        "two.csv": "fer_2col",
+        "training.csv": "keypoints",
+        "data.csv": "keypoints",
+        "test.csv": "keypoints_test",
+    }
 
     (chunk,) = read_kaggle(fer)
     np.testing.assert_array_equal(chunk.images, np.stack(fer_pix).reshape(3, 48, 48))
@@ -127,9 +149,14 @@ def test_fer7_keeps_every_label_and_seed5_counts_drops_apart_from_bad_rows(tmp_p
     seed5, fer7 = read_kaggle(path, scheme="seed5"), read_kaggle(path, scheme="fer7")
     (c5,), (c7,) = list(seed5), list(fer7)
     assert c7.labels.tolist() == list(range(7))
-    assert c5.labels.tolist() == [0, 1, 3, 2, 4]          # FER 0,1,3,4,5 -> anger, disgust, happiness, sad, surprise
-    assert c5.row_ids.tolist() == [2, 3, 5, 6, 7]          # fear (line 4) and neutral (line 8) dropped
-    assert (seed5.report.rows_read, seed5.report.rows_kept, seed5.report.dropped_by_scheme, seed5.report.bad_rows) == (8, 5, 2, 1)
+    assert c5.labels.tolist() == [0, 1, 3, 2, 4]  # FER 0,1,3,4,5 -> anger, disgust, happiness, sad, surprise
+    assert c5.row_ids.tolist() == [2, 3, 5, 6, 7]  # fear (line 4) and neutral (line 8) dropped
+    assert (seed5.report.rows_read, seed5.report.rows_kept, seed5.report.dropped_by_scheme, seed5.report.bad_rows) == (
+        8,
+        5,
+        2,
+        1,
+    )
     assert (fer7.report.rows_kept, fer7.report.dropped_by_scheme, fer7.report.bad_rows) == (7, 0, 1)
     assert "2 dropped by scheme seed5" in str(seed5.report) and "1 bad" in str(seed5.report)
 
@@ -152,16 +179,16 @@ def bad_fer_file(tmp_path):
     good = pixel_text(pixels(0))
     short = pixel_text(pixels(0)[:-1])
     rows = [
-        "0," + good + ",Training",                               # 2 good
-        "0," + short + ",Training",                              # 3 wrong pixel count
-        "0," + good.replace(" 1", " x1", 1) + ",Training",       # 4 non-numeric pixel
-        "0," + "256 " + good.split(" ", 1)[1] + ",Training",     # 5 pixel > 255
-        "0," + "-1 " + good.split(" ", 1)[1] + ",Training",      # 6 pixel < 0
-        "7," + good + ",Training",                               # 7 label out of 0..6
-        "happy," + good + ",Training",                           # 8 label not an int
-        "0," + good,                                             # 9 missing field
-        "0," + good + ",Validation",                             # 10 unknown Usage
-        "3," + good + ",PublicTest",                             # 11 good
+        "0," + good + ",Training",  # 2 good
+        "0," + short + ",Training",  # 3 wrong pixel count
+        "0," + good.replace(" 1", " x1", 1) + ",Training",  # 4 non-numeric pixel
+        "0," + "256 " + good.split(" ", 1)[1] + ",Training",  # 5 pixel > 255
+        "0," + "-1 " + good.split(" ", 1)[1] + ",Training",  # 6 pixel < 0
+        "7," + good + ",Training",  # 7 label out of 0..6
+        "happy," + good + ",Training",  # 8 label not an int
+        "0," + good,  # 9 missing field
+        "0," + good + ",Validation",  # 10 unknown Usage
+        "3," + good + ",PublicTest",  # 11 good
     ]
     return write(tmp_path / "bad.csv", "emotion,pixels,Usage\n" + "\n".join(rows) + "\n")
 
@@ -183,11 +210,19 @@ def test_lenient_reading_skips_bad_rows_and_reports_lines_and_reasons(tmp_path):
     assert "line 3: expected 2304 pixel values" in text and "... and 3 more bad rows" in text
 
 
-@pytest.mark.parametrize("first_bad_line, reason", [
-    (3, "expected 2304 pixel values, found 2303"), (4, "non-numeric pixel value"), (5, "out of range 0..255"),
-    (6, "pixel value -1"), (7, "unknown emotion label '7'"), (8, "unknown emotion label 'happy'"),
-    (9, "expected 3 fields, found 2"), (10, "unknown Usage 'Validation'"),
-])
+@pytest.mark.parametrize(
+    "first_bad_line, reason",
+    [
+        (3, "expected 2304 pixel values, found 2303"),
+        (4, "non-numeric pixel value"),
+        (5, "out of range 0..255"),
+        (6, "pixel value -1"),
+        (7, "unknown emotion label '7'"),
+        (8, "unknown emotion label 'happy'"),
+        (9, "expected 3 fields, found 2"),
+        (10, "unknown Usage 'Validation'"),
+    ],
+)
 def test_strict_reading_stops_at_the_first_bad_row_with_file_line_and_reason(tmp_path, first_bad_line, reason):
     src = bad_fer_file(tmp_path).read_text().splitlines()
     # Keep the header, the good line 2, then the bad row under test as line 3 and a good row after it.
@@ -209,14 +244,14 @@ def test_bad_keypoint_rows(tmp_path):
         return coord_text(c)
 
     rows = [
-        (coord_text(good), pix),                                   # 2 good
-        (with_value(0, 96.0), pix),                                # 3 x outside [-0.5, 95.5]
-        (with_value(3, -0.6), pix),                                # 4 y outside
+        (coord_text(good), pix),  # 2 good
+        (with_value(0, 96.0), pix),  # 3 x outside [-0.5, 95.5]
+        (with_value(3, -0.6), pix),  # 4 y outside
         (coord_text(good).replace(coord_text(good).split(",")[2], "abc", 1), pix),  # 5 non-numeric
-        (with_value(1, np.nan), pix),                              # 6 x without y
-        (coord_text(np.full(30, np.nan)), pix),                    # 7 no keypoints at all
+        (with_value(1, np.nan), pix),  # 6 x without y
+        (coord_text(np.full(30, np.nan)), pix),  # 7 no keypoints at all
         (with_value(0, 95.5), pixel_text(pixels(0, KP_PIXELS - 5))),  # 8 on the edge (ok) but short image
-        (with_value(0, 95.5), pix),                                # 9 good: 95.5 is the image's edge
+        (with_value(0, 95.5), pix),  # 9 good: 95.5 is the image's edge
     ]
     path = write(tmp_path / "training.csv", keypoints_csv(rows))
     reader = read_kaggle(path)
@@ -265,8 +300,11 @@ def test_missing_column_is_named(tmp_path):
 
 
 def test_empty_file_and_header_only_file(tmp_path):
-    for path in (write(tmp_path / "empty.csv", ""), write(tmp_path / "empty.csv.gz", "", compress=True),
-                 write(tmp_path / "blank.csv", "\n\n")):
+    for path in (
+        write(tmp_path / "empty.csv", ""),
+        write(tmp_path / "empty.csv.gz", "", compress=True),
+        write(tmp_path / "blank.csv", "\n\n"),
+    ):
         with pytest.raises(UserError, match=r"is empty: expected a CSV header line"):
             read_kaggle(path)
     reader = read_kaggle(write(tmp_path / "header.csv", "emotion,pixels,Usage\n"))
@@ -302,7 +340,7 @@ def test_truncated_gzip_is_an_error_in_both_modes(tmp_path, strict):
         read_kaggle(tiny, strict=strict)
     corrupt = tmp_path / "corrupt.csv.gz"  # complete length, damaged bytes in the middle
     damaged = bytearray(data)
-    damaged[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    damaged[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
     corrupt.write_bytes(bytes(damaged))
     with pytest.raises(UserError, match=r"corrupt.csv.gz: gzip data is truncated or corrupt after line \d+"):
         list(read_kaggle(corrupt, strict=strict))

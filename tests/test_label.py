@@ -19,8 +19,16 @@ from emokp_ray.data.synth import synthesize, write_synth_dataset, write_synth_ph
 from emokp_ray.errors import UserError
 from emokp_ray.inference.label import BatchLabeler, load_batch, run_label
 from emokp_ray.inference.label_inputs import ListingCounts, iter_work_tables, resolve_input, work_table
-from emokp_ray.inference.label_output import (ANNOTATIONS_FILE, JSONL_DIR, METADATA_KEY, PARQUET_DIR, RUN_FILE, SUMMARY_FILE,
-                                              annotation_name, read_labels)
+from emokp_ray.inference.label_output import (
+    ANNOTATIONS_FILE,
+    JSONL_DIR,
+    METADATA_KEY,
+    PARQUET_DIR,
+    RUN_FILE,
+    SUMMARY_FILE,
+    annotation_name,
+    read_labels,
+)
 from emokp_ray.inference.predictor import Predictor
 from emokp_ray.labels import KEYPOINT_NAMES, SEED5
 from tests.fake_detector import HalvesDetector
@@ -28,13 +36,15 @@ from tests.helpers import write_tiny_checkpoints
 
 FOLDER_STATUS = {
     # source -> (status, faces) with HalvesDetector: photos have 2 faces, a 96x96 crop is 1 face
-    "photo_000.png": ("ok", 2), "photo_001.jpg": ("ok", 2), "photo_002.png": ("ok", 2),
+    "photo_000.png": ("ok", 2),
+    "photo_001.jpg": ("ok", 2),
+    "photo_002.png": ("ok", 2),
     "sub/crop.png": ("ok", 1),
     "grey.png": ("no_face", 0),
-    "corrupt_000.jpg": ("error", 0),   # truncated JPEG
-    "corrupt_001.jpg": ("error", 0),   # text named .jpg
+    "corrupt_000.jpg": ("error", 0),  # truncated JPEG
+    "corrupt_001.jpg": ("error", 0),  # text named .jpg
     "empty.jpg": ("error", 0),
-    "notes.png": ("error", 0),         # text named .png
+    "notes.png": ("error", 0),  # text named .png
 }
 
 
@@ -68,14 +78,15 @@ def _rows_by_source(table) -> dict[str, list[dict]]:
 
 # ----------------------------------------------------------------------------- without Ray
 
+
 def test_resolve_input_lists_images_dataset_and_csv(image_folder, tmp_path):
     spec = resolve_input(str(image_folder))
     assert spec.kind == "images" and not spec.crop_mode
     counts = ListingCounts()
-    chunks = list(iter_work_tables(spec, counts, chunk_rows=4))                 # streamed in chunks of at most 4 rows
+    chunks = list(iter_work_tables(spec, counts, chunk_rows=4))  # streamed in chunks of at most 4 rows
     assert [t.num_rows for t in chunks] == [4, 4, 1]
     sources = [s for t in chunks for s in t["source"].to_pylist()]
-    assert sources == sorted(FOLDER_STATUS)                                      # hidden file and truth.json left out
+    assert sources == sorted(FOLDER_STATUS)  # hidden file and truth.json left out
     assert (counts.skipped_files, counts.inputs) == (1, len(FOLDER_STATUS))
 
     def listed(location):
@@ -83,7 +94,7 @@ def test_resolve_input_lists_images_dataset_and_csv(image_folder, tmp_path):
 
     assert listed(image_folder / "*.jpg") == ["corrupt_000.jpg", "corrupt_001.jpg", "empty.jpg", "photo_001.jpg"]
     assert listed(image_folder / "**" / "crop.png") == ["sub/crop.png"]
-    assert listed(image_folder / "sub" / "*.png") == ["crop.png"]                 # relative to the glob base
+    assert listed(image_folder / "sub" / "*.png") == ["crop.png"]  # relative to the glob base
     assert listed(image_folder / "grey.png") == ["grey.png"]
 
     data = tmp_path / "synth"
@@ -92,8 +103,11 @@ def test_resolve_input_lists_images_dataset_and_csv(image_folder, tmp_path):
     assert (spec.kind, spec.total, spec.crop_mode) == ("dataset", 20, True)
 
     (tmp_path / "empty_dir").mkdir()
-    for bad, words in ((tmp_path / "missing", "no such file"), (tmp_path / "empty_dir", "no image files"),
-                       (image_folder / "*.gif", "no files match")):
+    for bad, words in (
+        (tmp_path / "missing", "no such file"),
+        (tmp_path / "empty_dir", "no image files"),
+        (image_folder / "*.gif", "no files match"),
+    ):
         with pytest.raises(UserError, match=words):
             resolve_input(str(bad))
 
@@ -154,9 +168,13 @@ def test_out_must_be_empty_or_an_earlier_output(tmp_path, checkpoints, image_fol
 
 def test_bad_options_fail_before_any_work(tmp_path, checkpoints, image_folder):
     out = tmp_path / "out"
-    for kwargs, words in (({"concurrency": 0}, "concurrency must be"), ({"concurrency": (3, 2)}, "concurrency must be"),
-                          ({"batch_size": 0}, "batch size"), ({"detect": "maybe"}, "detect must be"),
-                          ({"keypoints": None, "emotion": None}, "--keypoints, --emotion or both")):
+    for kwargs, words in (
+        ({"concurrency": 0}, "concurrency must be"),
+        ({"concurrency": (3, 2)}, "concurrency must be"),
+        ({"batch_size": 0}, "batch size"),
+        ({"detect": "maybe"}, "detect must be"),
+        ({"keypoints": None, "emotion": None}, "--keypoints, --emotion or both"),
+    ):
         args = {"keypoints": checkpoints[0], "emotion": checkpoints[1], **kwargs}
         with pytest.raises(UserError, match=words):
             run_label(str(image_folder), out=str(out), progress=False, **args)
@@ -167,8 +185,10 @@ def test_an_unwritable_destination_fails_before_any_model_is_loaded(tmp_path, im
     """A file where OUT's parent folder should be: the error names OUT, though the checkpoints do not
     even exist (they would be loaded later)."""
     (tmp_path / "a_file").write_text("x")
-    for flag, kwargs in (("--out", {"out": str(tmp_path / "a_file" / "out")}),
-                         ("--annotate", {"out": str(tmp_path / "out"), "annotate_dir": str(tmp_path / "a_file" / "png")})):
+    for flag, kwargs in (
+        ("--out", {"out": str(tmp_path / "a_file" / "out")}),
+        ("--annotate", {"out": str(tmp_path / "out"), "annotate_dir": str(tmp_path / "a_file" / "png")}),
+    ):
         with pytest.raises(UserError, match=f"{flag} .*cannot write there"):
             run_label(str(image_folder), str(tmp_path / "no-such-ckpt"), None, progress=False, **kwargs)
 
@@ -176,34 +196,55 @@ def test_an_unwritable_destination_fails_before_any_model_is_loaded(tmp_path, im
 def test_an_unfinished_output_is_refused_by_readers_and_by_a_run_without_resume(tmp_path, checkpoints, image_folder):
     out = tmp_path / "out"
     (out / PARQUET_DIR).mkdir(parents=True)
-    (out / RUN_FILE).write_text("{}")                           # a run of ours started here, never finished
+    (out / RUN_FILE).write_text("{}")  # a run of ours started here, never finished
     with pytest.raises(UserError, match="not a complete `emokp label` output.*--resume"):
         read_labels(str(out))
     with pytest.raises(UserError, match="unfinished run .*add --resume"):
         run_label(str(image_folder), *checkpoints, out=str(out), progress=False)
-    assert sorted(p.name for p in out.iterdir()) == [RUN_FILE, PARQUET_DIR]   # nothing touched
+    assert sorted(p.name for p in out.iterdir()) == [RUN_FILE, PARQUET_DIR]  # nothing touched
 
 
 # ----------------------------------------------------------------------------- through Ray Data
 
+
 @pytest.mark.ray
 def test_default_pool_has_one_single_cpu_actor_per_core(ray_cluster, image_folder, checkpoints, tmp_path):
-    summary = run_label(str(image_folder), *checkpoints, out=str(tmp_path / "out"), concurrency=None, use_gpu=False,
-                        detector=HalvesDetector(), progress=False)
+    summary = run_label(
+        str(image_folder),
+        *checkpoints,
+        out=str(tmp_path / "out"),
+        concurrency=None,
+        use_gpu=False,
+        detector=HalvesDetector(),
+        progress=False,
+    )
     cores = int(min(os.cpu_count() or 1, ray.cluster_resources()["CPU"]))
     assert summary.actors.startswith(f"{cores} actor{'s' if cores > 1 else ''} x 1 CPU")
-    assert summary.images == 9 and json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["options"]["concurrency"] == cores
+    assert (
+        summary.images == 9
+        and json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["options"]["concurrency"] == cores
+    )
 
 
 @pytest.mark.ray
 def test_label_folder_accounts_for_every_file(ray_cluster, image_folder, checkpoints, tmp_path):
     out, annotated = tmp_path / "out", tmp_path / "annotated"
-    summary = run_label(str(image_folder), *checkpoints, out=str(out), jsonl=True, annotate_dir=str(annotated),
-                        batch_size=3, concurrency=2, num_cpus=0.5, detector=HalvesDetector(), progress=False)
+    summary = run_label(
+        str(image_folder),
+        *checkpoints,
+        out=str(out),
+        jsonl=True,
+        annotate_dir=str(annotated),
+        batch_size=3,
+        concurrency=2,
+        num_cpus=0.5,
+        detector=HalvesDetector(),
+        progress=False,
+    )
 
     table = read_labels(str(out))
     rows = _rows_by_source(table)
-    assert set(rows) == set(FOLDER_STATUS)                     # every input, nothing else
+    assert set(rows) == set(FOLDER_STATUS)  # every input, nothing else
     for source, (status, faces) in FOLDER_STATUS.items():
         got = sorted(rows[source], key=lambda r: r["face_index"])
         assert [r["status"] for r in got] == [status] * max(faces, 1), source
@@ -228,10 +269,13 @@ def test_label_folder_accounts_for_every_file(ray_cluster, image_folder, checkpo
     assert (summary.images, summary.faces, summary.no_face, summary.errors, summary.skipped_files) == (9, 7, 1, 4, 1)
     assert "9 images" in str(summary) and "4 errors" in str(summary)
     parts = sorted((out / PARQUET_DIR).glob("part-*.parquet"))
-    assert len(parts) >= 2                                      # written by the workers, one per block
+    assert len(parts) >= 2  # written by the workers, one per block
     meta = json.loads(pq.read_schema(parts[0]).metadata[METADATA_KEY])
     assert meta["emotion_classes"] == list(SEED5.classes) and meta["keypoint_names"] == list(KEYPOINT_NAMES)
-    assert meta["model"]["keypoints"]["run_id"] == "tiny-keypoints" and meta["model"]["emotion"]["run_id"] == "tiny-emotion"
+    assert (
+        meta["model"]["keypoints"]["run_id"] == "tiny-keypoints"
+        and meta["model"]["emotion"]["run_id"] == "tiny-emotion"
+    )
     saved = json.loads((out / SUMMARY_FILE).read_text())
     assert (saved["errors"], saved["rows"], sum(saved["emotions"].values())) == (4, table.num_rows, 7)
     assert saved["emotions"] == {c: table["emotion"].to_pylist().count(c) for c in SEED5.classes}
@@ -258,7 +302,7 @@ def test_label_folder_accounts_for_every_file(ray_cluster, image_folder, checkpo
         if png.is_file():
             with Image.open(png) as img, Image.open(image_folder / source) as orig:
                 assert img.size == orig.size and img.mode == "RGB"
-    assert not list(tmp_path.rglob(".*tmp-*"))                 # every temporary renamed into place
+    assert not list(tmp_path.rglob(".*tmp-*"))  # every temporary renamed into place
 
 
 @pytest.mark.ray
@@ -286,10 +330,12 @@ def test_label_prepared_dataset_in_crop_mode(ray_cluster, checkpoints, tmp_path)
     rows = _rows_by_source(table)
     assert set(rows) == set(expected) and all(len(r) == 1 for r in rows.values())
     assert set(table["face_index"].to_pylist()) == {0} and set(table["status"].to_pylist()) == {"ok"}
-    assert table["keypoints"].null_count == table.num_rows     # no keypoint model given
+    assert table["keypoints"].null_count == table.num_rows  # no keypoint model given
 
     sources = sorted(expected)
-    faces = Predictor.from_paths(None, checkpoints[1], device="cpu", detect=False).predict_crops(np.stack([expected[s] for s in sources]))
+    faces = Predictor.from_paths(None, checkpoints[1], device="cpu", detect=False).predict_crops(
+        np.stack([expected[s] for s in sources])
+    )
     for source, face in zip(sources, faces):
         (row,) = rows[source]
         assert row["box"] == [0.0, 0.0, 96.0, 96.0] and row["emotion"] == face.emotion
@@ -302,10 +348,12 @@ def test_label_kaggle_test_csv(ray_cluster, checkpoints, tmp_path):
     with its line, keypoints equal to the in-process predictor's."""
     crops = synthesize(5, seed=7).images
     lines = ["ImageId,Image"] + [f"{i + 1},{' '.join(map(str, c.reshape(-1)))}" for i, c in enumerate(crops)]
-    lines.append("6,1 2 3")                                    # line 7: too few pixels
+    lines.append("6,1 2 3")  # line 7: too few pixels
     csv = tmp_path / "test.csv"
     csv.write_text("\n".join(lines) + "\n")
-    summary = run_label(str(csv), checkpoints[0], checkpoints[1], out=str(tmp_path / "out"), batch_size=2, progress=False)
+    summary = run_label(
+        str(csv), checkpoints[0], checkpoints[1], out=str(tmp_path / "out"), batch_size=2, progress=False
+    )
     assert (summary.images, summary.faces, summary.errors, summary.input_kind) == (6, 5, 1, "csv")
 
     rows = _rows_by_source(pq.read_table(summary.parquet))
@@ -324,8 +372,13 @@ def test_load_batch_rejects_crop_rows_of_the_wrong_length():
 
     from emokp_ray.inference.label_inputs import CROP_WORK_SCHEMA
 
-    batch = pa.Table.from_pylist([{"source": "a", "image": bytes(96 * 96), "height": 96, "width": 96},
-                                  {"source": "b", "image": bytes(10), "height": 96, "width": 96}], schema=CROP_WORK_SCHEMA)
+    batch = pa.Table.from_pylist(
+        [
+            {"source": "a", "image": bytes(96 * 96), "height": 96, "width": 96},
+            {"source": "b", "image": bytes(10), "height": 96, "width": 96},
+        ],
+        schema=CROP_WORK_SCHEMA,
+    )
     sources, images, errors = load_batch(batch, None)
     assert sources == ["a", "b"] and images[0].shape == (96, 96) and images[1] is None
     assert errors[0] is None and "b: 10 pixel bytes" in errors[1]

@@ -30,7 +30,7 @@ from tests.helpers import write_tiny_checkpoints
 from tests.test_jobs import _job
 
 REPO = Path(__file__).resolve().parents[1]
-N_CROPS = 960            # 60 parts of 16 crops: the kill lands mid-run even on a fast machine
+N_CROPS = 960  # 60 parts of 16 crops: the kill lands mid-run even on a fast machine
 KILL_TIMEOUT_S = 300
 
 
@@ -63,7 +63,9 @@ def _kill_mid_run(command: list[str], out: Path) -> dict[str, int]:
     import ray
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + KILL_TIMEOUT_S
     try:
         while not _parts(out) and proc.poll() is None and time.monotonic() < deadline:
@@ -88,25 +90,63 @@ def _expected_sources(folder: Path) -> list[str]:
 
 @pytest.mark.ray
 @pytest.mark.parametrize("entry", ["cli", "job"])
-def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(ray_cluster, crops, checkpoints, tmp_path, entry, capsys):
+def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(
+    ray_cluster, crops, checkpoints, tmp_path, entry, capsys
+):
     out = tmp_path / "out"
-    target = str(out) if entry == "cli" else out.as_uri()       # the job writes through a file:// URI
-    flags = [str(crops), "--keypoints", checkpoints[0], "--emotion", checkpoints[1], "--out", target,
-             "--batch-size", "2", "--concurrency", "1", "--detect", "crop", "--jsonl"]
-    command = ([sys.executable, "-m", "emokp_ray.cli", "label", *flags] if entry == "cli"
-               else [sys.executable, "jobs/label.py", *flags, "--num-cpus", "1", "--no-gpu"])
+    target = str(out) if entry == "cli" else out.as_uri()  # the job writes through a file:// URI
+    flags = [
+        str(crops),
+        "--keypoints",
+        checkpoints[0],
+        "--emotion",
+        checkpoints[1],
+        "--out",
+        target,
+        "--batch-size",
+        "2",
+        "--concurrency",
+        "1",
+        "--detect",
+        "crop",
+        "--jsonl",
+    ]
+    command = (
+        [sys.executable, "-m", "emokp_ray.cli", "label", *flags]
+        if entry == "cli"
+        else [sys.executable, "jobs/label.py", *flags, "--num-cpus", "1", "--no-gpu"]
+    )
     before = _kill_mid_run(command, out)
     assert not (out / SUMMARY_FILE).exists()
     with pytest.raises(UserError, match="not a complete"):
         read_labels(target)
-    written_before = len({s for s in _sources(out)})
+    written_before = len(set(_sources(out)))
     assert 0 < written_before < N_CROPS, written_before
 
     # another run's output is refused with the reason, and nothing is touched
     with pytest.raises(UserError, match=r"holds another run's output \(models: "):
-        run_label(str(crops), None, checkpoints[1], target, batch_size=2, detect="crop", jsonl=True, resume=True, progress=False)
+        run_label(
+            str(crops),
+            None,
+            checkpoints[1],
+            target,
+            batch_size=2,
+            detect="crop",
+            jsonl=True,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(UserError, match=r"holds another run's output \(INPUT: "):
-        run_label(str(crops / "d0"), *checkpoints, target, batch_size=2, detect="crop", jsonl=True, resume=True, progress=False)
+        run_label(
+            str(crops / "d0"),
+            *checkpoints,
+            target,
+            batch_size=2,
+            detect="crop",
+            jsonl=True,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(UserError, match="unfinished run .*add --resume"):
         run_label(str(crops), *checkpoints, target, batch_size=2, detect="crop", jsonl=True, progress=False)
     assert _parts(out) == before
@@ -120,28 +160,49 @@ def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(ray_cluster
     table = read_labels(target)
     firsts = [s for s, k in zip(table["source"].to_pylist(), table["face_index"].to_pylist()) if k <= 0]
     counted = collections.Counter(firsts)
-    assert sorted(counted) == _expected_sources(crops) and set(counted.values()) == {1}   # exactly once by source
+    assert sorted(counted) == _expected_sources(crops) and set(counted.values()) == {1}  # exactly once by source
     assert set(table["status"].to_pylist()) == {"ok"} and table.num_rows == N_CROPS
     after = _parts(out)
-    assert all(after.get(name) == size for name, size in before.items())      # what was written is kept as it was
+    assert all(after.get(name) == size for name, size in before.items())  # what was written is kept as it was
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert (summary["images"], summary["faces"], summary["resumed"]) == (N_CROPS, N_CROPS, written_before)
-    jsonl = [json.loads(line)["source"] for part in sorted((out / "labels.jsonl").glob("part-*.jsonl"))
-             for line in part.read_text().splitlines()]
-    assert sorted(jsonl) == sorted(firsts)                                     # JSONL exactly once too
-    assert not list(out.rglob(".*tmp-*"))                                      # the killed run's temporaries removed
+    jsonl = [
+        json.loads(line)["source"]
+        for part in sorted((out / "labels.jsonl").glob("part-*.jsonl"))
+        for line in part.read_text().splitlines()
+    ]
+    assert sorted(jsonl) == sorted(firsts)  # JSONL exactly once too
+    assert not list(out.rglob(".*tmp-*"))  # the killed run's temporaries removed
 
 
 def _sources(out: Path) -> list[str]:
     import pyarrow.parquet as pq
 
-    return [s for part in sorted((out / PARQUET_DIR).glob("part-*.parquet")) for s in pq.read_table(part, columns=["source"])["source"].to_pylist()]
+    return [
+        s
+        for part in sorted((out / PARQUET_DIR).glob("part-*.parquet"))
+        for s in pq.read_table(part, columns=["source"])["source"].to_pylist()
+    ]
 
 
 def test_a_run_without_any_labelled_input_fails():
-    summary = LabelSummary(input="in", input_kind="images", images=3, faces=0, no_face=0, errors=3, skipped_files=0,
-                           seconds=1.0, images_per_s=3.0, startup_s=0.5, steady_images_per_s=0.0, parquet="out/labels.parquet",
-                           jsonl=None, annotate_dir=None, actors="1 actor")
+    summary = LabelSummary(
+        input="in",
+        input_kind="images",
+        images=3,
+        faces=0,
+        no_face=0,
+        errors=3,
+        skipped_files=0,
+        seconds=1.0,
+        images_per_s=3.0,
+        startup_s=0.5,
+        steady_images_per_s=0.0,
+        parquet="out/labels.parquet",
+        jsonl=None,
+        annotate_dir=None,
+        actors="1 actor",
+    )
     assert "no input was labelled: all 3 inputs are errors" in summary.failure()
     ok = LabelSummary(**{**summary.to_dict(), "errors": 1, "faces": 2})
     assert ok.failure() is None and ok.failure(0.5) is None
@@ -149,18 +210,32 @@ def test_a_run_without_any_labelled_input_fails():
 
 
 @pytest.mark.ray
-def test_label_exits_non_zero_past_max_error_fraction_with_the_summary_written(ray_cluster, checkpoints, tmp_path, capsys):
+def test_label_exits_non_zero_past_max_error_fraction_with_the_summary_written(
+    ray_cluster, checkpoints, tmp_path, capsys
+):
     folder = tmp_path / "in"
     folder.mkdir()
     for i, image in enumerate(synthesize(3, seed=1).images):
         Image.fromarray(image).save(folder / f"ok_{i}.png")
     (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    args = ["label", str(folder), "--keypoints", checkpoints[0], "--emotion", checkpoints[1], "--out", str(out),
-            "--concurrency", "1", "--detect", "crop"]
+    args = [
+        "label",
+        str(folder),
+        "--keypoints",
+        checkpoints[0],
+        "--emotion",
+        checkpoints[1],
+        "--out",
+        str(out),
+        "--concurrency",
+        "1",
+        "--detect",
+        "crop",
+    ]
     assert main([*args, "--max-error-fraction", "0.2"]) == 2
     err = capsys.readouterr().err
     assert "emokp: error: 1 of 4 inputs are errors (25.0%), more than --max-error-fraction 0.2" in err
-    summary = json.loads((out / SUMMARY_FILE).read_text())                       # the run itself is complete
+    summary = json.loads((out / SUMMARY_FILE).read_text())  # the run itself is complete
     assert (summary["images"], summary["errors"], summary["faces"]) == (4, 1, 3)
     assert np.isclose(sum(summary["emotions"].values()), 3)

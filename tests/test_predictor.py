@@ -60,7 +60,7 @@ class CentroidOracle(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls.append(tuple(x.shape))
         w = x.float()[:, 0]
-        w = torch.where(w > 20, w, torch.zeros_like(w))            # ignore the dark background
+        w = torch.where(w > 20, w, torch.zeros_like(w))  # ignore the dark background
         size = w.shape[-1]
         coords = torch.arange(size, dtype=torch.float32)
         total = w.sum(dim=(1, 2))
@@ -80,7 +80,9 @@ class FixedLogits(nn.Module):
         return self.logits.expand(x.shape[0], -1)
 
 
-def blob_photo(centres: list[tuple[float, float]], height: int = 300, width: int = 400, sigma: float = 4.0) -> np.ndarray:
+def blob_photo(
+    centres: list[tuple[float, float]], height: int = 300, width: int = 400, sigma: float = 4.0
+) -> np.ndarray:
     """A black photo with a Gaussian blob (peak 250) at each sub-pixel centre (pixel-centre coordinates)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     image = np.zeros((height, width))
@@ -104,8 +106,8 @@ def test_keypoints_to_image_follows_the_pixel_centre_convention():
 def test_crop_box_from_detection_uses_the_measured_framing():
     x, y, w, h = crop_box_from_detection((100, 50, 80, 80))
     assert w == h == pytest.approx(80 * FRAMING_MARGIN)
-    assert x + w / 2 == pytest.approx(140)                  # horizontally centred
-    assert y + h / 2 > 90                                    # a little below the Haar centre
+    assert x + w / 2 == pytest.approx(140)  # horizontally centred
+    assert y + h / 2 > 90  # a little below the Haar centre
 
 
 def test_caller_boxes_map_keypoints_back_to_photo_pixels():
@@ -119,7 +121,7 @@ def test_caller_boxes_map_keypoints_back_to_photo_pixels():
     predictor = Predictor(stand_in(oracle, "keypoints", 96), None)
     [result] = predictor.predict([photo], boxes=[boxes])
     assert (result.width, result.height) == (400, 300)
-    assert [f.box for f in result.faces] == boxes            # used as given, in order
+    assert [f.box for f in result.faces] == boxes  # used as given, in order
     for face, (cx, cy) in zip(result.faces, centres):
         assert set(face.keypoints) == set(KEYPOINT_NAMES)
         x, y = face.keypoints["nose_tip"]
@@ -188,12 +190,25 @@ def test_face_and_result_to_dict(predictor):
 
 def test_model_info_and_labels(predictor, tiny):
     info = predictor.model_info()
-    assert info["keypoints"] == {"run_id": "tiny-keypoints", "epoch": 1, "input_size": 96, "version": info["keypoints"]["version"]}
-    assert info["emotion"] == {
-        "run_id": "tiny-emotion", "epoch": 1, "input_size": 48, "version": info["emotion"]["version"],
-        "label_scheme": "seed5", "class_names": list(SEED5.classes),
+    assert info["keypoints"] == {
+        "run_id": "tiny-keypoints",
+        "epoch": 1,
+        "input_size": 96,
+        "version": info["keypoints"]["version"],
     }
-    assert predictor.labels() == {"keypoints": list(KEYPOINT_NAMES), "emotion": list(SEED5.classes), "label_scheme": "seed5"}
+    assert info["emotion"] == {
+        "run_id": "tiny-emotion",
+        "epoch": 1,
+        "input_size": 48,
+        "version": info["emotion"]["version"],
+        "label_scheme": "seed5",
+        "class_names": list(SEED5.classes),
+    }
+    assert predictor.labels() == {
+        "keypoints": list(KEYPOINT_NAMES),
+        "emotion": list(SEED5.classes),
+        "label_scheme": "seed5",
+    }
     # The version is a hash of the weights: 12 hex digits, one per model, and no path anywhere.
     versions = [info["keypoints"]["version"], info["emotion"]["version"]]
     assert all(len(v) == 12 and int(v, 16) >= 0 for v in versions) and versions[0] != versions[1]
@@ -234,10 +249,12 @@ def test_bad_requests_are_user_errors(predictor):
         predictor.predict([photo], boxes=[["1234"]])
     with pytest.raises(ValueError, match="uint8"):
         predictor.predict([photo.astype(np.float32)])
-    assert predictor.predict([photo], boxes=[[]])[0].faces == []   # no box, no face, no detector
+    assert predictor.predict([photo], boxes=[[]])[0].faces == []  # no box, no face, no detector
     # Per-image boxes may be None: that image follows `mode` (here auto -> a 96 px crop).
     crop, with_box = predictor.predict([np.zeros((96, 96), np.uint8), photo], boxes=[None, [(5, 5, 50, 50)]])
-    assert [f.box for f in crop.faces] == [(0.0, 0.0, 96.0, 96.0)] and [f.box for f in with_box.faces] == [(5.0, 5.0, 50.0, 50.0)]
+    assert [f.box for f in crop.faces] == [(0.0, 0.0, 96.0, 96.0)] and [f.box for f in with_box.faces] == [
+        (5.0, 5.0, 50.0, 50.0)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,7 +290,7 @@ def test_detect_mode_finds_synthetic_faces_framed_like_their_true_boxes(predicto
             assert w == h and 0.8 < w / ts < 1.2
             assert abs(x + w / 2 - (tx + ts / 2)) < 0.12 * ts and abs(y + h / 2 - (ty + ts / 2)) < 0.12 * ts
     assert found >= true_faces // 2, f"found {found} of {true_faces} faces"
-    assert sum(len(r.faces) for r in results) <= true_faces + 2   # few false positives
+    assert sum(len(r.faces) for r in results) <= true_faces + 2  # few false positives
 
 
 @pytest.mark.realdata
@@ -295,8 +312,8 @@ def test_framing_puts_real_kaggle_faces_where_training_crops_have_them(real_data
         if not found:
             continue
         x, y, side, _ = crop_box_from_detection(found[0])
-        photo_y = 96 + (kp[1::2] + 0.5) * 3 - 0.5                      # true keypoints on the canvas
-        crop_y = (photo_y + 0.5 - y) * 96 / side - 0.5                  # ... in the predictor's 96 px crop
+        photo_y = 96 + (kp[1::2] + 0.5) * 3 - 0.5  # true keypoints on the canvas
+        crop_y = (photo_y + 0.5 - y) * 96 / side - 0.5  # ... in the predictor's 96 px crop
         eye_y.append((crop_y[0] + crop_y[1]) / 2)
         lip_y.append(crop_y[14])
     assert len(eye_y) >= 0.8 * len(table)
@@ -308,7 +325,7 @@ def test_a_photo_without_faces_gives_no_faces(predictor):
     rng = np.random.default_rng(0)
     flat = np.full((240, 320, 3), 128, np.uint8)
     noise = rng.integers(0, 256, (240, 320), dtype=np.uint8)
-    for result in predictor.predict([flat, noise]):          # auto -> detect (not a small square)
+    for result in predictor.predict([flat, noise]):  # auto -> detect (not a small square)
         assert result.faces == []
 
 
@@ -316,7 +333,7 @@ def test_large_photos_are_detected_at_bounded_resolution():
     pytest.importorskip("cv2")
     photo = synthesize_photos(1, seed=3)[0]
     detector = detect_module.FaceDetector(max_side=320)
-    big = np.kron(photo.image[..., 0], np.ones((3, 3), np.uint8))   # 3x the photo
+    big = np.kron(photo.image[..., 0], np.ones((3, 3), np.uint8))  # 3x the photo
     small_boxes = detector.detect(photo.image[..., 0])
     big_boxes = detector.detect(big)
     assert len(big_boxes) >= 1 and len(big_boxes) == len(small_boxes)
@@ -325,7 +342,7 @@ def test_large_photos_are_detected_at_bounded_resolution():
 
 
 def test_missing_opencv_is_a_one_line_install_hint(monkeypatch, tiny):
-    monkeypatch.setitem(sys.modules, "cv2", None)   # `import cv2` now raises ImportError
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now raises ImportError
     with pytest.raises(UserError) as err:
         detect_module.require_detector()
     message = str(err.value)
@@ -362,13 +379,13 @@ def test_annotate_draws_on_an_rgb_copy(predictor):
     before = photo.copy()
     image = annotate(photo, result)
     assert image.mode == "RGB" and image.size == (300, 200)
-    assert (photo == before).all()                            # the input is untouched
+    assert (photo == before).all()  # the input is untouched
     drawn = np.asarray(image)
     changed = (drawn != photo).any(axis=2)
-    assert changed[60, 40:140].all() and changed[60:160, 40].all()   # the box's top and left edges
+    assert changed[60, 40:140].all() and changed[60:160, 40].all()  # the box's top and left edges
     kx, ky = result.faces[0].keypoints["nose_tip"]
-    assert changed[round(ky), round(kx)]                     # a keypoint cross
-    assert changed[:60, 40:140].any()                        # the label above the box
-    assert not changed[180:, 200:].any()                     # far from the face: untouched
+    assert changed[round(ky), round(kx)]  # a keypoint cross
+    assert changed[:60, 40:140].any()  # the label above the box
+    assert not changed[180:, 200:].any()  # far from the face: untouched
     grey = annotate(photo[..., 0].copy(), ImageResult(200, 300, []))
     assert grey.mode == "RGB" and (np.asarray(grey) == 90).all()

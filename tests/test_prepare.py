@@ -14,12 +14,11 @@ from PIL import Image
 
 from emokp_ray.data.near_duplicates import fingerprints, group_split, near_duplicate_groups
 from emokp_ray.data.prepare import StratifiedSplitter, prepare_dataset
-from emokp_ray.data.schema import (DATASET_META, images_from_column, iter_split, keypoints_from_column,
-                                   read_info)
+from emokp_ray.data.schema import DATASET_META, images_from_column, iter_split, keypoints_from_column, read_info
 from emokp_ray.errors import UserError
 from emokp_ray.labels import KEYPOINT_COLUMNS, SPARSE_KEYPOINTS
 
-FER_GZ = Path("fer2013") / "fer2013.csv.gz"            # under ../shared/data (conftest's real_data fixture)
+FER_GZ = Path("fer2013") / "fer2013.csv.gz"  # under ../shared/data (conftest's real_data fixture)
 KEYPOINTS_GZ = Path("facial-keypoints") / "training.csv.gz"
 
 
@@ -44,7 +43,9 @@ def fer_file(path: Path, labels: list[int], usage: list[str] | None = None, comp
 def keypoints_file(path: Path, complete: list[bool]) -> Path:
     pix = pixel_text(1, 96)
     full = ",".join(f"{40 + (j % 7)}.25" for j in range(30))
-    sparse = ",".join(f"{40 + (j % 7)}.25" if c[:-2] in SPARSE_KEYPOINTS else "" for j, c in enumerate(KEYPOINT_COLUMNS))
+    sparse = ",".join(
+        f"{40 + (j % 7)}.25" if c[:-2] in SPARSE_KEYPOINTS else "" for j, c in enumerate(KEYPOINT_COLUMNS)
+    )
     rows = [f"{full if c else sparse},{pix}" for c in complete]
     return write(path, [",".join(KEYPOINT_COLUMNS + ("Image",))] + rows)
 
@@ -66,22 +67,46 @@ def split_of_rows(out: Path) -> dict[tuple[str, int], str]:
 
 def test_fer_usage_decides_the_split_and_counts_per_class(tmp_path):
     labels = [0, 1, 2, 3, 4, 5, 6, 3, 3, 0]
-    usage = ["Training", "Training", "Training", "PublicTest", "PrivateTest", "Training", "Training",
-             "PrivateTest", "Training", "PublicTest"]
+    usage = [
+        "Training",
+        "Training",
+        "Training",
+        "PublicTest",
+        "PrivateTest",
+        "Training",
+        "Training",
+        "PrivateTest",
+        "Training",
+        "PublicTest",
+    ]
     src = fer_file(tmp_path / "fer2013.csv.gz", labels, usage, compress=True)
-    result = prepare_dataset([src], tmp_path / "out", val_fraction=0.0, test_fraction=0.5)  # test_fraction: not for Usage files
+    result = prepare_dataset(
+        [src], tmp_path / "out", val_fraction=0.0, test_fraction=0.5
+    )  # test_fraction: not for Usage files
     info = read_info(tmp_path / "out")
     assert info.tasks == ["emotion"] and info.scheme == "seed5" and info.image_sizes == [[48, 48]]
-    assert info.counts["train"] == {"rows": 4, "keypoints": 0, "complete_keypoints": 0, "anger": 1, "disgust": 1,
-                                    "sad": 0, "happiness": 1, "surprise": 1}
+    assert info.counts["train"] == {
+        "rows": 4,
+        "keypoints": 0,
+        "complete_keypoints": 0,
+        "anger": 1,
+        "disgust": 1,
+        "sad": 0,
+        "happiness": 1,
+        "surprise": 1,
+    }
     assert "val" not in info.counts
     # PublicTest and PrivateTest are the test split
-    assert info.counts["test"]["rows"] == 4 and info.counts["test"]["happiness"] == 2 and info.counts["test"]["sad"] == 1
+    assert (
+        info.counts["test"]["rows"] == 4 and info.counts["test"]["happiness"] == 2 and info.counts["test"]["sad"] == 1
+    )
     assert info.extra["reports"][0]["dropped_by_scheme"] == 2 and info.extra["formats"] == {"fer2013.csv.gz": "fer2013"}
     test = read_split(tmp_path / "out", "test")
     assert test["row_id"].to_pylist() == [5, 6, 9, 11] and test["label"].to_pylist() == [3, 2, 3, 0]
     images = images_from_column(test["image"], 48, 48)
-    assert images.shape == (4, 48, 48) and images[0].reshape(-1).tolist()[:3] == [int(v) for v in pixel_text(0, 48).split()[:3]]
+    assert images.shape == (4, 48, 48) and images[0].reshape(-1).tolist()[:3] == [
+        int(v) for v in pixel_text(0, 48).split()[:3]
+    ]
     text = result.summary()
     assert "2 dropped by scheme seed5" in text and "-> train 4, test 4" in text
     assert "happiness" in text and "complete_keypoints" not in text
@@ -128,8 +153,14 @@ def test_stratified_split_is_deterministic_and_keeps_class_proportions(tmp_path)
 
 def test_keypoint_rows_are_stratified_by_completeness(tmp_path):
     complete = [bool(i % 3) for i in range(300)]  # 200 complete, 100 partial
-    prepare_dataset([keypoints_file(tmp_path / "data.csv", complete)], tmp_path / "out", val_fraction=0.1, seed=3,
-                    test_fraction=0.0, group_near_duplicates=False)  # the fixture's faces are all one image
+    prepare_dataset(
+        [keypoints_file(tmp_path / "data.csv", complete)],
+        tmp_path / "out",
+        val_fraction=0.1,
+        seed=3,
+        test_fraction=0.0,
+        group_near_duplicates=False,
+    )  # the fixture's faces are all one image
     counts = read_info(tmp_path / "out").counts
     assert counts["val"]["rows"] == 30 and counts["val"]["complete_keypoints"] == 20
 
@@ -157,8 +188,11 @@ def test_a_failing_input_leaves_the_previous_output_untouched(tmp_path):
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     with pytest.raises(UserError, match=r"bad.csv:3: expected 2304 pixel values"):
-        prepare_dataset([good, write(tmp_path / "bad.csv", ["emotion,pixels", "0," + pixel_text(0, 48), "0,1 2"])],
-                        tmp_path / "fresh", strict=True)
+        prepare_dataset(
+            [good, write(tmp_path / "bad.csv", ["emotion,pixels", "0," + pixel_text(0, 48), "0,1 2"])],
+            tmp_path / "fresh",
+            strict=True,
+        )
     assert not (tmp_path / "fresh").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp dirs left
 
@@ -175,10 +209,15 @@ def test_inputs_without_usable_rows_are_errors(tmp_path):
         prepare_dataset([fear_only, write(tmp_path / "x.csv", ["a,b", "1,2"])], tmp_path / "out")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(val_fraction=1.0), "val_fraction must be in"), (dict(val_fraction=0.6, test_fraction=0.4), "below 1"),
-    (dict(seed=-1), "seed must be"), (dict(scheme="seven"), "unknown emotion scheme"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(val_fraction=1.0), "val_fraction must be in"),
+        (dict(val_fraction=0.6, test_fraction=0.4), "below 1"),
+        (dict(seed=-1), "seed must be"),
+        (dict(scheme="seven"), "unknown emotion scheme"),
+    ],
+)
 def test_bad_options(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
         prepare_dataset([fer_file(tmp_path / "f.csv", [0])], tmp_path / "out", **kwargs)
@@ -225,6 +264,7 @@ def test_full_real_files_give_the_documented_counts(tmp_path, real_data):
 
 # ----------------------------------------------------------------------------- near-duplicate groups
 
+
 def _faces(n: int, seed: int) -> np.ndarray:
     """n distinct random 96x96 'faces' (smooth noise, so their fingerprints differ)."""
     rng = np.random.default_rng(seed)
@@ -240,18 +280,18 @@ def test_near_duplicates_group_jittered_copies_and_nothing_else():
     groups = near_duplicate_groups(fingerprints(np.concatenate([faces, twins])))
     assert all(groups[40 + i] == groups[i] for i in range(10))
     assert len(set(groups[:40].tolist())) == 40  # distinct faces stay apart
-    assert groups.tolist()[:3] == [0, 1, 2]      # ids in order of first appearance
+    assert groups.tolist()[:3] == [0, 1, 2]  # ids in order of first appearance
 
 
 def test_group_split_keeps_groups_whole_and_flags_the_holdout():
-    groups = np.repeat(np.arange(300), [1 + (g % 3) for g in range(300)])   # groups of 1, 2 and 3 rows
+    groups = np.repeat(np.arange(300), [1 + (g % 3) for g in range(300)])  # groups of 1, 2 and 3 rows
     strata = (groups % 5 == 0).astype(int)
     splits, holdout = group_split(groups, strata, seed=4, val_fraction=0.1, test_fraction=0.1)
     again, again_holdout = group_split(groups, strata, seed=4, val_fraction=0.1, test_fraction=0.1)
     assert (splits == again).all() and (holdout == again_holdout).all()
     clean = ~holdout
     for g in np.unique(groups):
-        assert len(set(splits[(groups == g) & clean])) <= 1, g   # a group never straddles splits...
+        assert len(set(splits[(groups == g) & clean])) <= 1, g  # a group never straddles splits...
     n = len(groups)
     # quotas per stratum, overshot by at most one group (3 rows) in each of the 2 strata
     assert abs((splits[clean] == "test").sum() - 0.1 * n) <= 6 and abs((splits == "val").sum() - 0.1 * n) <= 6
@@ -263,7 +303,7 @@ def test_group_split_keeps_groups_whole_and_flags_the_holdout():
 
 def test_prepare_puts_a_keypoint_file_s_near_duplicates_in_one_split(tmp_path):
     faces = _faces(200, 2)
-    images = np.concatenate([faces, faces[:50]])                # 50 exact repeats: groups of two
+    images = np.concatenate([faces, faces[:50]])  # 50 exact repeats: groups of two
     full = ",".join(f"{40 + (j % 7)}.25" for j in range(30))
     rows = [f"{full}," + " ".join(map(str, img.ravel().tolist())) for img in images]
     src = write(tmp_path / "training.csv", [",".join(KEYPOINT_COLUMNS + ("Image",))] + rows)
@@ -271,7 +311,7 @@ def test_prepare_puts_a_keypoint_file_s_near_duplicates_in_one_split(tmp_path):
     mapping = split_of_rows(tmp_path / "out")
     held = set(info.extra["near_duplicates"]["training.csv"]["holdout_row_ids"])
     assert info.extra["near_duplicates"]["training.csv"]["rows_with_near_duplicate"] == 100
-    for i in range(50):                                          # row ids: line numbers, header = 1
+    for i in range(50):  # row ids: line numbers, header = 1
         a, b = mapping[("training.csv", i + 2)], mapping[("training.csv", 200 + i + 2)]
         if i + 2 in held or 200 + i + 2 in held:
             assert "test" in (a, b) and "train" in (a, b)

@@ -22,12 +22,13 @@ def _images(n=16, size=48, seed=0):
 
 # ----------------------------------------------------------------------------- regularizers
 
+
 def test_random_erasing_changes_one_rectangle_per_chosen_image_and_keeps_the_input():
     images = np.full((32, 48, 48), 128, np.uint8)
     rng = np.random.default_rng(0)
     assert (random_erase(images, 0.0, rng) == images).all()
     out = random_erase(images, 1.0, rng)
-    assert (images == 128).all() and out.shape == images.shape            # input untouched
+    assert (images == 128).all() and out.shape == images.shape  # input untouched
     for img in out:
         ys, xs = np.nonzero(img != 128)
         assert ys.size > 0
@@ -45,7 +46,7 @@ def test_mix_batch_pairs_each_image_with_a_partner_and_weights_the_labels(mode):
     lam = out["mix_lam"]
     assert set(out) == {"image", "label", "label_mix", "mix_lam"} and (out["label"] == labels).all()
     assert np.all(lam == lam[0]) and 0.0 <= lam[0] <= 1.0
-    assert sorted(out["label_mix"].tolist()) == sorted(labels.tolist())   # a permutation of the batch
+    assert sorted(out["label_mix"].tolist()) == sorted(labels.tolist())  # a permutation of the batch
     if mode == "cutmix":
         # lam is the share of each image's own pixels
         own = (out["image"] == images).mean(axis=(1, 2))
@@ -73,6 +74,7 @@ def test_mixed_loss_is_the_lam_weighted_sum_of_both_labels():
 
 # ----------------------------------------------------------------------------- EMA and recipes
 
+
 def test_weight_ema_follows_the_formula_with_warmup():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = WeightEMA(model, decay=0.9)
@@ -81,7 +83,7 @@ def test_weight_ema_follows_the_formula_with_warmup():
         for p in model.parameters():
             p.add_(1.0)
     ema.update(model)
-    d = min(0.9, 2.0 / 11.0)   # first update: warm-up (1 + 1) / (10 + 1)
+    d = min(0.9, 2.0 / 11.0)  # first update: warm-up (1 + 1) / (10 + 1)
     for s, e, p in zip(start, ema.model.parameters(), model.parameters()):
         assert torch.allclose(e, d * s + (1 - d) * p)
         assert not e.requires_grad
@@ -91,11 +93,11 @@ def test_weight_ema_follows_the_formula_with_warmup():
 def test_recipes_are_typed_presets_that_flags_override():
     cfg = config_from_recipe("emotion", "data", "out")
     assert cfg.recipe == "release" and cfg.model == "fer48" and cfg.ema_decay > 0 and cfg.imbalance == "sampling"
-    assert config_from_recipe("emotion", "data", "out", epochs=3, lr=None).epochs == 3       # None = flag not given
+    assert config_from_recipe("emotion", "data", "out", epochs=3, lr=None).epochs == 3  # None = flag not given
     assert config_from_recipe("keypoints", "data", "out", recipe="course").optimizer == "adam"
     for task, recipes in RECIPES.items():
         for name in recipes:
-            config_from_recipe(task, "d", "o", recipe=name)      # every preset is a valid TrainConfig
+            config_from_recipe(task, "d", "o", recipe=name)  # every preset is a valid TrainConfig
     with pytest.raises(UserError, match="unknown recipe 'nope' for emotion.*course, release, fast"):
         config_from_recipe("emotion", "d", "o", recipe="nope")
     with pytest.raises(UserError, match="apply to emotion only"):
@@ -103,6 +105,7 @@ def test_recipes_are_typed_presets_that_flags_override():
 
 
 # ----------------------------------------------------------------------------- flip TTA
+
 
 def test_flip_tta_averages_a_keypoint_net_with_its_mirrored_view():
     crops = _images(4, 96)
@@ -125,7 +128,7 @@ def test_flip_tta_averages_a_keypoint_net_with_its_mirrored_view():
         return np.array(out, np.float32)
 
     assert np.allclose(forward_with_flip(forward, crops, "keypoints"), truth, atol=1e-4)
-    assert np.allclose(unflip_keypoints(unflip_keypoints(truth, 96), 96), truth, atol=1e-4)   # an involution
+    assert np.allclose(unflip_keypoints(unflip_keypoints(truth, 96), 96), truth, atol=1e-4)  # an involution
 
 
 def test_flip_tta_averages_emotion_logits():
@@ -138,6 +141,7 @@ def test_flip_tta_averages_emotion_logits():
 
 # ----------------------------------------------------------------------------- temperature scaling
 
+
 def test_temperature_fit_recovers_the_temperature_that_generated_the_labels():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (20_000, 5))
@@ -147,9 +151,9 @@ def test_temperature_fit_recovers_the_temperature_that_generated_the_labels():
     assert t == pytest.approx(2.5, rel=0.05)
     assert nll(logits, labels, t) < nll(logits, labels, 1.0)
     before, after = reliability(softmax(logits, 1.0), labels), reliability(softmax(logits, t), labels)
-    assert after["ece"] < 0.02 < before["ece"]                     # calibrated once divided by T
+    assert after["ece"] < 0.02 < before["ece"]  # calibrated once divided by T
     assert sum(b["n"] for b in after["bins"]) == len(labels) and len(after["bins"]) == 15
-    assert (softmax(logits, t).argmax(1) == softmax(logits, 1.0).argmax(1)).all()   # labels never change
+    assert (softmax(logits, t).argmax(1) == softmax(logits, 1.0).argmax(1)).all()  # labels never change
     assert temperature_of({}) == 1.0 and temperature_of({"temperature": 1.7}) == 1.7
 
 
@@ -159,13 +163,25 @@ def test_an_ema_run_checkpoints_the_average_and_resumes_both_weights(tmp_path):
     from tests.helpers import write_random_dataset
 
     data = write_random_dataset(tmp_path / "data", n_train=64, n_val=16, size=48)
-    common = dict(task="emotion", data=str(data), out=str(tmp_path / "run"), recipe="fast", no_ray=True,
-                  batch_size=16, ema_decay=0.9, random_erasing=0.5, cutmix_alpha=1.0, keep_checkpoints=5)
+    common = dict(
+        task="emotion",
+        data=str(data),
+        out=str(tmp_path / "run"),
+        recipe="fast",
+        no_ray=True,
+        batch_size=16,
+        ema_decay=0.9,
+        random_erasing=0.5,
+        cutmix_alpha=1.0,
+        keep_checkpoints=5,
+    )
     run_training(config_from_recipe(**{**common, "epochs": 1}), log=lambda *_: None)
     first = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-001")
     assert first.train_model_state is not None and first.extra_state["ema_updates"] == 4
     key = [k for k in first.train_model_state if k.startswith("head.") and k.endswith(".weight")][-1]
-    assert not torch.equal(first.model.state_dict()[key], first.train_model_state[key])   # the average is not the raw weights
+    assert not torch.equal(
+        first.model.state_dict()[key], first.train_model_state[key]
+    )  # the average is not the raw weights
     run_training(config_from_recipe(**{**common, "epochs": 2, "resume": True}), log=lambda *_: None)
     second = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-002")
     assert second.extra_state["ema_updates"] == 8 and second.meta.epoch == 2

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from tests.helpers import write_random_dataset, write_tiny_checkpoints
 
 PHOTOS = builtin.FOLDER.parent / "photos"
 SHIPPED = all((builtin.FOLDER / f"{n}.pt").is_file() for n in builtin.NAMES)
-FP16_TOLERANCE = {"keypoints_px": 0.05, "probability": 5e-3}   # the stated fp16-storage tolerance
+FP16_TOLERANCE = {"keypoints_px": 0.05, "probability": 5e-3}  # the stated fp16-storage tolerance
 
 
 @pytest.fixture
@@ -38,7 +37,10 @@ def fake_builtin(tmp_path, monkeypatch):
 
 
 def test_unknown_builtin_name_lists_the_known_ones():
-    with pytest.raises(UserError, match=r"unknown builtin model 'builtin:nope' \(known: builtin:keypoints, builtin:emotion, builtin:emotion-fer7\)"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown builtin model 'builtin:nope' \(known: builtin:keypoints, builtin:emotion, builtin:emotion-fer7\)",
+    ):
         load_model("builtin:nope")
 
 
@@ -48,7 +50,9 @@ def test_truncated_or_missing_shipped_file_is_named(fake_builtin):
     with pytest.raises(UserError, match=r"emotion\.pt is truncated or corrupt"):
         load_model("builtin:emotion")
     (fake_builtin / "emotion.pt").unlink()
-    with pytest.raises(UserError, match=r"builtin model builtin:emotion is not in this installation .*emotion\.pt is missing"):
+    with pytest.raises(
+        UserError, match=r"builtin model builtin:emotion is not in this installation .*emotion\.pt is missing"
+    ):
         load_model("builtin:emotion")
 
 
@@ -60,19 +64,24 @@ def test_fp16_storage_changes_predictions_less_than_the_stated_tolerance(tmp_pat
     for task, variant in (("keypoints", "compact"), ("emotion", "fer48")):
         cfg = model_config(task, variant)
         model = build_model(cfg).eval()
-        if task == "keypoints":   # the zero-initialized last layer would make every output the centre
+        if task == "keypoints":  # the zero-initialized last layer would make every output the centre
             torch.nn.init.normal_(model.head[-1].weight, std=0.01)
         meta = CheckpointMeta(model_config=cfg, run_id=f"fp16-{task}")
         full = save_checkpoint(tmp_path / f"{task}-fp32", model, meta)
         half = save_checkpoint_file(tmp_path / f"{task}-fp16.pt", model, meta, fp16=True)
         assert half.stat().st_size < 0.6 * (full / "model.pt").stat().st_size
         loaded = load_model(half)
-        assert all(p.dtype == torch.float32 for p in loaded.model.parameters())   # loads as fp32
+        assert all(p.dtype == torch.float32 for p in loaded.model.parameters())  # loads as fp32
         pair = [load_model(full), loaded]
         args = [(m, None) if task == "keypoints" else (None, m) for m in pair]
         a, b = (Predictor(*x, device="cpu").predict_crops(crops) for x in args)
         if task == "keypoints":
-            diff = max(abs(u - v) for fa, fb in zip(a, b) for k in fa.keypoints for u, v in zip(fa.keypoints[k], fb.keypoints[k]))
+            diff = max(
+                abs(u - v)
+                for fa, fb in zip(a, b)
+                for k in fa.keypoints
+                for u, v in zip(fa.keypoints[k], fb.keypoints[k])
+            )
             assert diff < FP16_TOLERANCE["keypoints_px"], diff
         else:
             diff = max(abs(fa.probabilities[c] - fb.probabilities[c]) for fa, fb in zip(a, b) for c in fa.probabilities)
@@ -121,8 +130,20 @@ def test_predict_prints_faces_writes_annotations_and_reports_bad_files(tmp_path,
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)).save(crop)
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    code = main(["predict", str(crop), str(bad), str(crop), "--keypoints", str(kp), "--emotion", str(em),
-                 "--annotate", str(tmp_path / "ann")])
+    code = main(
+        [
+            "predict",
+            str(crop),
+            str(bad),
+            str(crop),
+            "--keypoints",
+            str(kp),
+            "--emotion",
+            str(em),
+            "--annotate",
+            str(tmp_path / "ann"),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out.count("96x96, 1 face") == 2 and "2 of 3 images labelled" in captured.out
@@ -144,7 +165,10 @@ def test_label_and_serve_default_to_the_builtin_pair():
     parser = build_parser()
     assert _model_pair(parser.parse_args(["serve"])) == ("builtin:keypoints", "builtin:emotion")
     assert _model_pair(parser.parse_args(["label", "in", "--out", "o"])) == ("builtin:keypoints", "builtin:emotion")
-    assert _model_pair(parser.parse_args(["label", "in", "--out", "o", "--emotion", "builtin:emotion-fer7"])) == (None, "builtin:emotion-fer7")
+    assert _model_pair(parser.parse_args(["label", "in", "--out", "o", "--emotion", "builtin:emotion-fer7"])) == (
+        None,
+        "builtin:emotion-fer7",
+    )
 
 
 def test_evaluate_applies_the_temperature_and_reports_calibration(tmp_path):
@@ -153,11 +177,16 @@ def test_evaluate_applies_the_temperature_and_reports_calibration(tmp_path):
     data = write_random_dataset(tmp_path / "data", n_train=8, n_val=40, size=48)
     _, em = write_tiny_checkpoints(tmp_path / "ckpt")
     loaded = load_checkpoint(em)
-    hot = save_checkpoint(tmp_path / "hot", loaded.model, CheckpointMeta(
-        model_config=loaded.meta.model_config, run_id="hot", calibration={"temperature": 4.0, "fitted_on": "val"}))
+    hot = save_checkpoint(
+        tmp_path / "hot",
+        loaded.model,
+        CheckpointMeta(
+            model_config=loaded.meta.model_config, run_id="hot", calibration={"temperature": 4.0, "fitted_on": "val"}
+        ),
+    )
     plain = evaluate_checkpoint(str(em), str(data), str(tmp_path / "r1")).report
     scaled = evaluate_checkpoint(str(hot), str(data), str(tmp_path / "r2")).report
-    assert plain["accuracy"] == scaled["accuracy"]                     # a temperature never changes the label
+    assert plain["accuracy"] == scaled["accuracy"]  # a temperature never changes the label
     assert scaled["calibration"]["temperature"] == 4.0 and plain["calibration"]["temperature"] == 1.0
     assert scaled["calibration"]["ece_uncalibrated"] == pytest.approx(plain["calibration"]["ece"])
     assert (tmp_path / "r2" / "reliability.png").is_file()

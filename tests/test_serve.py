@@ -35,9 +35,9 @@ MAX_BODY = 1024 * 1024
 
 @dataclass(frozen=True)
 class Served:
-    base: str          # http://127.0.0.1:PORT/t
-    busy: str          # the slow app: one request at a time, one queued, 1 s per batch
-    scripted: str      # the same models from trusted TorchScript files
+    base: str  # http://127.0.0.1:PORT/t
+    busy: str  # the slow app: one request at a time, one queued, 1 s per batch
+    scripted: str  # the same models from trusted TorchScript files
     keypoints: Path
     emotion: Path
     port: int
@@ -57,10 +57,9 @@ def _free_port() -> int:
 def served(ray_cluster, tmp_path_factory) -> Served:
     from ray import serve
 
+    from emokp_ray.inference.export import export_checkpoint
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
-
-    from emokp_ray.inference.export import export_checkpoint
 
     folder = tmp_path_factory.mktemp("serve-ckpt")
     kp, em = write_tiny_checkpoints(folder)
@@ -70,21 +69,49 @@ def served(ray_cluster, tmp_path_factory) -> Served:
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     one_replica = {"num_replicas": 1, "autoscaling_config": None, "ray_actor_options": {"num_cpus": 0.25}}
-    main = AppArgs(keypoints=str(kp), emotion=str(em), max_batch_size=8, batch_wait_timeout_s=0.01,
-                   max_body_bytes=MAX_BODY, max_images_per_request=4, body_timeout_s=BODY_TIMEOUT_S, **MAIN_PIXELS)
+    main = AppArgs(
+        keypoints=str(kp),
+        emotion=str(em),
+        max_batch_size=8,
+        batch_wait_timeout_s=0.01,
+        max_body_bytes=MAX_BODY,
+        max_images_per_request=4,
+        body_timeout_s=BODY_TIMEOUT_S,
+        **MAIN_PIXELS,
+    )
     # /busy: 1 s per batch of 1 image; 2 images admitted per ingress; tiny Serve queues behind that;
     # 1 M decoded pixels per replica.
-    busy = AppArgs(keypoints=str(kp), emotion=str(em), max_batch_size=1, test_delay_s=1.0,
-                   max_pending_requests=2, max_images_per_request=2,
-                   max_image_pixels=1_000_000, max_request_pixels=1_000_000, max_replica_pixels=1_000_000)
-    serve.run(compose(main, model_options=one_replica, ingress_options=one_replica), name="emokp-test", route_prefix="/t")
-    serve.run(compose(busy, ingress_options={**one_replica, "max_ongoing_requests": 4, "max_queued_requests": 2},
-                      model_options={**one_replica, "max_ongoing_requests": 1, "max_queued_requests": 1}),
-              name="emokp-busy", route_prefix="/busy")
+    busy = AppArgs(
+        keypoints=str(kp),
+        emotion=str(em),
+        max_batch_size=1,
+        test_delay_s=1.0,
+        max_pending_requests=2,
+        max_images_per_request=2,
+        max_image_pixels=1_000_000,
+        max_request_pixels=1_000_000,
+        max_replica_pixels=1_000_000,
+    )
+    serve.run(
+        compose(main, model_options=one_replica, ingress_options=one_replica), name="emokp-test", route_prefix="/t"
+    )
+    serve.run(
+        compose(
+            busy,
+            ingress_options={**one_replica, "max_ongoing_requests": 4, "max_queued_requests": 2},
+            model_options={**one_replica, "max_ongoing_requests": 1, "max_queued_requests": 1},
+        ),
+        name="emokp-busy",
+        route_prefix="/busy",
+    )
     trusted = AppArgs(keypoints=str(scripted[0]), emotion=str(scripted[1]), trust_torchscript=True)
-    serve.run(compose(trusted, model_options=one_replica, ingress_options=one_replica), name="emokp-ts", route_prefix="/ts")
+    serve.run(
+        compose(trusted, model_options=one_replica, ingress_options=one_replica), name="emokp-ts", route_prefix="/ts"
+    )
     try:
-        yield Served(f"http://127.0.0.1:{port}/t", f"http://127.0.0.1:{port}/busy", f"http://127.0.0.1:{port}/ts", kp, em, port)
+        yield Served(
+            f"http://127.0.0.1:{port}/t", f"http://127.0.0.1:{port}/busy", f"http://127.0.0.1:{port}/ts", kp, em, port
+        )
     finally:
         serve.shutdown()
 
@@ -97,6 +124,7 @@ def predictor(served):
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -113,7 +141,7 @@ def jpeg(array: np.ndarray) -> bytes:
 def crops(n: int, seed: int = 0) -> np.ndarray:
     from emokp_ray.data.synth import synthesize
 
-    return synthesize(n, seed=seed).images   # uint8 [n, 96, 96]
+    return synthesize(n, seed=seed).images  # uint8 [n, 96, 96]
 
 
 def photo():
@@ -125,11 +153,12 @@ def photo():
 
 def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
     """A valid grey PNG of width x height black pixels: ~400 KB that would decode to 400 MB."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     deflate = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)   # filter byte + pixels
+    row = b"\x00" * (width + 1)  # filter byte + pixels
     idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
@@ -147,7 +176,9 @@ def assert_same_faces(got: list[dict], want: list[dict], tol: float = 1e-3) -> N
     for g, w in zip(got, want):
         assert g["emotion"] == w["emotion"]
         np.testing.assert_allclose(g["box"], w["box"], atol=tol)
-        np.testing.assert_allclose([g["probabilities"][k] for k in w["probabilities"]], list(w["probabilities"].values()), atol=tol)
+        np.testing.assert_allclose(
+            [g["probabilities"][k] for k in w["probabilities"]], list(w["probabilities"].values()), atol=tol
+        )
         np.testing.assert_allclose([g["keypoints"][k] for k in w["keypoints"]], list(w["keypoints"].values()), atol=tol)
 
 
@@ -164,6 +195,7 @@ def assert_good_request(served: Served) -> None:
 
 
 # ----------------------------------------------------------------------------- good requests
+
 
 def test_health_and_labels(served):
     from emokp_ray.labels import KEYPOINT_NAMES, SEED5
@@ -229,8 +261,11 @@ def test_annotated_png_has_the_image_size(served):
 
 def test_batch_route_keeps_order_and_puts_errors_in_place(served, predictor):
     a, b = crops(2, seed=5)
-    files = [("images", ("a.png", png(a), "image/png")), ("images", ("bad.png", b"not an image", "image/png")),
-             ("images", ("b.jpg", jpeg(b), "image/jpeg"))]
+    files = [
+        ("images", ("a.png", png(a), "image/png")),
+        ("images", ("bad.png", b"not an image", "image/png")),
+        ("images", ("b.jpg", jpeg(b), "image/jpeg")),
+    ]
     response = requests.post(served.base + "/v1/predict/batch", files=files, timeout=30)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -241,9 +276,11 @@ def test_batch_route_keeps_order_and_puts_errors_in_place(served, predictor):
     assert_same_faces(results[2]["faces"], predictor.predict([decoded_b])[0].to_dict()["faces"])
 
     shot = photo()
-    items = [{"image_base64": base64.b64encode(png(shot.image)).decode(), "boxes": shot.boxes.tolist()[:1]},
-             {"image_base64": "%%%"},
-             {"image_base64": base64.b64encode(png(a)).decode(), "boxes": [[500, 500, 10, 10]]}]
+    items = [
+        {"image_base64": base64.b64encode(png(shot.image)).decode(), "boxes": shot.boxes.tolist()[:1]},
+        {"image_base64": "%%%"},
+        {"image_base64": base64.b64encode(png(a)).decode(), "boxes": [[500, 500, 10, 10]]},
+    ]
     response = requests.post(served.base + "/v1/predict/batch", json={"images": items, "detect": "false"}, timeout=30)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -263,6 +300,7 @@ def test_concurrent_requests_are_batched_without_mixing_answers(served, predicto
 
 # ----------------------------------------------------------------------------- bad requests
 
+
 def _chunked(size: int):
     for _ in range(size // 65536 + 1):
         yield b"\x00" * 65536
@@ -270,46 +308,148 @@ def _chunked(size: int):
 
 def _multipart_cut(url: str):
     prepared = requests.Request("POST", url, files={"image": ("a.png", png(crops(1)[0]), "image/png")}).prepare()
-    return requests.post(url, data=prepared.body[:-60], headers={"Content-Type": prepared.headers["Content-Type"]}, timeout=30)
+    return requests.post(
+        url, data=prepared.body[:-60], headers={"Content-Type": prepared.headers["Content-Type"]}, timeout=30
+    )
 
 
 BAD_REQUESTS = {
     # name: (request(base) -> response, status)
-    "malformed_json": (lambda u: requests.post(u + "/v1/predict", data=b"{oops", headers={"Content-Type": "application/json"}, timeout=30), 400),
-    "malformed_base64": (lambda u: requests.post(u + "/v1/predict", json={"image_base64": "!!not base64!!"}, timeout=30), 400),
-    "empty_body": (lambda u: requests.post(u + "/v1/predict", data=b"", headers={"Content-Type": "image/png"}, timeout=30), 400),
-    "truncated_jpeg": (lambda u: requests.post(u + "/v1/predict", data=truncated_jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=30), 400),
-    "multipart_without_image": (lambda u: requests.post(u + "/v1/predict", files={"detect": (None, "true")}, timeout=30), 400),
+    "malformed_json": (
+        lambda u: requests.post(
+            u + "/v1/predict", data=b"{oops", headers={"Content-Type": "application/json"}, timeout=30
+        ),
+        400,
+    ),
+    "malformed_base64": (
+        lambda u: requests.post(u + "/v1/predict", json={"image_base64": "!!not base64!!"}, timeout=30),
+        400,
+    ),
+    "empty_body": (
+        lambda u: requests.post(u + "/v1/predict", data=b"", headers={"Content-Type": "image/png"}, timeout=30),
+        400,
+    ),
+    "truncated_jpeg": (
+        lambda u: requests.post(
+            u + "/v1/predict", data=truncated_jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=30
+        ),
+        400,
+    ),
+    "multipart_without_image": (
+        lambda u: requests.post(u + "/v1/predict", files={"detect": (None, "true")}, timeout=30),
+        400,
+    ),
     "multipart_cut_off": (lambda u: _multipart_cut(u + "/v1/predict"), 400),
-    "body_over_limit_declared": (lambda u: requests.post(u + "/v1/predict", data=b"\x00" * (MAX_BODY + 1), headers={"Content-Type": "image/png"}, timeout=30), 413),
-    "body_over_limit_chunked": (lambda u: requests.post(u + "/v1/predict", data=_chunked(MAX_BODY + 1), headers={"Content-Type": "image/png"}, timeout=30), 413),
-    "too_many_images": (lambda u: requests.post(u + "/v1/predict/batch", files=[("images", (f"{i}.png", png(crops(1)[0]), "image/png")) for i in range(5)], timeout=30), 413),
+    "body_over_limit_declared": (
+        lambda u: requests.post(
+            u + "/v1/predict", data=b"\x00" * (MAX_BODY + 1), headers={"Content-Type": "image/png"}, timeout=30
+        ),
+        413,
+    ),
+    "body_over_limit_chunked": (
+        lambda u: requests.post(
+            u + "/v1/predict", data=_chunked(MAX_BODY + 1), headers={"Content-Type": "image/png"}, timeout=30
+        ),
+        413,
+    ),
+    "too_many_images": (
+        lambda u: requests.post(
+            u + "/v1/predict/batch",
+            files=[("images", (f"{i}.png", png(crops(1)[0]), "image/png")) for i in range(5)],
+            timeout=30,
+        ),
+        413,
+    ),
     "not_an_image": (lambda u: post_image(u + "/v1/predict", b"GIF? no: plain text"), 415),
-    "unsupported_content_type": (lambda u: requests.post(u + "/v1/predict", data=b"hello", headers={"Content-Type": "text/plain"}, timeout=30), 415),
-    "unknown_query_parameter": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"colour": "red"}), 422),
-    "invalid_detect_value": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"detect": "maybe"}), 422),
-    "unknown_json_field": (lambda u: requests.post(u + "/v1/predict", json={"image_base64": base64.b64encode(png(crops(1)[0])).decode(), "size": 3}, timeout=30), 422),
-    "negative_box": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[0, 0, -4, 10]]"}), 422),
-    "box_outside_image": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[200, 0, 10, 10]]"}), 422),
+    "unsupported_content_type": (
+        lambda u: requests.post(u + "/v1/predict", data=b"hello", headers={"Content-Type": "text/plain"}, timeout=30),
+        415,
+    ),
+    "unknown_query_parameter": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"colour": "red"}),
+        422,
+    ),
+    "invalid_detect_value": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"detect": "maybe"}),
+        422,
+    ),
+    "unknown_json_field": (
+        lambda u: requests.post(
+            u + "/v1/predict", json={"image_base64": base64.b64encode(png(crops(1)[0])).decode(), "size": 3}, timeout=30
+        ),
+        422,
+    ),
+    "negative_box": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[0, 0, -4, 10]]"}),
+        422,
+    ),
+    "box_outside_image": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[200, 0, 10, 10]]"}),
+        422,
+    ),
     "labels_with_query": (lambda u: requests.get(u + "/v1/labels", params={"lang": "fr"}, timeout=30), 422),
     "unknown_route": (lambda u: requests.get(u + "/v2/nothing", timeout=30), 404),
     "wrong_method": (lambda u: requests.get(u + "/v1/predict", timeout=30), 405),
     # Issue 11: formats outside the allowlist, boxes that are slivers, limits checked before the work.
-    "eps_document": (lambda u: requests.post(u + "/v1/predict", data=EPS, headers={"Content-Type": "image/png"}, timeout=30), 415),
-    "degenerate_box": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[10, 10, 2, 50]]"}), 422),
-    "box_overlapping_by_a_sliver": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[94, 0, 50, 50]]"}), 422),
-    "too_many_boxes_in_json": (lambda u: requests.post(u + "/v1/predict", json={"image_base64": base64.b64encode(png(crops(1)[0])).decode(),
-                                                                              "boxes": [[0, 0, 10, 10]] * 60_000}, timeout=30), 422),
-    "deep_json_body": (lambda u: requests.post(u + "/v1/predict", data=b"[" * 100_000 + b"]" * 100_000,
-                                               headers={"Content-Type": "application/json"}, timeout=30), 400),
-    "deep_json_boxes": (lambda u: requests.post(u + "/v1/predict", headers={"Content-Type": "application/json"}, timeout=30,
-                                                data=b'{"image_base64": "AAAA", "boxes": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"), 400),
-    "deep_boxes_form_field": (lambda u: requests.post(u + "/v1/predict", timeout=30, files={
-        "image": ("a.png", png(crops(1)[0]), "image/png"), "boxes": (None, "[" * 20_000 + "]" * 20_000)}), 422),
-    "deep_boxes_query": (lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[" * 300 + "]" * 300}), 422),
+    "eps_document": (
+        lambda u: requests.post(u + "/v1/predict", data=EPS, headers={"Content-Type": "image/png"}, timeout=30),
+        415,
+    ),
+    "degenerate_box": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[10, 10, 2, 50]]"}),
+        422,
+    ),
+    "box_overlapping_by_a_sliver": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[[94, 0, 50, 50]]"}),
+        422,
+    ),
+    "too_many_boxes_in_json": (
+        lambda u: requests.post(
+            u + "/v1/predict",
+            json={"image_base64": base64.b64encode(png(crops(1)[0])).decode(), "boxes": [[0, 0, 10, 10]] * 60_000},
+            timeout=30,
+        ),
+        422,
+    ),
+    "deep_json_body": (
+        lambda u: requests.post(
+            u + "/v1/predict",
+            data=b"[" * 100_000 + b"]" * 100_000,
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        ),
+        400,
+    ),
+    "deep_json_boxes": (
+        lambda u: requests.post(
+            u + "/v1/predict",
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+            data=b'{"image_base64": "AAAA", "boxes": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        ),
+        400,
+    ),
+    "deep_boxes_form_field": (
+        lambda u: requests.post(
+            u + "/v1/predict",
+            timeout=30,
+            files={"image": ("a.png", png(crops(1)[0]), "image/png"), "boxes": (None, "[" * 20_000 + "]" * 20_000)},
+        ),
+        422,
+    ),
+    "deep_boxes_query": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": "[" * 300 + "]" * 300}),
+        422,
+    ),
     "headers_too_large": (lambda u: requests.get(u + "/healthz", headers={"X-Padding": "a" * 20_000}, timeout=30), 431),
-    "batch_over_request_pixels": (lambda u: requests.post(u + "/v1/predict/batch", timeout=30, json={
-        "images": [{"image_base64": base64.b64encode(png_bomb(2000, 2000)).decode()}] * 3}), 413),
+    "batch_over_request_pixels": (
+        lambda u: requests.post(
+            u + "/v1/predict/batch",
+            timeout=30,
+            json={"images": [{"image_base64": base64.b64encode(png_bomb(2000, 2000)).decode()}] * 3},
+        ),
+        413,
+    ),
 }
 
 
@@ -325,7 +465,7 @@ def test_bad_request_gets_its_status_then_a_good_request_succeeds(served, name):
 
 def test_decompression_bomb_is_refused_fast(served):
     bomb = png_bomb()
-    assert len(bomb) < MAX_BODY   # it passes the body limit: the pixel guard must catch it
+    assert len(bomb) < MAX_BODY  # it passes the body limit: the pixel guard must catch it
     started = time.perf_counter()
     response = requests.post(served.base + "/v1/predict", data=bomb, headers={"Content-Type": "image/png"}, timeout=30)
     elapsed = time.perf_counter() - started
@@ -348,7 +488,7 @@ def test_overload_answers_503_at_once_then_recovers(served):
     codes = sorted(r.status_code for r, _ in answers)
     assert codes == [200, 200] + [503] * 8, codes
     refused = [(r, t) for r, t in answers if r.status_code == 503]
-    assert all(elapsed < 0.9 for _, elapsed in refused)   # before the first 1 s batch is done
+    assert all(elapsed < 0.9 for _, elapsed in refused)  # before the first 1 s batch is done
     # The ingress's refusals are JSON; Serve's proxy answers its own queue's overflow in plain text.
     json_refusals = [r for r, _ in refused if r.headers["content-type"].startswith("application/json")]
     assert json_refusals and all(r.json()["error"] == "the service is overloaded; retry later" for r in json_refusals)
@@ -358,6 +498,7 @@ def test_overload_answers_503_at_once_then_recovers(served):
 
 # ----------------------------------------------------------------------------- demo page
 
+
 def _browser():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -366,11 +507,20 @@ def _browser():
         pytest.skip("chromium and chromedriver not installed (apt-get install chromium chromium-driver)")
     from selenium.webdriver.chrome.service import Service
 
-    os.environ.setdefault("SE_OFFLINE", "true")   # never let Selenium Manager download anything
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download anything
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync", "--window-size=1200,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--window-size=1200,900",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
 
@@ -388,17 +538,24 @@ def test_demo_page_uploads_a_photo_and_shows_the_result(served, tmp_path):
         WebDriverWait(driver, 30).until(lambda d: "tiny-keypoints" in d.find_element(By.ID, "model").text)
         driver.find_element(By.ID, "file").send_keys(str(upload))
         driver.find_element(By.ID, "submit").click()
-        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".face") or d.find_element(By.ID, "error").text)
+        WebDriverWait(driver, 60).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".face") or d.find_element(By.ID, "error").text
+        )
         assert driver.find_element(By.ID, "error").text == ""
         faces = driver.find_elements(By.CSS_SELECTOR, ".face")
         assert len(faces) == 3
         for face in faces:
-            widths = [float(bar.get_attribute("style").split("width:")[1].split("%")[0]) for bar in face.find_elements(By.CSS_SELECTOR, ".bar")]
+            widths = [
+                float(bar.get_attribute("style").split("width:")[1].split("%")[0])
+                for bar in face.find_elements(By.CSS_SELECTOR, ".bar")
+            ]
             assert len(widths) == 5 and abs(sum(widths) - 100) < 0.5
             assert all(bar.size["width"] >= 0 for bar in face.find_elements(By.CSS_SELECTOR, ".bar"))
         image = driver.find_element(By.ID, "annotated")
         assert image.is_displayed()
-        natural = driver.execute_script("const i = arguments[0]; return [i.complete, i.naturalWidth, i.naturalHeight];", image)
+        natural = driver.execute_script(
+            "const i = arguments[0]; return [i.complete, i.naturalWidth, i.naturalHeight];", image
+        )
         assert natural == [True, shot.image.shape[1], shot.image.shape[0]]
         driver.save_screenshot(str(tmp_path / "demo_page.png"))
         if os.environ.get("EMOKP_DEMO_SCREENSHOT"):
@@ -411,6 +568,7 @@ def test_demo_page_uploads_a_photo_and_shows_the_result(served, tmp_path):
 # No single client can take the service's memory or time from the others; each test ends with a
 # good request answered promptly (assert_good_request, or a timed one).
 
+
 def _raw_exchange(port: int, data: bytes, wait_s: float) -> tuple[bytes, float]:
     """Send `data` on a fresh TCP connection and read until the response's headers (or `wait_s`)."""
     with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
@@ -422,7 +580,7 @@ def _raw_exchange(port: int, data: bytes, wait_s: float) -> tuple[bytes, float]:
                 if not chunk:
                     break
                 reply += chunk
-        except socket.timeout:
+        except TimeoutError:
             pass
         return reply, time.perf_counter() - started
 
@@ -434,14 +592,14 @@ def _timed_good_request(served: Served) -> float:
 
 
 def test_request_pixel_budget_is_checked_from_the_headers(served):
-    flat = base64.b64encode(png_bomb(2000, 2000)).decode()   # 4 M pixels in a few KB
+    flat = base64.b64encode(png_bomb(2000, 2000)).decode()  # 4 M pixels in a few KB
     url = served.base + "/v1/predict/batch"
     started = time.perf_counter()
-    refused = requests.post(url, json={"images": [{"image_base64": flat}] * 4}, timeout=30)   # 16 M > 8 M
+    refused = requests.post(url, json={"images": [{"image_base64": flat}] * 4}, timeout=30)  # 16 M > 8 M
     elapsed = time.perf_counter() - started
     assert refused.status_code == 413, refused.text
     assert "16,000,000 pixels" in refused.json()["error"] and "8,000,000 per request" in refused.json()["error"]
-    assert elapsed < 3.0   # header reads only: 16 M pixels were never decoded
+    assert elapsed < 3.0  # header reads only: 16 M pixels were never decoded
     within = requests.post(url, json={"images": [{"image_base64": flat}] * 2, "detect": "false"}, timeout=60)
     assert within.status_code == 200, within.text
     assert [(r["width"], r["height"]) for r in within.json()["results"]] == [(2000, 2000)] * 2
@@ -454,8 +612,13 @@ def test_large_decodes_run_off_the_event_loop(served):
     flat = png_bomb(2000, 2000)
 
     def heavy(_):
-        return requests.post(served.base + "/v1/predict", data=flat, params={"detect": "false"},
-                             headers={"Content-Type": "image/png"}, timeout=120).status_code
+        return requests.post(
+            served.base + "/v1/predict",
+            data=flat,
+            params={"detect": "false"},
+            headers={"Content-Type": "image/png"},
+            timeout=120,
+        ).status_code
 
     with ThreadPoolExecutor(8) as pool:
         codes = [pool.submit(heavy, i) for i in range(8)]
@@ -488,19 +651,23 @@ def test_overload_is_refused_before_the_body_is_read(served):
     with ThreadPoolExecutor(2) as pool:
         holders = [pool.submit(post_image, served.busy + "/v1/predict", png(crops(1)[0])) for _ in range(2)]
         time.sleep(0.4)
-        head = (b"POST /busy/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                b"Content-Length: 500000\r\n\r\n" + b"x" * 10)
+        head = (
+            b"POST /busy/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 500000\r\n\r\n" + b"x" * 10
+        )
         reply, elapsed = _raw_exchange(served.port, head, wait_s=10)
         assert [h.result().status_code for h in holders] == [200, 200]
     assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
-    assert b"application/json" in reply and elapsed < 0.9   # before the first 1 s batch is done
+    assert b"application/json" in reply and elapsed < 0.9  # before the first 1 s batch is done
     assert post_image(served.busy + "/v1/predict", png(crops(1)[0])).status_code == 200
 
 
 def test_slow_upload_gets_408_and_slow_headers_stall_no_one(served):
     # An upload that never completes is cut off after body_timeout_s with a JSON 408.
-    head = (b"POST /t/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-            b"Content-Length: 1000\r\n\r\n" + b"x" * 10)
+    head = (
+        b"POST /t/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b"x" * 10
+    )
     reply, elapsed = _raw_exchange(served.port, head, wait_s=BODY_TIMEOUT_S + 20)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert BODY_TIMEOUT_S - 0.5 < elapsed < BODY_TIMEOUT_S + 10
@@ -520,17 +687,22 @@ def test_box_overlapping_the_image_is_clipped_consistently(served, predictor):
     response = post_image(served.base + "/v1/predict", png(crop), params={"boxes": "[[-20, -10, 60, 50]]"})
     assert response.status_code == 200, response.text
     [face] = response.json()["faces"]
-    assert face["box"] == [0, 0, 40, 40]   # the box clipped to the image: what the networks saw
+    assert face["box"] == [0, 0, 40, 40]  # the box clipped to the image: what the networks saw
     assert_same_faces([face], predictor.predict([crop], boxes=[[(0, 0, 40, 40)]])[0].to_dict()["faces"])
 
 
 def test_answers_name_models_by_run_and_version_not_by_path(served):
     folder = str(served.keypoints.parent)
-    answers = [requests.get(served.base + "/healthz", timeout=30), requests.get(served.base + "/v1/labels", timeout=30),
-               post_image(served.base + "/v1/predict", png(crops(1)[0])),
-               requests.post(served.base + "/v1/predict/batch", files=[("images", ("a.png", png(crops(1)[0]), "image/png"))], timeout=30),
-               post_image(served.base + "/v1/predict", b"not an image"),
-               requests.get(served.scripted + "/healthz", timeout=30)]
+    answers = [
+        requests.get(served.base + "/healthz", timeout=30),
+        requests.get(served.base + "/v1/labels", timeout=30),
+        post_image(served.base + "/v1/predict", png(crops(1)[0])),
+        requests.post(
+            served.base + "/v1/predict/batch", files=[("images", ("a.png", png(crops(1)[0]), "image/png"))], timeout=30
+        ),
+        post_image(served.base + "/v1/predict", b"not an image"),
+        requests.get(served.scripted + "/healthz", timeout=30),
+    ]
     for response in answers:
         assert folder not in response.text and "/tmp" not in response.text and "serve-ckpt" not in response.text
     model = answers[0].json()["model"]
@@ -597,12 +769,14 @@ def test_serve_metrics_reach_rays_prometheus_endpoint(served):
     before, busy_before = _settled_scrape(port, "emokp-test"), _settled_scrape(port, "emokp-busy")
     url = served.base + "/v1/predict"
     for _ in range(3):
-        assert post_image(url, png(crops(1)[0])).status_code == 200                      # 3 images, 3 faces
+        assert post_image(url, png(crops(1)[0])).status_code == 200  # 3 images, 3 faces
     assert post_image(url, b"not an image").status_code == 415
     two = [("images", (f"{i}.png", png(crops(1)[0]), "image/png")) for i in range(2)]
-    assert requests.post(served.base + "/v1/predict/batch", files=two, timeout=30).status_code == 200   # 2 images, 2 faces
+    assert (
+        requests.post(served.base + "/v1/predict/batch", files=two, timeout=30).status_code == 200
+    )  # 2 images, 2 faces
     assert requests.get(served.base + "/no/such/route", timeout=30).status_code == 404
-    with ThreadPoolExecutor(8) as pool:   # /busy admits 2 images: the rest are refused
+    with ThreadPoolExecutor(8) as pool:  # /busy admits 2 images: the rest are refused
         answers = list(pool.map(lambda _: post_image(served.busy + "/v1/predict", png(crops(1)[0])), range(8)))
     json_503 = sum(r.status_code == 503 and r.headers["content-type"].startswith("application/json") for r in answers)
     assert json_503 >= 1
@@ -612,9 +786,9 @@ def test_serve_metrics_reach_rays_prometheus_endpoint(served):
         ("ray_emokp_requests_total", (("route", "/v1/predict"), ("status", "415"))): 1,
         ("ray_emokp_requests_total", (("route", "/v1/predict/batch"), ("status", "200"))): 1,
         ("ray_emokp_requests_total", (("route", "unmatched"), ("status", "404"))): 1,
-        ("ray_emokp_images_per_request_count", ()): 5,     # 3 + the 415 one + the batch
-        ("ray_emokp_faces_per_request_count", ()): 4,      # the answered predicts
-        ("ray_emokp_queue_wait_s_count", ()): 5,           # images that reached the model
+        ("ray_emokp_images_per_request_count", ()): 5,  # 3 + the 415 one + the batch
+        ("ray_emokp_faces_per_request_count", ()): 4,  # the answered predicts
+        ("ray_emokp_queue_wait_s_count", ()): 5,  # images that reached the model
         # Not the histograms' _sum: Ray's exported _sum did not equal the sum of the observed values
         # in a run here (3.5 for observations 1, 1, 1, 1, 2); to be understood before it is asserted.
     }
@@ -622,21 +796,30 @@ def test_serve_metrics_reach_rays_prometheus_endpoint(served):
     deadline, delta = time.monotonic() + 120, {}
     while time.monotonic() < deadline:
         after = _scrape(port, "emokp-test")
-        delta = {key: _total(after, key[0], **dict(key[1])) - _total(before, key[0], **dict(key[1])) for key in expected}
+        delta = {
+            key: _total(after, key[0], **dict(key[1])) - _total(before, key[0], **dict(key[1])) for key in expected
+        }
         if all(delta[key] >= want for key, want in expected.items()):
             break
         time.sleep(2)
     assert delta == expected
     assert _total(after, "ray_emokp_model_latency_s_count") > _total(before, "ray_emokp_model_latency_s_count")
-    assert _total(after, "ray_emokp_model_latency_s_bucket", le="+Inf") == _total(after, "ray_emokp_model_latency_s_count")
+    assert _total(after, "ray_emokp_model_latency_s_bucket", le="+Inf") == _total(
+        after, "ray_emokp_model_latency_s_count"
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         busy_after = _scrape(port, "emokp-busy")
-        refused = _total(busy_after, "ray_emokp_admissions_refused_total", reason="images") - \
-            _total(busy_before, "ray_emokp_admissions_refused_total", reason="images")
+        refused = _total(busy_after, "ray_emokp_admissions_refused_total", reason="images") - _total(
+            busy_before, "ray_emokp_admissions_refused_total", reason="images"
+        )
         if refused >= json_503:
             break
         time.sleep(2)
     assert refused == json_503
-    assert _total(busy_after, "ray_emokp_requests_total", status="503") - _total(busy_before, "ray_emokp_requests_total", status="503") == json_503
+    assert (
+        _total(busy_after, "ray_emokp_requests_total", status="503")
+        - _total(busy_before, "ray_emokp_requests_total", status="503")
+        == json_503
+    )
     assert_good_request(served)

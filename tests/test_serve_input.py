@@ -17,10 +17,10 @@ from urllib3 import encode_multipart_formdata
 
 from emokp_ray.serving.http_input import (
     ApiError,
+    ImageInput,
     batch_request,
     check_boxes,
     decode,
-    ImageInput,
     parse_multipart,
     predict_request,
     read_body,
@@ -45,13 +45,16 @@ IMAGE = png_bytes(np.arange(96 * 96, dtype=np.uint8).reshape(96, 96))
 
 # ----------------------------------------------------------------------------- multipart
 
+
 def test_multipart_parts_round_trip_binary_data_exactly():
     # Bytes that look like delimiters and CRLFs inside the file must come back untouched.
     tricky = b"\r\n--not-the-boundary\r\n\r\n" + bytes(range(256)) + b"\r\n"
-    body, content_type = encode_multipart_formdata([
-        ("image", ("face.png", tricky, "image/png")),
-        ("detect", "false"),
-    ])
+    body, content_type = encode_multipart_formdata(
+        [
+            ("image", ("face.png", tricky, "image/png")),
+            ("detect", "false"),
+        ]
+    )
     parts = parse_multipart(body, content_type)
     assert [(p.name, p.filename) for p in parts] == [("image", "face.png"), ("detect", None)]
     assert parts[0].data == tricky and parts[0].content_type == "image/png"
@@ -69,6 +72,7 @@ def test_multipart_without_boundary_is_400():
 
 
 # ----------------------------------------------------------------------------- /v1/predict
+
 
 def test_three_body_forms_give_the_same_image_and_options():
     multipart, ctype = encode_multipart_formdata([("image", ("a.png", IMAGE, "image/png")), ("detect", "false")])
@@ -97,20 +101,20 @@ def test_data_url_prefix_is_accepted():
 @pytest.mark.parametrize(
     "content_type, body, query, status",
     [
-        ("image/png", b"", [], 400),                                   # empty body
-        ("application/json", b"{not json", [], 400),                   # malformed JSON
-        ("application/json", b'{"image_base64": "***"}', [], 400),     # malformed base64
-        ("application/json", b'{"image_base64": "AAAA", "colour": 1}', [], 422),   # unknown JSON field
+        ("image/png", b"", [], 400),  # empty body
+        ("application/json", b"{not json", [], 400),  # malformed JSON
+        ("application/json", b'{"image_base64": "***"}', [], 400),  # malformed base64
+        ("application/json", b'{"image_base64": "AAAA", "colour": 1}', [], 422),  # unknown JSON field
         ("application/json", b'{"image_base64": "AAAA", "detect": "maybe"}', [], 422),
-        ("text/plain", b"hello", [], 415),                             # unsupported content type
+        ("text/plain", b"hello", [], 415),  # unsupported content type
         (None, b"hello", [], 415),
-        ("image/png", IMAGE, [("colour", "1")], 422),                  # unknown query parameter
+        ("image/png", IMAGE, [("colour", "1")], 422),  # unknown query parameter
         ("image/png", IMAGE, [("detect", "yes please")], 422),
-        ("image/png", IMAGE, [("detect", "true"), ("detect", "false")], 422),   # given twice
-        ("image/png", IMAGE, [("boxes", "[[0, 0, -5, 10]]")], 422),     # w <= 0
-        ("image/png", IMAGE, [("boxes", "[[0, 0, 5]]")], 422),          # three numbers
-        ("image/png", IMAGE, [("boxes", "0,0,5,5")], 422),              # not JSON
-        ("image/png", IMAGE, [("boxes", "[[0, 0, 1e999, 5]]")], 422),   # not finite
+        ("image/png", IMAGE, [("detect", "true"), ("detect", "false")], 422),  # given twice
+        ("image/png", IMAGE, [("boxes", "[[0, 0, -5, 10]]")], 422),  # w <= 0
+        ("image/png", IMAGE, [("boxes", "[[0, 0, 5]]")], 422),  # three numbers
+        ("image/png", IMAGE, [("boxes", "0,0,5,5")], 422),  # not JSON
+        ("image/png", IMAGE, [("boxes", "[[0, 0, 1e999, 5]]")], 422),  # not finite
     ],
 )
 def test_predict_request_mistakes(content_type, body, query, status):
@@ -124,14 +128,17 @@ def test_option_in_query_and_body_is_422():
 
 def test_multipart_needs_exactly_one_image_and_known_fields():
     none, ctype = encode_multipart_formdata([("picture", ("a.png", IMAGE, "image/png"))])
-    assert status_of(predict_request, ctype, none, []) == 422   # unknown field 'picture'
+    assert status_of(predict_request, ctype, none, []) == 422  # unknown field 'picture'
     none, ctype = encode_multipart_formdata([("detect", "true")])
     assert status_of(predict_request, ctype, none, []) == 400
-    two, ctype = encode_multipart_formdata([("image", ("a.png", IMAGE, "image/png")), ("image", ("b.png", IMAGE, "image/png"))])
+    two, ctype = encode_multipart_formdata(
+        [("image", ("a.png", IMAGE, "image/png")), ("image", ("b.png", IMAGE, "image/png"))]
+    )
     assert status_of(predict_request, ctype, two, []) == 400
 
 
 # ----------------------------------------------------------------------------- /v1/predict/batch
+
 
 def test_batch_keeps_order_and_leaves_bad_base64_in_place():
     good = base64.b64encode(IMAGE).decode()
@@ -150,23 +157,24 @@ def test_batch_multipart_files_and_limits():
     assert status_of(batch_request, ctype, body, [], 2) == 413
     assert status_of(batch_request, "image/png", IMAGE, [], 2) == 415
     assert status_of(batch_request, "application/json", b'{"images": []}', [], 2) == 400
-    assert status_of(batch_request, ctype, body, [("boxes", "[]")], 3) == 422   # boxes go per image
+    assert status_of(batch_request, ctype, body, [("boxes", "[]")], 3) == 422  # boxes go per image
 
 
 # ----------------------------------------------------------------------------- body and images
 
+
 async def _chunks(data: bytes, size: int):
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 def test_read_body_caps_declared_and_streamed_size():
     data = b"x" * 5000
     assert asyncio.run(read_body({}, _chunks(data, 1000), limit=5000)) == data
-    with pytest.raises(ApiError) as err:   # refused from the header, before reading
+    with pytest.raises(ApiError) as err:  # refused from the header, before reading
         asyncio.run(read_body({"content-length": "5001"}, _chunks(b"", 1), limit=5000))
     assert err.value.status == 413
-    with pytest.raises(ApiError) as err:   # a lying (or absent) Content-Length: refused while reading
+    with pytest.raises(ApiError) as err:  # a lying (or absent) Content-Length: refused while reading
         asyncio.run(read_body({"content-length": "10"}, _chunks(data + b"y", 1000), limit=5000))
     assert err.value.status == 413
     with pytest.raises(ApiError) as err:
@@ -200,10 +208,10 @@ def test_check_boxes_clips_to_the_image_and_refuses_slivers():
     # Boxes that overlap the image are clipped to it: what the networks see and the answer reports.
     assert check_boxes(boxes, 96, 96, max_boxes=3) == [(10, 10, 20, 20), (0, 0, 5, 5), (90, 80, 6, 16)]
     assert check_boxes(None, 96, 96, max_boxes=2) is None
-    assert status_of(check_boxes, boxes, 96, 96, 2) == 422                       # too many
-    assert status_of(check_boxes, [box([96, 0, 10, 10])], 96, 96, 2) == 422      # outside
-    assert status_of(check_boxes, [box([10, 10, 3, 40])], 96, 96, 2) == 422      # degenerate: 3 px wide
-    assert status_of(check_boxes, [box([94, 10, 40, 40])], 96, 96, 2) == 422     # overlaps by 2 px only
+    assert status_of(check_boxes, boxes, 96, 96, 2) == 422  # too many
+    assert status_of(check_boxes, [box([96, 0, 10, 10])], 96, 96, 2) == 422  # outside
+    assert status_of(check_boxes, [box([10, 10, 3, 40])], 96, 96, 2) == 422  # degenerate: 3 px wide
+    assert status_of(check_boxes, [box([94, 10, 40, 40])], 96, 96, 2) == 422  # overlaps by 2 px only
     assert check_boxes([box([92, 10, 40, 40])], 96, 96, 2) == [(92, 10, 4, 40)]  # 4 px: accepted
 
 
@@ -214,15 +222,17 @@ def test_cheap_limits_come_before_validation():
     # count that is refused (without validating 100,000 boxes).
     boxes = [[0, 0, 5, 5]] * 100_000 + [[0, 0, -1, 5]]
     many = json.dumps({"image_base64": base64.b64encode(IMAGE).decode(), "boxes": boxes}).encode()
-    for call in (lambda: predict_request("application/json", many, [], 32),
-                 lambda: predict_request("image/png", IMAGE, [("boxes", json.dumps(boxes))], 32)):
+    for call in (
+        lambda: predict_request("application/json", many, [], 32),
+        lambda: predict_request("image/png", IMAGE, [("boxes", json.dumps(boxes))], 32),
+    ):
         with pytest.raises(ApiError) as err:
             call()
         assert err.value.status == 422 and "100001 boxes; the limit is 32" in err.value.message
-    items = json.dumps({"images": [{"image_base64": "%%"}] * 10_000}).encode()   # bad base64, all of them
+    items = json.dumps({"images": [{"image_base64": "%%"}] * 10_000}).encode()  # bad base64, all of them
     with pytest.raises(ApiError) as err:
         batch_request("application/json", items, [], 4)
-    assert err.value.status == 413 and "10000 images" in err.value.message      # counted before any is decoded
+    assert err.value.status == 413 and "10000 images" in err.value.message  # counted before any is decoded
     # Deep nesting is refused before parsing, in the body and in a boxes field: never a RecursionError.
     deep = b"[" * 200_000 + b"]" * 200_000
     assert json_depth_bound(deep) == 200_000 and json_depth_bound(b'{"a": [[1, 2]]}') == 3
@@ -231,7 +241,7 @@ def test_cheap_limits_come_before_validation():
     assert status_of(predict_request, "image/png", IMAGE, [("boxes", deep.decode())]) == 422
     assert status_of(batch_request, "application/json", b'{"images": ' + deep + b"}", [], 4) == 400
     ok = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
-    assert status_of(predict_request, "application/json", ok, []) == 422   # parsed, then invalid: a list
+    assert status_of(predict_request, "application/json", ok, []) == 422  # parsed, then invalid: a list
 
 
 def test_read_body_times_out_a_slow_upload():
@@ -250,13 +260,18 @@ def test_read_body_times_out_a_slow_upload():
 def test_app_args_are_typed_and_strict():
     args = AppArgs.model_validate({"keypoints": "/k", "max_batch_size": "8"})
     assert args.max_batch_size == 8 and args.emotion is None
-    for bad in ({}, {"keypoints": "/k", "max_batch_size": 0}, {"keypoints": "/k", "batchsize": 8},
-                {"keypoints": "/k", "max_images_per_request": 10, "max_pending_requests": 5}):
+    for bad in (
+        {},
+        {"keypoints": "/k", "max_batch_size": 0},
+        {"keypoints": "/k", "batchsize": 8},
+        {"keypoints": "/k", "max_images_per_request": 10, "max_pending_requests": 5},
+    ):
         with pytest.raises(ValueError):
             AppArgs.model_validate(bad)
 
 
 # ----------------------------------------------------------------------------- the model side
+
 
 @pytest.fixture(scope="module")
 def spied_predictor(tmp_path_factory):
@@ -283,19 +298,29 @@ def test_run_jobs_is_one_predict_call_for_a_mixed_batch(spied_predictor):
     predictor, calls, real = spied_predictor
     rng = np.random.default_rng(0)
     crop, photo = rng.integers(0, 256, (96, 96), dtype=np.uint8), rng.integers(0, 256, (120, 200), dtype=np.uint8)
-    jobs = [FaceJob(crop, "auto"), FaceJob(photo, "crop"), FaceJob(photo, "detect", ((10, 20, 60, 60), (100, 30, 50, 50))),
-            FaceJob(crop, "crop")]
+    jobs = [
+        FaceJob(crop, "auto"),
+        FaceJob(photo, "crop"),
+        FaceJob(photo, "detect", ((10, 20, 60, 60), (100, 30, 50, 50))),
+        FaceJob(crop, "crop"),
+    ]
     calls.clear()
     outcomes = run_jobs(predictor, jobs)
-    assert calls == [4]   # all faces of the batch in one call, hence one forward pass per network
+    assert calls == [4]  # all faces of the batch in one call, hence one forward pass per network
     assert [len(o.result.faces) for o in outcomes] == [1, 1, 2, 1]
-    alone = [real([crop], mode="auto"), real([photo], mode="crop"), real([photo], boxes=[[(10, 20, 60, 60), (100, 30, 50, 50)]]),
-             real([crop], mode="crop")]
+    alone = [
+        real([crop], mode="auto"),
+        real([photo], mode="crop"),
+        real([photo], boxes=[[(10, 20, 60, 60), (100, 30, 50, 50)]]),
+        real([crop], mode="crop"),
+    ]
     for outcome, (want,) in zip(outcomes, alone):
         assert outcome.error is None
         for got_face, want_face in zip(outcome.result.faces, want.faces):
             assert got_face.box == want_face.box and got_face.emotion == want_face.emotion
-            np.testing.assert_allclose(list(got_face.probabilities.values()), list(want_face.probabilities.values()), atol=1e-5)
+            np.testing.assert_allclose(
+                list(got_face.probabilities.values()), list(want_face.probabilities.values()), atol=1e-5
+            )
             np.testing.assert_allclose(list(got_face.keypoints.values()), list(want_face.keypoints.values()), atol=1e-3)
 
 
@@ -312,6 +337,7 @@ def test_run_jobs_fails_only_the_job_with_a_user_error(spied_predictor):
 
 # ----------------------------------------------------------------------------- the config file
 
+
 def test_serve_config_is_valid_and_binds_to_loopback():
     import yaml
     from ray.serve.schema import ServeDeploySchema
@@ -320,11 +346,15 @@ def test_serve_config_is_valid_and_binds_to_loopback():
     from emokp_ray.serving.model import FaceModel
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve" / "config.yaml").read_text())
-    schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    schema = (
+        ServeDeploySchema.model_validate(config)
+        if hasattr(ServeDeploySchema, "model_validate")
+        else ServeDeploySchema.parse_obj(config)
+    )
     assert schema.http_options.host == "127.0.0.1"
     (app,) = config["applications"]
     assert app["import_path"] == "emokp_ray.serving.app:build_app"
-    args = AppArgs.model_validate(app["args"])   # every key is a known, valid builder argument
+    args = AppArgs.model_validate(app["args"])  # every key is a known, valid builder argument
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {Ingress.name, FaceModel.name} == {"Ingress", "FaceModel"}
     for d in deployments.values():
@@ -338,15 +368,15 @@ def test_batch_window_stretches_while_busy_and_is_capped():
     from emokp_ray.serving.batching import BatchWindow
 
     window = BatchWindow(idle_s=0.003, max_s=0.05)
-    assert window.busy_s() == 0.003            # nothing measured yet: the idle wait
+    assert window.busy_s() == 0.003  # nothing measured yet: the idle wait
     window.record(0.020)
     assert window.busy_s() == pytest.approx(0.020)
-    window.record(0.040)                       # moving average of batch durations
+    window.record(0.040)  # moving average of batch durations
     assert window.busy_s() == pytest.approx(0.7 * 0.020 + 0.3 * 0.040)
     for _ in range(20):
         window.record(1.0)
-    assert window.busy_s() == 0.05             # capped
-    assert BatchWindow(idle_s=0.003, max_s=0.0, expected_s=0.5).busy_s() == 0.003   # max 0: fixed window
+    assert window.busy_s() == 0.05  # capped
+    assert BatchWindow(idle_s=0.003, max_s=0.0, expected_s=0.5).busy_s() == 0.003  # max 0: fixed window
 
 
 def test_admission_refuses_past_the_limit_and_frees_slots():
@@ -368,9 +398,22 @@ def test_grafana_dashboard_charts_only_the_metrics_the_app_exports():
 
     dashboard = json.loads((Path(__file__).resolve().parents[1] / "serve" / "grafana_dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    used = {regex.sub(r"_(bucket|sum|count|total)$", "", m) for e in exprs for m in regex.findall(r"ray_(emokp_\w+)", e)}
+    used = {
+        regex.sub(r"_(bucket|sum|count|total)$", "", m) for e in exprs for m in regex.findall(r"ray_(emokp_\w+)", e)
+    }
     source = (Path(metrics.__file__)).read_text()
-    defined = set(regex.findall(r'metrics\.\w+\("(emokp_\w+)"', source))
-    assert used == defined == {"emokp_requests", "emokp_admissions_refused", "emokp_images_per_request", "emokp_faces_per_request",
-                               "emokp_model_batch_size", "emokp_model_latency_s", "emokp_queue_wait_s"}
+    defined = set(regex.findall(r'metrics\.\w+\(\s*"(emokp_\w+)"', source))
+    assert (
+        used
+        == defined
+        == {
+            "emokp_requests",
+            "emokp_admissions_refused",
+            "emokp_images_per_request",
+            "emokp_faces_per_request",
+            "emokp_model_batch_size",
+            "emokp_model_latency_s",
+            "emokp_queue_wait_s",
+        }
+    )
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])

@@ -42,9 +42,16 @@ def test_run_serve_answers_then_drains_and_stops_cleanly(tmp_path, stop):
     kp, em = write_tiny_checkpoints(tmp_path)
     port = _free_port()
     code = f"from emokp_ray.serving.run import run_serve; run_serve({str(kp)!r}, {str(em)!r}, port={port}, test_delay_s=3.0)"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # a local cluster of its own
-    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = ""
         deadline = time.monotonic() + 180
@@ -58,13 +65,18 @@ def test_run_serve_answers_then_drains_and_stops_cleanly(tmp_path, stop):
         assert page.status_code == 200 and "<title>emokp-ray demo</title>" in page.text
 
         running = " ".join(_session_processes(child.pid))
-        assert "raylet" in running and "gcs_server" in running   # so the check below means something
+        assert "raylet" in running and "gcs_server" in running  # so the check below means something
 
         crop = tiny_png()
         with ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(requests.post, f"http://127.0.0.1:{port}/v1/predict", data=crop,
-                                    headers={"Content-Type": "image/png"}, timeout=60)
-            time.sleep(1.0)   # the request is in the model's 3 s batch now
+            in_flight = pool.submit(
+                requests.post,
+                f"http://127.0.0.1:{port}/v1/predict",
+                data=crop,
+                headers={"Content-Type": "image/png"},
+                timeout=60,
+            )
+            time.sleep(1.0)  # the request is in the model's 3 s batch now
             child.send_signal(stop)
             answer = in_flight.result()
         assert answer.status_code == 200, answer.text
@@ -74,7 +86,7 @@ def test_run_serve_answers_then_drains_and_stops_cleanly(tmp_path, stop):
         assert "stopping" in rest
         for dump in ("Traceback", "Stack (most recent", "SIGTERM received", "Fatal Python error", "*** "):
             assert dump not in rest, rest
-        deadline = time.monotonic() + 30   # Ray's processes exit right after the driver's shutdown
+        deadline = time.monotonic() + 30  # Ray's processes exit right after the driver's shutdown
         while _session_processes(child.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _session_processes(child.pid) == []
@@ -102,8 +114,14 @@ def test_serve_refuses_an_untrusted_torchscript_file_before_starting_anything(tm
 
     kp, _ = write_tiny_checkpoints(tmp_path)
     scripted = export_checkpoint(kp, tmp_path / "keypoints.ts")
-    result = subprocess.run([sys.executable, "-m", "emokp_ray.cli", "serve", "--keypoints", str(scripted)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    result = subprocess.run(
+        [sys.executable, "-m", "emokp_ray.cli", "serve", "--keypoints", str(scripted)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("emokp: error:") and "--trust-torchscript" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -98,7 +98,7 @@ def test_shapes_dtypes_and_frame(faces):
     assert faces.labels.shape == (1000,) and faces.labels.dtype == np.int64
     assert set(np.unique(faces.labels)) == set(range(SEED5.num_classes))
     assert np.isfinite(faces.keypoints).all()
-    assert faces.keypoints.min() >= 1.0 and faces.keypoints.max() <= 94.0   # inside the crop, not on its edge
+    assert faces.keypoints.min() >= 1.0 and faces.keypoints.max() <= 94.0  # inside the crop, not on its edge
     batch = faces.as_batch()
     assert set(batch) == {"image", "keypoints", "label"}
     # Kaggle-like framing: eyes near y = 38, bottom lip near y = 79, eye centres ~32 px apart.
@@ -106,7 +106,7 @@ def test_shapes_dtypes_and_frame(faces):
     assert abs(kp[:, K["left_eye_center"], 1].mean() - 38) < 3
     assert abs(kp[:, K["mouth_center_bottom_lip"], 1].mean() - 79) < 4
     assert abs((kp[:, K["left_eye_center"], 0] - kp[:, K["right_eye_center"], 0]).mean() - 31.6) < 3
-    assert (kp[:, K["left_eye_center"], 0] > kp[:, K["right_eye_center"], 0]).all()   # subject's left = image right
+    assert (kp[:, K["left_eye_center"], 0] > kp[:, K["right_eye_center"], 0]).all()  # subject's left = image right
 
 
 def test_keypoints_stay_inside_under_extreme_poses():
@@ -150,7 +150,7 @@ def test_keypoints_sit_on_their_features(pose):
     else:
         scale, angle, shift = rng.uniform(0.8, 1.2, n), rng.uniform(-30, 30, n), rng.uniform(-24, 24, (n, 2))
     p, m, images = _clean_render(labels, 9, size, scale, angle, shift)
-    kp = apply_pose(canonical_keypoints(p), m)   # [n, 15, 2], 384 px
+    kp = apply_pose(canonical_keypoints(p), m)  # [n, 15, 2], 384 px
     skin = p["skin"]
 
     def near(name, tone, tol=2.0):
@@ -159,15 +159,18 @@ def test_keypoints_sit_on_their_features(pose):
 
     for side in ("left", "right"):
         near(f"{side}_eye_center", p["pupil"])
-        near(f"{side}_eye_inner_corner", p["brow"])   # the lid line runs through both corners
+        near(f"{side}_eye_inner_corner", p["brow"])  # the lid line runs through both corners
         near(f"{side}_eye_outer_corner", p["brow"])
         near(f"{side}_eyebrow_inner_end", p["brow"])
         near(f"{side}_eyebrow_outer_end", p["brow"])
-    near("nose_tip", skin + 0.8 * (p["brow"] - skin))   # nose outline, drawn at 80 %
+    near("nose_tip", skin + 0.8 * (p["brow"] - skin))  # nose outline, drawn at 80 %
     near("mouth_left_corner", p["cavity"])
     near("mouth_right_corner", p["cavity"])
     # Lip centres lie ON the lips' outer edge (anti-aliased: half lip, half skin), plain skin 1 px out.
-    for name, outward, lip in (("mouth_center_top_lip", -1.0, p["lip"] * 0.88), ("mouth_center_bottom_lip", 1.0, p["lip"])):
+    for name, outward, lip in (
+        ("mouth_center_top_lip", -1.0, p["lip"] * 0.88),
+        ("mouth_center_bottom_lip", 1.0, p["lip"]),
+    ):
         coverage = (skin - _bilinear(images, kp[:, K[name]])) / (skin - lip)
         assert ((coverage > 0.25) & (coverage < 0.75)).all(), (name, coverage)
         beyond = canonical_keypoints(p)[:, K[name]] + [0.0, outward]
@@ -185,7 +188,9 @@ def test_delivered_faces_are_dark_at_the_keypoints(faces):
 
     def mean3(points):
         c = np.rint(points).astype(int)
-        return np.mean([img[np.arange(len(img)), c[:, 1] + dy, c[:, 0] + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+        return np.mean(
+            [img[np.arange(len(img)), c[:, 1] + dy, c[:, 0] + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0
+        )
 
     for side in ("left", "right"):
         eye, corner = kp[:, K[f"{side}_eye_center"]], kp[:, K[f"mouth_{side}_corner"]]
@@ -203,7 +208,7 @@ def test_expressions_move_the_keypoints(faces):
     lab = faces.labels
     corners_y = (y[:, K["mouth_left_corner"]] + y[:, K["mouth_right_corner"]]) / 2
     lip_mid_y = (y[:, K["mouth_center_top_lip"]] + y[:, K["mouth_center_bottom_lip"]]) / 2
-    smile = lip_mid_y - corners_y   # > 0: corners above the lips' centre
+    smile = lip_mid_y - corners_y  # > 0: corners above the lips' centre
     assert (smile[lab == HAPPINESS] > 0).mean() > 0.97
     assert (smile[lab == SAD] < 0).mean() > 0.95
 
@@ -212,14 +217,14 @@ def test_expressions_move_the_keypoints(faces):
 
     others = lambda cls: [c for c in range(5) if c != cls]  # noqa: E731
     opening = y[:, K["mouth_center_bottom_lip"]] - y[:, K["mouth_center_top_lip"]]
-    brow_lift = -(y[:, K["left_eyebrow_inner_end"]] + y[:, K["right_eyebrow_inner_end"]]) / 2   # above the eye line
+    brow_lift = -(y[:, K["left_eyebrow_inner_end"]] + y[:, K["right_eyebrow_inner_end"]]) / 2  # above the eye line
     width = f[:, K["mouth_left_corner"], 0] - f[:, K["mouth_right_corner"], 0]
     tilt = np.abs(y[:, K["mouth_left_corner"]] - y[:, K["mouth_right_corner"]])
     assert all(mean(opening, SURPRISE) > mean(opening, c) + 0.1 for c in others(SURPRISE))
     assert all(mean(brow_lift, SURPRISE) > mean(brow_lift, c) + 0.05 for c in others(SURPRISE))
     assert all(mean(width, HAPPINESS) > mean(width, c) + 0.1 for c in others(HAPPINESS))
     assert all(mean(tilt, DISGUST) > mean(tilt, c) + 0.05 for c in others(DISGUST))
-    assert mean(brow_lift, ANGER) < mean(brow_lift, SAD) - 0.15   # inner brows down vs up
+    assert mean(brow_lift, ANGER) < mean(brow_lift, SAD) - 0.15  # inner brows down vs up
     # Every pair of classes differs clearly in its mean keypoints (|z| of the best coordinate).
     flat = f.reshape(len(f), -1)
     for a in range(5):
@@ -236,8 +241,8 @@ def test_surprise_opens_the_eyes_and_anger_narrows_them():
     p, m, images = _clean_render(labels, 21, size, np.ones(n), np.zeros(n), np.zeros((n, 2)))
     column = apply_pose(np.stack([p["eye_x"] + 0.7 * p["eye_hw"], p["eye_y_l"]], axis=-1)[:, None], m)[:, 0]
     cols = np.rint(column[:, 0]).astype(int)
-    strip = images[np.arange(n), :, cols]                     # [n, rows] the whole column
-    sclera_px = (np.abs(strip - p["sclera"][:, None]) < 1.0).sum(axis=1) / 4.0   # canonical px
+    strip = images[np.arange(n), :, cols]  # [n, rows] the whole column
+    sclera_px = (np.abs(strip - p["sclera"][:, None]) < 1.0).sum(axis=1) / 4.0  # canonical px
     by_class = np.array([sclera_px[labels == c].mean() for c in range(5)])
     assert by_class[SURPRISE] > 1.5 * np.delete(by_class, SURPRISE).max()
     assert by_class[ANGER] < by_class[SAD]
@@ -287,12 +292,21 @@ def test_photos_have_faces_inside_their_boxes():
     assert all(a.image.tobytes() == b.image.tobytes() for a, b in zip(photos, again))
     for photo in photos:
         h, w, channels = photo.image.shape
-        assert photo.image.dtype == np.uint8 and channels == 3 and (w, h) in {(320, 240), (480, 360), (640, 480), (240, 320), (360, 480)}
+        assert (
+            photo.image.dtype == np.uint8
+            and channels == 3
+            and (w, h) in {(320, 240), (480, 360), (640, 480), (240, 320), (360, 480)}
+        )
         assert 1 <= len(photo.boxes) <= 3 and len(photo.keypoints) == len(photo.boxes) == len(photo.labels)
         for (x, y, bw, bh), kp in zip(photo.boxes, photo.keypoints.reshape(-1, 15, 2)):
             assert bw == bh and 60 <= bw <= 200
             assert x >= 0 and y >= 0 and x + bw <= w and y + bh <= h
-            assert (kp[:, 0] > x).all() and (kp[:, 0] < x + bw).all() and (kp[:, 1] > y).all() and (kp[:, 1] < y + bh).all()
+            assert (
+                (kp[:, 0] > x).all()
+                and (kp[:, 0] < x + bw).all()
+                and (kp[:, 1] > y).all()
+                and (kp[:, 1] < y + bh).all()
+            )
     grey = synthesize_photos(1, seed=3, color=False)[0]
     assert grey.image.ndim == 2
 
@@ -309,6 +323,6 @@ def test_written_photos_and_corrupt_files(tmp_path):
             assert face["emotion"] == SEED5.classes[face["label"]] and set(face["keypoints"]) == set(KEYPOINT_NAMES)
     assert [c["kind"] for c in truth["corrupt"]] == ["truncated JPEG", "text file named .jpg"]
     for entry in truth["corrupt"]:
-        with pytest.raises(OSError):   # UnidentifiedImageError is an OSError too
+        with pytest.raises(OSError):  # UnidentifiedImageError is an OSError too
             with Image.open(out / entry["file"]) as im:
                 im.load()

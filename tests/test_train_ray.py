@@ -28,8 +28,16 @@ def _rows(run_dir: Path) -> list[dict]:
 def test_two_workers_train_from_ray_data_and_leave_best(ray_cluster, random_data, tmp_path):
     out = tmp_path / "run"
     # the data set as a URI: Ray Data and the driver read it through pyarrow filesystems
-    cfg = TrainConfig(task="emotion", data=f"file://{random_data}", out=str(out), epochs=2, batch_size=16, workers=2,
-                      cpus_per_worker=0.5, use_gpu=False)
+    cfg = TrainConfig(
+        task="emotion",
+        data=f"file://{random_data}",
+        out=str(out),
+        epochs=2,
+        batch_size=16,
+        workers=2,
+        cpus_per_worker=0.5,
+        use_gpu=False,
+    )
     outcome = run_training(cfg, log=lambda *_: None)
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -45,9 +53,19 @@ def test_two_workers_train_from_ray_data_and_leave_best(ray_cluster, random_data
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, random_data, tmp_path):
     out = tmp_path / "run"
     marker = tmp_path / "killed-once"
-    cfg = TrainConfig(task="keypoints", data=str(random_data), out=str(out), epochs=3, batch_size=16, workers=1,
-                      cpus_per_worker=1, use_gpu=False, max_failures=1, max_steps_per_epoch=2,
-                      extra={"fail_at_epoch": 2, "fail_marker": str(marker)})
+    cfg = TrainConfig(
+        task="keypoints",
+        data=str(random_data),
+        out=str(out),
+        epochs=3,
+        batch_size=16,
+        workers=1,
+        cpus_per_worker=1,
+        use_gpu=False,
+        max_failures=1,
+        max_steps_per_epoch=2,
+        extra={"fail_at_epoch": 2, "fail_marker": str(marker)},
+    )
     run_training(cfg, log=lambda *_: None)
     assert marker.exists()  # the worker process really died (SIGKILL) at the start of epoch 3
     rows = _rows(out)
@@ -59,10 +77,10 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, random_d
 def test_worker_torch_threads_follow_the_reservation_or_share_the_node():
     from emokp_ray.training.ray_trainer import torch_threads
 
-    assert torch_threads(0.0, local_workers=1, node_cores=2) == 2        # default: the whole 2-core machine
-    assert torch_threads(0.0, local_workers=2, node_cores=8) == 4        # two workers share a node
-    assert torch_threads(0.0, local_workers=4, node_cores=2) == 1        # never below one thread
-    assert torch_threads(3.0, local_workers=1, node_cores=16) == 3       # an explicit reservation wins
+    assert torch_threads(0.0, local_workers=1, node_cores=2) == 2  # default: the whole 2-core machine
+    assert torch_threads(0.0, local_workers=2, node_cores=8) == 4  # two workers share a node
+    assert torch_threads(0.0, local_workers=4, node_cores=2) == 1  # never below one thread
+    assert torch_threads(3.0, local_workers=1, node_cores=16) == 3  # an explicit reservation wins
     assert torch_threads(0.5, local_workers=2, node_cores=2) == 1
     with pytest.raises(UserError, match="--cpus-per-worker must be >= 0"):
         TrainConfig(task="keypoints", data="d", out="o", cpus_per_worker=-1)

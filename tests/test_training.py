@@ -39,12 +39,13 @@ def test_optimizer_is_fused_and_steps_like_the_per_tensor_one(name):
     plain_model = build_model(model_config("emotion", "small", input_size=48))
     plain_model.load_state_dict(fused_model.state_dict())
     fused_opt, _ = build_optimizer(cfg, fused_model, steps_per_epoch=1)
-    plain_opt = (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(plain_model.parameters(), lr=cfg.lr,
-                                                                               weight_decay=cfg.weight_decay, foreach=False)
+    plain_opt = (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(
+        plain_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False
+    )
     assert fused_opt.defaults["fused"] is True
     x, y = torch.randint(0, 256, (8, 1, 48, 48)).float(), torch.randint(0, 5, (8,))
     for model, opt in ((fused_model, fused_opt), (plain_model, plain_opt)):
-        opt.zero_grad()   # one step: later ones see different rounding in their gradients
+        opt.zero_grad()  # one step: later ones see different rounding in their gradients
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     for (key, a), b in zip(fused_model.state_dict().items(), plain_model.state_dict().values()):
@@ -64,8 +65,16 @@ def random_data(tmp_path_factory):
 
 
 def _cfg(task, data, out, **kw):
-    base = dict(task=task, data=str(data), out=str(out), epochs=2, batch_size=16, no_ray=True,
-                max_steps_per_epoch=3, limit_rows=48)
+    base = dict(
+        task=task,
+        data=str(data),
+        out=str(out),
+        epochs=2,
+        batch_size=16,
+        no_ray=True,
+        max_steps_per_epoch=3,
+        limit_rows=48,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -113,8 +122,18 @@ def test_resume_without_a_run_is_a_user_error(random_data, tmp_path):
 def test_training_reduces_the_loss_on_a_fixed_batch(random_data, tmp_path):
     """Overfitting 16 faces: the loop's optimizer, schedule and loss are wired the right way round."""
     out = tmp_path / "run"
-    cfg = _cfg("emotion", random_data, out, epochs=8, limit_rows=16, max_steps_per_epoch=1, augment=False,
-               schedule="constant", lr=3e-3, imbalance="none")
+    cfg = _cfg(
+        "emotion",
+        random_data,
+        out,
+        epochs=8,
+        limit_rows=16,
+        max_steps_per_epoch=1,
+        augment=False,
+        schedule="constant",
+        lr=3e-3,
+        imbalance="none",
+    )
     run_training(cfg, log=lambda *_: None)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train/loss"] < 0.5 * rows[0]["train/loss"]
@@ -122,16 +141,39 @@ def test_training_reduces_the_loss_on_a_fixed_batch(random_data, tmp_path):
 
 def test_cli_train_no_ray_and_user_errors(random_data, tmp_path, capsys):
     out = tmp_path / "cli-run"
-    code = main(["train", "emotion", "--data", str(random_data), "--out", str(out), "--no-ray", "--epochs", "1",
-                 "--batch-size", "16", "--max-steps-per-epoch", "2", "--limit-rows", "32"])
+    code = main(
+        [
+            "train",
+            "emotion",
+            "--data",
+            str(random_data),
+            "--out",
+            str(out),
+            "--no-ray",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--max-steps-per-epoch",
+            "2",
+            "--limit-rows",
+            "32",
+        ]
+    )
     assert code == 0
     assert (out / "best" / "meta.json").is_file()
     printed = capsys.readouterr().out
     assert "epoch   1/1" in printed and "best val/macro_f1" in printed
 
     for argv, needle in [
-        (["train", "emotion", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--no-ray"], "not a prepared data set"),
-        (["train", "emotion", "--data", str(random_data), "--out", str(tmp_path / "y"), "--epochs", "0"], "positive integer"),
+        (
+            ["train", "emotion", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--no-ray"],
+            "not a prepared data set",
+        ),
+        (
+            ["train", "emotion", "--data", str(random_data), "--out", str(tmp_path / "y"), "--epochs", "0"],
+            "positive integer",
+        ),
         (["train", "smiles", "--data", str(random_data), "--out", str(tmp_path / "z")], "invalid choice"),
     ]:
         assert main(argv) == 2

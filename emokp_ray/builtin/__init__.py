@@ -33,13 +33,15 @@ def is_builtin(location: object) -> bool:
 
 def builtin_path(location: str) -> Path:
     """`builtin:NAME` -> the shipped file; an unknown name lists the known ones, a missing file says so."""
-    name = location[len(PREFIX):]
+    name = location[len(PREFIX) :]
     if name not in NAMES:
         raise UserError(f"unknown builtin model {location!r} (known: {', '.join(PREFIX + n for n in NAMES)})")
     path = FOLDER / f"{name}.pt"
     if not path.is_file():
-        raise UserError(f"builtin model {location} is not in this installation ({path} is missing); "
-                        f"reinstall emokp-ray or regenerate it with scripts/build_release_models.py")
+        raise UserError(
+            f"builtin model {location} is not in this installation ({path} is missing); "
+            f"reinstall emokp-ray or regenerate it with scripts/build_release_models.py"
+        )
     return path
 
 

@@ -27,8 +27,8 @@ NaN keypoints are ignored by the check and stay NaN.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def _size_or_none(size: int | tuple[int, int] | list[int] | None, where: str) ->
     return int(h), int(w)
 
 
-def _check_common(cfg: "KeypointAugment | EmotionAugment", ranges: dict[str, tuple[float, float]]) -> None:
+def _check_common(cfg: KeypointAugment | EmotionAugment, ranges: dict[str, tuple[float, float]]) -> None:
     name = type(cfg).__name__
     if cfg.border not in BORDER_MODES:
         raise UserError(f"{name}.border must be one of {', '.join(BORDER_MODES)}, got {cfg.border!r}")
@@ -92,17 +92,23 @@ class KeypointAugment:
     affine_prob: float = 0.8
     rotation_deg: float = 10.0
     scale_range: tuple[float, float] = (0.9, 1.1)
-    shift_frac: float = 0.05                    # fraction of the input width (x) / height (y)
+    shift_frac: float = 0.05  # fraction of the input width (x) / height (y)
     intensity_prob: float = 0.8
     brightness_range: tuple[float, float] = (0.8, 1.2)
     contrast_range: tuple[float, float] = (0.8, 1.2)
     output_size: int | tuple[int, int] | None = None  # (h, w) or a side; None keeps the input size
     border: str = "replicate"
-    max_redraws: int = 3                        # halvings tried before the warp is withdrawn
+    max_redraws: int = 3  # halvings tried before the warp is withdrawn
 
     def __post_init__(self) -> None:
-        _check_common(self, {"scale_range": self.scale_range, "brightness_range": self.brightness_range,
-                             "contrast_range": self.contrast_range})
+        _check_common(
+            self,
+            {
+                "scale_range": self.scale_range,
+                "brightness_range": self.brightness_range,
+                "contrast_range": self.contrast_range,
+            },
+        )
         if self.rotation_deg < 0 or self.shift_frac < 0:
             raise UserError("KeypointAugment.rotation_deg and shift_frac must be >= 0")
 
@@ -128,15 +134,15 @@ class EmotionAugment:
 
     enabled: bool = True
     rotation_deg: float = 15.0
-    width_shift: float = 0.1                    # fraction of the input width
-    height_shift: float = 0.1                   # fraction of the input height
-    shear_deg: float = 0.1                      # Keras shear_range, in degrees
+    width_shift: float = 0.1  # fraction of the input width
+    height_shift: float = 0.1  # fraction of the input height
+    shear_deg: float = 0.1  # Keras shear_range, in degrees
     zoom_range: tuple[float, float] = (0.9, 1.1)  # Keras zoom_range=0.1 -> [0.9, 1.1]
-    flip_prob: float = 0.5                      # horizontal_flip=True
+    flip_prob: float = 0.5  # horizontal_flip=True
     brightness_range: tuple[float, float] = (0.8, 1.2)
     output_size: int | tuple[int, int] | None = None
-    border: str = "replicate"                   # Keras fill_mode="nearest"
-    max_redraws: int = 3                        # only matters for rows that carry keypoints
+    border: str = "replicate"  # Keras fill_mode="nearest"
+    max_redraws: int = 3  # only matters for rows that carry keypoints
 
     def __post_init__(self) -> None:
         _check_common(self, {"zoom_range": self.zoom_range, "brightness_range": self.brightness_range})
@@ -155,7 +161,7 @@ def _fold_coordinates(coords: np.ndarray, size: int, border: str) -> None:
     """Map sample coordinates (in place) into [0, size - 1] by the border rule."""
     if border == "reflect":
         period = 2.0 * size
-        coords += 0.5                        # reflect about -0.5 and size - 0.5 (the pixel edges)
+        coords += 0.5  # reflect about -0.5 and size - 0.5 (the pixel edges)
         np.mod(coords, period, out=coords)
         np.subtract(period, coords, out=coords, where=coords >= size)
         coords -= 0.5
@@ -185,13 +191,13 @@ def warp_images(
     out_h, out_w = out_size
     out = np.empty((n_all, out_h, out_w), np.uint8)
     m = np.asarray(matrices, np.float32)
-    xs = np.arange(out_w, dtype=np.float32)            # [Wo]
-    ys = np.arange(out_h, dtype=np.float32)[:, None]   # [Ho, 1]
+    xs = np.arange(out_w, dtype=np.float32)  # [Wo]
+    ys = np.arange(out_h, dtype=np.float32)[:, None]  # [Ho, 1]
     plane = height * width
     step = max(1, _CHUNK_PIXELS // (out_h * out_w))
     for start in range(0, n_all, step):
         stop = min(n_all, start + step)
-        mc = m[start:stop, :, :, None, None]           # [n, 2, 3, 1, 1]
+        mc = m[start:stop, :, :, None, None]  # [n, 2, 3, 1, 1]
         # Sample positions [n, Ho, Wo] in input pixels.
         sx = mc[:, 0, 0] * xs + (mc[:, 0, 1] * ys + mc[:, 0, 2])
         sy = mc[:, 1, 0] * xs + (mc[:, 1, 1] * ys + mc[:, 1, 2])
@@ -206,7 +212,7 @@ def warp_images(
         np.minimum(y0, height - 2, out=y0)
         sy -= y0
         y0 *= width
-        y0 += x0                                       # offset in the image, exact in float32 (< 2**24)
+        y0 += x0  # offset in the image, exact in float32 (< 2**24)
         idx = y0.astype(np.int32)
         idx += (np.arange(stop - start, dtype=np.int32) * plane)[:, None, None]
         flat = images[start:stop].reshape(-1)
@@ -217,7 +223,7 @@ def warp_images(
         tmp *= sx
         top += tmp
         bottom = flat[width:].take(idx).astype(np.float32)
-        tmp = flat[width + 1:].take(idx).astype(np.float32)
+        tmp = flat[width + 1 :].take(idx).astype(np.float32)
         tmp -= bottom
         tmp *= sx
         bottom += tmp
@@ -235,7 +241,7 @@ def _finish(values: np.ndarray, out: np.ndarray, gain, bias, start: int, stop: i
         values += np.asarray(bias[start:stop], np.float32)[:, None, None]
         np.clip(values, 0.0, 255.0, out=values)
     values += 0.5
-    out[...] = values                                  # truncation of v + 0.5 = rounding (v >= 0)
+    out[...] = values  # truncation of v + 0.5 = rounding (v >= 0)
 
 
 def adjust_intensity(images: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -271,7 +277,7 @@ def transform_keypoints(keypoints: np.ndarray, matrices: np.ndarray, flipped: np
     Returns float32 [B, 30] in output pixels.
     """
     n = len(keypoints)
-    forward = _invert_affine(matrices)                               # input -> output
+    forward = _invert_affine(matrices)  # input -> output
     points = np.asarray(keypoints, np.float64).reshape(n, NUM_KEYPOINTS, 2)
     moved = np.einsum("bij,bkj->bki", forward[:, :, :2], points) + forward[:, None, :, 2]
     flipped = np.asarray(flipped, bool)
@@ -313,8 +319,9 @@ def _shrunk(lo_hi: tuple[float, float], factor: float) -> tuple[float, float]:
     return 1.0 + (lo - 1.0) * factor, 1.0 + (hi - 1.0) * factor
 
 
-def _keypoint_geometry(cfg: KeypointAugment, n: int, in_size: Size, rng: np.random.Generator,
-                       factor: float) -> np.ndarray:
+def _keypoint_geometry(
+    cfg: KeypointAugment, n: int, in_size: Size, rng: np.random.Generator, factor: float
+) -> np.ndarray:
     """Inverse maps [n, 3, 3] of `content -> scale * R(theta) * content + shift` (identity if not drawn)."""
     height, width = in_size
     apply = rng.random(n) < cfg.affine_prob
@@ -343,15 +350,17 @@ def keras_inverse_map(theta_deg, tx, ty, shear_deg, zx, zy) -> np.ndarray:
     ones, zeros = np.ones(n), np.zeros(n)
     rotation = _affine3(_rotation2(theta), np.zeros((n, 2)))
     shift = _affine3(np.broadcast_to(np.eye(2), (n, 2, 2)), np.stack([tx, ty], -1))
-    shear_m = _affine3(np.stack([np.stack([ones, -np.sin(shear)], -1),
-                                 np.stack([zeros, np.cos(shear)], -1)], -2), np.zeros((n, 2)))
+    shear_m = _affine3(
+        np.stack([np.stack([ones, -np.sin(shear)], -1), np.stack([zeros, np.cos(shear)], -1)], -2), np.zeros((n, 2))
+    )
     zoom = _affine3(np.stack([np.stack([zx, zeros], -1), np.stack([zeros, zy], -1)], -2), np.zeros((n, 2)))
-    rc = rotation @ shift @ shear_m @ zoom                          # (row, col), as Keras composes it
+    rc = rotation @ shift @ shear_m @ zoom  # (row, col), as Keras composes it
     return _SWAP_RC @ rc @ _SWAP_RC
 
 
-def _emotion_geometry(cfg: EmotionAugment, n: int, in_size: Size, rng: np.random.Generator,
-                      factor: float) -> np.ndarray:
+def _emotion_geometry(
+    cfg: EmotionAugment, n: int, in_size: Size, rng: np.random.Generator, factor: float
+) -> np.ndarray:
     """Keras-distributed inverse maps [n, 3, 3] (see EmotionAugment)."""
     height, width = in_size
     theta = rng.uniform(-1.0, 1.0, n) * cfg.rotation_deg * factor
@@ -369,10 +378,11 @@ def _compose(inverse_aug: np.ndarray, flipped: np.ndarray, in_size: Size, out_si
     n = len(inverse_aug)
     sx = np.where(flipped, -1.0, 1.0) * (width / out_w)
     sy = np.full(n, height / out_h)
-    pre = _affine3(np.stack([np.stack([sx, np.zeros(n)], -1), np.stack([np.zeros(n), sy], -1)], -2),
-                   np.stack([-sx * (out_w - 1) / 2, -sy * (out_h - 1) / 2], -1))
-    post = _affine3(np.broadcast_to(np.eye(2), (n, 2, 2)),
-                    np.broadcast_to([(width - 1) / 2, (height - 1) / 2], (n, 2)))
+    pre = _affine3(
+        np.stack([np.stack([sx, np.zeros(n)], -1), np.stack([np.zeros(n), sy], -1)], -2),
+        np.stack([-sx * (out_w - 1) / 2, -sy * (out_h - 1) / 2], -1),
+    )
+    post = _affine3(np.broadcast_to(np.eye(2), (n, 2, 2)), np.broadcast_to([(width - 1) / 2, (height - 1) / 2], (n, 2)))
     return (post @ inverse_aug @ pre)[:, :2, :]
 
 
@@ -407,11 +417,11 @@ def _emotion_intensity(cfg: EmotionAugment, images: np.ndarray, rng: np.random.G
 class AugmentPlan:
     """What one call does to each sample of a batch."""
 
-    matrices: np.ndarray        # [B, 2, 3] float64, output pixel -> input pixel
-    flipped: np.ndarray         # [B] bool, mirrored (left/right names swapped)
-    gain: np.ndarray | None     # [B] intensity v -> v * gain + bias; None = unchanged
-    bias: np.ndarray | None     # [B]
-    withdrawn: np.ndarray       # [B] bool, geometric augmentation withdrawn: keypoints left the frame
+    matrices: np.ndarray  # [B, 2, 3] float64, output pixel -> input pixel
+    flipped: np.ndarray  # [B] bool, mirrored (left/right names swapped)
+    gain: np.ndarray | None  # [B] intensity v -> v * gain + bias; None = unchanged
+    bias: np.ndarray | None  # [B]
+    withdrawn: np.ndarray  # [B] bool, geometric augmentation withdrawn: keypoints left the frame
     out_size: Size
     border: str
 
@@ -429,8 +439,9 @@ def _batch_keypoints(batch: dict, n: int) -> np.ndarray | None:
     return np.asarray(batch["keypoints"], np.float32).reshape(n, 2 * NUM_KEYPOINTS)
 
 
-def _plan(batch: dict, cfg: AugmentConfig, rng: np.random.Generator,
-          draw_geometry: Callable, draw_intensity: Callable) -> AugmentPlan:
+def _plan(
+    batch: dict, cfg: AugmentConfig, rng: np.random.Generator, draw_geometry: Callable, draw_intensity: Callable
+) -> AugmentPlan:
     images = _batch_images(batch)
     n, height, width = images.shape
     in_size = (height, width)
@@ -438,8 +449,9 @@ def _plan(batch: dict, cfg: AugmentConfig, rng: np.random.Generator,
     identity = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
     no_flip = np.zeros(n, bool)
     if not cfg.enabled:
-        return AugmentPlan(_compose(identity, no_flip, in_size, out_size), no_flip, None, None,
-                           no_flip.copy(), out_size, cfg.border)
+        return AugmentPlan(
+            _compose(identity, no_flip, in_size, out_size), no_flip, None, None, no_flip.copy(), out_size, cfg.border
+        )
     flipped = rng.random(n) < cfg.flip_prob
     inverse_aug = draw_geometry(cfg, n, in_size, rng, 1.0)
     gain, bias = draw_intensity(cfg, images, rng)
@@ -452,8 +464,9 @@ def _plan(batch: dict, cfg: AugmentConfig, rng: np.random.Generator,
             if not bad.any():
                 break
             rows = np.flatnonzero(bad)
-            matrices[rows] = _compose(draw_geometry(cfg, rows.size, in_size, rng, 0.5 ** attempt),
-                                      flipped[rows], in_size, out_size)
+            matrices[rows] = _compose(
+                draw_geometry(cfg, rows.size, in_size, rng, 0.5**attempt), flipped[rows], in_size, out_size
+            )
             bad[rows] = ~keypoints_inside(transform_keypoints(keypoints[rows], matrices[rows], flipped[rows]), out_size)
         rows = np.flatnonzero(bad)
         matrices[rows] = _compose(identity[rows], flipped[rows], in_size, out_size)
@@ -522,8 +535,9 @@ def resize_batch(batch: dict, size: int | tuple[int, int]) -> dict:
     out_size = _size_or_none(size, "resize_batch")
     identity = np.broadcast_to(np.eye(3), (n, 3, 3))
     no_flip = np.zeros(n, bool)
-    plan = AugmentPlan(_compose(identity, no_flip, (height, width), out_size), no_flip, None, None,
-                       no_flip, out_size, "replicate")
+    plan = AugmentPlan(
+        _compose(identity, no_flip, (height, width), out_size), no_flip, None, None, no_flip, out_size, "replicate"
+    )
     return apply_plan(batch, plan)
 
 

@@ -35,9 +35,9 @@ import io
 import re
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -47,9 +47,9 @@ from emokp_ray.labels import KEYPOINT_COLUMNS, KEYPOINT_IMAGE_SIZE, emotion_sche
 FER_IMAGE_SIZE = 48
 FER7_LABELS = range(7)
 USAGE_VALUES = ("Training", "PublicTest", "PrivateTest")
-MAX_REPORTED_BAD = 5          # bad rows listed by line in a ReadReport (all are counted)
+MAX_REPORTED_BAD = 5  # bad rows listed by line in a ReadReport (all are counted)
 PIXELS_PER_CHUNK = 2048 * 48 * 48  # default chunk: 2,048 FER rows or 512 keypoint rows (~4.7 M pixels)
-_SNIFF_BYTES = 64 * 1024      # decompressed bytes read to tell text from binary
+_SNIFF_BYTES = 64 * 1024  # decompressed bytes read to tell text from binary
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
@@ -59,33 +59,60 @@ class KaggleFormat:
 
     name: str
     description: str
-    columns: tuple[str, ...]            # needed columns, in the order Kaggle writes them
+    columns: tuple[str, ...]  # needed columns, in the order Kaggle writes them
     image_column: str
-    image_size: int                     # square images, pixels per side
-    label_column: str | None = None     # FER7 emotion index 0..6
-    usage_column: str | None = None     # Training | PublicTest | PrivateTest
-    id_column: str | None = None        # test.csv ImageId
+    image_size: int  # square images, pixels per side
+    label_column: str | None = None  # FER7 emotion index 0..6
+    usage_column: str | None = None  # Training | PublicTest | PrivateTest
+    id_column: str | None = None  # test.csv ImageId
     keypoint_columns: tuple[str, ...] = ()
 
     @property
     def task(self) -> str | None:
-        """"emotion", "keypoints", or None for a file without labels."""
+        """ "emotion", "keypoints", or None for a file without labels."""
         if self.label_column:
             return "emotion"
         return "keypoints" if self.keypoint_columns else None
 
 
 FORMATS: tuple[KaggleFormat, ...] = (
-    KaggleFormat("fer2013", "Kaggle FER2013 fer2013.csv", ("emotion", "pixels", "Usage"), "pixels",
-                 FER_IMAGE_SIZE, label_column="emotion", usage_column="Usage"),
-    KaggleFormat("icml_face_data", "Kaggle FER2013 icml_face_data.csv", ("emotion", "Usage", "pixels"),
-                 "pixels", FER_IMAGE_SIZE, label_column="emotion", usage_column="Usage"),
-    KaggleFormat("fer_2col", "FER2013 2-column variant", ("emotion", "pixels"), "pixels", FER_IMAGE_SIZE,
-                 label_column="emotion"),
-    KaggleFormat("keypoints", "Kaggle facial keypoints training.csv / data.csv",
-                 KEYPOINT_COLUMNS + ("Image",), "Image", KEYPOINT_IMAGE_SIZE, keypoint_columns=KEYPOINT_COLUMNS),
-    KaggleFormat("keypoints_test", "Kaggle facial keypoints test.csv", ("ImageId", "Image"), "Image",
-                 KEYPOINT_IMAGE_SIZE, id_column="ImageId"),
+    KaggleFormat(
+        "fer2013",
+        "Kaggle FER2013 fer2013.csv",
+        ("emotion", "pixels", "Usage"),
+        "pixels",
+        FER_IMAGE_SIZE,
+        label_column="emotion",
+        usage_column="Usage",
+    ),
+    KaggleFormat(
+        "icml_face_data",
+        "Kaggle FER2013 icml_face_data.csv",
+        ("emotion", "Usage", "pixels"),
+        "pixels",
+        FER_IMAGE_SIZE,
+        label_column="emotion",
+        usage_column="Usage",
+    ),
+    KaggleFormat(
+        "fer_2col", "FER2013 2-column variant", ("emotion", "pixels"), "pixels", FER_IMAGE_SIZE, label_column="emotion"
+    ),
+    KaggleFormat(
+        "keypoints",
+        "Kaggle facial keypoints training.csv / data.csv",
+        KEYPOINT_COLUMNS + ("Image",),
+        "Image",
+        KEYPOINT_IMAGE_SIZE,
+        keypoint_columns=KEYPOINT_COLUMNS,
+    ),
+    KaggleFormat(
+        "keypoints_test",
+        "Kaggle facial keypoints test.csv",
+        ("ImageId", "Image"),
+        "Image",
+        KEYPOINT_IMAGE_SIZE,
+        id_column="ImageId",
+    ),
 )
 
 
@@ -96,6 +123,7 @@ def _key(name: str) -> str:
 def _known_formats() -> str:
     def cols(f: KaggleFormat) -> str:
         return "30 keypoint columns,Image" if f.keypoint_columns else ",".join(f.columns)
+
     return "; ".join(f"{f.name} ({cols(f)})" for f in FORMATS)
 
 
@@ -120,7 +148,9 @@ def _match_header(path: Path, header: list[str]) -> tuple[KaggleFormat, dict[str
             f"{path}: header lacks column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing[:5]))}"
             f"{' ...' if len(missing) > 5 else ''} needed by format {nearest.name}; found header {shown!r}"
         )
-    raise UserError(f"{path} is not a known Kaggle CSV format: found header {shown!r}; known formats: {_known_formats()}")
+    raise UserError(
+        f"{path} is not a known Kaggle CSV format: found header {shown!r}; known formats: {_known_formats()}"
+    )
 
 
 def _open_binary(path: Path):
@@ -180,9 +210,9 @@ class ReadReport:
     path: str
     format: str
     scheme: str
-    rows_read: int = 0                  # data records (blank lines are not records)
+    rows_read: int = 0  # data records (blank lines are not records)
     rows_kept: int = 0
-    dropped_by_scheme: int = 0          # valid rows whose FER label the scheme leaves out
+    dropped_by_scheme: int = 0  # valid rows whose FER label the scheme leaves out
     bad_rows: int = 0
     first_bad: list[tuple[int, str]] = field(default_factory=list)  # (line, reason), first MAX_REPORTED_BAD
 
@@ -207,12 +237,12 @@ class ReadReport:
 class Chunk:
     """Kept rows of one chunk of a file, in file order."""
 
-    images: np.ndarray                  # uint8 [N, H, W]
-    keypoints: np.ndarray | None        # float32 [N, 30] pixels, NaN = missing; None without keypoint labels
-    labels: np.ndarray | None           # int64 [N] in the scheme; None without emotion labels
-    usage: np.ndarray | None            # object [N] FER Usage strings; None where the file has none
-    image_ids: np.ndarray | None        # int64 [N] test.csv ImageId; None elsewhere
-    row_ids: np.ndarray                 # int64 [N] file line numbers, header = 1
+    images: np.ndarray  # uint8 [N, H, W]
+    keypoints: np.ndarray | None  # float32 [N, 30] pixels, NaN = missing; None without keypoint labels
+    labels: np.ndarray | None  # int64 [N] in the scheme; None without emotion labels
+    usage: np.ndarray | None  # object [N] FER Usage strings; None where the file has none
+    image_ids: np.ndarray | None  # int64 [N] test.csv ImageId; None elsewhere
+    row_ids: np.ndarray  # int64 [N] file line numbers, header = 1
 
     def __len__(self) -> int:
         return len(self.row_ids)
@@ -220,7 +250,9 @@ class Chunk:
     def to_batch(self) -> dict[str, np.ndarray]:
         """The pipeline batch: "image" uint8 [N,H,W], "keypoints" float32 [N,30], "label" int64 [N] (-1 = none)."""
         n = len(self)
-        keypoints = self.keypoints if self.keypoints is not None else np.full((n, len(KEYPOINT_COLUMNS)), np.nan, np.float32)
+        keypoints = (
+            self.keypoints if self.keypoints is not None else np.full((n, len(KEYPOINT_COLUMNS)), np.nan, np.float32)
+        )
         labels = self.labels if self.labels is not None else np.full(n, -1, np.int64)
         return {"image": self.images, "keypoints": keypoints, "label": labels}
 
@@ -264,8 +296,9 @@ def _parse_pixels(texts: list[str], count: int, reasons: list[str | None]) -> np
     return out
 
 
-def _parse_keypoints(rows: list[list[str]], names: tuple[str, ...], positions: dict[str, int],
-                     size: int, reasons: list[str | None]) -> np.ndarray:
+def _parse_keypoints(
+    rows: list[list[str]], names: tuple[str, ...], positions: dict[str, int], size: int, reasons: list[str | None]
+) -> np.ndarray:
     """float32 [N, 30] coordinates (NaN = empty); rows that fail get a reason."""
     coords = np.full((len(rows), len(names)), np.nan, np.float64)
     cols = [positions[c] for c in names]
@@ -378,16 +411,24 @@ class KaggleReader:
         rows = [r if len(r) >= width else r + [""] * (width - len(r)) for r in rows]
         labels = usage = image_ids = keypoints = None
         if fmt.label_column:
-            labels = _parse_int_column([r[pos[fmt.label_column]] for r in rows], reasons, FER7_LABELS,
-                                       "unknown emotion label {value} (FER labels are integers 0..6)")
+            labels = _parse_int_column(
+                [r[pos[fmt.label_column]] for r in rows],
+                reasons,
+                FER7_LABELS,
+                "unknown emotion label {value} (FER labels are integers 0..6)",
+            )
         if fmt.usage_column:
             usage = np.array([r[pos[fmt.usage_column]].strip() for r in rows], dtype=object)
             for i, value in enumerate(usage):
                 if reasons[i] is None and value not in USAGE_VALUES:
                     reasons[i] = f"unknown Usage {value[:20]!r} (expected {', '.join(USAGE_VALUES)})"
         if fmt.id_column:
-            image_ids = _parse_int_column([r[pos[fmt.id_column]] for r in rows], reasons,
-                                          range(1, 2**62), "ImageId {value} is not a positive integer")
+            image_ids = _parse_int_column(
+                [r[pos[fmt.id_column]] for r in rows],
+                reasons,
+                range(1, 2**62),
+                "ImageId {value} is not a positive integer",
+            )
         if fmt.keypoint_columns:
             keypoints = _parse_keypoints(rows, fmt.keypoint_columns, pos, fmt.image_size, reasons)
         size = fmt.image_size
@@ -413,8 +454,9 @@ class KaggleReader:
             row_ids=lines[keep],
         )
 
-    def _account(self, lines: np.ndarray, reasons: list[str | None], bad: np.ndarray,
-                 dropped: np.ndarray, keep: np.ndarray) -> None:
+    def _account(
+        self, lines: np.ndarray, reasons: list[str | None], bad: np.ndarray, dropped: np.ndarray, keep: np.ndarray
+    ) -> None:
         bad_idx = np.flatnonzero(bad)
         if bad_idx.size and self.strict:
             i = int(bad_idx[0])
@@ -425,11 +467,12 @@ class KaggleReader:
         report.dropped_by_scheme += int(dropped.sum())
         report.bad_rows += int(bad_idx.size)
         room = MAX_REPORTED_BAD - len(report.first_bad)
-        report.first_bad.extend((int(lines[i]), str(reasons[i])) for i in bad_idx[:max(room, 0)])
+        report.first_bad.extend((int(lines[i]), str(reasons[i])) for i in bad_idx[: max(room, 0)])
 
 
-def read_kaggle(path: str | Path, scheme: str = "seed5", strict: bool = False,
-                chunk_rows: int | None = None) -> KaggleReader:
+def read_kaggle(
+    path: str | Path, scheme: str = "seed5", strict: bool = False, chunk_rows: int | None = None
+) -> KaggleReader:
     """Open a Kaggle CSV (format from its header) for streaming; iterate it for `Chunk`s.
 
     chunk_rows: rows per chunk; None picks ~4.7 M pixels (2,048 FER rows, 512 keypoint rows), so memory

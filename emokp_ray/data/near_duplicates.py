@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 FINGERPRINT_SIDE = 32
-NEAR_DUPLICATE_RMS = 0.45   # fingerprint RMS difference (standard deviations) below which two faces are near-duplicates
-_BLOCK = 2048               # rows per block of the pairwise distance matrix (2048 x N float32)
+NEAR_DUPLICATE_RMS = 0.45  # fingerprint RMS difference (standard deviations) below which two faces are near-duplicates
+_BLOCK = 2048  # rows per block of the pairwise distance matrix (2048 x N float32)
 
 
 def fingerprints(images: np.ndarray, side: int = FINGERPRINT_SIDE) -> np.ndarray:
@@ -56,8 +56,8 @@ def near_duplicate_groups(fp: np.ndarray, threshold: float = NEAR_DUPLICATE_RMS)
     sq = (fp.astype(np.float64) ** 2).sum(axis=1)
     limit = threshold**2 * dim  # squared distance below which two rows are linked
     for lo in range(0, n, _BLOCK):
-        block = fp[lo:lo + _BLOCK]
-        d2 = sq[lo:lo + _BLOCK, None] + sq[None, :] - 2.0 * (block @ fp.T)
+        block = fp[lo : lo + _BLOCK]
+        d2 = sq[lo : lo + _BLOCK, None] + sq[None, :] - 2.0 * (block @ fp.T)
         rows, cols = np.nonzero(d2 < limit)
         for a, b in zip(rows + lo, cols):
             if a < b:
@@ -71,8 +71,14 @@ def near_duplicate_groups(fp: np.ndarray, threshold: float = NEAR_DUPLICATE_RMS)
     return np.array([order.setdefault(g, len(order)) for g in ids], np.int64)
 
 
-def group_split(groups: np.ndarray, strata: np.ndarray, seed: int, val_fraction: float, test_fraction: float,
-                holdout_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def group_split(
+    groups: np.ndarray,
+    strata: np.ndarray,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    holdout_fraction: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
     """Assign whole groups to train / val / test; returns (split names object [N], holdout bool [N]).
 
     Per stratum (a group's stratum is its first row's), groups are drawn in a seeded order and filled
@@ -92,7 +98,7 @@ def group_split(groups: np.ndarray, strata: np.ndarray, seed: int, val_fraction:
         members = group_ids[group_stratum == stratum]
         members = members[rng.permutation(len(members))]
         rows = int(sizes[members].sum())
-        quotas = [("test", int(round(rows * test_fraction))), ("val", int(round(rows * val_fraction)))]
+        quotas = [("test", round(rows * test_fraction)), ("val", round(rows * val_fraction))]
         filled = {"test": 0, "val": 0}
         for g in members:
             for name, quota in quotas:
@@ -100,7 +106,7 @@ def group_split(groups: np.ndarray, strata: np.ndarray, seed: int, val_fraction:
                     splits[groups == g] = name
                     filled[name] += int(sizes[g])
                     break
-    n_holdout = int(round(holdout_fraction * (splits == "test").sum()))
+    n_holdout = round(holdout_fraction * (splits == "test").sum())
     if n_holdout:
         train_groups = np.unique(groups[splits == "train"])
         multi = train_groups[sizes[train_groups] >= 2]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -77,7 +77,9 @@ def resize_batch_images(batch: dict[str, np.ndarray], size: int) -> dict[str, np
     if images.shape[1:] == (size, size):
         return batch
     out = dict(batch)
-    out["image"] = np.stack([resize_image(img, size) for img in images]) if len(images) else np.zeros((0, size, size), np.uint8)
+    out["image"] = (
+        np.stack([resize_image(img, size) for img in images]) if len(images) else np.zeros((0, size, size), np.uint8)
+    )
     if "keypoints" in batch:
         scale = np.full(len(images), size / images.shape[2], np.float32)
         out["keypoints"] = rescale_keypoints(batch["keypoints"], scale).astype(np.float32)
@@ -105,7 +107,7 @@ class BatchPreprocessor:
     seed: int = 0
     drop_incomplete: bool = False
     sampling_weights: tuple[float, ...] | None = None
-    random_erasing: float = 0.0        # training only (augment=True): see data/regularize.py
+    random_erasing: float = 0.0  # training only (augment=True): see data/regularize.py
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
 
@@ -168,7 +170,7 @@ def local_batches(
     pending: list[dict[str, np.ndarray]] = []
     pending_rows = 0
     for start in range(0, len(order), PREPROCESS_BATCH):
-        part = preprocess(table.take(pa.array(order[start:start + PREPROCESS_BATCH])))
+        part = preprocess(table.take(pa.array(order[start : start + PREPROCESS_BATCH])))
         pending.append(part)
         pending_rows += len(part["image"])
         while pending_rows >= batch_size:

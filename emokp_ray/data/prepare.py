@@ -21,15 +21,23 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from emokp_ray.data.kaggle import Chunk, KaggleFormat, ReadReport, read_kaggle
 from emokp_ray.data.near_duplicates import NEAR_DUPLICATE_RMS, fingerprints, group_split, near_duplicate_groups
-from emokp_ray.data.schema import SPLITS, DatasetInfo, DatasetWriter, count_summary, format_counts, make_table, merge_counts
+from emokp_ray.data.schema import (
+    SPLITS,
+    DatasetInfo,
+    DatasetWriter,
+    count_summary,
+    format_counts,
+    make_table,
+    merge_counts,
+)
 from emokp_ray.errors import UserError
 from emokp_ray.labels import emotion_scheme
 
@@ -56,12 +64,16 @@ class StratifiedSplitter:
 
     def _quota(self, b: int) -> tuple[int, int]:
         """(test rows, test + val rows) of block b."""
+
         def cumulative(m: int, fraction: float) -> int:
             return int(np.floor(m * fraction + 0.5))
+
         lo, hi = b * self.block, (b + 1) * self.block
         both = self.test_fraction + self.val_fraction
-        return (cumulative(hi, self.test_fraction) - cumulative(lo, self.test_fraction),
-                cumulative(hi, both) - cumulative(lo, both))
+        return (
+            cumulative(hi, self.test_fraction) - cumulative(lo, self.test_fraction),
+            cumulative(hi, both) - cumulative(lo, both),
+        )
 
     def assign(self, source: str, strata: np.ndarray) -> np.ndarray:
         """Split names (object [N]) for the next N rows of `source`, given each row's stratum (ints >= 0)."""
@@ -88,8 +100,9 @@ def _strata(chunk: Chunk) -> np.ndarray:
     return (~np.isnan(chunk.keypoints).any(axis=1)).astype(np.int64)
 
 
-def _splits(fmt: KaggleFormat, chunk: Chunk, source: str, splitter: StratifiedSplitter,
-            training_splitter: StratifiedSplitter) -> np.ndarray:
+def _splits(
+    fmt: KaggleFormat, chunk: Chunk, source: str, splitter: StratifiedSplitter, training_splitter: StratifiedSplitter
+) -> np.ndarray:
     if chunk.usage is not None:
         # FER: the test rows are Kaggle's; val is a stratified share of Training
         splits = np.array([USAGE_TO_SPLIT[u] for u in chunk.usage], dtype=object)
@@ -102,7 +115,9 @@ def _splits(fmt: KaggleFormat, chunk: Chunk, source: str, splitter: StratifiedSp
     return splitter.assign(source, _strata(chunk))
 
 
-def _grouped_keypoint_chunk(reader: Iterable[Chunk], seed: int, val_fraction: float, test_fraction: float) -> tuple[Chunk | None, np.ndarray, dict]:
+def _grouped_keypoint_chunk(
+    reader: Iterable[Chunk], seed: int, val_fraction: float, test_fraction: float
+) -> tuple[Chunk | None, np.ndarray, dict]:
     """A whole keypoint file as one chunk, its group-aware splits, and what dataset.json records."""
     chunks = list(reader)
     if not chunks:
@@ -110,7 +125,9 @@ def _grouped_keypoint_chunk(reader: Iterable[Chunk], seed: int, val_fraction: fl
     chunk = Chunk(
         images=np.concatenate([c.images for c in chunks]),
         keypoints=np.concatenate([c.keypoints for c in chunks]),
-        labels=None, usage=None, image_ids=None,
+        labels=None,
+        usage=None,
+        image_ids=None,
         row_ids=np.concatenate([c.row_ids for c in chunks]),
     )
     groups = near_duplicate_groups(fingerprints(chunk.images))
@@ -118,7 +135,8 @@ def _grouped_keypoint_chunk(reader: Iterable[Chunk], seed: int, val_fraction: fl
     sizes = np.bincount(groups)
     record = {
         "method": "fingerprint RMS difference < threshold, connected components; whole groups per split",
-        "threshold_rms": NEAR_DUPLICATE_RMS, "groups": int(len(sizes)),
+        "threshold_rms": NEAR_DUPLICATE_RMS,
+        "groups": len(sizes),
         "rows_with_near_duplicate": int((sizes[groups] >= 2).sum()),
         "holdout_row_ids": chunk.row_ids[holdout].tolist(),
     }
@@ -162,10 +180,17 @@ def _check_options(inputs: Sequence[str | Path], val_fraction: float, test_fract
         raise UserError(f"two inputs share the file name {duplicates[0]!r} (rows are identified by file name and line)")
 
 
-def prepare_dataset(inputs: Sequence[str | Path], out_dir: str | Path, scheme: str = "seed5", strict: bool = False,
-                    seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                    group_near_duplicates: bool = True,
-                    chunk_rows: int | None = None) -> PrepareResult:
+def prepare_dataset(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    scheme: str = "seed5",
+    strict: bool = False,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    group_near_duplicates: bool = True,
+    chunk_rows: int | None = None,
+) -> PrepareResult:
     """Read Kaggle CSVs (any mix of known formats) into a prepared data set at `out_dir`, atomically.
 
     Bad rows are skipped and reported (strict=True: the first is a UserError "FILE:LINE: reason");
@@ -215,13 +240,18 @@ def prepare_dataset(inputs: Sequence[str | Path], out_dir: str | Path, scheme: s
                 "reports": [r.report.to_dict() for r in readers],
                 "formats": {r.path.name: r.format.name for r in readers},
                 "counts_by_source": by_source,
-                "split": {"method": "FER: Usage (PublicTest/PrivateTest = test) with a stratified val share of "
-                                    "Training; keypoints: near-duplicate groups; else stratified blocks",
-                          "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                          "block_rows": SPLIT_BLOCK_ROWS},
+                "split": {
+                    "method": "FER: Usage (PublicTest/PrivateTest = test) with a stratified val share of "
+                    "Training; keypoints: near-duplicate groups; else stratified blocks",
+                    "seed": seed,
+                    "val_fraction": val_fraction,
+                    "test_fraction": test_fraction,
+                    "block_rows": SPLIT_BLOCK_ROWS,
+                },
                 "near_duplicates": near_dups,
                 "strict": strict,
             },
         )
-    return PrepareResult(Path(out_dir).resolve(), writer.info, tuple(r.report for r in readers),
-                         time.perf_counter() - started)
+    return PrepareResult(
+        Path(out_dir).resolve(), writer.info, tuple(r.report for r in readers), time.perf_counter() - started
+    )

@@ -36,7 +36,9 @@ def _local_size(data: str, split: str) -> int | None:
     return sum(os.path.getsize(f) for f in split_files(data, split))
 
 
-def build_dataset(data: str, split: str, preprocess: BatchPreprocessor, shuffle: bool, limit_rows: int = 0) -> "ray.data.Dataset":
+def build_dataset(
+    data: str, split: str, preprocess: BatchPreprocessor, shuffle: bool, limit_rows: int = 0
+) -> ray.data.Dataset:
     """A lazy Ray Dataset of preprocessed batches for one split; re-executed (re-augmented) per epoch."""
     ds = ray.data.read_parquet(split_path(data, split)).select_columns(TRAIN_COLUMNS)
     if limit_rows:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-ERASE_AREA = (0.02, 0.25)    # erased share of the image area (Zhong et al. 2017: 0.02-0.4)
-ERASE_ASPECT = (0.3, 3.3)    # height / width of the erased rectangle, log-uniform
+ERASE_AREA = (0.02, 0.25)  # erased share of the image area (Zhong et al. 2017: 0.02-0.4)
+ERASE_ASPECT = (0.3, 3.3)  # height / width of the erased rectangle, log-uniform
 
 
 def _rectangles(n: int, height: int, width: int, area: np.ndarray, aspect: np.ndarray) -> np.ndarray:
@@ -36,12 +36,13 @@ def random_erase(images: np.ndarray, probability: float, rng: np.random.Generato
     for i, (h, w) in zip(chosen, sizes):
         y0 = rng.integers(0, height - h + 1)
         x0 = rng.integers(0, width - w + 1)
-        out[i, y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        out[i, y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 256, (h, w), dtype=np.uint8)
     return out
 
 
-def mix_batch(batch: dict[str, np.ndarray], mixup_alpha: float, cutmix_alpha: float,
-              rng: np.random.Generator) -> dict[str, np.ndarray]:
+def mix_batch(
+    batch: dict[str, np.ndarray], mixup_alpha: float, cutmix_alpha: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Mixup or cutmix the whole batch with a random permutation of itself (one mode per batch,
     chosen with equal odds when both alphas are set); lam ~ Beta(alpha, alpha) per batch.
 
@@ -66,7 +67,7 @@ def mix_batch(batch: dict[str, np.ndarray], mixup_alpha: float, cutmix_alpha: fl
         out["image"] = np.clip(np.round(mixed), 0, 255).astype(np.uint8)
     else:
         _, height, width = images.shape
-        cut_h, cut_w = int(round(height * np.sqrt(1 - lam))), int(round(width * np.sqrt(1 - lam)))
+        cut_h, cut_w = round(height * np.sqrt(1 - lam)), round(width * np.sqrt(1 - lam))
         cy, cx = rng.integers(0, height), rng.integers(0, width)
         y0, y1 = max(cy - cut_h // 2, 0), min(cy + (cut_h + 1) // 2, height)
         x0, x1 = max(cx - cut_w // 2, 0), min(cx + (cut_w + 1) // 2, width)

@@ -31,9 +31,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -126,11 +126,11 @@ def keypoints_from_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 class DatasetInfo:
     """The content of DIR/dataset.json."""
 
-    tasks: list[str]                      # subset of ["keypoints", "emotion"]
-    scheme: str | None                    # emotion scheme name, None without emotion labels
-    counts: dict[str, dict[str, int]]     # split -> {"rows": n, "keypoints": n, "complete_keypoints": n, class: n}
+    tasks: list[str]  # subset of ["keypoints", "emotion"]
+    scheme: str | None  # emotion scheme name, None without emotion labels
+    counts: dict[str, dict[str, int]]  # split -> {"rows": n, "keypoints": n, "complete_keypoints": n, class: n}
     sources: list[str]
-    image_sizes: list[list[int]]          # distinct [height, width] present
+    image_sizes: list[list[int]]  # distinct [height, width] present
     schema_version: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -154,7 +154,7 @@ class DatasetWriter:
         self._tmp: Path | None = None
         self._writers: dict[str, pq.ParquetWriter] = {}
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UserError(f"--out {self.out_dir} exists and is not a directory")
@@ -215,7 +215,9 @@ def read_info(data_dir: str | os.PathLike) -> DatasetInfo:
             raw = json.loads(Path(meta).read_text())
         return DatasetInfo(**raw)
     except FileNotFoundError:
-        raise UserError(f"{data_dir} is not a prepared data set (no {DATASET_META}); run `emokp data prepare` or `emokp data synth`") from None
+        raise UserError(
+            f"{data_dir} is not a prepared data set (no {DATASET_META}); run `emokp data prepare` or `emokp data synth`"
+        ) from None
     except (ValueError, TypeError) as err:
         raise UserError(f"{meta} is not a valid {DATASET_META}: {err}") from None
     except OSError as err:  # a URI's filesystem: no such bucket, no credentials, ...
@@ -257,7 +259,11 @@ def count_summary(table: pa.Table, class_names: tuple[str, ...] | None) -> dict[
         sel = splits == split
         if not sel.any():
             continue
-        counts = {"rows": int(sel.sum()), "keypoints": int((sel & has_kp).sum()), "complete_keypoints": int((sel & complete).sum())}
+        counts = {
+            "rows": int(sel.sum()),
+            "keypoints": int((sel & has_kp).sum()),
+            "complete_keypoints": int((sel & complete).sum()),
+        }
         if class_names is not None:
             for k, name in enumerate(class_names):
                 counts[name] = int(((labels == k) & sel).sum())

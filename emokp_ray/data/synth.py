@@ -24,9 +24,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -48,15 +49,15 @@ class SynthConfig:
 
     n: int = 10_000
     seed: int = 0
-    image_size: int = 96                     # output crops are image_size x image_size grey
-    max_shift_px: float = 4.0                # uniform shift in [-max, max] px (at 96 px), both axes
+    image_size: int = 96  # output crops are image_size x image_size grey
+    max_shift_px: float = 4.0  # uniform shift in [-max, max] px (at 96 px), both axes
     scale_range: tuple[float, float] = (0.9, 1.1)
-    max_rotation_deg: float = 12.0           # uniform in-plane rotation in [-max, max] degrees
-    noise_std_range: tuple[float, float] = (0.0, 8.0)   # per-face sensor noise std, grey levels
-    blur_range: tuple[float, float] = (0.0, 1.6)        # per-face blur: 0 none, 1 = [1,2,1], 2 = twice
-    intensity_range: tuple[float, float] = (0.4, 1.2)   # per-face expression strength (1 = typical)
+    max_rotation_deg: float = 12.0  # uniform in-plane rotation in [-max, max] degrees
+    noise_std_range: tuple[float, float] = (0.0, 8.0)  # per-face sensor noise std, grey levels
+    blur_range: tuple[float, float] = (0.0, 1.6)  # per-face blur: 0 none, 1 = [1,2,1], 2 = twice
+    intensity_range: tuple[float, float] = (0.4, 1.2)  # per-face expression strength (1 = typical)
     class_probabilities: tuple[float, ...] | None = None  # seed5 order; None = uniform
-    chunk_size: int = 32                     # faces per random stream and per render (part of the output's identity)
+    chunk_size: int = 32  # faces per random stream and per render (part of the output's identity)
 
     def __post_init__(self) -> None:
         def bad(what: str) -> UserError:
@@ -81,10 +82,16 @@ class SynthConfig:
         if self.class_probabilities is not None:
             p = np.asarray(self.class_probabilities, dtype=float)
             if p.shape != (SEED5.num_classes,) or (p < 0).any() or p.sum() <= 0:
-                raise bad(f"class_probabilities needs {SEED5.num_classes} non-negative values, got {self.class_probabilities}")
+                raise bad(
+                    f"class_probabilities needs {SEED5.num_classes} non-negative values, got {self.class_probabilities}"
+                )
 
     def probabilities(self) -> np.ndarray:
-        p = np.ones(SEED5.num_classes) if self.class_probabilities is None else np.asarray(self.class_probabilities, float)
+        p = (
+            np.ones(SEED5.num_classes)
+            if self.class_probabilities is None
+            else np.asarray(self.class_probabilities, float)
+        )
         return p / p.sum()
 
 
@@ -110,7 +117,9 @@ def make_config(n: int, seed: int = 0, **options: Any) -> SynthConfig:
     known = {f.name for f in fields(SynthConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UserError(f"unknown synth option(s) {', '.join(unknown)}; known: {', '.join(sorted(known - {'n', 'seed'}))}")
+        raise UserError(
+            f"unknown synth option(s) {', '.join(unknown)}; known: {', '.join(sorted(known - {'n', 'seed'}))}"
+        )
     tuples = {k: tuple(v) for k, v in options.items() if isinstance(v, list)}  # JSON/CLI lists -> tuples
     return SynthConfig(n=n, seed=seed, **{**options, **tuples})
 
@@ -122,26 +131,28 @@ def make_config(n: int, seed: int = 0, **options: Any) -> SynthConfig:
 # Change from the identity's resting face per seed5 class (canonical px; +y = down), times a per-face
 # intensity. Columns: anger, disgust, sad, happiness, surprise.
 _EXPRESSION: dict[str, tuple[float, float, float, float, float]] = {
-    "brow_in_dy": (4.0, 2.2, -3.2, -0.8, -5.5),     # inner brow end (anger: down; sad: up)
-    "brow_out_dy": (-0.8, 0.8, 2.0, -0.8, -4.5),    # outer brow end (sad: down)
-    "brow_in_dx": (-1.8, -1.0, 0.6, 0.0, 0.0),      # inner ends towards (-) the midline: frown
+    "brow_in_dy": (4.0, 2.2, -3.2, -0.8, -5.5),  # inner brow end (anger: down; sad: up)
+    "brow_out_dy": (-0.8, 0.8, 2.0, -0.8, -4.5),  # outer brow end (sad: down)
+    "brow_in_dx": (-1.8, -1.0, 0.6, 0.0, 0.0),  # inner ends towards (-) the midline: frown
     "brow_arch": (-0.4, 0.0, 0.4, 0.3, 1.4),
-    "brow_asym": (0.0, 2.2, 0.0, 0.0, 0.0),         # disgust: the sneer side's brow lower by this
-    "eye_up": (-1.3, -1.3, -0.6, -0.5, 2.0),        # upper-lid opening (anger, disgust: narrowed)
-    "eye_lo": (-0.7, -1.0, -0.1, -0.9, 1.1),        # lower-lid opening (happiness: cheeks push up)
-    "mouth_k": (0.8, 1.6, 4.2, -5.5, 0.0),          # corners below (+) / above (-) the lip centre
-    "mouth_w": (-2.5, -1.0, -0.8, 4.0, -4.5),       # half width
-    "mouth_g": (0.0, 1.0, 0.0, 1.7, 5.2),           # half opening at the centre
-    "mouth_tilt": (0.0, 2.6, 0.0, 0.0, 0.0),        # disgust: the sneer side's corner up by this
-    "mouth_dy": (0.0, -1.0, 0.6, 0.0, 1.6),         # whole mouth (surprise: jaw drops)
-    "lip_up": (-1.6, 0.9, -0.5, -1.2, -0.8),        # upper lip thickness (anger: pressed)
+    "brow_asym": (0.0, 2.2, 0.0, 0.0, 0.0),  # disgust: the sneer side's brow lower by this
+    "eye_up": (-1.3, -1.3, -0.6, -0.5, 2.0),  # upper-lid opening (anger, disgust: narrowed)
+    "eye_lo": (-0.7, -1.0, -0.1, -0.9, 1.1),  # lower-lid opening (happiness: cheeks push up)
+    "mouth_k": (0.8, 1.6, 4.2, -5.5, 0.0),  # corners below (+) / above (-) the lip centre
+    "mouth_w": (-2.5, -1.0, -0.8, 4.0, -4.5),  # half width
+    "mouth_g": (0.0, 1.0, 0.0, 1.7, 5.2),  # half opening at the centre
+    "mouth_tilt": (0.0, 2.6, 0.0, 0.0, 0.0),  # disgust: the sneer side's corner up by this
+    "mouth_dy": (0.0, -1.0, 0.6, 0.0, 1.6),  # whole mouth (surprise: jaw drops)
+    "lip_up": (-1.6, 0.9, -0.5, -1.2, -0.8),  # upper lip thickness (anger: pressed)
     "lip_lo": (-1.8, 0.0, -0.8, -1.0, -1.0),
-    "teeth": (0.0, 0.45, 0.0, 0.6, 0.25),           # fraction of the opening showing upper teeth
-    "nose_dy": (0.0, -1.0, 0.0, 0.0, 0.0),          # disgust: nose wrinkles up
+    "teeth": (0.0, 0.45, 0.0, 0.6, 0.25),  # fraction of the opening showing upper teeth
+    "nose_dy": (0.0, -1.0, 0.0, 0.0, 0.0),  # disgust: nose wrinkles up
 }
 
 
-def sample_faces(rng: np.random.Generator, labels: np.ndarray, intensity_range: tuple[float, float] = (0.4, 1.2)) -> dict[str, np.ndarray]:
+def sample_faces(
+    rng: np.random.Generator, labels: np.ndarray, intensity_range: tuple[float, float] = (0.4, 1.2)
+) -> dict[str, np.ndarray]:
     """Random identities wearing the given seed5 expressions: a dict of float32 [B] arrays (canonical px,
     grey levels). The draw order is fixed, so the same generator state gives the same faces."""
     b = len(labels)
@@ -151,18 +162,18 @@ def sample_faces(rng: np.random.Generator, labels: np.ndarray, intensity_range: 
 
     strength = uni(*intensity_range)
     ex = {name: np.asarray(v, np.float32)[labels] * strength for name, v in _EXPRESSION.items()}
-    sneer_left = rng.random(b) < 0.5   # which side an asymmetric (disgust) expression favours
+    sneer_left = rng.random(b) < 0.5  # which side an asymmetric (disgust) expression favours
     p: dict[str, np.ndarray] = {}
 
     # Head, neck and hair (canonical px).
     p["head_ax"], p["head_ay"], p["head_cy"] = uni(34.0, 40.0), uni(45.0, 51.0), uni(0.0, 4.0)
-    p["jaw"] = uni(0.04, 0.16)                                 # head narrows by this fraction at the chin
+    p["jaw"] = uni(0.04, 0.16)  # head narrows by this fraction at the chin
     p["neck_w"] = p["head_ax"] * uni(0.5, 0.62)
     bald = rng.random(b) < 0.1
     p["hairline"] = np.where(bald, -80.0, uni(-44.0, -27.0)).astype(np.float32)  # fringe edge at u = part
-    p["hair_curve"] = uni(0.004, 0.014)                        # fringe edge descends by curve * (u - part)^2
+    p["hair_curve"] = uni(0.004, 0.014)  # fringe edge descends by curve * (u - part)^2
     p["hair_part"] = uni(-8.0, 8.0)
-    p["hair_volume"] = uni(1.5, 8.0)                            # hair extends this far beyond the head
+    p["hair_volume"] = uni(1.5, 8.0)  # hair extends this far beyond the head
     p["hair_length"] = np.where(bald, -80.0, uni(-25.0, 45.0)).astype(np.float32)  # lowest y of the back hair
 
     # Tones (grey levels 0..255).
@@ -171,7 +182,7 @@ def sample_faces(rng: np.random.Generator, labels: np.ndarray, intensity_range: 
     p["skin"] = skin
     p["hair"] = np.where(dark_hair, uni(10.0, 70.0), np.minimum(skin + uni(30.0, 60.0), 245.0)).astype(np.float32)
     p["background"] = uni(20.0, 235.0)
-    p["bg_grad_x"], p["bg_grad_y"] = uni(-1.2, 1.2), uni(-1.2, 1.2)   # grey levels per canonical px
+    p["bg_grad_x"], p["bg_grad_y"] = uni(-1.2, 1.2), uni(-1.2, 1.2)  # grey levels per canonical px
     p["brow"] = skin * uni(0.25, 0.55)
     p["lip"] = skin * uni(0.62, 0.8)
     p["cavity"] = uni(10.0, 45.0)
@@ -179,8 +190,8 @@ def sample_faces(rng: np.random.Generator, labels: np.ndarray, intensity_range: 
     p["sclera"] = np.minimum(skin + uni(25.0, 55.0), 245.0).astype(np.float32)
     p["iris"] = uni(25.0, 90.0)
     p["pupil"] = uni(4.0, 20.0)
-    p["socket"] = uni(0.05, 0.25)                               # eye-socket shadow depth (fraction)
-    p["shade"] = uni(0.08, 0.25)                                # darkening towards the head outline
+    p["socket"] = uni(0.05, 0.25)  # eye-socket shadow depth (fraction)
+    p["shade"] = uni(0.08, 0.25)  # darkening towards the head outline
     p["light_x"], p["light_y"] = uni(-0.006, 0.006), uni(-0.004, 0.004)  # lighting gradient per canonical px
 
     # Eyes: centres at (+-eye_x, eye_y); almond of half width eye_hw between two parabolic lids.
@@ -189,7 +200,7 @@ def sample_faces(rng: np.random.Generator, labels: np.ndarray, intensity_range: 
     p["eye_y_l"], p["eye_y_r"] = eye_y + uni(-0.4, 0.4), eye_y + uni(-0.4, 0.4)
     eye_up = np.maximum(uni(2.4, 3.2) + ex["eye_up"], 1.2)
     eye_lo = np.maximum(uni(1.8, 2.5) + ex["eye_lo"], 0.9)
-    squint = 0.25 * ex["brow_asym"]                             # disgust: the sneer side squints more
+    squint = 0.25 * ex["brow_asym"]  # disgust: the sneer side squints more
     p["eye_up_l"] = np.maximum(eye_up - squint * sneer_left, 1.2)
     p["eye_up_r"] = np.maximum(eye_up - squint * ~sneer_left, 1.2)
     p["eye_lo_l"], p["eye_lo_r"] = eye_lo, eye_lo.copy()
@@ -200,21 +211,23 @@ def sample_faces(rng: np.random.Generator, labels: np.ndarray, intensity_range: 
     brow_gap = uni(8.5, 11.5)
     brow_in_x = np.maximum(uni(7.5, 10.5) + ex["brow_in_dx"], 5.5)
     brow_out_x = p["eye_x"] + p["eye_hw"] + uni(4.0, 8.0)
-    brow_drop = uni(0.0, 3.5)                                   # outer end lower than the inner at rest
-    brow_slant = uni(-1.0, 1.0)                                 # resting inner-end offset: some faces look stern
+    brow_drop = uni(0.0, 3.5)  # outer end lower than the inner at rest
+    brow_slant = uni(-1.0, 1.0)  # resting inner-end offset: some faces look stern
     for side, eye_y_side, lowered in (("l", p["eye_y_l"], sneer_left), ("r", p["eye_y_r"], ~sneer_left)):
         inner_y = eye_y_side - brow_gap + brow_slant + ex["brow_in_dy"] + ex["brow_asym"] * lowered
         p[f"brow_in_x_{side}"] = brow_in_x
         p[f"brow_in_y_{side}"] = inner_y
         p[f"brow_out_x_{side}"] = brow_out_x
-        p[f"brow_out_y_{side}"] = eye_y_side - brow_gap + brow_drop + ex["brow_out_dy"] + 0.5 * ex["brow_asym"] * lowered
+        p[f"brow_out_y_{side}"] = (
+            eye_y_side - brow_gap + brow_drop + ex["brow_out_dy"] + 0.5 * ex["brow_asym"] * lowered
+        )
     p["brow_arch"] = uni(0.5, 2.5) + ex["brow_arch"]
-    p["brow_th"] = uni(2.0, 3.4)                                # stroke thickness at the inner end
+    p["brow_th"] = uni(2.0, 3.4)  # stroke thickness at the inner end
 
     # Nose: the tip sits on the nose's lower outline, a parabola rising towards the nostril wings.
     p["nose_y"] = uni(7.5, 11.5) + ex["nose_dy"]
     p["nose_w"], p["nose_curve"], p["nose_th"] = uni(4.5, 6.5), uni(0.04, 0.09), uni(1.3, 1.9)
-    p["nose_bridge"] = uni(2.5, 4.0)                            # half distance between the bridge shadows
+    p["nose_bridge"] = uni(2.5, 4.0)  # half distance between the bridge shadows
 
     # Mouth: centre line y(s) = mouth_y + k s^2 + tilt s for s = x / mouth_w in [-1, 1].
     p["mouth_y"] = uni(23.5, 27.0) + ex["mouth_dy"]
@@ -257,7 +270,9 @@ def canonical_keypoints(p: dict[str, np.ndarray]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def pose_matrices(scale: np.ndarray, angle_rad: np.ndarray, shift: np.ndarray, out_size: float, offset: np.ndarray | float = 0.0) -> np.ndarray:
+def pose_matrices(
+    scale: np.ndarray, angle_rad: np.ndarray, shift: np.ndarray, out_size: float, offset: np.ndarray | float = 0.0
+) -> np.ndarray:
     """Affine maps [B, 2, 3] from canonical points to output pixels: rotate by angle (positive turns
     the face clockwise on screen, y being down), scale by scale * out_size / 96, centre on the output
     crop's centre, then shift [B, 2] (output px) and offset (canvas px where the crop starts)."""
@@ -314,11 +329,13 @@ class _Canvas:
         self.full = (slice(0, height), slice(0, width))
         # Output pixels per canonical unit: a distance d (canonical) is d * px output pixels.
         self.px = np.sqrt(np.abs(np.linalg.det(m[:, :, :2])))[:, None, None].astype(np.float32)
-        self.images = self.linear(self.full, *background)   # [B, H, W] float32 grey levels
+        self.images = self.linear(self.full, *background)  # [B, H, W] float32 grey levels
 
-    def window(self, x0: np.ndarray | float, x1: np.ndarray | float, y0: np.ndarray | float, y1: np.ndarray | float) -> tuple[slice, slice] | None:
+    def window(
+        self, x0: np.ndarray | float, x1: np.ndarray | float, y0: np.ndarray | float, y1: np.ndarray | float
+    ) -> tuple[slice, slice] | None:
         """Rows and columns that can hold the canonical box [x0, x1] x [y0, y1] of any face, or None."""
-        xs, ys = np.empty((len(self.m), 4)), np.empty((len(self.m), 4))   # the box's 4 corners
+        xs, ys = np.empty((len(self.m), 4)), np.empty((len(self.m), 4))  # the box's 4 corners
         xs[:, 0], xs[:, 1], xs[:, 2], xs[:, 3] = x0, x0, x1, x1
         ys[:, 0], ys[:, 1], ys[:, 2], ys[:, 3] = y0, y1, y0, y1
         m = self.m[:, :, :, None]
@@ -339,13 +356,15 @@ class _Canvas:
         ys = np.arange(rows.start, rows.stop, dtype=np.float64)[None, :, None]
         xs = np.arange(cols.start, cols.stop, dtype=np.float64)[None, None, :]
         f0, fx, fy = (np.asarray(f, np.float64).reshape(-1, 1, 1) for f in (f0, fx, fy))
-        inv = self.inv[:, :, :, None, None]   # [B, 2, 3, 1, 1]: canonical = inv[:, :, :2] @ pixel + inv[:, :, 2]
+        inv = self.inv[:, :, :, None, None]  # [B, 2, 3, 1, 1]: canonical = inv[:, :, :2] @ pixel + inv[:, :, 2]
         along_x = fx * inv[:, 0, 0] + fy * inv[:, 1, 0]
         along_y = fx * inv[:, 0, 1] + fy * inv[:, 1, 1]
         at_0 = f0 + fx * inv[:, 0, 2] + fy * inv[:, 1, 2]
         return (along_x * xs + at_0).astype(np.float32) + (along_y * ys).astype(np.float32)
 
-    def local(self, win: tuple[slice, slice], cx: Any, cy: Any, mirror: float = 1.0, sx: Any = 1.0, sy: Any = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def local(
+        self, win: tuple[slice, slice], cx: Any, cy: Any, mirror: float = 1.0, sx: Any = 1.0, sy: Any = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Canonical coordinates of the window's pixels relative to (cx, cy): u = mirror * (x - cx) / sx,
         v = (y - cy) / sy, each [B, h, w] float32."""
         ku, kv = mirror / np.asarray(sx, np.float64), 1.0 / np.asarray(sy, np.float64)
@@ -377,28 +396,30 @@ def _ellipse_cover(r2: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
 def _draw_head(c: _Canvas, p: dict[str, np.ndarray], alpha: np.ndarray | None) -> None:
     """Back hair, neck, head and fringe: full-frame work, so written with few passes over the pixels."""
     px, full = c.px, c.full
-    k = px[:, 0, 0]   # [B] output px per canonical px
+    k = px[:, 0, 0]  # [B] output px per canonical px
     # Hair behind the head: an ellipse a little larger than the head, cut below y = hair_length.
     ax, ay = p["head_ax"] + p["hair_volume"], p["head_ay"] + p["hair_volume"]
-    back = _ellipse_cover(_ellipse_r2(c, full, p["head_cy"] - 0.5 * p["hair_volume"], ax, ay), _col(np.minimum(ax, ay)) * px)
-    back *= _clamp01(c.linear(full, 0.5 + p["hair_length"] * k, 0.0, -k))   # 0.5 - (y - hair_length) px
+    back = _ellipse_cover(
+        _ellipse_r2(c, full, p["head_cy"] - 0.5 * p["hair_volume"], ax, ay), _col(np.minimum(ax, ay)) * px
+    )
+    back *= _clamp01(c.linear(full, 0.5 + p["hair_length"] * k, 0.0, -k))  # 0.5 - (y - hair_length) px
     _paint(c.images, back, _col(p["hair"]))
     # Neck: a vertical band below the head's centre, a little darker than the face.
     neck_win = c.window(-p["neck_w"], p["neck_w"], p["head_cy"], 2.0 * CANONICAL_SIZE)
     if neck_win is not None:
-        side = np.abs(c.linear(neck_win, 0.0, k, 0.0))                      # |x| px
-        np.subtract(_col(0.5 + p["neck_w"] * k), side, out=side)            # 0.5 - (|x| - neck_w) px
-        top = c.linear(neck_win, 0.5 - p["head_cy"] * k, 0.0, k)            # 0.5 - (head_cy - y) px
+        side = np.abs(c.linear(neck_win, 0.0, k, 0.0))  # |x| px
+        np.subtract(_col(0.5 + p["neck_w"] * k), side, out=side)  # 0.5 - (|x| - neck_w) px
+        top = c.linear(neck_win, 0.5 - p["head_cy"] * k, 0.0, k)  # 0.5 - (head_cy - y) px
         neck = _clamp01(np.minimum(side, top, out=side))
         _paint(c.images[:, neck_win[0], neck_win[1]], neck, _col(p["skin"] * 0.8))
     # Head: an ellipse narrowing towards the chin (x scaled by 1 + jaw * y / ay), shaded towards its outline.
     eu, ev = c.local(full, 0.0, p["head_cy"], sx=p["head_ax"], sy=p["head_ay"])
-    eu *= c.linear(full, 1.0 - p["jaw"] * p["head_cy"] / p["head_ay"], 0.0, p["jaw"] / p["head_ay"])   # 1 + jaw * ev
+    eu *= c.linear(full, 1.0 - p["jaw"] * p["head_cy"] / p["head_ay"], 0.0, p["jaw"] / p["head_ay"])  # 1 + jaw * ev
     np.multiply(eu, eu, out=eu)
     np.multiply(ev, ev, out=ev)
     r2 = np.add(eu, ev, out=eu)
     tone = r2 * _col(-p["skin"] * p["shade"])
-    tone += _col(p["skin"])                                                # skin * (1 - shade * r2)
+    tone += _col(p["skin"])  # skin * (1 - shade * r2)
     head = _ellipse_cover(r2, _col(p["head_ax"]) * px)
     _paint(c.images, head, tone)
     # Fringe: hair over the forehead above the hairline y = hairline + curve (x - part)^2.
@@ -407,9 +428,9 @@ def _draw_head(c: _Canvas, p: dict[str, np.ndarray], alpha: np.ndarray | None) -
     np.multiply(bend, bend, out=bend)
     bend += c.linear(full, 0.5 + p["hairline"] * k, 0.0, -k)
     fringe = _clamp01(bend)
-    fringe *= np.maximum(head, back, out=tone)      # max: no seam at the head's edge
+    fringe *= np.maximum(head, back, out=tone)  # max: no seam at the head's edge
     _paint(c.images, fringe, _col(p["hair"]))
-    if alpha is not None:   # foreground = hair, neck or head (photos composite faces with it)
+    if alpha is not None:  # foreground = hair, neck or head (photos composite faces with it)
         np.maximum(head, back, out=alpha)
         if neck_win is not None:
             region = alpha[:, neck_win[0], neck_win[1]]
@@ -417,7 +438,7 @@ def _draw_head(c: _Canvas, p: dict[str, np.ndarray], alpha: np.ndarray | None) -
 
 
 def _draw_eye(c: _Canvas, p: dict[str, np.ndarray], side: str) -> None:
-    o = 1.0 if side == "l" else -1.0          # subject's left eye is on the image's right (+x)
+    o = 1.0 if side == "l" else -1.0  # subject's left eye is on the image's right (+x)
     cx, cy, hw = o * p["eye_x"], p[f"eye_y_{side}"], p["eye_hw"]
     up, lo = p[f"eye_up_{side}"], p[f"eye_lo_{side}"]
     # The window holds the socket shadow (1.6 hw by 6 px around (cx, cy - 1.5)), which holds the eye.
@@ -426,14 +447,14 @@ def _draw_eye(c: _Canvas, p: dict[str, np.ndarray], side: str) -> None:
         return
     view = c.images[:, win[0], win[1]]
     px = c.px
-    u, v = c.local(win, cx, cy, mirror=o)      # u > 0 towards the outer corner
+    u, v = c.local(win, cx, cy, mirror=o)  # u > 0 towards the outer corner
     # Socket: a soft shadow around the eye, deepest just above it (under the brow ridge).
     su, sv = u / _col(1.6 * hw), (v + 1.5) / 6.0
     view *= 1.0 - _col(p["socket"]) * _clamp01(1.0 - (su * su + sv * sv))
-    vv = v + _col(p["eye_tilt"]) * u           # along the tilted eye axis
+    vv = v + _col(p["eye_tilt"]) * u  # along the tilted eye axis
     s = u / _col(hw)
-    q = 1.0 - s * s                            # 1 at the centre, 0 at the corners
-    up_edge = -_col(up) * q                    # upper lid y (relative to the axis)
+    q = 1.0 - s * s  # 1 at the centre, 0 at the corners
+    up_edge = -_col(up) * q  # upper lid y (relative to the axis)
     lo_edge = _col(lo) * q
     eye = _cover(np.maximum(up_edge - vv, vv - lo_edge) * px)
     _paint(view, eye, _col(p["sclera"]))
@@ -464,8 +485,8 @@ def _draw_brow(c: _Canvas, p: dict[str, np.ndarray], side: str) -> None:
     t, v = c.local(win, o * x_in, 0.0, mirror=o, sx=length)
     dy, a4 = _col(y_out - y_in), _col(4.0 * arch)
     centre = _col(y_in) + t * (dy - a4 + a4 * t)
-    beyond = np.maximum(np.abs(t - 0.5) - 0.5, 0.0) * _col(length)   # past an end, along the brow
-    half_th = _col(0.5 * th) * (1.0 - 0.35 * _clamp01(t))    # tapers towards the outer end
+    beyond = np.maximum(np.abs(t - 0.5) - 0.5, 0.0) * _col(length)  # past an end, along the brow
+    half_th = _col(0.5 * th) * (1.0 - 0.35 * _clamp01(t))  # tapers towards the outer end
     d = np.sqrt(np.square(v - centre) + beyond * beyond) - half_th
     _paint(view, _cover(d * c.px), _col(p["brow"]))
 
@@ -503,11 +524,11 @@ def _draw_mouth(c: _Canvas, p: dict[str, np.ndarray]) -> None:
         return
     view = c.images[:, win[0], win[1]]
     px = c.px
-    s, v = c.local(win, 0.0, my, sx=w)          # s: -1 at the right corner, +1 at the left corner
+    s, v = c.local(win, 0.0, my, sx=w)  # s: -1 at the right corner, +1 at the left corner
     s2 = s * s
     q = np.maximum(1.0 - s2, 0.0)
-    dv = v - (_col(k) * s2 + _col(tilt) * s)   # height above (-) / below (+) the mouth's centre line
-    gap = _col(g) * np.sqrt(q)                 # half opening: an ellipse profile (O in surprise)
+    dv = v - (_col(k) * s2 + _col(tilt) * s)  # height above (-) / below (+) the mouth's centre line
+    gap = _col(g) * np.sqrt(q)  # half opening: an ellipse profile (O in surprise)
     lips = _cover(np.maximum(-dv - gap - _col(up) * q, dv - gap - _col(lo) * q) * px) * (q > 0)
     _paint(view, lips, np.where(dv < 0, _col(p["lip"] * 0.88), _col(p["lip"])))
     # The opening, at least a 1.2 px dark line, running to the corners exactly.
@@ -517,7 +538,9 @@ def _draw_mouth(c: _Canvas, p: dict[str, np.ndarray]) -> None:
     _paint(view, teeth, _col(p["teeth_tone"]))
 
 
-def render_faces(p: dict[str, np.ndarray], m: np.ndarray, height: int, width: int, with_alpha: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def render_faces(
+    p: dict[str, np.ndarray], m: np.ndarray, height: int, width: int, with_alpha: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Draw faces p through poses m [B, 2, 3] on [B, height, width] float32 canvases (grey levels,
     lit, no blur or noise). With with_alpha, also the foreground coverage [B, height, width] in [0, 1]."""
     c = _Canvas(m, height, width, background=(p["background"], p["bg_grad_x"], p["bg_grad_y"]))
@@ -535,13 +558,13 @@ def render_faces(p: dict[str, np.ndarray], m: np.ndarray, height: int, width: in
 
 def _blur121(x: np.ndarray) -> np.ndarray:
     """Separable [1, 2, 1] / 4 blur over the last two axes (edges replicated); sigma ~0.7 px."""
-    rows = np.empty_like(x)   # horizontal pass, x4
+    rows = np.empty_like(x)  # horizontal pass, x4
     np.add(x[..., :-2], x[..., 2:], out=rows[..., 1:-1])
     rows[..., 1:-1] += x[..., 1:-1]
     rows[..., 1:-1] += x[..., 1:-1]
     rows[..., 0] = 3 * x[..., 0] + x[..., 1]
     rows[..., -1] = 3 * x[..., -1] + x[..., -2]
-    out = np.empty_like(x)    # vertical pass, x16 in all
+    out = np.empty_like(x)  # vertical pass, x16 in all
     np.add(rows[..., :-2, :], rows[..., 2:, :], out=out[..., 1:-1, :])
     out[..., 1:-1, :] += rows[..., 1:-1, :]
     out[..., 1:-1, :] += rows[..., 1:-1, :]
@@ -557,7 +580,7 @@ def degrade(images: np.ndarray, blur: np.ndarray, noise_std: np.ndarray, rng: np
     overwritten."""
     if blur.max() > 0:
         once = _blur121(images)
-        twice = np.flatnonzero(blur > 1)       # the second pass only where it is asked for
+        twice = np.flatnonzero(blur > 1)  # the second pass only where it is asked for
         if len(twice):
             sub = once[twice]
             sub += _col(blur[twice] - 1.0) * (_blur121(sub) - sub)
@@ -573,7 +596,7 @@ def degrade(images: np.ndarray, blur: np.ndarray, noise_std: np.ndarray, rng: np
         noise -= 127.5
         noise *= _col(noise_std / 73.9)
         images += noise
-    images += 0.5   # round to nearest on the cast below
+    images += 0.5  # round to nearest on the cast below
     np.maximum(images, 0.0, out=images)
     np.minimum(images, 255.0, out=images)
     return images.astype(np.uint8)
@@ -584,12 +607,14 @@ def degrade(images: np.ndarray, blur: np.ndarray, noise_std: np.ndarray, rng: np
 # ---------------------------------------------------------------------------------------------
 
 
-def _keep_keypoints_inside(points: np.ndarray, scale: np.ndarray, angle: np.ndarray, shift: np.ndarray, size: int) -> np.ndarray:
+def _keep_keypoints_inside(
+    points: np.ndarray, scale: np.ndarray, angle: np.ndarray, shift: np.ndarray, size: int
+) -> np.ndarray:
     """Clip shifts [B, 2] so every keypoint lands at least 1.5 px (at 96) inside the crop; a face too
     large for that is centred on its keypoints instead."""
-    placed = apply_pose(points, pose_matrices(scale, angle, np.zeros_like(shift), size))   # [B, K, 2], no shift
+    placed = apply_pose(points, pose_matrices(scale, angle, np.zeros_like(shift), size))  # [B, K, 2], no shift
     margin = 1.5 * size / CANONICAL_SIZE
-    low = margin - placed.min(axis=1)                  # [B, 2] smallest allowed shift
+    low = margin - placed.min(axis=1)  # [B, 2] smallest allowed shift
     high = (size - 1 - margin) - placed.max(axis=1)
     return np.where(low <= high, np.clip(shift, low, high), (low + high) / 2)
 
@@ -635,7 +660,11 @@ def iter_synth(config: SynthConfig, start: int = 0, stop: int | None = None) -> 
         batch = _chunk(config, index, hi - lo)
         a, b = max(start, lo) - lo, min(stop, hi) - lo
         if b > a:
-            yield batch if (a, b) == (0, hi - lo) else SynthBatch(batch.images[a:b], batch.keypoints[a:b], batch.labels[a:b])
+            yield (
+                batch
+                if (a, b) == (0, hi - lo)
+                else SynthBatch(batch.images[a:b], batch.keypoints[a:b], batch.labels[a:b])
+            )
 
 
 def synthesize(n: int, seed: int = 0, **options: Any) -> SynthBatch:
@@ -648,7 +677,11 @@ def synthesize(n: int, seed: int = 0, **options: Any) -> SynthBatch:
     labels = np.empty(n, np.int64)
     at = 0
     for batch in iter_synth(config):
-        images[at:at + len(batch)], keypoints[at:at + len(batch)], labels[at:at + len(batch)] = batch.images, batch.keypoints, batch.labels
+        images[at : at + len(batch)], keypoints[at : at + len(batch)], labels[at : at + len(batch)] = (
+            batch.images,
+            batch.keypoints,
+            batch.labels,
+        )
         at += len(batch)
     return SynthBatch(images, keypoints, labels)
 
@@ -662,11 +695,19 @@ def seeded_split(n: int, seed: int, val_fraction: float, test_fraction: float) -
     order = np.random.default_rng([seed, 0x5D1]).permutation(n)
     codes = np.zeros(n, np.int8)
     codes[order[:n_val]] = SPLITS.index("val")
-    codes[order[n_val:n_val + n_test]] = SPLITS.index("test")
+    codes[order[n_val : n_val + n_test]] = SPLITS.index("test")
     return codes
 
 
-def write_synth_dataset(out_dir: str | os.PathLike, n: int = 10_000, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.0, rows_per_write: int = 4096, **options: Any) -> dict[str, Any]:
+def write_synth_dataset(
+    out_dir: str | os.PathLike,
+    n: int = 10_000,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    rows_per_write: int = 4096,
+    **options: Any,
+) -> dict[str, Any]:
     """Write n synthetic faces as a prepared data set (unified Parquet schema, atomic), a few thousand
     rows at a time. Returns a summary: out_dir, n, counts per split, seconds, faces_per_s, config."""
     config = make_config(n, seed, **options)
@@ -683,7 +724,7 @@ def write_synth_dataset(out_dir: str | os.PathLike, n: int = 10_000, seed: int =
                 images,
                 np.concatenate([b.keypoints for b in parts]),
                 np.concatenate([b.labels for b in parts]),
-                split_names[splits[lo:lo + len(images)]],
+                split_names[splits[lo : lo + len(images)]],
                 source="synth",
                 row_ids=np.arange(lo, lo + len(images)),
             )
@@ -720,13 +761,13 @@ def face_grid(per_class: int = 5, seed: int = 0, draw_keypoints: bool = False, *
                 image = image.copy()
                 if draw_keypoints:
                     for x, y in np.rint(kp.reshape(-1, 2)).astype(int):
-                        image[max(y - 1, 0):y + 2, x] = 0
-                        image[y, max(x - 1, 0):x + 2] = 0
+                        image[max(y - 1, 0) : y + 2, x] = 0
+                        image[y, max(x - 1, 0) : x + 2] = 0
                         image[y, x] = 255
                 rows[label].append(image)
         if all(len(r) == per_class for r in rows):
             break
-    blank = np.zeros((config.image_size, config.image_size), np.uint8)   # a class the options left out
+    blank = np.zeros((config.image_size, config.image_size), np.uint8)  # a class the options left out
     rows = [r + [blank] * (per_class - len(r)) for r in rows]
     return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
 
@@ -735,8 +776,8 @@ def face_grid(per_class: int = 5, seed: int = 0, draw_keypoints: bool = False, *
 # Photos: several faces on a textured background (for detection and the end-to-end demo)
 # ---------------------------------------------------------------------------------------------
 
-PHOTO_SIZES = ((320, 240), (480, 360), (640, 480), (240, 320), (360, 480))   # (width, height)
-FACE_SIZE_RANGE = (60, 200)   # side of a face's box (its Kaggle-style crop), photo px
+PHOTO_SIZES = ((320, 240), (480, 360), (640, 480), (240, 320), (360, 480))  # (width, height)
+FACE_SIZE_RANGE = (60, 200)  # side of a face's box (its Kaggle-style crop), photo px
 
 
 @dataclass(frozen=True)
@@ -758,9 +799,9 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         low = rng.uniform(-amp, amp, (cells, cells)).astype(np.float32)
         out += np.asarray(Image.fromarray(low).resize((width, height), Image.BICUBIC))
     out += rng.uniform(60.0, 190.0)
-    for _ in range(rng.integers(2, 7)):   # furniture: flat rectangles of another grey
+    for _ in range(rng.integers(2, 7)):  # furniture: flat rectangles of another grey
         x0, y0 = rng.integers(0, width), rng.integers(0, height)
-        out[y0:y0 + rng.integers(10, height // 2), x0:x0 + rng.integers(10, width // 2)] = rng.uniform(20, 235)
+        out[y0 : y0 + rng.integers(10, height // 2), x0 : x0 + rng.integers(10, width // 2)] = rng.uniform(20, 235)
     out += rng.uniform(-6.0, 6.0, (height, width)).astype(np.float32)
     return out
 
@@ -774,7 +815,10 @@ def _place_boxes(rng: np.random.Generator, count: int, width: int, height: int) 
         side = int(rng.integers(FACE_SIZE_RANGE[0], min(FACE_SIZE_RANGE[1], int(0.8 * min(width, height))) + 1))
         x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
         pad = side // 8
-        if all(x + side + pad <= bx or bx + bs + pad <= x or y + side + pad <= by or by + bs + pad <= y for bx, by, bs in boxes):
+        if all(
+            x + side + pad <= bx or bx + bs + pad <= x or y + side + pad <= by or by + bs + pad <= y
+            for bx, by, bs in boxes
+        ):
             boxes.append((x, y, side))
     return boxes
 
@@ -788,7 +832,7 @@ def _photo(rng: np.random.Generator, color: bool, max_rotation_deg: float) -> Sy
     face_mask = np.zeros((height, width), np.float32)
     keypoints = np.zeros((len(placed), 2 * NUM_KEYPOINTS), np.float32)
     for i, (x, y, side) in enumerate(placed):
-        face = {k: v[i:i + 1] for k, v in p.items()}
+        face = {k: v[i : i + 1] for k, v in p.items()}
         # Render on the box grown by a quarter on every side (chin and hair spill out of a Kaggle
         # crop), clipped to the photo; the pose maps canonical points to that canvas.
         x0, y0 = max(x - side // 4, 0), max(y - side // 4, 0)
@@ -801,17 +845,21 @@ def _photo(rng: np.random.Generator, color: bool, max_rotation_deg: float) -> Sy
         face_mask[y0:y1, x0:x1] = np.maximum(face_mask[y0:y1, x0:x1], alpha[0])
         keypoints[i] = (apply_pose(canonical_keypoints(face), m)[0] + [x0, y0]).reshape(-1)
     # Photo-wide light blur and grain; JPEG, if chosen on save, adds its own artefacts.
-    image = degrade(grey[None], np.array([rng.uniform(0.0, 1.0)], np.float32), np.array([rng.uniform(1.0, 4.0)], np.float32), rng)[0]
+    image = degrade(
+        grey[None], np.array([rng.uniform(0.0, 1.0)], np.float32), np.array([rng.uniform(1.0, 4.0)], np.float32), rng
+    )[0]
     if color:
         bg_tint = rng.uniform(0.8, 1.2, 3).astype(np.float32)
         skin_tint = np.array([1.1, 0.95, 0.82], np.float32) * rng.uniform(0.95, 1.05, 3).astype(np.float32)
-        tint = bg_tint + face_mask[..., None] * (skin_tint - bg_tint)   # [H, W, 3]
+        tint = bg_tint + face_mask[..., None] * (skin_tint - bg_tint)  # [H, W, 3]
         image = np.clip(image[..., None] * tint + 0.5, 0, 255).astype(np.uint8)
     boxes = np.array([[x, y, s, s] for x, y, s in placed], np.int32).reshape(-1, 4)
     return SynthPhoto(image, boxes, keypoints, labels)
 
 
-def synthesize_photos(n_photos: int, seed: int = 0, color: bool = True, max_rotation_deg: float = 10.0) -> list[SynthPhoto]:
+def synthesize_photos(
+    n_photos: int, seed: int = 0, color: bool = True, max_rotation_deg: float = 10.0
+) -> list[SynthPhoto]:
     """n_photos photos (320x240 .. 640x480, landscape or portrait) with 1-3 faces each of 60-200 px,
     on a textured background, with their true boxes, keypoints and emotions."""
     return [_photo(np.random.default_rng([seed, 0xF0, i]), color, max_rotation_deg) for i in range(n_photos)]
@@ -820,7 +868,9 @@ def synthesize_photos(n_photos: int, seed: int = 0, color: bool = True, max_rota
 CORRUPT_KINDS = ("truncated JPEG", "text file named .jpg")
 
 
-def write_synth_photos(out_dir: str | os.PathLike, n: int = 8, seed: int = 0, n_corrupt: int = 2, color: bool = True) -> dict[str, Any]:
+def write_synth_photos(
+    out_dir: str | os.PathLike, n: int = 8, seed: int = 0, n_corrupt: int = 2, color: bool = True
+) -> dict[str, Any]:
     """Save n synthetic photos (PNG and JPEG alternately), n_corrupt broken files (truncated JPEG, a
     text file named .jpg) and truth.json (per photo: file, size, faces with box, keypoints by name,
     emotion). The folder appears atomically and replaces an existing one. Returns the truth dict."""
@@ -830,20 +880,31 @@ def write_synth_photos(out_dir: str | os.PathLike, n: int = 8, seed: int = 0, n_
         raise UserError(f"--out {out} exists and is not a directory")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        truth: dict[str, Any] = {"scheme": SEED5.name, "classes": list(SEED5.classes), "keypoint_names": list(KEYPOINT_NAMES), "photos": [], "corrupt": []}
+        truth: dict[str, Any] = {
+            "scheme": SEED5.name,
+            "classes": list(SEED5.classes),
+            "keypoint_names": list(KEYPOINT_NAMES),
+            "photos": [],
+            "corrupt": [],
+        }
         for i, photo in enumerate(synthesize_photos(n, seed, color=color)):
             name = f"photo_{i:03d}.{'png' if i % 2 == 0 else 'jpg'}"
             Image.fromarray(photo.image).save(tmp / name, **({"quality": 90} if name.endswith(".jpg") else {}))
             faces = [
                 {
                     "box": [int(v) for v in box],
-                    "keypoints": {k: [round(float(kp[2 * j]), 3), round(float(kp[2 * j + 1]), 3)] for j, k in enumerate(KEYPOINT_NAMES)},
+                    "keypoints": {
+                        k: [round(float(kp[2 * j]), 3), round(float(kp[2 * j + 1]), 3)]
+                        for j, k in enumerate(KEYPOINT_NAMES)
+                    },
                     "emotion": SEED5.classes[int(label)],
                     "label": int(label),
                 }
                 for box, kp, label in zip(photo.boxes, photo.keypoints, photo.labels)
             ]
-            truth["photos"].append({"file": name, "width": photo.image.shape[1], "height": photo.image.shape[0], "faces": faces})
+            truth["photos"].append(
+                {"file": name, "width": photo.image.shape[1], "height": photo.image.shape[0], "faces": faces}
+            )
         rng = np.random.default_rng([seed, 0xBAD])
         for j in range(n_corrupt):
             kind = CORRUPT_KINDS[j % len(CORRUPT_KINDS)]
@@ -853,7 +914,7 @@ def write_synth_photos(out_dir: str | os.PathLike, n: int = 8, seed: int = 0, n_
                 path = tmp / name
                 Image.fromarray(img).save(path, quality=90)
                 data = path.read_bytes()
-                path.write_bytes(data[: len(data) // 3])   # header intact, scan data cut short
+                path.write_bytes(data[: len(data) // 3])  # header intact, scan data cut short
             else:
                 (tmp / name).write_text("this is not an image, only text with a .jpg name\n")
             truth["corrupt"].append({"file": name, "kind": kind})

@@ -42,7 +42,7 @@ from emokp_ray.models.resnet import ResNet
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_INSTALL_HINT = "pip install 'emokp-ray[onnx]' (onnx, onnxruntime), or use --backend torch"
-CALIBRATION_FACES = 128       # synthetic faces whose activations set the int8 ranges
+CALIBRATION_FACES = 128  # synthetic faces whose activations set the int8 ranges
 CALIBRATION_SEED = 20261202
 CACHE_FORMAT = "emokp-onnx-1"  # bump when the export or quantization recipe changes: new cache keys
 
@@ -50,7 +50,7 @@ CACHE_FORMAT = "emokp-onnx-1"  # bump when the export or quantization recipe cha
 class Runner(Protocol):
     """A network behind one call: uint8 [N, S, S] raw crops -> float32 [N, K]."""
 
-    backend: str                                   # "torch" | "onnx" | "onnx-int8"
+    backend: str  # "torch" | "onnx" | "onnx-int8"
 
     def __call__(self, crops: np.ndarray) -> np.ndarray: ...
 
@@ -62,7 +62,7 @@ class Runner(Protocol):
 
 def _importable(name: str) -> bool:
     if name in sys.modules:
-        return sys.modules[name] is not None       # None: import blocked (tests simulate a missing package)
+        return sys.modules[name] is not None  # None: import blocked (tests simulate a missing package)
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
@@ -75,7 +75,7 @@ def onnx_installed() -> bool:
 
 
 def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
-    """"auto" -> "onnx" on a CPU where the extra is installed, else "torch"; an ONNX backend without
+    """ "auto" -> "onnx" on a CPU where the extra is installed, else "torch"; an ONNX backend without
     the extra, or on a GPU, is a UserError that says what to do."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
@@ -86,7 +86,9 @@ def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
         if not onnx_installed():
             raise UserError(f"--backend {backend} needs ONNX Runtime, which is not installed: {ONNX_INSTALL_HINT}")
         if not on_cpu:
-            raise UserError(f"--backend {backend} runs on the CPU (onnxruntime's CPU build); on {device} use --backend torch")
+            raise UserError(
+                f"--backend {backend} runs on the CPU (onnxruntime's CPU build); on {device} use --backend torch"
+            )
     return backend
 
 
@@ -105,7 +107,7 @@ class TorchRunner:
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = torch.from_numpy(crops).unsqueeze(1).to(self.device, non_blocking=True)   # [N, 1, S, S] raw pixels
+            x = torch.from_numpy(crops).unsqueeze(1).to(self.device, non_blocking=True)  # [N, 1, S, S] raw pixels
             return self.model(x).float().cpu().numpy()
 
 
@@ -129,7 +131,7 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3          # errors only (no "removing initializer" chatter)
+        options.log_severity_level = 3  # errors only (no "removing initializer" chatter)
         return ort.InferenceSession(self.data, options, providers=["CPUExecutionProvider"])
 
 
@@ -142,7 +144,7 @@ class OnnxRunner:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(crops)[:, None]                 # [N, 1, S, S] uint8, a view
+        x = np.ascontiguousarray(crops)[:, None]  # [N, 1, S, S] uint8, a view
         return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
 
 
@@ -154,15 +156,19 @@ def make_runner(loaded: LoadedCheckpoint, backend: str, device: torch.device, ex
     only the default (explicit=False: "auto"), and is an error when ONNX was asked for."""
     if isinstance(loaded.model, OnnxModel):
         if backend == "onnx-int8" and not loaded.model.int8:
-            raise UserError(f"{loaded.path} is an fp32 ONNX file: give the checkpoint for --backend onnx-int8 "
-                            f"(or export one with `emokp export --format onnx-int8`)")
+            raise UserError(
+                f"{loaded.path} is an fp32 ONNX file: give the checkpoint for --backend onnx-int8 "
+                f"(or export one with `emokp export --format onnx-int8`)"
+            )
         return OnnxRunner(loaded.model)
     exportable = isinstance(loaded.model, ResNet)
     if backend == "torch" or (not exportable and not explicit):
         return TorchRunner(loaded.model, device)
     if not exportable:
-        raise UserError(f"{loaded.path}: --backend {backend} needs a checkpoint (or an .onnx export), "
-                        f"not {type(loaded.model).__name__}")
+        raise UserError(
+            f"{loaded.path}: --backend {backend} needs a checkpoint (or an .onnx export), "
+            f"not {type(loaded.model).__name__}"
+        )
     return OnnxRunner(onnx_model_for(loaded, int8=backend == "onnx-int8"))
 
 
@@ -171,7 +177,7 @@ def make_runner(loaded: LoadedCheckpoint, backend: str, device: torch.device, ex
 # --------------------------------------------------------------------------------------------------
 
 _MEMORY: dict[str, OnnxModel] = {}
-_LOCK = threading.RLock()   # re-entrant: the int8 export asks for the fp32 one inside
+_LOCK = threading.RLock()  # re-entrant: the int8 export asks for the fp32 one inside
 
 
 def cache_dir() -> Path:
@@ -194,7 +200,7 @@ def onnx_model_for(loaded: LoadedCheckpoint, int8: bool = False) -> OnnxModel:
     from emokp_ray.inference.predictor import weights_version
 
     key = cache_key(loaded, int8)
-    with _LOCK:   # one export at a time per process (Serve's threads, tests)
+    with _LOCK:  # one export at a time per process (Serve's threads, tests)
         if key in _MEMORY:
             return _MEMORY[key]
         file = cache_dir() / f"{key}-{'int8' if int8 else 'fp32'}.onnx"
@@ -203,7 +209,7 @@ def onnx_model_for(loaded: LoadedCheckpoint, int8: bool = False) -> OnnxModel:
             try:
                 model = read_onnx_bytes(file.read_bytes(), loaded.meta, file)[0]
             except (UserError, OSError):
-                model = None            # a damaged cache file: export again and overwrite it
+                model = None  # a damaged cache file: export again and overwrite it
         if model is None:
             fp32 = onnx_model_for(loaded, int8=False).data if int8 else onnx_bytes(loaded.model, loaded.meta)
             data = quantize_int8(fp32, loaded.meta) if int8 else fp32
@@ -218,9 +224,9 @@ def _write_cache(file: Path, data: bytes) -> None:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.parent / f".{file.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.write_bytes(data)
-        os.replace(tmp, file)           # atomic: a concurrent reader sees the old file or the new one
+        os.replace(tmp, file)  # atomic: a concurrent reader sees the old file or the new one
     except OSError:
-        pass                            # read-only home: the export stays in memory only
+        pass  # read-only home: the export stays in memory only
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,11 +258,13 @@ def quantize_int8(fp32: bytes, meta: Any, calibration: np.ndarray | None = None)
 
     crops = calibration_crops(meta.input_size) if calibration is None else calibration
     if crops.ndim != 3 or crops.shape[1:] != (meta.input_size, meta.input_size) or crops.dtype != np.uint8:
-        raise UserError(f"int8 calibration: expected uint8 [N, {meta.input_size}, {meta.input_size}] crops, got {crops.dtype} {list(crops.shape)}")
+        raise UserError(
+            f"int8 calibration: expected uint8 [N, {meta.input_size}, {meta.input_size}] crops, got {crops.dtype} {list(crops.shape)}"
+        )
 
     class Crops(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"image": crops[lo:lo + 16, None]} for lo in range(0, len(crops), 16)])
+            self.batches = iter([{"image": crops[lo : lo + 16, None]} for lo in range(0, len(crops), 16)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -270,9 +278,16 @@ def quantize_int8(fp32: bytes, meta: Any, calibration: np.ndarray | None = None)
         with tempfile.TemporaryDirectory(prefix="emokp-int8-") as tmp:
             src, pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(fp32)
-            quant_pre_process(str(src), str(pre))           # shape inference + folding, as ORT advises
-            quantize_static(str(pre), str(out), Crops(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quant_pre_process(str(src), str(pre))  # shape inference + folding, as ORT advises
+            quantize_static(
+                str(pre),
+                str(out),
+                Crops(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
             proto = onnx.load(str(out))
     finally:
         root.setLevel(level)

@@ -11,12 +11,13 @@ weighted by their share of the faces (15 bins, as in Guo et al.).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 ECE_BINS = 15
-T_RANGE = (0.05, 20.0)   # search range of the temperature
+T_RANGE = (0.05, 20.0)  # search range of the temperature
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -49,7 +50,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     golden = (np.sqrt(5.0) - 1.0) / 2.0
     a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
     fa, fb = nll(logits, labels, np.exp(a)), nll(logits, labels, np.exp(b))
-    for _ in range(60):   # (hi - lo) * 0.618^60 < 1e-11
+    for _ in range(60):  # (hi - lo) * 0.618^60 < 1e-11
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - golden * (hi - lo)

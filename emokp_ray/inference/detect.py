@@ -23,9 +23,9 @@ from emokp_ray.errors import UserError
 
 CASCADE_FILE = "haarcascade_frontalface_alt2.xml"
 INSTALL_HINT = "pip install 'emokp-ray[detect]' (opencv-python-headless>=4.8,<5)"
-DETECT_MAX_SIDE = 1280   # larger photos are detected on a downscaled copy (Haar time grows with pixels)
+DETECT_MAX_SIDE = 1280  # larger photos are detected on a downscaled copy (Haar time grows with pixels)
 
-Detection = tuple[int, int, int, int]   # (x, y, w, h) photo pixels; x, y = top-left corner of the box
+Detection = tuple[int, int, int, int]  # (x, y, w, h) photo pixels; x, y = top-left corner of the box
 
 
 def _import_cv2():
@@ -55,7 +55,9 @@ class FaceDetector:
     positives). Photos whose longer side exceeds max_side are searched at max_side (boxes scaled back).
     """
 
-    def __init__(self, min_size: int = 24, scale_factor: float = 1.1, min_neighbors: int = 5, max_side: int = DETECT_MAX_SIDE):
+    def __init__(
+        self, min_size: int = 24, scale_factor: float = 1.1, min_neighbors: int = 5, max_side: int = DETECT_MAX_SIDE
+    ):
         if min_size < 8 or not scale_factor > 1.0 or min_neighbors < 0 or max_side < 64:
             raise UserError(
                 f"invalid detector settings: min_size {min_size} (>= 8), scale_factor {scale_factor} (> 1), "
@@ -66,7 +68,12 @@ class FaceDetector:
         self._cascade = self._cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
             raise UserError(f"OpenCV could not load the cascade {path}: reinstall with {INSTALL_HINT}")
-        self.min_size, self.scale_factor, self.min_neighbors, self.max_side = min_size, scale_factor, min_neighbors, max_side
+        self.min_size, self.scale_factor, self.min_neighbors, self.max_side = (
+            min_size,
+            scale_factor,
+            min_neighbors,
+            max_side,
+        )
 
     def detect(self, grey: np.ndarray) -> list[Detection]:
         """Face boxes (x, y, w, h) in `grey`'s pixels (uint8 [H, W]), largest first; [] when none."""
@@ -80,9 +87,12 @@ class FaceDetector:
             search = self._cv2.resize(grey, size, interpolation=self._cv2.INTER_AREA)
         min_side = max(8, round(self.min_size * scale))
         found = self._cascade.detectMultiScale(
-            np.ascontiguousarray(search), scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
+            np.ascontiguousarray(search),
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(min_side, min_side),
         )
-        boxes = [tuple(int(round(v / scale)) for v in box) for box in (found if len(found) else [])]
+        boxes = [tuple(round(v / scale) for v in box) for box in (found if len(found) else [])]
         return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))  # type: ignore[return-value]
 
 

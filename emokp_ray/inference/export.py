@@ -48,10 +48,10 @@ from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, load_checkpoi
 from emokp_ray.errors import UserError
 
 FORMATS = ("torchscript", "onnx", "onnx-int8", "checkpoint")
-META_EXTRA_FILE = "meta.json"     # TorchScript extra file holding the meta JSON
-ONNX_META_KEY = "emokp_meta"      # ONNX metadata_props key holding the meta JSON
-ONNX_VERSION_KEY = "emokp_weights_version"   # ... the source weights' predictor.weights_version
-ONNX_INT8_KEY = "emokp_int8"      # ... "true" in a quantized graph
+META_EXTRA_FILE = "meta.json"  # TorchScript extra file holding the meta JSON
+ONNX_META_KEY = "emokp_meta"  # ONNX metadata_props key holding the meta JSON
+ONNX_VERSION_KEY = "emokp_weights_version"  # ... the source weights' predictor.weights_version
+ONNX_INT8_KEY = "emokp_int8"  # ... "true" in a quantized graph
 ONNX_OPSET = 17
 # ONNX Runtime fp32 against eager torch, max |difference| (keypoint pixels or logits): measured
 # <= 8e-6 px on the course keypoint net and <= 4e-7 on emotion logits at batch 1 and 32.
@@ -61,7 +61,9 @@ ONNX_TOLERANCE = 1e-3
 def _example_input(meta: CheckpointMeta, batch: int = 2) -> torch.Tensor:
     """Raw uint8 pixels [batch, C, S, S], the predictor's input format."""
     size, chans = meta.input_size, meta.model_config.in_chans
-    return torch.randint(0, 256, (batch, chans, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return torch.randint(
+        0, 256, (batch, chans, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def _trace(model: torch.nn.Module, meta: CheckpointMeta) -> torch.jit.ScriptModule:
@@ -93,8 +95,10 @@ def _require_onnx(what: str) -> None:
     from emokp_ray.inference.backends import onnx_installed
 
     if not onnx_installed():
-        raise UserError(f"{what} needs the onnx and onnxruntime packages: pip install 'emokp-ray[onnx]' "
-                        f"(or pip install onnx onnxruntime); --format torchscript needs nothing more")
+        raise UserError(
+            f"{what} needs the onnx and onnxruntime packages: pip install 'emokp-ray[onnx]' "
+            f"(or pip install onnx onnxruntime); --format torchscript needs nothing more"
+        )
 
 
 def set_onnx_metadata(proto: Any, values: dict[str, str]) -> None:
@@ -122,11 +126,15 @@ def onnx_bytes(model: torch.nn.Module, meta: CheckpointMeta) -> bytes:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        options: dict[str, Any] = dict(input_names=["image"], output_names=["output"], opset_version=ONNX_OPSET,
-                                       dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
+        options: dict[str, Any] = dict(
+            input_names=["image"],
+            output_names=["output"],
+            opset_version=ONNX_OPSET,
+            dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}},
+        )
         try:
             torch.onnx.export(model, (_example_input(meta),), buffer, dynamo=False, **options)
-        except TypeError:   # a torch without the dynamo switch exports this way by default
+        except TypeError:  # a torch without the dynamo switch exports this way by default
             torch.onnx.export(model, (_example_input(meta),), buffer, **options)
     proto = onnx.load_from_string(buffer.getvalue())
     set_onnx_metadata(proto, {ONNX_META_KEY: meta.to_json(), ONNX_VERSION_KEY: weights_version(model)})
@@ -135,7 +143,9 @@ def onnx_bytes(model: torch.nn.Module, meta: CheckpointMeta) -> bytes:
     return data
 
 
-def check_onnx_outputs(model: torch.nn.Module, meta: CheckpointMeta, data: bytes, tolerance: float = ONNX_TOLERANCE) -> float:
+def check_onnx_outputs(
+    model: torch.nn.Module, meta: CheckpointMeta, data: bytes, tolerance: float = ONNX_TOLERANCE
+) -> float:
     """Max |ONNX Runtime - torch| on a probe batch of 3; a RuntimeError past `tolerance`."""
     from emokp_ray.inference.backends import OnnxModel, OnnxRunner
 
@@ -166,8 +176,10 @@ def read_onnx_bytes(data: bytes, expected: CheckpointMeta | None, where: Path) -
 
     try:
         proto = onnx.load_from_string(data)
-    except Exception as err:  # noqa: BLE001 - a protobuf parse failure: not an ONNX file
-        raise UserError(f"{where} is not an ONNX file ({str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__})") from None
+    except Exception as err:
+        raise UserError(
+            f"{where} is not an ONNX file ({str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__})"
+        ) from None
     if not proto.graph.node:
         raise UserError(f"{where} is not an ONNX model (no graph)")
     props = {p.key: p.value for p in proto.metadata_props}
@@ -181,22 +193,36 @@ def read_onnx_bytes(data: bytes, expected: CheckpointMeta | None, where: Path) -
         raise UserError(f"{where}: {err}") from None
 
     def dims(value_info: Any) -> list[Any]:
-        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
+        return [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in value_info.type.tensor_type.shape.dim
+        ]
 
     if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
-        raise UserError(f"{where}: an emokp graph has one input and one output, this one {len(proto.graph.input)} and {len(proto.graph.output)}")
+        raise UserError(
+            f"{where}: an emokp graph has one input and one output, this one {len(proto.graph.input)} and {len(proto.graph.output)}"
+        )
     size, chans, outputs = meta.input_size, meta.model_config.in_chans, meta.model_config.num_outputs
     shape_in, shape_out = dims(proto.graph.input[0]), dims(proto.graph.output[0])
     if len(shape_in) != 4 or shape_in[1:] != [chans, size, size]:
-        raise UserError(f"{where}: its graph takes input {shape_in}, but its meta says [batch, {chans}, {size}, {size}] "
-                        f"(input_size {size}): the graph and its meta do not belong together; export it again")
+        raise UserError(
+            f"{where}: its graph takes input {shape_in}, but its meta says [batch, {chans}, {size}, {size}] "
+            f"(input_size {size}): the graph and its meta do not belong together; export it again"
+        )
     if len(shape_out) != 2 or shape_out[1] != outputs:
-        what = (f"label scheme {meta.label_scheme} ({len(meta.class_names)} classes)" if meta.task == "emotion"
-                else f"{len(meta.keypoint_names)} keypoints (x, y each)")
-        raise UserError(f"{where}: its graph outputs {shape_out}, but its meta's {what} needs [batch, {outputs}]: "
-                        f"the graph and its meta do not belong together; export it again")
+        what = (
+            f"label scheme {meta.label_scheme} ({len(meta.class_names)} classes)"
+            if meta.task == "emotion"
+            else f"{len(meta.keypoint_names)} keypoints (x, y each)"
+        )
+        raise UserError(
+            f"{where}: its graph outputs {shape_out}, but its meta's {what} needs [batch, {outputs}]: "
+            f"the graph and its meta do not belong together; export it again"
+        )
     if expected is not None and expected.to_dict() != meta.to_dict():
-        raise UserError(f"{where}: its meta differs from the checkpoint's (run {meta.run_id} against {expected.run_id})")
+        raise UserError(
+            f"{where}: its meta differs from the checkpoint's (run {meta.run_id} against {expected.run_id})"
+        )
     model = OnnxModel(data=data, version=props.get(ONNX_VERSION_KEY, ""), int8=props.get(ONNX_INT8_KEY) == "true")
     return model, meta
 
@@ -258,12 +284,16 @@ def is_torchscript_file(path: Path) -> bool:
         return False
 
 
-TRUST_HINT = ("TorchScript files are programs, not just weights: load one only if you trust its origin "
-              "(--trust-torchscript; trust_torchscript: true in the Serve app args), or use the checkpoint "
-              "it was exported from")
+TRUST_HINT = (
+    "TorchScript files are programs, not just weights: load one only if you trust its origin "
+    "(--trust-torchscript; trust_torchscript: true in the Serve app args), or use the checkpoint "
+    "it was exported from"
+)
 
 
-def load_exported(path: str | os.PathLike, map_location: str | torch.device = "cpu", trust_torchscript: bool = False) -> LoadedCheckpoint:
+def load_exported(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", trust_torchscript: bool = False
+) -> LoadedCheckpoint:
     """A TorchScript export read back: the scripted model (eval mode) with its embedded meta.
     Refused (UserError) unless `trust_torchscript`: the file's code runs in this process."""
     path = Path(path)
@@ -280,11 +310,15 @@ def load_exported(path: str | os.PathLike, map_location: str | torch.device = "c
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
-    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file, reported in one line
+    except Exception as err:
         text = str(err).strip()
-        raise UserError(f"{path} could not be loaded as TorchScript ({(text.splitlines()[0] if text else type(err).__name__)[:200]})") from None
+        raise UserError(
+            f"{path} could not be loaded as TorchScript ({(text.splitlines()[0] if text else type(err).__name__)[:200]})"
+        ) from None
     if not extra[META_EXTRA_FILE]:
-        raise UserError(f"{path} is TorchScript without {META_EXTRA_FILE}: not exported by emokp (no labels, no input size)")
+        raise UserError(
+            f"{path} is TorchScript without {META_EXTRA_FILE}: not exported by emokp (no labels, no input size)"
+        )
     try:
         raw = json.loads(extra[META_EXTRA_FILE])
     except json.JSONDecodeError as err:
@@ -296,7 +330,9 @@ def load_exported(path: str | os.PathLike, map_location: str | torch.device = "c
     return LoadedCheckpoint(model=module.eval(), meta=meta, path=path)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", trust_torchscript: bool = False) -> LoadedCheckpoint:
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", trust_torchscript: bool = False
+) -> LoadedCheckpoint:
     """Any model form for inference: TorchScript export (only with `trust_torchscript`), exported .pt,
     checkpoint dir or RUN_DIR. Weights only: optimizer and scheduler states are never read."""
     candidate = Path(path)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +78,10 @@ def plot_learning_curves(metrics_rows: Sequence[Mapping[str, Any]], out_path: st
     def has(key: str) -> bool:
         return any(key in row for row in rows)
 
-    task_panel = "keypoints" if has("val/rmse_px") or has("train/rmse_px") else (
-        "emotion" if has("val/accuracy") or has("train/accuracy") else None
+    task_panel = (
+        "keypoints"
+        if has("val/rmse_px") or has("train/rmse_px")
+        else ("emotion" if has("val/accuracy") or has("train/accuracy") else None)
     )
     ncols = 2 if task_panel else 1
     fig = _figure(5.2 * ncols, 3.8)
@@ -90,21 +93,29 @@ def plot_learning_curves(metrics_rows: Sequence[Mapping[str, Any]], out_path: st
 
     if task_panel == "keypoints":
         ax = axes[1]
-        _plot_keys(ax, rows, [
-            ("train/rmse_px", "train RMSE", {"color": "C0"}),
-            ("val/rmse_px", "val RMSE", {"color": "C1"}),
-            ("val/mean_shape_rmse_px", "mean-shape baseline (val)", {"color": BASELINE_COLOR, "linestyle": "--"}),
-        ])
+        _plot_keys(
+            ax,
+            rows,
+            [
+                ("train/rmse_px", "train RMSE", {"color": "C0"}),
+                ("val/rmse_px", "val RMSE", {"color": "C1"}),
+                ("val/mean_shape_rmse_px", "mean-shape baseline (val)", {"color": BASELINE_COLOR, "linestyle": "--"}),
+            ],
+        )
         ax.set(title="Keypoint RMSE", xlabel="epoch", ylabel="RMSE (pixels)")
         ax.set_ylim(bottom=0)
     elif task_panel == "emotion":
         ax = axes[1]
-        _plot_keys(ax, rows, [
-            ("train/accuracy", "train accuracy", {"color": "C0"}),
-            ("val/accuracy", "val accuracy", {"color": "C1"}),
-            ("val/macro_f1", "val macro-F1", {"color": "C2"}),
-            ("val/majority_accuracy", "majority-class baseline", {"color": BASELINE_COLOR, "linestyle": "--"}),
-        ])
+        _plot_keys(
+            ax,
+            rows,
+            [
+                ("train/accuracy", "train accuracy", {"color": "C0"}),
+                ("val/accuracy", "val accuracy", {"color": "C1"}),
+                ("val/macro_f1", "val macro-F1", {"color": "C2"}),
+                ("val/majority_accuracy", "majority-class baseline", {"color": BASELINE_COLOR, "linestyle": "--"}),
+            ],
+        )
         ax.set(title="Emotion accuracy", xlabel="epoch", ylabel="score")
         ax.set_ylim(0, 1)
     for ax in axes:
@@ -165,29 +176,47 @@ def plot_confusion_matrix(
 # --------------------------------------------------------------------------------------------------
 
 
-def plot_reliability(bins_before: Sequence[Mapping[str, Any]], bins_after: Sequence[Mapping[str, Any]],
-                     temperature: float, out_path: str | os.PathLike) -> Path:
+def plot_reliability(
+    bins_before: Sequence[Mapping[str, Any]],
+    bins_after: Sequence[Mapping[str, Any]],
+    temperature: float,
+    out_path: str | os.PathLike,
+) -> Path:
     """Accuracy against confidence per bin (inference/calibration.py `reliability` tables), at T = 1
     and at the checkpoint's temperature; a calibrated model lies on the diagonal. Bar widths are the
     bins, the numbers under the axis the faces per bin."""
     fig = _figure(9.0, 4.2)
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, bins, title in ((axes[0], bins_before, "uncalibrated (T = 1)"), (axes[1], bins_after, f"temperature T = {temperature:.3f}")):
+    for ax, bins, title in (
+        (axes[0], bins_before, "uncalibrated (T = 1)"),
+        (axes[1], bins_after, f"temperature T = {temperature:.3f}"),
+    ):
         lo = np.array([b["lo"] for b in bins])
         width = np.array([b["hi"] - b["lo"] for b in bins])
         acc = np.array([np.nan if b["accuracy"] is None else b["accuracy"] for b in bins])
         conf = np.array([np.nan if b["confidence"] is None else b["confidence"] for b in bins])
         n = np.array([b["n"] for b in bins])
         ax.bar(lo, np.nan_to_num(acc), width=width, align="edge", color="#1f77b4", edgecolor="white", label="accuracy")
-        ax.bar(lo, np.nan_to_num(conf - acc), bottom=np.nan_to_num(acc), width=width, align="edge", color=PRED_COLOR,
-               alpha=0.35, edgecolor="white", label="gap to confidence")
+        ax.bar(
+            lo,
+            np.nan_to_num(conf - acc),
+            bottom=np.nan_to_num(acc),
+            width=width,
+            align="edge",
+            color=PRED_COLOR,
+            alpha=0.35,
+            edgecolor="white",
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "--", color=BASELINE_COLOR, linewidth=1)
         total = max(int(n.sum()), 1)
         ece = float(np.nansum(n / total * np.abs(acc - conf)))
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", title=f"{title}: ECE {ece:.3f}")
         for x, w, count in zip(lo, width, n):
             if count:
-                ax.text(x + w / 2, 0.02, str(int(count)), ha="center", va="bottom", fontsize=6, rotation=90, color="white")
+                ax.text(
+                    x + w / 2, 0.02, str(int(count)), ha="center", va="bottom", fontsize=6, rotation=90, color="white"
+                )
     axes[0].set_ylabel("accuracy")
     axes[0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
@@ -208,7 +237,7 @@ def _points(keypoints: np.ndarray | None, i: int) -> np.ndarray | None:
 
 def _label_title(i, pred_labels, true_labels, class_names, probabilities) -> tuple[str, str]:
     """('pred: happiness (0.93)\\ntrue: sad', colour): green if right, red if wrong, black if unknown."""
-    name = (lambda k: class_names[k] if class_names is not None else str(k))
+    name = lambda k: class_names[k] if class_names is not None else str(k)
     lines, color = [], "black"
     pred = None
     if pred_labels is not None:
@@ -249,8 +278,13 @@ def plot_face_grid(
     n = len(images)
     if n == 0:
         raise ValueError("no images to plot")
-    for what, arr in (("pred_keypoints", pred_keypoints), ("true_keypoints", true_keypoints),
-                      ("pred_labels", pred_labels), ("true_labels", true_labels), ("probabilities", probabilities)):
+    for what, arr in (
+        ("pred_keypoints", pred_keypoints),
+        ("true_keypoints", true_keypoints),
+        ("pred_labels", pred_labels),
+        ("true_labels", true_labels),
+        ("probabilities", probabilities),
+    ):
         if arr is not None and len(arr) != n:
             raise ValueError(f"{what} has {len(arr)} rows for {n} images")
     ncols = max(1, min(ncols, n))
@@ -279,11 +313,19 @@ def plot_face_grid(
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         truth, pred = _points(true_keypoints, i), _points(pred_keypoints, i)
         if truth is not None:
-            ax.scatter(truth[:, 0], truth[:, 1], s=marker_size, facecolors="none", edgecolors=TRUE_COLOR,
-                       linewidths=1.0, label="true")
+            ax.scatter(
+                truth[:, 0],
+                truth[:, 1],
+                s=marker_size,
+                facecolors="none",
+                edgecolors=TRUE_COLOR,
+                linewidths=1.0,
+                label="true",
+            )
         if pred is not None:
-            ax.scatter(pred[:, 0], pred[:, 1], s=marker_size, marker="x", c=PRED_COLOR, linewidths=1.0,
-                       label="predicted")
+            ax.scatter(
+                pred[:, 0], pred[:, 1], s=marker_size, marker="x", c=PRED_COLOR, linewidths=1.0, label="predicted"
+            )
         # Keep the view on the image even when a prediction falls outside it.
         ax.set_xlim(-0.5, images.shape[2] - 0.5)
         ax.set_ylim(images.shape[1] - 0.5, -0.5)
@@ -292,7 +334,7 @@ def plot_face_grid(
         elif truth is not None and pred is not None:
             present = ~np.isnan(truth)
             err = (pred - truth)[present]
-            title = f"RMSE {math.sqrt(np.mean(err ** 2)):.1f} px" if err.size else "no true keypoints"
+            title = f"RMSE {math.sqrt(np.mean(err**2)):.1f} px" if err.size else "no true keypoints"
             color = "black"
         else:
             title, color = "", "black"
@@ -320,6 +362,7 @@ def plot_per_keypoint_rmse(
     names = list(per_keypoint)
     if not names:
         raise ValueError("no keypoints to plot")
+
     def values(mapping: Mapping[str, float | None]) -> np.ndarray:  # None (undefined) -> NaN
         return np.array([np.nan if mapping.get(k) is None else float(mapping[k]) for k in names])
 
@@ -333,17 +376,28 @@ def plot_per_keypoint_rmse(
     offset = height / 2 if base is not None else 0.0
     ax.barh(y - offset, np.nan_to_num(model), height=height, color="C0", label="model")
     if base is not None:
-        ax.barh(y + offset, np.nan_to_num(base), height=height, color=BASELINE_COLOR, alpha=0.6,
-                label="mean-shape baseline")
+        ax.barh(
+            y + offset, np.nan_to_num(base), height=height, color=BASELINE_COLOR, alpha=0.6, label="mean-shape baseline"
+        )
     elif baseline is not None:
-        ax.axvline(float(baseline), color=BASELINE_COLOR, linestyle="--",
-                   label=f"mean-shape baseline ({float(baseline):.2f} px)")
+        ax.axvline(
+            float(baseline),
+            color=BASELINE_COLOR,
+            linestyle="--",
+            label=f"mean-shape baseline ({float(baseline):.2f} px)",
+        )
     finite = np.concatenate([model[np.isfinite(model)]] + ([base[np.isfinite(base)]] if base is not None else []))
-    xmax = max(float(finite.max()) if finite.size else 1.0,
-               float(baseline) if isinstance(baseline, (int, float)) else 0.0)
+    xmax = max(
+        float(finite.max()) if finite.size else 1.0, float(baseline) if isinstance(baseline, (int, float)) else 0.0
+    )
     for yi, v in zip(y - offset, model):
-        ax.text((v if np.isfinite(v) else 0) + 0.01 * xmax, yi, f"{v:.2f}" if np.isfinite(v) else "n/a",
-                va="center", fontsize=7)
+        ax.text(
+            (v if np.isfinite(v) else 0) + 0.01 * xmax,
+            yi,
+            f"{v:.2f}" if np.isfinite(v) else "n/a",
+            va="center",
+            fontsize=7,
+        )
     ax.set_yticks(y, labels=names, fontsize=8)
     ax.invert_yaxis()  # first keypoint at the top
     ax.set_xlim(0, xmax * 1.15)
@@ -371,8 +425,15 @@ def plot_emotion_bars(
     ax.barh(y, probs, color=colors, height=0.65)
     for yi, p in zip(y, probs):
         inside = p > 0.85  # no room right of a long bar: write the value inside it
-        ax.text(p - 0.01 if inside else p + 0.01, yi, f"{p:.2f}", va="center", fontsize=8,
-                ha="right" if inside else "left", color="white" if inside else "black")
+        ax.text(
+            p - 0.01 if inside else p + 0.01,
+            yi,
+            f"{p:.2f}",
+            va="center",
+            fontsize=8,
+            ha="right" if inside else "left",
+            color="white" if inside else "black",
+        )
     ax.set_yticks(y, labels=names)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)

@@ -32,18 +32,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+
 # The plugins of the allowed formats; importing one registers its parser in Image.OPEN.
-from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, PpmImagePlugin, TiffImagePlugin, WebPImagePlugin  # noqa: F401
+from PIL import (  # noqa: F401
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
 from emokp_ray.errors import UserError
 
-MAX_IMAGE_PIXELS = 40_000_000   # width * height; ~7700x5200, above any phone camera, bounds memory to ~160 MB
-MAX_BYTES_PER_PIXEL = 10        # a file larger than this many bytes per allowed pixel cannot be a sane image
+MAX_IMAGE_PIXELS = 40_000_000  # width * height; ~7700x5200, above any phone camera, bounds memory to ~160 MB
+MAX_BYTES_PER_PIXEL = 10  # a file larger than this many bytes per allowed pixel cannot be a sane image
 
 ERROR_KINDS = ("empty", "not_image", "truncated", "too_large", "unsupported")
 
-WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")   # 16-bit grey PNG/TIFF: top 8 bits kept
+WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit grey PNG/TIFF: top 8 bits kept
 
 # Pillow format names tried, in this order (JPEG's parser also returns phones' multi-picture MPO).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
@@ -82,11 +93,11 @@ def _parse_header(data: bytes) -> ImageFile.ImageFile | None:
     for name in ALLOWED_FORMATS:
         factory, accept = Image.OPEN[name]
         verdict = accept(prefix) if accept else True
-        if not verdict or isinstance(verdict, str):   # a str is Pillow's "looks like it, but unsupported"
+        if not verdict or isinstance(verdict, str):  # a str is Pillow's "looks like it, but unsupported"
             continue
         try:
             return factory(io.BytesIO(data), "")
-        except (SyntaxError, IndexError, TypeError, struct.error):   # not this format after all
+        except (SyntaxError, IndexError, TypeError, struct.error):  # not this format after all
             continue
     return None
 
@@ -95,10 +106,14 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
     """Parse the header only and refuse other formats and oversized images before anything is decoded."""
     try:
         image = _parse_header(data)
-    except Image.DecompressionBombError:   # a plugin's own check (e.g. GIF frames) past Pillow's hard limit
-        raise ImageError(f"{source}: image too large (more pixels than the limit of {max_pixels:,})", "too_large") from None
-    except Exception as err:  # noqa: BLE001 - a header the parser chokes on: not a usable image
-        raise ImageError(f"{source}: not a readable image (a damaged {FORMATS_TEXT} header: {_first_line(err)})", "not_image") from None
+    except Image.DecompressionBombError:  # a plugin's own check (e.g. GIF frames) past Pillow's hard limit
+        raise ImageError(
+            f"{source}: image too large (more pixels than the limit of {max_pixels:,})", "too_large"
+        ) from None
+    except Exception as err:
+        raise ImageError(
+            f"{source}: not a readable image (a damaged {FORMATS_TEXT} header: {_first_line(err)})", "not_image"
+        ) from None
     if image is None:
         raise ImageError(f"{source}: not an image in a supported format ({FORMATS_TEXT})", "not_image")
     width, height = image.size
@@ -134,16 +149,20 @@ def _first_line(err: BaseException) -> str:
 def _load(image: Image.Image, source: str) -> Image.Image:
     """Decode every pixel now (a truncated or corrupt stream raises here) and apply EXIF orientation."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped Pillow's global: refuse rather than decode half a face
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; emokp_ray needs it False to reject truncated images")
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; emokp_ray needs it False to reject truncated images"
+        )
     try:
         image.load()
     except (Image.DecompressionBombError, MemoryError):
-        raise ImageError(f"{source}: image too large to decode ({image.size[0]}x{image.size[1]})", "too_large") from None
-    except Exception:  # noqa: BLE001 - OSError, SyntaxError, EOFError, zlib/struct errors: all a broken stream
+        raise ImageError(
+            f"{source}: image too large to decode ({image.size[0]}x{image.size[1]})", "too_large"
+        ) from None
+    except Exception:
         raise ImageError(f"{source}: truncated or corrupt {image.format or 'image'} data", "truncated") from None
     try:
-        ImageOps.exif_transpose(image, in_place=True)   # in place: no copy of a large photo
-    except Exception:  # noqa: BLE001 - malformed EXIF: keep the pixels as stored rather than refuse the photo
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a large photo
+    except Exception:
         pass
     return image
 
@@ -152,7 +171,7 @@ def _on_white(image: Image.Image, mode: str) -> Image.Image:
     """Composite an image with alpha onto white, returning `mode` ("L" or "RGB")."""
     with_alpha = image.convert("LA" if mode == "L" else "RGBA")
     white = Image.new(mode, with_alpha.size, 255 if mode == "L" else (255, 255, 255))
-    white.paste(with_alpha.convert(mode), mask=with_alpha.getchannel("A"))   # blends by alpha
+    white.paste(with_alpha.convert(mode), mask=with_alpha.getchannel("A"))  # blends by alpha
     return white
 
 
@@ -171,7 +190,9 @@ def _to_array(image: Image.Image, source: str) -> np.ndarray:
         return np.asarray(_on_white(image, "RGB"))
     if mode in ("P", "RGB", "RGBX", "CMYK", "YCbCr"):
         return np.asarray(image.convert("RGB"))
-    raise ImageError(f"{source}: unsupported image mode {mode!r} (grey, RGB, RGBA, palette or CMYK images only)", "unsupported")
+    raise ImageError(
+        f"{source}: unsupported image mode {mode!r} (grey, RGB, RGBA, palette or CMYK images only)", "unsupported"
+    )
 
 
 def decode_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

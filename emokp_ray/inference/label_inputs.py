@@ -29,9 +29,9 @@ import fnmatch
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -44,28 +44,35 @@ from emokp_ray.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CSV_SUFFIXES = (".csv", ".csv.gz")
-CSV_CHUNK_ROWS = 512          # rows parsed at a time from a CSV (96x96: ~4.7 MB)
-LISTING_CHUNK_ROWS = 50_000   # file rows per listing chunk on the driver (~5 MB)
+CSV_CHUNK_ROWS = 512  # rows parsed at a time from a CSV (96x96: ~4.7 MB)
+LISTING_CHUNK_ROWS = 50_000  # file rows per listing chunk on the driver (~5 MB)
 # Columns of a prepared data set the labeler needs (labels and keypoints stay on disk).
 DATASET_COLUMNS = ["image", "height", "width", "split", "source", "row_id"]
 _GLOB_MAGIC = re.compile(r"[*?\[]")
 
 FILE_WORK_SCHEMA = pa.schema([("path", pa.string()), ("source", pa.string()), ("size", pa.int64())])
-CROP_WORK_SCHEMA = pa.schema([("source", pa.string()), ("image", pa.binary()), ("height", pa.int16()), ("width", pa.int16()),
-                              ("error", pa.string())])   # error: a bad CSV row's reason (image empty), else null
+CROP_WORK_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("image", pa.binary()),
+        ("height", pa.int16()),
+        ("width", pa.int16()),
+        ("error", pa.string()),
+    ]
+)  # error: a bad CSV row's reason (image empty), else null
 
 
 @dataclass
 class LabelInput:
     """INPUT resolved (not yet listed): its kind and where its rows are."""
 
-    kind: str                                   # "images" | "dataset" | "csv"
-    location: str                               # INPUT as given
-    filesystem: pafs.FileSystem | None = None   # images, dataset
-    path: str = ""                              # INPUT's path on `filesystem` (images: a folder, a glob or a file)
-    split_dirs: list[str] = field(default_factory=list)   # dataset: <DIR>/<split> paths on `filesystem`
-    total: int = 0                              # dataset: rows (from the footers); others: known once listed
-    detail: str = ""                            # one line for the console: what was found
+    kind: str  # "images" | "dataset" | "csv"
+    location: str  # INPUT as given
+    filesystem: pafs.FileSystem | None = None  # images, dataset
+    path: str = ""  # INPUT's path on `filesystem` (images: a folder, a glob or a file)
+    split_dirs: list[str] = field(default_factory=list)  # dataset: <DIR>/<split> paths on `filesystem`
+    total: int = 0  # dataset: rows (from the footers); others: known once listed
+    detail: str = ""  # one line for the console: what was found
 
     @property
     def crop_mode(self) -> bool:
@@ -82,8 +89,8 @@ class LabelInput:
 class ListingCounts:
     """What a listing found so far (updated while `iter_work_tables` runs)."""
 
-    inputs: int = 0          # work rows: images expected in the output
-    skipped_files: int = 0   # files in an image folder without an image extension (not inputs)
+    inputs: int = 0  # work rows: images expected in the output
+    skipped_files: int = 0  # files in an image folder without an image extension (not inputs)
 
 
 def _is_uri(location: str) -> bool:
@@ -131,8 +138,9 @@ def _walk(fs: pafs.FileSystem, base: str, keep_folder=lambda parts: True) -> Ite
     stack: list[str] = [base]
     while stack:
         folder = stack.pop()
-        entries = sorted(fs.get_file_info(pafs.FileSelector(folder, recursive=False, allow_not_found=True)),
-                         key=lambda i: i.path)
+        entries = sorted(
+            fs.get_file_info(pafs.FileSelector(folder, recursive=False, allow_not_found=True)), key=lambda i: i.path
+        )
         subfolders = []
         for info in entries:
             relative = str(PurePosixPath(info.path).relative_to(base))
@@ -142,7 +150,7 @@ def _walk(fs: pafs.FileSystem, base: str, keep_folder=lambda parts: True) -> Ite
             elif info.type == pafs.FileType.File:
                 yield info.path, relative, info.size
         del entries
-        stack.extend(reversed(subfolders))   # popped in name order
+        stack.extend(reversed(subfolders))  # popped in name order
 
 
 def _file_entries(spec: LabelInput, counts: ListingCounts) -> Iterator[tuple[str, str, int]]:
@@ -184,8 +192,10 @@ def _file_tables(spec: LabelInput, counts: ListingCounts, chunk_rows: int) -> It
 def _file_table(entries: list[tuple[str, str, int]], counts: ListingCounts) -> pa.Table:
     paths, sources, sizes = zip(*entries)
     counts.inputs += len(entries)
-    return pa.Table.from_arrays([pa.array(paths, pa.string()), pa.array(sources, pa.string()),
-                                 pa.array(sizes, pa.int64())], schema=FILE_WORK_SCHEMA)
+    return pa.Table.from_arrays(
+        [pa.array(paths, pa.string()), pa.array(sources, pa.string()), pa.array(sizes, pa.int64())],
+        schema=FILE_WORK_SCHEMA,
+    )
 
 
 def _dataset(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
@@ -207,8 +217,15 @@ def _dataset(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
     if not split_dirs:
         raise UserError(f"{location}: prepared data set without Parquet files in {', '.join(SPLITS)}")
     names = ", ".join(PurePosixPath(d).name for d in split_dirs)
-    return LabelInput("dataset", location, filesystem=fs, path=path, split_dirs=split_dirs, total=rows,
-                      detail=f"prepared data set, {rows:,} face crops ({names})")
+    return LabelInput(
+        "dataset",
+        location,
+        filesystem=fs,
+        path=path,
+        split_dirs=split_dirs,
+        total=rows,
+        detail=f"prepared data set, {rows:,} face crops ({names})",
+    )
 
 
 class _AllBadRowsReader(KaggleReader):
@@ -239,20 +256,33 @@ def _csv_tables(spec: LabelInput, counts: ListingCounts) -> Iterator[pa.Table]:
         flat = np.ascontiguousarray(chunk.images).reshape(n, height * width)
         counts.inputs += n
         yield pa.Table.from_arrays(
-            [pa.array(sources, pa.string()), pa.array([row.tobytes() for row in flat], pa.binary()),
-             pa.array(np.full(n, height, np.int16)), pa.array(np.full(n, width, np.int16)), pa.nulls(n, pa.string())],
-            schema=CROP_WORK_SCHEMA)
+            [
+                pa.array(sources, pa.string()),
+                pa.array([row.tobytes() for row in flat], pa.binary()),
+                pa.array(np.full(n, height, np.int16)),
+                pa.array(np.full(n, width, np.int16)),
+                pa.nulls(n, pa.string()),
+            ],
+            schema=CROP_WORK_SCHEMA,
+        )
     if reader.bad:
         n = len(reader.bad)
         counts.inputs += n
         yield pa.Table.from_arrays(
-            [pa.array([f"{name}:line={line}" for line, _ in reader.bad], pa.string()), pa.array([b""] * n, pa.binary()),
-             pa.array(np.zeros(n, np.int16)), pa.array(np.zeros(n, np.int16)),
-             pa.array([f"{name}:{line}: {reason}" for line, reason in reader.bad], pa.string())], schema=CROP_WORK_SCHEMA)
+            [
+                pa.array([f"{name}:line={line}" for line, _ in reader.bad], pa.string()),
+                pa.array([b""] * n, pa.binary()),
+                pa.array(np.zeros(n, np.int16)),
+                pa.array(np.zeros(n, np.int16)),
+                pa.array([f"{name}:{line}: {reason}" for line, reason in reader.bad], pa.string()),
+            ],
+            schema=CROP_WORK_SCHEMA,
+        )
 
 
-def iter_work_tables(spec: LabelInput, counts: ListingCounts | None = None,
-                     chunk_rows: int = LISTING_CHUNK_ROWS) -> Iterator[pa.Table]:
+def iter_work_tables(
+    spec: LabelInput, counts: ListingCounts | None = None, chunk_rows: int = LISTING_CHUNK_ROWS
+) -> Iterator[pa.Table]:
     """The work rows of an image or CSV input, streamed in chunks (see the module docstring's bound);
     `counts` is updated as they come. A prepared data set has none: Ray Data reads it in place."""
     counts = counts if counts is not None else ListingCounts()
@@ -281,7 +311,7 @@ def resolve_input(location: str) -> LabelInput:
                 raise UserError(f"{location}: no files match this pattern")
             raise UserError(f"{location}: no image files in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
         return spec
-    except OSError as err:   # a folder that cannot be listed, a store that refuses us
+    except OSError as err:  # a folder that cannot be listed, a store that refuses us
         raise UserError(f"{location}: cannot be read ({(str(err).splitlines() or [type(err).__name__])[0]})") from None
 
 

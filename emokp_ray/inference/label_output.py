@@ -37,7 +37,8 @@ import io
 import json
 import re
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,37 +51,49 @@ from emokp_ray.labels import KEYPOINT_COLUMNS, KEYPOINT_NAMES
 
 PARQUET_DIR = "labels.parquet"
 JSONL_DIR = "labels.jsonl"
-SUMMARY_FILE = "summary.json"          # the completion marker
-RUN_FILE = "_run.json"                 # a run of ours started here (complete or not)
+SUMMARY_FILE = "summary.json"  # the completion marker
+RUN_FILE = "_run.json"  # a run of ours started here (complete or not)
 WORK_DIR = "_work"
 LISTING_FILE = f"{WORK_DIR}/listing.json"
 ANNOTATIONS_FILE = "annotations.json"  # the completion marker of an annotation folder
 METADATA_KEY = b"emokp"
 _OURS = (PARQUET_DIR, JSONL_DIR, SUMMARY_FILE, RUN_FILE, WORK_DIR)
 
-OUTPUT_SCHEMA = pa.schema([
-    pa.field("source", pa.string(), nullable=False),      # file path relative to INPUT, `split/source:row_id=N`, `test.csv:ImageId=N`
-    pa.field("face_index", pa.int32(), nullable=False),   # 0.. per image, largest face first; -1: no face / error
-    pa.field("status", pa.string(), nullable=False),      # "ok" | "no_face" | "error"
-    pa.field("error", pa.string()),                       # one line naming the source; null unless status is error
-    pa.field("width", pa.int32()),                        # the decoded image's size, pixels; null on error
-    pa.field("height", pa.int32()),
-    pa.field("box", pa.list_(pa.float32(), 4)),           # x, y, w, h in the image's pixels
-    pa.field("keypoints", pa.list_(pa.float32(), len(KEYPOINT_COLUMNS))),  # KEYPOINT_COLUMNS order, image pixels
-    pa.field("emotion", pa.string()),                     # argmax class name
-    pa.field("probabilities", pa.list_(pa.float32())),    # one per class, in the metadata's class order
-])
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field(
+            "source", pa.string(), nullable=False
+        ),  # file path relative to INPUT, `split/source:row_id=N`, `test.csv:ImageId=N`
+        pa.field("face_index", pa.int32(), nullable=False),  # 0.. per image, largest face first; -1: no face / error
+        pa.field("status", pa.string(), nullable=False),  # "ok" | "no_face" | "error"
+        pa.field("error", pa.string()),  # one line naming the source; null unless status is error
+        pa.field("width", pa.int32()),  # the decoded image's size, pixels; null on error
+        pa.field("height", pa.int32()),
+        pa.field("box", pa.list_(pa.float32(), 4)),  # x, y, w, h in the image's pixels
+        pa.field("keypoints", pa.list_(pa.float32(), len(KEYPOINT_COLUMNS))),  # KEYPOINT_COLUMNS order, image pixels
+        pa.field("emotion", pa.string()),  # argmax class name
+        pa.field("probabilities", pa.list_(pa.float32())),  # one per class, in the metadata's class order
+    ]
+)
 
 
 # ----------------------------------------------------------------------------- rows
 
-def output_table(sources: list[str], sizes: list[tuple[int, int] | None], results: list[Any], errors: list[str | None],
-                 class_names: list[str]) -> pa.Table:
+
+def output_table(
+    sources: list[str],
+    sizes: list[tuple[int, int] | None],
+    results: list[Any],
+    errors: list[str | None],
+    class_names: list[str],
+) -> pa.Table:
     """One OUTPUT_SCHEMA row per face, or one no_face / error row per image; sizes: (width, height)."""
     cols: dict[str, list] = {f.name: [] for f in OUTPUT_SCHEMA}
 
     def add(source, index, status, error=None, size=(None, None), box=None, kp=None, emotion=None, probs=None):
-        for name, value in zip(OUTPUT_SCHEMA.names, (source, index, status, error, size[0], size[1], box, kp, emotion, probs)):
+        for name, value in zip(
+            OUTPUT_SCHEMA.names, (source, index, status, error, size[0], size[1], box, kp, emotion, probs)
+        ):
             cols[name].append(value)
 
     for source, size, result, error in zip(sources, sizes, results, errors):
@@ -131,8 +144,11 @@ def json_rows(table: pa.Table) -> Iterator[str]:
 
 def source_hashes(sources: list[str]) -> np.ndarray:
     """uint64 [N]: 8 bytes of BLAKE2b per source (what a resume keeps of each input already written)."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") for s in sources),
-                       dtype=np.uint64, count=len(sources))
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") for s in sources),
+        dtype=np.uint64,
+        count=len(sources),
+    )
 
 
 def part_name(sources: list[str]) -> str:
@@ -145,13 +161,16 @@ def part_name(sources: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- files on any filesystem
 
+
 def open_location(location: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) of a local path or URI; a URI pyarrow cannot open is a UserError."""
     if "://" in location:
         try:
             fs, path = pafs.FileSystem.from_uri(location)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several types; the user sees one line
-            raise UserError(f"{location}: cannot open this URI ({(str(err).splitlines() or [type(err).__name__])[0]})") from None
+        except Exception as err:
+            raise UserError(
+                f"{location}: cannot open this URI ({(str(err).splitlines() or [type(err).__name__])[0]})"
+            ) from None
         return fs, path.rstrip("/")
     import os
 
@@ -164,7 +183,7 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes | Callable[[Any], No
     data: the bytes, or a function writing to the open output stream."""
     folder, name = path.rsplit("/", 1)
     target = path
-    if isinstance(fs, pafs.LocalFileSystem):   # object stores have no folders to make
+    if isinstance(fs, pafs.LocalFileSystem):  # object stores have no folders to make
         fs.create_dir(folder, recursive=True)
         target = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open_output_stream(target) as stream:
@@ -190,8 +209,11 @@ def write_json(fs: pafs.FileSystem, path: str, value: dict) -> None:
 
 def _files(fs: pafs.FileSystem, folder: str, suffix: str) -> list[str]:
     """Whole files (not hidden temporaries) ending in suffix in a folder; [] when it does not exist."""
-    return sorted(i.path for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-                  if i.type == pafs.FileType.File and i.path.endswith(suffix) and not i.base_name.startswith((".", "_")))
+    return sorted(
+        i.path
+        for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        if i.type == pafs.FileType.File and i.path.endswith(suffix) and not i.base_name.startswith((".", "_"))
+    )
 
 
 def parquet_parts(fs: pafs.FileSystem, out: str) -> list[str]:
@@ -214,8 +236,9 @@ def write_png(fs: pafs.FileSystem, path: str, image) -> None:
 
 # ----------------------------------------------------------------------------- a run's output folder
 
+
 def folder_state(fs: pafs.FileSystem, path: str) -> str:
-    """"missing" | "empty" | "complete" (summary.json: an earlier finished run) | "unfinished" (a run of
+    """ "missing" | "empty" | "complete" (summary.json: an earlier finished run) | "unfinished" (a run of
     ours without summary.json) | "foreign" (anything else: never touched) | "file"."""
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
@@ -243,7 +266,9 @@ def check_writable(fs: pafs.FileSystem, path: str, flag: str) -> None:
             f.write(b"probe")
         fs.delete_file(probe)
     except OSError as err:
-        raise UserError(f"{flag} {path}: cannot write there ({(str(err).splitlines() or [type(err).__name__])[0]})") from None
+        raise UserError(
+            f"{flag} {path}: cannot write there ({(str(err).splitlines() or [type(err).__name__])[0]})"
+        ) from None
 
 
 def clear_output(fs: pafs.FileSystem, path: str) -> None:
@@ -256,7 +281,7 @@ def clear_output(fs: pafs.FileSystem, path: str) -> None:
 def remove_unfinished_parts(fs: pafs.FileSystem, out: str) -> int:
     """Before a resume: JSONL parts whose Parquet part is missing (their block is labelled again) and
     hidden temporaries of a killed run. Returns how many files were removed."""
-    done = {p.rsplit("/", 1)[1][:-len(".parquet")] for p in parquet_parts(fs, out)}
+    done = {p.rsplit("/", 1)[1][: -len(".parquet")] for p in parquet_parts(fs, out)}
     removed = 0
     for folder in (f"{out}/{PARQUET_DIR}", f"{out}/{JSONL_DIR}"):
         for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
@@ -303,8 +328,10 @@ def read_labels(location: str, columns: list[str] | None = None) -> pa.Table:
     """Every row of a complete `emokp label` output; an unfinished one (no summary.json) is a UserError."""
     fs, path = open_location(location)
     if fs.get_file_info(f"{path}/{SUMMARY_FILE}").type != pafs.FileType.File:
-        raise UserError(f"{location}: not a complete `emokp label` output (no {SUMMARY_FILE}): "
-                        f"finish it with `emokp label ... --out {location} --resume`")
+        raise UserError(
+            f"{location}: not a complete `emokp label` output (no {SUMMARY_FILE}): "
+            f"finish it with `emokp label ... --out {location} --resume`"
+        )
     parts = parquet_parts(fs, path)
     if not parts:
         return OUTPUT_SCHEMA.empty_table()

@@ -29,11 +29,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from emokp_ray.errors import UserError
-from emokp_ray.inference.label_output import (annotation_name, output_table, part_name, source_hashes,
-                                              write_part, write_png)
+from emokp_ray.inference.label_output import (
+    annotation_name,
+    output_table,
+    part_name,
+    source_hashes,
+    write_part,
+    write_png,
+)
 from emokp_ray.labels import KEYPOINT_NAMES
 
-MAX_FILE_BYTES = 256 * 2**20   # larger files are error rows, never read into a task
+MAX_FILE_BYTES = 256 * 2**20  # larger files are error rows, never read into a task
 
 
 def _one_line(err: BaseException, source: str) -> str:
@@ -47,12 +53,18 @@ def _one_line(err: BaseException, source: str) -> str:
 def work_sources(batch: pa.Table) -> list[str]:
     """The output `source` of each work row (a data set's rows: `split/source:row_id=N`)."""
     if "row_id" in batch.column_names:
-        return [f"{split}/{src}:row_id={rid}" for split, src, rid in
-                zip(batch["split"].to_pylist(), batch["source"].to_pylist(), batch["row_id"].to_pylist())]
+        return [
+            f"{split}/{src}:row_id={rid}"
+            for split, src, rid in zip(
+                batch["split"].to_pylist(), batch["source"].to_pylist(), batch["row_id"].to_pylist()
+            )
+        ]
     return batch["source"].to_pylist()
 
 
-def load_batch(batch: pa.Table, filesystem: pafs.FileSystem | None) -> tuple[list[str], list[np.ndarray | None], list[str | None]]:
+def load_batch(
+    batch: pa.Table, filesystem: pafs.FileSystem | None
+) -> tuple[list[str], list[np.ndarray | None], list[str | None]]:
     """Work rows -> (sources, images, errors). Files are read and decoded here (an unreadable file
     gets an error and no image); crop rows become uint8 [H, W] arrays."""
     from emokp_ray.inference.images import decode_image
@@ -68,11 +80,13 @@ def load_batch(batch: pa.Table, filesystem: pafs.FileSystem | None) -> tuple[lis
                     raise UserError(f"{sources[i]}: file of {size:,} bytes is larger than {MAX_FILE_BYTES:,}")
                 with filesystem.open_input_stream(path) as f:
                     images[i] = decode_image(f.read(), source=sources[i])
-            except Exception as err:  # noqa: BLE001 - any failure of one file is that file's error row
+            except Exception as err:
                 errors[i] = _one_line(err, sources[i])
         return sources, images, errors
-    known = batch["error"].to_pylist() if "error" in batch.column_names else [None] * n   # bad CSV rows
-    for i, (data, h, w) in enumerate(zip(batch["image"].to_pylist(), batch["height"].to_pylist(), batch["width"].to_pylist())):
+    known = batch["error"].to_pylist() if "error" in batch.column_names else [None] * n  # bad CSV rows
+    for i, (data, h, w) in enumerate(
+        zip(batch["image"].to_pylist(), batch["height"].to_pylist(), batch["width"].to_pylist())
+    ):
         if known[i] is not None:
             errors[i] = known[i]
         elif len(data) == h * w and h > 0 and w > 0:
@@ -84,10 +98,16 @@ def load_batch(batch: pa.Table, filesystem: pafs.FileSystem | None) -> tuple[lis
 
 # ----------------------------------------------------------------------------- A: read, decode, detect, crop
 
+
 def prepared_schema(sizes: list[int], pixels: bool) -> pa.Schema:
-    fields = [("source", pa.string()), ("error", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-              ("boxes", pa.list_(pa.float64()))]                      # 4 per face: x, y, w, h (image pixels)
-    fields += [(f"crops_{s}", pa.binary()) for s in sizes]           # uint8 [faces, s, s], row-major
+    fields = [
+        ("source", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("boxes", pa.list_(pa.float64())),
+    ]  # 4 per face: x, y, w, h (image pixels)
+    fields += [(f"crops_{s}", pa.binary()) for s in sizes]  # uint8 [faces, s, s], row-major
     if pixels:
         fields += [("pixels", pa.binary()), ("channels", pa.int8())]  # the decoded image, for annotation
     return pa.schema(fields)
@@ -103,8 +123,10 @@ def _opencv() -> Any:
 def _detect_with(detector: Any):
     """grey -> boxes: the caller's detector, or OpenCV's (built once per worker process, on first
     use; without OpenCV each photo to search becomes an error row saying how to install it)."""
+
     def detect(grey: np.ndarray) -> list:
         return (detector if detector is not None else _opencv()).detect(grey)
+
     return detect
 
 
@@ -127,9 +149,18 @@ def _done_filter(batch: pa.Table, sources: list[str], done: Any) -> tuple[pa.Tab
     return batch.filter(pa.array(keep)), [s for s, k in zip(sources, keep) if k]
 
 
-def prepare_block(batch: pa.Table, *, filesystem: pafs.FileSystem | None, sizes: list[int], mode: str,
-                  detector: Any = None, pixels: bool = False, done: Any = None,
-                  margin: float | None = None, shift_y: float | None = None) -> pa.Table:
+def prepare_block(
+    batch: pa.Table,
+    *,
+    filesystem: pafs.FileSystem | None,
+    sizes: list[int],
+    mode: str,
+    detector: Any = None,
+    pixels: bool = False,
+    done: Any = None,
+    margin: float | None = None,
+    shift_y: float | None = None,
+) -> pa.Table:
     """Stage A: work rows -> PREPARED rows, one per image not yet written (see the module docstring)."""
     from emokp_ray.inference import predictor as P
 
@@ -141,9 +172,15 @@ def prepare_block(batch: pa.Table, *, filesystem: pafs.FileSystem | None, sizes:
         prepared = None
         if image is not None:
             try:
-                prepared = P.prepare_faces([image], set(sizes), mode, detect, margin=margin or P.FRAMING_MARGIN,
-                                           shift_y=P.FRAMING_SHIFT_Y if shift_y is None else shift_y)
-            except Exception as err:  # noqa: BLE001 - this image's error row
+                prepared = P.prepare_faces(
+                    [image],
+                    set(sizes),
+                    mode,
+                    detect,
+                    margin=margin or P.FRAMING_MARGIN,
+                    shift_y=P.FRAMING_SHIFT_Y if shift_y is None else shift_y,
+                )
+            except Exception as err:
                 error = _one_line(err, source)
         cols["source"].append(source)
         cols["error"].append(error if prepared is None else None)
@@ -160,8 +197,14 @@ def prepare_block(batch: pa.Table, *, filesystem: pafs.FileSystem | None, sizes:
 
 # ----------------------------------------------------------------------------- B: the networks
 
-def load_predictor(keypoints: str | None, emotion: str | None, device: str = "cpu", trust_torchscript: bool = False,
-                   backend: str = "auto"):
+
+def load_predictor(
+    keypoints: str | None,
+    emotion: str | None,
+    device: str = "cpu",
+    trust_torchscript: bool = False,
+    backend: str = "auto",
+):
     """The one place a labeling run builds its Predictor (the driver's check and every stage-B actor):
     models only, no detector (detection runs in stage A)."""
     from emokp_ray.inference.predictor import Predictor
@@ -174,19 +217,33 @@ class FaceNetworks:
     """Stage B, the Ray Data actor: load the Predictor once, then PREPARED rows -> OUTPUT_SCHEMA rows
     (plus the pixels on each image's first row when annotating), `batch_size` images per model batch."""
 
-    def __init__(self, keypoints: str | None, emotion: str | None, device: str = "cpu", threads: int | None = None,
-                 batch_size: int = 32, trust_torchscript: bool = False, backend: str = "auto"):
+    def __init__(
+        self,
+        keypoints: str | None,
+        emotion: str | None,
+        device: str = "cpu",
+        threads: int | None = None,
+        batch_size: int = 32,
+        trust_torchscript: bool = False,
+        backend: str = "auto",
+    ):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.predictor = load_predictor(keypoints, emotion, device=device, trust_torchscript=trust_torchscript, backend=backend)
+        self.predictor = load_predictor(
+            keypoints, emotion, device=device, trust_torchscript=trust_torchscript, backend=backend
+        )
         self.class_names = list(self.predictor.labels().get("emotion") or [])
-        self.sizes = sorted({m.meta.input_size for m in (self.predictor.keypoints, self.predictor.emotion) if m is not None})
+        self.sizes = sorted(
+            {m.meta.input_size for m in (self.predictor.keypoints, self.predictor.emotion) if m is not None}
+        )
         self.batch_size = batch_size
 
     def __call__(self, prepared: pa.Table) -> pa.Table:
-        chunks = [self._chunk(prepared.slice(lo, self.batch_size)) for lo in range(0, prepared.num_rows, self.batch_size)]
+        chunks = [
+            self._chunk(prepared.slice(lo, self.batch_size)) for lo in range(0, prepared.num_rows, self.batch_size)
+        ]
         return pa.concat_tables(chunks) if chunks else self._chunk(prepared)
 
     def _faces(self, rows: list[int], boxes: list, crops: dict[int, list], sizes: list) -> Any:
@@ -195,9 +252,14 @@ class FaceNetworks:
         counts = [len(boxes[i]) // 4 for i in rows]
         prepared = PreparedFaces(
             # bytearray: one writable copy (torch.from_numpy wants a writable buffer)
-            crops={s: np.frombuffer(bytearray(b"".join(crops[s][i] for i in rows)), np.uint8).reshape(-1, s, s) for s in self.sizes},
-            boxes=np.asarray([v for i in rows for v in boxes[i]], np.float64).reshape(-1, 4), counts=counts,
-            sizes=[sizes[i] for i in rows])
+            crops={
+                s: np.frombuffer(bytearray(b"".join(crops[s][i] for i in rows)), np.uint8).reshape(-1, s, s)
+                for s in self.sizes
+            },
+            boxes=np.asarray([v for i in rows for v in boxes[i]], np.float64).reshape(-1, 4),
+            counts=counts,
+            sizes=[sizes[i] for i in rows],
+        )
         return self.predictor.predict_prepared(prepared)
 
     def _chunk(self, batch: pa.Table) -> pa.Table:
@@ -211,21 +273,25 @@ class FaceNetworks:
             try:
                 for i, result in zip(todo, self._faces(todo, boxes, crops, sizes)):
                     results[i] = result
-            except Exception:  # noqa: BLE001 - find the image at fault, keep the others
+            except Exception:
                 for i in todo:
                     try:
                         results[i] = self._faces([i], boxes, crops, sizes)[0]
-                    except Exception as err:  # noqa: BLE001
+                    except Exception as err:
                         errors[i] = _one_line(err, sources[i])
         table = output_table(sources, sizes, results, errors, self.class_names)
-        if "pixels" in batch.column_names:   # carried on each image's first row, for stage C's PNGs
-            first = np.cumsum([0] + [max(1, len(r.faces)) if r is not None and errors[i] is None else 1
-                                     for i, r in enumerate(results)])[:-1]
+        if "pixels" in batch.column_names:  # carried on each image's first row, for stage C's PNGs
+            first = np.cumsum(
+                [0]
+                + [max(1, len(r.faces)) if r is not None and errors[i] is None else 1 for i, r in enumerate(results)]
+            )[:-1]
             pixels, channels = [None] * table.num_rows, [None] * table.num_rows
             for i, row in enumerate(first.tolist()):
                 if results[i] is not None and errors[i] is None:
                     pixels[row], channels[row] = batch["pixels"][i].as_py(), batch["channels"][i].as_py()
-            table = table.append_column("pixels", pa.array(pixels, pa.binary())).append_column("channels", pa.array(channels, pa.int8()))
+            table = table.append_column("pixels", pa.array(pixels, pa.binary())).append_column(
+                "channels", pa.array(channels, pa.int8())
+            )
         return table
 
 
@@ -233,24 +299,54 @@ class BatchLabeler:
     """Stages A and B in one actor (the single-stage pipeline): work rows -> OUTPUT_SCHEMA rows.
     Plain Python (usable without Ray): `BatchLabeler(...)(table) -> table`."""
 
-    def __init__(self, keypoints: str | None, emotion: str | None, mode: str = "auto", device: str = "cpu",
-                 filesystem: pafs.FileSystem | None = None, pixels: bool = False,
-                 threads: int | None = None, detector: Any = None, batch_size: int = 32, done: Any = None,
-                 trust_torchscript: bool = False, backend: str = "auto"):
-        self.networks = FaceNetworks(keypoints, emotion, device=device, threads=threads, batch_size=batch_size,
-                                     trust_torchscript=trust_torchscript, backend=backend)
-        self.prepare = functools.partial(prepare_block, filesystem=filesystem, sizes=self.networks.sizes, mode=mode,
-                                         detector=detector, pixels=pixels, done=done)
+    def __init__(
+        self,
+        keypoints: str | None,
+        emotion: str | None,
+        mode: str = "auto",
+        device: str = "cpu",
+        filesystem: pafs.FileSystem | None = None,
+        pixels: bool = False,
+        threads: int | None = None,
+        detector: Any = None,
+        batch_size: int = 32,
+        done: Any = None,
+        trust_torchscript: bool = False,
+        backend: str = "auto",
+    ):
+        self.networks = FaceNetworks(
+            keypoints,
+            emotion,
+            device=device,
+            threads=threads,
+            batch_size=batch_size,
+            trust_torchscript=trust_torchscript,
+            backend=backend,
+        )
+        self.prepare = functools.partial(
+            prepare_block,
+            filesystem=filesystem,
+            sizes=self.networks.sizes,
+            mode=mode,
+            detector=detector,
+            pixels=pixels,
+            done=done,
+        )
         self.batch_size = batch_size
 
     def __call__(self, rows: pa.Table) -> pa.Table:
-        chunks = [self.networks(self.prepare(rows.slice(lo, self.batch_size))) for lo in range(0, rows.num_rows, self.batch_size)]
+        chunks = [
+            self.networks(self.prepare(rows.slice(lo, self.batch_size)))
+            for lo in range(0, rows.num_rows, self.batch_size)
+        ]
         return pa.concat_tables(chunks) if chunks else self.networks(self.prepare(rows))
 
 
 # ----------------------------------------------------------------------------- C: write
 
-COUNTS_SCHEMA = pa.schema([("part", pa.string()), ("images", pa.int64()), ("faces", pa.int64()), ("errors", pa.int64())])
+COUNTS_SCHEMA = pa.schema(
+    [("part", pa.string()), ("images", pa.int64()), ("faces", pa.int64()), ("errors", pa.int64())]
+)
 
 
 def _faces_of(rows: list[dict], class_names: list[str]):
@@ -261,16 +357,28 @@ def _faces_of(rows: list[dict], class_names: list[str]):
         if row["status"] != "ok":
             continue
         kp = row["keypoints"]
-        faces.append(Face(box=tuple(row["box"]),
-                          keypoints=None if kp is None else {n: (kp[2 * i], kp[2 * i + 1]) for i, n in enumerate(KEYPOINT_NAMES)},
-                          emotion=row["emotion"],
-                          probabilities=None if row["probabilities"] is None else dict(zip(class_names, row["probabilities"]))))
+        faces.append(
+            Face(
+                box=tuple(row["box"]),
+                keypoints=None if kp is None else {n: (kp[2 * i], kp[2 * i + 1]) for i, n in enumerate(KEYPOINT_NAMES)},
+                emotion=row["emotion"],
+                probabilities=None if row["probabilities"] is None else dict(zip(class_names, row["probabilities"])),
+            )
+        )
     return ImageResult(width=rows[0]["width"], height=rows[0]["height"], faces=faces)
 
 
-def write_block(rows: pa.Table, *, filesystem: pafs.FileSystem, out: str, schema: pa.Schema, jsonl: bool = False,
-                annotate_fs: pafs.FileSystem | None = None, annotate_dir: str | None = None,
-                class_names: list[str] = ()) -> pa.Table:
+def write_block(
+    rows: pa.Table,
+    *,
+    filesystem: pafs.FileSystem,
+    out: str,
+    schema: pa.Schema,
+    jsonl: bool = False,
+    annotate_fs: pafs.FileSystem | None = None,
+    annotate_dir: str | None = None,
+    class_names: list[str] = (),
+) -> pa.Table:
     """Stage C: a block's OUTPUT rows -> annotated PNGs (where asked), then the JSONL and Parquet
     parts in OUT (label_output.py says why in that order); returns one COUNTS_SCHEMA row."""
     if rows.num_rows == 0:
@@ -285,8 +393,15 @@ def write_block(rows: pa.Table, *, filesystem: pafs.FileSystem, out: str, schema
     first = face_index <= 0
     name = part_name([s for s, f in zip(sources, first) if f])
     write_part(filesystem, out, name, table, jsonl)
-    return pa.Table.from_pydict({"part": [name], "images": [int(first.sum())], "faces": [int((status == "ok").sum())],
-                                 "errors": [int((status == "error").sum())]}, schema=COUNTS_SCHEMA)
+    return pa.Table.from_pydict(
+        {
+            "part": [name],
+            "images": [int(first.sum())],
+            "faces": [int((status == "ok").sum())],
+            "errors": [int((status == "error").sum())],
+        },
+        schema=COUNTS_SCHEMA,
+    )
 
 
 def _annotate(rows: pa.Table, fs: pafs.FileSystem, folder: str, class_names: list[str]) -> None:
@@ -306,4 +421,8 @@ def _annotate(rows: pa.Table, fs: pafs.FileSystem, folder: str, class_names: lis
         first = records[indices[0]]
         c = next(channels[i] for i in indices if pixels[i] is not None)
         image = np.frombuffer(data, np.uint8).reshape((first["height"], first["width"]) + (() if c == 1 else (c,)))
-        write_png(fs, f"{folder}/{annotation_name(source)}", annotate(image, _faces_of([records[i] for i in indices], class_names)))
+        write_png(
+            fs,
+            f"{folder}/{annotation_name(source)}",
+            annotate(image, _faces_of([records[i] for i in indices], class_names)),
+        )

@@ -35,8 +35,9 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,13 +50,13 @@ from emokp_ray.inference.detect import FaceDetector, require_detector
 from emokp_ray.inference.images import to_grey
 from emokp_ray.inference.tta import forward_with_flip
 
-Box = tuple[float, float, float, float]   # (x, y, w, h) in the input image's pixels (corner coordinates)
+Box = tuple[float, float, float, float]  # (x, y, w, h) in the input image's pixels (corner coordinates)
 
-FRAMING_MARGIN = 1.13     # crop side / Haar box side (measured, see the module docstring)
-FRAMING_SHIFT_Y = 0.02    # crop centre below the Haar centre, in Haar sides
+FRAMING_MARGIN = 1.13  # crop side / Haar box side (measured, see the module docstring)
+FRAMING_SHIFT_Y = 0.02  # crop centre below the Haar centre, in Haar sides
 AUTO_CROP_MAX_SIDE = 128  # mode "auto": a square image up to this side is taken as one face crop
 MODES = ("auto", "crop", "detect")
-MAX_BATCH = 256           # faces per forward pass (bounds activation memory; one pass below it)
+MAX_BATCH = 256  # faces per forward pass (bounds activation memory; one pass below it)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,17 +69,21 @@ class Face:
     """One face: its box and what each model says about it (None where that model is absent)."""
 
     box: Box
-    keypoints: dict[str, tuple[float, float]] | None      # Kaggle names -> (x, y) input-image pixels
-    emotion: str | None                                   # the most probable class
-    probabilities: dict[str, float] | None                # every class -> probability (sums to 1)
+    keypoints: dict[str, tuple[float, float]] | None  # Kaggle names -> (x, y) input-image pixels
+    emotion: str | None  # the most probable class
+    probabilities: dict[str, float] | None  # every class -> probability (sums to 1)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: coordinates rounded to 0.001 px, probabilities to 1e-6."""
         return {
             "box": [round(float(v), 3) for v in self.box],
-            "keypoints": None if self.keypoints is None else {k: [round(x, 3), round(y, 3)] for k, (x, y) in self.keypoints.items()},
+            "keypoints": None
+            if self.keypoints is None
+            else {k: [round(x, 3), round(y, 3)] for k, (x, y) in self.keypoints.items()},
             "emotion": self.emotion,
-            "probabilities": None if self.probabilities is None else {k: round(p, 6) for k, p in self.probabilities.items()},
+            "probabilities": None
+            if self.probabilities is None
+            else {k: round(p, 6) for k, p in self.probabilities.items()},
         }
 
 
@@ -99,7 +104,9 @@ class ImageResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def crop_box_from_detection(detection: Sequence[float], margin: float = FRAMING_MARGIN, shift_y: float = FRAMING_SHIFT_Y) -> Box:
+def crop_box_from_detection(
+    detection: Sequence[float], margin: float = FRAMING_MARGIN, shift_y: float = FRAMING_SHIFT_Y
+) -> Box:
     """A detector's (x, y, w, h) -> the square crop box framed like a training crop."""
     x, y, w, h = (float(v) for v in detection)
     side = max(w, h)
@@ -129,7 +136,12 @@ def crop_face(image: Image.Image, box: Box, size: int) -> np.ndarray | None:
     if i0 >= i1 or j0 >= j1:
         return None
     sx, sy = w / size, h / size
-    source = (max(0.0, x + i0 * sx), max(0.0, y + j0 * sy), min(float(width), x + i1 * sx), min(float(height), y + j1 * sy))
+    source = (
+        max(0.0, x + i0 * sx),
+        max(0.0, y + j0 * sy),
+        min(float(width), x + i1 * sx),
+        min(float(height), y + j1 * sy),
+    )
     inner = np.asarray(image.resize((i1 - i0, j1 - j0), Image.BILINEAR, box=source))
     if (i0, j0, i1, j1) == (0, 0, size, size):
         return inner
@@ -139,15 +151,19 @@ def crop_face(image: Image.Image, box: Box, size: int) -> np.ndarray | None:
 def keypoints_to_image(keypoints: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """Keypoints [N, 2K] (x, y per point) on S x S crops -> input-image pixels, boxes [N, 4] (x, y, w, h)."""
     out = keypoints.astype(np.float64).reshape(len(keypoints), -1, 2)
-    scale = boxes[:, None, 2:4] / size            # [N, 1, 2] input px per crop px, x and y
+    scale = boxes[:, None, 2:4] / size  # [N, 1, 2] input px per crop px, x and y
     out = boxes[:, None, 0:2] + (out + 0.5) * scale - 0.5
     return out.reshape(len(keypoints), -1)
 
 
 def _check_image(image: Any, index: int) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or not (
-        image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)
-    ) or image.shape[0] < 1 or image.shape[1] < 1:
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3))
+        or image.shape[0] < 1
+        or image.shape[1] < 1
+    ):
         what = f"{image.dtype} {list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"image {index}: expected uint8 [H, W] or [H, W, 3] (decode_image's output), got {what}")
 
@@ -174,7 +190,7 @@ def weights_version(model: torch.nn.Module) -> str:
     An ONNX export carries the version of the weights it was exported from."""
     version = getattr(model, "version", None)
     if isinstance(version, str) and version and not isinstance(model, torch.nn.Module):
-        return version                    # backends.OnnxModel
+        return version  # backends.OnnxModel
     digest = hashlib.sha256()
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     for name, tensor in sorted(tensors.items()):
@@ -185,7 +201,7 @@ def weights_version(model: torch.nn.Module) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as torch names it."""
+    """ "auto" -> cuda when available, else cpu; anything else as torch names it."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -241,27 +257,37 @@ class Predictor:
         # backend: "auto" | "torch" | "onnx" | "onnx-int8" (inference/backends.py). One runner per
         # model, the only thing _forward calls; an exported .onnx file runs on ONNX Runtime as it is.
         self.backend = resolve_backend(backend, self.device)
-        self.runners = {m.meta.task: make_runner(m, self.backend, self.device, explicit=backend != "auto")
-                        for m in (self.keypoints, self.emotion) if m is not None}
+        self.runners = {
+            m.meta.task: make_runner(m, self.backend, self.device, explicit=backend != "auto")
+            for m in (self.keypoints, self.emotion)
+            if m is not None
+        }
         self.margin, self.shift_y = float(margin), float(shift_y)
-        self.flip_tta = bool(flip_tta)   # average each network over the crop and its mirror image (2x the work)
+        self.flip_tta = bool(flip_tta)  # average each network over the crop and its mirror image (2x the work)
         self._detector = detector
-        self._detector_lock = threading.Lock()   # OpenCV's cascade is not documented thread-safe
+        self._detector_lock = threading.Lock()  # OpenCV's cascade is not documented thread-safe
 
     def _prepare(self, loaded: LoadedCheckpoint | None) -> LoadedCheckpoint | None:
         """Model on the device, in eval mode, weights channels_last: on this project's 2-core CPU
         (torch 2.13, one thread, CPU time per 96x96 crop) the keypoint net goes 8.7 -> 6.5 ms and the
         48 px emotion net 2.4 -> 1.4 ms (benchmarks/predict_latency.py)."""
         if loaded is None or not hasattr(loaded.model, "to"):
-            return loaded                 # None, or an exported ONNX graph (backends.OnnxModel)
+            return loaded  # None, or an exported ONNX graph (backends.OnnxModel)
         model = loaded.model.to(self.device).eval()
         if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
             model = model.to(memory_format=torch.channels_last)
         return LoadedCheckpoint(model=model, meta=loaded.meta, path=loaded.path)
 
     @classmethod
-    def from_paths(cls, keypoints: str | None, emotion: str | None, device: str = "auto", detect: bool = True,
-                   trust_torchscript: bool = False, backend: str = "torch") -> "Predictor":
+    def from_paths(
+        cls,
+        keypoints: str | None,
+        emotion: str | None,
+        device: str = "auto",
+        detect: bool = True,
+        trust_torchscript: bool = False,
+        backend: str = "torch",
+    ) -> Predictor:
         """Load the checkpoints (a checkpoint dir, a RUN_DIR, an exported .pt, or a TorchScript file
         where `trust_torchscript`: export.load_model says why); detect=True builds the face detector
         now, so a missing OpenCV is reported at startup."""
@@ -270,9 +296,17 @@ class Predictor:
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (--keypoints or --emotion)")
         resolved = resolve_device(device)
-        detector = require_detector() if detect else None   # before the (slower) model loads: fail fast
-        kp = load_model(keypoints, map_location=resolved, trust_torchscript=trust_torchscript) if keypoints is not None else None
-        em = load_model(emotion, map_location=resolved, trust_torchscript=trust_torchscript) if emotion is not None else None
+        detector = require_detector() if detect else None  # before the (slower) model loads: fail fast
+        kp = (
+            load_model(keypoints, map_location=resolved, trust_torchscript=trust_torchscript)
+            if keypoints is not None
+            else None
+        )
+        em = (
+            load_model(emotion, map_location=resolved, trust_torchscript=trust_torchscript)
+            if emotion is not None
+            else None
+        )
         return cls(kp, em, device=str(resolved), detector=detector, backend=backend)
 
     # ---- what is loaded --------------------------------------------------------------------------
@@ -287,8 +321,12 @@ class Predictor:
             if loaded is None:
                 return None
             meta = loaded.meta
-            out: dict[str, Any] = {"run_id": meta.run_id, "epoch": meta.epoch, "input_size": meta.input_size,
-                                   "version": weights_version(loaded.model)}
+            out: dict[str, Any] = {
+                "run_id": meta.run_id,
+                "epoch": meta.epoch,
+                "input_size": meta.input_size,
+                "version": weights_version(loaded.model),
+            }
             if meta.task == "emotion":
                 out |= {"label_scheme": meta.label_scheme, "class_names": list(meta.class_names)}
             return out
@@ -316,7 +354,7 @@ class Predictor:
         """uint8 [N, S, S] -> model outputs float32 [N, K], MAX_BATCH faces per pass, on the model's
         runner (self.backend: torch, onnx or onnx-int8)."""
         runner = self.runners[loaded.meta.task]
-        return np.concatenate([runner(crops[lo:lo + MAX_BATCH]) for lo in range(0, len(crops), MAX_BATCH)])
+        return np.concatenate([runner(crops[lo : lo + MAX_BATCH]) for lo in range(0, len(crops), MAX_BATCH)])
 
     def _outputs(self, loaded: LoadedCheckpoint, crops: np.ndarray) -> np.ndarray:
         """The network's outputs for uint8 crops [N, S, S], averaged with its mirrored view where
@@ -336,7 +374,7 @@ class Predictor:
             keypoints = keypoints_to_image(raw, boxes, size).reshape(n, -1, 2)
         if self.emotion is not None:
             logits = self._outputs(self.emotion, crops_for[self.emotion.meta.input_size])
-            probabilities = softmax(logits, temperature_of(self.emotion.meta.calibration))   # calibrated
+            probabilities = softmax(logits, temperature_of(self.emotion.meta.calibration))  # calibrated
             emotion = probabilities.argmax(axis=1)
         kp_names = self.keypoints.meta.keypoint_names if self.keypoints else ()
         classes = self.emotion.meta.class_names if self.emotion else ()
@@ -366,17 +404,23 @@ class Predictor:
             raise ValueError(f"predict_crops expects uint8 [N, H, W] grey crops, got {what}")
         n, height, width = crops.shape
         if not crops.flags.c_contiguous or not crops.flags.writeable:
-            crops = crops.copy()   # torch.from_numpy needs a writable, contiguous buffer
+            crops = crops.copy()  # torch.from_numpy needs a writable, contiguous buffer
         crops_for = {}
         for size in self._sizes():
             if (height, width) == (size, size):
                 crops_for[size] = crops
             else:
-                crops_for[size] = np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in crops]) if n else np.zeros((0, size, size), np.uint8)
+                crops_for[size] = (
+                    np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in crops])
+                    if n
+                    else np.zeros((0, size, size), np.uint8)
+                )
         boxes = np.tile(np.array([0.0, 0.0, width, height]), (n, 1))
         return self._run(crops_for, boxes) if n else []
 
-    def predict(self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None) -> list[ImageResult]:
+    def predict(
+        self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None
+    ) -> list[ImageResult]:
         """Faces in each image (uint8 [H, W] or [H, W, 3], e.g. from decode_image).
 
         mode: "crop" takes each image as one face crop (box = whole image); "detect" finds faces with
@@ -388,8 +432,11 @@ class Predictor:
         """
         return self.predict_prepared(self.prepare(images, mode, boxes))
 
-    def prepare(self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None) -> "PreparedFaces":
+    def prepare(
+        self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None
+    ) -> PreparedFaces:
         """The CPU half of `predict` (detect and crop, no model runs); see `prepare_faces`."""
+
         def detect(grey: np.ndarray) -> list:
             detector = self.detector
             with self._detector_lock:
@@ -397,12 +444,12 @@ class Predictor:
 
         return prepare_faces(images, self._sizes(), mode, detect, boxes, self.margin, self.shift_y)
 
-    def predict_prepared(self, prepared: "PreparedFaces") -> list[ImageResult]:
+    def predict_prepared(self, prepared: PreparedFaces) -> list[ImageResult]:
         """The network half of `predict`: both models over prepared faces, one batched pass each."""
         faces: list[Face] = self._run(prepared.crops, prepared.boxes) if len(prepared.boxes) else []
         results, start = [], 0
         for (width, height), count in zip(prepared.sizes, prepared.counts):
-            results.append(ImageResult(width=width, height=height, faces=faces[start:start + count]))
+            results.append(ImageResult(width=width, height=height, faces=faces[start : start + count]))
             start += count
         return results
 
@@ -416,15 +463,21 @@ class Predictor:
 class PreparedFaces:
     """Images ready for the networks: every face cropped at every model input size."""
 
-    crops: dict[int, np.ndarray]     # input size S -> uint8 [F, S, S], the faces of all images in order
-    boxes: np.ndarray                # float64 [F, 4] (x, y, w, h) in the input images' pixels
-    counts: list[int]                # faces per image (sum F)
-    sizes: list[tuple[int, int]]     # (width, height) per image
+    crops: dict[int, np.ndarray]  # input size S -> uint8 [F, S, S], the faces of all images in order
+    boxes: np.ndarray  # float64 [F, 4] (x, y, w, h) in the input images' pixels
+    counts: list[int]  # faces per image (sum F)
+    sizes: list[tuple[int, int]]  # (width, height) per image
 
 
-def prepare_faces(images: list[np.ndarray], sizes: set[int], mode: str, detect: Any,
-                  boxes: list[list[Box] | None] | None = None, margin: float = FRAMING_MARGIN,
-                  shift_y: float = FRAMING_SHIFT_Y) -> PreparedFaces:
+def prepare_faces(
+    images: list[np.ndarray],
+    sizes: set[int],
+    mode: str,
+    detect: Any,
+    boxes: list[list[Box] | None] | None = None,
+    margin: float = FRAMING_MARGIN,
+    shift_y: float = FRAMING_SHIFT_Y,
+) -> PreparedFaces:
     """Face boxes and crops for each image, as `Predictor.predict` finds them (see there for mode
     and boxes); detect: grey uint8 [H, W] -> detector boxes (x, y, w, h), called only where a photo
     is searched. sizes: the models' input sizes."""
@@ -452,10 +505,16 @@ def prepare_faces(images: list[np.ndarray], sizes: set[int], mode: str, detect: 
             for size in sizes:
                 crop = crop_face(pil, box, size)
                 if crop is None:
-                    raise UserError(f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the {width}x{height} image")
+                    raise UserError(
+                        f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the {width}x{height} image"
+                    )
                 crops[size].append(crop)
         all_boxes.extend(face_boxes)
         counts.append(len(face_boxes))
         image_sizes.append((int(image.shape[1]), int(image.shape[0])))
-    return PreparedFaces(crops={s: np.stack(c) if c else np.zeros((0, s, s), np.uint8) for s, c in crops.items()},
-                         boxes=np.asarray(all_boxes, np.float64).reshape(-1, 4), counts=counts, sizes=image_sizes)
+    return PreparedFaces(
+        crops={s: np.stack(c) if c else np.zeros((0, s, s), np.uint8) for s, c in crops.items()},
+        boxes=np.asarray(all_boxes, np.float64).reshape(-1, 4),
+        counts=counts,
+        sizes=image_sizes,
+    )

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from emokp_ray.errors import UserError
 
@@ -31,9 +31,17 @@ def _face_line(index: int, face: dict) -> str:
     return text
 
 
-def run_predict(images: Sequence[str], keypoints: str | None, emotion: str | None, as_json: bool = False,
-                annotate_dir: str | None = None, detect: str = "auto", flip_tta: bool = True, out=None,
-                backend: str = "auto") -> int:
+def run_predict(
+    images: Sequence[str],
+    keypoints: str | None,
+    emotion: str | None,
+    as_json: bool = False,
+    annotate_dir: str | None = None,
+    detect: str = "auto",
+    flip_tta: bool = True,
+    out=None,
+    backend: str = "auto",
+) -> int:
     """Label each image file; print JSON lines (as_json) or readable lines; returns the failure count.
 
     A user error in one file (unreadable, not an image, too large) is one line on stderr; the run goes
@@ -73,10 +81,14 @@ def run_predict(images: Sequence[str], keypoints: str | None, emotion: str | Non
             annotate(image, result).save(target)
         out.flush()
     if not as_json:
-        out.write(f"{len(images) - len(failures)} of {len(images)} images labelled in {time.perf_counter() - started:.1f} s\n")
+        out.write(
+            f"{len(images) - len(failures)} of {len(images)} images labelled in {time.perf_counter() - started:.1f} s\n"
+        )
     if failures:
-        raise UserError(f"{len(failures)} of {len(images)} images could not be labelled: {', '.join(failures[:5])}"
-                        + (" ..." if len(failures) > 5 else ""))
+        raise UserError(
+            f"{len(failures)} of {len(images)} images could not be labelled: {', '.join(failures[:5])}"
+            + (" ..." if len(failures) > 5 else "")
+        )
     return 0
 
 
@@ -92,16 +104,22 @@ def describe_builtin_models(as_json: bool = False) -> str:
         entry = info.get("models", {}).get(name)
         present = (FOLDER / f"{name}.pt").is_file()
         if entry is None:
-            lines.append(f"{PREFIX}{name}: {'shipped, no release.json entry' if present else 'not in this installation'}")
+            lines.append(
+                f"{PREFIX}{name}: {'shipped, no release.json entry' if present else 'not in this installation'}"
+            )
             continue
         test = entry.get("test", {})
         if entry["task"] == "keypoints":
             figures = f"test RMSE {test.get('rmse_px', float('nan')):.3f} px on {test.get('n')} faces (mean shape {test.get('mean_shape_rmse_px', float('nan')):.3f})"
         else:
-            figures = (f"test accuracy {test.get('accuracy', float('nan')):.3f}, macro-F1 {test.get('macro_f1', float('nan')):.3f} "
-                       f"on {test.get('n')} faces, ECE {test.get('ece', float('nan')):.3f} (T={entry.get('temperature', 1.0):.2f})")
-        lines.append(f"{PREFIX}{name}: {entry['description']}\n    {entry['architecture']}; {figures}\n    "
-                     f"recipe {entry.get('recipe')}; {entry.get('size_mb', 0):.1f} MB{'' if present else '  (file missing!)'}")
+            figures = (
+                f"test accuracy {test.get('accuracy', float('nan')):.3f}, macro-F1 {test.get('macro_f1', float('nan')):.3f} "
+                f"on {test.get('n')} faces, ECE {test.get('ece', float('nan')):.3f} (T={entry.get('temperature', 1.0):.2f})"
+            )
+        lines.append(
+            f"{PREFIX}{name}: {entry['description']}\n    {entry['architecture']}; {figures}\n    "
+            f"recipe {entry.get('recipe')}; {entry.get('size_mb', 0):.1f} MB{'' if present else '  (file missing!)'}"
+        )
     card = FOLDER / "MODEL_CARD.md"
     if card.is_file():
         lines.append(f"model card: {card}")

@@ -11,15 +11,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from emokp_ray.inference.predictor import ImageResult
 
-BOX_COLOR = (0, 220, 0)         # green
-POINT_COLOR = (255, 40, 40)     # red
+BOX_COLOR = (0, 220, 0)  # green
+POINT_COLOR = (255, 40, 40)  # red
 TEXT_COLOR = (255, 255, 255)
 LABEL_BACKGROUND = (0, 120, 0)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
-        return ImageFont.load_default(size=size)   # Pillow >= 10.1 with FreeType: a scalable font
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
     except (TypeError, OSError, ImportError):
         return ImageFont.load_default()
 
@@ -33,8 +33,8 @@ def annotate(image: np.ndarray, result: ImageResult) -> Image.Image:
         canvas = Image.fromarray(np.ascontiguousarray(image), "RGB").copy()
     draw = ImageDraw.Draw(canvas)
     side = min(canvas.size)
-    line = max(1, round(side / 250))            # 1 px up to 375 px, 2 px at 500 px, 16 px at 4000 px
-    arm = max(1, round(side / 150))             # half length of a keypoint cross
+    line = max(1, round(side / 250))  # 1 px up to 375 px, 2 px at 500 px, 16 px at 4000 px
+    arm = max(1, round(side / 150))  # half length of a keypoint cross
     font = _font(max(10, round(side / 30)))
     for face in result.faces:
         x, y, w, h = face.box

@@ -9,13 +9,13 @@ Emotion: the logits of the two views are averaged (the temperature applies after
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from emokp_ray.labels import KEYPOINT_NAMES, flip_keypoints
 
-Forward = Callable[[np.ndarray], np.ndarray]   # uint8 crops [N, S, S] -> float32 outputs [N, K]
+Forward = Callable[[np.ndarray], np.ndarray]  # uint8 crops [N, S, S] -> float32 outputs [N, K]
 
 
 def mirror(crops: np.ndarray) -> np.ndarray:
@@ -29,7 +29,9 @@ def unflip_keypoints(outputs: np.ndarray, size: int) -> np.ndarray:
     return flip_keypoints(points, size).reshape(len(outputs), -1).astype(np.float32)
 
 
-def forward_with_flip(forward: Forward, crops: np.ndarray, task: str, keypoint_names: tuple[str, ...] = KEYPOINT_NAMES) -> np.ndarray:
+def forward_with_flip(
+    forward: Forward, crops: np.ndarray, task: str, keypoint_names: tuple[str, ...] = KEYPOINT_NAMES
+) -> np.ndarray:
     """The average of the network's outputs on `crops` and (mapped back) on their mirror images.
 
     One forward call over both views at once (2N crops), so batching stays as efficient as without

@@ -39,8 +39,9 @@ This module never imports ray.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,22 +67,22 @@ class ModelConfig:
     emotion model, `ModelConfig(task="keypoints")` the course's keypoint model.
     """
 
-    task: str                                   # "keypoints" -> [B, 30] pixels; "emotion" -> [B, K] logits
-    num_outputs: int | None = None              # keypoints 30 (x, y per point, Kaggle order); emotion 5 (seed5)
-    input_size: int = COURSE_INPUT_SIZE         # square H = W in pixels the model is built for
-    in_chans: int = 1                           # grey
+    task: str  # "keypoints" -> [B, 30] pixels; "emotion" -> [B, K] logits
+    num_outputs: int | None = None  # keypoints 30 (x, y per point, Kaggle order); emotion 5 (seed5)
+    input_size: int = COURSE_INPUT_SIZE  # square H = W in pixels the model is built for
+    in_chans: int = 1  # grey
     # --- backbone ---
-    stem_width: int = 64                        # filters of the 7x7/2 stem conv (before width_mult)
-    stem_pool: bool = True                      # the stem's max-pool 3/2 (off: 2x the resolution downstream)
+    stem_width: int = 64  # filters of the 7x7/2 stem conv (before width_mult)
+    stem_pool: bool = True  # the stem's max-pool 3/2 (off: 2x the resolution downstream)
     stage_filters: tuple[tuple[int, int, int], ...] = COURSE_STAGES  # (f1, f2, f3) per stage, before width_mult
     stage_depths: tuple[int, ...] | None = None  # identity blocks after each stage's ConvBlock (course: 2 each)
-    width_mult: float = 1.0                     # scales every conv width (stem and stages), rounded
+    width_mult: float = 1.0  # scales every conv width (stem and stages), rounded
     # --- head ---
-    head_pool: int | None = None                # the course's avg-pool kernel (= stride): keypoints 2, emotion 4
-    adaptive_pool: int | None = None            # set: AdaptiveAvgPool2d onto this grid instead of head_pool
+    head_pool: int | None = None  # the course's avg-pool kernel (= stride): keypoints 2, emotion 4
+    adaptive_pool: int | None = None  # set: AdaptiveAvgPool2d onto this grid instead of head_pool
     head_hidden: tuple[int, ...] | None = None  # hidden dense widths: keypoints (4096, 2048), emotion ()
     head_dropout: tuple[float, ...] | None = None  # dropout after each hidden dense: keypoints (0.2, 0.1)
-    keypoint_affine: bool | None = None         # keypoints (default on): pixels = c + c * raw, c = input_size / 2
+    keypoint_affine: bool | None = None  # keypoints (default on): pixels = c + c * raw, c = input_size / 2
     # --- input normalization: x_model = (x_raw - norm_mean) / norm_std, x_raw in 0..255 ---
     norm_mean: float = 0.0
     norm_std: float = 255.0
@@ -118,7 +119,9 @@ class ModelConfig:
         if not self.stage_filters or any(len(s) != 3 or min(s) < 1 for s in self.stage_filters):
             fail(f"stage_filters must be one or more (f1, f2, f3) triples of positive ints, got {self.stage_filters}")
         if len(self.stage_depths) != len(self.stage_filters) or min(self.stage_depths) < 0:
-            fail(f"stage_depths {self.stage_depths} must give a count >= 0 for each of the {len(self.stage_filters)} stages")
+            fail(
+                f"stage_depths {self.stage_depths} must give a count >= 0 for each of the {len(self.stage_filters)} stages"
+            )
         if self.width_mult <= 0:
             fail(f"width_mult must be positive, got {self.width_mult}")
         if len(self.head_dropout) != len(self.head_hidden) or not all(0 <= p < 1 for p in self.head_dropout):
@@ -143,7 +146,7 @@ class ModelConfig:
 
     def width(self, filters: int) -> int:
         """A conv width after width_mult (rounded, at least 1)."""
-        return max(1, int(round(filters * self.width_mult)))
+        return max(1, round(filters * self.width_mult))
 
     @property
     def feature_channels(self) -> int:
@@ -180,7 +183,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
         """Inverse of `to_dict`; unknown keys are a `UserError` naming them."""
         if not isinstance(raw, dict):
             raise UserError(f"model config must be a JSON object, got {type(raw).__name__}")
@@ -312,7 +315,11 @@ class ResNet(nn.Module):
 
         # Stem: Keras' ZeroPadding2D(3) + valid 7x7/2 conv == a 7x7/2 conv with padding=3.
         stem_width = cfg.width(cfg.stem_width)
-        stem: list[nn.Module] = [conv(cfg.in_chans, stem_width, 7, padding=3, stride=2), nn.BatchNorm2d(stem_width), nn.ReLU()]
+        stem: list[nn.Module] = [
+            conv(cfg.in_chans, stem_width, 7, padding=3, stride=2),
+            nn.BatchNorm2d(stem_width),
+            nn.ReLU(),
+        ]
         if cfg.stem_pool:
             stem.append(nn.MaxPool2d(3, stride=2))
         self.stem = nn.Sequential(*stem)
@@ -439,7 +446,9 @@ def emotion_config_wide(**overrides: Any) -> ModelConfig:
 def keypoint_config_small(**overrides: Any) -> ModelConfig:
     """A light keypoint variant for CPU demos and tests: half the filters, one identity block per
     stage and a 256-wide head (the course head's 16.8M dense weights dominate its cost on CPUs)."""
-    return keypoint_config(**{"width_mult": 0.5, "stage_depths": (1, 1), "head_hidden": (256,), "head_dropout": (0.1,), **overrides})
+    return keypoint_config(
+        **{"width_mult": 0.5, "stage_depths": (1, 1), "head_hidden": (256,), "head_dropout": (0.1,), **overrides}
+    )
 
 
 def emotion_config_small(**overrides: Any) -> ModelConfig:

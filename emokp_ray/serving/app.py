@@ -41,6 +41,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emokp_ray import __version__
+from emokp_ray.serving import metrics as serve_metrics
+from emokp_ray.serving.batching import Admission, BatchWindow
 from emokp_ray.serving.http_input import (
     ApiError,
     ImageInput,
@@ -52,8 +54,6 @@ from emokp_ray.serving.http_input import (
     probe,
     read_body,
 )
-from emokp_ray.serving import metrics as serve_metrics
-from emokp_ray.serving.batching import Admission, BatchWindow
 from emokp_ray.serving.model import FaceJob, FaceModel, Outcome
 from emokp_ray.serving.schemas import (
     DETECT_TO_MODE,
@@ -74,7 +74,7 @@ OVERLOADED = "the service is overloaded; retry later"
 
 # Swagger/ReDoc pages load scripts from a CDN: off. /openapi.json stays.
 api = FastAPI(title="emokp-ray", version=__version__, docs_url=None, redoc_url=None)
-api.add_middleware(serve_metrics.RequestMetrics)   # emokp_requests_total{route, status} (metrics.py)
+api.add_middleware(serve_metrics.RequestMetrics)  # emokp_requests_total{route, status} (metrics.py)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -160,8 +160,8 @@ class Ingress:
         self._predict_jobs.set_max_batch_size(args.max_batch_size)
         self._predict_jobs.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.window = BatchWindow(args.batch_wait_timeout_s, args.busy_batch_wait_max_s)
-        self.admission = Admission(args.max_pending_requests)    # images in flight
-        self.pixels = Admission(args.max_replica_pixels)          # decoded pixels held at once
+        self.admission = Admission(args.max_pending_requests)  # images in flight
+        self.pixels = Admission(args.max_replica_pixels)  # decoded pixels held at once
         self.metrics = serve_metrics.get()
 
     async def in_flight(self) -> int:
@@ -177,6 +177,7 @@ class Ingress:
     async def _headers(self, items: list[ImageInput | ApiError]) -> list[Any]:
         """Each image's header (size, format) or its ApiError, no pixel decoded; a large upload's
         header is parsed in a thread (a PNG can hold megabytes of chunks before its pixels)."""
+
         async def one(item: ImageInput | ApiError) -> Any:
             if isinstance(item, ApiError):
                 return item
@@ -196,22 +197,31 @@ class Ingress:
         headers = await self._headers(items)
         total = sum(h.pixels for h in headers if not isinstance(h, ApiError))
         if total > self.args.max_request_pixels:
-            raise ApiError(413, f"the request's images hold {total:,} pixels; the limit is {self.args.max_request_pixels:,} per request")
+            raise ApiError(
+                413,
+                f"the request's images hold {total:,} pixels; the limit is {self.args.max_request_pixels:,} per request",
+            )
         if not self.pixels.try_enter(total):
             self.metrics.refused.inc(tags={"reason": "pixels"})
             raise ApiError(503, "the service is busy decoding other large images; retry later")
         try:
-            return list(await asyncio.gather(*(self._predict_one(item, header, detect, annotate)
-                                               for item, header in zip(items, headers)), return_exceptions=True))
+            return list(
+                await asyncio.gather(
+                    *(self._predict_one(item, header, detect, annotate) for item, header in zip(items, headers)),
+                    return_exceptions=True,
+                )
+            )
         finally:
             self.pixels.leave(total)
 
-    async def _predict_one(self, image: ImageInput | ApiError, header: Any, detect: str, annotate: bool) -> dict[str, Any]:
+    async def _predict_one(
+        self, image: ImageInput | ApiError, header: Any, detect: str, annotate: bool
+    ) -> dict[str, Any]:
         """Decode, check boxes, predict one admitted image; ApiError for this image's problems."""
         if isinstance(header, ApiError):
             raise header
         if len(image.data) <= INLINE_DECODE_BYTES and header.pixels <= INLINE_DECODE_PIXELS:
-            pixels, grey = _decode_for_model(image, self.args)   # a crop: no thread hop
+            pixels, grey = _decode_for_model(image, self.args)  # a crop: no thread hop
         else:
             pixels, grey = await asyncio.to_thread(_decode_for_model, image, self.args)
         height, width = grey.shape
@@ -219,7 +229,9 @@ class Ingress:
         job = FaceJob(grey, DETECT_TO_MODE[detect], tuple(boxes) if boxes is not None else None, time.perf_counter())
         outcome: Outcome = await self._predict_jobs(job)
         if outcome.error is not None:
-            raise ApiError(outcome.status, outcome.error if outcome.status == 503 else f"{image.source}: {outcome.error}")
+            raise ApiError(
+                outcome.status, outcome.error if outcome.status == 503 else f"{image.source}: {outcome.error}"
+            )
         out = outcome.result.to_dict()
         if annotate:
             out["annotated_png_base64"] = await asyncio.to_thread(annotated_png, pixels, outcome.result)
@@ -275,11 +287,17 @@ class Ingress:
     @api.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
     async def predict(self, request: Request) -> JSONResponse:
         _check_headers(request, self.args.max_header_bytes)
-        self._admit(1)   # before the body is read: a refused request costs no reading, parsing or decoding
+        self._admit(1)  # before the body is read: a refused request costs no reading, parsing or decoding
         try:
-            body = await read_body(request.headers, request.stream(), self.args.max_body_bytes, self.args.body_timeout_s)
-            image, options = predict_request(request.headers.get("content-type"), body, request.query_params.multi_items(),
-                                             self.args.max_boxes_per_image)
+            body = await read_body(
+                request.headers, request.stream(), self.args.max_body_bytes, self.args.body_timeout_s
+            )
+            image, options = predict_request(
+                request.headers.get("content-type"),
+                body,
+                request.query_params.multi_items(),
+                self.args.max_boxes_per_image,
+            )
             del body
             self.metrics.images.observe(1)
             (answer,) = await self._predict_images([image], options.detect, options.annotate)
@@ -294,12 +312,19 @@ class Ingress:
     @api.post("/v1/predict/batch", response_model=BatchResponse, response_model_exclude_none=True)
     async def predict_batch(self, request: Request) -> JSONResponse:
         _check_headers(request, self.args.max_header_bytes)
-        self._admit(1)   # one slot before the body is read; the rest once the images are counted
+        self._admit(1)  # one slot before the body is read; the rest once the images are counted
         held = 1
         try:
-            body = await read_body(request.headers, request.stream(), self.args.max_body_bytes, self.args.body_timeout_s)
-            items, options = batch_request(request.headers.get("content-type"), body, request.query_params.multi_items(),
-                                           self.args.max_images_per_request, self.args.max_boxes_per_image)
+            body = await read_body(
+                request.headers, request.stream(), self.args.max_body_bytes, self.args.body_timeout_s
+            )
+            items, options = batch_request(
+                request.headers.get("content-type"),
+                body,
+                request.query_params.multi_items(),
+                self.args.max_images_per_request,
+                self.args.max_boxes_per_image,
+            )
             del body
             self._admit(len(items) - 1)
             held = len(items)
@@ -310,7 +335,7 @@ class Ingress:
         results: list[dict[str, Any]] = []
         for answer in answers:
             if isinstance(answer, ApiError) and answer.status == 503:
-                raise answer   # overload: the whole request is retried, not some of its images
+                raise answer  # overload: the whole request is retried, not some of its images
             if isinstance(answer, ApiError):
                 results.append({"error": answer.message, "status": answer.status})
             elif isinstance(answer, BaseException):
@@ -326,16 +351,20 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
 
 
-def compose(args: AppArgs, model_options: dict[str, Any] | None = None, ingress_options: dict[str, Any] | None = None) -> serve.Application:
+def compose(
+    args: AppArgs, model_options: dict[str, Any] | None = None, ingress_options: dict[str, Any] | None = None
+) -> serve.Application:
     """Bind the ingress to the model deployment; `*_options` override the deployments' defaults
     (`Deployment.options`: num_replicas, max_ongoing_requests, max_queued_requests, ...)."""
     args = args.model_copy(update={"keypoints": _absolute(args.keypoints), "emotion": _absolute(args.emotion)})
     ingress_options = dict(ingress_options or {})
     ongoing = ingress_options.get("max_ongoing_requests", Ingress.max_ongoing_requests)
     if ongoing < max(args.max_batch_size, args.max_pending_requests):
-        raise ValueError(f"Ingress max_ongoing_requests {ongoing} < max_batch_size {args.max_batch_size} or "
-                         f"max_pending_requests {args.max_pending_requests}: batches could not fill, or excess "
-                         f"requests would queue at the proxy instead of getting a JSON 503")
+        raise ValueError(
+            f"Ingress max_ongoing_requests {ongoing} < max_batch_size {args.max_batch_size} or "
+            f"max_pending_requests {args.max_pending_requests}: batches could not fill, or excess "
+            f"requests would queue at the proxy instead of getting a JSON 503"
+        )
     model_options = dict(model_options or {})
     if "ray_actor_options" not in model_options and _wants_gpu(args.device):
         # Ray hides GPUs from actors that ask for none (CUDA_VISIBLE_DEVICES=""): ask for one.

@@ -26,9 +26,10 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from email.message import Message
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -62,6 +63,7 @@ class ApiError(Exception):
 
 
 # ----------------------------------------------------------------------------- body
+
 
 def declared_length(headers: Any, limit: int) -> int | None:
     """The Content-Length header as an int (None when absent); 400 when unreadable, 413 over `limit`."""
@@ -101,7 +103,7 @@ async def read_body(headers: Any, chunks: AsyncIterator[bytes], limit: int, time
             await read()
     except TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes received)") from None
-    except ClientDisconnect:   # the client went away mid-upload: nobody reads the answer
+    except ClientDisconnect:  # the client went away mid-upload: nobody reads the answer
         raise ApiError(400, "the client disconnected before the body was complete") from None
     return b"".join(parts)
 
@@ -112,6 +114,7 @@ def media_type(content_type: str | None) -> str:
 
 
 # ----------------------------------------------------------------------------- multipart
+
 
 @dataclass(frozen=True)
 class Part:
@@ -141,19 +144,19 @@ def parse_multipart(body: bytes, content_type: str) -> list[Part]:
         raise ApiError(400, "multipart body does not contain its boundary")
     parts: list[Part] = []
     for segment in segments[1:]:
-        if segment.startswith(b"--"):   # the closing delimiter: the rest is the epilogue
+        if segment.startswith(b"--"):  # the closing delimiter: the rest is the epilogue
             return parts
-        line_end = segment.find(b"\r\n")   # skip transport padding after the delimiter
+        line_end = segment.find(b"\r\n")  # skip transport padding after the delimiter
         if line_end < 0 or segment[:line_end].strip(b" \t"):
             raise ApiError(400, "malformed multipart body (bad delimiter line)")
-        segment = segment[line_end + 2:]
+        segment = segment[line_end + 2 :]
         if segment.startswith(b"\r\n"):
             raw_headers, data = b"", segment[2:]
         else:
             split = segment.find(b"\r\n\r\n")
             if split < 0:
                 raise ApiError(400, "malformed multipart body (part headers not terminated)")
-            raw_headers, data = segment[:split], segment[split + 4:]
+            raw_headers, data = segment[:split], segment[split + 4 :]
         headers: dict[str, str] = {}
         for line in raw_headers.decode("latin-1").split("\r\n"):
             key, sep, value = line.partition(":")
@@ -169,6 +172,7 @@ def parse_multipart(body: bytes, content_type: str) -> list[Part]:
 
 
 # ----------------------------------------------------------------------------- options
+
 
 def _one_line(err: ValidationError) -> str:
     """A pydantic error list as one line: 'boxes.0.w: Input should be greater than 0; ...'."""
@@ -195,7 +199,9 @@ def check_box_count(boxes: Any, max_boxes: int | None, where: str) -> None:
         raise ApiError(422, f"{where}: {len(boxes)} boxes; the limit is {max_boxes}")
 
 
-def options_from_fields(fields: Iterable[tuple[str, str]], model: type[M], what: str, max_boxes: int | None = None) -> M:
+def options_from_fields(
+    fields: Iterable[tuple[str, str]], model: type[M], what: str, max_boxes: int | None = None
+) -> M:
     """Options from text fields (query string or multipart form fields): each name at most once,
     `boxes` as JSON text [[x, y, w, h], ...] (at most `max_boxes`, nested at most MAX_JSON_DEPTH);
     unknown names and bad values are 422."""
@@ -256,11 +262,12 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, f"malformed JSON body: {err}") from None
-    except RecursionError:   # not reached after the depth bound; kept so a deep body can never be a 500
+    except RecursionError:  # not reached after the depth bound; kept so a deep body can never be a 500
         raise ApiError(400, f"JSON body nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
 # ----------------------------------------------------------------------------- requests
+
 
 @dataclass(frozen=True)
 class ImageInput:
@@ -269,14 +276,16 @@ class ImageInput:
     data: bytes
     source: str
     boxes: tuple[BoxIn, ...] | None = None
-    boxes_where: str = "boxes"   # where the boxes came from, for messages
+    boxes_where: str = "boxes"  # where the boxes came from, for messages
 
 
 def _unsupported(kind: str, allowed: str) -> ApiError:
     return ApiError(415, f"unsupported content type {kind or '(none)'!r}; send {allowed}")
 
 
-def predict_request(content_type: str | None, body: bytes, query: Sequence[tuple[str, str]], max_boxes: int | None = None) -> tuple[ImageInput, PredictOptions]:
+def predict_request(
+    content_type: str | None, body: bytes, query: Sequence[tuple[str, str]], max_boxes: int | None = None
+) -> tuple[ImageInput, PredictOptions]:
     """POST /v1/predict: the image and options of a multipart, raw image/* or JSON request; more
     than `max_boxes` boxes is a 422 before any box is validated."""
     query_options = options_from_fields(query, PredictOptions, "query", max_boxes)
@@ -312,8 +321,13 @@ def _too_many_images(count: int, max_images: int) -> ApiError:
     return ApiError(413, f"{count} images in one request; the limit is {max_images}")
 
 
-def batch_request(content_type: str | None, body: bytes, query: Sequence[tuple[str, str]], max_images: int,
-                  max_boxes: int | None = None) -> tuple[list[ImageInput | ApiError], BatchOptions]:
+def batch_request(
+    content_type: str | None,
+    body: bytes,
+    query: Sequence[tuple[str, str]],
+    max_images: int,
+    max_boxes: int | None = None,
+) -> tuple[list[ImageInput | ApiError], BatchOptions]:
     """POST /v1/predict/batch: the images (multipart files `images`, or JSON {"images": [...]}) and
     options. A per-image problem (bad base64) stays in the list as an ApiError for that image. The
     image count (413) and each image's box count (422) are checked before anything is validated or
@@ -349,8 +363,11 @@ def batch_request(content_type: str | None, body: bytes, query: Sequence[tuple[s
             except ApiError as err:
                 items.append(err)
                 continue
-            items.append(ImageInput(data, f"images[{i}]", tuple(item.boxes) if item.boxes is not None else None,
-                                    f"images[{i}].boxes"))
+            items.append(
+                ImageInput(
+                    data, f"images[{i}]", tuple(item.boxes) if item.boxes is not None else None, f"images[{i}].boxes"
+                )
+            )
     else:
         raise _unsupported(kind, "multipart/form-data (files 'images') or application/json")
     if not items:
@@ -360,7 +377,8 @@ def batch_request(content_type: str | None, body: bytes, query: Sequence[tuple[s
 
 # ----------------------------------------------------------------------------- images
 
-def probe(image: ImageInput, max_pixels: int) -> "ImageHeader":
+
+def probe(image: ImageInput, max_pixels: int) -> ImageHeader:
     """The image's header (size, format) without decoding a pixel; ImageError -> ApiError by its kind."""
     from emokp_ray.inference.images import ImageError, probe_image
 
@@ -384,7 +402,9 @@ def decode(image: ImageInput, max_pixels: int) -> np.ndarray:
         raise ApiError(IMAGE_ERROR_STATUS.get(err.kind, 400), str(err)) from None
 
 
-def check_boxes(boxes: Sequence[BoxIn] | None, width: int, height: int, max_boxes: int, where: str = "boxes") -> list[tuple[float, float, float, float]] | None:
+def check_boxes(
+    boxes: Sequence[BoxIn] | None, width: int, height: int, max_boxes: int, where: str = "boxes"
+) -> list[tuple[float, float, float, float]] | None:
     """The caller's boxes clipped to the image, as (x, y, w, h) tuples; 422 when there are too many,
     or when a box overlaps the image by less than MIN_BOX_SIDE_PX in x or y (a box off the image,
     or a degenerate sliver). The clipped box is what the networks see and what the answer reports."""
@@ -398,8 +418,15 @@ def check_boxes(boxes: Sequence[BoxIn] | None, width: int, height: int, max_boxe
         x1, y1 = min(b.x + b.w, float(width)), min(b.y + b.h, float(height))
         if x1 - x0 < MIN_BOX_SIDE_PX or y1 - y0 < MIN_BOX_SIDE_PX:
             image = f"the {width}x{height} image"
-            what = f"lies outside {image}" if x1 <= x0 or y1 <= y0 else f"overlaps {image} by less than {MIN_BOX_SIDE_PX} px"
-            raise ApiError(422, f"{where}[{i}] {list(b.as_tuple())} {what} (a box must overlap the image by at least "
-                                f"{MIN_BOX_SIDE_PX} px in x and in y)")
+            what = (
+                f"lies outside {image}"
+                if x1 <= x0 or y1 <= y0
+                else f"overlaps {image} by less than {MIN_BOX_SIDE_PX} px"
+            )
+            raise ApiError(
+                422,
+                f"{where}[{i}] {list(b.as_tuple())} {what} (a box must overlap the image by at least "
+                f"{MIN_BOX_SIDE_PX} px in x and in y)",
+            )
         clipped.append((x0, y0, x1 - x0, y1 - y0))
     return clipped

@@ -32,20 +32,42 @@ class ServeMetrics:
     def __init__(self) -> None:
         from ray.serve import metrics
 
-        self.requests = metrics.Counter("emokp_requests", description="HTTP answers of the ingress by route and status code.",
-                                        tag_keys=("route", "status"))
-        self.refused = metrics.Counter("emokp_admissions_refused", description="Requests refused with 503 by the ingress's "
-                                       "admission limit (reason=images) or decoded-pixel budget (reason=pixels).", tag_keys=("reason",))
-        self.images = metrics.Histogram("emokp_images_per_request", description="Images in an admitted predict request.",
-                                        boundaries=COUNT_BOUNDARIES)
-        self.faces = metrics.Histogram("emokp_faces_per_request", description="Faces in the answer to a predict request.",
-                                       boundaries=[0.5, *COUNT_BOUNDARIES])   # le=0.5: no face; Ray wants positive bounds
-        self.batch_size = metrics.Histogram("emokp_model_batch_size", description="Images per FaceModel call (one forward pass).",
-                                            boundaries=COUNT_BOUNDARIES)
-        self.model_latency = metrics.Histogram("emokp_model_latency_s", description="Duration of a FaceModel call seen by the "
-                                               "ingress, in seconds.", boundaries=SECONDS_BOUNDARIES)
-        self.queue_wait = metrics.Histogram("emokp_queue_wait_s", description="Seconds an image waits in the ingress's batcher "
-                                            "until its batch's FaceModel call starts.", boundaries=SECONDS_BOUNDARIES)
+        self.requests = metrics.Counter(
+            "emokp_requests",
+            description="HTTP answers of the ingress by route and status code.",
+            tag_keys=("route", "status"),
+        )
+        self.refused = metrics.Counter(
+            "emokp_admissions_refused",
+            description="Requests refused with 503 by the ingress's "
+            "admission limit (reason=images) or decoded-pixel budget (reason=pixels).",
+            tag_keys=("reason",),
+        )
+        self.images = metrics.Histogram(
+            "emokp_images_per_request",
+            description="Images in an admitted predict request.",
+            boundaries=COUNT_BOUNDARIES,
+        )
+        self.faces = metrics.Histogram(
+            "emokp_faces_per_request",
+            description="Faces in the answer to a predict request.",
+            boundaries=[0.5, *COUNT_BOUNDARIES],
+        )  # le=0.5: no face; Ray wants positive bounds
+        self.batch_size = metrics.Histogram(
+            "emokp_model_batch_size",
+            description="Images per FaceModel call (one forward pass).",
+            boundaries=COUNT_BOUNDARIES,
+        )
+        self.model_latency = metrics.Histogram(
+            "emokp_model_latency_s",
+            description="Duration of a FaceModel call seen by the ingress, in seconds.",
+            boundaries=SECONDS_BOUNDARIES,
+        )
+        self.queue_wait = metrics.Histogram(
+            "emokp_queue_wait_s",
+            description="Seconds an image waits in the ingress's batcher until its batch's FaceModel call starts.",
+            boundaries=SECONDS_BOUNDARIES,
+        )
 
 
 @functools.cache

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
@@ -50,7 +51,7 @@ class FaceJob:
 class Outcome:
     """The model's answer to one FaceJob: a result, or a user-facing error with its HTTP status."""
 
-    result: "ImageResult | None" = None
+    result: ImageResult | None = None
     error: str | None = None
     status: int = 200
 
@@ -69,7 +70,7 @@ def job_boxes(job: FaceJob) -> list[Box] | None:
     return None
 
 
-def run_jobs(predictor: "Predictor", jobs: Sequence[FaceJob]) -> list[Outcome]:
+def run_jobs(predictor: Predictor, jobs: Sequence[FaceJob]) -> list[Outcome]:
     """Predict every job in ONE `predictor.predict` call, so all faces of all images go through each
     network in one batched forward pass, whatever mix of modes and boxes the batch holds. A
     UserError (e.g. detection without OpenCV) fails only the jobs that cause it: the batch is then
@@ -109,9 +110,17 @@ class FaceModel:
             torch.set_num_threads(args.torch_threads)
         detect = args.detect and opencv_available()
         if args.detect and not detect:
-            logger.warning("face detection is off: OpenCV is not installed (%s); crops and caller boxes still work", INSTALL_HINT)
-        self.predictor = Predictor.from_paths(args.keypoints, args.emotion, device=args.device, detect=detect,
-                                              trust_torchscript=args.trust_torchscript, backend=args.backend)
+            logger.warning(
+                "face detection is off: OpenCV is not installed (%s); crops and caller boxes still work", INSTALL_HINT
+            )
+        self.predictor = Predictor.from_paths(
+            args.keypoints,
+            args.emotion,
+            device=args.device,
+            detect=detect,
+            trust_torchscript=args.trust_torchscript,
+            backend=args.backend,
+        )
         self.test_delay_s = args.test_delay_s
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
 

@@ -10,16 +10,17 @@ import time
 from typing import Any
 
 APP_NAME = "emokp"
-REQUEST_TIMEOUT_S = 60.0   # the proxy's end-to-end limit per request (as in serve/config.yaml)
+REQUEST_TIMEOUT_S = 60.0  # the proxy's end-to-end limit per request (as in serve/config.yaml)
 
 
 def _stop_on_sigterm() -> None:
     """SIGTERM stops the server like Ctrl-C: a KeyboardInterrupt in the main thread, so the cleanup
     below runs (Ray's own handler would end the process with a native stack dump)."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():   # signals reach the main thread only
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
         signal.signal(signal.SIGTERM, handler)
 
 
@@ -61,11 +62,13 @@ def _drain(serve: Any) -> None:
         handle = serve.get_app_handle(APP_NAME)
         while time.monotonic() < deadline and handle.in_flight.remote().result(timeout_s=5.0) > 0:
             time.sleep(0.2)
-    except Exception:  # noqa: BLE001 - no app (failed start) or it is already gone: nothing to drain
+    except Exception:
         return
 
 
-def run_serve(keypoints: str | None, emotion: str | None, host: str = "127.0.0.1", port: int = 8000, **app_options: Any) -> None:
+def run_serve(
+    keypoints: str | None, emotion: str | None, host: str = "127.0.0.1", port: int = 8000, **app_options: Any
+) -> None:
     """Serve the two checkpoints at http://HOST:PORT/ until Ctrl-C (SIGINT) or SIGTERM.
 
     `app_options` are further AppArgs fields (max_batch_size, batch_wait_timeout_s, max_body_bytes,
@@ -93,17 +96,20 @@ def run_serve(keypoints: str | None, emotion: str | None, host: str = "127.0.0.1
     from emokp_ray.inference.backends import resolve_backend
     from emokp_ray.inference.predictor import resolve_device
 
-    resolve_backend(args.backend, resolve_device(args.device))   # e.g. onnx without the extra: one line, now
+    resolve_backend(args.backend, resolve_device(args.device))  # e.g. onnx without the extra: one line, now
 
     from emokp_ray.serving.model import opencv_available
 
     if args.detect and not opencv_available():
-        print("emokp serve: face detection is off (OpenCV missing: pip install 'emokp-ray[detect]'); "
-              "face crops and caller boxes still work", flush=True)
+        print(
+            "emokp serve: face detection is off (OpenCV missing: pip install 'emokp-ray[detect]'); "
+            "face crops and caller boxes still work",
+            flush=True,
+        )
         args = args.model_copy(update={"detect": False})
     local = not os.environ.get("RAY_ADDRESS")
     init_ray()
-    _stop_on_sigterm()   # after ray.init, whose core worker installs a handler of its own
+    _stop_on_sigterm()  # after ray.init, whose core worker installs a handler of its own
     try:
         serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
         try:

@@ -6,7 +6,7 @@ never a silently ignored default.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,15 +19,15 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    keypoints: Optional[str] = None            # keypoint checkpoint; at least one of the two
-    emotion: Optional[str] = None              # emotion checkpoint
+    keypoints: str | None = None  # keypoint checkpoint; at least one of the two
+    emotion: str | None = None  # emotion checkpoint
     # A TorchScript file is a program (export.load_model): loaded only when this says so.
     trust_torchscript: bool = False
-    device: str = "cpu"                        # "cpu" | "cuda" | "auto"
+    device: str = "cpu"  # "cpu" | "cuda" | "auto"
     # Where the networks run (inference/backends.py): auto = onnx where the onnx extra is installed
     # and the device is the CPU, else torch.
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
-    detect: bool = True                        # load the face detector (photos need it; crops do not)
+    detect: bool = True  # load the face detector (photos need it; crops do not)
     # Dynamic batching in the ingress: up to max_batch_size images from concurrent requests go to the
     # model as one call, one forward pass; an idle model's batch waits at most batch_wait_timeout_s for
     # company; while a batch runs, the next may wait up to its expected duration, at most
@@ -35,7 +35,7 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(16, ge=1, le=256)
     batch_wait_timeout_s: float = Field(0.001, ge=0.0, le=1.0)
     busy_batch_wait_max_s: float = Field(0.05, ge=0.0, le=1.0)
-    torch_threads: Optional[int] = Field(None, ge=1)   # None: as Ray sets it (OMP_NUM_THREADS: 1 at num_cpus <= 1)
+    torch_threads: int | None = Field(None, ge=1)  # None: as Ray sets it (OMP_NUM_THREADS: 1 at num_cpus <= 1)
     # Input limits: the body is refused past max_body_bytes (Content-Length, then while reading) and
     # when it has not arrived within body_timeout_s (408); an image whose header declares more than
     # max_image_pixels (at most Pillow's own 89 M ceiling), or a request whose images' headers add
@@ -47,7 +47,7 @@ class AppArgs(BaseModel):
     max_image_pixels: int = Field(24_000_000, ge=64 * 64, le=89_478_485)
     max_request_pixels: int = Field(48_000_000, ge=64 * 64)
     max_replica_pixels: int = Field(96_000_000, ge=64 * 64)
-    max_images_per_request: int = Field(32, ge=1)      # /v1/predict/batch
+    max_images_per_request: int = Field(32, ge=1)  # /v1/predict/batch
     # Overload: an ingress replica holds at most this many images admitted and unanswered; the next
     # gets 503 at once (keep the Ingress deployment's max_ongoing_requests above it).
     max_pending_requests: int = Field(64, ge=1)
@@ -56,18 +56,24 @@ class AppArgs(BaseModel):
     test_delay_s: float = Field(0.0, ge=0.0, le=60.0)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "AppArgs":
+    def _consistent(self) -> AppArgs:
         if not self.keypoints and not self.emotion:
             raise ValueError("give at least one checkpoint: keypoints or emotion")
         if not self.max_image_pixels <= self.max_request_pixels <= self.max_replica_pixels:
-            raise ValueError(f"need max_image_pixels {self.max_image_pixels:,} <= max_request_pixels {self.max_request_pixels:,} "
-                             f"<= max_replica_pixels {self.max_replica_pixels:,}: a valid request could never be decoded")
+            raise ValueError(
+                f"need max_image_pixels {self.max_image_pixels:,} <= max_request_pixels {self.max_request_pixels:,} "
+                f"<= max_replica_pixels {self.max_replica_pixels:,}: a valid request could never be decoded"
+            )
         if self.max_batch_size > self.max_pending_requests:
-            raise ValueError(f"max_batch_size {self.max_batch_size} > max_pending_requests {self.max_pending_requests}: "
-                             f"a batch could never fill")
+            raise ValueError(
+                f"max_batch_size {self.max_batch_size} > max_pending_requests {self.max_pending_requests}: "
+                f"a batch could never fill"
+            )
         if self.max_images_per_request > self.max_pending_requests:
-            raise ValueError(f"max_images_per_request {self.max_images_per_request} > max_pending_requests "
-                             f"{self.max_pending_requests}: a full batch request could never be admitted")
+            raise ValueError(
+                f"max_images_per_request {self.max_images_per_request} > max_pending_requests "
+                f"{self.max_pending_requests}: a full batch request could never be admitted"
+            )
         return self
 
 
@@ -99,7 +105,7 @@ class BoxIn(BaseModel):
         return raw
 
     @model_validator(mode="after")
-    def _finite(self) -> "BoxIn":
+    def _finite(self) -> BoxIn:
         if not all(math.isfinite(v) for v in (self.x, self.y, self.w, self.h)):
             raise ValueError("box values must be finite numbers")
         return self
@@ -115,7 +121,7 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     detect: DetectOption = "auto"
-    annotate: bool = False                  # also return the annotated image as base64 PNG
+    annotate: bool = False  # also return the annotated image as base64 PNG
 
     @field_validator("detect", mode="before")
     @classmethod
@@ -129,7 +135,7 @@ class BatchOptions(BaseModel):
 class PredictOptions(BatchOptions):
     """Options of POST /v1/predict, from the query string, form fields or JSON fields."""
 
-    boxes: Optional[list[BoxIn]] = None     # overrides detection; [] means "no faces here"
+    boxes: list[BoxIn] | None = None  # overrides detection; [] means "no faces here"
 
 
 class NoOptions(BaseModel):
@@ -148,7 +154,7 @@ class BatchItemJson(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image_base64: str
-    boxes: Optional[list[BoxIn]] = None
+    boxes: list[BoxIn] | None = None
 
 
 class BatchJson(BatchOptions):
@@ -159,23 +165,24 @@ class BatchJson(BatchOptions):
 
 # ----------------------------------------------------------------------------- responses
 
+
 class FaceOut(BaseModel):
-    box: list[float]                                    # [x, y, w, h], input-image pixels
-    keypoints: Optional[dict[str, list[float]]] = None  # name -> [x, y], input-image pixels
-    emotion: Optional[str] = None
-    probabilities: Optional[dict[str, float]] = None
+    box: list[float]  # [x, y, w, h], input-image pixels
+    keypoints: dict[str, list[float]] | None = None  # name -> [x, y], input-image pixels
+    emotion: str | None = None
+    probabilities: dict[str, float] | None = None
 
 
 class ImageOut(BaseModel):
     width: int
     height: int
     faces: list[FaceOut]
-    annotated_png_base64: Optional[str] = None   # with annotate=true
+    annotated_png_base64: str | None = None  # with annotate=true
 
 
 class ErrorOut(BaseModel):
     error: str
-    status: Optional[int] = None                 # in a batch result: the status this image alone would get
+    status: int | None = None  # in a batch result: the status this image alone would get
 
 
 class PredictResponse(ImageOut):
@@ -188,6 +195,6 @@ class BatchResponse(BaseModel):
 
 
 class LabelsResponse(BaseModel):
-    keypoints: Optional[list[str]] = None
-    emotion: Optional[list[str]] = None
-    label_scheme: Optional[str] = None
+    keypoints: list[str] | None = None
+    emotion: list[str] | None = None
+    label_scheme: str | None = None

@@ -18,48 +18,48 @@ TASKS = ("keypoints", "emotion")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str                          # "keypoints" | "emotion"
-    data: str                          # prepared data set directory (local path or URI)
-    out: str                           # RUN_DIR: best/, metrics.jsonl, config.json, checkpoints
-    recipe: str = ""                   # the named preset these values started from (recipes.py); "" = none
+    task: str  # "keypoints" | "emotion"
+    data: str  # prepared data set directory (local path or URI)
+    out: str  # RUN_DIR: best/, metrics.jsonl, config.json, checkpoints
+    recipe: str = ""  # the named preset these values started from (recipes.py); "" = none
     # --- model ---
-    model: str = "course"              # "course" (faithful reference), "wide" (stronger), "small" (CPU demos),
-                                       # keypoints "compact" (course backbone, 1024-512 head), emotion "fer48"
-    input_size: int = 0                # 0: the task's default (keypoints 96; emotion 48 = FER native)
+    model: str = "course"  # "course" (faithful reference), "wide" (stronger), "small" (CPU demos),
+    # keypoints "compact" (course backbone, 1024-512 head), emotion "fer48"
+    input_size: int = 0  # 0: the task's default (keypoints 96; emotion 48 = FER native)
     # --- optimisation ---
     epochs: int = 10
-    batch_size: int = 64               # GLOBAL batch; each of N workers gets batch_size / N
-    optimizer: str = "adamw"           # "adamw" | "adam"
-    lr: float = 1e-3                   # peak learning rate (one-cycle) or the constant rate
+    batch_size: int = 64  # GLOBAL batch; each of N workers gets batch_size / N
+    optimizer: str = "adamw"  # "adamw" | "adam"
+    lr: float = 1e-3  # peak learning rate (one-cycle) or the constant rate
     weight_decay: float = 1e-4
-    schedule: str = "onecycle"         # "onecycle" | "cosine" | "constant"
-    warmup_fraction: float = 0.2       # one-cycle: share of steps spent warming up
-    early_stopping: int = 0            # patience in epochs on the validation metric; 0 = off
+    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant"
+    warmup_fraction: float = 0.2  # one-cycle: share of steps spent warming up
+    early_stopping: int = 0  # patience in epochs on the validation metric; 0 = off
     seed: int = 0
     # --- task specific ---
-    drop_incomplete: bool = False      # keypoints: keep only rows with all 15 points (the course did)
-    imbalance: str = "weights"         # emotion: "weights" (class-weighted loss) | "sampling" | "none"
-    label_smoothing: float = 0.0       # emotion
-    augment: bool = True               # train split only; validation is never augmented
-    random_erasing: float = 0.0        # probability per training image of erasing a random rectangle (noise-filled)
-    mixup_alpha: float = 0.0           # emotion: Beta(a, a) mixup of image pairs and their labels; 0 = off
-    cutmix_alpha: float = 0.0          # emotion: Beta(a, a) cutmix (a pasted rectangle); with mixup, each batch picks one
-    ema_decay: float = 0.0             # exponential moving average of the weights per step; validation and
-                                       # checkpoints use the average (0 = off; 0.999 ~ the last 1,000 steps)
+    drop_incomplete: bool = False  # keypoints: keep only rows with all 15 points (the course did)
+    imbalance: str = "weights"  # emotion: "weights" (class-weighted loss) | "sampling" | "none"
+    label_smoothing: float = 0.0  # emotion
+    augment: bool = True  # train split only; validation is never augmented
+    random_erasing: float = 0.0  # probability per training image of erasing a random rectangle (noise-filled)
+    mixup_alpha: float = 0.0  # emotion: Beta(a, a) mixup of image pairs and their labels; 0 = off
+    cutmix_alpha: float = 0.0  # emotion: Beta(a, a) cutmix (a pasted rectangle); with mixup, each batch picks one
+    ema_decay: float = 0.0  # exponential moving average of the weights per step; validation and
+    # checkpoints use the average (0 = off; 0.999 ~ the last 1,000 steps)
     # --- execution ---
     workers: int = 1
-    use_gpu: bool | None = None        # None: use GPUs when the cluster has them
-    cpus_per_worker: float = 0.0       # CPUs Ray reserves per worker (= its torch threads); 0: reserve 1,
-                                       # and torch uses this node's cores / the workers on it
-    amp: bool | None = None            # None: on with a GPU (bf16 where supported, else fp16)
-    channels_last: bool = True         # NHWC: 1.25-1.6x faster CPU steps too (benchmarks/optimizer_layout.py)
-    keep_checkpoints: int = 2          # keep the best K checkpoints by the validation metric
-    max_failures: int = 2              # worker-group restarts from the last checkpoint
-    storage: str = ""                  # Ray storage_path; "" = RUN_DIR/ray
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    cpus_per_worker: float = 0.0  # CPUs Ray reserves per worker (= its torch threads); 0: reserve 1,
+    # and torch uses this node's cores / the workers on it
+    amp: bool | None = None  # None: on with a GPU (bf16 where supported, else fp16)
+    channels_last: bool = True  # NHWC: 1.25-1.6x faster CPU steps too (benchmarks/optimizer_layout.py)
+    keep_checkpoints: int = 2  # keep the best K checkpoints by the validation metric
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    storage: str = ""  # Ray storage_path; "" = RUN_DIR/ray
     resume: bool = False
     no_ray: bool = False
-    max_steps_per_epoch: int = 0       # 0 = whole epoch; >0 caps steps (smoke runs, demos)
-    limit_rows: int = 0                # 0 = all rows; >0 reads only the first N rows of each split
+    max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps steps (smoke runs, demos)
+    limit_rows: int = 0  # 0 = all rows; >0 reads only the first N rows of each split
     extra: dict[str, Any] = field(default_factory=dict)  # test hooks (e.g. fail_at_epoch)
 
     def __post_init__(self) -> None:
@@ -72,7 +72,9 @@ class TrainConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise UserError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "workers": self.workers, "lr": self.lr}
         for name, value in positive.items():
             if value <= 0:
@@ -86,7 +88,9 @@ class TrainConfig:
         if not 0.0 <= self.random_erasing <= 1.0:
             raise UserError(f"--random-erasing must be a probability in [0, 1], got {self.random_erasing}")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-            raise UserError(f"--mixup-alpha and --cutmix-alpha must be >= 0, got {self.mixup_alpha} and {self.cutmix_alpha}")
+            raise UserError(
+                f"--mixup-alpha and --cutmix-alpha must be >= 0, got {self.mixup_alpha} and {self.cutmix_alpha}"
+            )
         if (self.mixup_alpha or self.cutmix_alpha) and self.task != "emotion":
             raise UserError("--mixup-alpha / --cutmix-alpha apply to emotion only (keypoint targets cannot be mixed)")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -107,7 +111,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

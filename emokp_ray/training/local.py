@@ -11,8 +11,9 @@ import json
 import queue
 import shutil
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +28,15 @@ class LocalSession:
     rank = 0
     world_size = 1
 
-    def __init__(self, cfg: TrainConfig, info: dict[str, Any], run_dir: Path, resume_from: str | None,
-                 device: torch.device | None = None, log=print):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        info: dict[str, Any],
+        run_dir: Path,
+        resume_from: str | None,
+        device: torch.device | None = None,
+        log=print,
+    ):
         self.cfg = cfg
         self.info = info
         self.run_dir = run_dir
@@ -42,10 +50,17 @@ class LocalSession:
         self.train_table = read_split_table(cfg.data, "train", cfg.limit_rows, columns)
         self.val_table = read_split_table(cfg.data, "val", cfg.limit_rows, columns)
         weights = info.get("sampling_weights")
-        common = dict(task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete)
-        self.train_pre = BatchPreprocessor(augment=cfg.augment, sampling_weights=None if weights is None else tuple(weights),
-                                           random_erasing=cfg.random_erasing, mixup_alpha=cfg.mixup_alpha,
-                                           cutmix_alpha=cfg.cutmix_alpha, **common)
+        common = dict(
+            task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete
+        )
+        self.train_pre = BatchPreprocessor(
+            augment=cfg.augment,
+            sampling_weights=None if weights is None else tuple(weights),
+            random_erasing=cfg.random_erasing,
+            mixup_alpha=cfg.mixup_alpha,
+            cutmix_alpha=cfg.cutmix_alpha,
+            **common,
+        )
         self.val_pre = BatchPreprocessor(augment=False, **common)
         self.saved: list[tuple[float, Path]] = []
         if resume_from:
@@ -72,8 +87,15 @@ class LocalSession:
         return model.to(self.device)
 
     def train_batches(self, epoch: int) -> Iterable[dict]:
-        batches = local_batches(self.train_table, self.train_pre, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
-                                epoch=epoch, drop_last=True)
+        batches = local_batches(
+            self.train_table,
+            self.train_pre,
+            self.cfg.batch_size,
+            shuffle=True,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            drop_last=True,
+        )
         return prefetch(batches) if self.device.type == "cuda" else batches
 
     def val_batches(self) -> Iterable[dict]:
@@ -99,7 +121,9 @@ class LocalSession:
         score = float(metrics[name])
         self.saved.append((score if order == "min" else -score, dest))
         # keep the best K plus the latest (the latest is what --resume continues from)
-        keep = {p for _, p in sorted(self.saved, key=lambda t: (np.nan_to_num(t[0], nan=np.inf)))[: self.cfg.keep_checkpoints]}
+        keep = {
+            p for _, p in sorted(self.saved, key=lambda t: np.nan_to_num(t[0], nan=np.inf))[: self.cfg.keep_checkpoints]
+        }
         keep.add(dest)
         for _, path in self.saved:
             if path not in keep and path.exists():

@@ -13,8 +13,9 @@ import copy
 import math
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ class Session(Protocol):
 
 # ----------------------------------------------------------------------------- losses
 
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
     """Mean squared error over the PRESENT coordinates only (NaN targets are skipped).
 
@@ -53,7 +55,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, scale: float) -> torch.
     is in normalized units (~1 = half a face): a 4-keypoint row trains just those 4 points.
     """
     present = ~torch.isnan(target)
-    diff = torch.where(present, (pred.float() - torch.nan_to_num(target)) / scale, torch.zeros_like(pred, dtype=torch.float32))
+    diff = torch.where(
+        present, (pred.float() - torch.nan_to_num(target)) / scale, torch.zeros_like(pred, dtype=torch.float32)
+    )
     return diff.pow(2).sum() / present.sum().clamp(min=1)
 
 
@@ -68,10 +72,14 @@ def make_loss(cfg: TrainConfig, class_weights: np.ndarray | None):
 
     def loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:
         w = weight.to(out.device) if weight is not None else None
-        ce = F.cross_entropy(out.float(), batch["label"], weight=w, label_smoothing=cfg.label_smoothing, reduction="none")
+        ce = F.cross_entropy(
+            out.float(), batch["label"], weight=w, label_smoothing=cfg.label_smoothing, reduction="none"
+        )
         if "mix_lam" in batch:  # mixup / cutmix (data/regularize.py): the partner's label takes 1 - lam
             lam = batch["mix_lam"]
-            ce_mix = F.cross_entropy(out.float(), batch["label_mix"], weight=w, label_smoothing=cfg.label_smoothing, reduction="none")
+            ce_mix = F.cross_entropy(
+                out.float(), batch["label_mix"], weight=w, label_smoothing=cfg.label_smoothing, reduction="none"
+            )
             ce = lam * ce + (1.0 - lam) * ce_mix
         # weighted mean as F.cross_entropy's "mean" reduction: sum of w[y] * loss / sum of w[y]
         norm = w[batch["label"]].sum() if w is not None else torch.tensor(float(len(ce)), device=ce.device)
@@ -88,6 +96,7 @@ def class_weights_from_counts(counts: dict[str, int], class_names: tuple[str, ..
 
 
 # ----------------------------------------------------------------------------- weight EMA
+
 
 class WeightEMA:
     """Exponential moving average of a model's weights, updated after every optimizer step.
@@ -121,6 +130,7 @@ class WeightEMA:
 
 # ----------------------------------------------------------------------------- steps
 
+
 def autocast_context(device: torch.device, amp: bool):
     """bf16 autocast on GPUs that support it, else fp16; nothing on CPU or when AMP is off."""
     if not amp or device.type != "cuda":
@@ -152,8 +162,9 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> Batch:
     return out
 
 
-def forward_batches(model: torch.nn.Module, batches: Iterable[dict], device: torch.device, amp: bool,
-                    channels_last: bool) -> Iterator[tuple[Batch, torch.Tensor]]:
+def forward_batches(
+    model: torch.nn.Module, batches: Iterable[dict], device: torch.device, amp: bool, channels_last: bool
+) -> Iterator[tuple[Batch, torch.Tensor]]:
     """(device batch, model output) for every non-empty batch, under autocast where AMP is on."""
     for raw in batches:
         batch = to_device(raw, device, channels_last)
@@ -195,7 +206,10 @@ def train_one_epoch(
         if ema is not None:
             ema.update(model)
         # OneCycleLR raises past its last step; a resumed or longer-than-planned epoch stays at the end.
-        if scheduler is not None and scheduler.last_epoch < getattr(scheduler, "total_steps", getattr(scheduler, "T_max", math.inf)) - 1:
+        if (
+            scheduler is not None
+            and scheduler.last_epoch < getattr(scheduler, "total_steps", getattr(scheduler, "T_max", math.inf)) - 1
+        ):
             scheduler.step()
         total_loss += float(loss.detach()) * batch["image"].shape[0]
         images += batch["image"].shape[0]
@@ -209,8 +223,16 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterable[dict], task: str, num_classes: int, loss_fn, device: torch.device,
-             amp: bool = False, channels_last: bool = False):
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[dict],
+    task: str,
+    num_classes: int,
+    loss_fn,
+    device: torch.device,
+    amp: bool = False,
+    channels_last: bool = False,
+):
     """Run the model over batches; returns (metric accumulator, summed loss, n)."""
     model.eval()
     acc = KeypointMetricAccumulator() if task == "keypoints" else EmotionMetricAccumulator(num_classes)
@@ -228,6 +250,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], task: str, num_cla
 
 # ----------------------------------------------------------------------------- fit
 
+
 def _fused_supported(params: list[torch.nn.Parameter]) -> bool:
     """Fused Adam needs floating-point parameters on CPU or CUDA (torch >= 2.4)."""
     return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
@@ -244,7 +267,13 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: i
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup_fraction, div_factor=25.0, final_div_factor=1e3)
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=total,
+            pct_start=cfg.warmup_fraction,
+            div_factor=25.0,
+            final_div_factor=1e3,
+        )
     elif cfg.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.lr * 1e-3)
     else:
@@ -269,7 +298,7 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
     np.random.seed(cfg.seed)
     device = session.device
     use_amp = bool(cfg.amp) if cfg.amp is not None else device.type == "cuda"
-    channels_last = cfg.channels_last is not False   # None: a config saved when the default followed the GPU
+    channels_last = cfg.channels_last is not False  # None: a config saved when the default followed the GPU
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
@@ -287,7 +316,9 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
 
     # Resume: the latest checkpoint (Ray's after a worker failure, or --resume's).
     start_epoch, history, best, stale = 0, [], None, 0
@@ -311,7 +342,9 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
     model = session.prepare_model(model)
     ema = None
     if cfg.ema_decay:
-        ema = WeightEMA(model, cfg.ema_decay, updates=int((restored.extra_state or {}).get("ema_updates", 0)) if restored else 0)
+        ema = WeightEMA(
+            model, cfg.ema_decay, updates=int((restored.extra_state or {}).get("ema_updates", 0)) if restored else 0
+        )
         if restored is not None and restored.train_model_state is not None:
             ema.model.load_state_dict(restored.model.state_dict())
     eval_model = ema.model if ema is not None else model
@@ -325,13 +358,33 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
         if fail_at is not None and epoch == int(fail_at):
             _maybe_fail_once(cfg.extra.get("fail_marker"), session.rank)
 
-        stats = train_one_epoch(model, session.train_batches(epoch), optimizer, scheduler, loss_fn, device,
-                                amp=use_amp, scaler=scaler, channels_last=channels_last, max_steps=cfg.max_steps_per_epoch,
-                                ema=ema)
-        acc, val_loss_sum, val_n = evaluate(eval_model, session.val_batches(), cfg.task, num_classes, loss_fn, device,
-                                            amp=use_amp, channels_last=channels_last)
+        stats = train_one_epoch(
+            model,
+            session.train_batches(epoch),
+            optimizer,
+            scheduler,
+            loss_fn,
+            device,
+            amp=use_amp,
+            scaler=scaler,
+            channels_last=channels_last,
+            max_steps=cfg.max_steps_per_epoch,
+            ema=ema,
+        )
+        acc, val_loss_sum, val_n = evaluate(
+            eval_model,
+            session.val_batches(),
+            cfg.task,
+            num_classes,
+            loss_fn,
+            device,
+            amp=use_amp,
+            channels_last=channels_last,
+        )
         # Reduce across ranks: the accumulators' sums plus the loss and image counts.
-        train_sums = session.all_reduce(np.array([stats["loss"] * stats["images"], stats["images"], stats["seconds"]], np.float64))
+        train_sums = session.all_reduce(
+            np.array([stats["loss"] * stats["images"], stats["images"], stats["seconds"]], np.float64)
+        )
         state = session.all_reduce(np.concatenate([acc.state(), [val_loss_sum, val_n]]))
         acc = type(acc).from_state(state[:-2], **({} if cfg.task == "keypoints" else {"num_classes": num_classes}))
         row: dict[str, Any] = {
@@ -376,16 +429,35 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
                 model_config=model_cfg,
                 label_scheme=scheme.name if cfg.task == "emotion" else None,
                 # the run's config plus the data facts that evaluation needs (the mean-shape baseline)
-                train_config={**cfg.to_dict(), "data_facts": {"mean_shape": None if mean_shape is None else mean_shape.tolist(),
-                                                              "n_train": info.get("n_train")}},
+                train_config={
+                    **cfg.to_dict(),
+                    "data_facts": {
+                        "mean_shape": None if mean_shape is None else mean_shape.tolist(),
+                        "n_train": info.get("n_train"),
+                    },
+                },
                 epoch=epoch + 1,
                 metrics=json_safe({k: v for k, v in row.items() if not isinstance(v, (dict, list))}),
                 run_id=info.get("run_id", ""),
             )
-            save_checkpoint(checkpoint_dir, eval_model, meta, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            train_model=model if ema is not None else None,
-                            extra_state=json_safe({"epoch": epoch + 1, "history": history, "best": best, "stale": stale,
-                                                   "ema_updates": ema.updates if ema is not None else 0}))
+            save_checkpoint(
+                checkpoint_dir,
+                eval_model,
+                meta,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                train_model=model if ema is not None else None,
+                extra_state=json_safe(
+                    {
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "best": best,
+                        "stale": stale,
+                        "ema_updates": ema.updates if ema is not None else 0,
+                    }
+                ),
+            )
         session.report(_scalar_metrics(row), checkpoint_dir)
         if tmp is not None:
             tmp.cleanup()

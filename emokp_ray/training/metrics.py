@@ -14,7 +14,8 @@ Undefined values (no data to average) are None, never NaN, so reports are valid 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class MeanAccumulator:
         return np.array([self._sum, self._weight], dtype=np.float64)
 
     @classmethod
-    def from_state(cls, state: np.ndarray) -> "MeanAccumulator":
+    def from_state(cls, state: np.ndarray) -> MeanAccumulator:
         state = np.asarray(state, dtype=np.float64).reshape(-1)
         if state.shape != (2,):
             raise ValueError(f"MeanAccumulator state must have 2 values, got {state.shape}")
@@ -112,7 +113,7 @@ class MeanAccumulator:
         acc._sum, acc._weight = float(state[0]), float(state[1])
         return acc
 
-    def merge(self, states: Iterable[np.ndarray]) -> "MeanAccumulator":
+    def merge(self, states: Iterable[np.ndarray]) -> MeanAccumulator:
         """Add other accumulators' states into this one (in place) and return self."""
         total = self.state() + sum((np.asarray(s, np.float64) for s in states), np.zeros(2))
         self._sum, self._weight = float(total[0]), float(total[1])
@@ -202,7 +203,7 @@ class KeypointMetricAccumulator:
         return self._state.copy()
 
     @classmethod
-    def from_state(cls, state: np.ndarray) -> "KeypointMetricAccumulator":
+    def from_state(cls, state: np.ndarray) -> KeypointMetricAccumulator:
         state = np.asarray(state, dtype=np.float64).reshape(-1)
         if state.shape != (cls.STATE_SIZE,):
             raise ValueError(f"keypoint state must have {cls.STATE_SIZE} values, got {state.shape}")
@@ -210,7 +211,7 @@ class KeypointMetricAccumulator:
         acc._state = state.copy()
         return acc
 
-    def merge(self, states: Iterable[np.ndarray]) -> "KeypointMetricAccumulator":
+    def merge(self, states: Iterable[np.ndarray]) -> KeypointMetricAccumulator:
         """Add other accumulators' states into this one (in place) and return self."""
         for other in states:
             self._state += KeypointMetricAccumulator.from_state(other)._state
@@ -302,7 +303,9 @@ class EmotionMetricAccumulator:
         pred, target = pred[keep], target[keep]
         for name, labels in (("target", target), ("pred", pred)):
             if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ValueError(f"{name} labels must lie in [0, {self.num_classes}), got {labels.min()}..{labels.max()}")
+                raise ValueError(
+                    f"{name} labels must lie in [0, {self.num_classes}), got {labels.min()}..{labels.max()}"
+                )
         np.add.at(self._confusion, (target, pred), 1)
 
     @property
@@ -315,7 +318,7 @@ class EmotionMetricAccumulator:
         return self._confusion.astype(np.float64).reshape(-1)
 
     @classmethod
-    def from_state(cls, state: np.ndarray, num_classes: int | None = None) -> "EmotionMetricAccumulator":
+    def from_state(cls, state: np.ndarray, num_classes: int | None = None) -> EmotionMetricAccumulator:
         state = np.asarray(state, dtype=np.float64).reshape(-1)
         c = num_classes if num_classes is not None else math.isqrt(state.size)
         if c * c != state.size:
@@ -324,7 +327,7 @@ class EmotionMetricAccumulator:
         acc._confusion = np.rint(state).astype(np.int64).reshape(c, c)
         return acc
 
-    def merge(self, states: Iterable[np.ndarray]) -> "EmotionMetricAccumulator":
+    def merge(self, states: Iterable[np.ndarray]) -> EmotionMetricAccumulator:
         """Add other accumulators' states into this one (in place) and return self."""
         for other in states:
             self._confusion += EmotionMetricAccumulator.from_state(other, self.num_classes)._confusion

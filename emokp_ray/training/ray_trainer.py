@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import ray
@@ -97,13 +98,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fit(cfg, RaySession(cfg, config["info"]), config["info"])
 
 
-def build_trainer(cfg: TrainConfig, info: dict[str, Any], storage_path: str, run_name: str) -> ray.train.torch.TorchTrainer:
+def build_trainer(
+    cfg: TrainConfig, info: dict[str, Any], storage_path: str, run_name: str
+) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer reading the prepared data set through Ray Data."""
     common = dict(task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete)
     weights = info.get("sampling_weights")
-    train_pre = BatchPreprocessor(augment=cfg.augment, sampling_weights=None if weights is None else tuple(weights),
-                                  random_erasing=cfg.random_erasing, mixup_alpha=cfg.mixup_alpha,
-                                  cutmix_alpha=cfg.cutmix_alpha, **common)
+    train_pre = BatchPreprocessor(
+        augment=cfg.augment,
+        sampling_weights=None if weights is None else tuple(weights),
+        random_erasing=cfg.random_erasing,
+        mixup_alpha=cfg.mixup_alpha,
+        cutmix_alpha=cfg.cutmix_alpha,
+        **common,
+    )
     val_pre = BatchPreprocessor(augment=False, **common)
     datasets = {
         "train": build_dataset(cfg.data, "train", train_pre, shuffle=True, limit_rows=cfg.limit_rows),

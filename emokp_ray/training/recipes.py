@@ -28,24 +28,63 @@ DEFAULT_RECIPE = "release"
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "keypoints": {
         # the course: Adam 1e-4, constant rate, no augmentation (our head still predicts normalized offsets)
-        "course": dict(model="course", optimizer="adam", lr=1e-4, schedule="constant", epochs=60, batch_size=32,
-                       augment=False),
+        "course": dict(
+            model="course", optimizer="adam", lr=1e-4, schedule="constant", epochs=60, batch_size=32, augment=False
+        ),
         # the course backbone with a compact head, label-true augmentation, AdamW one-cycle, weight EMA
-        "release": dict(model="compact", optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="onecycle",
-                        epochs=80, batch_size=64, ema_decay=0.995),
-        "fast": dict(model="small", optimizer="adamw", lr=2e-3, weight_decay=1e-4, schedule="onecycle", epochs=8,
-                     batch_size=64),
+        "release": dict(
+            model="compact",
+            optimizer="adamw",
+            lr=1e-3,
+            weight_decay=1e-4,
+            schedule="onecycle",
+            epochs=80,
+            batch_size=64,
+            ema_decay=0.995,
+        ),
+        "fast": dict(
+            model="small", optimizer="adamw", lr=2e-3, weight_decay=1e-4, schedule="onecycle", epochs=8, batch_size=64
+        ),
     },
     "emotion": {
         # the course: 96x96 upscaled input, Adam, constant rate, no class balancing
-        "course": dict(model="course", input_size=96, optimizer="adam", lr=1e-3, schedule="constant", epochs=18,
-                       batch_size=64, imbalance="none"),
+        "course": dict(
+            model="course",
+            input_size=96,
+            optimizer="adam",
+            lr=1e-3,
+            schedule="constant",
+            epochs=18,
+            batch_size=64,
+            imbalance="none",
+        ),
         # FER's native 48x48 without the stem max-pool, balanced sampling, strong regularization, weight EMA
-        "release": dict(model="fer48", input_size=48, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="onecycle",
-                        epochs=40, batch_size=128, imbalance="sampling", label_smoothing=0.1, random_erasing=0.25,
-                        ema_decay=0.998),
-        "fast": dict(model="small", input_size=48, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="onecycle",
-                     epochs=8, batch_size=128, imbalance="sampling", label_smoothing=0.1),
+        "release": dict(
+            model="fer48",
+            input_size=48,
+            optimizer="adamw",
+            lr=2e-3,
+            weight_decay=5e-4,
+            schedule="onecycle",
+            epochs=40,
+            batch_size=128,
+            imbalance="sampling",
+            label_smoothing=0.1,
+            random_erasing=0.25,
+            ema_decay=0.998,
+        ),
+        "fast": dict(
+            model="small",
+            input_size=48,
+            optimizer="adamw",
+            lr=2e-3,
+            weight_decay=5e-4,
+            schedule="onecycle",
+            epochs=8,
+            batch_size=128,
+            imbalance="sampling",
+            label_smoothing=0.1,
+        ),
     },
 }
 

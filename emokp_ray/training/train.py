@@ -71,7 +71,11 @@ def dataset_facts(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
 def train_mean_shape(data: str, drop_incomplete: bool, limit_rows: int = 0) -> np.ndarray:
     """Per-coordinate mean of the training keypoints [30] (NaN-aware): the mean-shape baseline."""
     files = split_files(data, "train")
-    table = pq.read_table(files, columns=["keypoints"]) if len(files) != 1 else pq.read_table(files[0], columns=["keypoints"])
+    table = (
+        pq.read_table(files, columns=["keypoints"])
+        if len(files) != 1
+        else pq.read_table(files[0], columns=["keypoints"])
+    )
     if limit_rows:
         table = table.slice(0, limit_rows)
     kp = keypoints_from_column(table["keypoints"])
@@ -149,7 +153,7 @@ class _EpochLines:
             lines = self.path.read_text().splitlines()
         except OSError:
             return
-        for line in lines[self.printed:]:
+        for line in lines[self.printed :]:
             try:
                 row = json.loads(line)
             except ValueError:
@@ -161,7 +165,7 @@ class _EpochLines:
         while not self._stop.wait(self.interval_s):
             self._poll()
 
-    def __enter__(self) -> "_EpochLines":
+    def __enter__(self) -> _EpochLines:
         try:
             self.printed = len(self.path.read_text().splitlines())  # a resumed run's old epochs
         except OSError:
@@ -195,12 +199,18 @@ def run_training(cfg: TrainConfig, log=print) -> TrainOutcome:
 
         use_gpu = cluster_has_gpus() if use_gpu is None else use_gpu
     info = dataset_facts(cfg, cfg.workers)
-    info.update(use_gpu=bool(use_gpu), resume_from=resume_from, run_id=f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}",
-                metrics_path=str(run_dir / "metrics.jsonl"))
+    info.update(
+        use_gpu=bool(use_gpu),
+        resume_from=resume_from,
+        run_id=f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}",
+        metrics_path=str(run_dir / "metrics.jsonl"),
+    )
     (run_dir / "config.json").write_text(cfg.to_json() + "\n")
     log(f"config: {json.dumps(cfg.to_dict(), sort_keys=True)}")
-    log(f"data: {info['n_train']} training rows, {info['steps_per_epoch']} steps/epoch, "
-        f"{'GPU' if use_gpu else 'CPU'}, {cfg.workers} worker(s){', resuming from ' + resume_from if resume_from else ''}")
+    log(
+        f"data: {info['n_train']} training rows, {info['steps_per_epoch']} steps/epoch, "
+        f"{'GPU' if use_gpu else 'CPU'}, {cfg.workers} worker(s){', resuming from ' + resume_from if resume_from else ''}"
+    )
     if not resume_from:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
@@ -239,6 +249,8 @@ def run_training(cfg: TrainConfig, log=print) -> TrainOutcome:
     best_meta = read_meta(best)
     metric_value = best_meta.metrics.get(cfg.metric[0])
     seconds = time.perf_counter() - start
-    log(f"best {cfg.metric[0]} = {metric_value:.4f} at epoch {best_meta.epoch}; checkpoint: {best}; "
-        f"metrics: {run_dir / 'metrics.jsonl'}; {seconds:.0f} s")
+    log(
+        f"best {cfg.metric[0]} = {metric_value:.4f} at epoch {best_meta.epoch}; checkpoint: {best}; "
+        f"metrics: {run_dir / 'metrics.jsonl'}; {seconds:.0f} s"
+    )
     return TrainOutcome(run_dir, best, history, metric_value, seconds)
