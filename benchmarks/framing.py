@@ -55,7 +55,7 @@ def measure(faces: list[tuple[np.ndarray, tuple[float, float, float], np.ndarray
         ratios.append(ts / w)
         dxs.append((tx + ts / 2 - (x + w / 2)) / w)
         dys.append((ty + ts / 2 - (y + h / 2)) / w)
-        cx, cy, side, _ = crop_box_from_detection((x, y, w, h))
+        _cx, cy, side, _ = crop_box_from_detection((x, y, w, h))
         # True keypoints in the predictor's 96 px crop (inverse of keypoints_to_image).
         crop_y = (kp[1::2] + 0.5 - cy) * 96 / side - 0.5
         eye_y.append(float(np.mean(crop_y[[c // 2 for c in EYE_Y_COLUMNS]])))

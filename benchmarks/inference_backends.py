@@ -16,11 +16,13 @@ benchmarks/results/inference_backends.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         row: dict = {"run_id": loaded.meta.run_id, "input_size": size}
         for batch, calls in ((1, args.calls), (32, max(1, args.calls // 4))):
             crops = np.random.default_rng(batch).integers(0, 256, (batch, size, size), dtype=np.uint8)
-            seconds = side_by_side({n: (lambda r=r: r(crops)) for n, r in runners.items()}, args.rounds, calls)
+            seconds = side_by_side({n: functools.partial(r, crops) for n, r in runners.items()}, args.rounds, calls)
             base = seconds["torch_channels_last"]
             row[f"batch{batch}"] = {
                 n: {
@@ -141,18 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         for batch, calls in ((1, args.calls), (32, max(1, args.calls // 4))):
             kp_crops = np.random.default_rng(0).integers(0, 256, (batch, kp_size, kp_size), dtype=np.uint8)
             em_crops = np.random.default_rng(1).integers(0, 256, (batch, em_size, em_size), dtype=np.uint8)
-
-            def sequential():
-                kp(kp_crops)
-                em(em_crops)
-
-            def concurrent():
-                worker = threading.Thread(target=em, args=(em_crops,))
-                worker.start()
-                kp(kp_crops)
-                worker.join()
-
-            seconds = side_by_side({"sequential": sequential, "concurrent": concurrent}, args.rounds, calls)
+            seconds = side_by_side(_two_network_variants(kp, kp_crops, em, em_crops), args.rounds, calls)
             report["two_networks"][f"{backend}_batch{batch}"] = {
                 "sequential_ms": round(seconds["sequential"] * 1e3, 3),
                 "concurrent_ms": round(seconds["concurrent"] * 1e3, 3),
@@ -163,6 +154,22 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _two_network_variants(kp, kp_crops: np.ndarray, em, em_crops: np.ndarray) -> dict[str, Callable[[], None]]:
+    """Both runners on their crops: one after the other ("sequential") or at once in two threads."""
+
+    def sequential() -> None:
+        kp(kp_crops)
+        em(em_crops)
+
+    def concurrent() -> None:
+        worker = threading.Thread(target=em, args=(em_crops,))
+        worker.start()
+        kp(kp_crops)
+        worker.join()
+
+    return {"sequential": sequential, "concurrent": concurrent}
 
 
 def _copy_channels_last(model):

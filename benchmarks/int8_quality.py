@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     base = figures["torch_fp32"][unit]
     bound = MAX_RMSE_CHANGE_PX if task == "keypoints" else MAX_ACCURACY_CHANGE_POINTS
-    for name, row in figures.items():
+    for row in figures.values():
         # RMSE: a rise is the loss; accuracy: a fall is. Improvements always pass.
         loss = (row[unit] - base) if task == "keypoints" else (base - row[unit])
         row["change"] = round(row[unit] - base, 4)

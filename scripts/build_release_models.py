@@ -50,7 +50,7 @@ def emokp(*args: str) -> list[str]:
 
 
 def prepare() -> None:
-    for name, (_task, folder, inputs) in MODELS.items():
+    for _task, folder, inputs in MODELS.values():
         out = PREPARED / folder
         if (out / "dataset.json").is_file():
             print(f"prepare: {out} exists, kept")

@@ -272,7 +272,7 @@ def test_report_lists_only_the_first_few_bad_lines_but_counts_all(tmp_path):
     rows = [(0, "1 2 3")] * 12 + [(0, pixel_text(pixels(0)))]
     reader = read_kaggle(write(tmp_path / "many.csv", fer_csv(rows)))
     assert sum(len(c) for c in reader) == 1
-    assert reader.report.bad_rows == 12 and [l for l, _ in reader.report.first_bad] == [2, 3, 4, 5, 6]
+    assert reader.report.bad_rows == 12 and [line for line, _ in reader.report.first_bad] == [2, 3, 4, 5, 6]
     assert "... and 7 more bad rows" in str(reader.report)
 
 
