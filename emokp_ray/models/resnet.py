@@ -112,6 +112,10 @@ class ModelConfig:
         def fail(message: str) -> None:
             raise UserError(f"invalid model config: {message}")
 
+        # __post_init__ has replaced every None by the task's default.
+        assert self.num_outputs is not None and self.stage_depths is not None and self.head_pool is not None
+        assert self.head_hidden is not None and self.head_dropout is not None
+
         if self.num_outputs < 1 or self.in_chans < 1 or self.stem_width < 1:
             fail("num_outputs, in_chans and stem_width must be positive")
         if self.task == "keypoints" and self.num_outputs % 2:
@@ -170,7 +174,10 @@ class ModelConfig:
     @property
     def head_grid(self) -> int:
         """H = W of the map the head flattens."""
-        return self.adaptive_pool if self.adaptive_pool is not None else self.feature_size // self.head_pool
+        if self.adaptive_pool is not None:
+            return self.adaptive_pool
+        assert self.head_pool is not None  # resolved in __post_init__
+        return self.feature_size // self.head_pool
 
     @property
     def head_features(self) -> int:
@@ -305,9 +312,18 @@ class ResNet(nn.Module):
     better than 0.5 px near 96).
     """
 
+    # The buffers registered in __init__ (scalars); declared so their type is Tensor, not Module.
+    norm_mean: torch.Tensor
+    norm_std: torch.Tensor
+    out_center: torch.Tensor
+    out_scale: torch.Tensor
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        # ModelConfig.__post_init__ has resolved the task's defaults.
+        assert cfg.stage_depths is not None and cfg.head_pool is not None and cfg.num_outputs is not None
+        assert cfg.head_hidden is not None and cfg.head_dropout is not None
         # Buffers, not parameters: fixed by the config, moved by .to(), absent from the state_dict
         # (persistent=False) so the config stays their single source of truth.
         self.register_buffer("norm_mean", torch.tensor(float(cfg.norm_mean)), persistent=False)
@@ -327,8 +343,9 @@ class ResNet(nn.Module):
         # Stages: each halves H and W and widens to its f3.
         stages, in_chans = [], stem_width
         for filters, depth in zip(cfg.stage_filters, cfg.stage_depths):
-            widths = tuple(cfg.width(f) for f in filters)
-            stages.append(ResStage(in_chans, widths, depth))  # type: ignore[arg-type]
+            f1, f2, f3 = filters
+            widths = (cfg.width(f1), cfg.width(f2), cfg.width(f3))
+            stages.append(ResStage(in_chans, widths, depth))
             in_chans = widths[2]
         self.stages = nn.Sequential(*stages)
 
@@ -353,15 +370,18 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # every conv here has one (bias=True)
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.cfg.keypoint_affine:
             # Start every prediction at the crop's centre: with the default init the 4096-2048 head
             # began ~130 px off (loss ~8 in half-crop units) and spent its warm-up unlearning that.
-            nn.init.zeros_(self.head[-1].weight)
-            nn.init.zeros_(self.head[-1].bias)
+            out = self.head[-1]
+            assert isinstance(out, nn.Linear)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Raw pixels [B, C, H, W] or [B, H, W] (0..255, any dtype) -> model input in the stem's dtype."""
@@ -374,7 +394,9 @@ class ResNet(nn.Module):
             )
         # float32 arithmetic whatever comes in (uint8 has no subtraction below 0).
         x = (x.float() - self.norm_mean.float()) / self.norm_std.float()
-        return x.to(self.stem[0].weight.dtype)
+        stem_conv = self.stem[0]
+        assert isinstance(stem_conv, nn.Conv2d)
+        return x.to(stem_conv.weight.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized input [B, C, S, S] -> feature map [B, f3_last, cfg.feature_size, cfg.feature_size]."""
