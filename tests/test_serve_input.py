@@ -257,6 +257,20 @@ def test_read_body_times_out_a_slow_upload():
     assert time.perf_counter() - started < 2
 
 
+def test_read_body_needs_no_asyncio_timeout(monkeypatch):
+    # Python 3.10, which the package supports, has no asyncio.timeout (3.11+): the 408 must not need it.
+    async def endless():
+        yield b"x" * 10
+        await asyncio.sleep(5)
+        yield b"y"
+
+    monkeypatch.delattr(asyncio, "timeout", raising=False)
+    with pytest.raises(ApiError) as err:
+        asyncio.run(read_body({}, endless(), limit=5000, timeout_s=0.2))
+    assert err.value.status == 408
+    assert asyncio.run(read_body({}, _chunks(b"z" * 3000, 1000), limit=5000, timeout_s=5)) == b"z" * 3000
+
+
 def test_app_args_are_typed_and_strict():
     args = AppArgs.model_validate({"keypoints": "/k", "max_batch_size": "8"})
     assert args.max_batch_size == 8 and args.emotion is None

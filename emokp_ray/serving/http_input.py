@@ -99,9 +99,10 @@ async def read_body(headers: Any, chunks: AsyncIterator[bytes], limit: int, time
             parts.append(chunk)
 
     try:
-        async with asyncio.timeout(timeout_s):
-            await read()
-    except TimeoutError:
+        # wait_for, not asyncio.timeout: that is Python 3.11+, and the package supports 3.10, whose
+        # wait_for raises asyncio.TimeoutError (the builtin TimeoutError from 3.11 on).
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes received)") from None
     except ClientDisconnect:  # the client went away mid-upload: nobody reads the answer
         raise ApiError(400, "the client disconnected before the body was complete") from None

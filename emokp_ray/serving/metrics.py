@@ -22,8 +22,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-COUNT_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64]
-SECONDS_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+COUNT_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64]
+SECONDS_BOUNDARIES: list[float] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 
 class ServeMetrics:
@@ -35,7 +35,8 @@ class ServeMetrics:
         self.requests = metrics.Counter(
             "emokp_requests",
             description="HTTP answers of the ingress by route and status code.",
-            tag_keys=("route", "status"),
+            # Ray 2.60 annotates tag_keys as Tuple[str] (one key) where it means Tuple[str, ...].
+            tag_keys=("route", "status"),  # type: ignore[arg-type]
         )
         self.refused = metrics.Counter(
             "emokp_admissions_refused",

@@ -32,28 +32,28 @@ class AppArgs(BaseModel):
     # model as one call, one forward pass; an idle model's batch waits at most batch_wait_timeout_s for
     # company; while a batch runs, the next may wait up to its expected duration, at most
     # busy_batch_wait_max_s (batching.BatchWindow says why; 0 keeps the window fixed).
-    max_batch_size: int = Field(16, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.001, ge=0.0, le=1.0)
-    busy_batch_wait_max_s: float = Field(0.05, ge=0.0, le=1.0)
-    torch_threads: int | None = Field(None, ge=1)  # None: as Ray sets it (OMP_NUM_THREADS: 1 at num_cpus <= 1)
+    max_batch_size: int = Field(default=16, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=0.001, ge=0.0, le=1.0)
+    busy_batch_wait_max_s: float = Field(default=0.05, ge=0.0, le=1.0)
+    torch_threads: int | None = Field(default=None, ge=1)  # None: as Ray sets it (OMP_NUM_THREADS: 1 at num_cpus <= 1)
     # Input limits: the body is refused past max_body_bytes (Content-Length, then while reading) and
     # when it has not arrived within body_timeout_s (408); an image whose header declares more than
     # max_image_pixels (at most Pillow's own 89 M ceiling), or a request whose images' headers add
     # up to more than max_request_pixels, is refused (413) before any of its images is decoded; an
     # ingress replica holds at most max_replica_pixels decoded pixels at once (past it: 503).
-    max_body_bytes: int = Field(10 * MiB, ge=1024)
-    max_header_bytes: int = Field(16 * 1024, ge=1024)  # all request headers together; 431 past it
-    body_timeout_s: float = Field(30.0, gt=0.0, le=600.0)
-    max_image_pixels: int = Field(24_000_000, ge=64 * 64, le=89_478_485)
-    max_request_pixels: int = Field(48_000_000, ge=64 * 64)
-    max_replica_pixels: int = Field(96_000_000, ge=64 * 64)
-    max_images_per_request: int = Field(32, ge=1)  # /v1/predict/batch
+    max_body_bytes: int = Field(default=10 * MiB, ge=1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # all request headers together; 431 past it
+    body_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    max_image_pixels: int = Field(default=24_000_000, ge=64 * 64, le=89_478_485)
+    max_request_pixels: int = Field(default=48_000_000, ge=64 * 64)
+    max_replica_pixels: int = Field(default=96_000_000, ge=64 * 64)
+    max_images_per_request: int = Field(default=32, ge=1)  # /v1/predict/batch
     # Overload: an ingress replica holds at most this many images admitted and unanswered; the next
     # gets 503 at once (keep the Ingress deployment's max_ongoing_requests above it).
-    max_pending_requests: int = Field(64, ge=1)
-    max_boxes_per_image: int = Field(32, ge=1)
+    max_pending_requests: int = Field(default=64, ge=1)
+    max_boxes_per_image: int = Field(default=32, ge=1)
     # TEST ONLY: the model replica sleeps this long before each batch, to provoke overload (503).
-    test_delay_s: float = Field(0.0, ge=0.0, le=60.0)
+    test_delay_s: float = Field(default=0.0, ge=0.0, le=60.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> AppArgs:
