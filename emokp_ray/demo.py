@@ -250,7 +250,7 @@ def _label_real_photos(out: Path) -> dict[str, Any]:
     except UserError as err:
         return {"line": f"skipped: {err}", "photos": []}
     out.mkdir(parents=True, exist_ok=True)
-    found = []
+    found: list[dict[str, Any]] = []
     for photo in photos:
         image = load_image_file(photo)
         result = predictor.predict([image])[0]
@@ -259,7 +259,9 @@ def _label_real_photos(out: Path) -> dict[str, Any]:
             {
                 "photo": photo.name,
                 "faces": [
-                    {"emotion": f.emotion, "probability": round(f.probabilities[f.emotion], 3)} for f in result.faces
+                    {"emotion": f.emotion, "probability": round(f.probabilities[f.emotion], 3)}
+                    for f in result.faces
+                    if f.emotion is not None and f.probabilities is not None  # always: an emotion model is loaded
                 ],
             }
         )
