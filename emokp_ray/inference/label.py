@@ -272,7 +272,10 @@ def _check_resumable(recorded: dict, current: dict, out: str) -> None:
                 "jsonl": "--jsonl",
                 "annotate_dir": "--annotate",
             }[key]
-            shown = lambda v: json.dumps(v, sort_keys=True)[:200]
+
+            def shown(v: Any) -> str:
+                return json.dumps(v, sort_keys=True)[:200]
+
             raise UserError(
                 f"--resume: {out} holds another run's output ({what}: {shown(was)} there, {shown(now)} now); "
                 f"resume with the same INPUT, models and options, or choose a new --out"
