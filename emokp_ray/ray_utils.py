@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 
 def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None, quiet: bool = True) -> None:
@@ -27,7 +28,7 @@ def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None
     # epoch); our data sets are a few files per split, and on small machines those actors cost
     # seconds and crowd out the Train workers. Read by read_parquet on the driver.
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if not os.environ.get("RAY_ADDRESS"):
         # A machine of our own is not a spot instance: Train's preemption watcher (one more actor
         # polling every 5 s, ~1% of a core) has nothing to watch. Read by the Train controller.

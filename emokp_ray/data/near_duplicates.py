@@ -67,7 +67,7 @@ def near_duplicate_groups(fp: np.ndarray, threshold: float = NEAR_DUPLICATE_RMS)
     roots = np.array([_find(parent, i) for i in range(n)])
     _, ids = np.unique(roots, return_inverse=True)
     # renumber by first appearance so ids do not depend on union order
-    order = {}
+    order: dict[int, int] = {}
     return np.array([order.setdefault(g, len(order)) for g in ids], np.int64)
 
 

@@ -78,7 +78,7 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
         n = int(inside.sum())
         conf = float(confidence[inside].mean()) if n else None
         acc = float(correct[inside].mean()) if n else None
-        if n:
+        if conf is not None and acc is not None:  # the bin holds a face
             ece += n / len(labels) * abs(acc - conf)
         table.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n, "confidence": conf, "accuracy": acc})
     return {"ece": float(ece), "bins": table}
