@@ -28,8 +28,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
-import uuid
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from emokp_ray.artifacts.files import atomic_dir, write_file
 from emokp_ray.errors import UserError
 from emokp_ray.labels import DEFAULT_SCHEME, KEYPOINT_NAMES, emotion_scheme
 from emokp_ray.models.resnet import TASKS, ModelConfig, build_model
@@ -223,13 +222,9 @@ def save_checkpoint(
     extra_state: dict[str, Any] | None = None,
     train_model: nn.Module | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically: everything goes into a temporary sibling that is
-    renamed into place when complete; an existing checkpoint there is replaced only then."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    """Write a checkpoint directory atomically (artifacts.files.atomic_dir): an existing checkpoint
+    there is replaced only once the new one is complete."""
+    with atomic_dir(directory) as tmp:
         (tmp / META_FILE).write_text(meta.to_json() + "\n")
         torch.save(_plain_state_dict(model, meta), tmp / MODEL_FILE)
         if train_model is not None:  # weight EMA: model is the average, train_model what the optimizer steps
@@ -241,19 +236,7 @@ def save_checkpoint(
                 torch.save(state, tmp / name)
         if extra_state is not None:
             (tmp / TRAIN_STATE_FILE).write_text(json.dumps(extra_state, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            # Directories cannot be replaced in one rename: move the old one aside first, so the path
-            # holds either the old or the new checkpoint at every moment but a short window.
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def save_checkpoint_file(file: str | os.PathLike, model: nn.Module, meta: CheckpointMeta, fp16: bool = False) -> Path:
@@ -262,19 +245,12 @@ def save_checkpoint_file(file: str | os.PathLike, model: nn.Module, meta: Checkp
     fp16=True stores floating-point tensors in half precision (half the bytes; the shipped release
     models): loading builds the fp32 model from the meta and copies them in, so they run as fp32.
     """
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
     state = _plain_state_dict(model, meta)
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {"format_version": FORMAT_VERSION, "meta_json": meta.to_json(), "state_dict": state}
-    tmp = file.parent / f".{file.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return file
+    write_file(file, lambda stream: torch.save(payload, stream))
+    return Path(file)
 
 
 # --------------------------------------------------------------------------------------------------

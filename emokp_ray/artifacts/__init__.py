@@ -1,0 +1,6 @@
+"""Everything the project writes and reads back as a file or folder.
+
+files.py   where things live (a local path or a pyarrow filesystem URI: s3://, gs://, file://, ...)
+           and how they are written whole or not at all: `atomic_dir` for folders (checkpoints,
+           RUN_DIR/best, data sets), `write_file` for files (exports, label parts, caches)
+"""
