@@ -79,7 +79,7 @@ def measure(faces: list[tuple[np.ndarray, tuple[float, float, float], np.ndarray
 
 
 def synthetic_faces(n_photos: int, seed: int) -> list:
-    from emokp_ray.data.synth import synthesize_photos
+    from emokp_ray.data.synth.photos import synthesize_photos
     from emokp_ray.inference.images import to_grey
 
     faces = []

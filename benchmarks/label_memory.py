@@ -55,7 +55,7 @@ def write_crops(folder: Path, n: int) -> None:
 
     from PIL import Image
 
-    from emokp_ray.data.synth import synthesize
+    from emokp_ray.data.synth.crops import synthesize
 
     pool = []
     for image in synthesize(min(n, 1000), seed=0).images:

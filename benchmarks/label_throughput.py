@@ -82,7 +82,8 @@ def write_inputs(folder: Path, n: int, kind: str) -> list[Path]:
     """n image files in folder: synthetic 96x96 crops (PNG) or synthetic photos (PNG and JPEG)."""
     from PIL import Image
 
-    from emokp_ray.data.synth import synthesize, synthesize_photos
+    from emokp_ray.data.synth.crops import synthesize
+    from emokp_ray.data.synth.photos import synthesize_photos
 
     folder.mkdir(parents=True)
     if kind == "crops":

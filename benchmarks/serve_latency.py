@@ -102,7 +102,7 @@ def write_course_checkpoints(out: Path) -> tuple[Path, Path]:
 def crop_png() -> bytes:
     from PIL import Image
 
-    from emokp_ray.data.synth import synthesize
+    from emokp_ray.data.synth.crops import synthesize
 
     buffer = io.BytesIO()
     Image.fromarray(synthesize(1, seed=7).images[0]).save(buffer, format="PNG")

@@ -113,7 +113,7 @@ def fer_faces(n: int) -> tuple[list[bytes], str]:
                 if len(faces) == n:
                     break
         return faces, f"{len(faces)} FER2013 faces (48x48) from {FER_CSV}"
-    from emokp_ray.data.synth import synthesize
+    from emokp_ray.data.synth.crops import synthesize
 
     return [_png(image) for image in synthesize(n, seed=3).images], f"{n} synthetic 96x96 crops (FER2013 not found)"
 
@@ -122,7 +122,7 @@ def request_mix() -> tuple[list[dict], dict]:
     """The cycle of requests: dicts of route, body, headers, params, the status expected."""
     import numpy as np
 
-    from emokp_ray.data.synth import synthesize_photos
+    from emokp_ray.data.synth.photos import synthesize_photos
 
     faces, faces_from = fer_faces(200)
     photos = sorted((REPO / "emokp_ray" / "photos").glob("*.jpg"))

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np  # after the thread limits are set
     from PIL import Image
 
-    from emokp_ray.data.synth import SynthConfig, face_grid, synthesize, write_synth_dataset
+    from emokp_ray.data.synth.crops import SynthConfig, face_grid, synthesize, write_synth_dataset
 
     options = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
     synthesize(256, seed=12345, **options)  # warm-up: imports, allocator, caches

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from emokp_ray.data.synth import write_synth_dataset  # noqa: E402
+from emokp_ray.data.synth.crops import write_synth_dataset  # noqa: E402
 from emokp_ray.training.config import TrainConfig  # noqa: E402
 from emokp_ray.training.train import run_training  # noqa: E402
 

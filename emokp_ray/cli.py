@@ -71,7 +71,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
 
 def _cmd_data_synth(args: argparse.Namespace) -> None:
     from emokp_ray.data.schema import format_counts, read_info
-    from emokp_ray.data.synth import write_synth_dataset
+    from emokp_ray.data.synth.crops import write_synth_dataset
 
     summary = write_synth_dataset(
         args.out, n=args.n, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction

@@ -15,7 +15,8 @@ import pytest
 import ray
 from PIL import Image
 
-from emokp_ray.data.synth import synthesize, write_synth_dataset, write_synth_photos
+from emokp_ray.data.synth.crops import synthesize, write_synth_dataset
+from emokp_ray.data.synth.photos import write_synth_photos
 from emokp_ray.errors import UserError
 from emokp_ray.inference.label import BatchLabeler, load_batch, run_label
 from emokp_ray.inference.label_inputs import ListingCounts, iter_work_tables, resolve_input, work_table

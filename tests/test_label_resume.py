@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from emokp_ray.cli import main
-from emokp_ray.data.synth import synthesize
+from emokp_ray.data.synth.crops import synthesize
 from emokp_ray.errors import UserError
 from emokp_ray.inference.label import LabelSummary, run_label
 from emokp_ray.inference.label_output import PARQUET_DIR, SUMMARY_FILE, read_labels

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint
-from emokp_ray.data.synth import synthesize_photos
+from emokp_ray.data.synth.photos import synthesize_photos
 from emokp_ray.errors import UserError
 from emokp_ray.inference import detect as detect_module
 from emokp_ray.inference.predictor import (

@@ -139,14 +139,14 @@ def jpeg(array: np.ndarray) -> bytes:
 
 
 def crops(n: int, seed: int = 0) -> np.ndarray:
-    from emokp_ray.data.synth import synthesize
+    from emokp_ray.data.synth.crops import synthesize
 
     return synthesize(n, seed=seed).images  # uint8 [n, 96, 96]
 
 
 def photo():
     """A 480x360 colour photo with 3 faces that the Haar cascade finds."""
-    from emokp_ray.data.synth import synthesize_photos
+    from emokp_ray.data.synth.photos import synthesize_photos
 
     return synthesize_photos(4, seed=0)[3]
 

@@ -10,18 +10,10 @@ import pytest
 from PIL import Image
 
 from emokp_ray.data.schema import SPLITS, images_from_column, iter_split, keypoints_from_column, read_info
-from emokp_ray.data.synth import (
-    apply_pose,
-    canonical_keypoints,
-    pose_matrices,
-    render_faces,
-    sample_faces,
-    seeded_split,
-    synthesize,
-    synthesize_photos,
-    write_synth_dataset,
-    write_synth_photos,
-)
+from emokp_ray.data.synth.crops import seeded_split, synthesize, write_synth_dataset
+from emokp_ray.data.synth.geometry import apply_pose, canonical_keypoints, pose_matrices, sample_faces
+from emokp_ray.data.synth.photos import synthesize_photos, write_synth_photos
+from emokp_ray.data.synth.render import render_faces
 from emokp_ray.errors import UserError
 from emokp_ray.labels import KEYPOINT_NAMES, SEED5
 

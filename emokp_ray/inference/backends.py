@@ -238,7 +238,7 @@ def calibration_crops(input_size: int, n: int = CALIBRATION_FACES, seed: int = C
     """uint8 [n, S, S] synthetic faces (emokp's generator: Kaggle-framed, varied pose, light, blur and
     noise) resized to S as training resizes: data-free calibration, the same on every machine."""
     from emokp_ray.data.pipeline import resize_image
-    from emokp_ray.data.synth import synthesize
+    from emokp_ray.data.synth.crops import synthesize
 
     faces = synthesize(n, seed=seed).images
     if faces.shape[1] == input_size:
