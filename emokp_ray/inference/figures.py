@@ -237,7 +237,10 @@ def _points(keypoints: np.ndarray | None, i: int) -> np.ndarray | None:
 
 def _label_title(i, pred_labels, true_labels, class_names, probabilities) -> tuple[str, str]:
     """('pred: happiness (0.93)\\ntrue: sad', colour): green if right, red if wrong, black if unknown."""
-    name = lambda k: class_names[k] if class_names is not None else str(k)
+
+    def name(k):
+        return class_names[k] if class_names is not None else str(k)
+
     lines, color = [], "black"
     pred = None
     if pred_labels is not None:
