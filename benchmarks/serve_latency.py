@@ -1,27 +1,37 @@
-"""Latency and throughput of the Serve app over HTTP on loopback, with and without dynamic batching.
+"""Latency and throughput of the Serve app over HTTP on loopback: dynamic batching on and off, on the
+torch and ONNX Runtime backends, and the latency of refusals under overload.
 
-    python benchmarks/serve_latency.py                      # course-size models, ~4 minutes on 2 cores
-    python benchmarks/serve_latency.py --concurrency 1 8 --requests 200 --rounds 1 --max-batch-size 32
-    python benchmarks/serve_latency.py --configs overload     # only the 503 latency under overload
+    python benchmarks/serve_latency.py                        # everything, ~8 minutes on 2 cores
+    python benchmarks/serve_latency.py --configs batch no_batch --backends torch onnx --concurrency 1 32
+    python benchmarks/serve_latency.py --configs overload       # only the 503 latency under overload
 
-The models are the COURSE-size networks (keypoint_resnet() at 96x96, emotion_resnet(input_size=48)),
-randomly initialized (timing does not depend on the weights), saved as real checkpoints in a temp dir.
-Each configuration (`batch`: @serve.batch with --max-batch-size and the load-adaptive batch window;
-`no_batch`: max_batch_size 1) is deployed as its own app with ONE replica per deployment (autoscaling
-off, so both get the same hardware) and warmed up; then an asyncio/aiohttp client on 127.0.0.1
-drives them in alternation, --rounds times: at concurrency c, c closed-loop workers each send one
-96x96 grey PNG crop (raw image/png body) to /v1/predict and the next as soon as the answer arrives,
-for --requests requests or --max-seconds, whichever comes first. Latency is client-side wall time
-per request (connect + send + server + receive). Reported per (config, c): the round with the best
-throughput (on a shared machine, the least disturbed) with its p50/p95/p99 ms, requests/s and the
-1-minute load average; every round is kept in benchmarks/results/serve_latency.json.
+Models: --models builtin (default: the shipped builtin:keypoints + builtin:emotion, what `emokp serve`
+serves) or course (the course-size networks, keypoint_resnet() + emotion_resnet(input_size=48), random
+init: timing does not depend on the weights).
+
+`batch` (@serve.batch with --max-batch-size and the load-adaptive batch window) and `no_batch`
+(max_batch_size 1), each on every --backends entry, are deployed as their own apps with ONE replica per
+deployment (autoscaling off, so all get the same hardware) and warmed up; then an asyncio/aiohttp
+client on 127.0.0.1 drives them in alternation, --rounds times: at concurrency c, c closed-loop
+workers each send one 96x96 grey PNG crop (raw image/png body) to /v1/predict and the next as soon as
+the answer arrives, for --requests requests or --max-seconds, whichever comes first. Latency is
+client-side wall time per request (connect + send + server + receive). Reported per (config, backend,
+c): the round with the best throughput (on a shared machine, the least disturbed) with its p50/p95/p99
+ms and requests/s; ratios side by side: onnx / torch p50 at c=1, batch / no_batch requests/s at the
+top concurrency (issue 14's targets: <= 0.7 and >= 3).
 
 `overload` (issue 11: a refusal must be fast) deploys the app with the DEFAULT limits of
-serve/config.yaml (admission of 64 images per ingress, Ingress max_ongoing_requests 96 and
-max_queued_requests 128, FaceModel 2 + 4 calls), one replica each, and drives it with
---overload-concurrency closed-loop clients (default 200) for --overload-seconds: it reports the
-latency of the 503 answers (target p99 < 100 ms) beside that of the 200s, and how many 503s came
-from the ingress (JSON) rather than from Serve's proxy queue (plain text).
+serve/config.yaml (admission of 64 images per ingress, FaceModel 2 + 4 calls), one replica each, and
+drives it two ways for --overload-seconds each:
+- open: requests ARRIVE at --overload-rate per second (Poisson, seeded), whatever the answers, as many
+  independent users do; the rate is several times what the replica can answer, so most are refused.
+  Latency runs from a request's scheduled arrival, so client-side waiting counts. This is the 503
+  latency a client meets at a full service (target: p99 < 100 ms).
+- closed: --overload-concurrency closed-loop clients (default 200) that resend the moment an answer
+  (a 503 too) arrives. By Little's law their latency is concurrency / throughput, so a refusal's p99
+  here says how many refusals per second the ingress can turn out, not how long one waits.
+Each reports the latency of the 503s beside that of the 200s, and how many 503s came from the
+ingress (JSON) rather than from Serve's proxy queue (plain text).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_latency.json"
 
@@ -74,15 +85,31 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--configs", nargs="+", default=["batch", "no_batch", "overload"], choices=["batch", "no_batch", "overload"]
     )
     parser.add_argument(
-        "--overload-concurrency", type=int, default=200, help="clients of the overload run (default 200)"
+        "--backends",
+        nargs="+",
+        default=["torch", "onnx"],
+        choices=["torch", "onnx", "onnx-int8"],
+        help="backends of the batch / no_batch configs (default torch onnx); overload runs on the first",
     )
-    parser.add_argument("--overload-seconds", type=float, default=20.0, help="length of the overload run (default 20)")
+    parser.add_argument(
+        "--models", choices=["builtin", "course"], default="builtin", help="networks served (default builtin)"
+    )
+    parser.add_argument(
+        "--overload-concurrency", type=int, default=200, help="clients of the closed-loop overload run (default 200)"
+    )
+    parser.add_argument(
+        "--overload-rate", type=float, default=150.0, help="arrivals per second of the open overload run (default 150)"
+    )
+    parser.add_argument("--overload-seconds", type=float, default=15.0, help="length of each overload run (default 15)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
 
 
-def write_course_checkpoints(out: Path) -> tuple[Path, Path]:
-    """Random-init course-size keypoint and emotion networks saved as checkpoints under `out`."""
+def model_paths(models: str, out: Path) -> tuple[str, str]:
+    """The keypoint and emotion checkpoints served: the builtin pair, or random-init course-size
+    networks saved as checkpoints under `out`."""
+    if models == "builtin":
+        return "builtin:keypoints", "builtin:emotion"
     import torch
 
     from emokp_ray.checkpoint import CheckpointMeta, save_checkpoint
@@ -96,7 +123,7 @@ def write_course_checkpoints(out: Path) -> tuple[Path, Path]:
     em = save_checkpoint(
         out / "emotion", build_model(em_cfg).eval(), CheckpointMeta(model_config=em_cfg, run_id="bench-emotion")
     )
-    return kp, em
+    return str(kp), str(em)
 
 
 def crop_png() -> bytes:
@@ -115,68 +142,100 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-async def drive(url: str, body: bytes, concurrency: int, total: int, max_seconds: float) -> dict:
-    """c closed-loop workers until `total` requests are sent or `max_seconds` pass."""
-    import aiohttp
+class Tally:
+    """Every answer's status and client-side latency; `summary()` gives the figures of a run."""
 
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    by_status: dict[int, list[float]] = {}
-    json_503 = 0
-    sent = 0
-    deadline = time.perf_counter() + max_seconds
-    headers = {"Content-Type": "image/png"}
+    def __init__(self) -> None:
+        self.by_status: dict[int, list[float]] = {}
+        self.json_503 = 0  # 503s with a JSON body: the ingress's; plain text ones are Serve's proxy's
 
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal sent, json_503
-        while sent < total and time.perf_counter() < deadline:
-            sent += 1
-            started = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as response:
+    async def post(self, session: Any, url: str, body: bytes, started: float) -> None:
+        import aiohttp
+
+        try:
+            async with session.post(url, data=body, headers={"Content-Type": "image/png"}) as response:
                 await response.read()
-                elapsed = time.perf_counter() - started
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-                by_status.setdefault(response.status, []).append(elapsed)
-                if response.status == 503 and response.content_type == "application/json":
-                    json_503 += 1
-                if response.status == 200:
-                    latencies.append(elapsed)
+                status = response.status
+                if status == 503 and response.content_type == "application/json":
+                    self.json_503 += 1
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            status = 0  # no HTTP answer (connection reset or refused, client timeout): counted as "0"
+        self.by_status.setdefault(status, []).append(time.perf_counter() - started)
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    ms = sorted(1000 * t for t in latencies)
-
-    def summary(values: list[float]) -> dict:
-        v = sorted(1000 * t for t in values)
-        return (
-            {
+    def summary(self, concurrency: int | None, seconds: float) -> dict:
+        def stats(values: list[float]) -> dict:
+            v = sorted(1000 * t for t in values)
+            return {
                 "n": len(v),
                 "p50_ms": round(percentile(v, 50), 2),
                 "p95_ms": round(percentile(v, 95), 2),
                 "p99_ms": round(percentile(v, 99), 2),
                 "max_ms": round(v[-1], 2),
             }
-            if v
-            else {"n": 0}
-        )
 
-    return {
-        "latency_by_status": {str(k): summary(v) for k, v in sorted(by_status.items())},
-        "json_503": json_503,
-        "concurrency": concurrency,
-        "requests": sum(statuses.values()),
-        "ok": len(latencies),
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "seconds": round(elapsed, 3),
-        "requests_per_s": round(len(latencies) / elapsed, 2),
-        "p50_ms": round(percentile(ms, 50), 2) if ms else None,
-        "p95_ms": round(percentile(ms, 95), 2) if ms else None,
-        "p99_ms": round(percentile(ms, 99), 2) if ms else None,
-        "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
-    }
+        ok = sorted(1000 * t for t in self.by_status.get(200, []))
+        return {
+            "latency_by_status": {str(k): stats(v) for k, v in sorted(self.by_status.items())},
+            "json_503": self.json_503,
+            "concurrency": concurrency,
+            "requests": sum(len(v) for v in self.by_status.values()),
+            "ok": len(ok),
+            "statuses": {str(k): len(v) for k, v in sorted(self.by_status.items())},
+            "seconds": round(seconds, 3),
+            "requests_per_s": round(len(ok) / seconds, 2),
+            "p50_ms": round(percentile(ok, 50), 2) if ok else None,
+            "p95_ms": round(percentile(ok, 95), 2) if ok else None,
+            "p99_ms": round(percentile(ok, 99), 2) if ok else None,
+            "mean_ms": round(statistics.fmean(ok), 2) if ok else None,
+        }
+
+
+async def drive(url: str, body: bytes, concurrency: int, total: int, max_seconds: float) -> dict:
+    """c closed-loop workers until `total` requests are sent or `max_seconds` pass."""
+    import aiohttp
+
+    tally = Tally()
+    sent = 0
+    deadline = time.perf_counter() + max_seconds
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        while sent < total and time.perf_counter() < deadline:
+            sent += 1
+            await tally.post(session, url, body, time.perf_counter())
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        return tally.summary(concurrency, time.perf_counter() - started)
+
+
+async def drive_open(url: str, body: bytes, rate: float, seconds: float, seed: int = 0) -> dict:
+    """Open-loop load: requests arrive at `rate` per second (exponential gaps, seeded) for `seconds`,
+    each sent at its arrival whatever is still in flight (up to 2,000 connections). A request's
+    latency runs from its scheduled arrival, so time spent waiting for a connection counts."""
+    import aiohttp
+    import numpy as np
+
+    tally = Tally()
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=int(rate * seconds * 2) + 16)
+    arrivals = np.cumsum(gaps)
+    arrivals = arrivals[arrivals < seconds]
+    connector = aiohttp.TCPConnector(limit=2000)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        started = time.perf_counter()
+        tasks = []
+        for at in arrivals:
+            delay = started + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(tally.post(session, url, body, started + at)))
+        await asyncio.gather(*tasks)
+        row = tally.summary(None, time.perf_counter() - started)
+    row["offered_rate_per_s"] = rate
+    row["arrivals"] = len(arrivals)
+    return row
 
 
 def free_port() -> int:
@@ -185,7 +244,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def deploy_overload(kp: Path, em: Path, args: argparse.Namespace) -> None:
+def deploy_overload(kp: str, em: str, args: argparse.Namespace) -> None:
     """The app with serve/config.yaml's default limits and batching, one replica per deployment."""
     from ray import serve
 
@@ -193,7 +252,7 @@ def deploy_overload(kp: Path, em: Path, args: argparse.Namespace) -> None:
     from emokp_ray.serving.schemas import AppArgs
 
     fixed = {"num_replicas": 1, "autoscaling_config": None}
-    app_args = AppArgs(keypoints=str(kp), emotion=str(em), torch_threads=args.torch_threads)
+    app_args = AppArgs(keypoints=kp, emotion=em, torch_threads=args.torch_threads, backend=args.backends[0])
     serve.run(
         compose(app_args, model_options=fixed, ingress_options=fixed), name="bench-overload", route_prefix="/overload"
     )
@@ -202,26 +261,32 @@ def deploy_overload(kp: Path, em: Path, args: argparse.Namespace) -> None:
 def run_overload(port: int, body: bytes, args: argparse.Namespace) -> dict:
     url = f"http://127.0.0.1:{port}/overload/v1/predict"
     asyncio.run(drive(url, body, 8, 64, 30.0))  # warm-up
-    result = asyncio.run(drive(url, body, args.overload_concurrency, 10**9, args.overload_seconds))
-    row = {"config": "overload", "load_avg_1m": round(os.getloadavg()[0], 2), **result}
-    refused = result["latency_by_status"].get("503", {"n": 0})
-    ok = result["latency_by_status"].get("200", {"n": 0})
-    print(
-        f"overload c={args.overload_concurrency}: statuses {result['statuses']} ({result['json_503']} of the 503s JSON from the ingress)"
-    )
-    for name, stats in (("503", refused), ("200", ok)):
-        if stats["n"]:
-            print(
-                f"  {name}: n {stats['n']:>6}  p50 {stats['p50_ms']:>7.1f}  p95 {stats['p95_ms']:>7.1f}  p99 {stats['p99_ms']:>7.1f}  "
-                f"max {stats['max_ms']:>7.1f} ms",
-                flush=True,
-            )
-    return row
+    runs = {
+        "open": asyncio.run(drive_open(url, body, args.overload_rate, args.overload_seconds)),
+        "closed": asyncio.run(drive(url, body, args.overload_concurrency, 10**9, args.overload_seconds)),
+    }
+    for name, result in runs.items():
+        load = f"{args.overload_rate:g} arrivals/s" if name == "open" else f"{args.overload_concurrency} clients"
+        print(
+            f"overload {name} ({load}): statuses {result['statuses']} "
+            f"({result['json_503']} of the 503s JSON from the ingress)"
+        )
+        for status in ("503", "200"):
+            stats = result["latency_by_status"].get(status, {"n": 0})
+            if stats["n"]:
+                print(
+                    f"  {status}: n {stats['n']:>6}  p50 {stats['p50_ms']:>7.1f}  p95 {stats['p95_ms']:>7.1f}  "
+                    f"p99 {stats['p99_ms']:>7.1f}  max {stats['max_ms']:>7.1f} ms",
+                    flush=True,
+                )
+        result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return {"config": "overload", "backend": args.backends[0], **runs}
 
 
-def deploy(config: str, kp: Path, em: Path, args: argparse.Namespace) -> None:
-    """One app per configuration at /<config>, one replica per deployment, queues deep enough that
-    every client request in flight is waited for, never refused (the benchmark measures waiting)."""
+def deploy(config: str, backend: str, kp: str, em: str, args: argparse.Namespace) -> str:
+    """One app per (configuration, backend) at /<config>-<backend>, one replica per deployment,
+    queues deep enough that every client request in flight is waited for, never refused (the
+    benchmark measures waiting). Returns the route prefix."""
     from ray import serve
 
     from emokp_ray.serving.app import compose
@@ -230,8 +295,9 @@ def deploy(config: str, kp: Path, em: Path, args: argparse.Namespace) -> None:
     batched = config == "batch"
     batch_size = args.max_batch_size if batched else 1
     app_args = AppArgs(
-        keypoints=str(kp),
-        emotion=str(em),
+        keypoints=kp,
+        emotion=em,
+        backend=backend,
         max_batch_size=batch_size,
         batch_wait_timeout_s=args.batch_wait_timeout_s if batched else 0.0,
         busy_batch_wait_max_s=args.busy_batch_wait_max_s if batched else 0.0,
@@ -240,22 +306,45 @@ def deploy(config: str, kp: Path, em: Path, args: argparse.Namespace) -> None:
     fixed = {"num_replicas": 1, "autoscaling_config": None}
     model = {**fixed, "max_ongoing_requests": max(64, batch_size), "max_queued_requests": 1024}
     ingress = {**fixed, "max_ongoing_requests": 256, "max_queued_requests": 1024}
+    name = f"{config}-{backend}"
     serve.run(
-        compose(app_args, model_options=model, ingress_options=ingress),
-        name=f"bench-{config}",
-        route_prefix=f"/{config}",
+        compose(app_args, model_options=model, ingress_options=ingress), name=f"bench-{name}", route_prefix=f"/{name}"
     )
+    return name
 
 
 def best_rows(rows: list[dict]) -> list[dict]:
-    """Per (config, concurrency), the round with the highest throughput: on a shared machine the
-    least disturbed one (other rounds are kept in the JSON)."""
-    best: dict[tuple[str, int], dict] = {}
+    """Per (config, backend, concurrency), the round with the highest throughput: on a shared machine
+    the least disturbed one (other rounds are kept in the JSON)."""
+    best: dict[tuple[str, str, int], dict] = {}
     for row in rows:
-        key = (row["config"], row["concurrency"])
+        key = (row["config"], row["backend"], row["concurrency"])
         if key not in best or row["requests_per_s"] > best[key]["requests_per_s"]:
             best[key] = row
-    return sorted(best.values(), key=lambda r: (r["config"] != "batch", r["concurrency"]))
+    return sorted(best.values(), key=lambda r: (r["backend"], r["config"] != "batch", r["concurrency"]))
+
+
+def ratios(best: list[dict], backends: list[str], concurrency: list[int]) -> dict:
+    """The side-by-side figures of issue 14: each backend's p50 at c=1 over torch's, and batching's
+    requests/s over batch size 1's at the top concurrency, per backend."""
+    by = {(r["config"], r["backend"], r["concurrency"]): r for r in best}
+    out: dict[str, Any] = {}
+    top = max(concurrency)
+    for backend in backends:
+        for config in ("batch", "no_batch"):
+            if (config, backend, 1) in by:
+                out[f"p50_ms_at_c1_{config}_{backend}"] = by[(config, backend, 1)]["p50_ms"]
+            if (config, backend, top) in by:
+                out[f"requests_per_s_at_c{top}_{config}_{backend}"] = by[(config, backend, top)]["requests_per_s"]
+        if ("batch", backend, top) in by and ("no_batch", backend, top) in by:
+            out[f"batching_gain_at_c{top}_{backend}"] = round(
+                by[("batch", backend, top)]["requests_per_s"] / by[("no_batch", backend, top)]["requests_per_s"], 2
+            )
+        if backend != "torch" and ("batch", backend, 1) in by and ("batch", "torch", 1) in by:
+            out[f"p50_at_c1_{backend}_over_torch"] = round(
+                by[("batch", backend, 1)]["p50_ms"] / by[("batch", "torch", 1)]["p50_ms"], 3
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -268,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     body = crop_png()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
-        kp, em = write_course_checkpoints(Path(tmp))
+        kp, em = model_paths(args.models, Path(tmp))
         init_ray()
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -278,20 +367,21 @@ def main(argv: list[str] | None = None) -> dict:
                 deploy_overload(kp, em, args)
                 overload = run_overload(port, body, args)
                 serve.delete("bench-overload")
-            configs = [c for c in args.configs if c != "overload"]
-            for config in configs:
-                deploy(config, kp, em, args)
-                # Warm-up: connections, torch kernels, the batch loop, the batch window's estimate.
-                asyncio.run(drive(f"http://127.0.0.1:{port}/{config}/v1/predict", body, 8, 64, 30.0))
-            # Rounds alternate the configurations, so a burst of load from elsewhere on the machine
-            # hits both alike rather than one configuration's whole measurement.
-            for round_index in range(args.rounds if configs else 0):
+            apps = [(c, b) for c in args.configs if c != "overload" for b in args.backends]
+            for config, backend in apps:
+                name = deploy(config, backend, kp, em, args)
+                # Warm-up: connections, kernels, the batch loop, the batch window's estimate.
+                asyncio.run(drive(f"http://127.0.0.1:{port}/{name}/v1/predict", body, 8, 64, 30.0))
+            # Rounds alternate the apps, so a burst of load from elsewhere on the machine hits all
+            # alike rather than one app's whole measurement.
+            for round_index in range(args.rounds if apps else 0):
                 for c in args.concurrency:
-                    for config in configs:
-                        url = f"http://127.0.0.1:{port}/{config}/v1/predict"
+                    for config, backend in apps:
+                        url = f"http://127.0.0.1:{port}/{config}-{backend}/v1/predict"
                         result = asyncio.run(drive(url, body, c, args.requests, args.max_seconds))
                         row = {
                             "config": config,
+                            "backend": backend,
                             "max_batch_size": args.max_batch_size if config == "batch" else 1,
                             "round": round_index,
                             "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -299,9 +389,9 @@ def main(argv: list[str] | None = None) -> dict:
                         }
                         rows.append(row)
                         print(
-                            f"round {round_index} {config:>8} c={c:<3} {row['requests_per_s']:>7.1f} req/s  p50 {row['p50_ms']:>7.1f}  "
-                            f"p95 {row['p95_ms']:>7.1f}  p99 {row['p99_ms']:>7.1f} ms  statuses {row['statuses']}  "
-                            f"load {row['load_avg_1m']}",
+                            f"round {round_index} {config:>8} {backend:>9} c={c:<3} {row['requests_per_s']:>7.1f} req/s  "
+                            f"p50 {row['p50_ms']:>7.1f}  p95 {row['p95_ms']:>7.1f}  p99 {row['p99_ms']:>7.1f} ms  "
+                            f"statuses {row['statuses']}  load {row['load_avg_1m']}",
                             flush=True,
                         )
         finally:
@@ -309,39 +399,36 @@ def main(argv: list[str] | None = None) -> dict:
             ray.shutdown()
 
     best = best_rows(rows)
-    by = {(r["config"], r["concurrency"]): r for r in best}
-    summary = {}
-    top = max(args.concurrency)
-    if ("batch", top) in by and ("no_batch", top) in by:
-        summary[f"throughput_gain_at_c{top}"] = round(
-            by[("batch", top)]["requests_per_s"] / by[("no_batch", top)]["requests_per_s"], 2
-        )
+    summary = ratios(best, args.backends, args.concurrency)
     if overload is not None:
-        summary["overload_concurrency"] = args.overload_concurrency
-        summary["overload_503_p99_ms"] = overload["latency_by_status"].get("503", {}).get("p99_ms")
-        summary["overload_200_p99_ms"] = overload["latency_by_status"].get("200", {}).get("p99_ms")
-    for config in args.configs:
-        if (config, 1) in by:
-            summary[f"p50_ms_at_c1_{config}"] = by[(config, 1)]["p50_ms"]
+        for name in ("open", "closed"):
+            for status in ("503", "200"):
+                summary[f"overload_{name}_{status}_p99_ms"] = (
+                    overload[name]["latency_by_status"].get(status, {}).get("p99_ms")
+                )
+        summary["overload_open_rate_per_s"] = args.overload_rate
+        summary["overload_closed_concurrency"] = args.overload_concurrency
 
     print()
     print(f"best of {args.rounds} rounds per row")
     print(
-        f"{'config':>8} {'batch':>5} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'n':>5} {'load':>5}"
+        f"{'config':>8} {'backend':>9} {'batch':>5} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'n':>5} {'load':>5}"
     )
     for r in best:
         print(
-            f"{r['config']:>8} {r['max_batch_size']:>5} {r['concurrency']:>3} {r['requests_per_s']:>8.1f} "
-            f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['ok']:>5} {r['load_avg_1m']:>5.1f}"
+            f"{r['config']:>8} {r['backend']:>9} {r['max_batch_size']:>5} {r['concurrency']:>3} "
+            f"{r['requests_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+            f"{r['ok']:>5} {r['load_avg_1m']:>5.1f}"
         )
     print(json.dumps(summary))
 
     result = {
         "benchmark": "serve_latency",
         "command": "python benchmarks/serve_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "models": "course keypoint_resnet() 96x96 + emotion_resnet(input_size=48), random init",
-        "request": "one 96x96 grey PNG crop, raw image/png body, POST /v1/predict, closed-loop aiohttp clients on 127.0.0.1",
-        "replicas": "1 ingress + 1 model replica per configuration, autoscaling off",
+        "models": {"keypoints": kp, "emotion": em} if args.models == "builtin" else "course, random init",
+        "request": "one 96x96 grey PNG crop, raw image/png body, POST /v1/predict, aiohttp clients on 127.0.0.1",
+        "replicas": "1 ingress + 1 model replica per app, autoscaling off",
         "batch_wait_timeout_s": args.batch_wait_timeout_s,
         "busy_batch_wait_max_s": args.busy_batch_wait_max_s,
         "torch_threads": args.torch_threads,

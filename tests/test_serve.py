@@ -638,9 +638,11 @@ def test_replica_pixel_budget_refuses_503_while_spent_then_recovers(served):
         started = time.perf_counter()
         second = post_image(served.busy + "/v1/predict", wide, params={"detect": "false"})
         refused_s = time.perf_counter() - started
+        crop = post_image(served.busy + "/v1/predict", png(crops(1)[0]))  # a crop never waits on the budget
         assert first.result().status_code == 200
     assert second.status_code == 503, second.text
     assert "busy decoding other large images" in second.json()["error"] and refused_s < 0.5
+    assert crop.status_code == 200, crop.text
     again = post_image(served.busy + "/v1/predict", wide, params={"detect": "false"})
     assert again.status_code == 200, again.text
 

@@ -431,3 +431,14 @@ def test_grafana_dashboard_charts_only_the_metrics_the_app_exports():
         }
     )
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
+
+
+def test_app_builder_keeps_builtin_model_names_and_resolves_paths(tmp_path, monkeypatch):
+    # serve/config.yaml names builtin:keypoints; resolved against the builder's working directory it
+    # became "<cwd>/builtin:keypoints" and every FaceModel replica failed to start.
+    from emokp_ray.serving.app import _absolute
+
+    monkeypatch.chdir(tmp_path)
+    assert _absolute("builtin:keypoints") == "builtin:keypoints"
+    assert _absolute("runs/kp") == str(tmp_path / "runs" / "kp")
+    assert _absolute(None) is None

@@ -10,8 +10,8 @@ Every request is admitted first, before its body is read (at most max_pending_re
 flight per ingress replica, else an immediate 503), so overload costs the service nothing. Then the
 ingress reads the body (size cap, timeout), checks the cheap limits (JSON nesting, image and box
 counts) before validating the rest, reads every image's size from its header and refuses a request
-whose pixels pass max_request_pixels (413) or would take the replica past max_replica_pixels
-decoded pixels (503), decodes (in a worker thread unless the image is small, by pixels and bytes),
+whose pixels pass max_request_pixels (413) or whose large images would take the replica past
+max_replica_pixels decoded pixels (503; crops never wait for large images), decodes (in a worker thread unless the image is small, by pixels and bytes),
 batches the grey pixels of concurrent requests with `@serve.batch` into one call to `FaceModel`
 (one forward pass) and, on request, draws the annotated PNG. Errors are JSON {"error": "..."} with
 400/408/413/415/422/503 (http_input.py says which); a 500 means a bug.
@@ -41,6 +41,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emokp_ray import __version__
+from emokp_ray.builtin import is_builtin
 from emokp_ray.serving import metrics as serve_metrics
 from emokp_ray.serving.batching import Admission, BatchWindow
 from emokp_ray.serving.http_input import (
@@ -71,6 +72,7 @@ logger = logging.getLogger("ray.serve")
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
 OVERLOADED = "the service is overloaded; retry later"
+RETRY_AFTER_S = 1  # seconds, in the Retry-After header of every 503
 
 # Swagger/ReDoc pages load scripts from a CDN: off. /openapi.json stays.
 api = FastAPI(title="emokp-ray", version=__version__, docs_url=None, redoc_url=None)
@@ -78,7 +80,10 @@ api.add_middleware(serve_metrics.RequestMetrics)  # emokp_requests_total{route, 
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    # A 503 (overload, busy decoding) says when to come back: well-behaved clients wait that long
+    # instead of resending at once, which keeps a full service's refusals cheap.
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 @api.exception_handler(ApiError)
@@ -138,9 +143,11 @@ def _check_headers(request: Request, limit: int) -> None:
 @serve.deployment(
     name="Ingress",
     ray_actor_options={"num_cpus": 0.25},
-    # Above AppArgs.max_pending_requests (64), so that an excess request reaches the ingress and gets
-    # a JSON 503 at once; the proxy's bounded queue (plain-text 503 past it) is only a backstop.
-    max_ongoing_requests=96,
+    # Far above AppArgs.max_pending_requests (64): every request goes straight to the ingress, whose
+    # admission answers the excess with a JSON 503 before reading its body. Near the admission limit
+    # (96 before), requests queued at Serve's proxy and most refusals were its slow plain-text 503s
+    # (benchmarks/serve_latency.py --configs overload). The proxy's queue is only a backstop.
+    max_ongoing_requests=1024,
     max_queued_requests=128,
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
     health_check_period_s=10,
@@ -201,7 +208,11 @@ class Ingress:
                 413,
                 f"the request's images hold {total:,} pixels; the limit is {self.args.max_request_pixels:,} per request",
             )
-        if not self.pixels.try_enter(total):
+        # Only large images draw on the replica's budget: a crop (<= INLINE_DECODE_PIXELS) costs
+        # little and is already bounded by the image admission (max_pending_requests x 65,536
+        # pixels), so a few large uploads can never starve the crops of everyone else.
+        large = sum(h.pixels for h in headers if not isinstance(h, ApiError) and h.pixels > INLINE_DECODE_PIXELS)
+        if not self.pixels.try_enter(large):
             self.metrics.refused.inc(tags={"reason": "pixels"})
             raise ApiError(503, "the service is busy decoding other large images; retry later")
         try:
@@ -212,7 +223,7 @@ class Ingress:
                 )
             )
         finally:
-            self.pixels.leave(total)
+            self.pixels.leave(large)
 
     async def _predict_one(
         self, image: ImageInput | ApiError, header: Any, detect: str, annotate: bool
@@ -347,8 +358,11 @@ class Ingress:
 
 
 def _absolute(path: str | None) -> str | None:
-    # Replicas may run in another working directory: resolve where the builder runs.
-    return str(Path(path).expanduser().resolve()) if path else None
+    # Replicas may run in another working directory: resolve where the builder runs. `builtin:NAME`
+    # names a file inside the package, wherever that is installed: kept as it is.
+    if not path or is_builtin(path):
+        return path
+    return str(Path(path).expanduser().resolve())
 
 
 def compose(

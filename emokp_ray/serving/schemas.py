@@ -40,7 +40,8 @@ class AppArgs(BaseModel):
     # when it has not arrived within body_timeout_s (408); an image whose header declares more than
     # max_image_pixels (at most Pillow's own 89 M ceiling), or a request whose images' headers add
     # up to more than max_request_pixels, is refused (413) before any of its images is decoded; an
-    # ingress replica holds at most max_replica_pixels decoded pixels at once (past it: 503).
+    # ingress replica holds at most max_replica_pixels decoded pixels of large images (over 256x256)
+    # at once (past it: 503); crops are bounded by max_pending_requests instead.
     max_body_bytes: int = Field(default=10 * MiB, ge=1024)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # all request headers together; 431 past it
     body_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
