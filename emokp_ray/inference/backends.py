@@ -28,7 +28,6 @@ import os
 import sys
 import tempfile
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from emokp_ray.artifacts.files import write_file
 from emokp_ray.checkpoint import LoadedCheckpoint
 from emokp_ray.errors import UserError
 from emokp_ray.models.resnet import ResNet
@@ -221,10 +221,7 @@ def onnx_model_for(loaded: LoadedCheckpoint, int8: bool = False) -> OnnxModel:
 
 def _write_cache(file: Path, data: bytes) -> None:
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.parent / f".{file.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_bytes(data)
-        os.replace(tmp, file)  # atomic: a concurrent reader sees the old file or the new one
+        write_file(file, data)  # atomic: a concurrent reader sees the old file or the new one
     except OSError:
         pass  # read-only home: the export stays in memory only
 

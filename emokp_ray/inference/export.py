@@ -36,14 +36,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from emokp_ray.artifacts.files import write_file
 from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, load_checkpoint, save_checkpoint_file
 from emokp_ray.errors import UserError
 
@@ -84,11 +85,16 @@ def _trace(model: torch.nn.Module, meta: CheckpointMeta) -> torch.jit.ScriptModu
     return traced
 
 
-def _write_torchscript(loaded: LoadedCheckpoint, tmp: Path) -> None:
+def _torchscript_writer(loaded: LoadedCheckpoint) -> Callable[[Any], None]:
+    """The traced model (traced now) as a function writing the TorchScript archive to a stream."""
     traced = _trace(loaded.model, loaded.meta)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(traced, str(tmp), _extra_files={META_EXTRA_FILE: loaded.meta.to_json()})
+
+    def write(stream: Any) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(traced, stream, _extra_files={META_EXTRA_FILE: loaded.meta.to_json()})
+
+    return write
 
 
 def _require_onnx(what: str) -> None:
@@ -119,7 +125,8 @@ def onnx_bytes(model: torch.nn.Module, meta: CheckpointMeta) -> bytes:
     from emokp_ray.inference.predictor import weights_version
 
     model = model.eval()
-    buffer = io.BytesIO()
+    # The TorchScript-based exporter writes to a file object too; torch's annotation names only paths.
+    buffer: Any = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         # The TorchScript-based exporter is deprecated (DeprecationWarning) and traces the Python
         # shape check in ResNet.normalize as a constant (TracerWarning): right for this input size.
@@ -159,11 +166,11 @@ def check_onnx_outputs(
     return gap
 
 
-def _write_onnx(loaded: LoadedCheckpoint, tmp: Path, int8: bool = False) -> None:
+def _onnx_export(loaded: LoadedCheckpoint, int8: bool = False) -> bytes:
     from emokp_ray.inference.backends import quantize_int8
 
     data = onnx_bytes(loaded.model, loaded.meta)
-    tmp.write_bytes(quantize_int8(data, loaded.meta) if int8 else data)
+    return quantize_int8(data, loaded.meta) if int8 else data
 
 
 def read_onnx_bytes(data: bytes, expected: CheckpointMeta | None, where: Path) -> tuple[Any, CheckpointMeta]:
@@ -240,7 +247,7 @@ def load_onnx(path: str | os.PathLike) -> LoadedCheckpoint:
     except OSError as err:
         raise UserError(f"cannot read {path} ({err.strerror or err})") from None
     model, meta = read_onnx_bytes(data, None, path)
-    return LoadedCheckpoint(model=model, meta=meta, path=path)  # type: ignore[arg-type]
+    return LoadedCheckpoint(model=model, meta=meta, path=path)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "torchscript") -> Path:
@@ -257,21 +264,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
             return save_checkpoint_file(out, loaded.model, loaded.meta)
         except OSError as err:
             raise UserError(f"cannot write {out} ({err.strerror or err})") from None
+    data = _torchscript_writer(loaded) if fmt == "torchscript" else _onnx_export(loaded, int8=fmt == "onnx-int8")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the folder of {out} ({err.strerror or err})") from None
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        if fmt == "torchscript":
-            _write_torchscript(loaded, tmp)
-        else:
-            _write_onnx(loaded, tmp, int8=fmt == "onnx-int8")
-        os.replace(tmp, out)
+        write_file(out, data)
     except OSError as err:
         raise UserError(f"cannot write {out} ({err.strerror or err})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
