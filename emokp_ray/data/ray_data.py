@@ -12,8 +12,9 @@ import os
 
 import ray
 
+from emokp_ray.artifacts.files import is_uri
 from emokp_ray.data.pipeline import PREPROCESS_BATCH, BatchPreprocessor
-from emokp_ray.data.schema import is_uri, split_files
+from emokp_ray.data.schema import split_files
 
 # Columns the preprocessor needs (row ids and sources stay on disk).
 TRAIN_COLUMNS = ["image", "height", "width", "keypoints", "label"]

@@ -21,25 +21,28 @@ Each row is one grey face:
     row_id     int64       the data row's 1-based line number in its source file (synth: its index)
 
 A row may carry keypoints, an emotion label or both (the synthetic faces carry both).
-The writer is atomic: it writes into a temporary sibling directory and renames it into place only
-when every file is complete, so a crash or a Ctrl-C never leaves a half-written data set.
+The writer is atomic (artifacts.files.atomic_dir): it writes into a temporary sibling directory and
+renames it into place only when every file is complete, so a crash or a Ctrl-C never leaves a
+half-written data set.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import sys
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from emokp_ray.artifacts.files import atomic_dir, is_uri, open_location
 from emokp_ray.errors import UserError
 from emokp_ray.labels import NUM_KEYPOINTS
 
@@ -152,13 +155,13 @@ class DatasetWriter:
         self.out_dir = Path(out_dir).resolve()
         self.info: DatasetInfo | None = None
         self._tmp: Path | None = None
+        self._folder = ExitStack()  # holds the atomic_dir the data set is built in
         self._writers: dict[str, pq.ParquetWriter] = {}
 
     def __enter__(self) -> DatasetWriter:
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UserError(f"--out {self.out_dir} exists and is not a directory")
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        self._tmp = self._folder.enter_context(atomic_dir(self.out_dir))
         return self
 
     def write(self, table: pa.Table) -> None:
@@ -176,27 +179,17 @@ class DatasetWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._tmp is not None
-        for writer in self._writers.values():
-            writer.close()
-        if exc_type is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            return
-        if self.info is None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            raise RuntimeError("DatasetWriter closed without info")
-        (self._tmp / DATASET_META).write_text(self.info.to_json() + "\n")
-        old = None
-        if self.out_dir.exists():
-            old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
-            self.out_dir.rename(old)
-        self._tmp.rename(self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def is_uri(location: str | os.PathLike) -> bool:
-    """s3://, gs://, file://, ... rather than a plain local path."""
-    return "://" in str(location)
+        try:
+            for writer in self._writers.values():
+                writer.close()
+            if exc_type is None:
+                if self.info is None:
+                    raise RuntimeError("DatasetWriter closed without info")
+                (self._tmp / DATASET_META).write_text(self.info.to_json() + "\n")
+        except BaseException:
+            self._folder.__exit__(*sys.exc_info())  # removes the temporary folder; the error goes on
+            raise
+        self._folder.__exit__(exc_type, exc, tb)  # swaps the folder in, or removes it after an error
 
 
 def read_info(data_dir: str | os.PathLike) -> DatasetInfo:
@@ -206,9 +199,7 @@ def read_info(data_dir: str | os.PathLike) -> DatasetInfo:
     meta = f"{location}/{DATASET_META}"
     try:
         if is_uri(location):
-            from pyarrow import fs as pafs
-
-            filesystem, path = pafs.FileSystem.from_uri(meta)
+            filesystem, path = open_location(meta)
             with filesystem.open_input_stream(path) as stream:
                 raw = json.loads(stream.read())
         else:
@@ -229,10 +220,8 @@ def split_files(data_dir: str | os.PathLike, split: str) -> list[str]:
     (pyarrow's read_table and ParquetFile open those directly)."""
     location = str(data_dir).rstrip("/")
     if is_uri(location):
-        from pyarrow import fs as pafs
-
         scheme = location.split("://", 1)[0]
-        filesystem, path = pafs.FileSystem.from_uri(f"{location}/{split}")
+        filesystem, path = open_location(f"{location}/{split}")
         infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return sorted(f"{scheme}://{info.path}" for info in infos if info.path.endswith(".parquet"))
     folder = Path(location) / split
