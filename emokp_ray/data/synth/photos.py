@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from emokp_ray.artifacts.files import atomic_dir
 from emokp_ray.data.synth.geometry import apply_pose, canonical_keypoints, pose_matrices, sample_faces
 from emokp_ray.data.synth.render import degrade, render_faces
 from emokp_ray.errors import UserError
@@ -40,7 +39,7 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     out = np.zeros((height, width), np.float32)
     for cells, amp in ((4, 70.0), (16, 25.0)):
         low = rng.uniform(-amp, amp, (cells, cells)).astype(np.float32)
-        out += np.asarray(Image.fromarray(low).resize((width, height), Image.BICUBIC))
+        out += np.asarray(Image.fromarray(low).resize((width, height), Image.Resampling.BICUBIC))
     out += rng.uniform(60.0, 190.0)
     for _ in range(rng.integers(2, 7)):  # furniture: flat rectangles of another grey
         x0, y0 = rng.integers(0, width), rng.integers(0, height)
@@ -83,6 +82,7 @@ def _photo(rng: np.random.Generator, color: bool, max_rotation_deg: float) -> Sy
         angle = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, 1))
         m = pose_matrices(np.ones(1), angle, np.zeros((1, 2)), side, offset=np.array([x - x0, y - y0], float))
         canvas, alpha = render_faces(face, m, y1 - y0, x1 - x0, with_alpha=True)
+        assert alpha is not None  # with_alpha=True returns the coverage
         view = grey[y0:y1, x0:x1]
         view += alpha[0] * (canvas[0] - view)
         face_mask[y0:y1, x0:x1] = np.maximum(face_mask[y0:y1, x0:x1], alpha[0])
@@ -118,11 +118,9 @@ def write_synth_photos(
     text file named .jpg) and truth.json (per photo: file, size, faces with box, keypoints by name,
     emotion). The folder appears atomically and replaces an existing one. Returns the truth dict."""
     out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         truth: dict[str, Any] = {
             "scheme": SEED5.name,
             "classes": list(SEED5.classes),
@@ -132,7 +130,8 @@ def write_synth_photos(
         }
         for i, photo in enumerate(synthesize_photos(n, seed, color=color)):
             name = f"photo_{i:03d}.{'png' if i % 2 == 0 else 'jpg'}"
-            Image.fromarray(photo.image).save(tmp / name, **({"quality": 90} if name.endswith(".jpg") else {}))
+            options: dict[str, Any] = {"quality": 90} if name.endswith(".jpg") else {}
+            Image.fromarray(photo.image).save(tmp / name, **options)
             faces = [
                 {
                     "box": [int(v) for v in box],
@@ -162,14 +161,4 @@ def write_synth_photos(
                 (tmp / name).write_text("this is not an image, only text with a .jpg name\n")
             truth["corrupt"].append({"file": name, "kind": kind})
         (tmp / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return truth
