@@ -318,8 +318,8 @@ def _parse_keypoints(
     with np.errstate(invalid="ignore"):
         outside = ~np.isnan(coords) & ((coords < low) | (coords > high))
     half = np.isnan(coords[:, 0::2]) != np.isnan(coords[:, 1::2])
-    empty = np.isnan(coords).all(axis=1)
-    for i in np.flatnonzero(outside.any(axis=1) | half.any(axis=1) | empty):
+    empty = np.all(np.isnan(coords), axis=1)
+    for i in np.flatnonzero(outside.any(axis=1) | half.any(axis=1) | empty).tolist():
         if reasons[i] is not None:
             continue
         if empty[i]:

@@ -35,7 +35,7 @@ def fingerprints(images: np.ndarray, side: int = FINGERPRINT_SIDE) -> np.ndarray
     """uint8 [N, H, W] grey images -> float32 [N, side*side], each row zero-mean, unit-variance."""
     out = np.empty((len(images), side * side), np.float32)
     for i, image in enumerate(images):
-        small = np.asarray(Image.fromarray(image).resize((side, side), Image.BOX), np.float32).ravel()
+        small = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BOX), np.float32).ravel()
         std = small.std()
         out[i] = (small - small.mean()) / (std if std > 1e-6 else 1.0)
     return out

@@ -97,7 +97,9 @@ def _strata(chunk: Chunk) -> np.ndarray:
     """The stratum of each row: its emotion class, or 1 for complete keypoint rows and 0 for partial."""
     if chunk.labels is not None:
         return chunk.labels
-    return (~np.isnan(chunk.keypoints).any(axis=1)).astype(np.int64)
+    if chunk.keypoints is None:
+        raise ValueError("a chunk carries emotion labels or keypoints")
+    return (~np.any(np.isnan(chunk.keypoints), axis=1)).astype(np.int64)
 
 
 def _splits(
@@ -214,6 +216,7 @@ def prepare_dataset(
     with DatasetWriter(out_dir) as writer:
         for reader in readers:
             source = reader.path.name
+            pairs: Iterable[tuple[Chunk, np.ndarray]]
             if group_near_duplicates and reader.format.task == "keypoints":
                 chunk, grouped, near_dups[source] = _grouped_keypoint_chunk(reader, seed, val_fraction, test_fraction)
                 pairs = [] if chunk is None else [(chunk, grouped)]
