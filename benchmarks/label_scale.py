@@ -1,6 +1,7 @@
-"""Labeling scale figures on the two-node local cluster that tests/test_cluster.py starts (`ray start`
-twice on loopback, 3 logical CPUs per node): images/s with 1, 2 and 4 network actors, the driver's
-CPU share, and the ratio to the plain single-process loop over the same files, side by side.
+"""Labeling scale figures on the two-node local cluster of emokp_ray/local_cluster.py, the one
+tests/test_cluster.py uses (`ray start` twice on loopback, 3 logical CPUs per node): images/s with
+1, 2 and 4 network actors, the driver's CPU share, and the ratio to the plain single-process loop
+over the same files, side by side.
 
     python benchmarks/label_scale.py                          # 2,000 96x96 PNG crops, course nets
     python benchmarks/label_scale.py --n 600 --kind photos --detect detect --out benchmarks/results/label_scale_photos.json
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     sys.path.insert(0, str(REPO))
     from benchmarks.label_throughput import plain_loop, write_course_checkpoints, write_inputs
-    from tests.test_cluster import TwoNodeCluster
+    from emokp_ray.local_cluster import TwoNodeCluster
 
     result: dict = {
         "n": args.n,
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
         "plain": {},
         "ray": {},
     }
-    with tempfile.TemporaryDirectory(prefix="emokp-label-scale-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="emokp-label-scale-") as tmp_name:
+        tmp = Path(tmp_name)
         write_inputs(tmp / "images", args.n, args.kind)
         keypoints, emotion = write_course_checkpoints(tmp / "ckpt")
         for threads in (1, 2):
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
         best = max(r["images_per_s"] for r in result["plain"].values())
-        cluster = TwoNodeCluster()
+        cluster = TwoNodeCluster(cpus_per_node=3)
         try:
             started = time.monotonic()
             cluster.start()
