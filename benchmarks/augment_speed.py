@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from emokp_ray.data.augment import (
+from emokp_ray.data.augment.policies import (
     EmotionAugment,
     KeypointAugment,
     augment_emotion_batch,
     augment_keypoint_batch,
-    resize_batch,
 )
+from emokp_ray.data.augment.warp import resize_batch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "augment_speed.json"

@@ -3,7 +3,6 @@ everything is exact where it should be (identity, flip, integer shift) and repro
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 
@@ -12,25 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emokp_ray.data import augment as aug
-from emokp_ray.data.augment import (
+from emokp_ray.data.augment.policies import (
     EmotionAugment,
-    EmotionAugmenter,
     KeypointAugment,
-    KeypointAugmenter,
-    apply_plan,
     augment_emotion_batch,
     augment_keypoint_batch,
-    flip_batch,
     keras_inverse_map,
     plan_emotion_augment,
     plan_keypoint_augment,
-    prepare_eval_batch,
-    resize_batch,
-    warp_images,
 )
+from emokp_ray.data.augment.warp import BORDER_MODES, apply_plan, compose_warp, resize_batch, warp_images
 from emokp_ray.errors import UserError
-from emokp_ray.labels import KEYPOINT_NAMES, NUM_KEYPOINTS
+from emokp_ray.labels import KEYPOINT_NAMES, NUM_KEYPOINTS, flip_keypoints
 
 IDX = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 NO_INTENSITY_KP = dict(intensity_prob=0.0)
@@ -77,6 +69,21 @@ def dot_batch(n: int, size: int, seed: int = 0) -> dict:
     }
 
 
+def mirror(batch: dict, rows: np.ndarray | None = None) -> dict:
+    """The reference flip the warp path must reproduce exactly: `rows` ([B] bool; all if None)
+    mirrored, their keypoints through labels.flip_keypoints (x -> W-1-x, left/right names swapped)."""
+    images = batch["image"]
+    n, _, width = images.shape
+    rows = np.ones(n, bool) if rows is None else np.asarray(rows, bool)
+    out = dict(batch, image=images.copy())
+    out["image"][rows] = images[rows, :, ::-1]
+    if batch.get("keypoints") is not None:
+        points = batch["keypoints"].reshape(n, NUM_KEYPOINTS, 2).copy()
+        points[rows] = flip_keypoints(points[rows], width)
+        out["keypoints"] = points.reshape(n, 2 * NUM_KEYPOINTS)
+    return out
+
+
 def assert_dots_under_keypoints(out: dict, radius: float) -> None:
     """Every non-NaN keypoint has its dot's intensity centroid within 0.4 px (and a clear peak).
 
@@ -103,7 +110,7 @@ def assert_dots_under_keypoints(out: dict, radius: float) -> None:
 def assert_exercised(plan, in_size: int, out_size: int) -> None:
     """Most samples really were transformed: not withdrawn to the plain (flip + resize) matrix."""
     n = len(plan.matrices)
-    plain = aug._compose(np.broadcast_to(np.eye(3), (n, 3, 3)), plan.flipped, (in_size, in_size), (out_size, out_size))
+    plain = compose_warp(np.broadcast_to(np.eye(3), (n, 3, 3)), plan.flipped, (in_size, in_size), (out_size, out_size))
     warped = np.abs(plan.matrices - plain).max(axis=(1, 2)) > 1e-6
     assert plan.withdrawn.mean() < 0.25
     assert (warped | plan.flipped).mean() > 0.5
@@ -119,7 +126,7 @@ def random_batches(draw):
     seed = draw(st.integers(0, 2**31))
     rng = np.random.default_rng(seed)
     keypoints = rng.uniform(0, [width - 1, height - 1] * NUM_KEYPOINTS, (n, 2 * NUM_KEYPOINTS))
-    # On a 1/256 px grid, (W-1) - x is exact in float32, so a double flip can be exact (see flip_batch).
+    # On a 1/256 px grid, (W-1) - x is exact in float32, so a double flip can be exact (see mirror).
     keypoints = (np.round(keypoints * 256) / 256).astype(np.float32)
     missing = rng.random((n, NUM_KEYPOINTS)) < 0.3
     keypoints[np.repeat(missing, 2, axis=1)] = np.nan
@@ -133,36 +140,22 @@ def random_batches(draw):
 @settings(max_examples=40, deadline=None)
 @given(random_batches())
 def test_flip_twice_is_identity(batch):
-    twice = flip_batch(flip_batch(batch))
-    assert np.array_equal(twice["image"], batch["image"])
-    assert np.array_equal(twice["keypoints"], batch["keypoints"], equal_nan=True)
-    # The warp path (flip folded into the affine matrix) is exact too and agrees with flip_batch.
+    """The warp path (flip folded into the affine matrix) is an exact mirror, and twice the identity."""
     cfg = KeypointAugment(flip_prob=1.0, affine_prob=0.0, **NO_INTENSITY_KP)
     once = augment_keypoint_batch(batch, cfg, np.random.default_rng(0))
-    assert np.array_equal(once["image"], flip_batch(batch)["image"])
-    assert np.array_equal(once["keypoints"], flip_batch(batch)["keypoints"], equal_nan=True)
+    assert np.array_equal(once["image"], mirror(batch)["image"])
+    assert np.array_equal(once["keypoints"], mirror(batch)["keypoints"], equal_nan=True)
     back = augment_keypoint_batch(once, cfg, np.random.default_rng(1))
     assert np.array_equal(back["image"], batch["image"])
     assert np.array_equal(back["keypoints"], batch["keypoints"], equal_nan=True)
 
 
-@settings(max_examples=20, deadline=None)
-@given(st.integers(0, 2**31))
-def test_flip_twice_is_identity_within_float32_rounding_for_any_keypoints(seed):
-    rng = np.random.default_rng(seed)
-    batch = {
-        "image": rng.integers(0, 256, (2, 96, 96), dtype=np.uint8),
-        "keypoints": rng.uniform(0, 95, (2, 30)).astype(np.float32),
-    }
-    twice = flip_batch(flip_batch(batch))
-    assert np.array_equal(twice["image"], batch["image"])
-    assert np.abs(twice["keypoints"] - batch["keypoints"]).max() <= np.spacing(np.float32(95))
-
-
 def test_flip_swaps_left_and_right_names():
     batch = dot_batch(3, 96)
     width = 96
-    flipped = flip_batch(batch)
+    flipped = augment_keypoint_batch(
+        batch, KeypointAugment(flip_prob=1.0, affine_prob=0.0, **NO_INTENSITY_KP), np.random.default_rng(0)
+    )
     before, after = batch["keypoints"], flipped["keypoints"]
     for left, right in [("left_eye_center", "right_eye_center"), ("mouth_left_corner", "mouth_right_corner")]:
         for a, b in [(left, right), (right, left)]:
@@ -185,7 +178,7 @@ def test_flip_swaps_left_and_right_names():
 
 
 @settings(max_examples=30, deadline=None)
-@given(random_batches(), st.sampled_from(aug.BORDER_MODES))
+@given(random_batches(), st.sampled_from(BORDER_MODES))
 def test_identity_warp_reproduces_the_image_exactly(batch, border):
     images = batch["image"]
     assert np.array_equal(warp_images(images, identity_matrices(len(images)), images.shape[1:], border), images)
@@ -302,7 +295,7 @@ def test_keras_matrix_matches_keras_composition():
     )
     o_x, o_y = h / 2 - 0.5, w / 2 - 0.5  # Keras's transform_matrix_offset_center
     keras = np.array([[1, 0, o_x], [0, 1, o_y], [0, 0, 1]]) @ keras @ np.array([[1, 0, -o_x], [0, 1, -o_y], [0, 0, 1]])
-    ours = aug._compose(
+    ours = compose_warp(
         keras_inverse_map(*(np.array([v]) for v in (theta, tx, ty, shear, zx, zy))), np.zeros(1, bool), (h, w), (h, w)
     )[0]
     # (row, col) -> (x, y): swap both the rows and the columns of the 2x2 part and the offset.
@@ -342,7 +335,7 @@ def test_keypoints_never_leave_the_frame(seed, sizes):
     # A withdrawn sample is the un-warped one: only flipped (if drawn) and resized.
     rows = plan.withdrawn
     if rows.any():
-        plain = resize_batch(flip_batch({k: v[rows] for k, v in batch.items()}, plan.flipped[rows]), size)
+        plain = resize_batch(mirror({k: v[rows] for k, v in batch.items()}, plan.flipped[rows]), size)
         assert np.array_equal(out["image"][rows], plain["image"])
         assert np.allclose(out["keypoints"][rows], plain["keypoints"], atol=1e-4, equal_nan=True)
     # Emotion batches that carry keypoints obey the same rule.
@@ -359,7 +352,7 @@ def test_nan_keypoints_stay_nan_and_present_ones_stay_present():
     plan = plan_keypoint_augment(batch, KeypointAugment(), np.random.default_rng(1))
     out = apply_plan(batch, plan)["keypoints"]
     missing_before = np.isnan(batch["keypoints"])
-    expected = np.isnan(flip_batch(batch, plan.flipped)["keypoints"])  # the mask, names swapped where flipped
+    expected = np.isnan(mirror(batch, plan.flipped)["keypoints"])  # the mask, names swapped where flipped
     assert plan.flipped.any() and (~plan.flipped).any()
     assert np.array_equal(np.isnan(out), expected)
     assert not np.array_equal(expected, missing_before)  # the permutation really mattered
@@ -378,7 +371,7 @@ def test_real_faces_keep_their_keypoints_in_frame_with_default_settings(real_dat
     assert plan.withdrawn.mean() < 0.05  # the defaults rarely need the fallback
 
 
-# --- resize and evaluation -------------------------------------------------------------------------
+# --- resize ----------------------------------------------------------------------------------------
 
 
 def test_resize_down_2x_is_the_2x2_block_mean_and_keypoints_follow():
@@ -405,16 +398,6 @@ def test_resize_down_2x_is_the_2x2_block_mean_and_keypoints_follow():
     assert np.allclose(big["keypoints"], keypoints, atol=1e-4, equal_nan=True)
     same = resize_batch(batch, 96)
     assert same["image"] is images and same["keypoints"] is keypoints
-
-
-def test_prepare_eval_batch_only_resizes():
-    batch = dot_batch(4, 48)
-    cfg = EmotionAugment(output_size=96)
-    once, again = prepare_eval_batch(batch, cfg), prepare_eval_batch(batch, cfg)
-    assert np.array_equal(once["image"], again["image"])  # nothing random
-    assert np.array_equal(once["image"], resize_batch(batch, 96)["image"])
-    assert_dots_under_keypoints(once, radius=5)
-    assert prepare_eval_batch(batch, KeypointAugment()) is batch
 
 
 # --- config, determinism, batches ------------------------------------------------------------------
@@ -460,24 +443,6 @@ def test_same_seed_same_result_other_seed_other_result():
     assert not np.array_equal(a["image"], c["image"])
 
 
-def test_augmenter_is_reproducible_varies_per_call_and_survives_pickling():
-    batch = dot_batch(8, 96)
-    first, second = KeypointAugmenter(KeypointAugment(), seed=5), KeypointAugmenter(KeypointAugment(), seed=5)
-    copy = pickle.loads(pickle.dumps(first))  # what Ray Data ships to a worker
-    run_a = [first(batch)["image"] for _ in range(3)]
-    run_b = [second(batch)["image"] for _ in range(3)]
-    assert all(np.array_equal(x, y) for x, y in zip(run_a, run_b))  # same seed, same sequence
-    assert not np.array_equal(run_a[0], run_a[1])  # the same batch again: new draw
-    assert np.array_equal(copy(batch)["image"], run_a[0])
-    other_epoch = KeypointAugmenter(KeypointAugment(), seed=5, epoch=1)(batch)["image"]
-    assert not np.array_equal(other_epoch, run_a[0])
-    other_batch = dot_batch(8, 96, seed=1)
-    fresh = KeypointAugmenter(KeypointAugment(), seed=5)
-    assert fresh(other_batch)["keypoints"].shape == (8, 30)
-    emo = EmotionAugmenter(EmotionAugment(output_size=48), seed=None)(batch)
-    assert emo["image"].shape == (8, 48, 48)
-
-
 @pytest.mark.parametrize("n", [0, 1, 5])
 def test_emotion_keeps_labels_and_other_keys_shapes_and_dtypes(n):
     batch = dot_batch(n, 48)
@@ -495,7 +460,7 @@ def test_emotion_keeps_labels_and_other_keys_shapes_and_dtypes(n):
 
 def test_module_imports_neither_ray_nor_torch():
     code = (
-        "import sys, emokp_ray.data.augment; "
+        "import sys, emokp_ray.data.augment.policies, emokp_ray.data.augment.warp; "
         "bad = [m for m in ('ray', 'torch') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

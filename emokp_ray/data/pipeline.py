@@ -20,7 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from emokp_ray.data import augment
+from emokp_ray.data.augment.policies import (
+    EmotionAugment,
+    KeypointAugment,
+    augment_emotion_batch,
+    augment_keypoint_batch,
+)
 from emokp_ray.data.regularize import mix_batch, random_erase
 from emokp_ray.data.schema import keypoints_from_column, split_files
 from emokp_ray.errors import UserError
@@ -119,7 +124,7 @@ class BatchPreprocessor:
             keypoints = rescale_keypoints(keypoints_from_column(table["keypoints"]), scale)
             batch = {"image": images, "keypoints": keypoints.astype(np.float32)}
             if self.augment:
-                batch = augment.augment_keypoint_batch(batch, augment.KeypointAugment(), rng)
+                batch = augment_keypoint_batch(batch, KeypointAugment(), rng)
                 if self.random_erasing:
                     batch["image"] = random_erase(batch["image"], self.random_erasing, rng)
             return batch
@@ -130,7 +135,7 @@ class BatchPreprocessor:
             idx = rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
             batch = {k: v[idx] for k, v in batch.items()}
         if self.augment:
-            batch = augment.augment_emotion_batch(batch, augment.EmotionAugment(), rng)
+            batch = augment_emotion_batch(batch, EmotionAugment(), rng)
             if self.random_erasing:
                 batch["image"] = random_erase(batch["image"], self.random_erasing, rng)
             batch = mix_batch(batch, self.mixup_alpha, self.cutmix_alpha, rng)
