@@ -100,7 +100,7 @@ def kaggle_faces(rows: int) -> tuple[list, dict]:
     faces = []
     for kp, pixels in zip(keypoints, table["Image"]):
         crop = np.array(pixels.split(), np.uint8).reshape(96, 96)
-        big = np.asarray(Image.fromarray(crop).resize((96 * scale, 96 * scale), Image.BILINEAR))
+        big = np.asarray(Image.fromarray(crop).resize((96 * scale, 96 * scale), Image.Resampling.BILINEAR))
         canvas = np.pad(big, pad, mode="edge")
         photo_kp = pad + (kp + 0.5) * scale - 0.5
         faces.append((canvas, (float(pad), float(pad), 96.0 * scale), photo_kp))

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
             if path
             else _copy_channels_last(contiguous)
         )
-        runners = {
+        runners: dict[str, TorchRunner | OnnxRunner] = {
             "torch_eager": TorchRunner(contiguous, cpu),
             "torch_channels_last": TorchRunner(channels_last, cpu),
             "onnx_fp32": OnnxRunner(onnx_model_for(loaded, int8=False), threads),

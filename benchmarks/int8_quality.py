@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     loaded = load_model(args.checkpoint, map_location="cpu")
     meta, task, size = loaded.meta, loaded.meta.task, loaded.meta.input_size
-    model = loaded.model.eval().to(memory_format=torch.channels_last)
+    # torch's stub of Module.to lists no memory_format overload; the method takes it.
+    model = loaded.model.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     crops, targets = split_crops(args.data, args.split, task, size, args.limit)
     fp32 = onnx_bytes(loaded.model, meta)
     runners = {

@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     sizes = [int(s) for s in args.sizes.split(",")]
     runs = []
-    with tempfile.TemporaryDirectory(prefix="emokp-label-memory-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="emokp-label-memory-") as tmp_name:
+        tmp = Path(tmp_name)
         keypoints, emotion = (str(p) for p in write_tiny_checkpoints(tmp / "ckpt"))
         for n in sizes:
             folder = tmp / f"crops-{n}"

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "label_throughput.json"
 
@@ -93,7 +94,8 @@ def write_inputs(folder: Path, n: int, kind: str) -> list[Path]:
         images = [p.image for p in synthesize_photos(n, seed=0)]
         names = [f"photo_{i:05d}.{'png' if i % 2 == 0 else 'jpg'}" for i in range(n)]
     for name, image in zip(names, images):
-        Image.fromarray(image).save(folder / name, **({"quality": 90} if name.endswith(".jpg") else {}))
+        params: dict[str, Any] = {"quality": 90} if name.endswith(".jpg") else {}
+        Image.fromarray(image).save(folder / name, **params)
     return [folder / name for name in names]
 
 
@@ -154,7 +156,7 @@ def plain_loop(folder: Path, keypoints: str, emotion: str, batch_size: int, mode
             if first is None:
                 first = (time.perf_counter() - started, n)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    assert n == work.num_rows and errors == 0
+    assert n == work.num_rows and errors == 0 and first is not None
     return {
         "seconds": round(seconds, 3),
         "images_per_s": round(n / seconds, 2),
@@ -224,8 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     plain: dict[str, list[dict]] = {f"{t} threads": [] for t in plain_threads}
     ray: dict[str, list[dict]] = {f"{shape} {a}x{t} {b}": [] for shape in shapes for a, t in configs for b in backends}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         write_inputs(tmp / "images", args.n, args.kind)
         keypoints, emotion = write_course_checkpoints(tmp / "ckpt")
         init_ray()

@@ -49,7 +49,8 @@ def images_per_s(
     model = build_model(model_config(task, variant, input_size=size))
     x = torch.randn(batch, 1, size, size)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        # torch's stub of Module.to lists no memory_format overload; the method takes it.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
     target = torch.randn_like(model(x))

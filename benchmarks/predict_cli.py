@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         per_photo["flip_tta" if tta else "no_tta"] = statistics.median(times)
     import torch
 
-    result = {
+    result: dict[str, Any] = {
         "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
         "photos": [p.name for p in photos],
         "startup_plus_one_photo_s": {"median": statistics.median(cold), "runs": cold},

@@ -300,14 +300,14 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     from ray import serve
 
-    from benchmarks.serve_latency import free_port, write_course_checkpoints
+    from benchmarks.serve_latency import free_port, model_paths
     from emokp_ray.ray_utils import init_ray
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
 
     mix, about = request_mix()
     with tempfile.TemporaryDirectory(prefix="serve-soak-") as tmp:
-        kp, em = write_course_checkpoints(Path(tmp))
+        kp, em = model_paths("course", Path(tmp))
         init_ray()
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.grid is not None:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         grid = face_grid(per_class=5, seed=0)
-        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(args.grid)
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(args.grid)
         print(f"saved {args.grid}")
     return result
 
