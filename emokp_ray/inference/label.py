@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from emokp_ray.artifacts.files import open_location, write_file
 from emokp_ray.errors import UserError
 from emokp_ray.inference.label_inputs import (
     CROP_WORK_SCHEMA,
@@ -55,11 +56,9 @@ from emokp_ray.inference.label_output import (
     clear_output,
     done_hashes,
     folder_state,
-    open_location,
     read_json,
     remove_unfinished_parts,
     summarize,
-    write_bytes,
     write_json,
 )
 from emokp_ray.inference.label_stages import (
@@ -325,7 +324,7 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
     schema = FILE_WORK_SCHEMA if spec.kind == "images" else CROP_WORK_SCHEMA
     for i, table in enumerate(iter_work_tables(spec, counts)):
         name = f"{work}/inputs-{i:05d}.parquet"
-        write_bytes(fs, name, lambda stream, table=table: pq.write_table(table.cast(schema), stream))
+        write_file(name, lambda stream, table=table: pq.write_table(table.cast(schema), stream), fs=fs)
         files.append(name)
         if progress and i and i % 10 == 0:
             print(f"label: listed {counts.inputs:,} inputs", file=sys.stderr, flush=True)

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from emokp_ray.artifacts.files import is_uri, open_location
 from emokp_ray.data.kaggle import KaggleReader
 from emokp_ray.data.schema import DATASET_META, SPLITS
 from emokp_ray.errors import UserError
@@ -82,7 +83,7 @@ class LabelInput:
     @property
     def identity(self) -> str:
         """INPUT as a run's output records it (an absolute path or the URI): what --resume compares."""
-        return self.location if _is_uri(self.location) else self.path
+        return self.location if is_uri(self.location) else self.path
 
 
 @dataclass
@@ -91,20 +92,6 @@ class ListingCounts:
 
     inputs: int = 0  # work rows: images expected in the output
     skipped_files: int = 0  # files in an image folder without an image extension (not inputs)
-
-
-def _is_uri(location: str) -> bool:
-    return "://" in location
-
-
-def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path on it) for a local path or a URI."""
-    if _is_uri(location):
-        try:
-            return pafs.FileSystem.from_uri(location)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
-            raise UserError(f"{location}: cannot open this URI ({str(err).splitlines()[0]})") from None
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
 
 
 def _glob_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
@@ -156,6 +143,7 @@ def _walk(fs: pafs.FileSystem, base: str, keep_folder=lambda parts: True) -> Ite
 def _file_entries(spec: LabelInput, counts: ListingCounts) -> Iterator[tuple[str, str, int]]:
     """The image files of a folder (image extensions, hidden entries skipped), a glob (every match) or one file."""
     fs, path = spec.filesystem, spec.path
+    assert fs is not None, "an image input is resolved with its filesystem"
     if _GLOB_MAGIC.search(path):
         parts = PurePosixPath(path).parts
         first_magic = next(i for i, p in enumerate(parts) if _GLOB_MAGIC.search(p))
@@ -251,7 +239,7 @@ def _csv_tables(spec: LabelInput, counts: ListingCounts) -> Iterator[pa.Table]:
     by_id = reader.format.id_column is not None
     for chunk in reader:
         n, height, width = chunk.images.shape
-        ids = chunk.image_ids if by_id else chunk.row_ids
+        ids = chunk.image_ids if chunk.image_ids is not None else chunk.row_ids
         sources = [f"{name}:ImageId={i}" if by_id else f"{name}:line={i}" for i in ids]
         flat = np.ascontiguousarray(chunk.images).reshape(n, height * width)
         counts.inputs += n
@@ -301,7 +289,7 @@ def work_table(spec: LabelInput) -> pa.Table:
 def resolve_input(location: str) -> LabelInput:
     """Find out what INPUT is and check that it has inputs (listing stops at the first one); a
     missing, empty, unreadable or unknown INPUT is a UserError."""
-    fs, path = _filesystem(location)
+    fs, path = open_location(location)
     try:
         spec = _resolve(location, fs, path)
         if spec.kind != "dataset" and next(iter_work_tables(spec, chunk_rows=1), None) is None:
@@ -326,7 +314,7 @@ def _resolve(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
             return _dataset(location, fs, path)
         return LabelInput("images", location, filesystem=fs, path=path, detail="an image folder")
     if path.lower().endswith(CSV_SUFFIXES):
-        if _is_uri(location):
+        if is_uri(location):
             raise UserError(f"{location}: a Kaggle CSV must be a local file (copy it here first)")
         return LabelInput("csv", location, path=path, detail="a Kaggle CSV (parsed on the driver)")
     return LabelInput("images", location, filesystem=fs, path=path, detail="1 image file")

@@ -20,11 +20,12 @@ OUT (a folder on any pyarrow filesystem: a local path, file://, s3://, gs://, a 
                             A folder without it is an unfinished run: `read_labels` refuses it and
                             `emokp label --resume` finishes it.
 
-A part is named by a hash of its block's sources, so a retried block writes the same name again. On a
-local or mounted filesystem a part is written under a hidden temporary name and renamed into place;
-on an object store an object appears only once its upload is complete. Either way a part is whole or
-absent, and the Parquet part is written after its JSONL part and annotated images: a block counts as
-done when its Parquet part exists (`done_hashes`), and a resume removes JSONL parts without one.
+A part is named by a hash of its block's sources, so a retried block writes the same name again. Parts
+are written with artifacts.files.write_file: on a local or mounted filesystem under a hidden temporary
+name, then renamed into place; on an object store an object appears only once its upload is complete.
+Either way a part is whole or absent, and the Parquet part is written after its JSONL part and
+annotated images: a block counts as done when its Parquet part exists (`done_hashes`), and a resume
+removes JSONL parts without one.
 
 Annotated images: one PNG per decoded image, named by `annotation_name(source)`, in a folder marked
 complete by annotations.json (written last too).
@@ -37,7 +38,7 @@ import io
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from emokp_ray.artifacts.files import open_location, write_file
 from emokp_ray.errors import UserError
 from emokp_ray.labels import KEYPOINT_COLUMNS, KEYPOINT_NAMES
 
@@ -125,7 +127,7 @@ def json_rows(table: pa.Table) -> Iterator[str]:
         if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
             texts = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).astype(str)
             offsets = np.asarray(column.offsets) if pa.types.is_list(column.type) else None
-            size = None if offsets is not None else column.type.list_size
+            size = 0 if offsets is not None else column.type.list_size  # fixed-size lists: values per row
             valid = column.is_valid().to_pylist()
             values, pos = [], 0
             for i, ok in enumerate(valid):
@@ -162,39 +164,6 @@ def part_name(sources: list[str]) -> str:
 # ----------------------------------------------------------------------------- files on any filesystem
 
 
-def open_location(location: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) of a local path or URI; a URI pyarrow cannot open is a UserError."""
-    if "://" in location:
-        try:
-            fs, path = pafs.FileSystem.from_uri(location)
-        except Exception as err:
-            raise UserError(
-                f"{location}: cannot open this URI ({(str(err).splitlines() or [type(err).__name__])[0]})"
-            ) from None
-        return fs, path.rstrip("/")
-    import os
-
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
-
-
-def write_bytes(fs: pafs.FileSystem, path: str, data: bytes | Callable[[Any], None]) -> None:
-    """Write a whole file or nothing: on a local (or mounted) filesystem under a hidden temporary name in
-    the same folder, then renamed; on an object store directly (an object exists once uploaded).
-    data: the bytes, or a function writing to the open output stream."""
-    folder, name = path.rsplit("/", 1)
-    target = path
-    if isinstance(fs, pafs.LocalFileSystem):  # object stores have no folders to make
-        fs.create_dir(folder, recursive=True)
-        target = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(target) as stream:
-        if callable(data):
-            data(stream)
-        else:
-            stream.write(data)
-    if target != path:
-        fs.move(target, path)
-
-
 def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
     """A JSON file's object, or None when there is no such file."""
     if fs.get_file_info(path).type != pafs.FileType.File:
@@ -204,7 +173,7 @@ def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
 
 
 def write_json(fs: pafs.FileSystem, path: str, value: dict) -> None:
-    write_bytes(fs, path, (json.dumps(value, indent=2) + "\n").encode())
+    write_file(path, (json.dumps(value, indent=2) + "\n").encode(), fs=fs)
 
 
 def _files(fs: pafs.FileSystem, folder: str, suffix: str) -> list[str]:
@@ -223,15 +192,15 @@ def parquet_parts(fs: pafs.FileSystem, out: str) -> list[str]:
 def write_part(fs: pafs.FileSystem, out: str, name: str, table: pa.Table, jsonl: bool) -> None:
     """A block's rows as OUT/labels.jsonl/NAME.jsonl (first) and OUT/labels.parquet/NAME.parquet (last)."""
     if jsonl:
-        write_bytes(fs, f"{out}/{JSONL_DIR}/{name}.jsonl", "".join(line + "\n" for line in json_rows(table)).encode())
-    write_bytes(fs, f"{out}/{PARQUET_DIR}/{name}.parquet", lambda stream: pq.write_table(table, stream))
+        write_file(f"{out}/{JSONL_DIR}/{name}.jsonl", "".join(line + "\n" for line in json_rows(table)).encode(), fs=fs)
+    write_file(f"{out}/{PARQUET_DIR}/{name}.parquet", lambda stream: pq.write_table(table, stream), fs=fs)
 
 
 def write_png(fs: pafs.FileSystem, path: str, image) -> None:
     """A PIL image as a PNG file, whole or not at all."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    write_bytes(fs, path, buffer.getvalue())
+    write_file(path, buffer.getvalue(), fs=fs)
 
 
 # ----------------------------------------------------------------------------- a run's output folder
