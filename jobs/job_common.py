@@ -4,7 +4,7 @@ A job's driver runs on the head node; Ray Train workers and Ray Data actors run 
 
 - a plain path is used in place. On a cluster it must be one that every node sees alike (a shared
   mount such as NFS, EFS, Filestore or a ReadWriteMany volume) wherever workers read or write it;
-- a URI (s3://, gs://, hdfs://, abfs://, file://: whatever `pyarrow.fs.FileSystem.from_uri` reads)
+- a URI (s3://, gs://, hdfs://, abfs://, file://: whatever `emokp_ray.artifacts.files.open_location` opens)
   is staged where only the driver touches it: an input the driver reads is downloaded to a
   temporary folder first (`staged_input`); an output folder the driver writes is written to a
   temporary folder and uploaded when the command ends, after a failure too, so a later run can
@@ -25,26 +25,14 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
 
+from emokp_ray.artifacts.files import is_uri, open_location
 from emokp_ray.errors import UserError
 
 JOB_PROG = "emokp job"
 
 
-def is_uri(location: str) -> bool:
-    """`scheme://...` (the library's own test for a URI, e.g. in inference/label_inputs.py)."""
-    return "://" in location
-
-
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception as err:
-        first = (str(err).splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{uri}: cannot open this URI ({first})") from None
-
-
 def _info(uri: str) -> tuple[pafs.FileSystem, str, pafs.FileInfo]:
-    fs, path = _filesystem(uri)
+    fs, path = open_location(uri)
     try:
         return fs, path, fs.get_file_info(path)
     except OSError as err:
@@ -66,7 +54,7 @@ def download(uri: str, dest_dir: Path) -> Path:
 
 def upload(local_dir: Path, uri: str) -> None:
     """Copy every file under `local_dir` to the folder `uri` (files already there are overwritten)."""
-    fs, path = _filesystem(uri)
+    fs, path = open_location(uri)
     fs.create_dir(path, recursive=True)  # a no-op on object stores
     pafs.copy_files(
         str(Path(local_dir).resolve()), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
