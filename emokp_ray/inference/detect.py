@@ -93,7 +93,7 @@ class FaceDetector:
             minSize=(min_side, min_side),
         )
         boxes = [tuple(round(v / scale) for v in box) for box in (found if len(found) else [])]
-        return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))  # type: ignore[return-value]
+        return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))
 
 
 def require_detector(**settings) -> FaceDetector:

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -324,7 +325,11 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
     schema = FILE_WORK_SCHEMA if spec.kind == "images" else CROP_WORK_SCHEMA
     for i, table in enumerate(iter_work_tables(spec, counts)):
         name = f"{work}/inputs-{i:05d}.parquet"
-        write_file(name, lambda stream, table=table: pq.write_table(table.cast(schema), stream), fs=fs)
+
+        def write(stream: Any, table: pa.Table = table) -> None:
+            pq.write_table(table.cast(schema), stream)
+
+        write_file(name, write, fs=fs)
         files.append(name)
         if progress and i and i % 10 == 0:
             print(f"label: listed {counts.inputs:,} inputs", file=sys.stderr, flush=True)
@@ -428,7 +433,7 @@ def run_label(
     ]
     try:
         check_writable(out_fs, out_path, "--out")
-        if annotate_dir:
+        if ann_fs is not None and ann_path is not None:  # annotate_dir given
             check_writable(ann_fs, ann_path, "--annotate")
         spec: LabelInput = resolve_input(input)
         mode = "crop" if spec.crop_mode and detect == "auto" else detect
@@ -465,7 +470,10 @@ def run_label(
         raise
     if state == "complete":
         if resume:
-            finished = LabelSummary.from_dict(read_json(out_fs, f"{out_path}/{SUMMARY_FILE}"))
+            recorded_summary = read_json(out_fs, f"{out_path}/{SUMMARY_FILE}")
+            if recorded_summary is None:  # folder_state found it a moment ago
+                raise UserError(f"--out {out}: {SUMMARY_FILE} disappeared while resuming; run again")
+            finished = LabelSummary.from_dict(recorded_summary)
             if progress:
                 print(f"label: {out} is already complete; nothing to resume", file=sys.stderr, flush=True)
             return finished

@@ -22,6 +22,7 @@ resources and Ray Data's streaming backpressure balances them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,8 @@ def load_batch(
     images: list[np.ndarray | None] = [None] * n
     errors: list[str | None] = [None] * n
     if "path" in batch.column_names:
+        if filesystem is None:
+            raise ValueError("work rows of files need the filesystem they are on")
         for i, (path, size) in enumerate(zip(batch["path"].to_pylist(), batch["size"].to_pylist())):
             try:
                 if size > MAX_FILE_BYTES:
@@ -190,8 +193,9 @@ def prepare_block(
         for s in sizes:
             cols[f"crops_{s}"].append(prepared.crops[s].tobytes() if prepared else None)
         if pixels:
-            cols["pixels"].append(np.ascontiguousarray(image).tobytes() if prepared else None)
-            cols["channels"].append((1 if image.ndim == 2 else image.shape[2]) if prepared else None)
+            kept = image if prepared else None
+            cols["pixels"].append(None if kept is None else np.ascontiguousarray(kept).tobytes())
+            cols["channels"].append(None if kept is None else (1 if kept.ndim == 2 else kept.shape[2]))
     return pa.Table.from_pydict(cols, schema=prepared_schema(sizes, pixels))
 
 
@@ -377,7 +381,7 @@ def write_block(
     jsonl: bool = False,
     annotate_fs: pafs.FileSystem | None = None,
     annotate_dir: str | None = None,
-    class_names: list[str] = (),
+    class_names: Sequence[str] = (),
 ) -> pa.Table:
     """Stage C: a block's OUTPUT rows -> annotated PNGs (where asked), then the JSONL and Parquet
     parts in OUT (label_output.py says why in that order); returns one COUNTS_SCHEMA row."""

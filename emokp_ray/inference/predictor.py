@@ -142,7 +142,7 @@ def crop_face(image: Image.Image, box: Box, size: int) -> np.ndarray | None:
         min(float(width), x + i1 * sx),
         min(float(height), y + j1 * sy),
     )
-    inner = np.asarray(image.resize((i1 - i0, j1 - j0), Image.BILINEAR, box=source))
+    inner = np.asarray(image.resize((i1 - i0, j1 - j0), Image.Resampling.BILINEAR, box=source))
     if (i0, j0, i1, j1) == (0, 0, size, size):
         return inner
     return np.pad(inner, ((j0, size - j1), (i0, size - i1)), mode="edge")
@@ -180,7 +180,7 @@ def _check_box(box: Any, where: str) -> Box:
         raise UserError(f"{where}: a box is 4 finite numbers [x, y, w, h], got {list(box)}")
     if values[2] <= 0 or values[3] <= 0:
         raise UserError(f"{where}: box width and height must be positive, got {list(values)}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def weights_version(model: torch.nn.Module) -> str:
@@ -275,7 +275,8 @@ class Predictor:
             return loaded  # None, or an exported ONNX graph (backends.OnnxModel)
         model = loaded.model.to(self.device).eval()
         if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-            model = model.to(memory_format=torch.channels_last)
+            # torch's stub of Module.to lists no memory_format overload; the method takes it.
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return LoadedCheckpoint(model=model, meta=loaded.meta, path=loaded.path)
 
     @classmethod
@@ -385,7 +386,7 @@ class Predictor:
         label_list = emotion.tolist() if emotion is not None else None
         return [
             Face(
-                box=tuple(box_list[i]),  # type: ignore[arg-type]
+                box=tuple(box_list[i]),
                 keypoints=None if kp_list is None else {k: (xy[0], xy[1]) for k, xy in zip(kp_names, kp_list[i])},
                 emotion=None if label_list is None else classes[label_list[i]],
                 probabilities=None if prob_list is None else dict(zip(classes, prob_list[i])),
@@ -411,7 +412,9 @@ class Predictor:
                 crops_for[size] = crops
             else:
                 crops_for[size] = (
-                    np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in crops])
+                    np.stack(
+                        [np.asarray(Image.fromarray(c).resize((size, size), Image.Resampling.BILINEAR)) for c in crops]
+                    )
                     if n
                     else np.zeros((0, size, size), np.uint8)
                 )
