@@ -48,7 +48,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emokp_ray.serving.schemas import Backend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_latency.json"
 
@@ -283,7 +286,7 @@ def run_overload(port: int, body: bytes, args: argparse.Namespace) -> dict:
     return {"config": "overload", "backend": args.backends[0], **runs}
 
 
-def deploy(config: str, backend: str, kp: str, em: str, args: argparse.Namespace) -> str:
+def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Namespace) -> str:
     """One app per (configuration, backend) at /<config>-<backend>, one replica per deployment,
     queues deep enough that every client request in flight is waited for, never refused (the
     benchmark measures waiting). Returns the route prefix."""

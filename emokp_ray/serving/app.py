@@ -157,15 +157,17 @@ def _check_headers(request: Request, limit: int) -> None:
 class Ingress:
     """HTTP front: parses and checks requests, calls FaceModel, shapes the JSON answers."""
 
-    async def __init__(self, model: DeploymentHandle, args: AppArgs):
+    # Serve awaits an async constructor; Python's data model, and so mypy, knows none.
+    async def __init__(self, model: DeploymentHandle, args: AppArgs):  # type: ignore[misc]
         self.model = model
         self.args = args
         self.page = resources.files("emokp_ray.serving").joinpath("static/index.html").read_text("utf-8")
         # {"model": Predictor.model_info(), "labels": Predictor.labels()}, asked once, before any
         # traffic (asked later, it would queue behind predictions and could meet backpressure).
         self.info: dict[str, Any] = await model.info.remote()
-        self._predict_jobs.set_max_batch_size(args.max_batch_size)
-        self._predict_jobs.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        # @serve.batch adds these setters to the method at runtime; its stub's return type omits them.
+        self._predict_jobs.set_max_batch_size(args.max_batch_size)  # type: ignore[attr-defined]
+        self._predict_jobs.set_batch_wait_timeout_s(args.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.window = BatchWindow(args.batch_wait_timeout_s, args.busy_batch_wait_max_s)
         self.admission = Admission(args.max_pending_requests)  # images in flight
         self.pixels = Admission(args.max_replica_pixels)  # decoded pixels held at once
@@ -229,6 +231,8 @@ class Ingress:
         self, image: ImageInput | ApiError, header: Any, detect: str, annotate: bool
     ) -> dict[str, Any]:
         """Decode, check boxes, predict one admitted image; ApiError for this image's problems."""
+        if isinstance(image, ApiError):  # a bad item: its header is that same error
+            raise image
         if isinstance(header, ApiError):
             raise header
         if len(image.data) <= INLINE_DECODE_BYTES and header.pixels <= INLINE_DECODE_PIXELS:
@@ -243,9 +247,12 @@ class Ingress:
             raise ApiError(
                 outcome.status, outcome.error if outcome.status == 503 else f"{image.source}: {outcome.error}"
             )
-        out = outcome.result.to_dict()
+        result = outcome.result
+        if result is None:
+            raise RuntimeError("the model answered neither a result nor an error")
+        out = result.to_dict()
         if annotate:
-            out["annotated_png_base64"] = await asyncio.to_thread(annotated_png, pixels, outcome.result)
+            out["annotated_png_base64"] = await asyncio.to_thread(annotated_png, pixels, result)
         return out
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
@@ -255,7 +262,7 @@ class Ingress:
         per batch instead of once per image (measured at 32 concurrent clients: ~10 ms of CPU per
         request over all processes, against 14-16 ms with @serve.batch in the model replica and one
         call per image)."""
-        self._predict_jobs.set_batch_wait_timeout_s(self.window.busy_s())
+        self._predict_jobs.set_batch_wait_timeout_s(self.window.busy_s())  # type: ignore[attr-defined]
         started = time.perf_counter()
         self.metrics.batch_size.observe(len(jobs))
         for job in jobs:
@@ -269,7 +276,7 @@ class Ingress:
         finally:
             self.window.record(time.perf_counter() - started)
             self.metrics.model_latency.observe(time.perf_counter() - started)
-            self._predict_jobs.set_batch_wait_timeout_s(self.window.idle_s)
+            self._predict_jobs.set_batch_wait_timeout_s(self.window.idle_s)  # type: ignore[attr-defined]
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(self, request: Request) -> HTMLResponse:
@@ -371,8 +378,9 @@ def compose(
     """Bind the ingress to the model deployment; `*_options` override the deployments' defaults
     (`Deployment.options`: num_replicas, max_ongoing_requests, max_queued_requests, ...)."""
     args = args.model_copy(update={"keypoints": _absolute(args.keypoints), "emotion": _absolute(args.emotion)})
+    ingress, face_model = _deployment(Ingress), _deployment(FaceModel)
     ingress_options = dict(ingress_options or {})
-    ongoing = ingress_options.get("max_ongoing_requests", Ingress.max_ongoing_requests)
+    ongoing = ingress_options.get("max_ongoing_requests", ingress.max_ongoing_requests)
     if ongoing < max(args.max_batch_size, args.max_pending_requests):
         raise ValueError(
             f"Ingress max_ongoing_requests {ongoing} < max_batch_size {args.max_batch_size} or "
@@ -382,9 +390,17 @@ def compose(
     model_options = dict(model_options or {})
     if "ray_actor_options" not in model_options and _wants_gpu(args.device):
         # Ray hides GPUs from actors that ask for none (CUDA_VISIBLE_DEVICES=""): ask for one.
-        model_options["ray_actor_options"] = {**FaceModel.ray_actor_options, "num_gpus": 1}
-    model = FaceModel.options(**model_options).bind(args)
-    return Ingress.options(**ingress_options).bind(model, args)
+        model_options["ray_actor_options"] = {**(face_model.ray_actor_options or {}), "num_gpus": 1}
+    model = face_model.options(**model_options).bind(args)
+    return ingress.options(**ingress_options).bind(model, args)
+
+
+def _deployment(decorated: object) -> serve.Deployment:
+    """A class that @serve.deployment turned into a Deployment, typed as one (mypy ignores what a
+    class decorator returns and keeps the class)."""
+    if not isinstance(decorated, serve.Deployment):
+        raise TypeError(f"{decorated!r} is not a Serve deployment")
+    return decorated
 
 
 def _wants_gpu(device: str) -> bool:

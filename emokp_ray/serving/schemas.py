@@ -10,6 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# The `backend` names AppArgs accepts (inference/backends.py BACKENDS).
+Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
+
 MiB = 1024 * 1024
 
 
@@ -26,7 +29,7 @@ class AppArgs(BaseModel):
     device: str = "cpu"  # "cpu" | "cuda" | "auto"
     # Where the networks run (inference/backends.py): auto = onnx where the onnx extra is installed
     # and the device is the CPU, else torch.
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    backend: Backend = "auto"
     detect: bool = True  # load the face detector (photos need it; crops do not)
     # Dynamic batching in the ingress: up to max_batch_size images from concurrent requests go to the
     # model as one call, one forward pass; an idle model's batch waits at most batch_wait_timeout_s for
