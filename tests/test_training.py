@@ -13,7 +13,8 @@ from emokp_ray.checkpoint import load_checkpoint
 from emokp_ray.cli import main
 from emokp_ray.errors import UserError
 from emokp_ray.training.config import TrainConfig
-from emokp_ray.training.loop import build_optimizer, class_weights_from_counts, masked_mse
+from emokp_ray.training.facts import class_weights_from_counts
+from emokp_ray.training.loop import build_optimizer, masked_mse
 from emokp_ray.training.train import run_training
 from tests.helpers import write_random_dataset
 

@@ -21,6 +21,7 @@ import torch
 from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
 from emokp_ray.data.pipeline import BatchPreprocessor, local_batches, read_split_table, task_columns
 from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.facts import RunInfo
 from emokp_ray.training.loop import format_epoch_line
 
 
@@ -31,16 +32,14 @@ class LocalSession:
     def __init__(
         self,
         cfg: TrainConfig,
-        info: dict[str, Any],
+        run: RunInfo,
         run_dir: Path,
-        resume_from: str | None,
         device: torch.device | None = None,
         log=print,
     ):
         self.cfg = cfg
-        self.info = info
+        self.run = run
         self.run_dir = run_dir
-        self.resume_from = resume_from
         if device is None:
             want_gpu = cfg.use_gpu if cfg.use_gpu is not None else torch.cuda.is_available()
             device = torch.device("cuda" if want_gpu else "cpu")
@@ -49,7 +48,7 @@ class LocalSession:
         columns = task_columns(cfg.task)
         self.train_table = read_split_table(cfg.data, "train", cfg.limit_rows, columns)
         self.val_table = read_split_table(cfg.data, "val", cfg.limit_rows, columns)
-        weights = info.get("sampling_weights")
+        weights = run.data.sampling_weights
         common = dict(
             task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete
         )
@@ -63,7 +62,7 @@ class LocalSession:
         )
         self.val_pre = BatchPreprocessor(augment=False, **common)
         self.saved: list[tuple[float, Path]] = []
-        if resume_from:
+        if run.resume_from:
             self.saved = self._kept_checkpoints()
 
     def _kept_checkpoints(self) -> list[tuple[float, Path]]:
@@ -105,7 +104,7 @@ class LocalSession:
         return values
 
     def restore(self) -> LoadedCheckpoint | None:
-        return load_checkpoint(self.resume_from) if self.resume_from else None
+        return load_checkpoint(self.run.resume_from) if self.run.resume_from else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         self.log(format_epoch_line(metrics, self.cfg.task, self.cfg.epochs))

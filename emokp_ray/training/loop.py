@@ -25,6 +25,7 @@ from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, save_checkpoi
 from emokp_ray.labels import emotion_scheme
 from emokp_ray.models.resnet import build_model, model_config
 from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.facts import RunInfo
 from emokp_ray.training.metrics import EmotionMetricAccumulator, KeypointMetricAccumulator, json_safe
 
 Batch = dict[str, torch.Tensor]
@@ -86,13 +87,6 @@ def make_loss(cfg: TrainConfig, class_weights: np.ndarray | None):
         return ce.sum() / norm.clamp(min=1e-12)
 
     return loss
-
-
-def class_weights_from_counts(counts: dict[str, int], class_names: tuple[str, ...]) -> np.ndarray:
-    """Inverse-frequency weights n / (K * n_c), normalized to mean 1; a class with no rows gets 1."""
-    n_c = np.array([counts.get(name, 0) for name in class_names], np.float64)
-    weights = np.where(n_c > 0, n_c.sum() / (len(n_c) * np.maximum(n_c, 1)), 1.0)
-    return (weights / weights.mean()).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- weight EMA
@@ -287,12 +281,12 @@ def is_better(value: float, best: float | None, order: str) -> bool:
     return value < best if order == "min" else value > best
 
 
-def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, Any]:
+def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
     """Train `cfg.epochs` epochs (or until early stopping) and report each one with a checkpoint.
 
-    info: facts the driver read from the data set (steps_per_epoch, class_weights, mean_shape,
-    class_names, run_id). Every rank calls session.report once per epoch (Ray's report is a
-    barrier); metrics are all-reduced first, so all ranks agree on early stopping.
+    run: what the driver read from the data set (run.data: steps per epoch, class weights, mean
+    shape, label scheme) and the run's id. Every rank calls session.report once per epoch (Ray's
+    report is a barrier); metrics are all-reduced first, so all ranks agree on early stopping.
     """
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -302,7 +296,8 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
-    scheme = emotion_scheme(info.get("scheme") or "seed5")
+    facts = run.data
+    scheme = emotion_scheme(facts.scheme)
     num_classes = scheme.num_classes
     overrides = {"input_size": cfg.resolved_input_size}
     if cfg.task == "emotion":
@@ -312,7 +307,7 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    steps_per_epoch = int(info["steps_per_epoch"])
+    steps_per_epoch = facts.steps_per_epoch
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch)
@@ -348,10 +343,9 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
         if restored is not None and restored.train_model_state is not None:
             ema.model.load_state_dict(restored.model.state_dict())
     eval_model = ema.model if ema is not None else model
-    class_weights = info.get("class_weights")
-    loss_fn = make_loss(cfg, None if class_weights is None else np.asarray(class_weights, np.float32))
+    loss_fn = make_loss(cfg, None if facts.class_weights is None else np.asarray(facts.class_weights, np.float32))
     metric_name, order = cfg.metric
-    mean_shape = None if info.get("mean_shape") is None else np.asarray(info["mean_shape"], np.float64)
+    mean_shape = None if facts.mean_shape is None else np.asarray(facts.mean_shape, np.float64)
 
     for epoch in range(start_epoch, cfg.epochs):
         fail_at = cfg.extra.get("fail_at_epoch")
@@ -433,12 +427,12 @@ def fit(cfg: TrainConfig, session: Session, info: dict[str, Any]) -> dict[str, A
                     **cfg.to_dict(),
                     "data_facts": {
                         "mean_shape": None if mean_shape is None else mean_shape.tolist(),
-                        "n_train": info.get("n_train"),
+                        "n_train": facts.n_train,
                     },
                 },
                 epoch=epoch + 1,
                 metrics=json_safe({k: v for k, v in row.items() if not isinstance(v, (dict, list))}),
-                run_id=info.get("run_id", ""),
+                run_id=run.run_id,
             )
             save_checkpoint(
                 checkpoint_dir,

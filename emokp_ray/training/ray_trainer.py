@@ -25,6 +25,7 @@ from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
 from emokp_ray.data.pipeline import BatchPreprocessor
 from emokp_ray.data.ray_data import build_dataset, train_shuffle_buffer
 from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.facts import RunInfo
 from emokp_ray.training.loop import fit
 
 
@@ -38,10 +39,10 @@ def torch_threads(cpus_per_worker: float, local_workers: int, node_cores: int) -
 
 
 class RaySession:
-    def __init__(self, cfg: TrainConfig, info: dict[str, Any]):
+    def __init__(self, cfg: TrainConfig, run: RunInfo):
         ctx = ray.train.get_context()
         self.cfg = cfg
-        self.info = info
+        self.run = run
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -76,15 +77,13 @@ class RaySession:
         if checkpoint is not None:
             with checkpoint.as_directory() as path:
                 return load_checkpoint(path)
-        resume_from = self.info.get("resume_from")
-        return load_checkpoint(resume_from) if resume_from else None
+        return load_checkpoint(self.run.resume_from) if self.run.resume_from else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         if self.rank == 0:
-            live = self.info.get("metrics_path")
-            if live:  # the driver tails this for its console lines, and rewrites it at the end
+            if self.run.metrics_path:  # the driver tails this for its console lines, and rewrites it at the end
                 try:
-                    with open(live, "a") as fh:
+                    with open(self.run.metrics_path, "a") as fh:
                         fh.write(json.dumps(metrics, sort_keys=True) + "\n")
                 except OSError:
                     pass  # another node's path: the driver's final copy is authoritative
@@ -95,15 +94,13 @@ class RaySession:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of each Train worker: rebuild the typed config and run the plain loop."""
     cfg = TrainConfig.from_dict(config["cfg"])
-    fit(cfg, RaySession(cfg, config["info"]), config["info"])
+    fit(cfg, RaySession(cfg, config["run"]), config["run"])
 
 
-def build_trainer(
-    cfg: TrainConfig, info: dict[str, Any], storage_path: str, run_name: str
-) -> ray.train.torch.TorchTrainer:
+def build_trainer(cfg: TrainConfig, run: RunInfo, storage_path: str) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer reading the prepared data set through Ray Data."""
     common = dict(task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete)
-    weights = info.get("sampling_weights")
+    weights = run.data.sampling_weights
     train_pre = BatchPreprocessor(
         augment=cfg.augment,
         sampling_weights=None if weights is None else tuple(weights),
@@ -117,18 +114,18 @@ def build_trainer(
         "train": build_dataset(cfg.data, "train", train_pre, shuffle=True, limit_rows=cfg.limit_rows),
         "val": build_dataset(cfg.data, "val", val_pre, shuffle=False, limit_rows=cfg.limit_rows),
     }
-    use_gpu = info["use_gpu"]
+    use_gpu = run.use_gpu
     metric, order = cfg.metric
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "info": info},
+        train_loop_config={"cfg": cfg.to_dict(), "run": run},
         scaling_config=ScalingConfig(
             num_workers=cfg.workers,
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker or 1.0, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=run_name,
+            name=run.run_id,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(

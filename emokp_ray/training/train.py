@@ -18,14 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from emokp_ray.checkpoint import read_meta
-from emokp_ray.data.schema import keypoints_from_column, read_info, split_files
 from emokp_ray.errors import UserError
-from emokp_ray.labels import emotion_scheme
 from emokp_ray.training.config import TrainConfig
-from emokp_ray.training.loop import class_weights_from_counts, fit, format_epoch_line
+from emokp_ray.training.facts import RunInfo, read_dataset_facts
+from emokp_ray.training.loop import fit, format_epoch_line
 
 
 @dataclass
@@ -35,54 +33,6 @@ class TrainOutcome:
     history: list[dict[str, Any]]
     best_metric: float | None
     seconds: float
-
-
-def dataset_facts(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    """What every worker needs to know before its first step, read once on the driver."""
-    info = read_info(cfg.data)
-    if cfg.task not in info.tasks:
-        raise UserError(f"{cfg.data} has no {cfg.task} labels (it holds: {', '.join(info.tasks) or 'none'})")
-    for split in ("train", "val"):
-        if split not in info.counts:
-            raise UserError(f"{cfg.data} has no {split!r} split; prepare it with a validation fraction > 0")
-    train_counts = info.counts["train"]
-    facts: dict[str, Any] = {"scheme": info.scheme or "seed5"}
-    if cfg.task == "keypoints":
-        n_train = train_counts["complete_keypoints" if cfg.drop_incomplete else "keypoints"]
-        facts["mean_shape"] = train_mean_shape(cfg.data, cfg.drop_incomplete, cfg.limit_rows).tolist()
-    else:
-        scheme = emotion_scheme(facts["scheme"])
-        n_train = sum(train_counts.get(name, 0) for name in scheme.classes)
-        weights = class_weights_from_counts(train_counts, scheme.classes)
-        if cfg.imbalance == "weights":
-            facts["class_weights"] = weights.tolist()
-        elif cfg.imbalance == "sampling":
-            facts["sampling_weights"] = weights.tolist()
-    if cfg.limit_rows:
-        n_train = min(n_train, cfg.limit_rows)
-    if n_train < cfg.batch_size:
-        raise UserError(f"{cfg.data}: {n_train} training rows for {cfg.task}, fewer than --batch-size {cfg.batch_size}")
-    facts["n_train"] = n_train
-    facts["steps_per_epoch"] = max(1, n_train // cfg.batch_size)
-    facts["world_size"] = world_size
-    return facts
-
-
-def train_mean_shape(data: str, drop_incomplete: bool, limit_rows: int = 0) -> np.ndarray:
-    """Per-coordinate mean of the training keypoints [30] (NaN-aware): the mean-shape baseline."""
-    files = split_files(data, "train")
-    table = (
-        pq.read_table(files, columns=["keypoints"])
-        if len(files) != 1
-        else pq.read_table(files[0], columns=["keypoints"])
-    )
-    if limit_rows:
-        table = table.slice(0, limit_rows)
-    kp = keypoints_from_column(table["keypoints"])
-    kp = kp[~np.isnan(kp).all(axis=1)]
-    if drop_incomplete:
-        kp = kp[~np.isnan(kp).any(axis=1)]
-    return np.nanmean(kp, axis=0)
 
 
 def find_latest_checkpoint(run_dir: Path) -> Path | None:
@@ -198,17 +148,17 @@ def run_training(cfg: TrainConfig, log=print) -> TrainOutcome:
         from emokp_ray.training.ray_trainer import cluster_has_gpus
 
         use_gpu = cluster_has_gpus() if use_gpu is None else use_gpu
-    info = dataset_facts(cfg, cfg.workers)
-    info.update(
+    run = RunInfo(
+        data=read_dataset_facts(cfg),
         use_gpu=bool(use_gpu),
-        resume_from=resume_from,
         run_id=f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}",
         metrics_path=str(run_dir / "metrics.jsonl"),
+        resume_from=resume_from,
     )
     (run_dir / "config.json").write_text(cfg.to_json() + "\n")
     log(f"config: {json.dumps(cfg.to_dict(), sort_keys=True)}")
     log(
-        f"data: {info['n_train']} training rows, {info['steps_per_epoch']} steps/epoch, "
+        f"data: {run.data.n_train} training rows, {run.data.steps_per_epoch} steps/epoch, "
         f"{'GPU' if use_gpu else 'CPU'}, {cfg.workers} worker(s){', resuming from ' + resume_from if resume_from else ''}"
     )
     if not resume_from:
@@ -217,8 +167,8 @@ def run_training(cfg: TrainConfig, log=print) -> TrainOutcome:
     if cfg.no_ray:
         from emokp_ray.training.local import LocalSession
 
-        session = LocalSession(cfg, info, run_dir, resume_from, log=log)
-        fit(cfg, session, info)
+        session = LocalSession(cfg, run, run_dir, log=log)
+        fit(cfg, session, run)
         name, order = cfg.metric
         if not session.saved:
             raise UserError("training ran no epoch (the run had already reached --epochs; raise --epochs to continue)")
@@ -228,7 +178,7 @@ def run_training(cfg: TrainConfig, log=print) -> TrainOutcome:
         from emokp_ray.training.ray_trainer import build_trainer
 
         storage = cfg.storage or str(run_dir / "ray")
-        trainer = build_trainer(cfg, info, storage, run_name=info["run_id"])
+        trainer = build_trainer(cfg, run, storage)
         with _EpochLines(run_dir / "metrics.jsonl", cfg, log):
             result = trainer.fit()
         if result.error is not None:
