@@ -15,7 +15,6 @@ REPORT_DIR/faces.png               a grid of faces with predicted (and true) key
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emokp_ray.artifacts.files import write_file
 from emokp_ray.checkpoint import LoadedCheckpoint
 from emokp_ray.data.pipeline import BatchPreprocessor, resize_batch_images, select_task_rows
 from emokp_ray.data.schema import iter_split, read_info
@@ -144,7 +144,8 @@ def _load_for_evaluation(checkpoint: str) -> tuple[LoadedCheckpoint, Callable[[n
     ckpt = load_model(checkpoint, map_location=device)
     model = ckpt.model.eval()
     if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-        model = model.to(memory_format=torch.channels_last)
+        # torch's stub of Module.to lists no memory_format overload; the method takes it.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(crops: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -255,6 +256,7 @@ def evaluate_checkpoint(
                 "all_rmse_px": all_acc.compute()["rmse_px"],
                 "note": "rmse_px above is over the rows without a trained-on near-duplicate",
             }
+        assert isinstance(acc, KeypointMetricAccumulator)  # built for the task above
         report = keypoint_report(acc, mean_shape=mean_shape, metadata=metadata)
         files.append(
             figures.plot_per_keypoint_rmse(
@@ -282,6 +284,7 @@ def evaluate_checkpoint(
             "bins_uncalibrated": before["bins"],
             "bins": after["bins"],
         }
+        assert isinstance(acc, EmotionMetricAccumulator)  # built for the task above
         report = emotion_report(acc, class_names=list(meta.class_names), metadata=metadata)
         files.append(
             figures.plot_confusion_matrix(report["confusion"], list(meta.class_names), out_dir / "confusion.png")
@@ -301,9 +304,7 @@ def evaluate_checkpoint(
     if history:
         files.append(figures.plot_learning_curves(history, out_dir / "learning_curves.png"))
     report_file = out_dir / "report.json"
-    tmp = out_dir / f".report.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    tmp.replace(report_file)
+    write_file(report_file, (json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
     files.insert(0, report_file)
     return EvalReport(report, out_dir, files)
 
