@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def split_crops(data: str, split: str, task: str, size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 crops [N, S, S] and targets (keypoints [N, 30] with NaN, or labels [N]) of a split."""
-    from emokp_ray.evaluate import _dataset_batches
+    from emokp_ray.evaluation.evaluate import _dataset_batches
 
     images, targets, n = [], [], 0
     for batch in _dataset_batches(data, split, task, size, 256):

@@ -134,7 +134,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from emokp_ray.evaluate import evaluate_checkpoint
+    from emokp_ray.evaluation.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(
         args.checkpoint,

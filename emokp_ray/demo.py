@@ -118,7 +118,7 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
 
     from emokp_ray.data.synth.crops import write_synth_dataset
     from emokp_ray.data.synth.photos import write_synth_photos
-    from emokp_ray.evaluate import evaluate_checkpoint
+    from emokp_ray.evaluation.evaluate import evaluate_checkpoint
     from emokp_ray.inference.label import run_label
     from emokp_ray.ray_utils import init_ray
     from emokp_ray.serving.model import opencv_available

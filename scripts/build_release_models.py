@@ -116,7 +116,7 @@ def _fp16_check(fp16_file: Path, data: Path, task: str) -> dict:
     import numpy as np
 
     from emokp_ray.checkpoint import save_checkpoint_file
-    from emokp_ray.evaluate import _dataset_batches
+    from emokp_ray.evaluation.evaluate import _dataset_batches
     from emokp_ray.inference.export import load_model
     from emokp_ray.inference.predictor import Predictor
 
@@ -151,7 +151,7 @@ def finish(names: list[str]) -> None:
 
     from emokp_ray.builtin import RELEASE_FILE
     from emokp_ray.checkpoint import load_checkpoint, save_checkpoint_file
-    from emokp_ray.evaluate import collect_logits, evaluate_checkpoint
+    from emokp_ray.evaluation.evaluate import collect_logits, evaluate_checkpoint
     from emokp_ray.inference.calibration import fit_temperature, nll, reliability, softmax
     from emokp_ray.models.resnet import num_parameters
 

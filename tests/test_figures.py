@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emokp_ray.inference import figures
+from emokp_ray.evaluation import figures
 from emokp_ray.labels import KEYPOINT_NAMES, SEED5
 
 
@@ -124,7 +124,7 @@ def test_import_and_plotting_leave_the_global_backend_alone():
     code = (
         "import matplotlib, tempfile, os\n"
         "matplotlib.use('svg')\n"
-        "from emokp_ray.inference import figures\n"
+        "from emokp_ray.evaluation import figures\n"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
         "figures.plot_emotion_bars({'a': 0.3, 'b': 0.7}, os.path.join(tempfile.mkdtemp(), 'x.png'))\n"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"

@@ -172,7 +172,7 @@ def test_label_and_serve_default_to_the_builtin_pair():
 
 
 def test_evaluate_applies_the_temperature_and_reports_calibration(tmp_path):
-    from emokp_ray.evaluate import evaluate_checkpoint
+    from emokp_ray.evaluation.evaluate import evaluate_checkpoint
 
     data = write_random_dataset(tmp_path / "data", n_train=8, n_val=40, size=48)
     _, em = write_tiny_checkpoints(tmp_path / "ckpt")

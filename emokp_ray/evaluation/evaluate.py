@@ -28,7 +28,7 @@ from emokp_ray.checkpoint import LoadedCheckpoint
 from emokp_ray.data.pipeline import BatchPreprocessor, resize_batch_images, select_task_rows
 from emokp_ray.data.schema import iter_split, read_info
 from emokp_ray.errors import UserError
-from emokp_ray.inference import figures
+from emokp_ray.evaluation import figures
 from emokp_ray.inference.calibration import reliability, softmax, temperature_of
 from emokp_ray.inference.tta import forward_with_flip
 from emokp_ray.training.loop import to_device
