@@ -134,11 +134,11 @@ def _fp16_check(fp16_file: Path, data: Path, task: str) -> dict:
     pb = Predictor(*({"keypoints": (b, None), "emotion": (None, b)}[task]), device="cpu", detector=None)
     fa, fb = pa.predict_crops(crops), pb.predict_crops(crops)
     if task == "keypoints":
-        diff = max(
-            abs(u - v) for x, y in zip(fa, fb) for k in x.keypoints for u, v in zip(x.keypoints[k], y.keypoints[k])
-        )
+        points = [(x.keypoints, y.keypoints) for x, y in zip(fa, fb) if x.keypoints and y.keypoints]
+        diff = max(abs(u - v) for kx, ky in points for k in kx for u, v in zip(kx[k], ky[k]))
         return {"faces": len(crops), "max_keypoint_change_px": float(diff)}
-    diff = max(abs(x.probabilities[c] - y.probabilities[c]) for x, y in zip(fa, fb) for c in x.probabilities)
+    probs = [(x.probabilities, y.probabilities) for x, y in zip(fa, fb) if x.probabilities and y.probabilities]
+    diff = max(abs(px[c] - py[c]) for px, py in probs for c in px)
     flips = sum(x.emotion != y.emotion for x, y in zip(fa, fb))
     return {"faces": len(crops), "max_probability_change": float(diff), "changed_labels": int(flips)}
 

@@ -367,10 +367,11 @@ def plot_per_keypoint_rmse(
         raise ValueError("no keypoints to plot")
 
     def values(mapping: Mapping[str, float | None]) -> np.ndarray:  # None (undefined) -> NaN
-        return np.array([np.nan if mapping.get(k) is None else float(mapping[k]) for k in names])
+        return np.array([np.nan if (v := mapping.get(k)) is None else float(v) for k in names])
 
     model = values(per_keypoint)
     base = values(baseline) if isinstance(baseline, Mapping) else None
+    line = None if baseline is None or isinstance(baseline, Mapping) else float(baseline)  # one number
 
     fig = _figure(7.5, 1.2 + 0.36 * len(names))
     ax = fig.subplots()
@@ -382,17 +383,10 @@ def plot_per_keypoint_rmse(
         ax.barh(
             y + offset, np.nan_to_num(base), height=height, color=BASELINE_COLOR, alpha=0.6, label="mean-shape baseline"
         )
-    elif baseline is not None:
-        ax.axvline(
-            float(baseline),
-            color=BASELINE_COLOR,
-            linestyle="--",
-            label=f"mean-shape baseline ({float(baseline):.2f} px)",
-        )
+    elif line is not None:
+        ax.axvline(line, color=BASELINE_COLOR, linestyle="--", label=f"mean-shape baseline ({line:.2f} px)")
     finite = np.concatenate([model[np.isfinite(model)]] + ([base[np.isfinite(base)]] if base is not None else []))
-    xmax = max(
-        float(finite.max()) if finite.size else 1.0, float(baseline) if isinstance(baseline, (int, float)) else 0.0
-    )
+    xmax = max(float(finite.max()) if finite.size else 1.0, line if line is not None else 0.0)
     for yi, v in zip(y - offset, model):
         ax.text(
             (v if np.isfinite(v) else 0) + 0.01 * xmax,
