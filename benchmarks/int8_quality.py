@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     import torch
 
+    from emokp_ray.artifacts.export import load_model, onnx_bytes
     from emokp_ray.inference.backends import OnnxModel, OnnxRunner, TorchRunner, calibration_crops, quantize_int8
-    from emokp_ray.inference.export import load_model, onnx_bytes
 
     loaded = load_model(args.checkpoint, map_location="cpu")
     meta, task, size = loaded.meta, loaded.meta.task, loaded.meta.input_size

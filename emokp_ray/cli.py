@@ -222,7 +222,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from emokp_ray.inference.export import export_checkpoint
+    from emokp_ray.artifacts.export import export_checkpoint
 
     path = export_checkpoint(args.checkpoint, args.out, fmt=args.format)
     print(f"exported {args.checkpoint} -> {path} ({args.format})")

@@ -115,9 +115,9 @@ def _fp16_check(fp16_file: Path, data: Path, task: str) -> dict:
 
     import numpy as np
 
+    from emokp_ray.artifacts.export import load_model
     from emokp_ray.checkpoint import save_checkpoint_file
     from emokp_ray.evaluation.evaluate import _dataset_batches
-    from emokp_ray.inference.export import load_model
     from emokp_ray.inference.predictor import Predictor
 
     b = load_model(fp16_file)

@@ -88,7 +88,7 @@ def test_onnx_backend_without_the_extra_says_how_to_install_it(tiny, monkeypatch
 
 
 def test_a_checkpoint_is_exported_once_then_read_from_the_cache(tiny, monkeypatch, tmp_path):
-    from emokp_ray.inference import export
+    from emokp_ray.artifacts import export
 
     crops = np.random.default_rng(1).integers(0, 256, (3, 96, 96), dtype=np.uint8)
     first = Predictor.from_paths(str(tiny[0]), None, device="cpu", detect=False, backend="onnx").predict_crops(crops)
@@ -142,7 +142,7 @@ def test_calibration_crops_are_synthetic_faces_at_the_model_size():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated, still read
 def test_onnx_backends_refuse_a_gpu_and_a_torchscript_model(tiny, tmp_path):
-    from emokp_ray.inference.export import export_checkpoint, load_exported
+    from emokp_ray.artifacts.export import export_checkpoint, load_exported
 
     with pytest.raises(UserError, match="runs on the CPU"):
         backends.resolve_backend("onnx", "cuda")

@@ -57,7 +57,7 @@ def _free_port() -> int:
 def served(ray_cluster, tmp_path_factory) -> Served:
     from ray import serve
 
-    from emokp_ray.inference.export import export_checkpoint
+    from emokp_ray.artifacts.export import export_checkpoint
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
 

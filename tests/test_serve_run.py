@@ -110,7 +110,7 @@ def tiny_png() -> bytes:
 
 
 def test_serve_refuses_an_untrusted_torchscript_file_before_starting_anything(tmp_path):
-    from emokp_ray.inference.export import export_checkpoint
+    from emokp_ray.artifacts.export import export_checkpoint
 
     kp, _ = write_tiny_checkpoints(tmp_path)
     scripted = export_checkpoint(kp, tmp_path / "keypoints.ts")

@@ -3,4 +3,6 @@
 files.py   where things live (a local path or a pyarrow filesystem URI: s3://, gs://, file://, ...)
            and how they are written whole or not at all: `atomic_dir` for folders (checkpoints,
            RUN_DIR/best, data sets), `write_file` for files (exports, label parts, caches)
+export.py  a checkpoint exported for deployment (TorchScript, ONNX fp32 / int8, the project's .pt
+           file), and `load_model`: any of those forms, or a checkpoint, loaded for inference
 """

@@ -138,7 +138,7 @@ def _history(ckpt: LoadedCheckpoint) -> list[dict[str, Any]]:
 def _load_for_evaluation(checkpoint: str) -> tuple[LoadedCheckpoint, Callable[[np.ndarray], np.ndarray]]:
     """The model (any form load_model reads) and its forward: uint8 crops [N, S, S] -> float32
     outputs [N, K] numpy, on the GPU where there is one, channels-last (2.5x faster batches on CPU)."""
-    from emokp_ray.inference.export import load_model
+    from emokp_ray.artifacts.export import load_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = load_model(checkpoint, map_location=device)

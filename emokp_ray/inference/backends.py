@@ -196,7 +196,7 @@ def cache_key(loaded: LoadedCheckpoint, int8: bool) -> str:
 def onnx_model_for(loaded: LoadedCheckpoint, int8: bool = False) -> OnnxModel:
     """The checkpoint's network as ONNX (fp32, or int8), from the memory or disk cache, else exported
     (and quantized) now and cached."""
-    from emokp_ray.inference.export import onnx_bytes, read_onnx_bytes
+    from emokp_ray.artifacts.export import onnx_bytes, read_onnx_bytes
     from emokp_ray.inference.predictor import weights_version
 
     key = cache_key(loaded, int8)
@@ -251,7 +251,7 @@ def quantize_int8(fp32: bytes, meta: Any, calibration: np.ndarray | None = None)
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from emokp_ray.inference.export import ONNX_INT8_KEY, set_onnx_metadata
+    from emokp_ray.artifacts.export import ONNX_INT8_KEY, set_onnx_metadata
 
     crops = calibration_crops(meta.input_size) if calibration is None else calibration
     if crops.ndim != 3 or crops.shape[1:] != (meta.input_size, meta.input_size) or crops.dtype != np.uint8:

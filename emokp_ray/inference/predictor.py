@@ -292,7 +292,7 @@ class Predictor:
         """Load the checkpoints (a checkpoint dir, a RUN_DIR, an exported .pt, or a TorchScript file
         where `trust_torchscript`: export.load_model says why); detect=True builds the face detector
         now, so a missing OpenCV is reported at startup."""
-        from emokp_ray.inference.export import load_model
+        from emokp_ray.artifacts.export import load_model
 
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (--keypoints or --emotion)")
