@@ -9,6 +9,7 @@ import pytest
 
 from emokp_ray.checkpoint import load_checkpoint
 from emokp_ray.errors import UserError
+from emokp_ray.training import ray_trainer
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.train import run_training
 from tests.helpers import write_random_dataset
@@ -50,9 +51,31 @@ def test_two_workers_train_from_ray_data_and_leave_best(ray_cluster, random_data
     assert (out / "ray").is_dir()
 
 
-def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, random_data, tmp_path):
-    out = tmp_path / "run"
+def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, random_data, tmp_path, monkeypatch):
     marker = tmp_path / "killed-once"
+
+    def dying_train_loop(config):
+        """The production loop, with a session that kills its worker process (SIGKILL: a real process
+        death, not an exception) once, at the start of epoch 3. Defined here, so Ray ships it by value."""
+        import os
+        import signal
+
+        from emokp_ray.training.config import TrainConfig
+        from emokp_ray.training.loop import fit
+        from emokp_ray.training.ray_trainer import RaySession
+
+        class DyingSession(RaySession):
+            def train_batches(self, epoch):
+                if epoch == 2 and self.rank == 0 and not marker.exists():
+                    marker.write_text("failed once\n")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return super().train_batches(epoch)
+
+        cfg = TrainConfig.from_dict(config["cfg"])
+        fit(cfg, DyingSession(cfg, config["run"]), config["run"])
+
+    monkeypatch.setattr(ray_trainer, "train_loop_per_worker", dying_train_loop)  # what build_trainer hands Ray
+    out = tmp_path / "run"
     cfg = TrainConfig(
         task="keypoints",
         data=str(random_data),
@@ -64,10 +87,9 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, random_d
         use_gpu=False,
         max_failures=1,
         max_steps_per_epoch=2,
-        extra={"fail_at_epoch": 2, "fail_marker": str(marker)},
     )
     run_training(cfg, log=lambda *_: None)
-    assert marker.exists()  # the worker process really died (SIGKILL) at the start of epoch 3
+    assert marker.exists()  # the worker process really died at the start of epoch 3
     rows = _rows(out)
     # finished from the epoch-2 checkpoint: epochs 1..3 each exactly once in the history
     assert [r["epoch"] for r in rows] == [1, 2, 3]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from emokp_ray.errors import UserError
@@ -60,7 +60,6 @@ class TrainConfig:
     no_ray: bool = False
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps steps (smoke runs, demos)
     limit_rows: int = 0  # 0 = all rows; >0 reads only the first N rows of each split
-    extra: dict[str, Any] = field(default_factory=dict)  # test hooks (e.g. fail_at_epoch)
 
     def __post_init__(self) -> None:
         choices = {

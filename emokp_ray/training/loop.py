@@ -348,10 +348,6 @@ def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
     mean_shape = None if facts.mean_shape is None else np.asarray(facts.mean_shape, np.float64)
 
     for epoch in range(start_epoch, cfg.epochs):
-        fail_at = cfg.extra.get("fail_at_epoch")
-        if fail_at is not None and epoch == int(fail_at):
-            _maybe_fail_once(cfg.extra.get("fail_marker"), session.rank)
-
         stats = train_one_epoch(
             model,
             session.train_batches(epoch),
@@ -463,18 +459,6 @@ def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
 def _scalar_metrics(row: dict[str, Any]) -> dict[str, Any]:
     """Ray's report keeps scalars tidy; nested per-keypoint/per-class values go in the checkpoint."""
     return {k: (float("nan") if v is None else v) for k, v in row.items() if not isinstance(v, (dict, list))}
-
-
-def _maybe_fail_once(marker: str | None, rank: int) -> None:
-    """Test hook: kill this worker process once (a real process death, not an exception)."""
-    import os
-    import signal
-    from pathlib import Path
-
-    if rank != 0 or not marker or Path(marker).exists():
-        return
-    Path(marker).write_text("failed once\n")
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def format_epoch_line(row: dict[str, Any], task: str, epochs: int) -> str:
