@@ -30,6 +30,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A random seed: numpy's generators take only non-negative integers."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -263,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheme", default="seed5", choices=["seed5", "fer7"], help="emotion label scheme (default: seed5)"
     )
     prep.add_argument("--strict", action="store_true", help="stop at the first bad row (default: skip and report them)")
-    prep.add_argument("--seed", type=int, default=0, help="seed of the stratified split (files without a Usage column)")
+    prep.add_argument(
+        "--seed", type=_seed, default=0, help="seed of the stratified split (files without a Usage column)"
+    )
     prep.add_argument(
         "--val-fraction",
         type=_fraction,
@@ -286,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data_sub.add_parser("synth", help="draw synthetic 96x96 faces with exact keypoints and 5 emotions")
     synth.add_argument("--out", required=True, metavar="DIR", help="output data set directory (replaced atomically)")
     synth.add_argument("--n", type=_positive_int, default=5000, help="number of faces (default 5000)")
-    synth.add_argument("--seed", type=int, default=0, help="seed (same seed, same bytes)")
+    synth.add_argument("--seed", type=_seed, default=0, help="seed (same seed, same bytes)")
     synth.add_argument("--val-fraction", type=_fraction, default=0.1, help="validation share (default 0.1)")
     synth.add_argument("--test-fraction", type=_fraction, default=0.0, help="test share (default 0)")
     synth.set_defaults(func=_cmd_data_synth)
@@ -327,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATIENCE",
         help="epochs without improvement before stopping (0: off)",
     )
-    train.add_argument("--seed", type=int, default=None)
+    train.add_argument(
+        "--seed", type=_seed, default=None, help="seed of every random stream (init, shuffles, augmentation, dropout)"
+    )
     train.add_argument(
         "--drop-incomplete", action="store_true", default=None, help="keypoints: train only on rows with all 15 points"
     )

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from emokp_ray.data.schema import DatasetInfo, DatasetWriter, count_summary, make_table
 from emokp_ray.labels import SEED5
+
+# The fields of a metrics.jsonl line that measure wall-clock time, so differ between identical runs.
+WALL_CLOCK_METRICS = ("train/images_per_s",)
+
+
+def metrics_without_wall_clock(run_dir: Path) -> list[dict]:
+    """RUN_DIR/metrics.jsonl, one dict per epoch, without WALL_CLOCK_METRICS (which must be there)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        for name in WALL_CLOCK_METRICS:
+            del row[name]
+    return rows
 
 
 def write_random_dataset(out: Path, n_train: int = 64, n_val: int = 32, size: int = 96, seed: int = 0) -> Path:

@@ -66,6 +66,7 @@ def test_synth_then_prepare_round_trip(tmp_path, capsys):
     [
         (["data", "prepare", "/no/such/file.csv", "--out", "OUT"], "no/such/file.csv"),
         (["data", "synth", "--out", "OUT", "--n", "-5"], "positive integer"),
+        (["data", "synth", "--out", "OUT", "--seed", "-1"], "non-negative integer"),
         (["data", "prepare", "x.csv", "--out", "OUT", "--val-fraction", "2"], "fraction"),
         (["train", "emotion", "--data", "D"], "--out"),
         (["frobnicate"], "invalid choice"),

@@ -1,4 +1,5 @@
-"""Ray Train fed by Ray Data: a 2-worker run and a worker killed mid-run (FailureConfig restart)."""
+"""Ray Train fed by Ray Data: a 2-worker run, a worker killed mid-run (FailureConfig restart), and a
+run repeated with the same seed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from emokp_ray.errors import UserError
 from emokp_ray.training import ray_trainer
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.train import run_training
-from tests.helpers import write_random_dataset
+from tests.helpers import metrics_without_wall_clock, write_random_dataset
 
 pytestmark = pytest.mark.ray
 
@@ -94,6 +95,34 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, random_d
     # finished from the epoch-2 checkpoint: epochs 1..3 each exactly once in the history
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert load_checkpoint(out / "best").meta.task == "keypoints"
+
+
+def test_same_seed_and_workers_give_the_same_metrics(ray_cluster, random_data, tmp_path):
+    """Ray Data ingest, the seeded shuffles, the workers' augmentation (with erasing) and dropout:
+    two runs agree on every metric but the wall-clock ones (that another seed changes them is
+    test_training's no-Ray test: the loop and its random streams are the same code)."""
+
+    def metrics(name, seed):
+        out = tmp_path / name
+        cfg = TrainConfig(
+            task="keypoints",
+            data=str(random_data),
+            out=str(out),
+            epochs=2,
+            batch_size=16,
+            workers=1,
+            cpus_per_worker=1,
+            use_gpu=False,
+            seed=seed,
+            random_erasing=0.5,
+            max_steps_per_epoch=2,
+        )
+        run_training(cfg, log=lambda *_: None)
+        return metrics_without_wall_clock(out)
+
+    first = metrics("a", seed=5)
+    assert [r["epoch"] for r in first] == [1, 2]
+    assert metrics("b", seed=5) == first
 
 
 def test_worker_torch_threads_follow_the_reservation_or_share_the_node():

@@ -11,12 +11,14 @@ import torch
 
 from emokp_ray.checkpoint import load_checkpoint
 from emokp_ray.cli import main
+from emokp_ray.data.pipeline import TrainAugment
 from emokp_ray.errors import UserError
+from emokp_ray.training.batches import augmented_batches
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import class_weights_from_counts
 from emokp_ray.training.loop import build_optimizer, masked_mse
 from emokp_ray.training.train import run_training
-from tests.helpers import write_random_dataset
+from tests.helpers import metrics_without_wall_clock, write_random_dataset
 
 
 def test_masked_mse_trains_only_present_points():
@@ -206,3 +208,43 @@ def test_install_best_swaps_the_whole_directory(tmp_path):
     assert sorted(p.name for p in (run_dir / "best").iterdir()) == ["model.pt"]
     assert (run_dir / "best" / "model.pt").read_text() == "two"
     assert sorted(p.name for p in run_dir.iterdir()) == ["best"]
+
+
+def test_augmentation_draws_depend_on_seed_epoch_rank_and_batch_index_only():
+    rng = np.random.default_rng(0)
+    face = {"image": rng.integers(0, 256, (8, 96, 96), dtype=np.uint8), "keypoints": np.full((8, 30), 48.0, np.float32)}
+    augment = TrainAugment("keypoints", random_erasing=0.5)
+
+    def images(seed=7, epoch=1, rank=0, threads=0):
+        batches = [dict(face) for _ in range(5)]  # five batches of the same faces
+        return [b["image"] for b in augmented_batches(batches, augment, seed, epoch, rank, threads=threads)]
+
+    serial = images()
+    for threads in (1, 3):  # a thread pool changes when a batch is augmented, never how
+        assert all(np.array_equal(a, b) for a, b in zip(serial, images(threads=threads)))
+    assert not np.array_equal(serial[0], serial[1])  # the batch index is in the stream
+    for other in (images(seed=8), images(epoch=2), images(rank=1)):
+        assert not np.array_equal(serial[0], other[0])
+
+
+def test_no_ray_runs_repeat_exactly_with_the_same_seed(random_data, tmp_path):
+    """Augmentation (with erasing), shuffling and dropout all on: only the wall-clock fields differ."""
+
+    def metrics(name, seed):
+        out = tmp_path / name
+        cfg = _cfg("keypoints", random_data, out, seed=seed, random_erasing=0.5, max_steps_per_epoch=2, limit_rows=40)
+        run_training(cfg, log=lambda *_: None)
+        return metrics_without_wall_clock(out)
+
+    first = metrics("a", seed=3)
+    assert metrics("b", seed=3) == first
+    assert metrics("c", seed=4) != first
+
+
+def test_a_negative_seed_is_a_one_line_user_error(random_data, tmp_path, capsys):
+    with pytest.raises(UserError, match="--seed must be >= 0"):
+        _cfg("emotion", random_data, tmp_path / "run", seed=-1)
+    argv = ["train", "emotion", "--data", str(random_data), "--out", str(tmp_path / "run"), "--seed", "-1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emokp: error:") and "--seed" in err and "\n" not in err

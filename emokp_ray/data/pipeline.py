@@ -1,8 +1,10 @@
-"""From prepared Parquet rows to training batches: select the task's rows, decode, augment, batch.
+"""From prepared Parquet rows to training batches: select the task's rows, decode, batch, augment.
 
-`BatchPreprocessor` is the one transform, a plain callable over a pyarrow table. It runs inside Ray
-Data's `map_batches` on CPU workers (see `ray_data.py`) and, unchanged, in the plain in-process
-iterator `local_batches` used by `--no-ray` runs and by machines without Ray.
+`BatchPreprocessor` is the deterministic transform, a plain callable over a pyarrow table. It runs
+inside Ray Data's `map_batches` on CPU workers (see `ray_data.py`) and, unchanged, in the plain
+in-process iterator `local_batches` used by `--no-ray` runs and by machines without Ray.
+`TrainAugment` is the training split's random part, applied per batch in the worker's loop with a
+generator derived from the seed, epoch, rank and batch index (training/batches.py).
 
 Output batches: {"image": uint8 [B, S, S], "keypoints": float32 [B, 30] (keypoints task),
 "label": int64 [B] (emotion task)}, S = the model's input size.
@@ -10,8 +12,6 @@ Output batches: {"image": uint8 [B, S, S], "keypoints": float32 [B, 30] (keypoin
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -49,7 +49,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
         return image
     from PIL import Image
 
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def decode_images(table: pa.Table, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,45 +91,53 @@ def resize_batch_images(batch: dict[str, np.ndarray], size: int) -> dict[str, np
     return out
 
 
-# Per-process call counter: Ray Data deserializes a fresh copy of the UDF for each task, so state on
-# the object would restart every epoch; a module-level counter keeps epochs' augmentations distinct.
-_CALLS = itertools.count()
-
-
 @dataclass(frozen=True)
 class BatchPreprocessor:
-    """pyarrow table (prepared schema) -> training batch of numpy arrays; picklable for Ray Data.
-
-    augment=False gives the validation transform (select, decode, resize: never augmented).
-    class_weights (emotion, imbalance="sampling"): rows are resampled within each batch with
-    probability proportional to their class weight, so rare classes (disgust) are seen as often
-    as common ones while the batch size and epoch length stay the same.
-    """
+    """pyarrow table (prepared schema) -> batch of numpy arrays: the task's rows, decoded and resized
+    to `input_size` (keypoints scaled with them). Picklable for Ray Data, and deterministic: the same
+    rows give the same batch wherever it runs. The training split's random transforms come after
+    batching, in the worker (`TrainAugment`)."""
 
     task: str
     input_size: int
-    augment: bool = False
-    seed: int = 0
     drop_incomplete: bool = False
-    sampling_weights: tuple[float, ...] | None = None
-    random_erasing: float = 0.0  # training only (augment=True): see data/regularize.py
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         table = select_task_rows(table, self.task, self.drop_incomplete)
         images, scale = decode_images(table, self.input_size)
-        rng = np.random.default_rng([self.seed, os.getpid(), next(_CALLS)])
         if self.task == "keypoints":
             keypoints = rescale_keypoints(keypoints_from_column(table["keypoints"]), scale)
-            batch = {"image": images, "keypoints": keypoints.astype(np.float32)}
+            return {"image": images, "keypoints": keypoints.astype(np.float32)}
+        return {"image": images, "label": table["label"].to_numpy().astype(np.int64)}
+
+
+@dataclass(frozen=True)
+class TrainAugment:
+    """The training split's random transforms of one batch, all drawn from the generator passed in
+    (training/batches.py derives it from the seed, epoch, rank and batch index), in this order:
+
+    sampling_weights (emotion, --imbalance sampling): rows resampled within the batch with probability
+        proportional to their class weight, so rare classes (disgust) are seen as often as common
+        ones while the batch size and epoch length stay the same;
+    augment: the label-true augmentation (augment/policies.py defaults), then random erasing and
+        (emotion) mixup / cutmix (data/regularize.py); augment=False turns these three off.
+    """
+
+    task: str
+    augment: bool = True
+    sampling_weights: tuple[float, ...] | None = None
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+    def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if self.task == "keypoints":
             if self.augment:
                 batch = augment_keypoint_batch(batch, KeypointAugment(), rng)
                 if self.random_erasing:
                     batch["image"] = random_erase(batch["image"], self.random_erasing, rng)
             return batch
-        labels = table["label"].to_numpy().astype(np.int64)
-        batch = {"image": images, "label": labels}
+        labels = batch["label"]
         if self.sampling_weights is not None and len(labels):
             p = np.asarray(self.sampling_weights, np.float64)[labels]
             idx = rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
@@ -160,18 +168,17 @@ def local_batches(
     table: pa.Table,
     preprocess: BatchPreprocessor,
     batch_size: int,
-    shuffle: bool,
-    seed: int,
-    epoch: int,
+    shuffle_seed: int | None = None,
     drop_last: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The no-Ray iterator: shuffle row order per epoch (seeded), preprocess, yield batches.
+    """The no-Ray iterator: rows in a permutation drawn from `shuffle_seed` (file order when None),
+    preprocessed, yielded as batches.
 
     `table` is a split's rows (any task mix); batches hold at most `batch_size` of the task's rows.
     """
     order = np.arange(table.num_rows)
-    if shuffle:
-        np.random.default_rng([seed, epoch]).shuffle(order)
+    if shuffle_seed is not None:
+        np.random.default_rng(shuffle_seed).shuffle(order)
     pending: list[dict[str, np.ndarray]] = []
     pending_rows = 0
     for start in range(0, len(order), PREPROCESS_BATCH):

@@ -117,7 +117,7 @@ def _dataset_batches(
         for source, record in (info.extra.get("near_duplicates") or {}).items()
         for row in record.get("holdout_row_ids", [])
     }
-    preprocess = BatchPreprocessor(task=task, input_size=input_size, augment=False)
+    preprocess = BatchPreprocessor(task=task, input_size=input_size)
     for table in iter_split(data, split):
         table = select_task_rows(table, task)
         batch = preprocess(table)

@@ -74,6 +74,8 @@ class TrainConfig:
                 raise UserError(
                     f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "workers": self.workers, "lr": self.lr}
         for name, value in positive.items():
             if value <= 0:

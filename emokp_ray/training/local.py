@@ -20,6 +20,7 @@ import torch
 
 from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
 from emokp_ray.data.pipeline import BatchPreprocessor, local_batches, read_split_table, task_columns
+from emokp_ray.training.batches import SHUFFLE, stream_seed
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import RunInfo
 from emokp_ray.training.loop import format_epoch_line
@@ -48,19 +49,7 @@ class LocalSession:
         columns = task_columns(cfg.task)
         self.train_table = read_split_table(cfg.data, "train", cfg.limit_rows, columns)
         self.val_table = read_split_table(cfg.data, "val", cfg.limit_rows, columns)
-        weights = run.data.sampling_weights
-        common = dict(
-            task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete
-        )
-        self.train_pre = BatchPreprocessor(
-            augment=cfg.augment,
-            sampling_weights=None if weights is None else tuple(weights),
-            random_erasing=cfg.random_erasing,
-            mixup_alpha=cfg.mixup_alpha,
-            cutmix_alpha=cfg.cutmix_alpha,
-            **common,
-        )
-        self.val_pre = BatchPreprocessor(augment=False, **common)
+        self.preprocess = BatchPreprocessor(cfg.task, cfg.resolved_input_size, cfg.drop_incomplete)
         self.saved: list[tuple[float, Path]] = []
         if run.resume_from:
             self.saved = self._kept_checkpoints()
@@ -88,17 +77,15 @@ class LocalSession:
     def train_batches(self, epoch: int) -> Iterable[dict]:
         batches = local_batches(
             self.train_table,
-            self.train_pre,
+            self.preprocess,
             self.cfg.batch_size,
-            shuffle=True,
-            seed=self.cfg.seed,
-            epoch=epoch,
+            shuffle_seed=stream_seed(self.cfg.seed, SHUFFLE, epoch),
             drop_last=True,
         )
         return prefetch(batches) if self.device.type == "cuda" else batches
 
     def val_batches(self) -> Iterable[dict]:
-        return local_batches(self.val_table, self.val_pre, self.cfg.batch_size, shuffle=False, seed=0, epoch=0)
+        return local_batches(self.val_table, self.preprocess, self.cfg.batch_size)
 
     def all_reduce(self, values: np.ndarray) -> np.ndarray:
         return values
@@ -132,7 +119,7 @@ class LocalSession:
 
 def prefetch(batches: Iterable[dict], depth: int = 4) -> Iterator[dict]:
     """Prepare the next `depth` batches in a background thread while the GPU trains on this one
-    (decode and augmentation are numpy, which releases the GIL for most of its work)."""
+    (decoding is numpy and pyarrow, which release the GIL for most of their work)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
 

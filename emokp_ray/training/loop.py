@@ -3,8 +3,10 @@
 Nothing here imports Ray. `fit(cfg, session)` runs the same code in three places: inside a Ray
 Train worker (`RaySession`, ray_trainer.py), in one process without Ray (`LocalSession`,
 local.py: `emokp train --no-ray`, GPU boxes without Ray), and in unit tests with a tiny model.
-The session owns what differs: where batches come from, the device, DDP, how metrics and
-checkpoints are reported, and where a resumed run's state comes from.
+The session owns what differs: where the (decoded, not yet augmented) batches come from, the
+device, DDP, how metrics and checkpoints are reported, and where a resumed run's state comes from.
+The loop owns every random draw: the training augmentation and torch's generator, both derived from
+(seed, epoch, rank[, batch]) as training/batches.py describes, so a run repeats exactly on CPU.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, save_checkpoint, unwrap_model
+from emokp_ray.data.pipeline import TrainAugment
 from emokp_ray.labels import emotion_scheme
 from emokp_ray.models.resnet import build_model, model_config
+from emokp_ray.training.batches import TORCH, augmented_batches, stream_seed
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import RunInfo
 from emokp_ray.training.metrics import EmotionMetricAccumulator, KeypointMetricAccumulator, json_safe
@@ -39,8 +43,8 @@ class Session(Protocol):
     device: torch.device
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
-    def train_batches(self, epoch: int) -> Iterable[Batch]: ...
-    def val_batches(self) -> Iterable[Batch]: ...
+    def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]: ...  # decoded, in a seeded order
+    def val_batches(self) -> Iterable[dict[str, np.ndarray]]: ...
     def all_reduce(self, values: np.ndarray) -> np.ndarray: ...
     def restore(self) -> LoadedCheckpoint | None: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
@@ -113,7 +117,7 @@ class WeightEMA:
         self.updates += 1
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         src = unwrap_model(model)
-        ema_params = list(self.model.parameters())
+        ema_params: list[torch.Tensor] = list(self.model.parameters())
         torch._foreach_lerp_(ema_params, [p.detach() for p in src.parameters()], 1.0 - d)
         for ema_b, b in zip(self.model.buffers(), src.buffers()):
             if ema_b.is_floating_point():
@@ -259,6 +263,7 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: i
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_supported(params))
     total = max(1, cfg.epochs * steps_per_epoch)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
     if cfg.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
@@ -288,8 +293,7 @@ def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
     shape, label scheme) and the run's id. Every rank calls session.report once per epoch (Ray's
     report is a barrier); metrics are all-reduced first, so all ranks agree on early stopping.
     """
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # model init: the same weights on every rank (DDP broadcasts rank 0's anyway)
     device = session.device
     use_amp = bool(cfg.amp) if cfg.amp is not None else device.type == "cuda"
     channels_last = cfg.channels_last is not False  # None: a config saved when the default followed the GPU
@@ -303,9 +307,9 @@ def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
     if cfg.task == "emotion":
         overrides["num_outputs"] = num_classes
     model_cfg = model_config(cfg.task, cfg.model, **overrides)
-    model = build_model(model_cfg)
+    model: torch.nn.Module = build_model(model_cfg)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit it
 
     steps_per_epoch = facts.steps_per_epoch
     if cfg.max_steps_per_epoch:
@@ -328,11 +332,11 @@ def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
             scheduler.load_state_dict(restored.scheduler_state)
         if restored.scaler_state is not None:
             scaler.load_state_dict(restored.scaler_state)
-        state = restored.extra_state or {}
-        start_epoch = int(state.get("epoch", 0))
-        history = list(state.get("history", []))
-        best = state.get("best")
-        stale = int(state.get("stale", 0))
+        saved = restored.extra_state or {}
+        start_epoch = int(saved.get("epoch", 0))
+        history = list(saved.get("history", []))
+        best = saved.get("best")
+        stale = int(saved.get("stale", 0))
 
     model = session.prepare_model(model)
     ema = None
@@ -347,10 +351,21 @@ def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
     metric_name, order = cfg.metric
     mean_shape = None if facts.mean_shape is None else np.asarray(facts.mean_shape, np.float64)
 
+    train_augment = TrainAugment(
+        cfg.task,
+        augment=cfg.augment,
+        sampling_weights=facts.sampling_weights,
+        random_erasing=cfg.random_erasing,
+        mixup_alpha=cfg.mixup_alpha,
+        cutmix_alpha=cfg.cutmix_alpha,
+    )
+
     for epoch in range(start_epoch, cfg.epochs):
+        # dropout draws from (seed, epoch, rank): ranks differ, and a resumed epoch repeats the original
+        torch.manual_seed(stream_seed(cfg.seed, TORCH, epoch, session.rank))
         stats = train_one_epoch(
             model,
-            session.train_batches(epoch),
+            augmented_batches(session.train_batches(epoch), train_augment, cfg.seed, epoch, session.rank),
             optimizer,
             scheduler,
             loss_fn,

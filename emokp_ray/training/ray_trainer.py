@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
 from emokp_ray.data.pipeline import BatchPreprocessor
 from emokp_ray.data.ray_data import build_dataset, train_shuffle_buffer
+from emokp_ray.training.batches import SHUFFLE, stream_seed
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import RunInfo
 from emokp_ray.training.loop import fit
@@ -54,15 +55,18 @@ class RaySession:
         return ray.train.torch.prepare_model(model)
 
     def train_batches(self, epoch: int) -> Iterable[dict]:
+        # numpy batches: the loop augments them (training/batches.py) before they become tensors
         shard = ray.train.get_dataset_shard("train")
-        return shard.iter_torch_batches(
+        return shard.iter_batches(
             batch_size=self.per_worker_batch,
+            batch_format="numpy",
             local_shuffle_buffer_size=train_shuffle_buffer(self.per_worker_batch),
+            local_shuffle_seed=stream_seed(self.cfg.seed, SHUFFLE, epoch, self.rank),
             drop_last=True,
         )
 
     def val_batches(self) -> Iterable[dict]:
-        return ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=self.per_worker_batch)
+        return ray.train.get_dataset_shard("val").iter_batches(batch_size=self.per_worker_batch, batch_format="numpy")
 
     def all_reduce(self, values: np.ndarray) -> np.ndarray:
         if self.world_size == 1 or not dist.is_initialized():
@@ -98,22 +102,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def build_trainer(cfg: TrainConfig, run: RunInfo, storage_path: str) -> ray.train.torch.TorchTrainer:
-    """A TorchTrainer reading the prepared data set through Ray Data."""
-    common = dict(task=cfg.task, input_size=cfg.resolved_input_size, seed=cfg.seed, drop_incomplete=cfg.drop_incomplete)
-    weights = run.data.sampling_weights
-    train_pre = BatchPreprocessor(
-        augment=cfg.augment,
-        sampling_weights=None if weights is None else tuple(weights),
-        random_erasing=cfg.random_erasing,
-        mixup_alpha=cfg.mixup_alpha,
-        cutmix_alpha=cfg.cutmix_alpha,
-        **common,
-    )
-    val_pre = BatchPreprocessor(augment=False, **common)
-    datasets = {
-        "train": build_dataset(cfg.data, "train", train_pre, shuffle=True, limit_rows=cfg.limit_rows),
-        "val": build_dataset(cfg.data, "val", val_pre, shuffle=False, limit_rows=cfg.limit_rows),
+    """A TorchTrainer reading the prepared data set through Ray Data.
+
+    Ingest keeps the blocks' order (preserve_order): with the seeded block order and the workers'
+    seeded shuffle buffers, the same seed and worker count feed every rank the same rows each run.
+    """
+    preprocess = BatchPreprocessor(cfg.task, cfg.resolved_input_size, cfg.drop_incomplete)
+    datasets: dict[str, ray.data.Dataset | Callable[[], ray.data.Dataset]] = {
+        "train": build_dataset(cfg.data, "train", preprocess, shuffle_seed=cfg.seed, limit_rows=cfg.limit_rows),
+        "val": build_dataset(cfg.data, "val", preprocess, limit_rows=cfg.limit_rows),
     }
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     use_gpu = run.use_gpu
     metric, order = cfg.metric
     return ray.train.torch.TorchTrainer(
@@ -135,7 +135,7 @@ def build_trainer(cfg: TrainConfig, run: RunInfo, storage_path: str) -> ray.trai
             ),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
+        dataset_config=DataConfig(datasets_to_split=["train", "val"], execution_options=ingest),
     )
 
 
