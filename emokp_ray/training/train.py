@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from emokp_ray.artifacts.files import atomic_dir
 from emokp_ray.checkpoint import read_meta
 from emokp_ray.errors import UserError
 from emokp_ray.training.config import TrainConfig
@@ -70,21 +71,11 @@ def _history(checkpoint_dir: Path) -> list[dict[str, Any]]:
 
 
 def _install_best(src: Path, run_dir: Path) -> Path:
-    """Copy a checkpoint to RUN_DIR/best atomically: the copy is made whole beside it, the old best is
-    renamed aside, the new one renamed in, then the old one deleted. A reader never sees a half-copied
-    best: only the old or the new one, or for the instant between the two renames none (POSIX cannot
-    rename a directory over a non-empty one); a crash in that instant leaves the old one whole in
-    .best.old."""
+    """Copy a checkpoint to RUN_DIR/best whole or not at all (artifacts.files.atomic_dir: a reader
+    sees the old best or the new one, never a half-copied one)."""
     dest = run_dir / "best"
-    tmp = run_dir / ".best.tmp"
-    old = run_dir / ".best.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
     return dest
 
 
