@@ -85,10 +85,10 @@ class CheckpointMeta:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         object.__setattr__(self, "keypoint_names", tuple(self.keypoint_names))
         if cfg.task == "emotion":
-            if self.label_scheme is None:
-                object.__setattr__(self, "label_scheme", DEFAULT_SCHEME)
+            scheme = DEFAULT_SCHEME if self.label_scheme is None else self.label_scheme
+            object.__setattr__(self, "label_scheme", scheme)
             if not self.class_names:  # a known scheme supplies its names; a custom one must list them
-                object.__setattr__(self, "class_names", emotion_scheme(self.label_scheme).classes)
+                object.__setattr__(self, "class_names", emotion_scheme(scheme).classes)
             if len(self.class_names) != cfg.num_outputs:
                 raise UserError(
                     f"checkpoint meta: {len(self.class_names)} class names for a model with {cfg.num_outputs} outputs"

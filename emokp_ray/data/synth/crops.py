@@ -258,7 +258,7 @@ def face_grid(per_class: int = 5, seed: int = 0, draw_keypoints: bool = False, *
     """A preview: per_class faces of each seed5 class, one class per row (seed5 order), as one uint8
     grey image [5 * S, per_class * S]; with draw_keypoints, keypoints are marked white-on-black."""
     config = make_config(per_class * SEED5.num_classes * 20, seed, **options)
-    rows = [[] for _ in range(SEED5.num_classes)]
+    rows: list[list[np.ndarray]] = [[] for _ in range(SEED5.num_classes)]
     for batch in iter_synth(config):
         for image, kp, label in zip(batch.images, batch.keypoints, batch.labels):
             if len(rows[label]) < per_class:
