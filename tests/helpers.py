@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,3 +70,33 @@ def write_tiny_checkpoints(out: Path) -> tuple[Path, Path]:
         out / "emotion", build_model(em_cfg).eval(), CheckpointMeta(model_config=em_cfg, run_id="tiny-emotion", epoch=1)
     )
     return kp_dir, em_dir
+
+
+def slow_face_model(delay_s: float) -> Any:
+    """FaceModel's Serve deployment (same name and options) whose replicas sleep `delay_s` before each
+    batch: keeps requests in flight, to provoke overload (503) and to stop a server mid-request. The
+    class is made here, in a function, so Ray ships it by value (workers need not import tests/)."""
+    import asyncio
+
+    from emokp_ray.serving.model import FaceModel
+
+    class SlowFaceModel(FaceModel.func_or_class):
+        async def predict(self, jobs):
+            await asyncio.sleep(delay_s)
+            return await super().predict(jobs)
+
+    return FaceModel.options(func_or_class=SlowFaceModel)
+
+
+@contextlib.contextmanager
+def serving_model(deployment: Any) -> Iterator[None]:
+    """While inside, `emokp_ray.serving.app.compose` binds `deployment` in FaceModel's place (what it
+    binds is looked up when it is called, so apps composed inside keep it)."""
+    from emokp_ray.serving import app
+
+    saved = app.FaceModel
+    app.FaceModel = deployment
+    try:
+        yield
+    finally:
+        app.FaceModel = saved

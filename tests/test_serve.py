@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import write_tiny_checkpoints
+from tests.helpers import serving_model, slow_face_model, write_tiny_checkpoints
 
 requests = pytest.importorskip("requests")
 pytestmark = pytest.mark.ray
@@ -85,7 +85,6 @@ def served(ray_cluster, tmp_path_factory) -> Served:
         keypoints=str(kp),
         emotion=str(em),
         max_batch_size=1,
-        test_delay_s=1.0,
         max_pending_requests=2,
         max_images_per_request=2,
         max_image_pixels=1_000_000,
@@ -95,15 +94,13 @@ def served(ray_cluster, tmp_path_factory) -> Served:
     serve.run(
         compose(main, model_options=one_replica, ingress_options=one_replica), name="emokp-test", route_prefix="/t"
     )
-    serve.run(
-        compose(
+    with serving_model(slow_face_model(1.0)):
+        busy_app = compose(
             busy,
             ingress_options={**one_replica, "max_ongoing_requests": 4, "max_queued_requests": 2},
             model_options={**one_replica, "max_ongoing_requests": 1, "max_queued_requests": 1},
-        ),
-        name="emokp-busy",
-        route_prefix="/busy",
-    )
+        )
+    serve.run(busy_app, name="emokp-busy", route_prefix="/busy")
     trusted = AppArgs(keypoints=str(scripted[0]), emotion=str(scripted[1]), trust_torchscript=True)
     serve.run(
         compose(trusted, model_options=one_replica, ingress_options=one_replica), name="emokp-ts", route_prefix="/ts"

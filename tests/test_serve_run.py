@@ -41,7 +41,11 @@ def test_run_serve_answers_then_drains_and_stops_cleanly(tmp_path, stop):
     # one line, no stack dump, no Ray process left, the port closed.
     kp, em = write_tiny_checkpoints(tmp_path)
     port = _free_port()
-    code = f"from emokp_ray.serving.run import run_serve; run_serve({str(kp)!r}, {str(em)!r}, port={port}, test_delay_s=3.0)"
+    code = (
+        "from emokp_ray.serving import app; from tests.helpers import slow_face_model; "
+        "app.FaceModel = slow_face_model(3.0); from emokp_ray.serving.run import run_serve; "
+        f"run_serve({str(kp)!r}, {str(em)!r}, port={port})"
+    )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
     child = subprocess.Popen(
         [sys.executable, "-c", code],

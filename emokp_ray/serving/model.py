@@ -121,7 +121,6 @@ class FaceModel:
             trust_torchscript=args.trust_torchscript,
             backend=args.backend,
         )
-        self.test_delay_s = args.test_delay_s
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
 
     def info(self) -> dict[str, Any]:
@@ -130,8 +129,6 @@ class FaceModel:
 
     async def predict(self, jobs: list[FaceJob]) -> list[Outcome]:
         """One batch (the ingress's) -> one Outcome per job, in order."""
-        if self.test_delay_s:
-            await asyncio.sleep(self.test_delay_s)
         # In a worker thread, so the replica keeps answering health checks and info meanwhile.
         return await asyncio.to_thread(run_jobs, self.predictor, jobs)
 

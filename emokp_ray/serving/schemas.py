@@ -56,8 +56,6 @@ class AppArgs(BaseModel):
     # gets 503 at once (keep the Ingress deployment's max_ongoing_requests above it).
     max_pending_requests: int = Field(default=64, ge=1)
     max_boxes_per_image: int = Field(default=32, ge=1)
-    # TEST ONLY: the model replica sleeps this long before each batch, to provoke overload (503).
-    test_delay_s: float = Field(default=0.0, ge=0.0, le=60.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> AppArgs:
