@@ -6,8 +6,8 @@ small crops, each run in a fresh process whose own peak RSS (ru_maxrss) is recor
 
 Inputs: 96x96 synthetic face crops as PNG files, 1,000 per sub-folder (a common layout; the listing
 walks one folder at a time, label_inputs.py), written from a pool of 1,000 encoded crops (the
-content does not change the driver's work). Models: the tests' tiny networks (the driver's memory
-does not depend on the networks' speed; they only make the run shorter). The driver is the process
+content does not change the driver's work). Models: the shipped builtin:keypoints and builtin:emotion
+(what `emokp label` uses by default; the driver's memory does not depend on the networks). The driver is the process
 that runs `emokp label` (its Ray worker processes are not counted: they hold no per-input state
 of the run). Stated bound: the driver's peak RSS over 100,000 inputs stays within BOUND_MB of the
 peak over 10,000 (checked here and recorded). Results: benchmarks/results/label_memory.json.
@@ -107,14 +107,11 @@ def run_driver(folder: Path, out: Path, keypoints: str, emotion: str, batch_size
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    sys.path.insert(0, str(REPO))
-    from tests.helpers import write_tiny_checkpoints
-
+    keypoints, emotion = "builtin:keypoints", "builtin:emotion"
     sizes = [int(s) for s in args.sizes.split(",")]
     runs = []
     with tempfile.TemporaryDirectory(prefix="emokp-label-memory-") as tmp_name:
         tmp = Path(tmp_name)
-        keypoints, emotion = (str(p) for p in write_tiny_checkpoints(tmp / "ckpt"))
         for n in sizes:
             folder = tmp / f"crops-{n}"
             write_crops(folder, n)
