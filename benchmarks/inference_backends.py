@@ -68,8 +68,8 @@ def side_by_side(variants: dict, rounds: int, calls: int) -> dict[str, float]:
 
 
 def load(path: str | None, task: str):
+    from emokp_ray.artifacts.checkpoint import CheckpointMeta, LoadedCheckpoint
     from emokp_ray.artifacts.export import load_model
-    from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint
     from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config
 
     if path:

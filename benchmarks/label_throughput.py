@@ -103,7 +103,7 @@ def write_course_checkpoints(folder: Path) -> tuple[str, str]:
     """The two course-size models, random init, as real checkpoints."""
     import torch
 
-    from emokp_ray.checkpoint import CheckpointMeta, save_checkpoint
+    from emokp_ray.artifacts.checkpoint import CheckpointMeta, save_checkpoint
     from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config
 
     torch.manual_seed(0)

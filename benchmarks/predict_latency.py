@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
-    from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint
+    from emokp_ray.artifacts.checkpoint import CheckpointMeta, LoadedCheckpoint
     from emokp_ray.inference.predictor import Predictor
     from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config, num_parameters
 

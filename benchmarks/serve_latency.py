@@ -115,7 +115,7 @@ def model_paths(models: str, out: Path) -> tuple[str, str]:
         return "builtin:keypoints", "builtin:emotion"
     import torch
 
-    from emokp_ray.checkpoint import CheckpointMeta, save_checkpoint
+    from emokp_ray.artifacts.checkpoint import CheckpointMeta, save_checkpoint
     from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config
 
     torch.manual_seed(0)

@@ -115,8 +115,8 @@ def _fp16_check(fp16_file: Path, data: Path, task: str) -> dict:
 
     import numpy as np
 
+    from emokp_ray.artifacts.checkpoint import save_checkpoint_file
     from emokp_ray.artifacts.export import load_model
-    from emokp_ray.checkpoint import save_checkpoint_file
     from emokp_ray.evaluation.evaluate import _dataset_batches
     from emokp_ray.inference.predictor import Predictor
 
@@ -149,8 +149,8 @@ def finish(names: list[str]) -> None:
     release.json and MODEL_CARD.md."""
     import dataclasses
 
+    from emokp_ray.artifacts.checkpoint import load_checkpoint, save_checkpoint_file
     from emokp_ray.builtin import RELEASE_FILE
-    from emokp_ray.checkpoint import load_checkpoint, save_checkpoint_file
     from emokp_ray.evaluation.evaluate import collect_logits, evaluate_checkpoint
     from emokp_ray.inference.calibration import fit_temperature, nll, reliability, softmax
     from emokp_ray.models.resnet import num_parameters

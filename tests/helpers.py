@@ -55,7 +55,7 @@ def write_tiny_checkpoints(out: Path) -> tuple[Path, Path]:
     of the predictor, batch labeling, serving and export. Returns (keypoints_dir, emotion_dir)."""
     import torch
 
-    from emokp_ray.checkpoint import CheckpointMeta, save_checkpoint
+    from emokp_ray.artifacts.checkpoint import CheckpointMeta, save_checkpoint
     from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from emokp_ray.checkpoint import (
+from emokp_ray.artifacts.checkpoint import (
     CheckpointMeta,
     load_checkpoint,
     read_meta,

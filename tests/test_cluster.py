@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from emokp_ray.checkpoint import load_checkpoint
+from emokp_ray.artifacts.checkpoint import load_checkpoint
 from emokp_ray.local_cluster import TwoNodeCluster
 from tests.helpers import write_random_dataset, write_tiny_checkpoints
 

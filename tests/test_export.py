@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from emokp_ray.artifacts.checkpoint import load_checkpoint
 from emokp_ray.artifacts.export import export_checkpoint, load_exported, load_model
-from emokp_ray.checkpoint import load_checkpoint
 from emokp_ray.errors import UserError
 from emokp_ray.inference.predictor import Predictor
 from tests.helpers import write_tiny_checkpoints
@@ -181,7 +181,7 @@ def test_onnx_export_matches_every_variant_at_batch_1_and_32(task, variant):
     # The stated tolerance (export.ONNX_TOLERANCE = 1e-3: keypoint pixels, emotion logits) holds for
     # every variant at the two batch sizes Serve and labeling use.
     pytest.importorskip("onnxruntime")
-    from emokp_ray.checkpoint import CheckpointMeta
+    from emokp_ray.artifacts.checkpoint import CheckpointMeta
     from emokp_ray.models.resnet import model_config
 
     cfg = model_config(task, variant)

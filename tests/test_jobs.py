@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emokp_ray.checkpoint import load_checkpoint
+from emokp_ray.artifacts.checkpoint import load_checkpoint
 from emokp_ray.errors import UserError
 from tests.helpers import write_random_dataset, write_tiny_checkpoints
 

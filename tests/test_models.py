@@ -241,6 +241,6 @@ def test_unknown_variant_is_a_user_error():
 
 
 def test_model_and_checkpoint_modules_do_not_import_ray():
-    code = "import sys, emokp_ray.models, emokp_ray.checkpoint; print('ray' in sys.modules)"
+    code = "import sys, emokp_ray.models, emokp_ray.artifacts.checkpoint; print('ray' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

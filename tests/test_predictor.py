@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint
+from emokp_ray.artifacts.checkpoint import CheckpointMeta, LoadedCheckpoint
 from emokp_ray.data.synth.photos import synthesize_photos
 from emokp_ray.errors import UserError
 from emokp_ray.inference import detect as detect_module

@@ -158,7 +158,7 @@ def test_temperature_fit_recovers_the_temperature_that_generated_the_labels():
 
 
 def test_an_ema_run_checkpoints_the_average_and_resumes_both_weights(tmp_path):
-    from emokp_ray.checkpoint import load_checkpoint
+    from emokp_ray.artifacts.checkpoint import load_checkpoint
     from emokp_ray.training.train import run_training
     from tests.helpers import write_random_dataset
 

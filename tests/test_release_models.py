@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from emokp_ray import builtin
+from emokp_ray.artifacts.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, save_checkpoint_file
 from emokp_ray.artifacts.export import load_model
-from emokp_ray.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, save_checkpoint_file
 from emokp_ray.cli import main
 from emokp_ray.errors import UserError
 from emokp_ray.inference.predictor import Predictor

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from emokp_ray.checkpoint import load_checkpoint
+from emokp_ray.artifacts.checkpoint import load_checkpoint
 from emokp_ray.errors import UserError
 from emokp_ray.training import ray_trainer
 from emokp_ray.training.config import TrainConfig

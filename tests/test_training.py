@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from emokp_ray.checkpoint import load_checkpoint
+from emokp_ray.artifacts.checkpoint import load_checkpoint
 from emokp_ray.cli import main
 from emokp_ray.data.pipeline import TrainAugment
 from emokp_ray.errors import UserError

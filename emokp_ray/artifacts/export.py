@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 
+from emokp_ray.artifacts.checkpoint import CheckpointMeta, LoadedCheckpoint, load_checkpoint, save_checkpoint_file
 from emokp_ray.artifacts.files import write_file
-from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, load_checkpoint, save_checkpoint_file
 from emokp_ray.errors import UserError
 
 FORMATS = ("torchscript", "onnx", "onnx-int8", "checkpoint")

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
 from emokp_ray.artifacts.files import write_file
-from emokp_ray.checkpoint import LoadedCheckpoint
 from emokp_ray.data.pipeline import BatchPreprocessor, resize_batch_images, select_task_rows
 from emokp_ray.data.schema import iter_split, read_info
 from emokp_ray.errors import UserError

@@ -35,8 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
 from emokp_ray.artifacts.files import write_file
-from emokp_ray.checkpoint import LoadedCheckpoint
 from emokp_ray.errors import UserError
 from emokp_ray.models.resnet import ResNet
 

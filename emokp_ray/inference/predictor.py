@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from emokp_ray.checkpoint import LoadedCheckpoint
+from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
 from emokp_ray.errors import UserError
 from emokp_ray.inference.calibration import softmax, temperature_of
 from emokp_ray.inference.detect import FaceDetector, require_detector

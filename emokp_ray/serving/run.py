@@ -36,8 +36,8 @@ def _check_model(task: str, path: str, trust_torchscript: bool) -> None:
     exists and holds a `task` model; a TorchScript file only with trust_torchscript."""
     from pathlib import Path
 
+    from emokp_ray.artifacts.checkpoint import read_meta
     from emokp_ray.artifacts.export import TRUST_HINT, is_torchscript_file, load_exported
-    from emokp_ray.checkpoint import read_meta
     from emokp_ray.errors import UserError
 
     candidate = Path(path)

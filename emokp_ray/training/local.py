@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from emokp_ray.artifacts.checkpoint import LoadedCheckpoint, load_checkpoint
 from emokp_ray.data.pipeline import BatchPreprocessor, local_batches, read_split_table, task_columns
 from emokp_ray.training.batches import SHUFFLE, stream_seed
 from emokp_ray.training.config import TrainConfig
@@ -57,7 +57,7 @@ class LocalSession:
     def _kept_checkpoints(self) -> list[tuple[float, Path]]:
         """The checkpoints an interrupted run kept (RUN_DIR/checkpoints/epoch-NNN), scored like
         `report` scores them, so a resumed run's RUN_DIR/best is the best of ALL its epochs."""
-        from emokp_ray.checkpoint import read_meta
+        from emokp_ray.artifacts.checkpoint import read_meta
         from emokp_ray.errors import UserError
 
         name, order = self.cfg.metric

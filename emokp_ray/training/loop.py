@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emokp_ray.checkpoint import CheckpointMeta, LoadedCheckpoint, save_checkpoint, unwrap_model
+from emokp_ray.artifacts.checkpoint import CheckpointMeta, LoadedCheckpoint, save_checkpoint, unwrap_model
 from emokp_ray.data.pipeline import TrainAugment
 from emokp_ray.labels import emotion_scheme
 from emokp_ray.models.resnet import build_model, model_config

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
-from emokp_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from emokp_ray.artifacts.checkpoint import LoadedCheckpoint, load_checkpoint
 from emokp_ray.data.pipeline import BatchPreprocessor
 from emokp_ray.data.ray_data import build_dataset, train_shuffle_buffer
 from emokp_ray.training.batches import SHUFFLE, stream_seed

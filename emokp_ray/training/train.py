@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from emokp_ray.artifacts.checkpoint import read_meta
 from emokp_ray.artifacts.files import atomic_dir
-from emokp_ray.checkpoint import read_meta
 from emokp_ray.errors import UserError
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import RunInfo, read_dataset_facts
