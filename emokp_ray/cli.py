@@ -248,19 +248,20 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="emokp",
-        description="Facial keypoints and emotion: prepare data, train with Ray, evaluate, "
-        "label at scale, serve over HTTP.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+_Subcommands = argparse._SubParsersAction  # what add_subparsers returns; each _add_* adds one command to it
 
+
+def _add_data(sub: _Subcommands) -> None:
+    """`emokp data prepare|synth`."""
     data = sub.add_parser("data", help="prepare Kaggle CSVs or synthesize faces into Parquet")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
     data_sub.required = True
+    _add_data_prepare(data_sub)
+    _add_data_synth(data_sub)
 
+
+def _add_data_prepare(data_sub: _Subcommands) -> None:
+    """`emokp data prepare INPUT... --out DIR`: Kaggle CSVs into a Parquet data set."""
     prep = data_sub.add_parser(
         "prepare",
         help="Kaggle CSV(s) -> Parquet data set (format detected from the header)",
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.set_defaults(func=_cmd_data_prepare)
 
+
+def _add_data_synth(data_sub: _Subcommands) -> None:
+    """`emokp data synth --out DIR`: synthetic faces into a Parquet data set."""
     synth = data_sub.add_parser("synth", help="draw synthetic 96x96 faces with exact keypoints and 5 emotions")
     synth.add_argument("--out", required=True, metavar="DIR", help="output data set directory (replaced atomically)")
     synth.add_argument("--n", type=_positive_int, default=5000, help="number of faces (default 5000)")
@@ -304,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-fraction", type=_fraction, default=0.0, help="test share (default 0)")
     synth.set_defaults(func=_cmd_data_synth)
 
+
+def _add_train(sub: _Subcommands) -> None:
+    """`emokp train TASK --data DIR --out RUN_DIR [flags]`."""
     train = sub.add_parser("train", help="train the keypoint or emotion model (Ray Train + Ray Data, or --no-ray)")
     train.add_argument("task", choices=["keypoints", "emotion"])
     train.add_argument("--data", required=True, metavar="DIR", help="prepared data set (local path or URI)")
@@ -415,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit-rows", type=int, default=None, help="read only the first N rows of each split (0: all)")
     train.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(sub: _Subcommands) -> None:
+    """`emokp evaluate --checkpoint CKPT --data DATA --out REPORT_DIR`."""
     ev = sub.add_parser("evaluate", help="report.json and figures for a checkpoint on a data set or Kaggle CSV")
     ev.add_argument(
         "--checkpoint",
@@ -440,7 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--batch-size", type=_positive_int, default=128)
     ev.add_argument("--limit-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
+    ev.set_defaults(func=_cmd_evaluate)
 
+
+def _add_predict(sub: _Subcommands) -> None:
+    """`emokp predict IMAGE...`: a few photos in this process."""
     pred = sub.add_parser(
         "predict",
         help="keypoints and emotions for a few photos, in this process (no Ray)",
@@ -467,11 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(pred)
     pred.set_defaults(func=_cmd_predict)
 
+
+def _add_models(sub: _Subcommands) -> None:
+    """`emokp models`: the shipped release models."""
     models = sub.add_parser("models", help="the shipped release models and their test figures")
     models.add_argument("--json", action="store_true", help="release.json as it is")
     models.set_defaults(func=_cmd_models)
-    ev.set_defaults(func=_cmd_evaluate)
 
+
+def _add_label(sub: _Subcommands) -> None:
+    """`emokp label INPUT --out OUT`: batch labeling with Ray Data."""
     label = sub.add_parser(
         "label", help="label a folder/glob of images, a prepared data set or a Kaggle CSV (Ray Data)"
     )
@@ -543,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     label.set_defaults(func=_cmd_label)
 
+
+def _add_serve(sub: _Subcommands) -> None:
+    """`emokp serve`: the HTTP service."""
     srv = sub.add_parser("serve", help="serve both models over HTTP with Ray Serve (demo page at /)")
     srv.add_argument(
         "--keypoints", metavar="CKPT", help="keypoint model (default with neither flag: builtin:keypoints)"
@@ -560,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(srv)
     srv.set_defaults(func=_cmd_serve)
 
+
+def _add_export(sub: _Subcommands) -> None:
+    """`emokp export --checkpoint CKPT --out FILE`."""
     exp = sub.add_parser("export", help="export a checkpoint as one TorchScript (or ONNX) file")
     exp.add_argument("--checkpoint", required=True, metavar="CKPT")
     exp.add_argument("--out", required=True, metavar="FILE")
@@ -571,12 +596,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.set_defaults(func=_cmd_export)
 
+
+def _add_demo(sub: _Subcommands) -> None:
+    """`emokp demo`: the whole system on synthetic data."""
     demo = sub.add_parser("demo", help="the whole system end to end on synthetic data")
     demo.add_argument(
         "--out", default="./emokp-demo", metavar="DIR", help="everything goes under DIR (default ./emokp-demo)"
     )
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run (tests)")
     demo.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="emokp",
+        description="Facial keypoints and emotion: prepare data, train with Ray, evaluate, "
+        "label at scale, serve over HTTP.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_data(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_models(sub)
+    _add_label(sub)
+    _add_serve(sub)
+    _add_export(sub)
+    _add_demo(sub)
     return parser
 
 
