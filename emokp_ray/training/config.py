@@ -2,6 +2,12 @@
 
 The CLI builds a `TrainConfig` from its flags; the resolved config is printed, saved with the run
 (RUN_DIR/config.json) and stored in every checkpoint.
+
+`emokp train` has one flag per field (emokp_ray/cli.py): `--field-name`, of the field's type, its help
+the comment after the field, continued by the comment lines right under it (a blank line, code or a
+`# ---` heading ends it); so a field's comment is written for both readers. CHOICES, POSITIVE and
+NON_NEGATIVE are the one statement of the allowed values: `__post_init__` checks them, the flags offer
+the choices and check the signs while parsing.
 """
 
 from __future__ import annotations
@@ -15,6 +21,28 @@ from emokp_ray.errors import UserError
 
 TASKS = ("keypoints", "emotion")
 
+# The values each str field takes.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": TASKS,
+    "model": ("course", "wide", "small", "compact", "fer48"),
+    "optimizer": ("adamw", "adam"),
+    "schedule": ("onecycle", "cosine", "constant"),
+    "imbalance": ("weights", "sampling", "none"),
+}
+# Numbers that must be > 0, and those that must be >= 0 (0 means off or automatic where it is allowed).
+POSITIVE = ("epochs", "batch_size", "lr", "workers", "keep_checkpoints")
+NON_NEGATIVE = (
+    "input_size",
+    "weight_decay",
+    "early_stopping",
+    "seed",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "cpus_per_worker",
+    "max_steps_per_epoch",
+    "limit_rows",
+)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -22,76 +50,67 @@ class TrainConfig:
     data: str  # prepared data set directory (local path or URI)
     out: str  # RUN_DIR: best/, metrics.jsonl, config.json, checkpoints
     recipe: str = ""  # the named preset these values started from (recipes.py); "" = none
+
     # --- model ---
-    model: str = "course"  # "course" (faithful reference), "wide" (stronger), "small" (CPU demos),
-    # keypoints "compact" (course backbone, 1024-512 head), emotion "fer48"
-    input_size: int = 0  # 0: the task's default (keypoints 96; emotion 48 = FER native)
+    model: str = "course"  # network: course (the course's), wide (stronger), small (CPU demos),
+    # keypoints compact (course backbone, 1024-512 head), emotion fer48 (48x48 without the stem max-pool)
+    input_size: int = 0  # input size in pixels; 0: the task's default (keypoints 96, emotion 48 = FER native)
+
     # --- optimisation ---
-    epochs: int = 10
+    epochs: int = 10  # passes over the train split
     batch_size: int = 64  # GLOBAL batch; each of N workers gets batch_size / N
-    optimizer: str = "adamw"  # "adamw" | "adam"
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) or adam
     lr: float = 1e-3  # peak learning rate (one-cycle) or the constant rate
-    weight_decay: float = 1e-4
-    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant"
-    warmup_fraction: float = 0.2  # one-cycle: share of steps spent warming up
+    weight_decay: float = 1e-4  # decoupled with adamw, an L2 term of the gradient with adam
+    schedule: str = "onecycle"  # learning rate per step: one-cycle warm-up and anneal, cosine decay or constant
+    warmup_fraction: float = 0.2  # one-cycle: share of steps spent warming up, in (0, 1)
     early_stopping: int = 0  # patience in epochs on the validation metric; 0 = off
-    seed: int = 0
+    seed: int = 0  # seed of every random stream (init, shuffles, augmentation, dropout)
+
     # --- task specific ---
     drop_incomplete: bool = False  # keypoints: keep only rows with all 15 points (the course did)
-    imbalance: str = "weights"  # emotion: "weights" (class-weighted loss) | "sampling" | "none"
-    label_smoothing: float = 0.0  # emotion
-    augment: bool = True  # train split only; validation is never augmented
+    imbalance: str = "weights"  # emotion: weights (class-weighted loss), sampling (class-balanced) or none
+    label_smoothing: float = 0.0  # emotion: label smoothing of the cross-entropy, in [0, 1)
+    augment: bool = True  # label-true augmentation of the train split; validation is never augmented
     random_erasing: float = 0.0  # probability per training image of erasing a random rectangle (noise-filled)
     mixup_alpha: float = 0.0  # emotion: Beta(a, a) mixup of image pairs and their labels; 0 = off
     cutmix_alpha: float = 0.0  # emotion: Beta(a, a) cutmix (a pasted rectangle); with mixup, each batch picks one
     ema_decay: float = 0.0  # exponential moving average of the weights per step; validation and
     # checkpoints use the average (0 = off; 0.999 ~ the last 1,000 steps)
+
     # --- execution ---
-    workers: int = 1
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    workers: int = 1  # Ray Train workers (one per GPU)
+    use_gpu: bool | None = None  # train on GPUs; None: when the cluster has them
     cpus_per_worker: float = 0.0  # CPUs Ray reserves per worker (= its torch threads); 0: reserve 1,
     # and torch uses this node's cores / the workers on it
-    amp: bool | None = None  # None: on with a GPU (bf16 where supported, else fp16)
+    amp: bool | None = None  # mixed precision; None: on with a GPU (bf16 where supported, else fp16)
     channels_last: bool = True  # NHWC: 1.25-1.6x faster CPU steps too (benchmarks/optimizer_layout.py)
     keep_checkpoints: int = 2  # keep the best K checkpoints by the validation metric
     max_failures: int = 2  # worker-group restarts from the last checkpoint
-    storage: str = ""  # Ray storage_path; "" = RUN_DIR/ray
-    resume: bool = False
-    no_ray: bool = False
+    storage: str = ""  # Ray storage_path (checkpoints), a path every node sees or a URI; "" = RUN_DIR/ray
+    resume: bool = False  # continue the run in RUN_DIR from its latest checkpoint
+    no_ray: bool = False  # one process without Ray (debugging, GPU boxes without Ray)
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps steps (smoke runs, demos)
     limit_rows: int = 0  # 0 = all rows; >0 reads only the first N rows of each split
 
     def __post_init__(self) -> None:
-        choices = {
-            "task": TASKS,
-            "model": ("course", "wide", "small", "compact", "fer48"),
-            "optimizer": ("adamw", "adam"),
-            "schedule": ("onecycle", "cosine", "constant"),
-            "imbalance": ("weights", "sampling", "none"),
-        }
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise UserError(
-                    f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
-        if self.seed < 0:
-            raise UserError(f"--seed must be >= 0, got {self.seed}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "workers": self.workers, "lr": self.lr}
-        for name, value in positive.items():
-            if value <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise UserError(f"{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in POSITIVE:
+            if not getattr(self, name) > 0:
+                raise UserError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
+        for name in NON_NEGATIVE:
+            if not getattr(self, name) >= 0:
+                raise UserError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < self.workers:
             raise UserError(f"--batch-size {self.batch_size} is smaller than --workers {self.workers}")
-        if self.cpus_per_worker < 0:
-            raise UserError(f"--cpus-per-worker must be >= 0 (0 = automatic), got {self.cpus_per_worker}")
+        if not 0.0 < self.warmup_fraction < 1.0:
+            raise UserError(f"--warmup-fraction must be in (0, 1), got {self.warmup_fraction}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.random_erasing <= 1.0:
             raise UserError(f"--random-erasing must be a probability in [0, 1], got {self.random_erasing}")
-        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-            raise UserError(
-                f"--mixup-alpha and --cutmix-alpha must be >= 0, got {self.mixup_alpha} and {self.cutmix_alpha}"
-            )
         if (self.mixup_alpha or self.cutmix_alpha) and self.task != "emotion":
             raise UserError("--mixup-alpha / --cutmix-alpha apply to emotion only (keypoint targets cannot be mixed)")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -121,3 +140,8 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _flag(name: str) -> str:
+    """The `emokp train` flag of a field, for error messages."""
+    return f"--{name.replace('_', '-')}"
