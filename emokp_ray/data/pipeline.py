@@ -27,6 +27,7 @@ from emokp_ray.data.augment.policies import (
     augment_keypoint_batch,
 )
 from emokp_ray.data.regularize import mix_batch, random_erase
+from emokp_ray.data.resize import rescale_keypoints, resize_image
 from emokp_ray.data.schema import keypoints_from_column, split_files
 from emokp_ray.errors import UserError
 
@@ -43,20 +44,11 @@ def select_task_rows(table: pa.Table, task: str, drop_incomplete: bool = False) 
     return table.filter(pa.array(keep))
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """One grey uint8 image [H, W] -> [size, size] with Pillow's bilinear filter (identity at size)."""
-    if image.shape == (size, size):
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-
-
 def decode_images(table: pa.Table, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode the `image` column to uint8 [N, size, size] and per-row scale factors [N].
 
-    Rows of another size (e.g. FER's 48x48 mixed with 96x96 synthetic faces) are resized with
-    Pillow's bilinear filter; the returned factor (size / original width) lets callers rescale
+    Rows of another size (e.g. FER's 48x48 mixed with 96x96 synthetic faces) go through the one
+    resize (`data/resize.py`); the returned factor (size / original width) lets callers rescale
     keypoints. When every row is already at `size` the bytes are decoded in one go.
     """
     heights = table["height"].to_numpy()
@@ -69,26 +61,6 @@ def decode_images(table: pa.Table, size: int) -> tuple[np.ndarray, np.ndarray]:
     for i, (buf, h, w) in enumerate(zip(raw, heights, widths)):
         out[i] = resize_image(np.frombuffer(buf, np.uint8).reshape(int(h), int(w)), size)
     return out, (size / widths.astype(np.float32)) if n else np.ones(0, np.float32)
-
-
-def rescale_keypoints(keypoints: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Map keypoints [N, 30] through a resize by `scale` [N] (pixel-centre convention)."""
-    return (keypoints + 0.5) * scale[:, None] - 0.5
-
-
-def resize_batch_images(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """Resize a batch's images [N, H, W] to [N, size, size], keypoints (if any) with them."""
-    images = batch["image"]
-    if images.shape[1:] == (size, size):
-        return batch
-    out = dict(batch)
-    out["image"] = (
-        np.stack([resize_image(img, size) for img in images]) if len(images) else np.zeros((0, size, size), np.uint8)
-    )
-    if "keypoints" in batch:
-        scale = np.full(len(images), size / images.shape[2], np.float32)
-        out["keypoints"] = rescale_keypoints(batch["keypoints"], scale).astype(np.float32)
-    return out
 
 
 @dataclass(frozen=True)
@@ -106,8 +78,7 @@ class BatchPreprocessor:
         table = select_task_rows(table, self.task, self.drop_incomplete)
         images, scale = decode_images(table, self.input_size)
         if self.task == "keypoints":
-            keypoints = rescale_keypoints(keypoints_from_column(table["keypoints"]), scale)
-            return {"image": images, "keypoints": keypoints.astype(np.float32)}
+            return {"image": images, "keypoints": rescale_keypoints(keypoints_from_column(table["keypoints"]), scale)}
         return {"image": images, "label": table["label"].to_numpy().astype(np.int64)}
 
 

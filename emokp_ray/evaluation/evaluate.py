@@ -25,7 +25,8 @@ import torch
 
 from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
 from emokp_ray.artifacts.files import write_file
-from emokp_ray.data.pipeline import BatchPreprocessor, resize_batch_images, select_task_rows
+from emokp_ray.data.pipeline import BatchPreprocessor, select_task_rows
+from emokp_ray.data.resize import resize_batch
 from emokp_ray.data.schema import iter_split, read_info
 from emokp_ray.errors import UserError
 from emokp_ray.evaluation import figures
@@ -95,7 +96,7 @@ def _csv_batches(
         else:
             keep = batch["label"] >= 0
             batch = {"image": batch["image"][keep], "label": batch["label"][keep]}
-        batch = resize_batch_images(batch, input_size)
+        batch = resize_batch(batch, input_size)
         for start in range(0, len(batch["image"]), batch_size):
             yield {k: v[start : start + batch_size] for k, v in batch.items()}
     if reader.report.bad_rows:

@@ -233,14 +233,11 @@ def _write_cache(file: Path, data: bytes) -> None:
 
 def calibration_crops(input_size: int, n: int = CALIBRATION_FACES, seed: int = CALIBRATION_SEED) -> np.ndarray:
     """uint8 [n, S, S] synthetic faces (emokp's generator: Kaggle-framed, varied pose, light, blur and
-    noise) resized to S as training resizes: data-free calibration, the same on every machine."""
-    from emokp_ray.data.pipeline import resize_image
+    noise) resized to S by the training resize (data/resize.py): data-free calibration, the same on every machine."""
+    from emokp_ray.data.resize import resize_images
     from emokp_ray.data.synth.crops import synthesize
 
-    faces = synthesize(n, seed=seed).images
-    if faces.shape[1] == input_size:
-        return faces
-    return np.stack([resize_image(face, input_size) for face in faces])
+    return resize_images(synthesize(n, seed=seed).images, input_size)
 
 
 def quantize_int8(fp32: bytes, meta: Any, calibration: np.ndarray | None = None) -> bytes:

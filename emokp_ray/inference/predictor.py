@@ -12,7 +12,8 @@ detector covers columns x .. x + w - 1). A keypoint x_crop on an S x S crop of t
 
     x_image = x + (x_crop + 0.5) * w / S - 0.5        (same in y with h)
 
-which is exactly how Pillow's resize with a `box` samples (output pixel centres at x + (i + 0.5) w / S).
+which is exactly how the one resize (data/resize.py, Pillow's bilinear with a source `box`) samples:
+output pixel centres at x + (i + 0.5) w / S.
 
 Framing (Haar box -> training crop). Training crops are Kaggle-framed: eyes near y = 37.7 and the
 bottom lip near y = 79.0 of 96 (means over Kaggle's file); the synthetic faces use the same frame,
@@ -41,9 +42,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
+from emokp_ray.data.resize import resize_image, resize_images
 from emokp_ray.errors import UserError
 from emokp_ray.inference.calibration import softmax, temperature_of
 from emokp_ray.inference.detect import FaceDetector, require_detector
@@ -124,13 +125,13 @@ def _inside_range(start: float, extent: float, limit: int, size: int) -> tuple[i
     return i0, i1
 
 
-def crop_face(image: Image.Image, box: Box, size: int) -> np.ndarray | None:
-    """The box of a grey PIL image resized to uint8 [size, size] (Pillow bilinear, antialiased when
-    shrinking, as the training pipeline resizes). Output pixels whose footprint leaves the image are
-    filled by replicating the nearest inside pixel. None when no output pixel lies inside the image.
-    Memory stays bounded whatever the box: only the part inside the image is resampled."""
+def crop_face(image: np.ndarray, box: Box, size: int) -> np.ndarray | None:
+    """The box of a grey uint8 image [H, W] resized to uint8 [size, size] by the training resize
+    (data/resize.py). Output pixels whose footprint leaves the image are filled by replicating the
+    nearest inside pixel. None when no output pixel lies inside the image. Memory stays bounded
+    whatever the box: only the part inside the image is resampled."""
     x, y, w, h = box
-    width, height = image.size
+    height, width = image.shape
     i0, i1 = _inside_range(x, w, width, size)
     j0, j1 = _inside_range(y, h, height, size)
     if i0 >= i1 or j0 >= j1:
@@ -142,7 +143,7 @@ def crop_face(image: Image.Image, box: Box, size: int) -> np.ndarray | None:
         min(float(width), x + i1 * sx),
         min(float(height), y + j1 * sy),
     )
-    inner = np.asarray(image.resize((i1 - i0, j1 - j0), Image.Resampling.BILINEAR, box=source))
+    inner = resize_image(image, (j1 - j0, i1 - i0), box=source)
     if (i0, j0, i1, j1) == (0, 0, size, size):
         return inner
     return np.pad(inner, ((j0, size - j1), (i0, size - i1)), mode="edge")
@@ -406,18 +407,7 @@ class Predictor:
         n, height, width = crops.shape
         if not crops.flags.c_contiguous or not crops.flags.writeable:
             crops = crops.copy()  # torch.from_numpy needs a writable, contiguous buffer
-        crops_for = {}
-        for size in self._sizes():
-            if (height, width) == (size, size):
-                crops_for[size] = crops
-            else:
-                crops_for[size] = (
-                    np.stack(
-                        [np.asarray(Image.fromarray(c).resize((size, size), Image.Resampling.BILINEAR)) for c in crops]
-                    )
-                    if n
-                    else np.zeros((0, size, size), np.uint8)
-                )
+        crops_for = {size: resize_images(crops, size) for size in self._sizes()}
         boxes = np.tile(np.array([0.0, 0.0, width, height]), (n, 1))
         return self._run(crops_for, boxes) if n else []
 
@@ -496,7 +486,6 @@ def prepare_faces(
         _check_image(image, index)
         grey = to_grey(image)
         height, width = grey.shape
-        pil = Image.fromarray(grey)
         caller = boxes[index] if boxes is not None else None
         if caller is not None:
             face_boxes = [_check_box(b, f"image {index} box {j}") for j, b in enumerate(caller)]
@@ -506,7 +495,7 @@ def prepare_faces(
             face_boxes = [crop_box_from_detection(d, margin, shift_y) for d in detect(grey)]
         for j, box in enumerate(face_boxes):
             for size in sizes:
-                crop = crop_face(pil, box, size)
+                crop = crop_face(grey, box, size)
                 if crop is None:
                     raise UserError(
                         f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the {width}x{height} image"
