@@ -23,9 +23,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -374,6 +377,380 @@ def _stream(pipeline, total: int, resumed: int, progress: bool) -> tuple[float, 
     return first[0], first[1], images
 
 
+# ----------------------------------------------------------------------------- run_label's steps, in order
+
+
+def _check_options(
+    keypoints: str | None,
+    emotion: str | None,
+    detect: str,
+    stages: str,
+    batch_size: int,
+    num_cpus: float,
+    threads: int | None,
+    concurrency: int | tuple[int, int] | None,
+) -> None:
+    """Bad options fail before anything is opened, loaded or started."""
+    if not keypoints and not emotion:
+        raise UserError("give --keypoints, --emotion or both")
+    if detect not in MODES:
+        raise UserError(f"detect must be one of {', '.join(MODES)}, got {detect!r}")
+    if stages not in STAGES:
+        raise UserError(f"stages must be one of {', '.join(STAGES)}, got {stages!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+    if num_cpus <= 0 or (threads is not None and threads < 1):
+        raise UserError(f"num_cpus must be > 0 and threads >= 1, got {num_cpus!r}, {threads!r}")
+    if concurrency is not None:
+        _actor_range(concurrency)  # bad values fail before Ray starts
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """OUT and the --annotate folder, opened and checked (nothing written yet)."""
+
+    out: str  # as given (messages, the summary's paths)
+    fs: pafs.FileSystem
+    path: str
+    state: str  # what OUT held before this run (label_output.folder_state)
+    ann_fs: pafs.FileSystem | None  # None: no --annotate
+    ann_path: str | None
+    made: list  # (filesystem, path) of the folders that did not exist before this run
+
+
+def _open_outputs(out: str, annotate_dir: str | None, resume: bool) -> _Outputs:
+    """OUT first: a folder we must not touch or replace fails before any model loads."""
+    out_fs, out_path = open_location(out)
+    state = _prepare_out(out_fs, out_path, out, "--out", resume)
+    ann_fs = ann_path = None
+    if annotate_dir:
+        ann_fs, ann_path = open_location(annotate_dir)
+        _annotate_state(ann_fs, ann_path, annotate_dir, resume)
+    made = [
+        (fs, path)
+        for fs, path in ((out_fs, out_path), (ann_fs, ann_path))
+        if fs is not None and fs.get_file_info(path).type == pafs.FileType.NotFound
+    ]
+    return _Outputs(out, out_fs, out_path, state, ann_fs, ann_path, made)
+
+
+@contextmanager
+def _removed_if_refused(outputs: _Outputs) -> Iterator[None]:
+    """Whatever the block raises, the folders this run created are removed while they are still
+    empty: a run refused before anything was written leaves no empty folder behind."""
+    try:
+        yield
+    except BaseException:
+        for fs, path in outputs.made:
+            try:
+                if not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+                    fs.delete_dir(path)
+            except OSError:  # it was never created (e.g. a file where its parent folder should be)
+                pass
+        raise
+
+
+def _check_writable(outputs: _Outputs) -> None:
+    """An unwritable destination fails before any model loads."""
+    check_writable(outputs.fs, outputs.path, "--out")
+    if outputs.ann_fs is not None and outputs.ann_path is not None:
+        check_writable(outputs.ann_fs, outputs.ann_path, "--annotate")
+
+
+def _resolve(input: str, detect: str, detector: Any) -> tuple[LabelInput, str, bool]:
+    """INPUT resolved (label_inputs.py), the detect mode its images get, and whether faces can be searched."""
+    spec = resolve_input(input)
+    mode = "crop" if spec.crop_mode and detect == "auto" else detect
+    return spec, mode, _detector_available(mode, detector)
+
+
+def _run_metadata(
+    spec: LabelInput,
+    mode: str,
+    keypoints: str | None,
+    emotion: str | None,
+    trust_torchscript: bool,
+    backend: str,
+    jsonl: bool,
+    annotate_dir: str | None,
+    ann_path: str | None,
+) -> dict:
+    """What OUT/_run.json records and every part's schema carries: the models (loaded once, here),
+    INPUT and the output options (what a resume must match, OUTPUT_OPTIONS)."""
+    return {
+        **_model_metadata(keypoints, emotion, trust_torchscript, backend),
+        "input": spec.identity,
+        "input_kind": spec.kind,
+        "mode": mode,
+        "jsonl": jsonl,
+        "annotate_dir": (annotate_dir if "://" in annotate_dir else ann_path) if annotate_dir else None,
+    }
+
+
+def _recorded_run(outputs: _Outputs, metadata: dict, resume: bool) -> dict | None:
+    """The run a resume continues (OUT/_run.json, refused unless it is this run), or None: a new run."""
+    if not resume or outputs.state not in ("unfinished", "complete"):
+        return None
+    recorded = read_json(outputs.fs, f"{outputs.path}/{RUN_FILE}")
+    if recorded is not None:
+        _check_resumable(recorded, metadata, outputs.out)
+    return recorded
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """The network stage's actor pool."""
+
+    concurrency: int | tuple[int, int]  # as given, or as _auto_concurrency chose
+    min_actors: int
+    max_actors: int
+    num_cpus: float  # per actor
+    threads: int | None  # torch threads per actor (None: Ray's default)
+    gpu: bool  # one GPU per actor
+
+    def __str__(self) -> str:
+        """e.g. "2 actors x 1 CPU, default threads"."""
+        count = f"{self.min_actors}" if self.min_actors == self.max_actors else f"{self.min_actors}-{self.max_actors}"
+        threads = f"{self.threads} torch threads" if self.threads else "default threads"
+        return (
+            f"{count} actor{'s' if self.max_actors > 1 else ''} x {self.num_cpus:g} CPU"
+            f"{' + 1 GPU' if self.gpu else ''}, {threads}"
+        )
+
+
+def _actor_pool(
+    concurrency: int | tuple[int, int] | None, use_gpu: bool | None, num_cpus: float, threads: int | None, stages: str
+) -> _Pool:
+    """Ray started (init_ray) and the pool sized: as asked, or filling the machine or cluster; a pool
+    the cluster cannot hold next to one task of each task stage is refused (_check_resources)."""
+    from emokp_ray.ray_utils import init_ray
+
+    init_ray()
+    task_cpus = WRITE_CPUS + (PREPARE_CPUS if stages == "split" else 0.0)  # one task of each task stage
+    if concurrency is None:
+        concurrency = _auto_concurrency(use_gpu, num_cpus, task_cpus)
+    min_actors, max_actors = _actor_range(concurrency)
+    gpu = _check_resources(use_gpu, min_actors, num_cpus, task_cpus)
+    return _Pool(concurrency, min_actors, max_actors, num_cpus, threads, gpu)
+
+
+def _already_complete(outputs: _Outputs, progress: bool) -> LabelSummary:
+    """--resume on a finished output: its recorded summary; nothing runs."""
+    recorded_summary = read_json(outputs.fs, f"{outputs.path}/{SUMMARY_FILE}")
+    if recorded_summary is None:  # folder_state found it a moment ago
+        raise UserError(f"--out {outputs.out}: {SUMMARY_FILE} disappeared while resuming; run again")
+    finished = LabelSummary.from_dict(recorded_summary)
+    if progress:
+        print(f"label: {outputs.out} is already complete; nothing to resume", file=sys.stderr, flush=True)
+    return finished
+
+
+def _start_or_continue(outputs: _Outputs, metadata: dict, recorded: dict | None, jsonl: bool, progress: bool) -> None:
+    """A new run records itself (OUT/_run.json) and replaces an earlier run's annotations; a resumed
+    one removes the parts its interrupted run left unfinished. Then the part folders exist."""
+    if recorded is None:
+        ann_fs, ann_path = outputs.ann_fs, outputs.ann_path
+        if ann_fs is not None and ann_fs.get_file_info(f"{ann_path}/{ANNOTATIONS_FILE}").type == pafs.FileType.File:
+            ann_fs.delete_dir_contents(ann_path)  # an earlier run's annotations are replaced too
+        write_json(outputs.fs, f"{outputs.path}/{RUN_FILE}", metadata)
+    elif remove_unfinished_parts(outputs.fs, outputs.path) and progress:
+        print("label: removed the unfinished parts of the interrupted run", file=sys.stderr, flush=True)
+    for folder in (PARQUET_DIR, JSONL_DIR if jsonl else None):
+        if folder:
+            outputs.fs.create_dir(f"{outputs.path}/{folder}", recursive=True)
+
+
+def _listing(spec: LabelInput, outputs: _Outputs, progress: bool) -> dict:
+    """{"total", "skipped_files"} and, for image files and CSV rows, the listing's "files" in OUT/_work;
+    a prepared data set is read as it is."""
+    if spec.kind == "dataset":
+        return {"total": spec.total, "skipped_files": 0}
+    return _write_listing(spec, outputs.fs, outputs.path, progress)
+
+
+def _say_what_is_labelled(input: str, spec: LabelInput, listing: dict, mode: str, use_detector: bool) -> None:
+    skipped = f", {listing['skipped_files']:,} other files skipped" if listing["skipped_files"] else ""
+    print(f"label: {input}: {listing['total']:,} inputs ({spec.detail}{skipped})", file=sys.stderr, flush=True)
+    if mode == "auto" and not use_detector and not spec.crop_mode:
+        print(
+            "label: OpenCV is not installed: images that are not face crops become error rows "
+            "(pip install 'emokp-ray[detect]', or detect='crop')",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _written_before(outputs: _Outputs, recorded: dict | None, total: int, progress: bool) -> np.ndarray | None:
+    """On a resume, the hashes of the inputs earlier runs wrote (label_output.done_hashes: skipped by
+    this run); None on a new run."""
+    if recorded is None:
+        return None
+    done = done_hashes(outputs.fs, outputs.path)
+    if progress and len(done):
+        print(f"label: resuming: {len(done):,} of {total:,} inputs are already written", file=sys.stderr, flush=True)
+    return done
+
+
+@dataclass(frozen=True)
+class _Networks:
+    """What every network actor loads: label_stages.FaceNetworks' (and BatchLabeler's) arguments."""
+
+    keypoints: str | None
+    emotion: str | None
+    device: str
+    threads: int | None
+    batch_size: int
+    trust_torchscript: bool
+    backend: str
+
+
+def _labelled_parts(ds: Any, stages: str, prepare: dict, sizes: list, networks: _Networks, pool: _Pool, write: dict):
+    """The Ray Data stages over the work rows, lazily: A | B | C ("split") or A+B | C ("single").
+    One small row per part file written (label_stages.write_block)."""
+    import ray.data
+
+    blocks: dict[str, Any] = dict(batch_size=None, batch_format="pyarrow", zero_copy_batch=True)
+    actors: dict[str, Any] = dict(
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        num_cpus=pool.num_cpus,
+        num_gpus=1 if pool.gpu else 0,
+    )
+    if stages == "split":
+        prepared = ds.map_batches(  # A: read + decode + detect + crop
+            prepare_block,
+            fn_kwargs=dict(sizes=sizes, **prepare),
+            num_cpus=PREPARE_CPUS,
+            ray_remote_args_fn=_own_stage,
+            **blocks,
+        )
+        labelled = prepared.map_batches(  # B: the networks
+            FaceNetworks, fn_constructor_kwargs=asdict(networks), **actors, **blocks
+        )
+    else:  # A+B in the actors
+        labelled = ds.map_batches(
+            BatchLabeler, fn_constructor_kwargs={**asdict(networks), **prepare}, **actors, **blocks
+        )
+    return labelled.map_batches(write_block, fn_kwargs=write, num_cpus=WRITE_CPUS, **blocks)  # C: the part files
+
+
+@dataclass(frozen=True)
+class _Timing:
+    seconds: float  # this run's Ray Data pipeline, from start to the last part written
+    startup: float  # until the first part was written
+    at_startup: int  # images in the first part
+    written: int  # images written by this run
+
+
+def _label_the_rest(
+    spec: LabelInput,
+    listing: dict,
+    outputs: _Outputs,
+    metadata: dict,
+    done: np.ndarray | None,
+    *,
+    stages: str,
+    mode: str,
+    detector: Any,
+    pixels: bool,
+    jsonl: bool,
+    networks: _Networks,
+    pool: _Pool,
+    progress: bool,
+) -> _Timing:
+    """Every input not written yet through the Ray Data pipeline (blocks of at most
+    ROWS_PER_CALL_BATCHES model batches, at least two per actor), followed part by part (_stream)."""
+    import ray
+
+    total, resumed = listing["total"], 0 if done is None else len(done)
+    started = time.perf_counter()
+    startup, at_startup, written = 0.0, 0, 0
+    if resumed < total:
+        rows_per_block = max(
+            1, min(networks.batch_size * ROWS_PER_CALL_BATCHES, -(-(total - resumed) // (2 * pool.max_actors)))
+        )
+        done_ref = ray.put(done) if done is not None and len(done) else None
+        prepare = dict(filesystem=spec.filesystem, mode=mode, detector=detector, pixels=pixels, done=done_ref)
+        write = dict(
+            filesystem=outputs.fs,
+            out=outputs.path,
+            schema=OUTPUT_SCHEMA.with_metadata({METADATA_KEY: json.dumps(metadata).encode()}),
+            jsonl=jsonl,
+            annotate_fs=outputs.ann_fs,
+            annotate_dir=outputs.ann_path,
+            class_names=metadata["emotion_classes"],
+        )
+        sizes = sorted({info["input_size"] for info in metadata["model"].values() if info})
+        with parquet_footer_readers(1):
+            ds = _work_dataset(spec, listing, outputs.fs, rows_per_block)
+            parts = _labelled_parts(ds, stages, prepare, sizes, networks, pool, write)
+            startup, at_startup, written = _stream(parts, total, resumed, progress)
+    return _Timing(time.perf_counter() - started, startup, at_startup, written)
+
+
+def _counts_written(outputs: _Outputs, metadata: dict, total: int) -> dict:
+    """The output's counts, from what was written: every input listed comes out exactly once."""
+    counts = summarize(outputs.fs, outputs.path, metadata["emotion_classes"])
+    if counts["images"] != total:
+        raise RuntimeError(
+            f"{outputs.out}: {counts['images']:,} images written for {total:,} inputs: rows were lost or duplicated"
+        )
+    return counts
+
+
+def _summary(
+    spec: LabelInput,
+    listing: dict,
+    counts: dict,
+    timing: _Timing,
+    pool: _Pool,
+    outputs: _Outputs,
+    *,
+    stages: str,
+    resumed: int,
+    jsonl: bool,
+    annotate_dir: str | None,
+) -> LabelSummary:
+    seconds = timing.seconds
+    steady = (
+        (timing.written - timing.at_startup) / (seconds - timing.startup)
+        if seconds > timing.startup and timing.written > timing.at_startup
+        else 0.0
+    )
+    location = outputs.out.rstrip("/")
+    return LabelSummary(
+        input=spec.location,
+        input_kind=spec.kind,
+        images=counts["images"],
+        faces=counts["faces"],
+        no_face=counts["no_face"],
+        errors=counts["errors"],
+        skipped_files=listing["skipped_files"],
+        seconds=round(seconds, 3),
+        images_per_s=round(timing.written / seconds, 2) if seconds > 0 else 0.0,
+        startup_s=round(timing.startup, 3),
+        steady_images_per_s=round(steady, 2),
+        parquet=f"{location}/{PARQUET_DIR}",
+        jsonl=f"{location}/{JSONL_DIR}" if jsonl else None,
+        annotate_dir=annotate_dir,
+        actors=str(pool),
+        stages=stages,
+        resumed=resumed,
+        emotions=counts["emotions"],
+    )
+
+
+def _write_summary(outputs: _Outputs, summary: LabelSummary, metadata: dict, counts: dict, options: dict) -> None:
+    """The annotations' marker, then OUT/summary.json, LAST: the completion marker."""
+    if outputs.ann_fs is not None:
+        labels = {"input": summary.input, "labels": summary.parquet}
+        write_json(outputs.ann_fs, f"{outputs.ann_path}/{ANNOTATIONS_FILE}", labels)
+    write_json(
+        outputs.fs,
+        f"{outputs.path}/{SUMMARY_FILE}",
+        {**summary.to_dict(), **metadata, "rows": counts["rows"], "options": options},
+    )
+
+
 def run_label(
     input: str,
     keypoints: str | None,
@@ -407,240 +784,66 @@ def run_label(
     used instead of OpenCV's; it is pickled to every task. resume: finish the unfinished run in OUT
     (see the module docstring). stages: "split" (A | B | C) or "single" (A+B in the actors | C).
     """
-    if not keypoints and not emotion:
-        raise UserError("give --keypoints, --emotion or both")
-    if detect not in MODES:
-        raise UserError(f"detect must be one of {', '.join(MODES)}, got {detect!r}")
-    if stages not in STAGES:
-        raise UserError(f"stages must be one of {', '.join(STAGES)}, got {stages!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
-    if num_cpus <= 0 or (threads is not None and threads < 1):
-        raise UserError(f"num_cpus must be > 0 and threads >= 1, got {num_cpus!r}, {threads!r}")
-    if concurrency is not None:
-        min_actors, max_actors = _actor_range(concurrency)  # bad values fail before Ray starts
-    # OUT first: an unwritable destination or a folder we must not touch fails before any model loads.
-    out_fs, out_path = open_location(out)
-    state = _prepare_out(out_fs, out_path, out, "--out", resume)
-    ann_fs = ann_path = None
-    if annotate_dir:
-        ann_fs, ann_path = open_location(annotate_dir)
-        _annotate_state(ann_fs, ann_path, annotate_dir, resume)
-    made = [
-        (fs, path)
-        for fs, path in ((out_fs, out_path), (ann_fs, ann_path))
-        if fs is not None and fs.get_file_info(path).type == pafs.FileType.NotFound
-    ]
-    try:
-        check_writable(out_fs, out_path, "--out")
-        if ann_fs is not None and ann_path is not None:  # annotate_dir given
-            check_writable(ann_fs, ann_path, "--annotate")
-        spec: LabelInput = resolve_input(input)
-        mode = "crop" if spec.crop_mode and detect == "auto" else detect
-        use_detector = _detector_available(mode, detector)
-        metadata = {
-            **_model_metadata(keypoints, emotion, trust_torchscript, backend),
-            "input": spec.identity,
-            "input_kind": spec.kind,
-            "mode": mode,
-            "jsonl": jsonl,
-            "annotate_dir": (annotate_dir if "://" in annotate_dir else ann_path) if annotate_dir else None,
-        }
-        recorded = (
-            read_json(out_fs, f"{out_path}/{RUN_FILE}") if resume and state in ("unfinished", "complete") else None
+    _check_options(keypoints, emotion, detect, stages, batch_size, num_cpus, threads, concurrency)
+    outputs = _open_outputs(out, annotate_dir, resume)
+    with _removed_if_refused(outputs):  # the plan: nothing is written until it holds
+        _check_writable(outputs)
+        spec, mode, use_detector = _resolve(input, detect, detector)
+        metadata = _run_metadata(
+            spec, mode, keypoints, emotion, trust_torchscript, backend, jsonl, annotate_dir, outputs.ann_path
         )
-        if recorded is not None:
-            _check_resumable(recorded, metadata, out)
-
-        from emokp_ray.ray_utils import init_ray
-
-        init_ray()
-        task_cpus = WRITE_CPUS + (PREPARE_CPUS if stages == "split" else 0.0)  # one task of each task stage
-        if concurrency is None:
-            concurrency = _auto_concurrency(use_gpu, num_cpus, task_cpus)
-            min_actors, max_actors = _actor_range(concurrency)
-        gpu = _check_resources(use_gpu, min_actors, num_cpus, task_cpus)
-    except BaseException:
-        for fs, path in made:  # refused before anything was written: leave no empty folder behind
-            try:
-                if not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-                    fs.delete_dir(path)
-            except OSError:  # it was never created (e.g. a file where its parent folder should be)
-                pass
-        raise
-    if state == "complete":
+        recorded = _recorded_run(outputs, metadata, resume)
+        pool = _actor_pool(concurrency, use_gpu, num_cpus, threads, stages)
+    if outputs.state == "complete":
         if resume:
-            recorded_summary = read_json(out_fs, f"{out_path}/{SUMMARY_FILE}")
-            if recorded_summary is None:  # folder_state found it a moment ago
-                raise UserError(f"--out {out}: {SUMMARY_FILE} disappeared while resuming; run again")
-            finished = LabelSummary.from_dict(recorded_summary)
-            if progress:
-                print(f"label: {out} is already complete; nothing to resume", file=sys.stderr, flush=True)
-            return finished
-        clear_output(out_fs, out_path)  # an earlier finished output of ours is replaced
-    if recorded is None:
-        if ann_fs is not None and ann_fs.get_file_info(f"{ann_path}/{ANNOTATIONS_FILE}").type == pafs.FileType.File:
-            ann_fs.delete_dir_contents(ann_path)  # an earlier run's annotations are replaced too
-        write_json(out_fs, f"{out_path}/{RUN_FILE}", metadata)
-    elif remove_unfinished_parts(out_fs, out_path) and progress:
-        print("label: removed the unfinished parts of the interrupted run", file=sys.stderr, flush=True)
-    for folder in (PARQUET_DIR, JSONL_DIR if jsonl else None):
-        if folder:
-            out_fs.create_dir(f"{out_path}/{folder}", recursive=True)
-    listing = (
-        _write_listing(spec, out_fs, out_path, progress)
-        if spec.kind != "dataset"
-        else {"total": spec.total, "skipped_files": 0}
-    )
-    total = listing["total"]
+            return _already_complete(outputs, progress)
+        clear_output(outputs.fs, outputs.path)  # an earlier finished output of ours is replaced
+
+    _start_or_continue(outputs, metadata, recorded, jsonl, progress)
+    listing = _listing(spec, outputs, progress)
     if progress:
-        skipped = f", {listing['skipped_files']:,} other files skipped" if listing["skipped_files"] else ""
-        print(f"label: {input}: {total:,} inputs ({spec.detail}{skipped})", file=sys.stderr, flush=True)
-        if mode == "auto" and not use_detector and not spec.crop_mode:
-            print(
-                "label: OpenCV is not installed: images that are not face crops become error rows "
-                "(pip install 'emokp-ray[detect]', or detect='crop')",
-                file=sys.stderr,
-                flush=True,
-            )
-    done = done_hashes(out_fs, out_path) if recorded is not None else None
-    resumed = 0 if done is None else len(done)
-    if progress and resumed:
-        print(f"label: resuming: {resumed:,} of {total:,} inputs are already written", file=sys.stderr, flush=True)
-
-    import ray.data
-
-    compute = ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors)
-    actors = (
-        f"{min_actors}" if min_actors == max_actors else f"{min_actors}-{max_actors}"
-    ) + f" actor{'s' if max_actors > 1 else ''}"
-    actors += f" x {num_cpus:g} CPU{' + 1 GPU' if gpu else ''}, " + (
-        f"{threads} torch threads" if threads else "default threads"
+        _say_what_is_labelled(input, spec, listing, mode, use_detector)
+    done = _written_before(outputs, recorded, listing["total"], progress)
+    networks = _Networks(
+        keypoints, emotion, "cuda" if pool.gpu else "cpu", threads, batch_size, trust_torchscript, backend
     )
-    schema = OUTPUT_SCHEMA.with_metadata({METADATA_KEY: json.dumps(metadata).encode()})
-    sizes = sorted({info["input_size"] for info in metadata["model"].values() if info})
-    pixels = annotate_dir is not None
-    device = "cuda" if gpu else "cpu"
-    started = time.perf_counter()
-    startup, done_at_startup, written = 0.0, 0, 0
-    if resumed < total:
-        rows_per_block = max(1, min(batch_size * ROWS_PER_CALL_BATCHES, -(-(total - resumed) // (2 * max_actors))))
-        done_ref = ray.put(done) if done is not None and len(done) else None
-        with parquet_footer_readers(1):
-            ds = _work_dataset(spec, listing, out_fs, rows_per_block)
-            prepare_kwargs = dict(
-                filesystem=spec.filesystem, mode=mode, detector=detector, pixels=pixels, done=done_ref
-            )
-            if stages == "split":
-                prepared = ds.map_batches(
-                    prepare_block,
-                    fn_kwargs=dict(sizes=sizes, **prepare_kwargs),
-                    batch_size=None,
-                    batch_format="pyarrow",
-                    zero_copy_batch=True,
-                    num_cpus=PREPARE_CPUS,
-                    ray_remote_args_fn=_own_stage,
-                )
-                labeled = prepared.map_batches(
-                    FaceNetworks,
-                    fn_constructor_kwargs=dict(
-                        keypoints=keypoints,
-                        emotion=emotion,
-                        device=device,
-                        threads=threads,
-                        batch_size=batch_size,
-                        trust_torchscript=trust_torchscript,
-                        backend=backend,
-                    ),
-                    batch_size=None,
-                    batch_format="pyarrow",
-                    zero_copy_batch=True,
-                    compute=compute,
-                    num_cpus=num_cpus,
-                    num_gpus=1 if gpu else 0,
-                )
-            else:
-                labeled = ds.map_batches(
-                    BatchLabeler,
-                    fn_constructor_kwargs=dict(
-                        keypoints=keypoints,
-                        emotion=emotion,
-                        device=device,
-                        threads=threads,
-                        batch_size=batch_size,
-                        trust_torchscript=trust_torchscript,
-                        backend=backend,
-                        **prepare_kwargs,
-                    ),
-                    batch_size=None,
-                    batch_format="pyarrow",
-                    zero_copy_batch=True,
-                    compute=compute,
-                    num_cpus=num_cpus,
-                    num_gpus=1 if gpu else 0,
-                )
-            written_parts = labeled.map_batches(
-                write_block,
-                fn_kwargs=dict(
-                    filesystem=out_fs,
-                    out=out_path,
-                    schema=schema,
-                    jsonl=jsonl,
-                    annotate_fs=ann_fs,
-                    annotate_dir=ann_path,
-                    class_names=metadata["emotion_classes"],
-                ),
-                batch_size=None,
-                batch_format="pyarrow",
-                zero_copy_batch=True,
-                num_cpus=WRITE_CPUS,
-            )
-            startup, done_at_startup, written = _stream(written_parts, total, resumed, progress)
-    seconds = time.perf_counter() - started
-
-    counts = summarize(out_fs, out_path, metadata["emotion_classes"])  # from what was written
-    if counts["images"] != total:
-        raise RuntimeError(
-            f"{out}: {counts['images']:,} images written for {total:,} inputs: rows were lost or duplicated"
-        )
-    steady = (
-        (written - done_at_startup) / (seconds - startup) if seconds > startup and written > done_at_startup else 0.0
-    )
-    location = out.rstrip("/")
-    summary = LabelSummary(
-        input=spec.location,
-        input_kind=spec.kind,
-        images=counts["images"],
-        faces=counts["faces"],
-        no_face=counts["no_face"],
-        errors=counts["errors"],
-        skipped_files=listing["skipped_files"],
-        seconds=round(seconds, 3),
-        images_per_s=round(written / seconds, 2) if seconds > 0 else 0.0,
-        startup_s=round(startup, 3),
-        steady_images_per_s=round(steady, 2),
-        parquet=f"{location}/{PARQUET_DIR}",
-        jsonl=f"{location}/{JSONL_DIR}" if jsonl else None,
-        annotate_dir=annotate_dir,
-        actors=actors,
+    timing = _label_the_rest(
+        spec,
+        listing,
+        outputs,
+        metadata,
+        done,
         stages=stages,
-        resumed=resumed,
-        emotions=counts["emotions"],
+        mode=mode,
+        detector=detector,
+        pixels=annotate_dir is not None,
+        jsonl=jsonl,
+        networks=networks,
+        pool=pool,
+        progress=progress,
+    )
+
+    counts = _counts_written(outputs, metadata, listing["total"])
+    summary = _summary(
+        spec,
+        listing,
+        counts,
+        timing,
+        pool,
+        outputs,
+        stages=stages,
+        resumed=0 if done is None else len(done),
+        jsonl=jsonl,
+        annotate_dir=annotate_dir,
     )
     options = dict(
         batch_size=batch_size,
-        concurrency=list(concurrency) if isinstance(concurrency, tuple) else concurrency,
-        use_gpu=gpu,
+        concurrency=list(pool.concurrency) if isinstance(pool.concurrency, tuple) else pool.concurrency,
+        use_gpu=pool.gpu,
         detect=detect,
         num_cpus=num_cpus,
         threads=threads,
         stages=stages,
     )
-    if annotate_dir:
-        write_json(ann_fs, f"{ann_path}/{ANNOTATIONS_FILE}", {"input": spec.location, "labels": summary.parquet})
-    write_json(
-        out_fs,
-        f"{out_path}/{SUMMARY_FILE}",
-        {**summary.to_dict(), **metadata, "rows": counts["rows"], "options": options},
-    )
+    _write_summary(outputs, summary, metadata, counts, options)
     return summary
