@@ -7,10 +7,19 @@ exits 130 after the command's own cleanup; anything else is a bug and keeps its 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import inspect
+import io
 import sys
+import textwrap
+import tokenize
 from collections.abc import Callable, Sequence
+from typing import Any, get_type_hints
 
 from emokp_ray.errors import UserError
+from emokp_ray.training.config import CHOICES, NON_NEGATIVE, POSITIVE, TASKS, TrainConfig
+from emokp_ray.training.recipes import DEFAULT_RECIPE, config_from_recipe, recipe_names, recipe_values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,25 +29,24 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see --help)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _bounded(kind: Callable[[str], float], positive: bool) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` (int or float) > 0 (`positive`) or >= 0."""
+    expected = f"expected a {'positive' if positive else 'non-negative'} {'integer' if kind is int else 'number'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+        if not (value > 0 if positive else value >= 0):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    """A random seed: numpy's generators take only non-negative integers."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+_positive_int = _bounded(int, positive=True)
+_seed = _bounded(int, positive=False)  # a random seed: numpy's generators take only non-negative ones
 
 
 def _fraction(text: str) -> float:
@@ -96,47 +104,28 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- train / evaluate
 
-# TrainConfig fields a recipe may set and a flag may override (flag value None = not given).
-_TRAIN_FIELDS = (
-    "model",
-    "input_size",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "schedule",
-    "early_stopping",
-    "seed",
-    "drop_incomplete",
-    "imbalance",
-    "label_smoothing",
-    "augment",
-    "random_erasing",
-    "mixup_alpha",
-    "cutmix_alpha",
-    "ema_decay",
-    "workers",
-    "use_gpu",
-    "cpus_per_worker",
-    "amp",
-    "channels_last",
-    "keep_checkpoints",
-    "max_failures",
-    "storage",
-    "resume",
-    "no_ray",
-    "max_steps_per_epoch",
-    "limit_rows",
-)
+# `emokp train` has one flag per TrainConfig field (_add_train_options) but for these: the command's
+# own arguments (TASK, --data, --out) and --recipe, the preset the flags override.
+_TRAIN_ARGUMENTS = ("task", "data", "out", "recipe")
+# Flags not named after their field: --gpu / --no-gpu is what the README, the jobs and users know.
+_TRAIN_FLAG_NAMES = {"use_gpu": "--gpu"}
+
+
+def _train_flag_fields() -> list[dataclasses.Field]:
+    """The TrainConfig fields `emokp train` generates a flag for, in the class's order."""
+    return [f for f in dataclasses.fields(TrainConfig) if f.name not in _TRAIN_ARGUMENTS]
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The recipe's values (default: release), then the flags given (a flag's None = not given)."""
+    given = {f.name: getattr(args, f.name) for f in _train_flag_fields()}
+    return config_from_recipe(args.task, args.data, args.out, recipe=args.recipe or DEFAULT_RECIPE, **given)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from emokp_ray.training.recipes import DEFAULT_RECIPE, config_from_recipe
+    cfg = _train_config(args)  # a bad value fails here, before torch and Ray are imported
     from emokp_ray.training.train import run_training
 
-    given = {name: getattr(args, name) for name in _TRAIN_FIELDS}
-    cfg = config_from_recipe(args.task, args.data, args.out, recipe=args.recipe or DEFAULT_RECIPE, **given)
     print(
         f"recipe {cfg.recipe}: {cfg.model} model, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
         f"lr {cfg.lr:g} {cfg.schedule}" + (f", EMA {cfg.ema_decay:g}" if cfg.ema_decay else "")
@@ -310,117 +299,113 @@ def _add_data_synth(data_sub: _Subcommands) -> None:
 
 
 def _add_train(sub: _Subcommands) -> None:
-    """`emokp train TASK --data DIR --out RUN_DIR [flags]`."""
+    """`emokp train TASK --data DIR --out RUN_DIR [--recipe NAME] [one flag per TrainConfig field]`."""
     train = sub.add_parser("train", help="train the keypoint or emotion model (Ray Train + Ray Data, or --no-ray)")
-    train.add_argument("task", choices=["keypoints", "emotion"])
+    train.add_argument("task", choices=TASKS)
     train.add_argument("--data", required=True, metavar="DIR", help="prepared data set (local path or URI)")
     train.add_argument(
         "--out", required=True, metavar="RUN_DIR", help="run directory: best/, metrics.jsonl, config.json"
     )
+    names = " | ".join(dict.fromkeys(name for task in TASKS for name in recipe_names(task)))
     train.add_argument(
         "--recipe",
         default=None,
         metavar="NAME",
-        help="named preset of the options below: course | release | fast (default: release; "
+        help=f"named preset of the options below: {names} (default: {DEFAULT_RECIPE}; "
         "see emokp_ray/training/recipes.py); a flag given here overrides the recipe's value",
     )
-    train.add_argument(
-        "--model",
-        default=None,
-        choices=["course", "wide", "small", "compact", "fer48"],
-        help="network: course (the course's), wide, small (CPU demos), compact (keypoints: course "
-        "backbone, 1024-512 head), fer48 (emotion at 48x48 without the stem max-pool)",
-    )
-    train.add_argument(
-        "--input-size", type=int, default=None, help="model input size in pixels (default: keypoints 96, emotion 48)"
-    )
-    train.add_argument("--epochs", type=_positive_int, default=None)
-    train.add_argument("--batch-size", type=_positive_int, default=None, help="global batch, split across workers")
-    train.add_argument("--optimizer", default=None, choices=["adamw", "adam"])
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    train.add_argument("--weight-decay", type=float, default=None)
-    train.add_argument("--schedule", default=None, choices=["onecycle", "cosine", "constant"])
-    train.add_argument(
-        "--early-stopping",
-        type=int,
-        default=None,
-        metavar="PATIENCE",
-        help="epochs without improvement before stopping (0: off)",
-    )
-    train.add_argument(
-        "--seed", type=_seed, default=None, help="seed of every random stream (init, shuffles, augmentation, dropout)"
-    )
-    train.add_argument(
-        "--drop-incomplete", action="store_true", default=None, help="keypoints: train only on rows with all 15 points"
-    )
-    train.add_argument(
-        "--imbalance",
-        default=None,
-        choices=["weights", "sampling", "none"],
-        help="emotion: class-weighted loss, class-balanced sampling, or nothing",
-    )
-    train.add_argument("--label-smoothing", type=float, default=None)
-    train.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="label-true augmentation of the train split (--no-augment: off)",
-    )
-    train.add_argument(
-        "--random-erasing",
-        type=float,
-        default=None,
-        metavar="P",
-        help="probability of erasing a random rectangle per training image",
-    )
-    train.add_argument("--mixup-alpha", type=float, default=None, help="emotion: mixup Beta(a, a) (0: off)")
-    train.add_argument("--cutmix-alpha", type=float, default=None, help="emotion: cutmix Beta(a, a) (0: off)")
-    train.add_argument(
-        "--ema-decay", type=float, default=None, help="weight EMA per step for validation and checkpoints (0: off)"
-    )
-    train.add_argument(
-        "--workers", type=_positive_int, default=None, help="Ray Train workers (each gets batch-size / workers)"
-    )
-    gpu = train.add_mutually_exclusive_group()
-    gpu.add_argument(
-        "--gpu", dest="use_gpu", action="store_true", default=None, help="use GPUs (default: when present)"
-    )
-    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="train on CPUs even if GPUs are present")
-    train.add_argument(
-        "--cpus-per-worker",
-        type=float,
-        default=None,
-        help="CPUs reserved per worker, also its torch threads (default 0: reserve 1, use the node's cores / its workers)",
-    )
-    train.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with a GPU)"
-    )
-    train.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels-last memory layout (default: on; faster on CPU and GPU)",
-    )
-    train.add_argument(
-        "--keep-checkpoints", type=_positive_int, default=None, help="best K checkpoints kept (default 2)"
-    )
-    train.add_argument(
-        "--max-failures", type=int, default=None, help="worker-group restarts from the last checkpoint (default 2)"
-    )
-    train.add_argument(
-        "--storage", default=None, metavar="URI", help="Ray storage path for checkpoints (default RUN_DIR/ray)"
-    )
-    train.add_argument(
-        "--resume", action="store_true", default=None, help="continue the run in RUN_DIR from its latest checkpoint"
-    )
-    train.add_argument(
-        "--no-ray", action="store_true", default=None, help="one process without Ray (debugging, GPU boxes without Ray)"
-    )
-    train.add_argument(
-        "--max-steps-per-epoch", type=int, default=None, help="cap optimizer steps per epoch (0: whole epoch)"
-    )
-    train.add_argument("--limit-rows", type=int, default=None, help="read only the first N rows of each split (0: all)")
+    _add_train_options(train)
     train.set_defaults(func=_cmd_train)
+
+
+def _add_train_options(train: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field: `--field-name` (or _TRAIN_FLAG_NAMES), the field's type, its
+    CHOICES, its sign checked (POSITIVE, NON_NEGATIVE), its help the field's comment and the default
+    it gets. A flag's own default is None, "not given", so the recipe's value stands unless a flag
+    overrides it; booleans are --x / --no-x (either way over a recipe), a field named no_x only --no-x."""
+    group = train.add_argument_group(
+        "training options", "the fields of TrainConfig (emokp_ray/training/config.py), over the recipe's values"
+    )
+    comments = _field_comments(TrainConfig)
+    kinds = get_type_hints(TrainConfig)
+    recipe = {task: recipe_values(task, DEFAULT_RECIPE) for task in TASKS}
+    for field in _train_flag_fields():
+        flag = _TRAIN_FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
+        default = f"({_default_text(field.name, field.default, recipe)})"
+        help_text = f"{comments[field.name]} {default}" if field.name in comments else default
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help
+        kind = kinds[field.name]
+        if kind in (bool, bool | None):
+            action = "store_true" if field.name.startswith("no_") else argparse.BooleanOptionalAction
+            group.add_argument(flag, dest=field.name, action=action, default=None, help=help_text)
+        elif kind in (int, float, str):
+            group.add_argument(
+                flag,
+                dest=field.name,
+                type=_option_type(field.name, kind),
+                choices=CHOICES.get(field.name),
+                default=None,
+                help=help_text,
+            )
+        else:
+            raise TypeError(f"TrainConfig.{field.name}: no flag for a field of type {kind}")
+
+
+def _option_type(name: str, kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    if name in POSITIVE:
+        return _bounded(kind, positive=True)
+    if name in NON_NEGATIVE:
+        return _bounded(kind, positive=False)
+    return kind
+
+
+def _default_text(name: str, default: Any, recipe: dict[str, dict[str, Any]]) -> str:
+    """The default a flag shows: its field's, or the value per task where the default recipe sets one."""
+    by_task = {task: values.get(name, default) for task, values in recipe.items()}
+    if all(value == default for value in by_task.values()):
+        return f"default: {_shown(default)}"
+    return f"default, recipe {DEFAULT_RECIPE}: " + ", ".join(f"{task} {_shown(v)}" for task, v in by_task.items())
+
+
+def _shown(value: Any) -> str:
+    return '""' if value == "" else str(value)
+
+
+_LAYOUT_TOKENS = {tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The comment of each field of the dataclass `cls`, read from its source: the comment after the
+    field, continued by the comment lines right under it (a blank line, code or a `# ---` heading
+    ends it). {} where the source is not available (bytecode-only installs, classes made by exec)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+        (class_def,) = ast.parse(source).body
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError, ValueError):
+        return {}
+    if not isinstance(class_def, ast.ClassDef):
+        return {}
+    comments: dict[int, str] = {}  # line number -> the comment's text
+    code: set[int] = set()  # line numbers that hold code
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in _LAYOUT_TOKENS:
+            code.update(range(tok.start[0], tok.end[0] + 1))
+    found = {}
+    for node in class_def.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        last = node.end_lineno or node.lineno
+        parts = [comments[n] for n in range(node.lineno, last + 1) if n in comments]
+        line = last + 1
+        while parts and line in comments and line not in code and not comments[line].startswith("---"):
+            parts.append(comments[line])
+            line += 1
+        if parts:
+            found[node.target.id] = " ".join(parts)
+    return found
 
 
 def _add_evaluate(sub: _Subcommands) -> None:
