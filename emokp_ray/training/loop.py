@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,11 +26,11 @@ import torch.nn.functional as F
 
 from emokp_ray.artifacts.checkpoint import CheckpointMeta, LoadedCheckpoint, save_checkpoint, unwrap_model
 from emokp_ray.data.pipeline import TrainAugment
-from emokp_ray.labels import emotion_scheme
-from emokp_ray.models.resnet import build_model, model_config
+from emokp_ray.labels import EmotionScheme, emotion_scheme
+from emokp_ray.models.resnet import ModelConfig, build_model, model_config
 from emokp_ray.training.batches import TORCH, augmented_batches, stream_seed
 from emokp_ray.training.config import TrainConfig
-from emokp_ray.training.facts import RunInfo
+from emokp_ray.training.facts import DatasetFacts, RunInfo
 from emokp_ray.training.metrics import EmotionMetricAccumulator, KeypointMetricAccumulator, json_safe
 
 Batch = dict[str, torch.Tensor]
@@ -286,72 +287,147 @@ def is_better(value: float, best: float | None, order: str) -> bool:
     return value < best if order == "min" else value > best
 
 
-def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
-    """Train `cfg.epochs` epochs (or until early stopping) and report each one with a checkpoint.
+@dataclass(frozen=True)
+class _Task:
+    """What the run trains, fixed for the whole run: the config, the driver's data facts and run id,
+    the model's architecture, the emotion scheme and the mean keypoint shape (the val baseline)."""
 
-    run: what the driver read from the data set (run.data: steps per epoch, class weights, mean
-    shape, label scheme) and the run's id. Every rank calls session.report once per epoch (Ray's
-    report is a barrier); metrics are all-reduced first, so all ranks agree on early stopping.
-    """
-    torch.manual_seed(cfg.seed)  # model init: the same weights on every rank (DDP broadcasts rank 0's anyway)
-    device = session.device
+    cfg: TrainConfig
+    run: RunInfo
+    model_cfg: ModelConfig
+    scheme: EmotionScheme
+    mean_shape: np.ndarray | None  # [30] pixels, the training split's mean keypoints (keypoint runs)
+
+
+def _describe(cfg: TrainConfig, run: RunInfo) -> _Task:
+    facts = run.data
+    scheme = emotion_scheme(facts.scheme)
+    overrides = {"input_size": cfg.resolved_input_size}
+    if cfg.task == "emotion":
+        overrides["num_outputs"] = scheme.num_classes
+    mean_shape = None if facts.mean_shape is None else np.asarray(facts.mean_shape, np.float64)
+    return _Task(cfg, run, model_config(cfg.task, cfg.model, **overrides), scheme, mean_shape)
+
+
+def _precision_and_layout(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """(AMP on, channels-last memory format); on a GPU, cuDNN picks its kernels by benchmark."""
     use_amp = bool(cfg.amp) if cfg.amp is not None else device.type == "cuda"
     channels_last = cfg.channels_last is not False  # None: a config saved when the default followed the GPU
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    return use_amp, channels_last
 
-    facts = run.data
-    scheme = emotion_scheme(facts.scheme)
-    num_classes = scheme.num_classes
-    overrides = {"input_size": cfg.resolved_input_size}
-    if cfg.task == "emotion":
-        overrides["num_outputs"] = num_classes
-    model_cfg = model_config(cfg.task, cfg.model, **overrides)
-    model: torch.nn.Module = build_model(model_cfg)
+
+def _new_model(task: _Task, channels_last: bool) -> torch.nn.Module:
+    model: torch.nn.Module = build_model(task.model_cfg)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit it
+    return model
 
-    steps_per_epoch = facts.steps_per_epoch
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch)
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+
+def _steps_per_epoch(cfg: TrainConfig, facts: DatasetFacts) -> int:
+    return min(facts.steps_per_epoch, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else facts.steps_per_epoch
+
+
+@dataclass
+class _Progress:
+    """Where the run stands: saved with every checkpoint (train_state.json), read back on resume."""
+
+    epoch: int = 0  # epochs done
+    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics row per epoch
+    best: float | None = None  # the best value of cfg.metric so far
+    stale: int = 0  # epochs since it improved
+
+    def add(self, row: dict[str, Any], metric: tuple[str, str], early_stopping: int) -> bool:
+        """Record an epoch's row (adding its best/... entry); whether early stopping ends the run."""
+        metric_name, order = metric
+        value = row[metric_name]
+        value = float("nan") if value is None else float(value)
+        if is_better(value, self.best, order):
+            self.best, self.stale = value, 0
+        else:
+            self.stale += 1
+        row["best/" + metric_name.split("/", 1)[1]] = self.best
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        return bool(early_stopping) and self.stale >= early_stopping
+
+    def state(self, ema: WeightEMA | None) -> dict[str, Any]:
+        """The checkpoint's train_state.json."""
+        return json_safe(
+            {
+                "epoch": self.epoch,
+                "history": self.history,
+                "best": self.best,
+                "stale": self.stale,
+                "ema_updates": ema.updates if ema is not None else 0,
+            }
+        )
+
+
+def _restore(
+    restored: LoadedCheckpoint | None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scaler: torch.amp.GradScaler,
+) -> _Progress:
+    """A resumed run's weights and optimizer, LR schedule and AMP scaler states loaded into the new
+    ones, and where it stood; a new run starts at epoch 0."""
+    if restored is None:
+        return _Progress()
+    # an EMA run's model.pt is the average; the raw weights it was stepping are in train_model.pt
+    raw = restored.train_model_state if restored.train_model_state is not None else restored.model.state_dict()
+    model.load_state_dict(raw)
+    if restored.optimizer_state is not None:
+        optimizer.load_state_dict(restored.optimizer_state)
+    if restored.scheduler_state is not None and scheduler is not None:
+        scheduler.load_state_dict(restored.scheduler_state)
+    if restored.scaler_state is not None:
+        scaler.load_state_dict(restored.scaler_state)
+    saved = restored.extra_state or {}
+    return _Progress(
+        epoch=int(saved.get("epoch", 0)),
+        history=list(saved.get("history", [])),
+        best=saved.get("best"),
+        stale=int(saved.get("stale", 0)),
     )
 
-    # Resume: the latest checkpoint (Ray's after a worker failure, or --resume's).
-    start_epoch, history, best, stale = 0, [], None, 0
-    restored = session.restore()
-    if restored is not None:
-        # an EMA run's model.pt is the average; the raw weights it was stepping are in train_model.pt
-        raw = restored.train_model_state if restored.train_model_state is not None else restored.model.state_dict()
-        model.load_state_dict(raw)
-        if restored.optimizer_state is not None:
-            optimizer.load_state_dict(restored.optimizer_state)
-        if restored.scheduler_state is not None and scheduler is not None:
-            scheduler.load_state_dict(restored.scheduler_state)
-        if restored.scaler_state is not None:
-            scaler.load_state_dict(restored.scaler_state)
-        saved = restored.extra_state or {}
-        start_epoch = int(saved.get("epoch", 0))
-        history = list(saved.get("history", []))
-        best = saved.get("best")
-        stale = int(saved.get("stale", 0))
 
-    model = session.prepare_model(model)
-    ema = None
-    if cfg.ema_decay:
-        ema = WeightEMA(
-            model, cfg.ema_decay, updates=int((restored.extra_state or {}).get("ema_updates", 0)) if restored else 0
-        )
-        if restored is not None and restored.train_model_state is not None:
-            ema.model.load_state_dict(restored.model.state_dict())
-    eval_model = ema.model if ema is not None else model
-    loss_fn = make_loss(cfg, None if facts.class_weights is None else np.asarray(facts.class_weights, np.float32))
-    metric_name, order = cfg.metric
-    mean_shape = None if facts.mean_shape is None else np.asarray(facts.mean_shape, np.float64)
+def _weight_ema(cfg: TrainConfig, model: torch.nn.Module, restored: LoadedCheckpoint | None) -> WeightEMA | None:
+    """The weight average (cfg.ema_decay), continued from a resumed run's model.pt; None without EMA."""
+    if not cfg.ema_decay:
+        return None
+    ema = WeightEMA(
+        model, cfg.ema_decay, updates=int((restored.extra_state or {}).get("ema_updates", 0)) if restored else 0
+    )
+    if restored is not None and restored.train_model_state is not None:
+        ema.model.load_state_dict(restored.model.state_dict())
+    return ema
 
-    train_augment = TrainAugment(
+
+@dataclass(frozen=True)
+class _Steps:
+    """What the optimizer steps and validation use; `model` as the session prepared it (DDP)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler
+    ema: WeightEMA | None
+    loss_fn: Any
+    device: torch.device
+    amp: bool
+    channels_last: bool
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weight average where there is one: what validation and checkpoints use."""
+        return self.ema.model if self.ema is not None else self.model
+
+
+def _train_augment(cfg: TrainConfig, facts: DatasetFacts) -> TrainAugment:
+    return TrainAugment(
         cfg.task,
         augment=cfg.augment,
         sampling_weights=facts.sampling_weights,
@@ -360,115 +436,158 @@ def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
         cutmix_alpha=cfg.cutmix_alpha,
     )
 
-    for epoch in range(start_epoch, cfg.epochs):
-        # dropout draws from (seed, epoch, rank): ranks differ, and a resumed epoch repeats the original
-        torch.manual_seed(stream_seed(cfg.seed, TORCH, epoch, session.rank))
-        stats = train_one_epoch(
-            model,
-            augmented_batches(session.train_batches(epoch), train_augment, cfg.seed, epoch, session.rank),
-            optimizer,
-            scheduler,
-            loss_fn,
-            device,
-            amp=use_amp,
-            scaler=scaler,
-            channels_last=channels_last,
-            max_steps=cfg.max_steps_per_epoch,
-            ema=ema,
-        )
-        acc, val_loss_sum, val_n = evaluate(
-            eval_model,
-            session.val_batches(),
-            cfg.task,
-            num_classes,
-            loss_fn,
-            device,
-            amp=use_amp,
-            channels_last=channels_last,
-        )
-        # Reduce across ranks: the accumulators' sums plus the loss and image counts.
-        train_sums = session.all_reduce(
-            np.array([stats["loss"] * stats["images"], stats["images"], stats["seconds"]], np.float64)
-        )
-        state = session.all_reduce(np.concatenate([acc.state(), [val_loss_sum, val_n]]))
-        acc = type(acc).from_state(state[:-2], **({} if cfg.task == "keypoints" else {"num_classes": num_classes}))
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train/loss": train_sums[0] / max(train_sums[1], 1),
-            # all ranks step in parallel: images over the slowest-summed time / world size
-            "train/images_per_s": train_sums[1] / max(train_sums[2] / session.world_size, 1e-9),
-            "train/images": int(train_sums[1]),
-            "val/loss": state[-2] / max(state[-1], 1),
-            "val/n": int(state[-1]),
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        if cfg.task == "keypoints":
-            result = acc.compute(mean_shape=mean_shape)
-            row["val/rmse_px"] = result["rmse_px"]
-            row["val/mean_shape_rmse_px"] = result.get("mean_shape_rmse_px")
-            row["val/per_keypoint_rmse_px"] = result["per_keypoint_rmse_px"]
-        else:
-            result = acc.compute(list(scheme.classes))
-            row["val/accuracy"] = result["accuracy"]
-            row["val/macro_f1"] = result["macro_f1"]
-            row["val/per_class_recall"] = {name: v["recall"] for name, v in result["per_class"].items()}
-            row.update({f"val/recall/{name}": v["recall"] for name, v in result["per_class"].items()})
-            row.update({f"val/precision/{name}": v["precision"] for name, v in result["per_class"].items()})
-            row["val/confusion"] = result["confusion"]
-        value = row[metric_name]
-        value = float("nan") if value is None else float(value)
-        if is_better(value, best, order):
-            best, stale = value, 0
-        else:
-            stale += 1
-        row["best/" + metric_name.split("/", 1)[1]] = best
-        history.append(row)
-        stop = bool(cfg.early_stopping) and stale >= cfg.early_stopping
 
-        checkpoint_dir = None
-        tmp = None
-        if session.rank == 0:
-            tmp = tempfile.TemporaryDirectory(prefix="emokp-ckpt-")
-            checkpoint_dir = tmp.name
-            meta = CheckpointMeta(
-                model_config=model_cfg,
-                label_scheme=scheme.name if cfg.task == "emotion" else None,
-                # the run's config plus the data facts that evaluation needs (the mean-shape baseline)
-                train_config={
-                    **cfg.to_dict(),
-                    "data_facts": {
-                        "mean_shape": None if mean_shape is None else mean_shape.tolist(),
-                        "n_train": facts.n_train,
-                    },
-                },
-                epoch=epoch + 1,
-                metrics=json_safe({k: v for k, v in row.items() if not isinstance(v, (dict, list))}),
-                run_id=run.run_id,
-            )
-            save_checkpoint(
-                checkpoint_dir,
-                eval_model,
-                meta,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                train_model=model if ema is not None else None,
-                extra_state=json_safe(
-                    {
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "best": best,
-                        "stale": stale,
-                        "ema_updates": ema.updates if ema is not None else 0,
-                    }
-                ),
-            )
+def _train_and_validate(
+    task: _Task, session: Session, steps: _Steps, augment: TrainAugment, epoch: int
+) -> tuple[dict[str, float], tuple[Any, float, int]]:
+    """One epoch on this rank: the optimizer steps over the augmented training batches, then
+    validation. Returns train_one_epoch's stats and evaluate's (accumulator, loss sum, n)."""
+    cfg = task.cfg
+    # dropout draws from (seed, epoch, rank): ranks differ, and a resumed epoch repeats the original
+    torch.manual_seed(stream_seed(cfg.seed, TORCH, epoch, session.rank))
+    stats = train_one_epoch(
+        steps.model,
+        augmented_batches(session.train_batches(epoch), augment, cfg.seed, epoch, session.rank),
+        steps.optimizer,
+        steps.scheduler,
+        steps.loss_fn,
+        steps.device,
+        amp=steps.amp,
+        scaler=steps.scaler,
+        channels_last=steps.channels_last,
+        max_steps=cfg.max_steps_per_epoch,
+        ema=steps.ema,
+    )
+    val = evaluate(
+        steps.eval_model,
+        session.val_batches(),
+        cfg.task,
+        task.scheme.num_classes,
+        steps.loss_fn,
+        steps.device,
+        amp=steps.amp,
+        channels_last=steps.channels_last,
+    )
+    return stats, val
+
+
+def _epoch_row(
+    task: _Task, session: Session, epoch: int, stats: dict[str, float], val: tuple[Any, float, int], lr: float
+) -> dict[str, Any]:
+    """The epoch's metrics row, the same on every rank: the train and validation sums are reduced
+    across ranks first."""
+    acc, val_loss_sum, val_n = val
+    train_sums = session.all_reduce(
+        np.array([stats["loss"] * stats["images"], stats["images"], stats["seconds"]], np.float64)
+    )
+    state = session.all_reduce(np.concatenate([acc.state(), [val_loss_sum, val_n]]))
+    num_classes = task.scheme.num_classes
+    acc = type(acc).from_state(state[:-2], **({} if task.cfg.task == "keypoints" else {"num_classes": num_classes}))
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train/loss": train_sums[0] / max(train_sums[1], 1),
+        # all ranks step in parallel: images over the slowest-summed time / world size
+        "train/images_per_s": train_sums[1] / max(train_sums[2] / session.world_size, 1e-9),
+        "train/images": int(train_sums[1]),
+        "val/loss": state[-2] / max(state[-1], 1),
+        "val/n": int(state[-1]),
+        "lr": lr,
+    }
+    if task.cfg.task == "keypoints":
+        result = acc.compute(mean_shape=task.mean_shape)
+        row["val/rmse_px"] = result["rmse_px"]
+        row["val/mean_shape_rmse_px"] = result.get("mean_shape_rmse_px")
+        row["val/per_keypoint_rmse_px"] = result["per_keypoint_rmse_px"]
+    else:
+        result = acc.compute(list(task.scheme.classes))
+        row["val/accuracy"] = result["accuracy"]
+        row["val/macro_f1"] = result["macro_f1"]
+        row["val/per_class_recall"] = {name: v["recall"] for name, v in result["per_class"].items()}
+        row.update({f"val/recall/{name}": v["recall"] for name, v in result["per_class"].items()})
+        row.update({f"val/precision/{name}": v["precision"] for name, v in result["per_class"].items()})
+        row["val/confusion"] = result["confusion"]
+    return row
+
+
+def _checkpoint_meta(task: _Task, row: dict[str, Any]) -> CheckpointMeta:
+    cfg, mean_shape = task.cfg, task.mean_shape
+    return CheckpointMeta(
+        model_config=task.model_cfg,
+        label_scheme=task.scheme.name if cfg.task == "emotion" else None,
+        # the run's config plus the data facts that evaluation needs (the mean-shape baseline)
+        train_config={
+            **cfg.to_dict(),
+            "data_facts": {
+                "mean_shape": None if mean_shape is None else mean_shape.tolist(),
+                "n_train": task.run.data.n_train,
+            },
+        },
+        epoch=row["epoch"],
+        metrics=json_safe({k: v for k, v in row.items() if not isinstance(v, (dict, list))}),
+        run_id=task.run.run_id,
+    )
+
+
+def _report_epoch(task: _Task, session: Session, steps: _Steps, progress: _Progress, row: dict[str, Any]) -> None:
+    """Every rank reports the epoch (Ray's report is a barrier); rank 0 with its checkpoint, written
+    to a temporary folder the session copies from."""
+    if session.rank != 0:
+        session.report(_scalar_metrics(row), None)
+        return
+    with tempfile.TemporaryDirectory(prefix="emokp-ckpt-") as checkpoint_dir:
+        save_checkpoint(
+            checkpoint_dir,
+            steps.eval_model,
+            _checkpoint_meta(task, row),
+            optimizer=steps.optimizer,
+            scheduler=steps.scheduler,
+            scaler=steps.scaler,
+            train_model=steps.model if steps.ema is not None else None,
+            extra_state=progress.state(steps.ema),
+        )
         session.report(_scalar_metrics(row), checkpoint_dir)
-        if tmp is not None:
-            tmp.cleanup()
+
+
+def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
+    """Train `cfg.epochs` epochs (or until early stopping) and report each one with a checkpoint.
+
+    run: what the driver read from the data set (run.data: steps per epoch, class weights, mean
+    shape, label scheme) and the run's id. Every rank calls session.report once per epoch (Ray's
+    report is a barrier); metrics are all-reduced first, so all ranks agree on early stopping.
+    """
+    torch.manual_seed(cfg.seed)  # model init: the same weights on every rank (DDP broadcasts rank 0's anyway)
+    task = _describe(cfg, run)
+    use_amp, channels_last = _precision_and_layout(cfg, session.device)
+    model = _new_model(task, channels_last)
+    optimizer, scheduler = build_optimizer(cfg, model, _steps_per_epoch(cfg, run.data))
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=use_amp and session.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
+    restored = session.restore()  # the latest checkpoint (Ray's after a worker failure, or --resume's)
+    progress = _restore(restored, model, optimizer, scheduler, scaler)
+    model = session.prepare_model(model)
+    class_weights = None if run.data.class_weights is None else np.asarray(run.data.class_weights, np.float32)
+    steps = _Steps(
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        ema=_weight_ema(cfg, model, restored),
+        loss_fn=make_loss(cfg, class_weights),
+        device=session.device,
+        amp=use_amp,
+        channels_last=channels_last,
+    )
+    augment = _train_augment(cfg, run.data)
+
+    for epoch in range(progress.epoch, cfg.epochs):
+        stats, val = _train_and_validate(task, session, steps, augment, epoch)
+        row = _epoch_row(task, session, epoch, stats, val, lr=optimizer.param_groups[0]["lr"])
+        stop = progress.add(row, cfg.metric, cfg.early_stopping)
+        _report_epoch(task, session, steps, progress, row)
         if stop:
             break
-    return {"history": history, "best": best}
+    return {"history": progress.history, "best": progress.best}
 
 
 def _scalar_metrics(row: dict[str, Any]) -> dict[str, Any]:
