@@ -246,6 +246,20 @@ def test_onnx_file_describes_itself_and_predicts_like_the_checkpoint(tiny, onnx_
         assert np.allclose(np.array(list(a.keypoints.values())), np.array(list(b.keypoints.values())), atol=1e-3)
 
 
+def test_serve_checks_each_model_as_its_replicas_load_it(tiny, exported, onnx_files):
+    # `emokp serve` checks its models before Ray starts with the loader the replicas use
+    # (export.load_model): an .onnx export is served, a model of the other task is one line.
+    from emokp_ray.serving.run import _check_model
+
+    _check_model("keypoints", str(onnx_files[0]), trust_torchscript=False)
+    _check_model("emotion", str(tiny[1]), trust_torchscript=False)
+    _check_model("keypoints", str(exported[0]), trust_torchscript=True)
+    with pytest.raises(UserError, match=r"^serve: --emotion .* is a keypoints checkpoint$"):
+        _check_model("emotion", str(onnx_files[0]), trust_torchscript=False)
+    with pytest.raises(UserError, match=r"^serve: --keypoints .*--trust-torchscript"):
+        _check_model("keypoints", str(exported[0]), trust_torchscript=False)
+
+
 def test_onnx_int8_export_is_quantized_and_close(tiny, tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx

@@ -32,21 +32,16 @@ def _ignore_stop_signals() -> None:
 
 
 def _check_model(task: str, path: str, trust_torchscript: bool) -> None:
-    """Fail here, in one line, rather than inside a replica that Serve retries forever: the file
-    exists and holds a `task` model; a TorchScript file only with trust_torchscript."""
-    from pathlib import Path
-
-    from emokp_ray.artifacts.checkpoint import read_meta
-    from emokp_ray.artifacts.export import TRUST_HINT, is_torchscript_file, load_exported
+    """Fail here, in one line, rather than inside a replica that Serve retries forever: the model
+    loads as a replica loads it (export.load_model: a TorchScript file only with trust_torchscript)
+    and is a `task` model."""
+    from emokp_ray.artifacts.export import load_model
     from emokp_ray.errors import UserError
 
-    candidate = Path(path)
-    if candidate.is_file() and is_torchscript_file(candidate):
-        if not trust_torchscript:
-            raise UserError(f"serve: --{task} {path} is a TorchScript file: {TRUST_HINT}")
-        found = load_exported(candidate, trust_torchscript=True).meta.task
-    else:
-        found = read_meta(path).task
+    try:
+        found = load_model(path, trust_torchscript=trust_torchscript).meta.task
+    except UserError as err:
+        raise UserError(f"serve: --{task} {err}") from None
     if found != task:
         raise UserError(f"serve: --{task} {path} is a {found} checkpoint")
 
