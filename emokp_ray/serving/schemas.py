@@ -17,8 +17,9 @@ MiB = 1024 * 1024
 
 
 class AppArgs(BaseModel):
-    """Arguments of the app builder (`serve/config.yaml` `args:`, or `run_serve`). Checkpoint paths
-    are as `load_checkpoint` accepts them: a checkpoint dir, a RUN_DIR (its `best/`), an exported .pt."""
+    """Arguments of the app builder (`serve/config.yaml` `args:`, or `run_serve`). Model paths are as
+    `artifacts.export.load_model` accepts them: a checkpoint dir, a RUN_DIR (its `best/`), an exported
+    .pt, .onnx or TorchScript file, or `builtin:NAME`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
