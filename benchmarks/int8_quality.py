@@ -69,27 +69,26 @@ def score(task: str, outputs: np.ndarray, targets: np.ndarray, num_classes: int)
     return float(100.0 * np.mean(outputs.argmax(axis=1) == targets))
 
 
-def run_all(runner, crops: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([runner(crops[lo : lo + batch_size]) for lo in range(0, len(crops), batch_size)])
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     import torch
 
     from emokp_ray.artifacts.export import load_model, onnx_bytes
-    from emokp_ray.inference.backends import OnnxModel, OnnxRunner, TorchRunner, calibration_crops, quantize_int8
+    from emokp_ray.inference.backends import (
+        OnnxModel,
+        OnnxRunner,
+        calibration_crops,
+        make_runner,
+        quantize_int8,
+        run_model,
+    )
 
     loaded = load_model(args.checkpoint, map_location="cpu")
     meta, task, size = loaded.meta, loaded.meta.task, loaded.meta.input_size
-    # torch's stub of Module.to lists no memory_format overload; the method takes it.
-    model = loaded.model.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     crops, targets = split_crops(args.data, args.split, task, size, args.limit)
+    torch_fp32 = make_runner(loaded, "torch", torch.device("cpu"))  # the predictor's: eval, channels-last
     fp32 = onnx_bytes(loaded.model, meta)
-    runners = {
-        "torch_fp32": TorchRunner(model, torch.device("cpu")),
-        "onnx_fp32": OnnxRunner(OnnxModel(fp32, version="")),
-    }
+    runners = {"torch_fp32": torch_fp32, "onnx_fp32": OnnxRunner(OnnxModel(fp32, version=""))}
     calibrations = {"synthetic": calibration_crops(size, n=args.calibration_faces)}
     if args.calibration in ("train", "both"):
         calibrations["train"] = split_crops(args.data, "train", task, size, args.calibration_faces)[0]
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures: dict[str, dict] = {}
     for name, runner in runners.items():
         started = time.perf_counter()
-        outputs = run_all(runner, crops, args.batch_size)
+        outputs = run_model(runner, crops, args.batch_size)
         figures[name] = {
             unit: round(score(task, outputs, targets, len(meta.class_names)), 4),
             "seconds": round(time.perf_counter() - started, 2),

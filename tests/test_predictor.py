@@ -25,7 +25,7 @@ from emokp_ray.inference.predictor import (
 )
 from emokp_ray.inference.render import annotate
 from emokp_ray.labels import KEYPOINT_NAMES, SEED5
-from emokp_ray.models.resnet import model_config
+from emokp_ray.models.resnet import build_model, model_config
 from tests.helpers import write_tiny_checkpoints
 
 # --------------------------------------------------------------------------------------------------
@@ -143,6 +143,32 @@ def test_all_faces_of_all_images_go_through_one_forward_pass():
         assert list(face.probabilities) == list(SEED5.classes)
         assert np.allclose(list(face.probabilities.values()), expected)
         assert face.emotion == "sad"
+
+
+def test_the_forward_loop_splits_large_batches_and_gives_the_same_outputs():
+    """backends.run_model, the loop the predictor and `emokp evaluate` share: max_batch crops per
+    call on a model prepared like the predictor's (eval mode, channels-last weights)."""
+    from emokp_ray.inference.backends import make_runner, run_model
+
+    torch.manual_seed(0)
+    cfg = model_config("emotion", input_size=48)
+    model = build_model(cfg).train()
+    loaded = LoadedCheckpoint(model=model, meta=CheckpointMeta(model_config=cfg, run_id="loop"), path=Path("loop"))
+    runner = make_runner(loaded, "torch", torch.device("cpu"))
+    assert not model.training  # prepared in place: the checkpoint's module is the one that runs
+    conv = [p for p in model.parameters() if p.dim() == 4 and min(p.shape[1:]) > 1][-1]  # C_in, k > 1
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    crops = np.random.default_rng(0).integers(0, 256, (7, 48, 48), dtype=np.uint8)
+    calls = []
+
+    def counted(c):
+        calls.append(len(c))
+        return runner(c)
+
+    whole = run_model(counted, crops)
+    parts = run_model(counted, crops, max_batch=3)
+    assert calls == [7, 3, 3, 1] and whole.dtype == np.float32 and whole.shape == (7, 5)
+    assert np.allclose(parts, whole, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------

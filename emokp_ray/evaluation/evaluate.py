@@ -32,7 +32,6 @@ from emokp_ray.errors import UserError
 from emokp_ray.evaluation import figures
 from emokp_ray.inference.calibration import reliability, softmax, temperature_of
 from emokp_ray.inference.tta import forward_with_flip
-from emokp_ray.training.loop import to_device
 from emokp_ray.training.metrics import (
     EmotionMetricAccumulator,
     KeypointMetricAccumulator,
@@ -138,21 +137,15 @@ def _history(ckpt: LoadedCheckpoint) -> list[dict[str, Any]]:
 
 def _load_for_evaluation(checkpoint: str) -> tuple[LoadedCheckpoint, Callable[[np.ndarray], np.ndarray]]:
     """The model (any form load_model reads) and its forward: uint8 crops [N, S, S] -> float32
-    outputs [N, K] numpy, on the GPU where there is one, channels-last (2.5x faster batches on CPU)."""
+    outputs [N, K] numpy, the predictor's own runner and forward loop (inference/backends.py: eval
+    mode, channels-last weights), on the GPU where there is one."""
     from emokp_ray.artifacts.export import load_model
+    from emokp_ray.inference.backends import make_runner, run_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = load_model(checkpoint, map_location=device)
-    model = ckpt.model.eval()
-    if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-        # torch's stub of Module.to lists no memory_format overload; the method takes it.
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    def forward(crops: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(to_device({"image": crops}, device, channels_last=True)["image"]).float().cpu().numpy()
-
-    return ckpt, forward
+    runner = make_runner(ckpt, "torch", device)
+    return ckpt, lambda crops: run_model(runner, crops)
 
 
 def _outputs(

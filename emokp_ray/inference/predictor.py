@@ -46,6 +46,7 @@ import torch
 from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
 from emokp_ray.data.resize import resize_image, resize_images
 from emokp_ray.errors import UserError
+from emokp_ray.inference.backends import make_runner, resolve_backend, run_model
 from emokp_ray.inference.calibration import softmax, temperature_of
 from emokp_ray.inference.detect import FaceDetector, require_detector
 from emokp_ray.inference.images import to_grey
@@ -57,7 +58,6 @@ FRAMING_MARGIN = 1.13  # crop side / Haar box side (measured, see the module doc
 FRAMING_SHIFT_Y = 0.02  # crop centre below the Haar centre, in Haar sides
 AUTO_CROP_MAX_SIDE = 128  # mode "auto": a square image up to this side is taken as one face crop
 MODES = ("auto", "crop", "detect")
-MAX_BATCH = 256  # faces per forward pass (bounds activation memory; one pass below it)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,8 +243,6 @@ class Predictor:
         backend: str = "torch",
         flip_tta: bool = True,
     ):
-        from emokp_ray.inference.backends import make_runner, resolve_backend
-
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (keypoints or emotion)")
         for loaded, task in ((keypoints, "keypoints"), (emotion, "emotion")):
@@ -253,10 +251,10 @@ class Predictor:
         if not margin > 0:
             raise UserError(f"margin must be positive, got {margin}")
         self.device = resolve_device(device)
-        self.keypoints = self._prepare(keypoints)
-        self.emotion = self._prepare(emotion)
+        self.keypoints, self.emotion = keypoints, emotion
         # backend: "auto" | "torch" | "onnx" | "onnx-int8" (inference/backends.py). One runner per
-        # model, the only thing _forward calls; an exported .onnx file runs on ONNX Runtime as it is.
+        # model (a torch model moves to the device, eval mode, channels-last weights), the only thing
+        # _outputs runs; an exported .onnx file runs on ONNX Runtime as it is.
         self.backend = resolve_backend(backend, self.device)
         self.runners = {
             m.meta.task: make_runner(m, self.backend, self.device, explicit=backend != "auto")
@@ -267,18 +265,6 @@ class Predictor:
         self.flip_tta = bool(flip_tta)  # average each network over the crop and its mirror image (2x the work)
         self._detector = detector
         self._detector_lock = threading.Lock()  # OpenCV's cascade is not documented thread-safe
-
-    def _prepare(self, loaded: LoadedCheckpoint | None) -> LoadedCheckpoint | None:
-        """Model on the device, in eval mode, weights channels_last: on this project's 2-core CPU
-        (torch 2.13, one thread, CPU time per 96x96 crop) the keypoint net goes 8.7 -> 6.5 ms and the
-        48 px emotion net 2.4 -> 1.4 ms (benchmarks/predict_latency.py)."""
-        if loaded is None or not hasattr(loaded.model, "to"):
-            return loaded  # None, or an exported ONNX graph (backends.OnnxModel)
-        model = loaded.model.to(self.device).eval()
-        if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-            # torch's stub of Module.to lists no memory_format overload; the method takes it.
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        return LoadedCheckpoint(model=model, meta=loaded.meta, path=loaded.path)
 
     @classmethod
     def from_paths(
@@ -352,16 +338,13 @@ class Predictor:
 
     # ---- inference -------------------------------------------------------------------------------
 
-    def _forward(self, loaded: LoadedCheckpoint, crops: np.ndarray) -> np.ndarray:
-        """uint8 [N, S, S] -> model outputs float32 [N, K], MAX_BATCH faces per pass, on the model's
-        runner (self.backend: torch, onnx or onnx-int8)."""
-        runner = self.runners[loaded.meta.task]
-        return np.concatenate([runner(crops[lo : lo + MAX_BATCH]) for lo in range(0, len(crops), MAX_BATCH)])
-
     def _outputs(self, loaded: LoadedCheckpoint, crops: np.ndarray) -> np.ndarray:
-        """The network's outputs for uint8 crops [N, S, S], averaged with its mirrored view where
-        self.flip_tta (inference/tta.py): keypoints [N, 30] crop pixels, or emotion logits [N, K]."""
-        forward = lambda c: self._forward(loaded, c)  # noqa: E731
+        """The network's outputs for uint8 crops [N, S, S] through the model's runner (self.backend:
+        torch, onnx or onnx-int8) and the one forward loop (backends.run_model), averaged with its
+        mirrored view where self.flip_tta (inference/tta.py): keypoints [N, 30] crop pixels, or
+        emotion logits [N, K]."""
+        runner = self.runners[loaded.meta.task]
+        forward = lambda c: run_model(runner, c)  # noqa: E731
         if not self.flip_tta:
             return forward(crops)
         return forward_with_flip(forward, crops, loaded.meta.task, loaded.meta.keypoint_names)
