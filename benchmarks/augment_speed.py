@@ -8,8 +8,7 @@ crop). Reported: the median and best seconds per batch and images/s from the med
   keypoint_96, keypoint_48     augment_keypoint_batch, KeypointAugment() defaults (flip, rotation,
                                scale, shift, brightness/contrast, in-frame check)
   emotion_48, emotion_96       augment_emotion_batch, EmotionAugment() defaults (Keras-equivalent)
-  emotion_48_to_96 / 96_to_48  the same with output_size folded into the warp
-  resize_48_to_96              resize_batch alone (the validation transform)
+  resize_48_to_96              data/resize.resize_batch alone (the one resize, run before augmenting)
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from emokp_ray.data.augment.policies import (
     augment_emotion_batch,
     augment_keypoint_batch,
 )
-from emokp_ray.data.augment.warp import resize_batch
+from emokp_ray.data.resize import resize_batch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "augment_speed.json"
@@ -54,14 +53,6 @@ def cases(n: int) -> dict:
         "keypoint_48": (lambda b, r: augment_keypoint_batch(b, KeypointAugment(), r), make_batch(n, 48, True)),
         "emotion_48": (lambda b, r: augment_emotion_batch(b, EmotionAugment(), r), make_batch(n, 48, False)),
         "emotion_96": (lambda b, r: augment_emotion_batch(b, EmotionAugment(), r), make_batch(n, 96, False)),
-        "emotion_48_to_96": (
-            lambda b, r: augment_emotion_batch(b, EmotionAugment(output_size=96), r),
-            make_batch(n, 48, False),
-        ),
-        "emotion_96_to_48": (
-            lambda b, r: augment_emotion_batch(b, EmotionAugment(output_size=48), r),
-            make_batch(n, 96, False),
-        ),
         "resize_48_to_96": (lambda b, r: resize_batch(b, 96), make_batch(n, 48, False)),
     }
 

@@ -20,7 +20,7 @@ from emokp_ray.data.augment.policies import (
     plan_emotion_augment,
     plan_keypoint_augment,
 )
-from emokp_ray.data.augment.warp import BORDER_MODES, apply_plan, compose_warp, resize_batch, warp_images
+from emokp_ray.data.augment.warp import BORDER_MODES, apply_plan, compose_warp, warp_images
 from emokp_ray.errors import UserError
 from emokp_ray.labels import KEYPOINT_NAMES, NUM_KEYPOINTS, flip_keypoints
 
@@ -107,10 +107,10 @@ def assert_dots_under_keypoints(out: dict, radius: float) -> None:
             )
 
 
-def assert_exercised(plan, in_size: int, out_size: int) -> None:
-    """Most samples really were transformed: not withdrawn to the plain (flip + resize) matrix."""
+def assert_exercised(plan, size: int) -> None:
+    """Most samples really were transformed: not withdrawn to the plain (flip) matrix."""
     n = len(plan.matrices)
-    plain = compose_warp(np.broadcast_to(np.eye(3), (n, 3, 3)), plan.flipped, (in_size, in_size), (out_size, out_size))
+    plain = compose_warp(np.broadcast_to(np.eye(3), (n, 3, 3)), plan.flipped, (size, size))
     warped = np.abs(plan.matrices - plain).max(axis=(1, 2)) > 1e-6
     assert plan.withdrawn.mean() < 0.25
     assert (warped | plan.flipped).mean() > 0.5
@@ -249,37 +249,34 @@ EMO_GEOMETRY = {
     "flip": dict(rotation_deg=0, width_shift=0, height_shift=0, shear_deg=0, zoom_range=(1, 1), flip_prob=1),
     "combined": dict(shear_deg=10),  # Keras defaults otherwise (0.1 degree shear is invisible)
 }
-SIZES = [(96, None), (48, None), (96, 48), (48, 96)]
 
 
 def geometry_cases(kinds) -> list:
-    """Each single transform at 96x96, and the combined one at every size (with resize 96<->48)."""
-    return [pytest.param(kind, 96, None, id=f"{kind}-96") for kind in kinds] + [
-        pytest.param("combined", i, o, id=f"combined-{i}-to-{o or i}") for i, o in SIZES[1:]
+    """Each single transform at 96x96, and the combined one at 48x48."""
+    return [pytest.param(kind, 96, id=f"{kind}-96") for kind in kinds] + [
+        pytest.param("combined", 48, id="combined-48")
     ]
 
 
-@pytest.mark.parametrize("kind,in_size,out_size", geometry_cases(KP_GEOMETRY))
-def test_keypoint_augment_keeps_dots_under_keypoints(kind, in_size, out_size):
-    batch = dot_batch(16, in_size, seed=3)
-    cfg = KeypointAugment(output_size=out_size, **NO_INTENSITY_KP, **KP_GEOMETRY[kind])
+@pytest.mark.parametrize("kind,size", geometry_cases(KP_GEOMETRY))
+def test_keypoint_augment_keeps_dots_under_keypoints(kind, size):
+    batch = dot_batch(16, size, seed=3)
+    cfg = KeypointAugment(**NO_INTENSITY_KP, **KP_GEOMETRY[kind])
     plan = plan_keypoint_augment(batch, cfg, np.random.default_rng(7))
     out = apply_plan(batch, plan)
-    size = out_size or in_size
     assert out["image"].shape == (16, size, size)
-    assert_exercised(plan, in_size, size)
-    assert_dots_under_keypoints(out, radius=2.5 + 2.0 * size / in_size)
+    assert_exercised(plan, size)
+    assert_dots_under_keypoints(out, radius=4.5)
 
 
-@pytest.mark.parametrize("kind,in_size,out_size", geometry_cases(EMO_GEOMETRY))
-def test_emotion_augment_keeps_dots_under_keypoints(kind, in_size, out_size):
-    batch = dot_batch(16, in_size, seed=4)
-    cfg = EmotionAugment(output_size=out_size, **NO_INTENSITY_EMO, **EMO_GEOMETRY[kind])
+@pytest.mark.parametrize("kind,size", geometry_cases(EMO_GEOMETRY))
+def test_emotion_augment_keeps_dots_under_keypoints(kind, size):
+    batch = dot_batch(16, size, seed=4)
+    cfg = EmotionAugment(**NO_INTENSITY_EMO, **EMO_GEOMETRY[kind])
     plan = plan_emotion_augment(batch, cfg, np.random.default_rng(8))
     out = apply_plan(batch, plan)
-    size = out_size or in_size
-    assert_exercised(plan, in_size, size)
-    assert_dots_under_keypoints(out, radius=2.5 + 2.0 * size / in_size)
+    assert_exercised(plan, size)
+    assert_dots_under_keypoints(out, radius=4.5)
 
 
 def test_keras_matrix_matches_keras_composition():
@@ -296,7 +293,7 @@ def test_keras_matrix_matches_keras_composition():
     o_x, o_y = h / 2 - 0.5, w / 2 - 0.5  # Keras's transform_matrix_offset_center
     keras = np.array([[1, 0, o_x], [0, 1, o_y], [0, 0, 1]]) @ keras @ np.array([[1, 0, -o_x], [0, 1, -o_y], [0, 0, 1]])
     ours = compose_warp(
-        keras_inverse_map(*(np.array([v]) for v in (theta, tx, ty, shear, zx, zy))), np.zeros(1, bool), (h, w), (h, w)
+        keras_inverse_map(*(np.array([v]) for v in (theta, tx, ty, shear, zx, zy))), np.zeros(1, bool), (h, w)
     )[0]
     # (row, col) -> (x, y): swap both the rows and the columns of the 2x2 part and the offset.
     assert np.allclose(ours[:, :2], keras[:2, :2][::-1, ::-1])
@@ -310,38 +307,34 @@ def test_keras_matrix_matches_keras_composition():
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**31), st.sampled_from([(96, None), (96, 48), (48, 96)]))
-def test_keypoints_never_leave_the_frame(seed, sizes):
-    in_size, out_size = sizes
+@given(st.integers(0, 2**31), st.sampled_from([96, 48]))
+def test_keypoints_never_leave_the_frame(seed, size):
     rng = np.random.default_rng(seed)
     n = 32
-    keypoints = rng.uniform(1, in_size - 2, (n, 2 * NUM_KEYPOINTS)).astype(np.float32)  # many near an edge
+    keypoints = rng.uniform(1, size - 2, (n, 2 * NUM_KEYPOINTS)).astype(np.float32)  # many near an edge
     keypoints[np.repeat(rng.random((n, NUM_KEYPOINTS)) < 0.2, 2, axis=1)] = np.nan
     batch = {
-        "image": rng.integers(0, 256, (n, in_size, in_size), dtype=np.uint8),
+        "image": rng.integers(0, 256, (n, size, size), dtype=np.uint8),
         "keypoints": keypoints,
         "label": np.full(n, -1),
     }
-    wild = KeypointAugment(
-        rotation_deg=45, scale_range=(0.6, 1.6), shift_frac=0.3, affine_prob=1, output_size=out_size, **NO_INTENSITY_KP
-    )
+    wild = KeypointAugment(rotation_deg=45, scale_range=(0.6, 1.6), shift_frac=0.3, affine_prob=1, **NO_INTENSITY_KP)
     plan = plan_keypoint_augment(batch, wild, rng)
     out = apply_plan(batch, plan)
-    size = out_size or in_size
     assert len(out["image"]) == n and len(out["keypoints"]) == n  # no row dropped
     got = out["keypoints"]
     inside = np.isnan(got) | ((got >= 0) & (got <= size - 1))
     assert inside.all()
-    # A withdrawn sample is the un-warped one: only flipped (if drawn) and resized.
+    # A withdrawn sample is the un-warped one: only flipped (if drawn).
     rows = plan.withdrawn
     if rows.any():
-        plain = resize_batch(mirror({k: v[rows] for k, v in batch.items()}, plan.flipped[rows]), size)
+        plain = mirror({k: v[rows] for k, v in batch.items()}, plan.flipped[rows])
         assert np.array_equal(out["image"][rows], plain["image"])
         assert np.allclose(out["keypoints"][rows], plain["keypoints"], atol=1e-4, equal_nan=True)
     # Emotion batches that carry keypoints obey the same rule.
-    emo = augment_emotion_batch(
-        batch, EmotionAugment(rotation_deg=45, width_shift=0.3, height_shift=0.3, output_size=out_size), rng
-    )["keypoints"]
+    emo = augment_emotion_batch(batch, EmotionAugment(rotation_deg=45, width_shift=0.3, height_shift=0.3), rng)[
+        "keypoints"
+    ]
     assert (np.isnan(emo) | ((emo >= 0) & (emo <= size - 1))).all()
 
 
@@ -371,44 +364,16 @@ def test_real_faces_keep_their_keypoints_in_frame_with_default_settings(real_dat
     assert plan.withdrawn.mean() < 0.05  # the defaults rarely need the fallback
 
 
-# --- resize ----------------------------------------------------------------------------------------
-
-
-def test_resize_down_2x_is_the_2x2_block_mean_and_keypoints_follow():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (3, 96, 96), dtype=np.uint8)
-    keypoints = rng.uniform(0, 95, (3, 30)).astype(np.float32)
-    keypoints[0, :4] = np.nan
-    batch = {
-        "image": images,
-        "keypoints": keypoints,
-        "label": np.arange(3),
-        "height": np.full(3, 96, np.int16),
-        "width": np.full(3, 96, np.int16),
-    }
-    small = resize_batch(batch, 48)
-    block_mean = images.reshape(3, 48, 2, 48, 2).mean(axis=(2, 4))
-    assert small["image"].shape == (3, 48, 48) and small["image"].dtype == np.uint8
-    assert np.abs(small["image"] - block_mean).max() <= 0.5 + 1e-4
-    assert np.allclose(small["keypoints"], (keypoints + 0.5) / 2 - 0.5, atol=1e-5, equal_nan=True)
-    assert small["height"].tolist() == [48] * 3 and small["width"].dtype == np.int16
-    assert small["label"] is batch["label"]
-    big = resize_batch(small, (96, 96))
-    assert big["image"].shape == (3, 96, 96)
-    assert np.allclose(big["keypoints"], keypoints, atol=1e-4, equal_nan=True)
-    same = resize_batch(batch, 96)
-    assert same["image"] is images and same["keypoints"] is keypoints
-
-
 # --- config, determinism, batches ------------------------------------------------------------------
 
 
-def test_disabled_config_is_the_identity_or_only_resizes():
+def test_disabled_config_is_the_identity():
     batch = dot_batch(4, 96)
-    out = augment_keypoint_batch(batch, KeypointAugment(enabled=False), np.random.default_rng(0))
-    assert out["image"] is batch["image"] and out["keypoints"] is batch["keypoints"]
-    out = augment_emotion_batch(batch, EmotionAugment(enabled=False, output_size=48), np.random.default_rng(0))
-    assert np.array_equal(out["image"], resize_batch(batch, 48)["image"])
+    for out in (
+        augment_keypoint_batch(batch, KeypointAugment(enabled=False), np.random.default_rng(0)),
+        augment_emotion_batch(batch, EmotionAugment(enabled=False), np.random.default_rng(0)),
+    ):
+        assert out["image"] is batch["image"] and out["keypoints"] is batch["keypoints"]
 
 
 @pytest.mark.parametrize(
@@ -417,7 +382,6 @@ def test_disabled_config_is_the_identity_or_only_resizes():
         dict(border="wrap"),
         dict(flip_prob=1.5),
         dict(brightness_range=(1.2, 0.8)),
-        dict(output_size=1),
         dict(max_redraws=-1),
     ],
 )
@@ -429,9 +393,8 @@ def test_bad_config_values_are_user_errors(bad):
 
 
 def test_config_canonicalizes_json_lists():
-    cfg = EmotionAugment(zoom_range=[0.9, 1.1], output_size=[48, 64])
-    assert cfg.zoom_range == (0.9, 1.1) and cfg.output_size == (48, 64)
-    assert KeypointAugment(output_size=96).output_size == (96, 96)
+    assert EmotionAugment(zoom_range=[0.9, 1.1]).zoom_range == (0.9, 1.1)
+    assert KeypointAugment(scale_range=[0.8, 1.2]).scale_range == (0.8, 1.2)
 
 
 def test_same_seed_same_result_other_seed_other_result():
@@ -448,9 +411,9 @@ def test_emotion_keeps_labels_and_other_keys_shapes_and_dtypes(n):
     batch = dot_batch(n, 48)
     batch["label"] = np.arange(n, dtype=np.int64) % 5
     del batch["keypoints"]
-    out = augment_emotion_batch(batch, EmotionAugment(output_size=96), np.random.default_rng(0))
+    out = augment_emotion_batch(batch, EmotionAugment(), np.random.default_rng(0))
     assert out["label"] is batch["label"] and out["row_id"] is batch["row_id"]
-    assert out["image"].shape == (n, 96, 96) and out["image"].dtype == np.uint8
+    assert out["image"].shape == (n, 48, 48) and out["image"].dtype == np.uint8
     assert "keypoints" not in out
     kp = augment_keypoint_batch(dot_batch(n, 96), KeypointAugment(), np.random.default_rng(0))
     assert kp["image"].shape == (n, 96, 96) and kp["image"].dtype == np.uint8

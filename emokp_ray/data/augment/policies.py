@@ -5,12 +5,13 @@ per-sample transforms as an `AugmentPlan` (warp.py) and `augment_*_batch` draws 
 one warp. Pure numpy, vectorized over a batch; no ray, no torch. Batches: "image" uint8 [B, H, W],
 "keypoints" float32 [B, 30] (Kaggle order, pixels, NaN = missing), "label" int64 [B] (-1 = none).
 
+Output images have the input's size (the one resize, data/resize.py, runs before augmentation).
+
 Keypoints stay in the frame: a sample whose non-NaN keypoints would land outside [0, W-1] x [0, H-1]
-of the output gets its geometric augmentation re-drawn with every range halved, up to `max_redraws`
-times; if they still leave, the sample gets no geometric augmentation (flip, resize and intensity
-only) and is still produced. Flip and resize keep an in-frame point in the frame (a downscale by s
-can put a point within 0.5 - 0.5/s px of the edge just outside it: the pixel extent itself shrinks).
-NaN keypoints are ignored by the check and stay NaN.
+gets its geometric augmentation re-drawn with every range halved, up to `max_redraws` times; if they
+still leave, the sample gets no geometric augmentation (flip and intensity only) and is still
+produced. A flip keeps an in-frame point in the frame. NaN keypoints are ignored by the check and
+stay NaN.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from emokp_ray.data.augment.warp import (
     batch_keypoints,
     compose_warp,
     keypoints_inside,
-    parse_size,
     transform_keypoints,
 )
 from emokp_ray.errors import UserError
@@ -52,10 +52,9 @@ def _check_common(cfg: KeypointAugment | EmotionAugment, ranges: dict[str, tuple
             raise UserError(f"{name}.{field} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
     if cfg.max_redraws < 0:
         raise UserError(f"{name}.max_redraws must be >= 0, got {cfg.max_redraws}")
-    # Canonical forms (JSON configs give lists): tuples and (h, w) sizes.
+    # Canonical forms (JSON configs give lists): tuples.
     for field in ranges:
         object.__setattr__(cfg, field, tuple(float(v) for v in getattr(cfg, field)))
-    object.__setattr__(cfg, "output_size", parse_size(cfg.output_size, name))
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,8 @@ class KeypointAugment:
     affine_prob, a rotation about the image centre uniform in +-rotation_deg, an isotropic scale
     uniform in scale_range (>1 enlarges the face) and a shift uniform in +-shift_frac of the
     width/height; with intensity_prob, a contrast factor about the image mean and a brightness factor
-    (multiplicative), each uniform in its range. `enabled=False` is the identity (plus the resize to
-    output_size, if set). Samples whose keypoints would leave the frame: see the module docstring.
+    (multiplicative), each uniform in its range. `enabled=False` is the identity. Samples whose
+    keypoints would leave the frame: see the module docstring.
     """
 
     enabled: bool = True
@@ -79,7 +78,6 @@ class KeypointAugment:
     intensity_prob: float = 0.8
     brightness_range: tuple[float, float] = (0.8, 1.2)
     contrast_range: tuple[float, float] = (0.8, 1.2)
-    output_size: int | tuple[int, int] | None = None  # (h, w) or a side; None keeps the input size
     border: str = "replicate"
     max_redraws: int = 3  # halvings tried before the warp is withdrawn
 
@@ -112,7 +110,7 @@ class EmotionAugment:
     Deliberate differences: Keras's brightness first stretches each image to 0..255 (array_to_img
     scale=True), which we do not; we round once, after the warp and brightness, not after each; a
     flip also swaps left/right keypoint names when the batch carries keypoints, and such keypoints
-    are kept in the frame as for KeypointAugment. `enabled=False` is the identity (plus resize).
+    are kept in the frame as for KeypointAugment. `enabled=False` is the identity.
     """
 
     enabled: bool = True
@@ -123,7 +121,6 @@ class EmotionAugment:
     zoom_range: tuple[float, float] = (0.9, 1.1)  # Keras zoom_range=0.1 -> [0.9, 1.1]
     flip_prob: float = 0.5  # horizontal_flip=True
     brightness_range: tuple[float, float] = (0.8, 1.2)
-    output_size: int | tuple[int, int] | None = None
     border: str = "replicate"  # Keras fill_mode="nearest"
     max_redraws: int = 3  # only matters for rows that carry keypoints
 
@@ -230,54 +227,34 @@ def _emotion_intensity(cfg: EmotionAugment, images: np.ndarray, rng: np.random.G
 # Plans and the public batch functions
 
 
-def _output_size(cfg: AugmentConfig, in_size: Size) -> Size:
-    """The config's output size, canonical (h, w) since __post_init__, or the input size."""
-    size = cfg.output_size
-    if size is None:
-        return in_size
-    assert isinstance(size, tuple), size
-    return int(size[0]), int(size[1])
-
-
 def _plan(
     batch: dict, cfg: AugmentConfig, rng: np.random.Generator, draw_geometry: Callable, draw_intensity: Callable
 ) -> AugmentPlan:
     images = batch_images(batch)
     n, height, width = (int(v) for v in images.shape)
-    in_size = (height, width)
-    out_size = _output_size(cfg, in_size)
+    size = (height, width)
     identity = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
     no_flip = np.zeros(n, bool)
     if not cfg.enabled:
-        return AugmentPlan(
-            compose_warp(identity, no_flip, in_size, out_size),
-            no_flip,
-            None,
-            None,
-            no_flip.copy(),
-            out_size,
-            cfg.border,
-        )
+        return AugmentPlan(compose_warp(identity, no_flip, size), no_flip, None, None, no_flip.copy(), cfg.border)
     flipped = rng.random(n) < cfg.flip_prob
-    inverse_aug = draw_geometry(cfg, n, in_size, rng, 1.0)
+    inverse_aug = draw_geometry(cfg, n, size, rng, 1.0)
     gain, bias = draw_intensity(cfg, images, rng)
-    matrices = compose_warp(inverse_aug, flipped, in_size, out_size)
+    matrices = compose_warp(inverse_aug, flipped, size)
     withdrawn = np.zeros(n, bool)
     keypoints = batch_keypoints(batch, n)
     if keypoints is not None:
-        bad = ~keypoints_inside(transform_keypoints(keypoints, matrices, flipped), out_size)
+        bad = ~keypoints_inside(transform_keypoints(keypoints, matrices, flipped), size)
         for attempt in range(1, cfg.max_redraws + 1):
             if not bad.any():
                 break
             rows = np.flatnonzero(bad)
-            matrices[rows] = compose_warp(
-                draw_geometry(cfg, rows.size, in_size, rng, 0.5**attempt), flipped[rows], in_size, out_size
-            )
-            bad[rows] = ~keypoints_inside(transform_keypoints(keypoints[rows], matrices[rows], flipped[rows]), out_size)
+            matrices[rows] = compose_warp(draw_geometry(cfg, rows.size, size, rng, 0.5**attempt), flipped[rows], size)
+            bad[rows] = ~keypoints_inside(transform_keypoints(keypoints[rows], matrices[rows], flipped[rows]), size)
         rows = np.flatnonzero(bad)
-        matrices[rows] = compose_warp(identity[rows], flipped[rows], in_size, out_size)
+        matrices[rows] = compose_warp(identity[rows], flipped[rows], size)
         withdrawn[rows] = True
-    return AugmentPlan(matrices, flipped, gain, bias, withdrawn, out_size, cfg.border)
+    return AugmentPlan(matrices, flipped, gain, bias, withdrawn, cfg.border)
 
 
 def plan_keypoint_augment(batch: dict, cfg: KeypointAugment, rng: np.random.Generator) -> AugmentPlan:
@@ -291,7 +268,7 @@ def plan_emotion_augment(batch: dict, cfg: EmotionAugment, rng: np.random.Genera
 
 
 def augment_keypoint_batch(batch: dict, cfg: KeypointAugment, rng: np.random.Generator) -> dict:
-    """Flip (names swapped), rotate/scale/shift, brightness/contrast, resize: one warp per batch."""
+    """Flip (names swapped), rotate/scale/shift, brightness/contrast: one warp per batch."""
     return apply_plan(batch, plan_keypoint_augment(batch, cfg, rng))
 
 

@@ -4,14 +4,15 @@ Batches are dicts of numpy arrays: "image" uint8 [B, H, W], "keypoints" float32 
 order, pixels, NaN = missing); every other key passes through untouched (no row is ever dropped or
 reordered). The random policies that draw the matrices live in `augment/policies.py`.
 
-Geometry. A sample's whole geometric change (augmentation, horizontal flip, resize to an output size)
-is ONE affine map, stored as its inverse
+Geometry. A sample's whole geometric change (augmentation and horizontal flip) is ONE affine map,
+stored as its inverse
     M [B, 2, 3]: output pixel (x, y, 1) -> input pixel (x, y)
 in the labels.py convention (origin at the centre of the top-left pixel). `warp_images` pulls pixels
 through M with a vectorized bilinear gather; `transform_keypoints` pushes keypoints through M's
 inverse and, for flipped samples, swaps left/right names (FLIP_PERMUTATION). Pixels and labels move
 by the same matrix, so they cannot disagree. `AugmentPlan` holds the matrices (and an intensity map)
-of one batch; `apply_plan` applies it.
+of one batch; `apply_plan` applies it. The output has the input's size: images reach their model's
+input size through the one resize (data/resize.py) before they are augmented.
 
 Borders: where M samples outside the input, "replicate" (the default; Keras fill_mode="nearest")
 repeats the edge pixel and "reflect" mirrors the image about its outer edge (d c b a | a b c d,
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emokp_ray.errors import UserError
 from emokp_ray.labels import FLIP_PERMUTATION, NUM_KEYPOINTS
 
 BORDER_MODES = ("replicate", "reflect")
@@ -33,15 +33,6 @@ BORDER_MODES = ("replicate", "reflect")
 _CHUNK_PIXELS = 1 << 15
 
 Size = tuple[int, int]  # (height, width) in pixels
-
-
-def parse_size(size: int | tuple[int, int] | list[int] | None, where: str) -> Size | None:
-    if size is None:
-        return None
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    if int(h) < 2 or int(w) < 2:
-        raise UserError(f"{where}.output_size must be at least 2x2 pixels, got {size!r}")
-    return int(h), int(w)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,16 +189,16 @@ def affine3(a: np.ndarray, t: np.ndarray) -> np.ndarray:
     return m
 
 
-def compose_warp(inverse_aug: np.ndarray, flipped: np.ndarray, in_size: Size, out_size: Size) -> np.ndarray:
-    """Full output -> input matrices [n, 2, 3]: centre the output pixel, mirror x if flipped, scale
-    output pixels to input pixels (the resize), apply the augmentation's inverse map, un-centre."""
-    (height, width), (out_h, out_w) = in_size, out_size
+def compose_warp(inverse_aug: np.ndarray, flipped: np.ndarray, size: Size) -> np.ndarray:
+    """Full output -> input matrices [n, 2, 3] on images of `size` (h, w): centre the output pixel,
+    mirror x if flipped, apply the augmentation's inverse map, un-centre."""
+    height, width = size
     n = len(inverse_aug)
-    sx = np.where(flipped, -1.0, 1.0) * (width / out_w)
-    sy = np.full(n, height / out_h)
+    sx = np.where(flipped, -1.0, 1.0)
+    sy = np.ones(n)
     pre = affine3(
         np.stack([np.stack([sx, np.zeros(n)], -1), np.stack([np.zeros(n), sy], -1)], -2),
-        np.stack([-sx * (out_w - 1) / 2, -sy * (out_h - 1) / 2], -1),
+        np.stack([-sx * (width - 1) / 2, -sy * (height - 1) / 2], -1),
     )
     post = affine3(np.broadcast_to(np.eye(2), (n, 2, 2)), np.broadcast_to([(width - 1) / 2, (height - 1) / 2], (n, 2)))
     return (post @ inverse_aug @ pre)[:, :2, :]
@@ -226,7 +217,6 @@ class AugmentPlan:
     gain: np.ndarray | None  # [B] intensity v -> v * gain + bias; None = unchanged
     bias: np.ndarray | None  # [B]
     withdrawn: np.ndarray  # [B] bool, geometric augmentation withdrawn: keypoints left the frame
-    out_size: Size
     border: str
 
 
@@ -250,40 +240,19 @@ def _is_plain_identity(matrices: np.ndarray) -> bool:
 
 
 def apply_plan(batch: dict, plan: AugmentPlan) -> dict:
-    """Apply a plan: a new batch dict with "image", "keypoints" (and "height"/"width" after a resize)
-    replaced; other keys are the same objects. Unchanged arrays may be returned as they are."""
+    """Apply a plan: a new batch dict with "image" and "keypoints" replaced (same sizes); other keys
+    are the same objects. Unchanged arrays may be returned as they are."""
     images = batch_images(batch)
     n = len(images)
     out = dict(batch)
-    same_size = tuple(images.shape[1:]) == tuple(plan.out_size)
-    geometric = not (same_size and _is_plain_identity(plan.matrices))
+    geometric = not _is_plain_identity(plan.matrices)
     if geometric:
-        out["image"] = warp_images(images, plan.matrices, plan.out_size, plan.border, plan.gain, plan.bias)
+        out["image"] = warp_images(
+            images, plan.matrices, (images.shape[1], images.shape[2]), plan.border, plan.gain, plan.bias
+        )
     elif plan.gain is not None and plan.bias is not None:  # set together
         out["image"] = adjust_intensity(images, plan.gain, plan.bias)
     keypoints = batch_keypoints(batch, n)
     if keypoints is not None and geometric:
         out["keypoints"] = transform_keypoints(keypoints, plan.matrices, plan.flipped)
-    if not same_size:
-        for key, value in zip(("height", "width"), plan.out_size):
-            if key in batch:
-                out[key] = np.full(n, value, dtype=np.asarray(batch[key]).dtype)
     return out
-
-
-def resize_batch(batch: dict, size: int | tuple[int, int]) -> dict:
-    """Resize images to `size` ((h, w) or a side) with keypoints scaled to match; nothing random.
-
-    Bilinear at pixel centres: a 2x downscale averages each 2x2 block exactly; larger downscales alias
-    (no prefilter). The identity (same objects) when the size already matches.
-    """
-    images = batch_images(batch)
-    n, height, width = images.shape
-    out_size = parse_size(size, "resize_batch")
-    assert out_size is not None  # a size was given
-    identity = np.broadcast_to(np.eye(3), (n, 3, 3))
-    no_flip = np.zeros(n, bool)
-    plan = AugmentPlan(
-        compose_warp(identity, no_flip, (height, width), out_size), no_flip, None, None, no_flip, out_size, "replicate"
-    )
-    return apply_plan(batch, plan)
