@@ -153,13 +153,13 @@ def onnx_bytes(model: torch.nn.Module, meta: CheckpointMeta) -> bytes:
 def check_onnx_outputs(
     model: torch.nn.Module, meta: CheckpointMeta, data: bytes, tolerance: float = ONNX_TOLERANCE
 ) -> float:
-    """Max |ONNX Runtime - torch| on a probe batch of 3; a RuntimeError past `tolerance`."""
-    from emokp_ray.inference.backends import OnnxModel, OnnxRunner
+    """Max |ONNX Runtime - torch| on a probe batch of 3 (the runners inference uses, on the CPU); a
+    RuntimeError past `tolerance`."""
+    from emokp_ray.inference.backends import OnnxModel, OnnxRunner, TorchRunner
 
-    probe = _example_input(meta, batch=3)
-    with torch.inference_mode():
-        expected = model(probe).float().numpy()
-    got = OnnxRunner(OnnxModel(data=data, version="")).__call__(probe[:, 0].numpy())
+    probe = _example_input(meta, batch=3)[:, 0].numpy()  # uint8 [3, S, S]
+    expected = TorchRunner(model, torch.device("cpu"))(probe)
+    got = OnnxRunner(OnnxModel(data=data, version=""))(probe)
     gap = float(abs(got - expected).max())
     if not gap <= tolerance:
         raise RuntimeError(f"the ONNX graph differs from the model by {gap:.3g} (expected <= {tolerance})")
