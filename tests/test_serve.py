@@ -743,13 +743,14 @@ def _scrape(port: int, application: str) -> dict[tuple[str, frozenset], float]:
     return out
 
 
-def _settled_scrape(port: int, application: str, period_s: float = 12.0) -> dict:
-    """A scrape after Ray has exported everything sent so far: two scrapes one export period apart
-    agree (Ray reports metrics every few seconds, so earlier tests' requests may still be on their way)."""
-    previous = _scrape(port, application)
+def _settled_scrapes(port: int, applications: tuple[str, ...], period_s: float = 12.0) -> list[dict]:
+    """One scrape per application after Ray has exported everything sent so far: two scrapes one
+    export period apart agree (Ray reports metrics every few seconds, so earlier tests' requests may
+    still be on their way). All applications settle in the same wait."""
+    previous = [_scrape(port, app) for app in applications]
     for _ in range(10):
         time.sleep(period_s)
-        current = _scrape(port, application)
+        current = [_scrape(port, app) for app in applications]
         if current == previous:
             return current
         previous = current
@@ -765,7 +766,7 @@ def test_serve_metrics_reach_rays_prometheus_endpoint(served):
     import ray
 
     port = ray.nodes()[0]["MetricsExportPort"]
-    before, busy_before = _settled_scrape(port, "emokp-test"), _settled_scrape(port, "emokp-busy")
+    before, busy_before = _settled_scrapes(port, ("emokp-test", "emokp-busy"))
     url = served.base + "/v1/predict"
     for _ in range(3):
         assert post_image(url, png(crops(1)[0])).status_code == 200  # 3 images, 3 faces
