@@ -6,7 +6,8 @@ Same model, global batch size, augmentations and data (a synthetic data set writ
 by side in one invocation on this machine:
   plain      the --no-ray loop (LocalSession): one process, torch's default threads
   ray-1      Ray Train, 1 worker with every core (cpus_per_worker = cores; Ray sets its torch threads
-             to match), Ray Data reading/decoding in its own tasks (the augmentation runs in the worker, training/batches.py)
+             to match), Ray Data reading and decoding the split once into the object store
+             (data/ray_data.py), the augmentation in the worker (training/batches.py)
   ray-2      Ray Train, 2 workers (1 core each, DDP over gloo), the global batch split between them
 Images/s is the steady state: the mean of the per-epoch `train/images_per_s` after --warmup-epochs
 (default 2; Ray's first epochs pay for start-up: the worker group, the worker processes that Ray
