@@ -2,9 +2,10 @@
 
 Nothing is gathered on the driver: `read_parquet` streams row groups to CPU workers, the
 `BatchPreprocessor` runs there in `map_batches` (once, for a split that fits the cache below), and
-each Train worker pulls its shard with `iter_batches`. Shuffling is the cheap kind (RAY_NOTES): one seeded block order, and each worker
-keeps a local shuffle buffer (see `train_shuffle_buffer`) seeded per epoch and rank. Nothing here is
-random beyond that: augmentation runs in the workers (training/batches.py), so a run repeats.
+each Train worker pulls its shard with `iter_batches`. Shuffling is the cheap kind (RAY_NOTES): one
+seeded block order, and each worker keeps a local shuffle buffer (see `train_shuffle_buffer`)
+seeded per epoch and rank. Nothing here is random beyond that: augmentation runs in the workers
+(training/batches.py), so a run repeats.
 """
 
 from __future__ import annotations
@@ -59,14 +60,11 @@ def build_dataset(
     if limit_rows:
         ds = ds.limit(limit_rows)
     size = decoded_bytes(data, split, preprocess.input_size, limit_rows)
-    cache = size is not None and size < CACHE_DECODED_BELOW_BYTES
-    if shuffle_seed is not None and not cache:
+    if shuffle_seed is not None:
         ds = ds.randomize_block_order(seed=shuffle_seed)
     ds = ds.map_batches(preprocess, batch_format="pyarrow", batch_size=PREPROCESS_BATCH, zero_copy_batch=True)
-    if cache:
-        ds = ds.materialize()
-        if shuffle_seed is not None:
-            ds = ds.randomize_block_order(seed=shuffle_seed)
+    if size is not None and size < CACHE_DECODED_BELOW_BYTES:
+        ds = ds.materialize()  # in the seeded block order, kept for every epoch
     return ds
 
 
