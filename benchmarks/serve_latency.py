@@ -18,7 +18,10 @@ the answer arrives, for --requests requests or --max-seconds, whichever comes fi
 client-side wall time per request (connect + send + server + receive). Reported per (config, backend,
 c): the round with the best throughput (on a shared machine, the least disturbed) with its p50/p95/p99
 ms and requests/s; ratios side by side: onnx / torch p50 at c=1, batch / no_batch requests/s at the
-top concurrency (issue 14's targets: <= 0.7 and >= 3).
+top concurrency (issue 14's targets: <= 0.7 and >= 3). Last, the front end's ceiling: GET /v1/labels
+at the top concurrency (best of 2), through the proxy and the ingress but never the model; batching
+cannot lift predictions above it, so ceiling / (batch size 1's requests/s) bounds batching's gain
+on this machine.
 
 `overload` (issue 11: a refusal must be fast) deploys the app with the DEFAULT limits of
 serve/config.yaml (admission of 64 images per ingress, FaceModel 2 + 4 calls), one replica each, and
@@ -152,11 +155,16 @@ class Tally:
         self.by_status: dict[int, list[float]] = {}
         self.json_503 = 0  # 503s with a JSON body: the ingress's; plain text ones are Serve's proxy's
 
-    async def post(self, session: Any, url: str, body: bytes, started: float) -> None:
+    async def post(self, session: Any, url: str, body: bytes | None, started: float) -> None:
+        """POST `body` as image/png, or GET `url` where body is None."""
         import aiohttp
 
         try:
-            async with session.post(url, data=body, headers={"Content-Type": "image/png"}) as response:
+            if body is None:
+                request = session.get(url)
+            else:
+                request = session.post(url, data=body, headers={"Content-Type": "image/png"})
+            async with request as response:
                 await response.read()
                 status = response.status
                 if status == 503 and response.content_type == "application/json":
@@ -193,8 +201,9 @@ class Tally:
         }
 
 
-async def drive(url: str, body: bytes, concurrency: int, total: int, max_seconds: float) -> dict:
-    """c closed-loop workers until `total` requests are sent or `max_seconds` pass."""
+async def drive(url: str, body: bytes | None, concurrency: int, total: int, max_seconds: float) -> dict:
+    """c closed-loop workers until `total` requests are sent or `max_seconds` pass (GET where body
+    is None)."""
     import aiohttp
 
     tally = Tally()
@@ -365,6 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         overload = None
+        front_end: dict | None = None
         try:
             if "overload" in args.configs:
                 deploy_overload(kp, em, args)
@@ -397,12 +407,34 @@ def main(argv: list[str] | None = None) -> dict:
                             f"statuses {row['statuses']}  load {row['load_avg_1m']}",
                             flush=True,
                         )
+            if apps:
+                # The front end's ceiling: GET /v1/labels at the top concurrency goes through the
+                # proxy and the ingress like a prediction and never reaches the model. No config
+                # can answer predictions faster than this on this machine, so batching's gain is
+                # bounded by ceiling / (batch size 1's requests/s).
+                url = f"http://127.0.0.1:{port}/{apps[0][0]}-{apps[0][1]}/v1/labels"
+                top = max(args.concurrency)
+                runs = [asyncio.run(drive(url, None, top, args.requests, args.max_seconds)) for _ in range(2)]
+                front_end = max(runs, key=lambda r: r["requests_per_s"])
+                print(
+                    f"front end (GET /v1/labels, no model) c={top}: "
+                    f"{front_end['requests_per_s']:.1f} req/s, p50 {front_end['p50_ms']:.1f} ms",
+                    flush=True,
+                )
         finally:
             serve.shutdown()
             ray.shutdown()
 
     best = best_rows(rows)
     summary = ratios(best, args.backends, args.concurrency)
+    if front_end is not None:
+        top = max(args.concurrency)
+        summary[f"front_end_requests_per_s_at_c{top}"] = front_end["requests_per_s"]
+        summary[f"front_end_p50_ms_at_c{top}"] = front_end["p50_ms"]
+        for backend in args.backends:
+            no_batch = summary.get(f"requests_per_s_at_c{top}_no_batch_{backend}")
+            if no_batch:
+                summary[f"batching_gain_bound_at_c{top}_{backend}"] = round(front_end["requests_per_s"] / no_batch, 2)
     if overload is not None:
         for name in ("open", "closed"):
             for status in ("503", "200"):
