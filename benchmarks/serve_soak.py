@@ -206,7 +206,10 @@ def replica_rss() -> dict[str, int]:
                 continue
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    out[f"{title.split(':')[-1].split()[0]}#{entry.name}"] = int(line.split()[1]) * 1024
+                    # "FaceModel", or "FaceModel.handle_request_with_rejection" while Ray's title
+                    # names the method running: one series per process either way.
+                    deployment = title.split(":")[-1].split()[0].split(".")[0]
+                    out[f"{deployment}#{entry.name}"] = int(line.split()[1]) * 1024
         except OSError:
             continue
     return out
