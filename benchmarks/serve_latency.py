@@ -155,7 +155,7 @@ class Tally:
         self.by_status: dict[int, list[float]] = {}
         self.json_503 = 0  # 503s with a JSON body: the ingress's; plain text ones are Serve's proxy's
 
-    async def post(self, session: Any, url: str, body: bytes | None, started: float) -> None:
+    async def send(self, session: Any, url: str, body: bytes | None, started: float) -> None:
         """POST `body` as image/png, or GET `url` where body is None."""
         import aiohttp
 
@@ -214,7 +214,7 @@ async def drive(url: str, body: bytes | None, concurrency: int, total: int, max_
         nonlocal sent
         while sent < total and time.perf_counter() < deadline:
             sent += 1
-            await tally.post(session, url, body, time.perf_counter())
+            await tally.send(session, url, body, time.perf_counter())
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -242,7 +242,7 @@ async def drive_open(url: str, body: bytes, rate: float, seconds: float, seed: i
             delay = started + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(tally.post(session, url, body, started + at)))
+            tasks.append(asyncio.create_task(tally.send(session, url, body, started + at)))
         await asyncio.gather(*tasks)
         row = tally.summary(None, time.perf_counter() - started)
     row["offered_rate_per_s"] = rate
@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         overload = None
         front_end: dict | None = None
+        top = max(args.concurrency)
         try:
             if "overload" in args.configs:
                 deploy_overload(kp, em, args)
@@ -413,7 +414,6 @@ def main(argv: list[str] | None = None) -> dict:
                 # can answer predictions faster than this on this machine, so batching's gain is
                 # bounded by ceiling / (batch size 1's requests/s).
                 url = f"http://127.0.0.1:{port}/{apps[0][0]}-{apps[0][1]}/v1/labels"
-                top = max(args.concurrency)
                 runs = [asyncio.run(drive(url, None, top, args.requests, args.max_seconds)) for _ in range(2)]
                 front_end = max(runs, key=lambda r: r["requests_per_s"])
                 print(
@@ -428,7 +428,6 @@ def main(argv: list[str] | None = None) -> dict:
     best = best_rows(rows)
     summary = ratios(best, args.backends, args.concurrency)
     if front_end is not None:
-        top = max(args.concurrency)
         summary[f"front_end_requests_per_s_at_c{top}"] = front_end["requests_per_s"]
         summary[f"front_end_p50_ms_at_c{top}"] = front_end["p50_ms"]
         for backend in args.backends:
