@@ -17,7 +17,8 @@ file); its bad rows become work rows that carry their error.
 Memory bound of the listing (`iter_work_tables`): the walk goes one folder at a time (pyarrow lists
 a folder in one call, `_walk`), so the driver holds the entries of the folders on the current path,
 their pending sub-folder names, and one chunk of at most LISTING_CHUNK_ROWS work rows (about
-100 bytes each for files, ~9 KB for 96x96 CSV crops, CSV_CHUNK_ROWS at a time), never the whole
+300 bytes each for files as Python tuples, 100 as Arrow; ~9 KB for 96x96 CSV crops, CSV_CHUNK_ROWS at
+a time), never the whole
 listing. A flat prefix of millions of objects is still one folder listing: split such a bucket by
 sub-prefix. The chunks are written to OUT/_work by the run (label.py), and Ray Data reads them.
 """
@@ -46,7 +47,11 @@ from emokp_ray.errors import UserError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 CSV_CHUNK_ROWS = 512  # rows parsed at a time from a CSV (96x96: ~4.7 MB)
-LISTING_CHUNK_ROWS = 50_000  # file rows per listing chunk on the driver (~5 MB)
+# File rows per listing chunk on the driver: ~3 MB of Python tuples while it fills, ~0.8 MB as Arrow.
+# The listing alone (its peak RSS over 100,000 files against 10,000, 3 Dec 2026): +21 MB with 50,000
+# rows a chunk (the allocator keeps what a chunk freed), +3 MB with 8,192. benchmarks/label_memory.py
+# measures the whole driver.
+LISTING_CHUNK_ROWS = 8_192
 # Columns of a prepared data set the labeler needs (labels and keypoints stay on disk).
 DATASET_COLUMNS = ["image", "height", "width", "split", "source", "row_id"]
 _GLOB_MAGIC = re.compile(r"[*?\[]")
