@@ -1,7 +1,7 @@
 """The networks on each backend, side by side in one run: per-face latency at batch 1 and throughput
 at batch 32 for torch eager (contiguous weights), torch channels-last (the torch backend), ONNX
 Runtime fp32 and int8; then the keypoint and emotion passes one after the other against both at once
-in two threads. Figures are ratios against torch channels-last measured in the same rounds.
+in two threads, as bare runners and through the Predictor (its overlap_networks off and on). Figures are ratios against torch channels-last measured in the same rounds.
 
     python benchmarks/inference_backends.py                          # course nets, random weights
     python benchmarks/inference_backends.py --keypoints builtin:keypoints --emotion builtin:emotion
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from emokp_ray.inference.backends import OnnxRunner, TorchRunner, onnx_model_for
+    from emokp_ray.inference.predictor import Predictor
     from emokp_ray.models.resnet import build_model
 
     if args.threads:
@@ -99,9 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_1min_start": round(os.getloadavg()[0], 2),
         "models": {},
     }
-    runners_by_task = {}
+    runners_by_task, loaded_by_task = {}, {}
     for task, path in (("keypoints", args.keypoints), ("emotion", args.emotion)):
-        loaded = load(path, task)
+        loaded = loaded_by_task[task] = load(path, task)
         size = loaded.meta.input_size
         contiguous = build_model(loaded.meta.model_config).eval()
         contiguous.load_state_dict(loaded.model.state_dict())
@@ -150,6 +151,31 @@ def main(argv: list[str] | None = None) -> dict:
                 "speedup_concurrent": round(seconds["sequential"] / seconds["concurrent"], 2),
             }
     print(json.dumps({"two_networks": report["two_networks"]}, indent=1))
+
+    # The same through the Predictor (what predict, label and serve run: flip test-time augmentation,
+    # calibrated softmax, keypoints to image pixels), its overlap_networks off and on.
+    report["predictor"] = {}
+    for backend in ("torch", "onnx"):
+        predictors = {
+            f"overlap_{'on' if on else 'off'}": Predictor(
+                loaded_by_task["keypoints"], loaded_by_task["emotion"], backend=backend, overlap_networks=on
+            )
+            for on in (False, True)
+        }
+        for batch, calls in ((1, args.calls), (32, max(1, args.calls // 4))):
+            crops = np.random.default_rng(2).integers(0, 256, (batch, 96, 96), dtype=np.uint8)
+            seconds = side_by_side(
+                {name: functools.partial(p.predict_crops, crops) for name, p in predictors.items()}, args.rounds, calls
+            )
+            report["predictor"][f"{backend}_batch{batch}"] = {
+                "overlap_off_ms": round(seconds["overlap_off"] * 1e3, 3),
+                "overlap_on_ms": round(seconds["overlap_on"] * 1e3, 3),
+                "speedup_overlap": round(seconds["overlap_off"] / seconds["overlap_on"], 2),
+                "auto_overlaps": Predictor(
+                    loaded_by_task["keypoints"], loaded_by_task["emotion"], backend=backend
+                ).overlap_networks,
+            }
+    print(json.dumps({"predictor": report["predictor"]}, indent=1))
     report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -151,3 +151,39 @@ def test_onnx_backends_refuse_a_gpu_and_a_torchscript_model(tiny, tmp_path):
     assert Predictor(None, scripted, backend="auto").runners["emotion"].backend == "torch"  # the default: torch
     with pytest.raises(UserError, match="needs a checkpoint"):
         Predictor(None, scripted, backend="onnx")  # asked for: a clear refusal
+
+
+def test_overlapped_networks_give_the_same_answers_from_a_second_thread(tiny, monkeypatch):
+    import threading
+
+    import torch
+
+    from emokp_ray.artifacts.export import load_model
+
+    kp, em = (load_model(str(path), map_location="cpu") for path in tiny)
+    one_after_the_other = Predictor(kp, em, backend="onnx", detector=HalvesDetector(), overlap_networks=False)
+    overlapped = Predictor(kp, em, backend="onnx", detector=HalvesDetector(), overlap_networks=True)
+    ran_in = {}
+    for task, runner in list(overlapped.runners.items()):
+
+        def recording(crops, runner=runner, task=task):
+            ran_in[task] = threading.current_thread().name
+            return runner(crops)
+
+        overlapped.runners[task] = recording
+    images = photos()
+    for a, b in zip(faces(one_after_the_other, images), faces(overlapped, images), strict=True):
+        assert a == b  # the same runners on the same crops: identical, not just close
+    assert ran_in["keypoints"] == threading.current_thread().name
+    assert ran_in["emotion"].startswith("emokp-emotion")
+    assert {r.session.get_session_options().intra_op_num_threads for r in one_after_the_other.runners.values()} == {
+        torch.get_num_threads()
+    }
+    # auto: on CPU with both models and >= 2 threads, the ONNX sessions sharing them
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    auto = Predictor(kp, em, backend="onnx")
+    assert auto.overlap_networks and Predictor(kp, em, backend="torch").overlap_networks
+    assert {r.session.get_session_options().intra_op_num_threads for r in auto.runners.values()} == {2}
+    assert not Predictor(None, em, backend="onnx", overlap_networks=True).overlap_networks
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert not Predictor(kp, em, backend="onnx").overlap_networks

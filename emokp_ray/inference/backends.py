@@ -162,8 +162,11 @@ class OnnxRunner:
         return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
 
 
-def make_runner(loaded: LoadedCheckpoint, backend: str, device: torch.device, explicit: bool = True) -> Runner:
-    """The runner for one model on a resolved backend ("torch" | "onnx" | "onnx-int8").
+def make_runner(
+    loaded: LoadedCheckpoint, backend: str, device: torch.device, explicit: bool = True, threads: int | None = None
+) -> Runner:
+    """The runner for one model on a resolved backend ("torch" | "onnx" | "onnx-int8"); threads: an
+    ONNX session's intra-op threads (None: torch's setting; torch's own are process-wide).
     An exported .onnx file (model an OnnxModel) runs on ONNX Runtime as it is, whatever the backend:
     the file is the model (only asking int8 of an fp32 file is an error). A model that is not a
     checkpoint's network (a TorchScript file, a test's stand-in) runs on torch when the backend was
@@ -175,7 +178,7 @@ def make_runner(loaded: LoadedCheckpoint, backend: str, device: torch.device, ex
                 f"{loaded.path} is an fp32 ONNX file: give the checkpoint for --backend onnx-int8 "
                 f"(or export one with `emokp export --format onnx-int8`)"
             )
-        return OnnxRunner(loaded.model)
+        return OnnxRunner(loaded.model, threads)
     model = prepare_torch_model(loaded.model, device)
     exportable = isinstance(model, ResNet)
     if backend == "torch" or (not exportable and not explicit):
@@ -185,7 +188,7 @@ def make_runner(loaded: LoadedCheckpoint, backend: str, device: torch.device, ex
             f"{loaded.path}: --backend {backend} needs a checkpoint (or an .onnx export), "
             f"not {type(loaded.model).__name__}"
         )
-    return OnnxRunner(onnx_model_for(loaded, int8=backend == "onnx-int8"))
+    return OnnxRunner(onnx_model_for(loaded, int8=backend == "onnx-int8"), threads)
 
 
 def run_model(runner: Runner, crops: np.ndarray, max_batch: int = MAX_BATCH) -> np.ndarray:

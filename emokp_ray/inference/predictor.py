@@ -37,6 +37,7 @@ import hashlib
 import math
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +231,14 @@ class Predictor:
 
     detector: a FaceDetector; None builds one on first use (OpenCV needed only when detecting).
     margin / shift_y: the Haar-box -> training-crop framing (see the module docstring).
+    overlap_networks: run the emotion pass in a second thread while the keypoint pass runs in the
+    caller's (the same outputs; ONNX Runtime and torch release the GIL while they compute), the two
+    ONNX sessions with half the intra-op threads each. None (auto): on for CPU with both models and
+    at least 2 torch threads (a process that has the cores: `emokp predict`, the quick path); off
+    with 1 thread, as in a labeling actor or a Serve replica that has one core's share, where a
+    second thread would take another process's core. Measured on 2 cores, release models, flip
+    TTA (benchmarks/inference_backends.py, "predictor"): torch 1.57x at batch 1, 1.19x at batch 32;
+    ONNX 1.46x and 1.06x.
     """
 
     def __init__(
@@ -242,6 +251,7 @@ class Predictor:
         shift_y: float = FRAMING_SHIFT_Y,
         backend: str = "torch",
         flip_tta: bool = True,
+        overlap_networks: bool | None = None,
     ):
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (keypoints or emotion)")
@@ -252,12 +262,17 @@ class Predictor:
             raise UserError(f"margin must be positive, got {margin}")
         self.device = resolve_device(device)
         self.keypoints, self.emotion = keypoints, emotion
-        # backend: "auto" | "torch" | "onnx" | "onnx-int8" (inference/backends.py). One runner per
-        # model (a torch model moves to the device, eval mode, channels-last weights), the only thing
-        # _outputs runs; an exported .onnx file runs on ONNX Runtime as it is.
+        # backend: "auto" | "torch" | "onnx" | "onnx-int8" (inference/backends.py).
         self.backend = resolve_backend(backend, self.device)
+        if overlap_networks is None:
+            overlap_networks = self.device.type == "cpu" and torch.get_num_threads() >= 2
+        self.overlap_networks = bool(overlap_networks) and keypoints is not None and emotion is not None
+        # One runner per model (a torch model moves to the device, eval mode, channels-last weights),
+        # the only thing _outputs runs; an exported .onnx file runs on ONNX Runtime as it is. Two
+        # overlapped ONNX sessions share the threads (torch's are process-wide: both passes use them).
+        onnx_threads = max(1, torch.get_num_threads() // 2) if self.overlap_networks else None
         self.runners = {
-            m.meta.task: make_runner(m, self.backend, self.device, explicit=backend != "auto")
+            m.meta.task: make_runner(m, self.backend, self.device, explicit=backend != "auto", threads=onnx_threads)
             for m in (self.keypoints, self.emotion)
             if m is not None
         }
@@ -265,6 +280,10 @@ class Predictor:
         self.flip_tta = bool(flip_tta)  # average each network over the crop and its mirror image (2x the work)
         self._detector = detector
         self._detector_lock = threading.Lock()  # OpenCV's cascade is not documented thread-safe
+        # One worker: concurrent calls (Serve's model runs two) queue their emotion passes in order.
+        self._second_thread = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="emokp-emotion") if self.overlap_networks else None
+        )
 
     @classmethod
     def from_paths(
@@ -353,12 +372,20 @@ class Predictor:
         """Both models over the faces' crops (crops_for: input size -> uint8 [N, S, S]); boxes [N, 4]."""
         n = len(boxes)
         keypoints = emotion = probabilities = None
+        logits_later = None
+        if self.emotion is not None and self._second_thread is not None:  # overlap_networks
+            logits_later = self._second_thread.submit(
+                self._outputs, self.emotion, crops_for[self.emotion.meta.input_size]
+            )
         if self.keypoints is not None:
             size = self.keypoints.meta.input_size
             raw = self._outputs(self.keypoints, crops_for[size])
             keypoints = keypoints_to_image(raw, boxes, size).reshape(n, -1, 2)
         if self.emotion is not None:
-            logits = self._outputs(self.emotion, crops_for[self.emotion.meta.input_size])
+            if logits_later is not None:
+                logits = logits_later.result()
+            else:
+                logits = self._outputs(self.emotion, crops_for[self.emotion.meta.input_size])
             probabilities = softmax(logits, temperature_of(self.emotion.meta.calibration))  # calibrated
             emotion = probabilities.argmax(axis=1)
         kp_names = self.keypoints.meta.keypoint_names if self.keypoints else ()
