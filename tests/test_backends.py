@@ -134,6 +134,25 @@ def test_int8_backend_quantizes_a_checkpoint(tiny):
     assert fp32.model_info() == int8.model_info()
 
 
+def test_int8_keeps_an_emotion_models_first_convolution_and_head_in_fp32(tiny):
+    import onnx
+
+    from emokp_ray.artifacts.export import load_model
+
+    graph = onnx.load_from_string(backends.onnx_model_for(load_model(str(tiny[1])), int8=True).data).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    heads = [node for node in graph.node if node.op_type == "Gemm"]
+    assert len(convs) > 2 and heads
+    # A quantized node reads its weight (input 1) from a DequantizeLinear; an fp32 one from an initializer.
+    assert [conv.input[1] in dequantized for conv in convs] == [False] + [True] * (len(convs) - 1)
+    assert not any(head.input[1] in dequantized for head in heads)
+    # A keypoint model is quantized whole.
+    graph = onnx.load_from_string(backends.onnx_model_for(load_model(str(tiny[0])), int8=True).data).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    assert all(node.input[1] in dequantized for node in graph.node if node.op_type in ("Conv", "Gemm"))
+
+
 def test_calibration_crops_are_synthetic_faces_at_the_model_size():
     crops = backends.calibration_crops(48, n=8)
     assert crops.shape == (8, 48, 48) and crops.dtype == np.uint8 and crops.std() > 10
