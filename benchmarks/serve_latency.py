@@ -9,7 +9,8 @@ Models: --models builtin (default: the shipped builtin:keypoints + builtin:emoti
 serves) or course (the course-size networks, keypoint_resnet() + emotion_resnet(input_size=48), random
 init: timing does not depend on the weights).
 
-`batch` (@serve.batch with --max-batch-size and the load-adaptive batch window) and `no_batch`
+`batch` (@serve.batch with --max-batch-size and the load-adaptive batch window), `overlap` (the same,
+with the model replica running the two networks at once, `overlap_networks: true`) and `no_batch`
 (max_batch_size 1), each on every --backends entry, are deployed as their own apps with ONE replica per
 deployment (autoscaling off, so all get the same hardware) and warmed up; then an asyncio/aiohttp
 client on 127.0.0.1 drives them in alternation, --rounds times: at concurrency c, c closed-loop
@@ -17,8 +18,8 @@ workers each send one 96x96 grey PNG crop (raw image/png body) to /v1/predict an
 the answer arrives, for --requests requests or --max-seconds, whichever comes first. Latency is
 client-side wall time per request (connect + send + server + receive). Reported per (config, backend,
 c): the round with the best throughput (on a shared machine, the least disturbed) with its p50/p95/p99
-ms and requests/s; ratios side by side: onnx / torch p50 at c=1, batch / no_batch requests/s at the
-top concurrency (issue 14's targets: <= 0.7 and >= 3). Last, the front end's ceiling: GET /v1/labels
+ms and requests/s; ratios side by side: onnx / torch p50 at c=1 (and overlap's over torch's batch),
+batch / no_batch requests/s at the top concurrency (issue 14's targets: <= 0.7 and >= 3). Last, the front end's ceiling: GET /v1/labels
 at the top concurrency (best of 2), through the proxy and the ingress but never the model; batching
 cannot lift predictions above it, so ceiling / (batch size 1's requests/s) bounds batching's gain
 on this machine.
@@ -88,7 +89,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--torch-threads", type=int, default=None, help="torch threads in the model replica (default: torch's)"
     )
     parser.add_argument(
-        "--configs", nargs="+", default=["batch", "no_batch", "overload"], choices=["batch", "no_batch", "overload"]
+        "--configs",
+        nargs="+",
+        default=["batch", "no_batch", "overload"],
+        choices=["batch", "no_batch", "overlap", "overload"],
     )
     parser.add_argument(
         "--backends",
@@ -304,7 +308,7 @@ def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Names
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
 
-    batched = config == "batch"
+    batched = config in ("batch", "overlap")
     batch_size = args.max_batch_size if batched else 1
     app_args = AppArgs(
         keypoints=kp,
@@ -314,6 +318,7 @@ def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Names
         batch_wait_timeout_s=args.batch_wait_timeout_s if batched else 0.0,
         busy_batch_wait_max_s=args.busy_batch_wait_max_s if batched else 0.0,
         torch_threads=args.torch_threads,
+        overlap_networks=True if config == "overlap" else None,
     )
     fixed = {"num_replicas": 1, "autoscaling_config": None}
     model = {**fixed, "max_ongoing_requests": max(64, batch_size), "max_queued_requests": 1024}
@@ -333,7 +338,8 @@ def best_rows(rows: list[dict]) -> list[dict]:
         key = (row["config"], row["backend"], row["concurrency"])
         if key not in best or row["requests_per_s"] > best[key]["requests_per_s"]:
             best[key] = row
-    return sorted(best.values(), key=lambda r: (r["backend"], r["config"] != "batch", r["concurrency"]))
+    order = {"batch": 0, "overlap": 1, "no_batch": 2}
+    return sorted(best.values(), key=lambda r: (r["backend"], order[r["config"]], r["concurrency"]))
 
 
 def ratios(best: list[dict], backends: list[str], concurrency: list[int]) -> dict:
@@ -343,7 +349,7 @@ def ratios(best: list[dict], backends: list[str], concurrency: list[int]) -> dic
     out: dict[str, Any] = {}
     top = max(concurrency)
     for backend in backends:
-        for config in ("batch", "no_batch"):
+        for config in ("batch", "overlap", "no_batch"):
             if (config, backend, 1) in by:
                 out[f"p50_ms_at_c1_{config}_{backend}"] = by[(config, backend, 1)]["p50_ms"]
             if (config, backend, top) in by:
@@ -355,6 +361,10 @@ def ratios(best: list[dict], backends: list[str], concurrency: list[int]) -> dic
         if backend != "torch" and ("batch", backend, 1) in by and ("batch", "torch", 1) in by:
             out[f"p50_at_c1_{backend}_over_torch"] = round(
                 by[("batch", backend, 1)]["p50_ms"] / by[("batch", "torch", 1)]["p50_ms"], 3
+            )
+        if ("overlap", backend, 1) in by and ("batch", "torch", 1) in by:
+            out[f"p50_at_c1_overlap_{backend}_over_torch"] = round(
+                by[("overlap", backend, 1)]["p50_ms"] / by[("batch", "torch", 1)]["p50_ms"], 3
             )
     return out
 
@@ -396,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
                         row = {
                             "config": config,
                             "backend": backend,
-                            "max_batch_size": args.max_batch_size if config == "batch" else 1,
+                            "max_batch_size": args.max_batch_size if config != "no_batch" else 1,
                             "round": round_index,
                             "load_avg_1m": round(os.getloadavg()[0], 2),
                             **result,

@@ -352,6 +352,24 @@ def test_run_jobs_fails_only_the_job_with_a_user_error(spied_predictor):
 # ----------------------------------------------------------------------------- the config file
 
 
+def test_model_replica_overlaps_the_networks_only_when_asked_at_one_thread(tmp_path, monkeypatch):
+    import torch
+
+    from emokp_ray.serving.model import FaceModel
+    from tests.helpers import write_tiny_checkpoints
+
+    kp, em = write_tiny_checkpoints(tmp_path)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a replica's share: Ray's OMP_NUM_THREADS=1
+    replica_class = FaceModel.func_or_class  # the class itself; Serve would construct it in an actor
+    asked = replica_class(AppArgs(keypoints=str(kp), emotion=str(em), detect=False, overlap_networks=True))
+    default = replica_class(AppArgs(keypoints=str(kp), emotion=str(em), detect=False))
+    assert asked.predictor.overlap_networks and not default.predictor.overlap_networks
+    crops = np.random.default_rng(0).integers(0, 256, (3, 96, 96), dtype=np.uint8)
+    for a, b in zip(asked.predictor.predict_crops(crops), default.predictor.predict_crops(crops)):
+        assert a.emotion == b.emotion
+        np.testing.assert_allclose(list(a.keypoints.values()), list(b.keypoints.values()), atol=1e-4)
+
+
 def test_serve_config_is_valid_and_binds_to_loopback():
     import yaml
     from ray.serve.schema import ServeDeploySchema

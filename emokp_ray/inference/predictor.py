@@ -236,9 +236,10 @@ class Predictor:
     ONNX sessions with half the intra-op threads each. None (auto): on for CPU with both models and
     at least 2 torch threads (a process that has the cores: `emokp predict`, the quick path); off
     with 1 thread, as in a labeling actor or a Serve replica that has one core's share, where a
-    second thread would take another process's core. Measured on 2 cores, release models, flip
-    TTA (benchmarks/inference_backends.py, "predictor"): torch 1.57x at batch 1, 1.19x at batch 32;
-    ONNX 1.46x and 1.06x.
+    second thread would take another process's core (Serve's `overlap_networks: true` asks for it
+    anyway). Measured on 2 cores, release models, flip TTA, 2 threads, a quiet machine
+    (benchmarks/inference_backends.py, "predictor"): torch 1.69x at batch 1, 1.24x at batch 32;
+    ONNX 1.40x and 1.18x.
     """
 
     def __init__(
@@ -294,6 +295,7 @@ class Predictor:
         detect: bool = True,
         trust_torchscript: bool = False,
         backend: str = "torch",
+        overlap_networks: bool | None = None,
     ) -> Predictor:
         """Load the checkpoints (a checkpoint dir, a RUN_DIR, an exported .pt, or a TorchScript file
         where `trust_torchscript`: export.load_model says why); detect=True builds the face detector
@@ -314,7 +316,7 @@ class Predictor:
             if emotion is not None
             else None
         )
-        return cls(kp, em, device=str(resolved), detector=detector, backend=backend)
+        return cls(kp, em, device=str(resolved), detector=detector, backend=backend, overlap_networks=overlap_networks)
 
     # ---- what is loaded --------------------------------------------------------------------------
 

@@ -120,6 +120,7 @@ class FaceModel:
             detect=detect,
             trust_torchscript=args.trust_torchscript,
             backend=args.backend,
+            overlap_networks=args.overlap_networks,
         )
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
 

@@ -40,6 +40,9 @@ class AppArgs(BaseModel):
     batch_wait_timeout_s: float = Field(default=0.001, ge=0.0, le=1.0)
     busy_batch_wait_max_s: float = Field(default=0.05, ge=0.0, le=1.0)
     torch_threads: int | None = Field(default=None, ge=1)  # None: as Ray sets it (OMP_NUM_THREADS: 1 at num_cpus <= 1)
+    # The emotion pass in a second thread while the keypoint pass runs (Predictor's overlap_networks):
+    # None: the predictor's rule (on with >= 2 torch threads, so off at Ray's 1), true: always.
+    overlap_networks: bool | None = None
     # Input limits: the body is refused past max_body_bytes (Content-Length, then while reading) and
     # when it has not arrived within body_timeout_s (408); an image whose header declares more than
     # max_image_pixels (at most Pillow's own 89 M ceiling), or a request whose images' headers add
