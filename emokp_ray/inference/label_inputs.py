@@ -17,9 +17,8 @@ file); its bad rows become work rows that carry their error.
 Memory bound of the listing (`iter_work_tables`): the walk goes one folder at a time (pyarrow lists
 a folder in one call, `_walk`), so the driver holds the entries of the folders on the current path,
 their pending sub-folder names, and one chunk of at most LISTING_CHUNK_ROWS work rows (about
-300 bytes each for files as Python tuples, 100 as Arrow; ~9 KB for 96x96 CSV crops, CSV_CHUNK_ROWS at
-a time), never the whole
-listing. A flat prefix of millions of objects is still one folder listing: split such a bucket by
+300 bytes each for files as Python tuples, 100 as Arrow; ~9 KB for 96x96 CSV crops, CSV_CHUNK_ROWS
+at a time), never the whole listing. A flat prefix of millions of objects is still one folder listing: split such a bucket by
 sub-prefix. The chunks are written to OUT/_work by the run (label.py), and Ray Data reads them.
 """
 
