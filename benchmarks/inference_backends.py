@@ -1,7 +1,8 @@
 """The networks on each backend, side by side in one run: per-face latency at batch 1 and throughput
 at batch 32 for torch eager (contiguous weights), torch channels-last (the torch backend), ONNX
 Runtime fp32 and int8; then the keypoint and emotion passes one after the other against both at once
-in two threads, as bare runners and through the Predictor (its overlap_networks off and on). Figures are ratios against torch channels-last measured in the same rounds.
+in two threads, as bare runners and through the Predictor (its overlap_networks off and on).
+Figures are ratios against torch channels-last measured in the same rounds.
 
     python benchmarks/inference_backends.py                          # course nets, random weights
     python benchmarks/inference_backends.py --keypoints builtin:keypoints --emotion builtin:emotion
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
             )
             for on in (False, True)
         }
+        auto_overlaps = Predictor(
+            loaded_by_task["keypoints"], loaded_by_task["emotion"], backend=backend
+        ).overlap_networks
         for batch, calls in ((1, args.calls), (32, max(1, args.calls // 4))):
             crops = np.random.default_rng(2).integers(0, 256, (batch, 96, 96), dtype=np.uint8)
             seconds = side_by_side(
@@ -171,9 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "overlap_off_ms": round(seconds["overlap_off"] * 1e3, 3),
                 "overlap_on_ms": round(seconds["overlap_on"] * 1e3, 3),
                 "speedup_overlap": round(seconds["overlap_off"] / seconds["overlap_on"], 2),
-                "auto_overlaps": Predictor(
-                    loaded_by_task["keypoints"], loaded_by_task["emotion"], backend=backend
-                ).overlap_networks,
+                "auto_overlaps": auto_overlaps,
             }
     print(json.dumps({"predictor": report["predictor"]}, indent=1))
     report["load_average_1min_end"] = round(os.getloadavg()[0], 2)

@@ -19,8 +19,8 @@ the answer arrives, for --requests requests or --max-seconds, whichever comes fi
 client-side wall time per request (connect + send + server + receive). Reported per (config, backend,
 c): the round with the best throughput (on a shared machine, the least disturbed) with its p50/p95/p99
 ms and requests/s; ratios side by side: onnx / torch p50 at c=1 (and overlap's over torch's batch),
-batch / no_batch requests/s at the top concurrency (issue 14's targets: <= 0.7 and >= 3). Last, the front end's ceiling: GET /v1/labels
-at the top concurrency (best of 2), through the proxy and the ingress but never the model; batching
+batch / no_batch requests/s at the top concurrency (issue 14's targets: <= 0.7 and >= 3). Last, the
+front end's ceiling: GET /v1/labels at the top concurrency (best of 2), through the proxy and the ingress but never the model; batching
 cannot lift predictions above it, so ceiling / (batch size 1's requests/s) bounds batching's gain
 on this machine.
 

@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from emokp_ray.training.loop import WALL_CLOCK_METRICS
+
 REPO = Path(__file__).resolve().parents[1]
-WALL_CLOCK_METRICS = ("train/images_per_s",)
 
 
 def emokp(*args: str) -> None:

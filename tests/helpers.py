@@ -12,9 +12,7 @@ import numpy as np
 
 from emokp_ray.data.schema import DatasetInfo, DatasetWriter, count_summary, make_table
 from emokp_ray.labels import SEED5
-
-# The fields of a metrics.jsonl line that measure wall-clock time, so differ between identical runs.
-WALL_CLOCK_METRICS = ("train/images_per_s",)
+from emokp_ray.training.loop import WALL_CLOCK_METRICS
 
 
 def metrics_without_wall_clock(run_dir: Path) -> list[dict]:

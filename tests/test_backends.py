@@ -139,8 +139,12 @@ def test_int8_keeps_an_emotion_models_first_convolution_and_head_in_fp32(tiny):
 
     from emokp_ray.artifacts.export import load_model
 
-    graph = onnx.load_from_string(backends.onnx_model_for(load_model(str(tiny[1])), int8=True).data).graph
-    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    def int8_graph(path):
+        """The int8 graph of a checkpoint, and the tensors its DequantizeLinear nodes produce."""
+        graph = onnx.load_from_string(backends.onnx_model_for(load_model(str(path)), int8=True).data).graph
+        return graph, {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+
+    graph, dequantized = int8_graph(tiny[1])
     convs = [node for node in graph.node if node.op_type == "Conv"]
     heads = [node for node in graph.node if node.op_type == "Gemm"]
     assert len(convs) > 2 and heads
@@ -148,8 +152,7 @@ def test_int8_keeps_an_emotion_models_first_convolution_and_head_in_fp32(tiny):
     assert [conv.input[1] in dequantized for conv in convs] == [False] + [True] * (len(convs) - 1)
     assert not any(head.input[1] in dequantized for head in heads)
     # A keypoint model is quantized whole.
-    graph = onnx.load_from_string(backends.onnx_model_for(load_model(str(tiny[0])), int8=True).data).graph
-    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    graph, dequantized = int8_graph(tiny[0])
     assert all(node.input[1] in dequantized for node in graph.node if node.op_type in ("Conv", "Gemm"))
 
 

@@ -33,6 +33,7 @@ never shifted to fit (that would move the face off the training framing).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
@@ -374,20 +375,17 @@ class Predictor:
         """Both models over the faces' crops (crops_for: input size -> uint8 [N, S, S]); boxes [N, 4]."""
         n = len(boxes)
         keypoints = emotion = probabilities = None
-        logits_later = None
-        if self.emotion is not None and self._second_thread is not None:  # overlap_networks
-            logits_later = self._second_thread.submit(
-                self._outputs, self.emotion, crops_for[self.emotion.meta.input_size]
-            )
+        emotion_pass = logits_later = None
+        if self.emotion is not None:
+            emotion_pass = functools.partial(self._outputs, self.emotion, crops_for[self.emotion.meta.input_size])
+            if self._second_thread is not None:  # overlap_networks: it runs while the keypoint pass does
+                logits_later = self._second_thread.submit(emotion_pass)
         if self.keypoints is not None:
             size = self.keypoints.meta.input_size
             raw = self._outputs(self.keypoints, crops_for[size])
             keypoints = keypoints_to_image(raw, boxes, size).reshape(n, -1, 2)
-        if self.emotion is not None:
-            if logits_later is not None:
-                logits = logits_later.result()
-            else:
-                logits = self._outputs(self.emotion, crops_for[self.emotion.meta.input_size])
+        if self.emotion is not None and emotion_pass is not None:  # both or neither
+            logits = logits_later.result() if logits_later is not None else emotion_pass()
             probabilities = softmax(logits, temperature_of(self.emotion.meta.calibration))  # calibrated
             emotion = probabilities.argmax(axis=1)
         kp_names = self.keypoints.meta.keypoint_names if self.keypoints else ()

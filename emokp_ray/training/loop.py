@@ -471,6 +471,11 @@ def _train_and_validate(
     return stats, val
 
 
+# The fields of a metrics.jsonl row that measure wall-clock time, so differ between otherwise
+# identical runs (what a reproducibility check leaves out).
+WALL_CLOCK_METRICS = ("train/images_per_s",)
+
+
 def _epoch_row(
     task: _Task, session: Session, epoch: int, stats: dict[str, float], val: tuple[Any, float, int], lr: float
 ) -> dict[str, Any]:
