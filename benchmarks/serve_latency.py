@@ -9,8 +9,10 @@ Models: --models builtin (default: the shipped builtin:keypoints + builtin:emoti
 serves) or course (the course-size networks, keypoint_resnet() + emotion_resnet(input_size=48), random
 init: timing does not depend on the weights).
 
-`batch` (@serve.batch with --max-batch-size and the load-adaptive batch window), `overlap` (the same,
-with the model replica running the two networks at once, `overlap_networks: true`) and `no_batch`
+`batch` (@serve.batch with --max-batch-size and the load-adaptive batch window, two model calls in
+flight as serve/config.yaml sets), `batch_serial` (the same, one call at a time:
+`max_concurrent_batches: 1`), `overlap` (`batch` with the model replica running the two networks at
+once, `overlap_networks: true`) and `no_batch`
 (max_batch_size 1), each on every --backends entry, are deployed as their own apps with ONE replica per
 deployment (autoscaling off, so all get the same hardware) and warmed up; then an asyncio/aiohttp
 client on 127.0.0.1 drives them in alternation, --rounds times: at concurrency c, c closed-loop
@@ -92,7 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--configs",
         nargs="+",
         default=["batch", "no_batch", "overload"],
-        choices=["batch", "no_batch", "overlap", "overload"],
+        choices=["batch", "batch_serial", "no_batch", "overlap", "overload"],
     )
     parser.add_argument(
         "--backends",
@@ -308,7 +310,7 @@ def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Names
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
 
-    batched = config in ("batch", "overlap")
+    batched = config in ("batch", "batch_serial", "overlap")
     batch_size = args.max_batch_size if batched else 1
     app_args = AppArgs(
         keypoints=kp,
@@ -319,6 +321,9 @@ def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Names
         busy_batch_wait_max_s=args.busy_batch_wait_max_s if batched else 0.0,
         torch_threads=args.torch_threads,
         overlap_networks=True if config == "overlap" else None,
+        max_concurrent_batches=1
+        if config == "batch_serial"
+        else AppArgs.model_fields["max_concurrent_batches"].default,
     )
     fixed = {"num_replicas": 1, "autoscaling_config": None}
     model = {**fixed, "max_ongoing_requests": max(64, batch_size), "max_queued_requests": 1024}
@@ -338,7 +343,7 @@ def best_rows(rows: list[dict]) -> list[dict]:
         key = (row["config"], row["backend"], row["concurrency"])
         if key not in best or row["requests_per_s"] > best[key]["requests_per_s"]:
             best[key] = row
-    order = {"batch": 0, "overlap": 1, "no_batch": 2}
+    order = {"batch": 0, "batch_serial": 1, "overlap": 2, "no_batch": 3}
     return sorted(best.values(), key=lambda r: (r["backend"], order[r["config"]], r["concurrency"]))
 
 
@@ -349,15 +354,17 @@ def ratios(best: list[dict], backends: list[str], concurrency: list[int]) -> dic
     out: dict[str, Any] = {}
     top = max(concurrency)
     for backend in backends:
-        for config in ("batch", "overlap", "no_batch"):
+        for config in ("batch", "batch_serial", "overlap", "no_batch"):
             if (config, backend, 1) in by:
                 out[f"p50_ms_at_c1_{config}_{backend}"] = by[(config, backend, 1)]["p50_ms"]
             if (config, backend, top) in by:
                 out[f"requests_per_s_at_c{top}_{config}_{backend}"] = by[(config, backend, top)]["requests_per_s"]
-        if ("batch", backend, top) in by and ("no_batch", backend, top) in by:
-            out[f"batching_gain_at_c{top}_{backend}"] = round(
-                by[("batch", backend, top)]["requests_per_s"] / by[("no_batch", backend, top)]["requests_per_s"], 2
-            )
+        for config in ("batch", "batch_serial"):
+            if (config, backend, top) in by and ("no_batch", backend, top) in by:
+                suffix = "" if config == "batch" else "_serial"
+                out[f"batching_gain{suffix}_at_c{top}_{backend}"] = round(
+                    by[(config, backend, top)]["requests_per_s"] / by[("no_batch", backend, top)]["requests_per_s"], 2
+                )
         if backend != "torch" and ("batch", backend, 1) in by and ("batch", "torch", 1) in by:
             out[f"p50_at_c1_{backend}_over_torch"] = round(
                 by[("batch", backend, 1)]["p50_ms"] / by[("batch", "torch", 1)]["p50_ms"], 3
@@ -380,7 +387,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         kp, em = model_paths(args.models, Path(tmp))
-        init_ray()
+        # Logical CPUs for every app at once (0.75 each: ingress 0.25 + model 0.5); each replica
+        # still gets the threads its own num_cpus gives (Ray's OMP_NUM_THREADS=1), as in serve/config.yaml.
+        init_ray(num_cpus=8)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         overload = None

@@ -85,6 +85,7 @@ def served(ray_cluster, tmp_path_factory) -> Served:
         keypoints=str(kp),
         emotion=str(em),
         max_batch_size=1,
+        max_concurrent_batches=1,  # as its model replica runs 1 call at a time: overload is the admission's
         max_pending_requests=2,
         max_images_per_request=2,
         max_image_pixels=1_000_000,
@@ -491,6 +492,34 @@ def test_overload_answers_503_at_once_then_recovers(served):
     assert json_refusals and all(r.json()["error"] == "the service is overloaded; retry later" for r in json_refusals)
     assert all("backpressure" in r.text for r, _ in refused if r not in json_refusals)
     assert post_image(served.busy + "/v1/predict", png(crops(1)[0])).status_code == 200
+
+
+def test_the_ingress_keeps_two_model_calls_in_flight(served):
+    # A model replica runs up to max_ongoing_requests calls at once, each in its own thread; the
+    # ingress must send that many (AppArgs.max_concurrent_batches, default 2), not one batch after
+    # another: two single-image batches of 1 s each are answered together in about 1 s, not 2.
+    from ray import serve
+
+    from emokp_ray.serving.app import compose
+    from emokp_ray.serving.schemas import AppArgs
+
+    one_replica = {"num_replicas": 1, "autoscaling_config": None, "ray_actor_options": {"num_cpus": 0.25}}
+    args = AppArgs(keypoints=str(served.keypoints), emotion=str(served.emotion), max_batch_size=1)
+    assert args.max_concurrent_batches == 2
+    with serving_model(slow_face_model(1.0)):
+        app = compose(args, ingress_options=one_replica, model_options={**one_replica, "max_ongoing_requests": 2})
+    serve.run(app, name="emokp-pair", route_prefix="/pair")
+    url = f"http://127.0.0.1:{served.port}/pair/v1/predict"
+    try:
+        assert post_image(url, png(crops(1)[0])).status_code == 200  # warm: connections, the batcher
+        started = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            codes = list(pool.map(lambda c: post_image(url, png(c)).status_code, crops(2, seed=3)))
+        elapsed = time.perf_counter() - started
+    finally:
+        serve.delete("emokp-pair")
+    assert codes == [200, 200]
+    assert elapsed < 1.8, f"two 1 s batches took {elapsed:.2f} s: they ran one after the other"
 
 
 # ----------------------------------------------------------------------------- demo page

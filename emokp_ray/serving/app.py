@@ -72,6 +72,9 @@ logger = logging.getLogger("ray.serve")
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
 OVERLOADED = "the service is overloaded; retry later"
+# The batcher's cap on batches in flight (fixed at class definition); AppArgs.max_concurrent_batches
+# (at most this) is the one in force.
+MAX_CONCURRENT_BATCHES = 8
 RETRY_AFTER_S = 1  # seconds, in the Retry-After header of every 503
 
 # Swagger/ReDoc pages load scripts from a CDN: off. /openapi.json stays.
@@ -169,6 +172,10 @@ class Ingress:
         self._predict_jobs.set_max_batch_size(args.max_batch_size)  # type: ignore[attr-defined]
         self._predict_jobs.set_batch_wait_timeout_s(args.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.window = BatchWindow(args.batch_wait_timeout_s, args.busy_batch_wait_max_s)
+        # Model calls this replica keeps in flight (AppArgs.max_concurrent_batches); the batcher's
+        # own cap is MAX_CONCURRENT_BATCHES, fixed when the class is defined.
+        self.model_calls = asyncio.Semaphore(args.max_concurrent_batches)
+        self.calls_in_flight = 0
         self.admission = Admission(args.max_pending_requests)  # images in flight
         self.pixels = Admission(args.max_replica_pixels)  # decoded pixels held at once
         self.metrics = serve_metrics.get()
@@ -255,28 +262,38 @@ class Ingress:
             out["annotated_png_base64"] = await asyncio.to_thread(annotated_png, pixels, result)
         return out
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _predict_jobs(self, jobs: list[FaceJob]) -> list[Outcome]:
         """Dynamic batching: concurrent requests' images go to the model as ONE call (one forward
         pass there). Batching here, before the hop, also pays the DeploymentHandle round trip once
         per batch instead of once per image (measured at 32 concurrent clients: ~10 ms of CPU per
         request over all processes, against 14-16 ms with @serve.batch in the model replica and one
-        call per image)."""
-        self._predict_jobs.set_batch_wait_timeout_s(self.window.busy_s())  # type: ignore[attr-defined]
-        started = time.perf_counter()
-        self.metrics.batch_size.observe(len(jobs))
-        for job in jobs:
-            self.metrics.queue_wait.observe(started - job.submitted_s)
-        try:
-            return await self.model.predict.remote(jobs)
-        except BackPressureError:
-            return [Outcome(error=OVERLOADED, status=503)] * len(jobs)
-        except DeploymentUnavailableError as err:
-            return [Outcome(error=f"the model is unavailable: {err.message}", status=503)] * len(jobs)
-        finally:
-            self.window.record(time.perf_counter() - started)
-            self.metrics.model_latency.observe(time.perf_counter() - started)
-            self._predict_jobs.set_batch_wait_timeout_s(self.window.idle_s)  # type: ignore[attr-defined]
+        call per image). Up to max_concurrent_batches calls run at once, so a model replica's
+        threads each get a batch; while all are busy the next batch's window stretches (BatchWindow)."""
+        async with self.model_calls:
+            self.calls_in_flight += 1
+            self._set_batch_window()
+            started = time.perf_counter()
+            self.metrics.batch_size.observe(len(jobs))
+            for job in jobs:
+                self.metrics.queue_wait.observe(started - job.submitted_s)
+            try:
+                return await self.model.predict.remote(jobs)
+            except BackPressureError:
+                return [Outcome(error=OVERLOADED, status=503)] * len(jobs)
+            except DeploymentUnavailableError as err:
+                return [Outcome(error=f"the model is unavailable: {err.message}", status=503)] * len(jobs)
+            finally:
+                self.calls_in_flight -= 1
+                self.window.record(time.perf_counter() - started)
+                self.metrics.model_latency.observe(time.perf_counter() - started)
+                self._set_batch_window()
+
+    def _set_batch_window(self) -> None:
+        """The batcher's wait for company: stretched while every model call slot is taken (the next
+        batch could not go sooner anyway), short while one is free."""
+        full = self.calls_in_flight >= self.args.max_concurrent_batches
+        self._predict_jobs.set_batch_wait_timeout_s(self.window.busy_s() if full else self.window.idle_s)  # type: ignore[attr-defined]
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(self, request: Request) -> HTMLResponse:

@@ -14,12 +14,12 @@ class BatchWindow:
     batch_wait_timeout_s), adapted to load.
 
     Serve's batcher forms the next batch as soon as the previous one is handed over, with a fixed
-    wait; batches then queue for the model one after another. With a few-ms wait that makes batches
-    of 1-2 images under load (measured: 71% of batches held 1-2 requests at 32 concurrent clients,
-    5 ms wait). But a batch formed while the model is busy with the previous one cannot go before that
-    one returns, so waiting costs nothing until then: while busy, the window stretches to the
-    running batch's expected duration (a moving average of past batches, capped at max_s); idle, it
-    is idle_s, so a lone request waits only idle_s.
+    wait; batches then queue for a model call slot (AppArgs.max_concurrent_batches). With a few-ms
+    wait that makes batches of 1-2 images under load (measured: 71% of batches held 1-2 requests at
+    32 concurrent clients, 5 ms wait). But a batch formed while every slot is busy cannot go before
+    one returns, so waiting costs nothing until then: while busy, the window stretches to a batch's
+    expected duration (a moving average of past batches, capped at max_s); with a slot free, it is
+    idle_s, so a lone request waits only idle_s.
     """
 
     idle_s: float

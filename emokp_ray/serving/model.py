@@ -88,13 +88,14 @@ def run_jobs(predictor: Predictor, jobs: Sequence[FaceJob]) -> list[Outcome]:
     name="FaceModel",
     ray_actor_options={"num_cpus": 0.5},
     # Counted in CALLS, each a batch of up to max_batch_size images: two may run at once (one forward
-    # each, in threads); past max_queued_requests waiting calls the ingress's handle raises
+    # each, in threads; the ingress sends two at once, AppArgs.max_concurrent_batches); past
+    # max_queued_requests waiting calls the ingress's handle raises
     # BackPressureError at once, which the ingress answers with 503.
     max_ongoing_requests=2,
     max_queued_requests=4,
-    # One ingress sends its batches one after another, so a saturated model replica has ~1 call
-    # ongoing: a target below 1 adds a replica then.
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.8},
+    # A busy ingress keeps AppArgs.max_concurrent_batches (2) calls in flight, so a saturated model
+    # replica has ~2 ongoing and a lone client's ~1: a target of 1.5 adds a replica only for the first.
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1.5},
     health_check_period_s=10,
     health_check_timeout_s=30,
 )

@@ -39,6 +39,11 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(default=16, ge=1, le=256)
     batch_wait_timeout_s: float = Field(default=0.001, ge=0.0, le=1.0)
     busy_batch_wait_max_s: float = Field(default=0.05, ge=0.0, le=1.0)
+    # Model calls (batches) one ingress replica keeps in flight at once. FaceModel runs up to its
+    # max_ongoing_requests (2) calls at a time, each in its own thread on one torch thread (Ray's
+    # OMP_NUM_THREADS=1 at num_cpus 0.5): 2 keeps two cores busy under load; 1 sends batches one
+    # after another. At most app.MAX_CONCURRENT_BATCHES.
+    max_concurrent_batches: int = Field(default=2, ge=1, le=8)
     torch_threads: int | None = Field(default=None, ge=1)  # None: as Ray sets it (OMP_NUM_THREADS: 1 at num_cpus <= 1)
     # The emotion pass in a second thread while the keypoint pass runs (Predictor's overlap_networks):
     # None: the predictor's rule (on with >= 2 torch threads, so off at Ray's 1), true: always.
