@@ -113,6 +113,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--overload-rate", type=float, default=150.0, help="arrivals per second of the open overload run (default 150)"
     )
     parser.add_argument("--overload-seconds", type=float, default=15.0, help="length of each overload run (default 15)")
+    parser.add_argument(
+        "--model-niceness",
+        type=int,
+        nargs="+",
+        default=[0, 5],
+        help="AppArgs.model_niceness of the overload apps, one app each, measured in alternation (default 0 5)",
+    )
+    parser.add_argument(
+        "--worker-niceness",
+        type=int,
+        default=0,
+        help="nice value of the local Ray's workers (default 0, as `emokp serve` starts them; Ray's own is 15)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
     return parser
 
@@ -262,31 +275,47 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def deploy_overload(kp: str, em: str, args: argparse.Namespace) -> None:
-    """The app with serve/config.yaml's default limits and batching, one replica per deployment."""
+def deploy_overload(kp: str, em: str, niceness: int, args: argparse.Namespace) -> str:
+    """The app with serve/config.yaml's default limits and batching, one replica per deployment, its
+    model replica `niceness` below the rest (AppArgs.model_niceness). Returns the route prefix."""
     from ray import serve
 
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
 
     fixed = {"num_replicas": 1, "autoscaling_config": None}
-    app_args = AppArgs(keypoints=kp, emotion=em, torch_threads=args.torch_threads, backend=args.backends[0])
-    serve.run(
-        compose(app_args, model_options=fixed, ingress_options=fixed), name="bench-overload", route_prefix="/overload"
+    app_args = AppArgs(
+        keypoints=kp, emotion=em, torch_threads=args.torch_threads, backend=args.backends[0], model_niceness=niceness
     )
+    name = f"overload-nice{niceness}"
+    app = compose(app_args, model_options=fixed, ingress_options=fixed)
+    serve.run(app, name=f"bench-{name}", route_prefix=f"/{name}")
+    return name
 
 
-def run_overload(port: int, body: bytes, args: argparse.Namespace) -> dict:
-    url = f"http://127.0.0.1:{port}/overload/v1/predict"
-    asyncio.run(drive(url, body, 8, 64, 30.0))  # warm-up
-    runs = {
-        "open": asyncio.run(drive_open(url, body, args.overload_rate, args.overload_seconds)),
-        "closed": asyncio.run(drive(url, body, args.overload_concurrency, 10**9, args.overload_seconds)),
-    }
+def run_overload(port: int, body: bytes, args: argparse.Namespace) -> list[dict]:
+    """Each --model-niceness app under both overloads, the apps alternating, for --rounds rounds."""
+    names = {niceness: f"overload-nice{niceness}" for niceness in args.model_niceness}
+    for name in names.values():
+        asyncio.run(drive(f"http://127.0.0.1:{port}/{name}/v1/predict", body, 8, 64, 30.0))  # warm-up
+    rows = []
+    for round_index in range(args.rounds):
+        for niceness, name in names.items():
+            url = f"http://127.0.0.1:{port}/{name}/v1/predict"
+            runs = {
+                "open": asyncio.run(drive_open(url, body, args.overload_rate, args.overload_seconds)),
+                "closed": asyncio.run(drive(url, body, args.overload_concurrency, 10**9, args.overload_seconds)),
+            }
+            print_overload(round_index, niceness, runs, args)
+            rows.append({"model_niceness": niceness, "round": round_index, "backend": args.backends[0], **runs})
+    return rows
+
+
+def print_overload(round_index: int, niceness: int, runs: dict, args: argparse.Namespace) -> None:
     for name, result in runs.items():
         load = f"{args.overload_rate:g} arrivals/s" if name == "open" else f"{args.overload_concurrency} clients"
         print(
-            f"overload {name} ({load}): statuses {result['statuses']} "
+            f"round {round_index} overload, model_niceness {niceness}, {name} ({load}): statuses {result['statuses']} "
             f"({result['json_503']} of the 503s JSON from the ingress)"
         )
         for status in ("503", "200"):
@@ -298,7 +327,6 @@ def run_overload(port: int, body: bytes, args: argparse.Namespace) -> dict:
                     flush=True,
                 )
         result["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    return {"config": "overload", "backend": args.backends[0], **runs}
 
 
 def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Namespace) -> str:
@@ -376,6 +404,29 @@ def ratios(best: list[dict], backends: list[str], concurrency: list[int]) -> dic
     return out
 
 
+def overload_summary(rows: list[dict]) -> dict:
+    """Per model niceness: the median over rounds of each overload's 503 and 200 p99 (one disturbed
+    round should neither make nor break a tail figure), the worst round's open-loop 503 p99, and the
+    200s answered per second."""
+    out: dict[str, Any] = {}
+    for niceness in sorted({r["model_niceness"] for r in rows}):
+        mine = [r for r in rows if r["model_niceness"] == niceness]
+        for name in ("open", "closed"):
+            for status in ("503", "200"):
+                p99s = [
+                    r[name]["latency_by_status"][status]["p99_ms"]
+                    for r in mine
+                    if status in r[name]["latency_by_status"]
+                ]
+                if p99s:
+                    out[f"overload_{name}_{status}_p99_ms_nice{niceness}"] = round(statistics.median(p99s), 2)
+                    if name == "open" and status == "503":
+                        out[f"overload_open_503_p99_ms_worst_round_nice{niceness}"] = max(p99s)
+            answered = [r[name]["statuses"].get("200", 0) / r[name]["seconds"] for r in mine]
+            out[f"overload_{name}_200_per_s_nice{niceness}"] = round(statistics.median(answered), 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     import ray
@@ -389,17 +440,18 @@ def main(argv: list[str] | None = None) -> dict:
         kp, em = model_paths(args.models, Path(tmp))
         # Logical CPUs for every app at once (0.75 each: ingress 0.25 + model 0.5); each replica
         # still gets the threads its own num_cpus gives (Ray's OMP_NUM_THREADS=1), as in serve/config.yaml.
-        init_ray(num_cpus=8)
+        init_ray(num_cpus=8, worker_niceness=args.worker_niceness)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        overload = None
+        overload: list[dict] | None = None
         front_end: dict | None = None
         top = max(args.concurrency)
         try:
             if "overload" in args.configs:
-                deploy_overload(kp, em, args)
+                names = [deploy_overload(kp, em, niceness, args) for niceness in args.model_niceness]
                 overload = run_overload(port, body, args)
-                serve.delete("bench-overload")
+                for name in names:
+                    serve.delete(f"bench-{name}")
             apps = [(c, b) for c in args.configs if c != "overload" for b in args.backends]
             for config, backend in apps:
                 name = deploy(config, backend, kp, em, args)
@@ -454,11 +506,7 @@ def main(argv: list[str] | None = None) -> dict:
             if no_batch:
                 summary[f"batching_gain_bound_at_c{top}_{backend}"] = round(front_end["requests_per_s"] / no_batch, 2)
     if overload is not None:
-        for name in ("open", "closed"):
-            for status in ("503", "200"):
-                summary[f"overload_{name}_{status}_p99_ms"] = (
-                    overload[name]["latency_by_status"].get(status, {}).get("p99_ms")
-                )
+        summary.update(overload_summary(overload))
         summary["overload_open_rate_per_s"] = args.overload_rate
         summary["overload_closed_concurrency"] = args.overload_concurrency
 
@@ -485,6 +533,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_wait_timeout_s": args.batch_wait_timeout_s,
         "busy_batch_wait_max_s": args.busy_batch_wait_max_s,
         "torch_threads": args.torch_threads,
+        "worker_niceness": args.worker_niceness,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "best": best,
         "overload": overload,

@@ -6,14 +6,40 @@ the console keeps our one line per epoch and real errors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 
-def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None, quiet: bool = True) -> None:
+@contextlib.contextmanager
+def _raylet_env(worker_niceness: int | None) -> Iterator[None]:
+    """RAY_worker_niceness (Ray's own setting, read by the raylet that ray.init starts; Ray's job
+    manager sets it the same way) while ray.init runs, then unset again, so later local clusters get
+    Ray's default. A value the user set stands."""
+    if worker_niceness is None or "RAY_worker_niceness" in os.environ:
+        yield
+        return
+    os.environ["RAY_worker_niceness"] = str(worker_niceness)
+    try:
+        yield
+    finally:
+        del os.environ["RAY_worker_niceness"]
+
+
+def init_ray(
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+    quiet: bool = True,
+    worker_niceness: int | None = None,
+) -> None:
     """Connect to the cluster named by RAY_ADDRESS (a Ray Job's driver), or start a local one.
 
+    worker_niceness: the nice value of a local cluster's workers (Ray's default is 15, below the
+    raylet's 0); `emokp serve` starts them at 0 so that its model replica can be put below its
+    proxy and ingress (AppArgs.model_niceness). Ignored when joining a cluster, and where the
+    user set RAY_worker_niceness.
     Idempotent: a running connection is kept.
     """
     import ray
@@ -38,14 +64,15 @@ def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None
         kwargs.update(num_cpus=num_cpus or max(4, os.cpu_count() or 1), object_store_memory=object_store_memory)
     if quiet:
         logging.getLogger("ray").setLevel(logging.ERROR)
-    ray.init(
-        logging_level=logging.ERROR if quiet else logging.INFO,
-        # Workers' and actors' output (Train controller chatter, Data progress) stays in Ray's log
-        # files; the driver prints one line per epoch from the run's metrics (train.py).
-        log_to_driver=not quiet,
-        include_dashboard=True,
-        **{k: v for k, v in kwargs.items() if v is not None},
-    )
+    with _raylet_env(None if os.environ.get("RAY_ADDRESS") else worker_niceness):
+        ray.init(
+            logging_level=logging.ERROR if quiet else logging.INFO,
+            # Workers' and actors' output (Train controller chatter, Data progress) stays in Ray's log
+            # files; the driver prints one line per epoch from the run's metrics (train.py).
+            log_to_driver=not quiet,
+            include_dashboard=True,
+            **{k: v for k, v in kwargs.items() if v is not None},
+        )
     if quiet:
         import ray.data
 

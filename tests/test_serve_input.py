@@ -7,6 +7,8 @@ import asyncio
 import base64
 import io
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -409,6 +411,31 @@ def test_batch_window_stretches_while_busy_and_is_capped():
         window.record(1.0)
     assert window.busy_s() == 0.05  # capped
     assert BatchWindow(idle_s=0.003, max_s=0.0, expected_s=0.5).busy_s() == 0.003  # max 0: fixed window
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice values are Linux's")
+def test_lower_cpu_priority_renices_every_thread_and_the_threads_started_later():
+    # In a child process: a nice value cannot be lowered again without privileges.
+    code = """
+import json, os, threading
+from emokp_ray.serving.model import lower_cpu_priority
+release = threading.Event()
+running = threading.Thread(target=release.wait)
+running.start()
+before = os.getpriority(os.PRIO_PROCESS, 0)
+after = lower_cpu_priority(3)
+threads = sorted({os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")})
+later = []
+started = threading.Thread(target=lambda: later.append(os.getpriority(os.PRIO_PROCESS, 0)))
+started.start(); started.join(); release.set(); running.join()
+print(json.dumps([before, after, threads, later[0], lower_cpu_priority(0), lower_cpu_priority(40)]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    before, after, threads, later, unchanged, capped = json.loads(done.stdout.strip().splitlines()[-1])
+    assert after == min(19, before + 3)
+    assert threads == [after]  # the main thread and the one already running
+    assert later == after  # a thread started afterwards inherits it
+    assert (unchanged, capped) == (after, 19)
 
 
 def test_admission_refuses_past_the_limit_and_frees_slots():

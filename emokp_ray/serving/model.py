@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,6 +72,21 @@ def job_boxes(job: FaceJob) -> list[Box] | None:
     return None
 
 
+def lower_cpu_priority(increment: int) -> int:
+    """Raise the nice value of every thread of this process by `increment` (to at most 19); returns
+    the main thread's new value. On Linux the nice value belongs to each thread and a new thread
+    inherits its creator's, so every thread in /proc/self/task is reniced: those running now and,
+    through them, those started later (torch's pool, asyncio's worker threads)."""
+    tasks = Path("/proc/self/task")
+    if increment > 0:
+        for tid in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+            except OSError:  # the thread ended meanwhile
+                continue
+    return os.getpriority(os.PRIO_PROCESS, os.getpid() if tasks.is_dir() else 0)
+
+
 def run_jobs(predictor: Predictor, jobs: Sequence[FaceJob]) -> list[Outcome]:
     """Predict every job in ONE `predictor.predict` call, so all faces of all images go through each
     network in one batched forward pass, whatever mix of modes and boxes the batch holds. A
@@ -124,6 +141,8 @@ class FaceModel:
             overlap_networks=args.overlap_networks,
         )
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
+        # Last, so that the threads the loading started are reniced too (AppArgs.model_niceness).
+        self.niceness = lower_cpu_priority(args.model_niceness)
 
     def info(self) -> dict[str, Any]:
         """{"model": Predictor.model_info(), "labels": Predictor.labels()}."""

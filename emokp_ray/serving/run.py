@@ -11,6 +11,10 @@ from typing import Any
 
 APP_NAME = "emokp"
 REQUEST_TIMEOUT_S = 60.0  # the proxy's end-to-end limit per request (as in serve/config.yaml)
+# The nice value of the workers of the local Ray that `emokp serve` starts: 0, with the model
+# replica AppArgs.model_niceness (5) below the proxy and ingress, so a full service still refuses
+# promptly (Ray's default 15 leaves the model only 4 steps to go below them).
+SERVE_WORKER_NICENESS = 0
 
 
 def _stop_on_sigterm() -> None:
@@ -103,7 +107,7 @@ def run_serve(
         )
         args = args.model_copy(update={"detect": False})
     local = not os.environ.get("RAY_ADDRESS")
-    init_ray()
+    init_ray(worker_niceness=SERVE_WORKER_NICENESS)
     _stop_on_sigterm()  # after ray.init, whose core worker installs a handler of its own
     try:
         serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})

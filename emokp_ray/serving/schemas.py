@@ -48,6 +48,14 @@ class AppArgs(BaseModel):
     # The emotion pass in a second thread while the keypoint pass runs (Predictor's overlap_networks):
     # None: the predictor's rule (on with >= 2 torch threads, so off at Ray's 1), true: always.
     overlap_networks: bool | None = None
+    # The model replica's threads run this much nicer than Ray started them (at most nice 19), so
+    # that under overload the proxy and ingress still get the CPU to admit, refuse (503) and answer
+    # at once while the networks take every core; with spare cores it changes nothing. It tells
+    # most where the other processes run at nice 0, as `emokp serve` starts them (Ray's default for
+    # workers is 15, which leaves only 15 -> 19). Measured (serve/README.md): 5 halves the 503 p99
+    # under open-loop overload for ~5-12% fewer answers; 10 gains little more and halves the
+    # answers under a flood of instant retries. 0: as Ray started it.
+    model_niceness: int = Field(default=5, ge=0, le=19)
     # Input limits: the body is refused past max_body_bytes (Content-Length, then while reading) and
     # when it has not arrived within body_timeout_s (408); an image whose header declares more than
     # max_image_pixels (at most Pillow's own 89 M ceiling), or a request whose images' headers add
