@@ -58,6 +58,7 @@ from emokp_ray.serving.http_input import (
 from emokp_ray.serving.model import FaceJob, FaceModel, Outcome
 from emokp_ray.serving.schemas import (
     DETECT_TO_MODE,
+    MAX_CONCURRENT_BATCHES,
     AppArgs,
     BatchResponse,
     LabelsResponse,
@@ -72,9 +73,6 @@ logger = logging.getLogger("ray.serve")
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
 OVERLOADED = "the service is overloaded; retry later"
-# The batcher's cap on batches in flight (fixed at class definition); AppArgs.max_concurrent_batches
-# (at most this) is the one in force.
-MAX_CONCURRENT_BATCHES = 8
 RETRY_AFTER_S = 1  # seconds, in the Retry-After header of every 503
 
 # Swagger/ReDoc pages load scripts from a CDN: off. /openapi.json stays.
@@ -173,7 +171,7 @@ class Ingress:
         self._predict_jobs.set_batch_wait_timeout_s(args.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.window = BatchWindow(args.batch_wait_timeout_s, args.busy_batch_wait_max_s)
         # Model calls this replica keeps in flight (AppArgs.max_concurrent_batches); the batcher's
-        # own cap is MAX_CONCURRENT_BATCHES, fixed when the class is defined.
+        # own cap, MAX_CONCURRENT_BATCHES, is fixed when the class is defined.
         self.model_calls = asyncio.Semaphore(args.max_concurrent_batches)
         self.calls_in_flight = 0
         self.admission = Admission(args.max_pending_requests)  # images in flight

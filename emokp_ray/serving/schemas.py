@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
 
 MiB = 1024 * 1024
+# The ingress batcher's own cap on batches in flight (@serve.batch's, fixed when the class is
+# defined); AppArgs.max_concurrent_batches, at most this, is the one in force.
+MAX_CONCURRENT_BATCHES = 8
 
 
 class AppArgs(BaseModel):
@@ -42,8 +45,8 @@ class AppArgs(BaseModel):
     # Model calls (batches) one ingress replica keeps in flight at once. FaceModel runs up to its
     # max_ongoing_requests (2) calls at a time, each in its own thread on one torch thread (Ray's
     # OMP_NUM_THREADS=1 at num_cpus 0.5): 2 keeps two cores busy under load; 1 sends batches one
-    # after another. At most app.MAX_CONCURRENT_BATCHES.
-    max_concurrent_batches: int = Field(default=2, ge=1, le=8)
+    # after another.
+    max_concurrent_batches: int = Field(default=2, ge=1, le=MAX_CONCURRENT_BATCHES)
     torch_threads: int | None = Field(default=None, ge=1)  # None: as Ray sets it (OMP_NUM_THREADS: 1 at num_cpus <= 1)
     # The emotion pass in a second thread while the keypoint pass runs (Predictor's overlap_networks):
     # None: the predictor's rule (on with >= 2 torch threads, so off at Ray's 1), true: always.
