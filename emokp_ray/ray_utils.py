@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +28,22 @@ def _raylet_env(worker_niceness: int | None) -> Iterator[None]:
         yield
     finally:
         del os.environ["RAY_worker_niceness"]
+
+
+@contextlib.contextmanager
+def sigint_handler_kept() -> Iterator[None]:
+    """Ray Train's `TorchTrainer.fit()` (2.60) installs a SIGINT handler of its own in the main
+    thread and never puts the old one back, so after training in-process, Ctrl-C would call its
+    abort on a finished run instead of raising KeyboardInterrupt (which `emokp demo`'s serving
+    stage and `emokp serve`'s drain rely on). Put back whatever handler was there before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def init_ray(

@@ -109,14 +109,18 @@ def test_ctrl_c_and_sigterm_both_end_the_wait_in_a_keyboard_interrupt(ray_cluste
     # own), so the drain above runs for either signal.
     from emokp_ray.serving.run import _stop_on_sigterm
 
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    # Python's own Ctrl-C handler, as a fresh `emokp serve` process has it (an earlier test's
+    # library may have installed another in this process).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _stop_on_sigterm()
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), stop)
             time.sleep(5.0)  # the handler runs between bytecodes, well before this ends
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def tiny_png() -> bytes:

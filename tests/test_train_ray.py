@@ -4,6 +4,7 @@ run repeated with the same seed."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,9 @@ def test_two_workers_train_from_ray_data_and_leave_best(ray_cluster, random_data
         cpus_per_worker=0.5,
         use_gpu=False,
     )
+    sigint_before = signal.getsignal(signal.SIGINT)
     outcome = run_training(cfg, log=lambda *_: None)
+    assert signal.getsignal(signal.SIGINT) is sigint_before  # Ray Train's own handler is not left behind
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     # 64 train rows split over 2 workers, 8 per worker batch, drop_last: 4 steps x 16 images per epoch

@@ -166,11 +166,12 @@ def run_training(cfg: TrainConfig, log=print) -> TrainOutcome:
         best = _install_best(min(session.saved, key=lambda t: np.nan_to_num(t[0], nan=np.inf))[1], run_dir)
         history = _history(max((p for _, p in session.saved), key=lambda p: p.name))
     else:
+        from emokp_ray.ray_utils import sigint_handler_kept
         from emokp_ray.training.ray_trainer import build_trainer
 
         storage = cfg.storage or str(run_dir / "ray")
         trainer = build_trainer(cfg, run, storage)
-        with _EpochLines(run_dir / "metrics.jsonl", cfg, log):
+        with _EpochLines(run_dir / "metrics.jsonl", cfg, log), sigint_handler_kept():
             result = trainer.fit()
         if result.error is not None:
             raise result.error
