@@ -27,8 +27,11 @@ cannot lift predictions above it, so ceiling / (batch size 1's requests/s) bound
 on this machine.
 
 `overload` (issue 11: a refusal must be fast) deploys the app with the DEFAULT limits of
-serve/config.yaml (admission of 64 images per ingress, FaceModel 2 + 4 calls), one replica each, and
-drives it two ways for --overload-seconds each:
+serve/config.yaml (admission of 64 images per ingress, FaceModel 2 + 4 calls), one replica each, once
+per --model-niceness value (default 0 and 5: the model replica that much below the proxy and ingress,
+whose Ray workers start at --worker-niceness, 0 as `emokp serve` starts them), and drives each app
+two ways for --overload-seconds, the apps alternating for --rounds rounds (the summary gives medians
+over rounds):
 - open: requests ARRIVE at --overload-rate per second (Poisson, seeded), whatever the answers, as many
   independent users do; the rate is several times what the replica can answer, so most are refused.
   Latency runs from a request's scheduled arrival, so client-side waiting counts. This is the 503
