@@ -296,9 +296,9 @@ def deploy_overload(kp: str, em: str, niceness: int, args: argparse.Namespace) -
     return name
 
 
-def run_overload(port: int, body: bytes, args: argparse.Namespace) -> list[dict]:
-    """Each --model-niceness app under both overloads, the apps alternating, for --rounds rounds."""
-    names = {niceness: f"overload-nice{niceness}" for niceness in args.model_niceness}
+def run_overload(port: int, body: bytes, names: dict[int, str], args: argparse.Namespace) -> list[dict]:
+    """Each overload app ({model niceness: route prefix}) under both overloads, the apps alternating,
+    for --rounds rounds."""
     for name in names.values():
         asyncio.run(drive(f"http://127.0.0.1:{port}/{name}/v1/predict", body, 8, 64, 30.0))  # warm-up
     rows = []
@@ -352,10 +352,9 @@ def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Names
         busy_batch_wait_max_s=args.busy_batch_wait_max_s if batched else 0.0,
         torch_threads=args.torch_threads,
         overlap_networks=True if config == "overlap" else None,
-        max_concurrent_batches=1
-        if config == "batch_serial"
-        else AppArgs.model_fields["max_concurrent_batches"].default,
     )
+    if config == "batch_serial":  # one model call at a time, as before max_concurrent_batches
+        app_args = app_args.model_copy(update={"max_concurrent_batches": 1})
     fixed = {"num_replicas": 1, "autoscaling_config": None}
     model = {**fixed, "max_ongoing_requests": max(64, batch_size), "max_queued_requests": 1024}
     ingress = {**fixed, "max_ongoing_requests": 256, "max_queued_requests": 1024}
@@ -451,9 +450,9 @@ def main(argv: list[str] | None = None) -> dict:
         top = max(args.concurrency)
         try:
             if "overload" in args.configs:
-                names = [deploy_overload(kp, em, niceness, args) for niceness in args.model_niceness]
-                overload = run_overload(port, body, args)
-                for name in names:
+                names = {niceness: deploy_overload(kp, em, niceness, args) for niceness in args.model_niceness}
+                overload = run_overload(port, body, names, args)
+                for name in names.values():
                     serve.delete(f"bench-{name}")
             apps = [(c, b) for c in args.configs if c != "overload" for b in args.backends]
             for config, backend in apps:

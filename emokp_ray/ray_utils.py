@@ -73,7 +73,9 @@ def init_ray(
     # seconds and crowd out the Train workers. Read by read_parquet on the driver.
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
     kwargs: dict[str, Any] = {}
+    raylet_niceness = None  # joining a cluster: its workers are as it started them
     if not os.environ.get("RAY_ADDRESS"):
+        raylet_niceness = worker_niceness
         # A machine of our own is not a spot instance: Train's preemption watcher (one more actor
         # polling every 5 s, ~1% of a core) has nothing to watch. Read by the Train controller.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -82,7 +84,7 @@ def init_ray(
         kwargs.update(num_cpus=num_cpus or max(4, os.cpu_count() or 1), object_store_memory=object_store_memory)
     if quiet:
         logging.getLogger("ray").setLevel(logging.ERROR)
-    with _raylet_env(None if os.environ.get("RAY_ADDRESS") else worker_niceness):
+    with _raylet_env(raylet_niceness):
         ray.init(
             logging_level=logging.ERROR if quiet else logging.INFO,
             # Workers' and actors' output (Train controller chatter, Data progress) stays in Ray's log

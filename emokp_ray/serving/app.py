@@ -173,7 +173,6 @@ class Ingress:
         # Model calls this replica keeps in flight (AppArgs.max_concurrent_batches); the batcher's
         # own cap, MAX_CONCURRENT_BATCHES, is fixed when the class is defined.
         self.model_calls = asyncio.Semaphore(args.max_concurrent_batches)
-        self.calls_in_flight = 0
         self.admission = Admission(args.max_pending_requests)  # images in flight
         self.pixels = Admission(args.max_replica_pixels)  # decoded pixels held at once
         self.metrics = serve_metrics.get()
@@ -268,29 +267,29 @@ class Ingress:
         request over all processes, against 14-16 ms with @serve.batch in the model replica and one
         call per image). Up to max_concurrent_batches calls run at once, so a model replica's
         threads each get a batch; while all are busy the next batch's window stretches (BatchWindow)."""
-        async with self.model_calls:
-            self.calls_in_flight += 1
-            self._set_batch_window()
-            started = time.perf_counter()
-            self.metrics.batch_size.observe(len(jobs))
-            for job in jobs:
-                self.metrics.queue_wait.observe(started - job.submitted_s)
-            try:
-                return await self.model.predict.remote(jobs)
-            except BackPressureError:
-                return [Outcome(error=OVERLOADED, status=503)] * len(jobs)
-            except DeploymentUnavailableError as err:
-                return [Outcome(error=f"the model is unavailable: {err.message}", status=503)] * len(jobs)
-            finally:
-                self.calls_in_flight -= 1
-                self.window.record(time.perf_counter() - started)
-                self.metrics.model_latency.observe(time.perf_counter() - started)
-                self._set_batch_window()
+        try:
+            async with self.model_calls:
+                self._set_batch_window()  # this call holds a slot now
+                started = time.perf_counter()
+                self.metrics.batch_size.observe(len(jobs))
+                for job in jobs:
+                    self.metrics.queue_wait.observe(started - job.submitted_s)
+                try:
+                    return await self.model.predict.remote(jobs)
+                except BackPressureError:
+                    return [Outcome(error=OVERLOADED, status=503)] * len(jobs)
+                except DeploymentUnavailableError as err:
+                    return [Outcome(error=f"the model is unavailable: {err.message}", status=503)] * len(jobs)
+                finally:
+                    self.window.record(time.perf_counter() - started)
+                    self.metrics.model_latency.observe(time.perf_counter() - started)
+        finally:
+            self._set_batch_window()  # its slot is free again
 
     def _set_batch_window(self) -> None:
         """The batcher's wait for company: stretched while every model call slot is taken (the next
         batch could not go sooner anyway), short while one is free."""
-        full = self.calls_in_flight >= self.args.max_concurrent_batches
+        full = self.model_calls.locked()
         self._predict_jobs.set_batch_wait_timeout_s(self.window.busy_s() if full else self.window.idle_s)  # type: ignore[attr-defined]
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)

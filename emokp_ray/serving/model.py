@@ -84,7 +84,7 @@ def lower_cpu_priority(increment: int) -> int:
                 os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
             except OSError:  # the thread ended meanwhile
                 continue
-    return os.getpriority(os.PRIO_PROCESS, os.getpid() if tasks.is_dir() else 0)
+    return os.getpriority(os.PRIO_PROCESS, os.getpid())
 
 
 def run_jobs(predictor: Predictor, jobs: Sequence[FaceJob]) -> list[Outcome]:
@@ -142,7 +142,7 @@ class FaceModel:
         )
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
         # Last, so that the threads the loading started are reniced too (AppArgs.model_niceness).
-        self.niceness = lower_cpu_priority(args.model_niceness)
+        lower_cpu_priority(args.model_niceness)
 
     def info(self) -> dict[str, Any]:
         """{"model": Predictor.model_info(), "labels": Predictor.labels()}."""
