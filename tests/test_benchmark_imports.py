@@ -30,3 +30,12 @@ def test_benchmarks_import_each_other():
 @pytest.mark.parametrize(("file", "module", "name"), _benchmark_imports())
 def test_imported_name_exists(file, module, name):
     assert hasattr(importlib.import_module(module), name), f"{file}: {module} has no {name}"
+
+
+def test_serve_fast_path_passes_flags_serve_latency_accepts(tmp_path):
+    # serve_fast_path.py runs serve_latency.py as a subprocess, by its command-line flags.
+    from benchmarks import serve_fast_path, serve_latency
+
+    argv = serve_fast_path.latency_argv(serve_fast_path.get_args_parser().parse_args([]), tmp_path / "out.json")
+    parsed = serve_latency.get_args_parser().parse_args(argv)
+    assert parsed.configs == ["batch", "overload"] and parsed.model_niceness == [5] and parsed.rounds == 1
