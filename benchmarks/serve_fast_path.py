@@ -2,6 +2,7 @@
 
     python benchmarks/serve_fast_path.py                 # 3 rounds of 3 modes, ~15 minutes on 2 cores
     python benchmarks/serve_fast_path.py --rounds 1 --modes default throughput
+    python benchmarks/serve_fast_path.py --modes default throughput_proxied --out benchmarks/results/serve_fast_path_proxied.json
 
 `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` (Ray >= 2.55) switches several of Serve's request-path settings
 at once: the proxy reaches the ingress and the ingress reaches the model over Serve's gRPC channel
@@ -33,16 +34,32 @@ import tempfile
 import time
 from pathlib import Path
 
+from emokp_ray.ray_utils import SERVE_FAST_PATH_ENV
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serve_fast_path.json"
+RAY_THROUGHPUT_MODE = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(4 * 1024 * 1024),
+}
 # Each mode's environment on top of this process's (with every variable below removed first, so
 # that a mode is exactly what it says).
 MODES: dict[str, dict[str, str]] = {
-    "default": {},
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    # Serve's own defaults ("0" explicitly: init_ray now sets the mode for every local cluster,
+    # SERVE_FAST_PATH_ENV, and a value already set stands).
+    "default": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+    # The whole mode as Ray ships it (direct ingress on, gRPC's 4 MB cap), set explicitly because
+    # init_ray turns those two back otherwise.
+    "throughput": RAY_THROUGHPUT_MODE,
     # The same with Serve's logs still on stderr (Ray's worker .err files; a console with
     # log_to_driver): what that part of the mode costs.
-    "throughput_stderr": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_LOG_TO_STDERR": "1"},
+    "throughput_stderr": {**RAY_THROUGHPUT_MODE, "RAY_SERVE_LOG_TO_STDERR": "1"},
+    # What init_ray sets for a local cluster (ray_utils.SERVE_FAST_PATH_ENV): no per-replica HTTP
+    # servers (direct ingress: clients come through the proxy anyway, and each such replica drains
+    # at least 30 s when stopped), and the replicas' gRPC receive cap raised from 4 MiB (a guard:
+    # see ray_utils).
+    "throughput_proxied": SERVE_FAST_PATH_ENV,
 }
 MANAGED = sorted({name for env in MODES.values() for name in env})
 

@@ -14,20 +14,36 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+# Ray Serve's throughput-optimized request path (Ray >= 2.55), read when Serve's processes start:
+# Serve's proxy and handles default to its gRPC transport instead of Ray actor calls, user code
+# and the router run on each replica's main event loop, request logs are buffered and Serve's logs
+# go to its log files only (not stderr). Measured (benchmarks/serve_fast_path.py, mode
+# throughput_proxied, README): a lone request's p50 0.84-0.89x, 1.20x the answers under overload.
+# Direct ingress, a part of the mode, is turned back (a second HTTP server per ingress replica,
+# which drains at least 30 s when stopped; clients come through the proxy). The replicas' gRPC
+# receive cap (Ray's default 4 MiB) is raised as a guard only: on one node we could not make it bite
+# (with a cap of 1,000 bytes, 1 MB uploads, handle arguments and results all passed: those calls do
+# not take the capped channel here; 6 MB ones passed 4 MiB with direct ingress on too); across
+# nodes it is not measured. AppArgs' limits bound a message.
+SERVE_FAST_PATH_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+}
+
 
 @contextlib.contextmanager
-def _raylet_env(worker_niceness: int | None) -> Iterator[None]:
-    """RAY_worker_niceness (Ray's own setting, read by the raylet that ray.init starts; Ray's job
-    manager sets it the same way) while ray.init runs, then unset again, so later local clusters get
-    Ray's default. A value the user set stands."""
-    if worker_niceness is None or "RAY_worker_niceness" in os.environ:
-        yield
-        return
-    os.environ["RAY_worker_niceness"] = str(worker_niceness)
+def _raylet_env(variables: dict[str, str]) -> Iterator[None]:
+    """Ray settings as environment variables while ray.init runs (the raylet it starts reads them,
+    and every worker inherits them: Ray's job manager passes RAY_worker_niceness the same way), then
+    removed again, so they reach only that local cluster. A variable the user set stands."""
+    added = {name: value for name, value in variables.items() if name not in os.environ}
+    os.environ.update(added)
     try:
         yield
     finally:
-        del os.environ["RAY_worker_niceness"]
+        for name in added:
+            os.environ.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -56,8 +72,9 @@ def init_ray(
 
     worker_niceness: the nice value of a local cluster's workers (Ray's default is 15, below the
     raylet's 0); `emokp serve` starts them at 0 so that its model replica can be put below its
-    proxy and ingress (AppArgs.model_niceness). Ignored when joining a cluster, and where the
-    user set RAY_worker_niceness.
+    proxy and ingress (AppArgs.model_niceness). A local cluster also gets SERVE_FAST_PATH_ENV.
+    Both are ignored when joining a cluster (set them where it starts: jobs/k8s/rayservice.yaml),
+    and where the user set the variable.
     Idempotent: a running connection is kept.
     """
     import ray
@@ -73,9 +90,11 @@ def init_ray(
     # seconds and crowd out the Train workers. Read by read_parquet on the driver.
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
     kwargs: dict[str, Any] = {}
-    raylet_niceness = None  # joining a cluster: its workers are as it started them
+    raylet_env: dict[str, str] = {}  # joining a cluster: its processes are as it started them
     if not os.environ.get("RAY_ADDRESS"):
-        raylet_niceness = worker_niceness
+        raylet_env.update(SERVE_FAST_PATH_ENV)
+        if worker_niceness is not None:
+            raylet_env["RAY_worker_niceness"] = str(worker_niceness)
         # A machine of our own is not a spot instance: Train's preemption watcher (one more actor
         # polling every 5 s, ~1% of a core) has nothing to watch. Read by the Train controller.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -84,7 +103,7 @@ def init_ray(
         kwargs.update(num_cpus=num_cpus or max(4, os.cpu_count() or 1), object_store_memory=object_store_memory)
     if quiet:
         logging.getLogger("ray").setLevel(logging.ERROR)
-    with _raylet_env(raylet_niceness):
+    with _raylet_env(raylet_env):
         ray.init(
             logging_level=logging.ERROR if quiet else logging.INFO,
             # Workers' and actors' output (Train controller chatter, Data progress) stays in Ray's log

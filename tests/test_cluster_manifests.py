@@ -251,3 +251,13 @@ def test_network_policy_keeps_the_dashboard_and_jobs_api_inside():
         ray_pods in dashboard_allowed_from and {"app.kubernetes.io/name": "kuberay-operator"} in dashboard_allowed_from
     )
     assert "networkpolicy.yaml" in (REPO / "README.md").read_text()
+
+
+def test_rayservice_pods_start_serve_on_the_fast_path_init_ray_sets_locally():
+    # Serve reads these when its processes start, so every pod sets them (head: controller and a
+    # proxy; workers: replicas and their proxies), the same values as a local cluster gets.
+    from emokp_ray.ray_utils import SERVE_FAST_PATH_ENV
+
+    for name, pod in _pod_specs(_manifest("rayservice.yaml")["spec"]["rayClusterConfig"]):
+        env = {e["name"]: e["value"] for c in pod["template"]["spec"]["containers"] for e in c.get("env", [])}
+        assert {k: env.get(k) for k in SERVE_FAST_PATH_ENV} == SERVE_FAST_PATH_ENV, name

@@ -749,6 +749,18 @@ def test_trusted_torchscript_app_answers_like_the_checkpoints(served):
     assert _timed_good_request(served) < 5.0
 
 
+def test_a_photo_larger_than_4_mb_decoded_is_answered_on_serves_fast_path(served):
+    # On Serve's fast path (init_ray's SERVE_FAST_PATH_ENV) the ingress's call to FaceModel carries
+    # the decoded grey image (FaceJob: one byte per pixel), here 4.8 MB, past gRPC's default 4 MiB
+    # message cap; a small PNG, well within max_image_pixels. (On one node the cap does not bite
+    # even when lowered, see ray_utils: this checks the large image's whole path, not the cap.)
+    ramp = np.linspace(0, 255, 2400 * 2000).reshape(2000, 2400).astype(np.uint8)
+    answer = post_image(served.scripted + "/v1/predict", png(ramp), params={"detect": "false"})
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["width"], answer.json()["height"]) == (2400, 2000)
+    assert _timed_good_request(served) < 5.0
+
+
 # ----------------------------------------------------------------------------- metrics (issue 13, item 6)
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)\{(.*)\}\s+(\S+)$")
