@@ -18,7 +18,8 @@ from typing import Any
 # Serve's proxy and handles default to its gRPC transport instead of Ray actor calls, user code
 # and the router run on each replica's main event loop, request logs are buffered and Serve's logs
 # go to its log files only (not stderr). Measured (benchmarks/serve_fast_path.py, mode
-# throughput_proxied, README): a lone request's p50 0.84-0.89x, 1.20x the answers under overload.
+# throughput_proxied, README, two machines): a lone request's p50 0.84-0.91x, 1.05-1.20x the
+# answers under overload, the 503 tail no better (unchanged on one, worse on the other).
 # Direct ingress, a part of the mode, is turned back (a second HTTP server per ingress replica,
 # which drains at least 30 s when stopped; clients come through the proxy). The replicas' gRPC
 # receive cap (Ray's default 4 MiB) is raised as a guard only: on one node we could not make it bite
