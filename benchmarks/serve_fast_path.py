@@ -5,8 +5,8 @@
     python benchmarks/serve_fast_path.py --modes default throughput_proxied --out benchmarks/results/serve_fast_path_proxied.json
 
 `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` (Ray >= 2.55) switches several of Serve's request-path settings
-at once: the proxy reaches the ingress and the ingress reaches the model over Serve's gRPC channel
-instead of Ray actor calls, user code and the router run on each replica's main event loop instead
+at once: Serve's proxy and handles default to its gRPC transport instead of Ray actor calls
+(RAY_SERVE_USE_GRPC_BY_DEFAULT), user code and the router run on each replica's main event loop instead
 of threads of their own, request logs are buffered, and Serve logs no longer go to stderr. These
 are read once, when Serve's processes start, so each mode needs a Ray cluster of its own: every
 (round, mode) runs `benchmarks/serve_latency.py` once, in a subprocess with that mode's environment
