@@ -46,8 +46,10 @@ RAY_THROUGHPUT_MODE = {
 # Each mode's environment on top of this process's (with every variable below removed first, so
 # that a mode is exactly what it says).
 MODES: dict[str, dict[str, str]] = {
-    # Serve's own defaults ("0" explicitly: init_ray now sets the mode for every local cluster,
-    # SERVE_FAST_PATH_ENV, and a value already set stands).
+    # Serve's own request path ("0" explicitly: init_ray now sets the mode for every local cluster,
+    # SERVE_FAST_PATH_ENV, and a value already set stands). init_ray still adds that env's other
+    # two: direct ingress off (Ray's default without the mode) and the raised gRPC cap (no effect
+    # found on one node, see ray_utils).
     "default": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
     # The whole mode as Ray ships it (direct ingress on, gRPC's 4 MB cap), set explicitly because
     # init_ray turns those two back otherwise.
