@@ -354,7 +354,7 @@ COUNTS_SCHEMA = pa.schema(
 
 
 def _faces_of(rows: list[dict], class_names: list[str]):
-    from emokp_ray.inference.predictor import Face, ImageResult
+    from emokp_ray.inference.results import Face, ImageResult
 
     faces = []
     for row in rows:

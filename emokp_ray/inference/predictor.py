@@ -52,54 +52,13 @@ from emokp_ray.inference.backends import make_runner, resolve_backend, run_model
 from emokp_ray.inference.calibration import softmax, temperature_of
 from emokp_ray.inference.detect import FaceDetector, require_detector
 from emokp_ray.inference.images import to_grey
+from emokp_ray.inference.results import Box, Face, ImageResult
 from emokp_ray.inference.tta import forward_with_flip
-
-Box = tuple[float, float, float, float]  # (x, y, w, h) in the input image's pixels (corner coordinates)
 
 FRAMING_MARGIN = 1.13  # crop side / Haar box side (measured, see the module docstring)
 FRAMING_SHIFT_Y = 0.02  # crop centre below the Haar centre, in Haar sides
 AUTO_CROP_MAX_SIDE = 128  # mode "auto": a square image up to this side is taken as one face crop
 MODES = ("auto", "crop", "detect")
-
-
-# --------------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Face:
-    """One face: its box and what each model says about it (None where that model is absent)."""
-
-    box: Box
-    keypoints: dict[str, tuple[float, float]] | None  # Kaggle names -> (x, y) input-image pixels
-    emotion: str | None  # the most probable class
-    probabilities: dict[str, float] | None  # every class -> probability (sums to 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: coordinates rounded to 0.001 px, probabilities to 1e-6."""
-        return {
-            "box": [round(float(v), 3) for v in self.box],
-            "keypoints": None
-            if self.keypoints is None
-            else {k: [round(x, 3), round(y, 3)] for k, (x, y) in self.keypoints.items()},
-            "emotion": self.emotion,
-            "probabilities": None
-            if self.probabilities is None
-            else {k: round(p, 6) for k, p in self.probabilities.items()},
-        }
-
-
-@dataclass
-class ImageResult:
-    """The faces of one input image (in the order found: caller's boxes in order, detections largest first)."""
-
-    width: int
-    height: int
-    faces: list[Face]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "faces": [f.to_dict() for f in self.faces]}
 
 
 # --------------------------------------------------------------------------------------------------

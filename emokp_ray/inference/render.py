@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from emokp_ray.inference.predictor import ImageResult
+from emokp_ray.inference.results import ImageResult
 
 BOX_COLOR = (0, 220, 0)  # green
 POINT_COLOR = (255, 40, 40)  # red
