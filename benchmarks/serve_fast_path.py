@@ -16,7 +16,7 @@ machine hits all alike.
 Each run measures, as serve_latency.py does: the `batch` config (today's defaults: @serve.batch,
 two model calls in flight) on the torch and onnx backends at concurrency 1 and --concurrency-top
 (p50 ms, requests/s), the front end's ceiling (GET /v1/labels), and the `overload` config (the
-default limits, model_niceness 5) under open-loop arrivals at --overload-rate on torch (the 503 p99:
+default limits, model_niceness idle) under open-loop arrivals at --overload-rate on torch (the 503 p99:
 issue 11's target is < 100 ms) and under --overload-concurrency instant-retry clients (answers/s).
 Reported: each figure's median over rounds per mode, and each mode's ratio to `default`.
 """
@@ -93,7 +93,7 @@ def latency_argv(args: argparse.Namespace, out: Path) -> list[str]:
         "--overload-rate", str(args.overload_rate),
         "--overload-seconds", str(args.overload_seconds),
         "--overload-concurrency", str(args.overload_concurrency),
-        "--model-niceness", "5",
+        "--model-niceness", "idle",
         "--out", str(out),
     ]  # fmt: skip
 

@@ -28,8 +28,9 @@ on this machine.
 
 `overload` (issue 11: a refusal must be fast) deploys the app with the DEFAULT limits of
 serve/config.yaml (admission of 64 images per ingress, FaceModel 2 + 4 calls), one replica each, once
-per --model-niceness value (default 0 and 5: the model replica that much below the proxy and ingress,
-whose Ray workers start at --worker-niceness, 0 as `emokp serve` starts them), and drives each app
+per --model-niceness value (default idle and 5: the model replica under SCHED_IDLE, today's default, or
+5 nice values below the proxy and ingress, the default before; their Ray workers start at
+--worker-niceness, 0 as `emokp serve` starts them), and drives each app
 two ways for --overload-seconds, the apps alternating for --rounds rounds (the summary gives medians
 over rounds):
 - open: requests ARRIVE at --overload-rate per second (Poisson, seeded), whatever the answers, as many
@@ -60,9 +61,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from emokp_ray.serving.schemas import Backend
+    from emokp_ray.serving.schemas import Backend, ModelNiceness
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_latency.json"
+
+
+def model_niceness(value: str) -> ModelNiceness:
+    """A --model-niceness value: "idle" (SCHED_IDLE) or a nice increment 0-19, as AppArgs takes it."""
+    if value == "idle":
+        return "idle"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither idle nor a nice value 0-19") from None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -118,10 +129,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overload-seconds", type=float, default=15.0, help="length of each overload run (default 15)")
     parser.add_argument(
         "--model-niceness",
-        type=int,
+        type=model_niceness,
         nargs="+",
-        default=[0, 5],
-        help="AppArgs.model_niceness of the overload apps, one app each, measured in alternation (default 0 5)",
+        default=["idle", 5],
+        help="AppArgs.model_niceness of the overload apps (0-19 or idle), one app each, measured in alternation "
+        "(default idle 5: today's default and the one before)",
     )
     parser.add_argument(
         "--worker-niceness",
@@ -278,9 +290,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def deploy_overload(kp: str, em: str, niceness: int, args: argparse.Namespace) -> str:
+def deploy_overload(kp: str, em: str, niceness: ModelNiceness, args: argparse.Namespace) -> str:
     """The app with serve/config.yaml's default limits and batching, one replica per deployment, its
-    model replica `niceness` below the rest (AppArgs.model_niceness). Returns the route prefix."""
+    model replica `niceness` below the rest, or under SCHED_IDLE for "idle" (AppArgs.model_niceness).
+    Returns the route prefix."""
     from ray import serve
 
     from emokp_ray.serving.app import compose
@@ -296,7 +309,7 @@ def deploy_overload(kp: str, em: str, niceness: int, args: argparse.Namespace) -
     return name
 
 
-def run_overload(port: int, body: bytes, names: dict[int, str], args: argparse.Namespace) -> list[dict]:
+def run_overload(port: int, body: bytes, names: dict[ModelNiceness, str], args: argparse.Namespace) -> list[dict]:
     """Each overload app ({model niceness: route prefix}) under both overloads, the apps alternating,
     for --rounds rounds."""
     for name in names.values():
@@ -314,7 +327,7 @@ def run_overload(port: int, body: bytes, names: dict[int, str], args: argparse.N
     return rows
 
 
-def print_overload(round_index: int, niceness: int, runs: dict, args: argparse.Namespace) -> None:
+def print_overload(round_index: int, niceness: ModelNiceness, runs: dict, args: argparse.Namespace) -> None:
     for name, result in runs.items():
         load = f"{args.overload_rate:g} arrivals/s" if name == "open" else f"{args.overload_concurrency} clients"
         print(
@@ -411,7 +424,7 @@ def overload_summary(rows: list[dict]) -> dict:
     round should neither make nor break a tail figure), the worst round's open-loop 503 p99, and the
     200s answered per second."""
     out: dict[str, Any] = {}
-    for niceness in sorted({r["model_niceness"] for r in rows}):
+    for niceness in sorted({r["model_niceness"] for r in rows}, key=str):
         mine = [r for r in rows if r["model_niceness"] == niceness]
         for name in ("open", "closed"):
             for status in ("503", "200"):

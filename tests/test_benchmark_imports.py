@@ -38,4 +38,4 @@ def test_serve_fast_path_passes_flags_serve_latency_accepts(tmp_path):
 
     argv = serve_fast_path.latency_argv(serve_fast_path.get_args_parser().parse_args([]), tmp_path / "out.json")
     parsed = serve_latency.get_args_parser().parse_args(argv)
-    assert parsed.configs == ["batch", "overload"] and parsed.model_niceness == [5] and parsed.rounds == 1
+    assert parsed.configs == ["batch", "overload"] and parsed.model_niceness == ["idle"] and parsed.rounds == 1

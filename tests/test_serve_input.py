@@ -7,6 +7,8 @@ import asyncio
 import base64
 import io
 import json
+import os
+import pickle
 import subprocess
 import sys
 import time
@@ -275,12 +277,15 @@ def test_read_body_needs_no_asyncio_timeout(monkeypatch):
 
 def test_app_args_are_typed_and_strict():
     args = AppArgs.model_validate({"keypoints": "/k", "max_batch_size": "8"})
-    assert args.max_batch_size == 8 and args.emotion is None
+    assert args.max_batch_size == 8 and args.emotion is None and args.model_niceness == "idle"
+    assert AppArgs.model_validate({"keypoints": "/k", "model_niceness": 5}).model_niceness == 5
     for bad in (
         {},
         {"keypoints": "/k", "max_batch_size": 0},
         {"keypoints": "/k", "batchsize": 8},
         {"keypoints": "/k", "max_images_per_request": 10, "max_pending_requests": 5},
+        {"keypoints": "/k", "model_niceness": 20},
+        {"keypoints": "/k", "model_niceness": "lowest"},
     ):
         with pytest.raises(ValueError):
             AppArgs.model_validate(bad)
@@ -363,8 +368,10 @@ def test_model_replica_overlaps_the_networks_only_when_asked_at_one_thread(tmp_p
     kp, em = write_tiny_checkpoints(tmp_path)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a replica's share: Ray's OMP_NUM_THREADS=1
     replica_class = FaceModel.func_or_class  # the class itself; Serve would construct it in an actor
-    asked = replica_class(AppArgs(keypoints=str(kp), emotion=str(em), detect=False, overlap_networks=True))
-    default = replica_class(AppArgs(keypoints=str(kp), emotion=str(em), detect=False))
+    # model_niceness 0: the constructor lowers its own process's CPU priority, here pytest's.
+    common = {"keypoints": str(kp), "emotion": str(em), "detect": False, "model_niceness": 0}
+    asked = replica_class(AppArgs(**common, overlap_networks=True))
+    default = replica_class(AppArgs(**common))
     assert asked.predictor.overlap_networks and not default.predictor.overlap_networks
     crops = np.random.default_rng(0).integers(0, 256, (3, 96, 96), dtype=np.uint8)
     for a, b in zip(asked.predictor.predict_crops(crops), default.predictor.predict_crops(crops)):
@@ -418,7 +425,7 @@ def test_lower_cpu_priority_renices_every_thread_and_the_threads_started_later()
     # In a child process: a nice value cannot be lowered again without privileges.
     code = """
 import json, os, threading
-from emokp_ray.serving.model import lower_cpu_priority
+from emokp_ray.serving.process import lower_cpu_priority
 release = threading.Event()
 running = threading.Thread(target=release.wait)
 running.start()
@@ -436,6 +443,63 @@ print(json.dumps([before, after, threads, later[0], lower_cpu_priority(0), lower
     assert threads == [after]  # the main thread and the one already running
     assert later == after  # a thread started afterwards inherits it
     assert (unchanged, capped) == (after, 19)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_idle_cpu_priority_covers_every_thread_and_the_threads_started_later():
+    # In a child process: leaving SCHED_IDLE again needs privileges, and pytest must keep its CPU.
+    code = """
+import json, os, threading
+from emokp_ray.serving.process import idle_cpu_priority
+release = threading.Event()
+running = threading.Thread(target=release.wait)
+running.start()
+before = os.sched_getscheduler(0)
+done = idle_cpu_priority()
+threads = sorted({os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")})
+later = []
+started = threading.Thread(target=lambda: later.append(os.sched_getscheduler(0)))
+started.start(); started.join(); release.set(); running.join()
+print(json.dumps([before, done, threads, later[0]]))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    before, done, threads, later = json.loads(run.stdout.strip().splitlines()[-1])
+    assert before == os.SCHED_OTHER
+    if not done:
+        pytest.skip("this machine refuses SCHED_IDLE (the replica then runs at nice 19)")
+    assert threads == [os.SCHED_IDLE]  # the main thread and the one already running
+    assert later == os.SCHED_IDLE  # a thread started afterwards inherits it
+
+
+def test_ingress_request_path_never_imports_torch_and_freezes_its_startup_heap():
+    # What the ingress imports and unpickles (the model's Outcome with an ImageResult inside) stays
+    # free of torch, whose ~160,000 objects every full collection would walk; the predictor's result
+    # classes are the same ones.
+    from emokp_ray.inference import predictor, results
+    from emokp_ray.serving.model import Outcome
+
+    assert (predictor.Face, predictor.ImageResult) == (results.Face, results.ImageResult)
+    face = results.Face((1.0, 2.0, 40.0, 40.0), {"nose_tip": (20.0, 21.0)}, "happiness", {"happiness": 1.0})
+    outcome = base64.b64encode(pickle.dumps(Outcome(result=results.ImageResult(96, 96, [face])))).decode()
+    code = f"""
+import base64, gc, importlib, json, pickle, sys
+import numpy as np
+from emokp_ray.serving import app
+from emokp_ray.serving.process import freeze_startup_heap
+for module in app.REQUEST_PATH_MODULES:
+    importlib.import_module(module)
+frozen = freeze_startup_heap()
+outcome = pickle.loads(base64.b64decode("{outcome}"))
+png = app.annotated_png(np.zeros((96, 96), np.uint8), outcome.result)
+later = [object()]  # allocated after the freeze: still collectable
+young = any(o is later for o in gc.get_objects(0))
+print(json.dumps(["torch" in sys.modules, frozen, young, outcome.result.to_dict()["faces"][0]["emotion"], len(png)]))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    torch_imported, frozen, young, emotion, png_chars = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not torch_imported
+    assert frozen > 50_000 and young  # the imports frozen; what comes later is not
+    assert emotion == "happiness" and png_chars > 100
 
 
 def test_admission_refuses_past_the_limit_and_frees_slots():

@@ -25,6 +25,7 @@ options, for tests and benchmarks.
 
 import asyncio
 import base64
+import importlib
 import io
 import logging
 import time
@@ -56,6 +57,7 @@ from emokp_ray.serving.http_input import (
     read_body,
 )
 from emokp_ray.serving.model import FaceJob, FaceModel, Outcome
+from emokp_ray.serving.process import freeze_startup_heap
 from emokp_ray.serving.schemas import (
     DETECT_TO_MODE,
     MAX_CONCURRENT_BATCHES,
@@ -73,6 +75,10 @@ logger = logging.getLogger("ray.serve")
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
 OVERLOADED = "the service is overloaded; retry later"
+# What the request path imports on first use (decoding, drawing, the model's result classes): imported
+# by the constructor instead, so that freeze_startup_heap leaves them out of later collections. None
+# of them imports torch: the ingress never runs a network.
+REQUEST_PATH_MODULES = ("emokp_ray.inference.images", "emokp_ray.inference.render", "emokp_ray.inference.results")
 RETRY_AFTER_S = 1  # seconds, in the Retry-After header of every 503
 
 # Swagger/ReDoc pages load scripts from a CDN: off. /openapi.json stays.
@@ -176,6 +182,11 @@ class Ingress:
         self.admission = Admission(args.max_pending_requests)  # images in flight
         self.pixels = Admission(args.max_replica_pixels)  # decoded pixels held at once
         self.metrics = serve_metrics.get()
+        for module in REQUEST_PATH_MODULES:
+            importlib.import_module(module)
+        # Last: full collections under load then walk only what requests allocate (a refusal waits
+        # behind any collection in progress; process.py gives the figures).
+        freeze_startup_heap()
 
     async def in_flight(self) -> int:
         """Images admitted and not yet answered on this replica (`emokp serve` waits for 0 to drain)."""

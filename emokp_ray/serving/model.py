@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,10 +21,12 @@ from ray import serve
 
 from emokp_ray.errors import UserError
 from emokp_ray.inference.detect import INSTALL_HINT
+from emokp_ray.serving.process import freeze_startup_heap, idle_cpu_priority, lower_cpu_priority
 from emokp_ray.serving.schemas import AppArgs
 
 if TYPE_CHECKING:
-    from emokp_ray.inference.predictor import ImageResult, Predictor
+    from emokp_ray.inference.predictor import Predictor
+    from emokp_ray.inference.results import ImageResult
 
 Box = tuple[float, float, float, float]
 logger = logging.getLogger("ray.serve")
@@ -70,21 +70,6 @@ def job_boxes(job: FaceJob) -> list[Box] | None:
     if job.mode == "crop" or (job.mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
         return [(0.0, 0.0, float(width), float(height))]
     return None
-
-
-def lower_cpu_priority(increment: int) -> int:
-    """Raise the nice value of every thread of this process by `increment` (to at most 19); returns
-    the main thread's new value. On Linux the nice value belongs to each thread and a new thread
-    inherits its creator's, so every thread in /proc/self/task is reniced: those running now and,
-    through them, those started later (torch's pool, asyncio's worker threads)."""
-    tasks = Path("/proc/self/task")
-    if increment > 0:
-        for tid in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
-            except OSError:  # the thread ended meanwhile
-                continue
-    return os.getpriority(os.PRIO_PROCESS, os.getpid())
 
 
 def run_jobs(predictor: Predictor, jobs: Sequence[FaceJob]) -> list[Outcome]:
@@ -141,8 +126,14 @@ class FaceModel:
             overlap_networks=args.overlap_networks,
         )
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
-        # Last, so that the threads the loading started are reniced too (AppArgs.model_niceness).
-        lower_cpu_priority(args.model_niceness)
+        # Last, so that the threads the loading started are reniced too (AppArgs.model_niceness),
+        # and the loaded modules and weights are left out of every later garbage collection.
+        if args.model_niceness != "idle":
+            lower_cpu_priority(args.model_niceness)
+        elif not idle_cpu_priority():
+            logger.warning("SCHED_IDLE is not available here: the model replica runs at nice 19 instead")
+            lower_cpu_priority(19)
+        freeze_startup_heap()
 
     def info(self) -> dict[str, Any]:
         """{"model": Predictor.model_info(), "labels": Predictor.labels()}."""

@@ -12,8 +12,9 @@ from typing import Any
 APP_NAME = "emokp"
 REQUEST_TIMEOUT_S = 60.0  # the proxy's end-to-end limit per request (as in serve/config.yaml)
 # The nice value of the workers of the local Ray that `emokp serve` starts: 0, with the model
-# replica AppArgs.model_niceness (5) below the proxy and ingress, so a full service still refuses
-# promptly (Ray's default 15 leaves the model only 4 steps to go below them).
+# replica below the proxy and ingress (AppArgs.model_niceness: SCHED_IDLE by default, or a nice
+# value), so a full service still refuses promptly (Ray's default 15 leaves a nice value only 4
+# steps to go below them).
 SERVE_WORKER_NICENESS = 0
 
 

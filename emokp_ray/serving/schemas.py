@@ -6,12 +6,15 @@ never a silently ignored default.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The `backend` names AppArgs accepts (inference/backends.py BACKENDS).
 Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
+
+# AppArgs.model_niceness: a nice increment, or "idle" for Linux's SCHED_IDLE.
+ModelNiceness = Annotated[int, Field(ge=0, le=19)] | Literal["idle"]
 
 MiB = 1024 * 1024
 # The ingress batcher's own cap on batches in flight (@serve.batch's, fixed when the class is
@@ -51,14 +54,17 @@ class AppArgs(BaseModel):
     # The emotion pass in a second thread while the keypoint pass runs (Predictor's overlap_networks):
     # None: the predictor's rule (on with >= 2 torch threads, so off at Ray's 1), true: always.
     overlap_networks: bool | None = None
-    # The model replica's threads run this much nicer than Ray started them (at most nice 19), so
-    # that under overload the proxy and ingress still get the CPU to admit, refuse (503) and answer
-    # at once while the networks take every core; with spare cores it changes nothing. It tells
-    # most where the other processes run at nice 0, as `emokp serve` starts them (Ray's default for
-    # workers is 15, which leaves only 15 -> 19). Measured (serve/README.md): 5 halves the 503 p99
-    # under open-loop overload for ~5-12% fewer answers; 10 gains little more and halves the
-    # answers under a flood of instant retries. 0: as Ray started it.
-    model_niceness: int = Field(default=5, ge=0, le=19)
+    # How far the model replica's threads yield the CPU to the proxy and ingress, so that under
+    # overload those still admit, refuse (503) and answer at once while the networks take every core;
+    # with spare cores it changes nothing. "idle" (default): Linux's SCHED_IDLE, the model runs only
+    # on a core nothing else wants (process.idle_cpu_priority; nice 19 where the OS refuses it).
+    # 0-19: that much nicer than Ray started them, which still lets a model thread finish its time
+    # slice before a waking front end gets the core. It tells most where the other processes run at
+    # nice 0, as `emokp serve` starts them (Ray's default for workers is 15). Measured
+    # (serve/README.md): against 5, "idle" cuts the 503 p99 under open-loop overload by ~3x for ~8%
+    # fewer answers, but leaves the model about half its answers under a flood of instant retries,
+    # and next to nothing beside CPU-heavy work at normal priority: set 5 there.
+    model_niceness: ModelNiceness = "idle"
     # Input limits: the body is refused past max_body_bytes (Content-Length, then while reading) and
     # when it has not arrived within body_timeout_s (408); an image whose header declares more than
     # max_image_pixels (at most Pillow's own 89 M ceiling), or a request whose images' headers add
