@@ -11,7 +11,8 @@ init: timing does not depend on the weights).
 
 `batch` (@serve.batch with --max-batch-size and the load-adaptive batch window, two model calls in
 flight as serve/config.yaml sets), `batch_serial` (the same, one call at a time:
-`max_concurrent_batches: 1`), `overlap` (`batch` with the model replica running the two networks at
+`max_concurrent_batches: 1`), `batch_nice5` (the same with the model replica at `model_niceness: 5`,
+the default before `idle`), `overlap` (`batch` with the model replica running the two networks at
 once, `overlap_networks: true`) and `no_batch`
 (max_batch_size 1), each on every --backends entry, are deployed as their own apps with ONE replica per
 deployment (autoscaling off, so all get the same hardware) and warmed up; then an asyncio/aiohttp
@@ -108,7 +109,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--configs",
         nargs="+",
         default=["batch", "no_batch", "overload"],
-        choices=["batch", "batch_serial", "no_batch", "overlap", "overload"],
+        choices=["batch", "batch_serial", "batch_nice5", "no_batch", "overlap", "overload"],
     )
     parser.add_argument(
         "--backends",
@@ -354,7 +355,7 @@ def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Names
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
 
-    batched = config in ("batch", "batch_serial", "overlap")
+    batched = config in ("batch", "batch_serial", "batch_nice5", "overlap")
     batch_size = args.max_batch_size if batched else 1
     app_args = AppArgs(
         keypoints=kp,
@@ -368,6 +369,8 @@ def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Names
     )
     if config == "batch_serial":  # one model call at a time, as before max_concurrent_batches
         app_args = app_args.model_copy(update={"max_concurrent_batches": 1})
+    if config == "batch_nice5":  # the model replica at nice 5, the default before SCHED_IDLE
+        app_args = app_args.model_copy(update={"model_niceness": 5})
     fixed = {"num_replicas": 1, "autoscaling_config": None}
     model = {**fixed, "max_ongoing_requests": max(64, batch_size), "max_queued_requests": 1024}
     ingress = {**fixed, "max_ongoing_requests": 256, "max_queued_requests": 1024}
@@ -386,7 +389,7 @@ def best_rows(rows: list[dict]) -> list[dict]:
         key = (row["config"], row["backend"], row["concurrency"])
         if key not in best or row["requests_per_s"] > best[key]["requests_per_s"]:
             best[key] = row
-    order = {"batch": 0, "batch_serial": 1, "overlap": 2, "no_batch": 3}
+    order = {"batch": 0, "batch_serial": 1, "batch_nice5": 2, "overlap": 3, "no_batch": 4}
     return sorted(best.values(), key=lambda r: (r["backend"], order[r["config"]], r["concurrency"]))
 
 
@@ -397,7 +400,7 @@ def ratios(best: list[dict], backends: list[str], concurrency: list[int]) -> dic
     out: dict[str, Any] = {}
     top = max(concurrency)
     for backend in backends:
-        for config in ("batch", "batch_serial", "overlap", "no_batch"):
+        for config in ("batch", "batch_serial", "batch_nice5", "overlap", "no_batch"):
             if (config, backend, 1) in by:
                 out[f"p50_ms_at_c1_{config}_{backend}"] = by[(config, backend, 1)]["p50_ms"]
             if (config, backend, top) in by:
@@ -412,6 +415,12 @@ def ratios(best: list[dict], backends: list[str], concurrency: list[int]) -> dic
             out[f"p50_at_c1_{backend}_over_torch"] = round(
                 by[("batch", backend, 1)]["p50_ms"] / by[("batch", "torch", 1)]["p50_ms"], 3
             )
+        # The model replica under SCHED_IDLE (today's `batch`) against nice 5 below normal load.
+        for c, figure in ((1, "p50_ms"), (top, "requests_per_s")):
+            if ("batch", backend, c) in by and ("batch_nice5", backend, c) in by:
+                out[f"{figure}_at_c{c}_idle_over_nice5_{backend}"] = round(
+                    by[("batch", backend, c)][figure] / by[("batch_nice5", backend, c)][figure], 3
+                )
         if ("overlap", backend, 1) in by and ("batch", "torch", 1) in by:
             out[f"p50_at_c1_overlap_{backend}_over_torch"] = round(
                 by[("overlap", backend, 1)]["p50_ms"] / by[("batch", "torch", 1)]["p50_ms"], 3
