@@ -61,7 +61,7 @@ class AppArgs(BaseModel):
     # 0-19: that much nicer than Ray started them, which still lets a model thread finish its time
     # slice before a waking front end gets the core. It tells most where the other processes run at
     # nice 0, as `emokp serve` starts them (Ray's default for workers is 15). Measured
-    # (serve/README.md): against 5, "idle" cuts the 503 p99 under open-loop overload by ~3x for ~8%
+    # (serve/README.md): against 5, "idle" cuts the 503 p99 under open-loop overload by 1.6-3x for 5-9%
     # fewer answers, but leaves the model about half its answers under a flood of instant retries,
     # and next to nothing beside CPU-heavy work at normal priority: set 5 there.
     model_niceness: ModelNiceness = "idle"
