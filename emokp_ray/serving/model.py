@@ -21,6 +21,7 @@ from ray import serve
 
 from emokp_ray.errors import UserError
 from emokp_ray.inference.detect import INSTALL_HINT
+from emokp_ray.inference.results import Box
 from emokp_ray.serving.process import freeze_startup_heap, idle_cpu_priority, lower_cpu_priority
 from emokp_ray.serving.schemas import AppArgs
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from emokp_ray.inference.predictor import Predictor
     from emokp_ray.inference.results import ImageResult
 
-Box = tuple[float, float, float, float]
 logger = logging.getLogger("ray.serve")
 
 
