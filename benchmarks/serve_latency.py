@@ -68,12 +68,15 @@ RESULTS = Path(__file__).resolve().parent / "results" / "serve_latency.json"
 
 
 def model_niceness(value: str) -> ModelNiceness:
-    """A --model-niceness value: "idle" (SCHED_IDLE) or a nice increment 0-19, as AppArgs takes it."""
-    if value == "idle":
-        return "idle"
+    """A --model-niceness value, checked by AppArgs's own type: "idle" (SCHED_IDLE) or a nice
+    increment 0-19."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from emokp_ray.serving.schemas import ModelNiceness
+
     try:
-        return int(value)
-    except ValueError:
+        return TypeAdapter(ModelNiceness).validate_python(value if value == "idle" else int(value))
+    except (ValueError, ValidationError):
         raise argparse.ArgumentTypeError(f"{value!r} is neither idle nor a nice value 0-19") from None
 
 

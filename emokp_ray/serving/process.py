@@ -62,10 +62,10 @@ def freeze_startup_heap() -> int:
     requests allocate; returns how many objects are frozen now.
 
     Ray Serve (2.60) means to do this after a replica's constructor (RAY_SERVE_FREEZE_GC_ON_STARTUP)
-    but, measured in our ingress (a probe with gc.callbacks), froze nothing (gc.get_freeze_count() 0): every full collection there
-    walked ~160,000 startup objects, ~0.1 s of CPU with the event loop stopped, every few seconds
-    under load, and each one stalled every request in flight, refusals included. Idempotent: a second
-    call freezes only what came since."""
+    but, measured in our ingress (a probe with gc.callbacks), froze nothing (gc.get_freeze_count()
+    0): every full collection there walked ~160,000 startup objects, ~0.1 s of CPU with the event
+    loop stopped, every few seconds under load, and each one stalled every request in flight,
+    refusals included. Idempotent: a second call freezes only what came since."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
