@@ -253,12 +253,35 @@ def test_full_real_files_give_the_documented_counts(tmp_path, real_data):
     # val = a stratified 10% of Training (19,647 seed5 rows), test = PublicTest
     assert (fer["train"]["rows"], fer["val"]["rows"], fer["test"]["rows"]) == (17_683, 1_964, 2_486)
     assert fer["val"]["disgust"] == 43 and fer["train"]["disgust"] + fer["val"]["disgust"] == 436
+    # training_people.csv lies beside training.csv.gz: whole people per split
     kp_info = prepare_dataset([real_data / KEYPOINTS_GZ], tmp_path / "kp", strict=True).info
     kp = kp_info.counts
     assert sum(c["keypoints"] for c in kp.values()) == 3_383
     assert sum(c["complete_keypoints"] for c in kp.values()) == 2_376
+    assert (kp["train"]["rows"], kp["val"]["rows"], kp["test"]["rows"]) == (2_676, 356, 351)
+    people = kp_info.extra["people"][Path(KEYPOINTS_GZ).name]
+    assert people["people"] == {"train": 221, "val": 28, "test": 29} and not kp_info.extra["near_duplicates"]
+    person_of = {
+        int(row): person
+        for row, person in (
+            line.split(",")
+            for line in (real_data / KEYPOINTS_GZ).with_name("training_people.csv").read_text().split()[1:]
+        )
+    }
+    people_in = {
+        s: {person_of[r - 2] for (_, r), split in split_of_rows(tmp_path / "kp").items() if split == s}
+        for s in ("train", "val", "test")
+    }
+    assert not (people_in["train"] & people_in["test"]) and not (people_in["train"] & people_in["val"])
+    assert not (people_in["val"] & people_in["test"])
+    # without a people file (a user's own CSV): near-duplicate groups
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "training.csv.gz").symlink_to(real_data / KEYPOINTS_GZ)
+    kp_info = prepare_dataset([alone / "training.csv.gz"], tmp_path / "kp_near", strict=True).info
+    kp = kp_info.counts
     assert (kp["train"]["rows"], kp["val"]["rows"], kp["test"]["rows"]) == (2_534, 339, 510)
-    near = kp_info.extra["near_duplicates"][Path(KEYPOINTS_GZ).name]
+    near = kp_info.extra["near_duplicates"]["training.csv.gz"]
     assert near["groups"] == 3_014 and len(near["holdout_row_ids"]) == 170
 
 
@@ -318,3 +341,48 @@ def test_prepare_puts_a_keypoint_file_s_near_duplicates_in_one_split(tmp_path):
         else:
             assert a == b
     assert held and all(mapping[("training.csv", r)] == "test" for r in held)
+
+
+# ----------------------------------------------------------------------------- people files
+
+
+def _people_file(path: Path, rows: int, frames: int) -> Path:
+    return write(path, ["row,person"] + [f"{r},p{r // frames:03d}" for r in range(rows)])
+
+
+def test_a_people_file_beside_the_input_keeps_each_person_in_one_split(tmp_path):
+    faces = _faces(120, 3)
+    full = ",".join(f"{40 + (j % 7)}.25" for j in range(30))
+    rows = [f"{full}," + " ".join(map(str, img.ravel().tolist())) for img in faces]
+    src = write(tmp_path / "training.csv", [",".join(KEYPOINT_COLUMNS + ("Image",))] + rows)
+    _people_file(tmp_path / "training_people.csv", 120, frames=6)  # 20 people, 6 distinct frames each
+    info = prepare_dataset([src], tmp_path / "out", val_fraction=0.1, test_fraction=0.2, seed=1).info
+    record = info.extra["people"]["training.csv"]
+    assert record["people_file"] == "training_people.csv" and sum(record["people"].values()) == 20
+    assert record["people"]["test"] >= 3 and record["people"]["val"] >= 1
+    assert not info.extra["near_duplicates"]
+    mapping = split_of_rows(tmp_path / "out")
+    for person in range(20):  # row ids are file lines: data row r is line r + 2
+        assert len({mapping[("training.csv", r + 2)] for r in range(6 * person, 6 * person + 6)}) == 1
+    # the same file named explicitly gives the same split
+    again = prepare_dataset(
+        [src], tmp_path / "again", val_fraction=0.1, test_fraction=0.2, seed=1, people=tmp_path / "training_people.csv"
+    )
+    assert split_of_rows(tmp_path / "again") == mapping and again.info.counts == info.counts
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["row,who", "0,a"], r"people\.csv:1: a people file has the header 'row,person'"),
+        (["row,person", "0,a", "x,b"], r"people\.csv:3: expected 'ROW,PERSON'"),
+        (["row,person", "0,a", "0,b"], r"people\.csv:3: row 0 is listed twice"),
+        (["row,person", "0,a"], r"people\.csv has no person for data row 1 \(file line 3\)"),
+    ],
+)
+def test_a_bad_people_file_is_one_error_and_writes_nothing(tmp_path, lines, message):
+    src = keypoints_file(tmp_path / "training.csv", [True, True])
+    people = write(tmp_path / "people.csv", lines)
+    with pytest.raises(UserError, match=message):
+        prepare_dataset([src], tmp_path / "out", people=people)
+    assert not (tmp_path / "out").exists()
