@@ -84,6 +84,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         group_near_duplicates=not args.keep_near_duplicates,
+        people=args.people,
     )
     print(result.summary())
 
@@ -154,7 +155,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _model_pair(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """--keypoints / --emotion as given; with neither, the shipped release pair (builtin:keypoints,
-    builtin:emotion); with one, that model alone."""
+    builtin:emotion-fer7); with one, that model alone."""
     from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
 
     if args.keypoints is None and args.emotion is None:
@@ -278,6 +279,12 @@ def _add_data_prepare(data_sub: _Subcommands) -> None:
         type=_fraction,
         default=0.1,
         help="seeded test share of a file without a Usage column (default 0.1; FER's test is PublicTest)",
+    )
+    prep.add_argument(
+        "--people",
+        metavar="FILE",
+        help="keypoint file: a `row,person` CSV naming the person in each data row; whole people go to "
+        "each split (default: NAME_people.csv beside the input when it exists, else near-duplicate groups)",
     )
     prep.add_argument(
         "--keep-near-duplicates",
@@ -445,12 +452,14 @@ def _add_predict(sub: _Subcommands) -> None:
         help="keypoints and emotions for a few photos, in this process (no Ray)",
         description="One JSON object per image (faces: box, keypoints, emotion, calibrated "
         "probabilities) with --json, else one readable line per face. Without model "
-        "flags the shipped release models (builtin:keypoints, builtin:emotion) are used.",
+        "flags the shipped release models (builtin:keypoints, builtin:emotion-fer7) are used.",
     )
     pred.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF, PPM)")
     pred.add_argument("--keypoints", metavar="CKPT", help="keypoint model (default: builtin:keypoints)")
     pred.add_argument(
-        "--emotion", metavar="CKPT", help="emotion model (default: builtin:emotion; e.g. builtin:emotion-fer7)"
+        "--emotion",
+        metavar="CKPT",
+        help="emotion model (default: builtin:emotion-fer7, 7 classes with neutral; builtin:emotion: seed5)",
     )
     pred.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the images into DIR")
@@ -489,7 +498,7 @@ def _add_label(sub: _Subcommands) -> None:
         "default with neither flag: builtin:keypoints)",
     )
     label.add_argument(
-        "--emotion", metavar="CKPT", help="emotion checkpoint (default with neither flag: builtin:emotion)"
+        "--emotion", metavar="CKPT", help="emotion checkpoint (default with neither flag: builtin:emotion-fer7)"
     )
     label.add_argument(
         "--out",
@@ -554,7 +563,9 @@ def _add_serve(sub: _Subcommands) -> None:
     srv.add_argument(
         "--keypoints", metavar="CKPT", help="keypoint model (default with neither flag: builtin:keypoints)"
     )
-    srv.add_argument("--emotion", metavar="CKPT", help="emotion model (default with neither flag: builtin:emotion)")
+    srv.add_argument(
+        "--emotion", metavar="CKPT", help="emotion model (default with neither flag: builtin:emotion-fer7)"
+    )
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=_positive_int, default=8000)
     srv.add_argument("--max-batch-size", type=_positive_int, default=16, help="@serve.batch size (1 disables batching)")

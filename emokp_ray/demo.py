@@ -210,7 +210,7 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
             f"{labels.errors} unreadable (kept as error rows) -> {root / 'labels'}",
         )
 
-        t = stages.begin("label real photos with the shipped release models (builtin:keypoints, builtin:emotion)")
+        t = stages.begin("label real photos with the shipped release models (builtin:keypoints, builtin:emotion-fer7)")
         summary["real_photos"] = _label_real_photos(root / "report" / "real")
         stages.end(t, summary["real_photos"]["line"])
 
@@ -241,13 +241,14 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
 def _label_real_photos(out: Path) -> dict[str, Any]:
     """The bundled, openly licensed photos (emokp_ray/photos, SOURCES.md) through the builtin models,
     in this process; annotated copies into `out`. Missing builtin models are one line, not a failure."""
+    from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
     from emokp_ray.inference.images import load_image_file
     from emokp_ray.inference.predictor import Predictor
     from emokp_ray.inference.render import annotate
 
     photos = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     try:
-        predictor = Predictor.from_paths("builtin:keypoints", "builtin:emotion", device="cpu")
+        predictor = Predictor.from_paths(DEFAULT_KEYPOINTS, DEFAULT_EMOTION, device="cpu")
     except UserError as err:
         return {"line": f"skipped: {err}", "photos": []}
     out.mkdir(parents=True, exist_ok=True)
@@ -307,7 +308,7 @@ figure{{vertical-align:top}} img{{max-width:560px;border:1px solid #ccc}} td{{pa
 {"".join(img(str(p.relative_to(report)), p.name) for p in annotated)}
 <h2>Real photos, shipped release models</h2>
 <p>Openly licensed photos bundled with the package (sources and licenses: emokp_ray/photos/SOURCES.md), labelled by
-builtin:keypoints and builtin:emotion (calibrated probabilities).</p>
+builtin:keypoints and builtin:emotion-fer7 (calibrated probabilities).</p>
 {"".join(img(str(p.relative_to(report)), p.stem) for p in sorted((report / "real").glob("*.png")))}
 <h2>Serve</h2>{img("served.png", "annotated by the Serve app (POST /v1/predict?annotate=true)")}
 <p>Answers: <a href="serve_answers.json">serve_answers.json</a>; metrics: <a href="summary.json">summary.json</a>,

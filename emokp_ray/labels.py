@@ -89,10 +89,27 @@ class EmotionScheme:
         return len(self.classes)
 
 
-# FER2013's own 7 classes: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad, 5 Surprise, 6 Neutral.
+# One name per emotion in every output, whatever the scheme: the seed's words where it has them.
+EMOTION_NAMES: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sad", "surprise", "neutral")
+# Names that earlier fer7 checkpoints, data sets and outputs used for the same emotions (FER's own
+# words): read everywhere, never written.
+LEGACY_EMOTION_NAMES: dict[str, str] = {"angry": "anger", "happy": "happiness"}
+
+
+def canonical_emotion_name(name: str) -> str:
+    """An emotion's one name: FER's "angry" / "happy" -> "anger" / "happiness"; others unchanged."""
+    return LEGACY_EMOTION_NAMES.get(name, name)
+
+
+def canonical_emotion_names(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return tuple(canonical_emotion_name(n) for n in names)
+
+
+# FER2013's own 7 classes, in FER's label order: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad,
+# 5 Surprise, 6 Neutral.
 FER7 = EmotionScheme(
     name="fer7",
-    classes=("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"),
+    classes=("anger", "disgust", "fear", "happiness", "sad", "surprise", "neutral"),
     from_fer7={i: i for i in range(7)},
 )
 

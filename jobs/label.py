@@ -56,7 +56,7 @@ def build_parser() -> JobParser:
     parser.add_argument(
         "--emotion",
         metavar="CKPT",
-        help="emotion checkpoint, a path every node sees, or builtin:NAME (default with neither flag: builtin:emotion)",
+        help="emotion checkpoint, a path every node sees, or builtin:NAME (default with neither flag: builtin:emotion-fer7)",
     )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="output folder (path or URI), written by the workers"

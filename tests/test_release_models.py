@@ -15,6 +15,7 @@ from emokp_ray.artifacts.export import load_model
 from emokp_ray.cli import main
 from emokp_ray.errors import UserError
 from emokp_ray.inference.predictor import Predictor
+from emokp_ray.labels import EMOTION_NAMES, FER7, LEGACY_EMOTION_NAMES, SEED5
 from emokp_ray.models.resnet import build_model, model_config
 from tests.helpers import write_random_dataset, write_tiny_checkpoints
 
@@ -114,7 +115,12 @@ def test_predict_with_the_shipped_models_finds_the_faces_in_the_bundled_photos(c
     assert [r["image"] for r in records] == photos
     for r in records:
         assert len(r["faces"]) == 1
+        # every answer names its models: the default emotion model, fer7, in the one name set
+        emotion_model = r["model"]["emotion"]
+        assert emotion_model["label_scheme"] == "fer7" and emotion_model["run_id"].startswith("release-emotion-fer7")
+        assert emotion_model["class_names"] == list(EMOTION_NAMES)
         face = r["faces"][0]
+        assert set(face["probabilities"]) == set(EMOTION_NAMES)
         assert abs(sum(face["probabilities"].values()) - 1.0) < 1e-4 and len(face["keypoints"]) == 15
         x, y, w, h = face["box"]
         left, right = face["keypoints"]["left_eye_center"], face["keypoints"]["right_eye_center"]
@@ -146,6 +152,7 @@ def test_predict_prints_faces_writes_annotations_and_reports_bad_files(tmp_path,
     )
     captured = capsys.readouterr()
     assert code == 2
+    assert captured.out.startswith("models: keypoints ") and ", seed5 scheme)" in captured.out.splitlines()[0]
     assert captured.out.count("96x96, 1 face") == 2 and "2 of 3 images labelled" in captured.out
     err_lines = captured.err.strip().splitlines()
     assert len(err_lines) == 2 and "notes.png" in err_lines[0] and "1 of 3 images could not be labelled" in err_lines[1]
@@ -163,11 +170,16 @@ def test_label_and_serve_default_to_the_builtin_pair():
     from emokp_ray.cli import _model_pair, build_parser
 
     parser = build_parser()
-    assert _model_pair(parser.parse_args(["serve"])) == ("builtin:keypoints", "builtin:emotion")
-    assert _model_pair(parser.parse_args(["label", "in", "--out", "o"])) == ("builtin:keypoints", "builtin:emotion")
-    assert _model_pair(parser.parse_args(["label", "in", "--out", "o", "--emotion", "builtin:emotion-fer7"])) == (
-        None,
+    # the default emotion model knows "neutral"; the course's five classes are there by name
+    assert _model_pair(parser.parse_args(["serve"])) == ("builtin:keypoints", "builtin:emotion-fer7")
+    assert _model_pair(parser.parse_args(["predict", "x.jpg"])) == ("builtin:keypoints", "builtin:emotion-fer7")
+    assert _model_pair(parser.parse_args(["label", "in", "--out", "o"])) == (
+        "builtin:keypoints",
         "builtin:emotion-fer7",
+    )
+    assert _model_pair(parser.parse_args(["label", "in", "--out", "o", "--emotion", "builtin:emotion"])) == (
+        None,
+        "builtin:emotion",
     )
 
 
@@ -190,3 +202,24 @@ def test_evaluate_applies_the_temperature_and_reports_calibration(tmp_path):
     assert scaled["calibration"]["temperature"] == 4.0 and plain["calibration"]["temperature"] == 1.0
     assert scaled["calibration"]["ece_uncalibrated"] == pytest.approx(plain["calibration"]["ece"])
     assert (tmp_path / "r2" / "reliability.png").is_file()
+
+
+def test_every_scheme_uses_the_one_name_set_and_old_fer_words_are_read_as_it(tmp_path):
+    assert set(SEED5.classes) <= set(EMOTION_NAMES) and FER7.classes == EMOTION_NAMES
+    config = model_config("emotion", "fer48", num_outputs=7)
+    old_words = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    meta = CheckpointMeta(model_config=config, label_scheme="fer7", class_names=old_words, run_id="old")
+    saved = save_checkpoint(tmp_path / "old", build_model(config), meta)
+    loaded = load_checkpoint(saved)
+    assert loaded.meta.class_names == EMOTION_NAMES
+    faces = Predictor(None, loaded, device="cpu").predict_crops(np.zeros((2, 48, 48), np.uint8))
+    assert faces[0].emotion in EMOTION_NAMES and set(faces[0].probabilities) == set(EMOTION_NAMES)
+    # a data set prepared with FER's words: its counts read under the one name set (class weights use them)
+    from emokp_ray.data.schema import read_info
+
+    data = write_random_dataset(tmp_path / "data", n_train=4, n_val=2, size=48)
+    raw = json.loads((data / "dataset.json").read_text())
+    raw["counts"]["train"] |= dict.fromkeys(LEGACY_EMOTION_NAMES, 3)
+    (data / "dataset.json").write_text(json.dumps(raw))
+    counts = read_info(data).counts["train"]
+    assert counts["anger"] == 3 and counts["happiness"] == 3 and not set(LEGACY_EMOTION_NAMES) & set(counts)

@@ -39,7 +39,7 @@ from torch import nn
 
 from emokp_ray.artifacts.files import atomic_dir, write_file
 from emokp_ray.errors import UserError
-from emokp_ray.labels import DEFAULT_SCHEME, KEYPOINT_NAMES, emotion_scheme
+from emokp_ray.labels import DEFAULT_SCHEME, KEYPOINT_NAMES, canonical_emotion_names, emotion_scheme
 from emokp_ray.models.resnet import TASKS, ModelConfig, build_model
 
 FORMAT_VERSION = 1
@@ -82,7 +82,8 @@ class CheckpointMeta:
 
     def __post_init__(self) -> None:
         cfg = self.model_config
-        object.__setattr__(self, "class_names", tuple(self.class_names))
+        # a checkpoint written with FER's words ("angry", "happy") answers with the one name set
+        object.__setattr__(self, "class_names", canonical_emotion_names(tuple(self.class_names)))
         object.__setattr__(self, "keypoint_names", tuple(self.keypoint_names))
         if cfg.task == "emotion":
             scheme = DEFAULT_SCHEME if self.label_scheme is None else self.label_scheme

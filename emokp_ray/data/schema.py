@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from emokp_ray.artifacts.files import atomic_dir, is_uri, open_location
 from emokp_ray.errors import UserError
-from emokp_ray.labels import NUM_KEYPOINTS
+from emokp_ray.labels import NUM_KEYPOINTS, canonical_emotion_name
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -204,7 +204,7 @@ def read_info(data_dir: str | os.PathLike) -> DatasetInfo:
                 raw = json.loads(stream.read())
         else:
             raw = json.loads(Path(meta).read_text())
-        return DatasetInfo(**raw)
+        info = DatasetInfo(**raw)
     except FileNotFoundError:
         raise UserError(
             f"{data_dir} is not a prepared data set (no {DATASET_META}); run `emokp data prepare` or `emokp data synth`"
@@ -213,6 +213,11 @@ def read_info(data_dir: str | os.PathLike) -> DatasetInfo:
         raise UserError(f"{meta} is not a valid {DATASET_META}: {err}") from None
     except OSError as err:  # a URI's filesystem: no such bucket, no credentials, ...
         raise UserError(f"cannot read {meta}: {str(err).splitlines()[0]}") from None
+    # counts of a data set prepared with FER's words ("angry", "happy") under the one name set
+    info.counts = {
+        split: {canonical_emotion_name(k): v for k, v in per.items()} for split, per in (info.counts or {}).items()
+    }
+    return info
 
 
 def split_files(data_dir: str | os.PathLike, split: str) -> list[str]:

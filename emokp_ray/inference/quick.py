@@ -31,6 +31,17 @@ def _face_line(index: int, face: dict) -> str:
     return text
 
 
+def _models_line(models: dict) -> str:
+    """One line naming the models: run id and weights version, and the emotion model's scheme."""
+    parts = []
+    for task in ("keypoints", "emotion"):
+        info = models.get(task)
+        if info:
+            scheme = f", {info['label_scheme']} scheme" if task == "emotion" else ""
+            parts.append(f"{task} {info['run_id']} (weights {info['version']}{scheme})")
+    return "models: " + "; ".join(parts)
+
+
 def run_predict(
     images: Sequence[str],
     keypoints: str | None,
@@ -57,6 +68,9 @@ def run_predict(
     annotate_path = Path(annotate_dir) if annotate_dir else None
     if annotate_path is not None:
         annotate_path.mkdir(parents=True, exist_ok=True)
+    models = predictor.model_info()  # which weights and scheme produced every answer below
+    if not as_json:
+        out.write(_models_line(models) + "\n")
     failures = []
     for name in images:
         try:
@@ -66,7 +80,7 @@ def run_predict(
             failures.append(name)
             print(f"emokp: error: {err}", file=sys.stderr)
             continue
-        record = {"image": name, **result.to_dict()}
+        record = {"image": name, **result.to_dict(), "model": models}
         if as_json:
             out.write(json.dumps(record) + "\n")
         else:
