@@ -14,8 +14,9 @@ logs and per-epoch metrics are copied to results/release/ (committed beside the 
 Each run is `emokp train TASK --recipe release --no-ray` in its own process with ONE torch thread:
 on a 2-core machine, three single-thread processes keep both cores busier than one run at a time
 with two threads (whose per-op barriers stall whenever anything else runs), and the plain loop is the
-same code that Ray Train runs in each worker. On a GPU box pass `--threads 0` (torch's default) and
-the runs use the GPU.
+same code that Ray Train runs in each worker. On a GPU machine the same commands run unchanged: the
+runs train on the GPU (mixed precision) with torch's default threads (`--threads` overrides), and
+MODEL_CARD.md names the machine that trained each model.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ RUNS = REPO / "runs" / "release"
 RESULTS = REPO / "results" / "release"
 BUILTIN = REPO / "emokp_ray" / "builtin"
 
-# builtin name -> (task, prepared data set, `emokp data prepare` arguments)
+# builtin name -> (task, prepared data set, `emokp data prepare` arguments, `emokp train` arguments
+# beyond `--recipe release`)
 MODELS = {
-    "keypoints": ("keypoints", "kp", [str(SHARED / "facial-keypoints" / "training.csv.gz")]),
-    "emotion": ("emotion", "fer", [str(SHARED / "fer2013" / "fer2013.csv.gz"), "--scheme", "seed5"]),
-    "emotion-fer7": ("emotion", "fer7", [str(SHARED / "fer2013" / "fer2013.csv.gz"), "--scheme", "fer7"]),
+    # training_people.csv beside the CSV: a person-disjoint split (data/prepare.py)
+    "keypoints": ("keypoints", "kp", [str(SHARED / "facial-keypoints" / "training.csv.gz")], []),
+    "emotion": ("emotion", "fer", [str(SHARED / "fer2013" / "fer2013.csv.gz"), "--scheme", "seed5"], []),
+    "emotion-fer7": ("emotion", "fer7", [str(SHARED / "fer2013" / "fer2013.csv.gz"), "--scheme", "fer7"], []),
 }
 SPLIT_SEED = 0  # `emokp data prepare --seed`: the val (and keypoint test) shares
 
@@ -50,12 +53,19 @@ def emokp(*args: str) -> list[str]:
 
 
 def prepare() -> None:
-    for _task, folder, inputs in MODELS.values():
+    for _task, folder, inputs, _ in MODELS.values():
         out = PREPARED / folder
         if (out / "dataset.json").is_file():
             print(f"prepare: {out} exists, kept")
             continue
         subprocess.run(emokp("data", "prepare", *inputs, "--out", str(out), "--seed", str(SPLIT_SEED)), check=True)
+
+
+def _default_threads() -> int:
+    """1 torch thread per run on a CPU-only machine (module docstring), torch's default with a GPU."""
+    import torch
+
+    return 0 if torch.cuda.is_available() else 1
 
 
 def train(names: list[str], threads: int) -> None:
@@ -66,14 +76,25 @@ def train(names: list[str], threads: int) -> None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     procs = {}
     for name in names:
-        task, folder, _ = MODELS[name]
+        task, folder, _, overrides = MODELS[name]
         run_dir = RUNS / name
         cmd = emokp(
-            "train", task, "--data", str(PREPARED / folder), "--out", str(run_dir), "--recipe", "release", "--no-ray"
+            "train",
+            task,
+            "--data",
+            str(PREPARED / folder),
+            "--out",
+            str(run_dir),
+            "--recipe",
+            "release",
+            *overrides,
+            "--no-ray",
         )
-        if (run_dir / "config.json").is_file():
+        resume = (run_dir / "config.json").is_file()
+        if resume:
             cmd.append("--resume")
-        log = open(RESULTS / f"{name}.log", "a")
+        # a fresh run starts a fresh log (the committed log is the shipped model's; history stays in git)
+        log = open(RESULTS / f"{name}.log", "a" if resume else "w")
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd[1:])}\n")
         log.flush()
         procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), log)
@@ -92,7 +113,8 @@ def train(names: list[str], threads: int) -> None:
 DESCRIPTIONS = {
     "keypoints": "15 facial keypoints (Kaggle order, pixels) from a 96x96 grey face crop",
     "emotion": "5 emotions (seed5: anger, disgust, sad, happiness, surprise) from a grey face crop, 48x48",
-    "emotion-fer7": "FER2013's 7 emotions (angry, disgust, fear, happy, sad, surprise, neutral), 48x48",
+    "emotion-fer7": "FER2013's 7 emotions (anger, disgust, fear, happiness, sad, surprise, neutral) from a grey "
+    "face crop, 48x48: the default emotion model",
 }
 EMOTION_ONLY = ("imbalance", "label_smoothing", "mixup_alpha", "cutmix_alpha")
 FP16_CHECK_FACES = 512  # test faces on which the fp16 file is compared with the fp32 checkpoint
@@ -143,6 +165,44 @@ def _fp16_check(fp16_file: Path, data: Path, task: str) -> dict:
     return {"faces": len(crops), "max_probability_change": float(diff), "changed_labels": int(flips)}
 
 
+def _calm_faces(model_file: Path) -> dict:
+    """How a shipped emotion model answers FER's neutral test faces (FER7 label 6, PREPARED/fer7's test
+    split, which every scheme's model can be asked about): the share it calls a non-neutral emotion with
+    calibrated probability >= 0.5 and >= 0.7, and the share it calls neutral (a model without the
+    class: 0). Real photos are full of calm faces; a model that calls them angry or sad misleads."""
+    import numpy as np
+
+    from emokp_ray.artifacts.export import load_model
+    from emokp_ray.evaluation.evaluate import _dataset_batches
+    from emokp_ray.inference.predictor import Predictor
+
+    loaded = load_model(model_file)
+    batches = list(_dataset_batches(str(PREPARED / "fer7"), "test", "emotion", loaded.meta.input_size, 512))
+    labels = np.concatenate([b["label"] for b in batches])
+    crops = np.concatenate([b["image"] for b in batches])[labels == 6]  # fer7 6 = neutral
+    faces = Predictor(None, loaded, device="cpu", detector=None).predict_crops(crops)
+    emotion = np.array([max((p for c, p in f.probabilities.items() if c != "neutral"), default=0.0) for f in faces])
+    return {
+        "neutral_faces": len(crops),
+        "called_emotion_p50": float((emotion >= 0.5).mean()),
+        "called_emotion_p70": float((emotion >= 0.7).mean()),
+        "called_neutral": float(np.mean([f.emotion == "neutral" for f in faces])),
+    }
+
+
+def _canonical_names(entry: dict) -> dict:
+    """A release.json entry written with FER's words ("angry", "happy") under the one name set."""
+    from emokp_ray.labels import canonical_emotion_name as name
+
+    entry["class_names"] = [name(c) for c in entry.get("class_names", [])]
+    entry["splits"] = {split: {name(k): v for k, v in c.items()} for split, c in entry.get("splits", {}).items()}
+    if "per_class" in entry.get("test", {}):
+        entry["test"]["per_class"] = {name(k): v for k, v in entry["test"]["per_class"].items()}
+    if entry.get("task") == "emotion":
+        entry["description"] = DESCRIPTIONS.get(entry["file"][: -len(".pt")], entry["description"])
+    return entry
+
+
 def finish(names: list[str]) -> None:
     """Per model: fit the temperature on val (emotion), write the fp16 file into the package, check it
     against the fp32 checkpoint, evaluate it on test (and val, and test without flip TTA), then
@@ -159,7 +219,7 @@ def finish(names: list[str]) -> None:
     release_path = BUILTIN / RELEASE_FILE
     release = json.loads(release_path.read_text()) if release_path.is_file() else {"models": {}}
     for name in names:
-        task, folder, _ = MODELS[name]
+        task, folder, _, _ = MODELS[name]
         data = PREPARED / folder
         best = RUNS / name / "best"
         loaded = load_checkpoint(best, training_state=False)
@@ -245,6 +305,14 @@ def finish(names: list[str]) -> None:
         entry["epochs_run"] = len(history)
         release["models"][name] = entry
         shutil.copy(RUNS / name / "metrics.jsonl", RESULTS / f"{name}.metrics.jsonl")
+    from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
+
+    for name, entry in release["models"].items():  # every shipped emotion model, rebuilt now or not
+        _canonical_names(entry)
+        if entry["task"] == "emotion":
+            entry["test"]["calm_faces"] = _calm_faces(BUILTIN / entry["file"])
+            print(f"finish: {name}: neutral test faces: {entry['test']['calm_faces']}")
+    release["default"] = {"keypoints": DEFAULT_KEYPOINTS, "emotion": DEFAULT_EMOTION}
     release["regenerate"] = "python scripts/build_release_models.py all"
     tmp = release_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(release, indent=2, sort_keys=True) + "\n")
@@ -268,6 +336,9 @@ def model_card(release: dict) -> str:
         "",
         "Generated by `python scripts/build_release_models.py finish` from `release.json` (do not edit by",
         "hand). Training logs and per-epoch metrics: `results/release/` in the repository.",
+        "",
+        f"Without model flags, predict, label, serve and the demo use `{release.get('default', {}).get('keypoints')}`"
+        f" and `{release.get('default', {}).get('emotion')}`.",
         "",
         "| builtin | what | parameters | file | test (never used to choose) | val (chose epochs, temperature) |",
         "|---|---|---|---|---|---|",
@@ -305,10 +376,10 @@ def model_card(release: dict) -> str:
         "  anger, disgust, sad, happiness, surprise (fear and neutral dropped); `fer7` keeps all seven.",
         '- Keypoints: Kaggle "Facial Keypoints Detection" `training.csv` format, 3,383 faces (frames of the',
         "  YouTube Faces data set with their landmarks mapped to Kaggle's 15; 1,007 carry only 4 keypoints).",
-        "  Near-duplicate faces (frames of one video: fingerprint RMS difference < 0.45 std, connected",
-        "  components) are kept in one split; seeded 10% val and 10% test by group, stratified by complete /",
-        "  partial rows. A holdout of one member from some trained-on groups sits in `test` and is scored",
-        "  apart: it measures what a near-duplicate in training is worth.",
+        "  Split by PERSON (`training_people.csv`: 278 people, 8-15 frames each): seeded 10% val and 10% test",
+        "  of the rows by whole people, stratified by complete / partial rows, so the test figures are what",
+        "  a user gets on people the model never saw (a split by near-duplicate frames left other frames of",
+        "  the same people in training and scored 1.557 px where unseen people scored 1.788 px).",
         "",
         "| model | split | rows | per class / keypoints |",
         "|---|---|---|---|",
@@ -361,7 +432,7 @@ def model_card(release: dict) -> str:
         if m["task"] == "keypoints":
             hold = t.get("near_duplicate_holdout") or {}
             lines += [
-                f"Test RMSE {_f(t.get('rmse_px'))} px over {t.get('n')} faces without a trained-on near-duplicate "
+                f"Test RMSE {_f(t.get('rmse_px'))} px over {t.get('n')} faces of people never trained on "
                 f"(the mean-shape predictor: {_f(t.get('mean_shape_rmse_px'))} px)."
             ]
             if hold:
@@ -378,6 +449,14 @@ def model_card(release: dict) -> str:
                 lines.append(
                     f"| {cls} | {_f(v.get('precision'))} | {_f(v.get('recall'))} | {_f(v.get('f1'))} | {v.get('support')} |"
                 )
+            calm = t.get("calm_faces")
+            if calm:
+                lines += [
+                    "",
+                    f"Calm faces: of FER's {calm['neutral_faces']} neutral test faces it calls "
+                    f"{calm['called_emotion_p50']:.1%} a non-neutral emotion with probability >= 0.5 "
+                    f"({calm['called_emotion_p70']:.1%} with >= 0.7) and {calm['called_neutral']:.1%} neutral.",
+                ]
             cal = m.get("calibration", {})
             lines += [
                 "",
@@ -404,8 +483,8 @@ def model_card(release: dict) -> str:
         "## Known limits",
         "",
         "- Grey faces only, framed like the training crops (eyes near 40% of the crop's height). In photos,",
-        "  faces come from OpenCV's frontal Haar cascade: profiles, strong tilt and small faces (< ~40 px)",
-        "  are missed, and the framing of a detection is less tight than Kaggle's crops.",
+        "  faces come from the face detector (README: detectors); profiles and faces turned far from the",
+        "  camera are missed or badly framed.",
         "- Emotion labels are FER2013's: single annotators, noisy (human agreement on FER2013 is about",
         "  65%), mostly posed or web images of adults; disgust has 436 training faces. Expression is not",
         "  emotion: these models say what a face looks like, not what a person feels. Do not use them to",
@@ -434,7 +513,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("step", choices=["prepare", "train", "finish", "all"])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads per training process (0: torch's default)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per training process (0: torch's default); default 1 on a CPU-only machine, "
+        "0 where CUDA is available (the runs train on the GPU and their data loading gets the cores)",
     )
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
@@ -446,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("prepare", "all"):
         prepare()
     if args.step in ("train", "all"):
-        train(names, args.threads)
+        train(names, args.threads if args.threads is not None else _default_threads())
     if args.step in ("finish", "all"):
         finish(names)
     return 0
