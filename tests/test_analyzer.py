@@ -128,6 +128,7 @@ def test_a_list_is_one_batched_predictor_call_with_results_in_order(analyzer, mo
     assert_same_faces(results[3], alone[0])
     assert [r.source for r in results] == [str(second), None, None, str(first)]
     assert isinstance(analyzer((first,)), list)  # a tuple is a batch too
+    assert analyzer([]) == [] and emokp_ray.to_pandas([]).shape == (0, 7)
 
 
 @needs_models
@@ -161,12 +162,24 @@ def test_boxes_and_mode_per_call(analyzer):
         ),
         (np.zeros((40, 40, 4), np.uint8), r"^image 1: .* got a uint8 array of shape \[40, 40, 4\] \(RGBA\? drop alpha"),
         (np.zeros((0, 40), np.uint8), r"^image 1: image has no pixels"),
+        (np.zeros((40, 40, 1), np.uint8), r"\[40, 40, 1\] \(one channel: pass array\[\.\.\., 0\]\)"),
+        (np.zeros((2, 40, 40, 3), np.uint8), r"\[2, 40, 40, 3\] \(a batch\? pass a list of images\)"),
         (b"not an image at all", r"^image 1: not an image in a supported format"),
         ("/nonexistent/face.jpg", r"^image file /nonexistent/face.jpg does not exist"),
         (3.5, r"^image 1: expected a path, bytes, a numpy array or a PIL image, got float"),
         (Image.new("F", (8, 8)), r"^image 1: unsupported image mode 'F'"),
     ],
-    ids=["float-array", "rgba-array", "empty-array", "not-image-bytes", "missing-path", "number", "float-pil"],
+    ids=[
+        "float-array",
+        "rgba-array",
+        "empty-array",
+        "one-channel",
+        "4d-batch",
+        "not-image-bytes",
+        "missing-path",
+        "number",
+        "float-pil",
+    ],
 )
 def test_a_bad_image_is_one_clear_error_naming_it(image, message):
     with pytest.raises(UserError, match=message):

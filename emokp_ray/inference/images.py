@@ -296,7 +296,14 @@ def image_array(image: object, source: str = "image", max_pixels: int = MAX_IMAG
                 f"{source}: expected a uint8 array [H, W] or [H, W, 3] RGB, got {what}{hint}", "unsupported"
             )
         if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-            hint = " (RGBA? drop alpha with array[..., :3])" if image.ndim == 3 and image.shape[2] == 4 else ""
+            channels = image.shape[2] if image.ndim == 3 else None
+            hint = ""
+            if channels == 4:
+                hint = " (RGBA? drop alpha with array[..., :3])"
+            elif channels == 1:
+                hint = " (one channel: pass array[..., 0])"
+            elif image.ndim == 4:
+                hint = " (a batch? pass a list of images)"
             raise ImageError(
                 f"{source}: expected a uint8 array [H, W] or [H, W, 3] RGB, got {what}{hint}", "unsupported"
             )
