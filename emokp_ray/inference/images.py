@@ -195,7 +195,9 @@ def _to_array(image: Image.Image, source: str) -> np.ndarray:
     )
 
 
-def decode_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode_image(
+    data: bytes | bytearray | memoryview, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Decode image bytes (one of ALLOWED_FORMATS) with EXIF orientation applied.
 
     Returns uint8 [H, W] for grey sources or [H, W, 3] for colour ones (alpha composited on white).
@@ -243,3 +245,73 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 3:
         return np.asarray(Image.fromarray(np.ascontiguousarray(image), "RGB").convert("L"))
     raise ValueError(f"expected an image [H, W] or [H, W, 3], got shape {list(image.shape)}")
+
+
+def pil_to_array(image: Image.Image, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A caller's PIL image (any mode, maybe not loaded yet) -> `decode_image`'s output: the same
+    pixel limit, EXIF orientation and mode reduction (alpha on white). The caller's image is not
+    modified (orientation is applied to a copy)."""
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"{source}: image has no pixels ({width}x{height})", "not_image")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{source}: image too large ({width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,})",
+            "too_large",
+        )
+    try:
+        image.load()
+    except Exception:
+        raise ImageError(f"{source}: truncated or corrupt {image.format or 'image'} data", "truncated") from None
+    try:
+        turned = ImageOps.exif_transpose(image)  # a copy, turned as its EXIF orientation tag says
+    except Exception:
+        turned = image
+    return np.ascontiguousarray(_to_array(turned, source))
+
+
+def image_array(image: object, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Any image the Python API takes -> uint8 [H, W] grey or [H, W, 3] RGB, as `decode_image` gives:
+
+      * a path (str or os.PathLike): `load_image_file` (the path names the image in errors);
+      * bytes (bytes, bytearray, memoryview): `decode_image`;
+      * a numpy array: uint8 [H, W] grey or [H, W, 3] RGB (not BGR: convert OpenCV's images with
+        `cv2.cvtColor(img, cv2.COLOR_BGR2RGB)`), used as it is;
+      * a PIL image of any mode: `pil_to_array`.
+
+    Anything else (a float array, 4 channels, a number) is an `ImageError` (kind "unsupported")
+    naming `source` and what was given.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image_file(image, max_pixels=max_pixels)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(image, source=source, max_pixels=max_pixels)
+    if isinstance(image, Image.Image):
+        return pil_to_array(image, source=source, max_pixels=max_pixels)
+    if isinstance(image, np.ndarray):
+        what = f"a {image.dtype} array of shape {list(image.shape)}"
+        if image.dtype != np.uint8:
+            hint = " (scale to 0..255 and .astype(np.uint8))" if image.dtype.kind == "f" else ""
+            raise ImageError(
+                f"{source}: expected a uint8 array [H, W] or [H, W, 3] RGB, got {what}{hint}", "unsupported"
+            )
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            channels = image.shape[2] if image.ndim == 3 else None
+            hint = ""
+            if channels == 4:
+                hint = " (RGBA? drop alpha with array[..., :3])"
+            elif channels == 1:
+                hint = " (one channel: pass array[..., 0])"
+            elif image.ndim == 4:
+                hint = " (a batch? pass a list of images)"
+            raise ImageError(
+                f"{source}: expected a uint8 array [H, W] or [H, W, 3] RGB, got {what}{hint}", "unsupported"
+            )
+        if 0 in image.shape[:2]:
+            raise ImageError(f"{source}: image has no pixels (shape {list(image.shape)})", "not_image")
+        if image.shape[0] * image.shape[1] > max_pixels:
+            raise ImageError(f"{source}: image too large ({what}; the limit is {max_pixels:,} pixels)", "too_large")
+        return np.ascontiguousarray(image)
+    raise ImageError(
+        f"{source}: expected a path, bytes, a numpy array or a PIL image, got {type(image).__name__}", "unsupported"
+    )

@@ -4,13 +4,19 @@ Kept apart from predictor.py (which imports torch) so that processes that only c
 never import torch: the Serve ingress unpickles these from the model replica (importing this module),
 and render.py draws them. Importing torch there would add ~870 modules and ~160,000 long-lived objects
 to a process that never runs a network, and every full garbage collection walks them (measured in the
-ingress under load: ~0.1 s of CPU per collection, every few seconds).
+ingress under load: ~0.1 s of CPU per collection, every few seconds). For the same reason
+`ImageResult.to_pandas` imports pandas and `ImageResult.annotate` Pillow only when called.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pandas and Pillow load only when a table or a drawing is asked for
+    import pandas as pd
+    from PIL import Image
 
 Box = tuple[float, float, float, float]  # (x, y, w, h) in the input image's pixels (corner coordinates)
 
@@ -40,11 +46,90 @@ class Face:
 
 @dataclass
 class ImageResult:
-    """The faces of one input image (in the order found: caller's boxes in order, detections largest first)."""
+    """The faces of one input image (in the order found: caller's boxes in order, detections largest first).
+
+    The Python API (`emokp_ray.FaceAnalyzer`) also fills the fields below `faces`: where the image
+    came from, the image as the caller gave it (so `annotate()` needs no argument) and the models'
+    label names (so `to_pandas()` has its columns even without a face). They are not part of
+    `to_dict()` nor of equality; results from the CLI, batch labeling and Serve leave them None.
+    """
 
     width: int
     height: int
     faces: list[Face]
+    source: str | None = field(default=None, compare=False)  # e.g. the path; None for bytes, arrays, PIL images
+    image: Any = field(default=None, compare=False, repr=False)  # what the caller passed (path, bytes, array, PIL)
+    keypoint_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # the keypoint model's
+    class_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # the emotion model's
 
     def to_dict(self) -> dict[str, Any]:
         return {"width": self.width, "height": self.height, "faces": [f.to_dict() for f in self.faces]}
+
+    def to_pandas(self, image_index: int = 0) -> pd.DataFrame:
+        """One row per face (none for an image without faces, the columns still there): `image`
+        (image_index), `source`, `face` (its index), the box `x`, `y`, `w`, `h`, then with an emotion
+        model `emotion` and `p_<class>` per class, with a keypoint model `<keypoint>_x`, `<keypoint>_y`
+        per keypoint (Kaggle's column names), coordinates in the input image's pixels."""
+        return to_pandas([self], first_index=image_index)
+
+    def annotate(self, image: Any = None) -> Image.Image:
+        """An RGB PIL image of the input with each face's box, keypoints and emotion drawn on
+        (inference/render.py). `image`: the input again (a path, bytes, array or PIL image); by
+        default the one this result was computed from, where it kept it (the Python API's results do)."""
+        from emokp_ray.errors import UserError
+        from emokp_ray.inference.images import image_array
+        from emokp_ray.inference.render import annotate
+
+        image = self.image if image is None else image
+        if image is None:
+            raise UserError("this result does not keep its image: pass it, result.annotate(image)")
+        pixels = image_array(image, source=self.source or "image")
+        if pixels.shape[:2] != (self.height, self.width):
+            raise UserError(
+                f"annotate: the image is {pixels.shape[1]}x{pixels.shape[0]}, the result is for a "
+                f"{self.width}x{self.height} image"
+            )
+        return annotate(pixels, self)
+
+
+BOX_COLUMNS = ("x", "y", "w", "h")
+
+
+def _names(results: Sequence[ImageResult], attribute: str, from_face: str) -> list[str]:
+    """Keypoint or class names in model order: from the results' label names, else from their faces."""
+    names: dict[str, None] = {}  # ordered set
+    for result in results:
+        given = getattr(result, attribute)
+        found = given if given is not None else [n for f in result.faces for n in getattr(f, from_face) or {}]
+        names.update(dict.fromkeys(found))
+    return list(names)
+
+
+def to_pandas(results: Sequence[ImageResult], first_index: int = 0) -> pd.DataFrame:
+    """A pandas DataFrame of the faces of many images, one row per face, columns as
+    `ImageResult.to_pandas` (`image` is the result's position in `results`, plus first_index)."""
+    import pandas as pd
+
+    results = list(results)
+    classes = _names(results, "class_names", "probabilities")
+    keypoints = _names(results, "keypoint_names", "keypoints")
+    has_emotion = bool(classes) or any(f.emotion is not None for r in results for f in r.faces)
+    rows = []
+    for i, result in enumerate(results):
+        for j, face in enumerate(result.faces):
+            row: dict[str, Any] = {"image": first_index + i, "source": result.source, "face": j}
+            row |= dict(zip(BOX_COLUMNS, (float(v) for v in face.box)))
+            if has_emotion:
+                row["emotion"] = face.emotion
+            probabilities = face.probabilities or {}
+            row |= {f"p_{c}": probabilities.get(c, float("nan")) for c in classes}
+            points = face.keypoints or {}
+            for name in keypoints:
+                x, y = points.get(name, (float("nan"), float("nan")))
+                row |= {f"{name}_x": x, f"{name}_y": y}
+            rows.append(row)
+    columns = ["image", "source", "face", *BOX_COLUMNS, *(["emotion"] if has_emotion else [])]
+    columns += [f"p_{c}" for c in classes] + [f"{n}_{axis}" for n in keypoints for axis in ("x", "y")]
+    frame = pd.DataFrame(rows, columns=columns)
+    floats = [c for c in columns if c not in ("image", "source", "face", "emotion")]
+    return frame.astype({"image": "int64", "face": "int64", **dict.fromkeys(floats, "float64")})
