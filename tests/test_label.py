@@ -113,6 +113,37 @@ def test_resolve_input_lists_images_dataset_and_csv(image_folder, tmp_path):
             resolve_input(str(bad))
 
 
+def test_symbolic_link_loops_are_walked_once_and_dangling_links_are_error_rows(tmp_path):
+    """A folder with `a -> .` and `b -> .` once listed 100,000 paths from one file in 10 s and went on
+    (a labeling run that never started); a dangling link was in no row and no count."""
+    import itertools
+
+    folder = tmp_path / "d"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(folder / "photo.png")
+    Image.fromarray(np.full((40, 40), 64, np.uint8)).save(folder / "sub" / "inner.png")
+    (folder / "a").symlink_to(".")
+    (folder / "b").symlink_to(".")
+    (folder / "sub" / "up").symlink_to("..")
+    (folder / "again").symlink_to("sub")  # a second way into sub: its file is listed once
+    (folder / "gone.jpg").symlink_to("nowhere.jpg")
+    counts = ListingCounts()
+    rows = list(
+        itertools.islice((r for t in iter_work_tables(resolve_input(str(folder)), counts) for r in t.to_pylist()), 100)
+    )
+    # in name order, "again" comes before "sub": sub's file is listed once, under the first way in
+    assert sorted(r["source"] for r in rows) == ["again/inner.png", "gone.jpg", "photo.png"]
+    assert counts.inputs == 3 and counts.skipped_links == 4  # a, b, sub/up, and the second of again / sub
+    # the dangling link becomes an error row naming it, like an unreadable file
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    sources, images, errors = load_batch(pa.Table.from_pylist(rows), pafs.LocalFileSystem())
+    by_source = dict(zip(sources, errors))
+    assert by_source["gone.jpg"] == "gone.jpg: a symbolic link whose target does not exist"
+    assert by_source["photo.png"] is None and by_source["again/inner.png"] is None
+
+
 def test_annotation_names_stay_inside_the_folder():
     assert annotation_name("a/b.jpg") == "a/b.jpg.png"
     assert annotation_name("train/synth:row_id=3") == "train/synth_row_id=3.png"

@@ -112,6 +112,7 @@ class LabelSummary:
     stages: str = "split"
     resumed: int = 0  # images already written by earlier runs into OUT (skipped by this one)
     emotions: dict = field(default_factory=dict)  # class -> faces
+    skipped_links: int = 0  # folders met again through a symbolic link, walked only once
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,6 +141,8 @@ class LabelSummary:
         )
         if self.skipped_files:
             text += f" ({self.skipped_files:,} non-image files skipped)"
+        if self.skipped_links:
+            text += f" ({self.skipped_links:,} folders reached again through symbolic links, walked once)"
         if self.resumed:
             text += f"\n  resumed: {self.resumed:,} images were already written, {self.images - self.resumed:,} labelled now"
         steady = f", then {self.steady_images_per_s:,.1f} images/s" if self.steady_images_per_s else ""
@@ -336,7 +339,12 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
         files.append(name)
         if progress and i and i % 10 == 0:
             print(f"label: listed {counts.inputs:,} inputs", file=sys.stderr, flush=True)
-    listing = {"files": files, "total": counts.inputs, "skipped_files": counts.skipped_files}
+    listing = {
+        "files": files,
+        "total": counts.inputs,
+        "skipped_files": counts.skipped_files,
+        "skipped_links": counts.skipped_links,
+    }
     write_json(fs, f"{out}/{LISTING_FILE}", listing)
     return listing
 
@@ -564,12 +572,14 @@ def _listing(spec: LabelInput, outputs: _Outputs, progress: bool) -> dict:
     """{"total", "skipped_files"} and, for image files and CSV rows, the listing's "files" in OUT/_work;
     a prepared data set is read as it is."""
     if spec.kind == "dataset":
-        return {"total": spec.total, "skipped_files": 0}
+        return {"total": spec.total, "skipped_files": 0, "skipped_links": 0}
     return _write_listing(spec, outputs.fs, outputs.path, progress)
 
 
 def _say_what_is_labelled(input: str, spec: LabelInput, listing: dict, mode: str, use_detector: bool) -> None:
     skipped = f", {listing['skipped_files']:,} other files skipped" if listing["skipped_files"] else ""
+    if listing.get("skipped_links"):
+        skipped += f", {listing['skipped_links']:,} folders reached again through symbolic links not walked twice"
     print(f"label: {input}: {listing['total']:,} inputs ({spec.detail}{skipped})", file=sys.stderr, flush=True)
     if mode == "auto" and not use_detector and not spec.crop_mode:
         print(
@@ -725,6 +735,7 @@ def _summary(
         no_face=counts["no_face"],
         errors=counts["errors"],
         skipped_files=listing["skipped_files"],
+        skipped_links=listing.get("skipped_links", 0),
         seconds=round(seconds, 3),
         images_per_s=round(timing.written / seconds, 2) if seconds > 0 else 0.0,
         startup_s=round(timing.startup, 3),

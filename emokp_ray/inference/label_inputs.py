@@ -96,6 +96,7 @@ class ListingCounts:
 
     inputs: int = 0  # work rows: images expected in the output
     skipped_files: int = 0  # files in an image folder without an image extension (not inputs)
+    skipped_links: int = 0  # folders reached again through a symbolic link (walked once, not again)
 
 
 def _glob_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
@@ -123,23 +124,74 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(relative).parts)
 
 
-def _walk(fs: pafs.FileSystem, base: str, keep_folder=lambda parts: True) -> Iterator[tuple[str, str, int]]:
+DANGLING = -1  # the size _walk gives a symbolic link whose target is missing: an error row when read
+
+
+def _list_folder(fs: pafs.FileSystem, folder: str) -> list[tuple[str, str, int]]:
+    """One folder's entries (path, kind "dir" | "file" | "dangling", size), sorted by path. Local
+    folders are read with os.scandir: pyarrow follows symbolic links and leaves dangling ones out."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        out = []
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    path = f"{folder.rstrip('/')}/{entry.name}"
+                    try:
+                        if entry.is_dir():  # follows a link to a folder
+                            out.append((path, "dir", 0))
+                        elif entry.is_file():
+                            out.append((path, "file", entry.stat().st_size))
+                        elif entry.is_symlink() and not os.path.exists(path):
+                            out.append((path, "dangling", DANGLING))
+                    except OSError:  # vanished or unreadable between listing and stat: read as an error row
+                        out.append((path, "dangling", DANGLING))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(out)
+    kinds = {pafs.FileType.Directory: "dir", pafs.FileType.File: "file"}
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=False, allow_not_found=True))
+    return sorted((i.path, kinds[i.type], i.size or 0) for i in infos if i.type in kinds)
+
+
+def _walk(
+    fs: pafs.FileSystem, base: str, keep_folder=lambda parts: True, counts: ListingCounts | None = None
+) -> Iterator[tuple[str, str, int]]:
     """(path, path relative to base, size) of every file under base, depth first, each folder's
-    entries sorted by name; one folder listed per call (see the module docstring's bound)."""
+    entries sorted by name; one folder listed per call (see the module docstring's bound).
+
+    Symbolic links are followed, but never into a folder already walked (same device and inode): a
+    link back up the tree (`a -> .`) would otherwise walk forever, and a second link to one folder
+    would list its files twice. Such folders are counted in counts.skipped_links. A dangling link
+    comes out with size DANGLING, so it becomes an error row instead of vanishing."""
+    local = isinstance(fs, pafs.LocalFileSystem)
+    visited: set[tuple[int, int]] = set()
+    if local:
+        with contextlib.suppress(OSError):
+            st = os.stat(base)
+            visited.add((st.st_dev, st.st_ino))
     stack: list[str] = [base]
     while stack:
         folder = stack.pop()
-        entries = sorted(
-            fs.get_file_info(pafs.FileSelector(folder, recursive=False, allow_not_found=True)), key=lambda i: i.path
-        )
+        entries = _list_folder(fs, folder)
         subfolders = []
-        for info in entries:
-            relative = str(PurePosixPath(info.path).relative_to(base))
-            if info.type == pafs.FileType.Directory:
-                if keep_folder(PurePosixPath(relative).parts):
-                    subfolders.append(info.path)
-            elif info.type == pafs.FileType.File:
-                yield info.path, relative, info.size
+        for path, kind, size in entries:
+            relative = str(PurePosixPath(path).relative_to(base))
+            if kind == "dir":
+                if not keep_folder(PurePosixPath(relative).parts):
+                    continue
+                if local:
+                    try:
+                        st = os.stat(path)
+                    except OSError:
+                        continue
+                    if (st.st_dev, st.st_ino) in visited:
+                        if counts is not None:
+                            counts.skipped_links += 1
+                        continue
+                    visited.add((st.st_dev, st.st_ino))
+                subfolders.append(path)
+            else:
+                yield path, relative, size
         del entries
         stack.extend(reversed(subfolders))  # popped in name order
 
@@ -153,7 +205,7 @@ def _file_entries(spec: LabelInput, counts: ListingCounts) -> Iterator[tuple[str
         first_magic = next(i for i, p in enumerate(parts) if _GLOB_MAGIC.search(p))
         base = str(PurePosixPath(*parts[:first_magic])) if first_magic else "/"
         pattern = parts[first_magic:]
-        for entry in _walk(fs, base, lambda folder: _may_contain(pattern, folder)):
+        for entry in _walk(fs, base, lambda folder: _may_contain(pattern, folder), counts):
             if _glob_match(pattern, PurePosixPath(entry[1]).parts):
                 yield entry
         return
@@ -161,7 +213,7 @@ def _file_entries(spec: LabelInput, counts: ListingCounts) -> Iterator[tuple[str
     if info.type == pafs.FileType.File:
         yield path, PurePosixPath(path).name, info.size
         return
-    for entry in _walk(fs, path, lambda folder: not folder[-1].startswith(".")):
+    for entry in _walk(fs, path, lambda folder: not folder[-1].startswith("."), counts):
         if _hidden(entry[1]):
             continue
         if entry[1].lower().endswith(IMAGE_EXTENSIONS):

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from emokp_ray.errors import UserError
+from emokp_ray.inference.label_inputs import DANGLING
 from emokp_ray.inference.label_output import (
     annotation_name,
     output_table,
@@ -79,6 +80,8 @@ def load_batch(
             raise ValueError("work rows of files need the filesystem they are on")
         for i, (path, size) in enumerate(zip(batch["path"].to_pylist(), batch["size"].to_pylist())):
             try:
+                if size == DANGLING:
+                    raise UserError(f"{sources[i]}: a symbolic link whose target does not exist")
                 if size > MAX_FILE_BYTES:
                     raise UserError(f"{sources[i]}: file of {size:,} bytes is larger than {MAX_FILE_BYTES:,}")
                 with filesystem.open_input_stream(path) as f:
