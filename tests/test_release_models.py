@@ -223,3 +223,18 @@ def test_every_scheme_uses_the_one_name_set_and_old_fer_words_are_read_as_it(tmp
     (data / "dataset.json").write_text(json.dumps(raw))
     counts = read_info(data).counts["train"]
     assert counts["anger"] == 3 and counts["happiness"] == 3 and not set(LEGACY_EMOTION_NAMES) & set(counts)
+
+
+@pytest.mark.parametrize("where", ["/proc/emokp-annotations", "a_file"])
+def test_predict_annotate_to_an_unwritable_place_is_one_line(tmp_path, capsys, monkeypatch, where):
+    """It printed a 22-line traceback and exited 1."""
+    kp, em = write_tiny_checkpoints(tmp_path / "ckpt")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("taken")
+    crop = tmp_path / "face.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((96, 96), np.uint8)).save(crop)
+    assert main(["predict", str(crop), "--keypoints", str(kp), "--emotion", str(em), "--annotate", where]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"emokp: error: --annotate {where}: cannot create the folder")

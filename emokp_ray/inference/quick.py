@@ -63,11 +63,14 @@ def run_predict(
 
     out = out or sys.stdout
     started = time.perf_counter()
-    predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=detect != "crop", backend=backend)
-    predictor.flip_tta = flip_tta
     annotate_path = Path(annotate_dir) if annotate_dir else None
     if annotate_path is not None:
-        annotate_path.mkdir(parents=True, exist_ok=True)
+        try:
+            annotate_path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file there, /proc, no permission, a full disk: before the models load
+            raise UserError(f"--annotate {annotate_dir}: cannot create the folder ({err.strerror or err})") from None
+    predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=detect != "crop", backend=backend)
+    predictor.flip_tta = flip_tta
     models = predictor.model_info()  # which weights and scheme produced every answer below
     if not as_json:
         out.write(_models_line(models) + "\n")
@@ -92,7 +95,10 @@ def run_predict(
             from emokp_ray.inference.render import annotate
 
             target = annotate_path / (Path(name).stem + ".annotated.png")
-            annotate(image, result).save(target)
+            try:
+                annotate(image, result).save(target)
+            except OSError as err:  # full disk, removed folder: the answers above are already printed
+                raise UserError(f"--annotate: cannot write {target} ({err.strerror or err})") from None
         out.flush()
     if not as_json:
         out.write(
