@@ -226,3 +226,15 @@ def test_caller_boxes_and_crops_have_no_score_or_landmarks(keypoint_predictor):
     assert face.score is None and face.landmarks is None and face.to_dict()["landmarks"] is None
     (crop,) = keypoint_predictor.predict_crops(np.zeros((1, 96, 96), np.uint8))
     assert crop.score is None and crop.landmarks is None
+
+
+@needs_mtcnn
+def test_the_demo_labels_the_bundled_photos_and_one_tilted_30_degrees(tmp_path):
+    from emokp_ray.demo import _label_real_photos
+
+    if not (PHOTOS.parent / "builtin" / "emotion.pt").is_file():
+        pytest.skip("the builtin models are not shipped in this checkout")
+    real = _label_real_photos(tmp_path)
+    assert [p["photo"] for p in real["photos"]][-1] == "eileen_collins_nasa.jpg tilted 30 deg"
+    assert all(len(p["faces"]) == 1 for p in real["photos"]), real["line"]
+    assert (tmp_path / "eileen_collins_nasa_tilted.png").is_file()
