@@ -3,6 +3,7 @@ the eyes and the bottom lip (Kaggle crops: eyes near y = 37.7, bottom lip near y
 
     python benchmarks/framing.py                     # 40 synthetic photos + 400 Kaggle rows (if present)
     python benchmarks/framing.py --photos 80 --kaggle-rows 0
+    python benchmarks/framing.py --mtcnn --rotate-faces 100 --skip-haar --out benchmarks/results/framing_mtcnn.json
 
 Two sources with a known true crop box:
   * synthetic photos (`synthesize_photos`): each face's box is the square that frames it like a

@@ -14,16 +14,16 @@ from PIL import Image
 
 from emokp_ray.errors import UserError
 from emokp_ray.inference import detect as detect_module
-from emokp_ray.inference.detect import DEFAULT_DETECTOR, DETECTORS, LANDMARK_NAMES, Detection, make_detector
-from emokp_ray.inference.predictor import (
+from emokp_ray.inference.align import (
     apply_affine,
     box_to_image,
-    crop_face,
     invert_affine,
     similarity_transform,
     template_for,
     warp_crop,
 )
+from emokp_ray.inference.detect import DEFAULT_DETECTOR, DETECTORS, LANDMARK_NAMES, Detection, make_detector
+from emokp_ray.inference.predictor import crop_face
 
 PHOTOS = Path(__file__).resolve().parents[1] / "emokp_ray" / "photos"
 needs_mtcnn = pytest.mark.skipif(

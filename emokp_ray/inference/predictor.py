@@ -38,23 +38,24 @@ network's TEMPLATE (5 points in its S x S frame) to the detected landmarks maps 
 pixels; `warp_crop` samples it (bilinear, edge pixels replicated outside the photo; a face larger
 than 1.25 photo px per crop px is first shrunk by area averaging, as training crops were), and the
 keypoints come back through the same map. The two training sets are framed differently, so there are
-two templates, measured by `benchmarks/framing.py --mtcnn` (MTCNN on TRAINING faces only, 3x upscaled
-onto an edge-padded canvas; template point = median of the landmark mapped back into the crop frame):
+two templates (align.TEMPLATES), measured by `benchmarks/framing.py --mtcnn` (MTCNN on TRAINING faces
+only, 3x upscaled onto an edge-padded canvas; template point = median of the landmark mapped back into
+the crop frame; benchmarks/results/framing_mtcnn.json):
 
     landmark (subject's side)   Kaggle keypoint rows, 96 px frame       FER2013 Training, 48 px frame
                                  median (x, y)   IQR (x, y)              median (x, y)   IQR (x, y)
-    left_eye_center              62.84  35.87    4.15  3.83              32.68  18.02    2.80  2.95
-    right_eye_center             31.50  36.72    4.25  3.74              14.60  18.18    2.45  2.89
-    nose_tip                     46.93  54.49    8.44  4.64              23.63  28.19    3.72  3.83
-    mouth_left_corner            60.44  71.61    7.15  4.74              31.26  37.07    3.83  4.03
-    mouth_right_corner           34.89  72.15    7.55  4.93              15.95  37.22    4.15  3.85
+    left_eye_center              62.89  35.94    4.04  4.10              32.74  17.97    2.76  2.88
+    right_eye_center             31.45  36.88    4.21  4.03              14.58  18.26    2.50  2.87
+    nose_tip                     47.17  54.42    8.46  4.56              23.67  28.26    3.64  3.86
+    mouth_left_corner            60.36  71.66    7.07  5.00              31.21  37.13    3.81  4.17
+    mouth_right_corner           35.01  72.18    7.92  4.64              16.11  37.11    4.34  3.96
     faces found                  592 / 600 (all 15 keypoints; persons   545 / 600 (the first 600
                                  person_000-165 of training_people.csv) Usage == Training rows)
 
 Against the true Kaggle keypoints of those 592 faces (96 px units), MTCNN's landmarks are off by
-RMSE 2.72 / 2.29 px (left / right eye centre), 3.35 (nose tip), 2.93 / 2.82 (left / right mouth
+RMSE 2.70 / 2.33 px (left / right eye centre), 3.27 (nose tip), 2.90 / 2.79 (left / right mouth
 corner); with each landmark's median offset removed (about -0.8 x, -1.2 y px: MTCNN's points sit a
-little up and to the left of Kaggle's) 1.92 / 1.92, 2.42, 2.70 / 2.58. The templates absorb the
+little up and to the left of Kaggle's) 1.90 / 1.98, 2.39, 2.68 / 2.61. The templates absorb the
 offsets; the spread is noise the similarity fit averages over five points.
 
 End to end (`benchmarks/framing.py --rotate-faces 100`: Kaggle faces of persons NOT used for the
@@ -64,16 +65,20 @@ the 96 px crops themselves over the same faces):
 
     turned by (degrees)        0      +15    -15    +30    -30    +45    -45
     faces found / 100          100    94     98     67     71     26     28
-    RMSE through the photo     2.124  2.147  2.131  2.210  2.184  3.887  2.728
+    RMSE through the photo     2.137  2.145  2.123  2.106  2.081  2.028  2.029
     RMSE on the crops          1.833  1.842  1.827  1.752  1.779  1.787  1.742
-    ratio                      1.16   1.17   1.17   1.26   1.23   2.18   1.57
+    ratio                      1.17   1.16   1.16   1.20   1.17   1.13   1.16
 
-The ratio is near constant to +-30 degrees: the alignment undoes the tilt. What it costs upright
-(1.16x) is the framing itself: Kaggle's crops normalise the eye-to-bottom-lip distance (std 1.7 px of
-41), which the 5 landmarks do not see (the eye distance varies 14% between faces); with the TRUE
-points in place of MTCNN's the aligned crop still scores 1.15x, while re-framing by the true eyes and
-bottom lip scores 1.04x. Haar finds 98 of the same 100 faces upright, 66 / 77 at +15 / -15 degrees
-and 8 / 13 at +30 / -30.
+(Before the detector re-ran O-Net on the face turned upright, detect.MtcnnDetector._upright_landmarks,
+the ratio was 1.26 / 1.23 at +-30 and 2.18 / 1.57 at +-45 degrees.) The ratio is flat: the alignment
+undoes the tilt. What it costs upright (1.17x) is the framing itself: Kaggle's crops normalise the
+eye-to-bottom-lip distance (std 1.7 px of 41), which the 5 landmarks do not see (the eye distance
+varies 14% between faces). Probes on 80 of these faces (scripts not kept): the TRUE points in place of
+MTCNN's still score 1.15x upright; weighting the landmarks, two-point fits (eyes; eye and mouth
+midpoints), scale from the eye-to-mouth distance, or a linear correction of the frame from the fit's
+residuals (it explained 7% of the scale's spread) all stayed at 1.15-1.17x; re-framing by the true
+eyes and bottom lip (which MTCNN does not give) scores 1.04x. Haar finds 98 of the same 100 faces
+upright, 66 / 77 at +15 / -15 degrees and 8 / 13 at +30 / -30.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ import torch
 from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
 from emokp_ray.data.resize import resize_image, resize_images
 from emokp_ray.errors import UserError
+from emokp_ray.inference.align import aligned_to_image, box_to_image, warp_crop
 from emokp_ray.inference.backends import make_runner, resolve_backend, run_model
 from emokp_ray.inference.calibration import softmax, temperature_of
 from emokp_ray.inference.detect import DEFAULT_DETECTOR, LANDMARK_NAMES, Detection, Detector, make_detector
@@ -102,14 +108,6 @@ from emokp_ray.inference.tta import forward_with_flip
 
 FRAMING_MARGIN = 1.13  # crop side / Haar box side (measured, see the module docstring)
 FRAMING_SHIFT_Y = 0.02  # crop centre below the Haar centre, in Haar sides
-# Aligned crops: where each training set puts the 5 detector landmarks (LANDMARK_NAMES order, (x, y),
-# pixel-centre coordinates of its native S x S frame), medians measured by benchmarks/framing.py.
-TEMPLATES: dict[str, tuple[int, tuple[tuple[float, float], ...]]] = {
-    "kaggle": (96, ((62.84, 35.87), (31.5, 36.72), (46.93, 54.49), (60.44, 71.61), (34.89, 72.15))),  # keypoint net
-    "fer": (48, ((32.68, 18.02), (14.6, 18.18), (23.63, 28.19), (31.26, 37.07), (15.95, 37.22))),  # emotion nets
-}
-TASK_FRAMING = {"keypoints": "kaggle", "emotion": "fer"}  # which training framing each network saw
-ALIAS_MAX_SCALE = 1.25  # photo px per crop px above which an aligned crop is pre-shrunk by area averaging
 AUTO_CROP_MAX_SIDE = 128  # mode "auto": a square image up to this side is taken as one face crop
 MODES = ("auto", "crop", "detect")
 
@@ -128,83 +126,6 @@ def crop_box_from_detection(
     cx, cy = x + w / 2.0, y + h / 2.0 + shift_y * side
     side *= margin
     return (cx - side / 2.0, cy - side / 2.0, side, side)
-
-
-def template_for(task: str, size: int) -> np.ndarray:
-    """The task's landmark template [5, 2] in an S x S crop (the native frame rescaled, pixel centres)."""
-    native, points = TEMPLATES[TASK_FRAMING[task]]
-    return (np.asarray(points, np.float64) + 0.5) * size / native - 0.5
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The least-squares similarity (rotation, uniform scale, translation; no reflection) taking points
-    src [K, 2] to dst [K, 2] (Umeyama 1991), as a 2x3 matrix M: dst ~ M[:, :2] @ p + M[:, 2]."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
-    a, b = src - mu_s, dst - mu_d
-    cov = b.T @ a / len(src)
-    u, sigma, vt = np.linalg.svd(cov)
-    d = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
-    rotation = u @ d @ vt
-    scale = float(np.trace(np.diag(sigma) @ d) / max((a**2).sum() / len(src), 1e-12))
-    linear = scale * rotation
-    return np.hstack([linear, (mu_d - linear @ mu_s)[:, None]])
-
-
-def invert_affine(matrix: np.ndarray) -> np.ndarray:
-    """The inverse of a 2x3 affine map."""
-    linear = np.linalg.inv(matrix[:, :2])
-    return np.hstack([linear, -linear @ matrix[:, 2:3]])
-
-
-def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Points [..., 2] through a 2x3 affine map."""
-    return points @ matrix[:, :2].T + matrix[:, 2]
-
-
-def box_to_image(box: Sequence[float], size: int) -> np.ndarray:
-    """The 2x3 map from an S x S crop of an axis-aligned box to the image (pixel centres):
-    x_image = x + (x_crop + 0.5) w / S - 0.5 (same in y with h)."""
-    x, y, w, h = (float(v) for v in box)
-    sx, sy = w / size, h / size
-    return np.array([[sx, 0.0, x + 0.5 * sx - 0.5], [0.0, sy, y + 0.5 * sy - 0.5]])
-
-
-def aligned_to_image(landmarks: np.ndarray, task: str, size: int) -> np.ndarray:
-    """The 2x3 map from the task's aligned S x S crop to the image: the similarity taking the
-    template onto the detector's landmarks [5, 2] (image pixel centres)."""
-    return similarity_transform(template_for(task, size), landmarks)
-
-
-def warp_crop(image: np.ndarray, to_image: np.ndarray, size: int) -> np.ndarray:
-    """The S x S crop whose pixel (i, j) is the grey image [H, W] at to_image @ (i, j, 1) (bilinear;
-    edge pixels replicated outside the image). A face more than ALIAS_MAX_SCALE image px per crop px
-    is first shrunk by area averaging (as the training crops were), only the part the crop covers."""
-    import cv2
-
-    scale = math.sqrt(abs(np.linalg.det(to_image[:, :2])))
-    matrix = to_image
-    source = image
-    if scale > ALIAS_MAX_SCALE:
-        corners = apply_affine(to_image, np.array([[-1.0, -1.0], [size, -1.0], [-1.0, size], [size, size]]))
-        height, width = image.shape
-        (left, top), (right, bottom) = corners.min(axis=0), corners.max(axis=0)
-        x0, y0 = max(0, min(math.floor(left) - 1, width - 1)), max(0, min(math.floor(top) - 1, height - 1))
-        x1, y1 = max(x0 + 1, min(math.ceil(right) + 2, width)), max(y0 + 1, min(math.ceil(bottom) + 2, height))
-        region = image[y0:y1, x0:x1]
-        out_w, out_h = max(1, round((x1 - x0) / scale)), max(1, round((y1 - y0) / scale))
-        source = cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_AREA)
-        fx, fy = out_w / (x1 - x0), out_h / (y1 - y0)
-        # image pixel centres -> the shrunk region's pixel centres
-        shrink = np.array([[fx, 0.0, (0.5 - x0) * fx - 0.5], [0.0, fy, (0.5 - y0) * fy - 0.5]])
-        matrix = np.vstack([shrink, [0.0, 0.0, 1.0]])[:2] @ np.vstack([to_image, [0.0, 0.0, 1.0]])
-    return cv2.warpAffine(
-        np.ascontiguousarray(source),
-        matrix,
-        (size, size),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
 
 
 def _inside_range(start: float, extent: float, limit: int, size: int) -> tuple[int, int]:
