@@ -103,12 +103,11 @@ from emokp_ray.inference.backends import make_runner, resolve_backend, run_model
 from emokp_ray.inference.calibration import softmax, temperature_of
 from emokp_ray.inference.detect import DEFAULT_DETECTOR, LANDMARK_NAMES, Detection, Detector, make_detector
 from emokp_ray.inference.images import to_grey
-from emokp_ray.inference.results import Box, Face, ImageResult
+from emokp_ray.inference.results import AUTO_CROP_MAX_SIDE, Box, Face, ImageResult, is_face_crop  # noqa: F401
 from emokp_ray.inference.tta import forward_with_flip
 
 FRAMING_MARGIN = 1.13  # crop side / Haar box side (measured, see the module docstring)
 FRAMING_SHIFT_Y = 0.02  # crop centre below the Haar centre, in Haar sides
-AUTO_CROP_MAX_SIDE = 128  # mode "auto": a square image up to this side is taken as one face crop
 MODES = ("auto", "crop", "detect")
 
 
@@ -569,7 +568,7 @@ def prepare_faces(
         detected = False  # boxes from a detector (Haar's get re-framed) or given (used as they are)
         if caller is not None:
             found = [Detection(box=_check_box(b, f"image {index} box {j}")) for j, b in enumerate(caller)]
-        elif mode == "crop" or (mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
+        elif is_face_crop(mode, height, width):
             found = [Detection(box=(0.0, 0.0, float(width), float(height)))]
         else:
             found, detected = [as_detection(d) for d in detect(image)], True

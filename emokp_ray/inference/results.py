@@ -13,6 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 Box = tuple[float, float, float, float]  # (x, y, w, h) in the input image's pixels (corner coordinates)
+AUTO_CROP_MAX_SIDE = 128  # mode "auto": a square image up to this side is taken as one face crop
+
+
+def is_face_crop(mode: str, height: int, width: int) -> bool:
+    """Whether the predictor takes a whole image as one face crop (mode "crop", or "auto" on a square
+    image of at most AUTO_CROP_MAX_SIDE px) rather than searching it; here, not in predictor.py, so
+    that the Serve ingress can tell without importing torch."""
+    return mode == "crop" or (mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE)
 
 
 @dataclass

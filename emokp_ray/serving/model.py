@@ -21,7 +21,7 @@ from ray import serve
 
 from emokp_ray.errors import UserError
 from emokp_ray.inference.detect import INSTALL_HINT
-from emokp_ray.inference.results import Box
+from emokp_ray.inference.results import Box, is_face_crop
 from emokp_ray.serving.process import freeze_startup_heap, idle_cpu_priority, lower_cpu_priority
 from emokp_ray.serving.schemas import AppArgs
 
@@ -41,7 +41,8 @@ def opencv_available(detector: str = "mtcnn") -> bool:
 
 @dataclass(frozen=True)
 class FaceJob:
-    """One image for the model: grey uint8 [H, W]; mode "auto" | "detect" | "crop"; the caller's
+    """One image for the model: grey uint8 [H, W], or RGB [H, W, 3] for a photo MTCNN searches (it
+    uses colour; the ingress sends grey otherwise); mode "auto" | "detect" | "crop"; the caller's
     boxes (x, y, w, h) in image pixels, which override the mode, or None; when the ingress queued it
     for batching (time.perf_counter() there, for the queue-wait metric)."""
 
@@ -64,12 +65,10 @@ def job_boxes(job: FaceJob) -> list[Box] | None:
     """The job as per-image boxes for one `predict(..., mode="detect")` call: the caller's boxes;
     the whole image for a crop (mode "crop", or "auto" on a small square image, by the predictor's
     own AUTO_CROP_MAX_SIDE rule); None where faces must be detected."""
-    from emokp_ray.inference.predictor import AUTO_CROP_MAX_SIDE
-
     if job.boxes is not None:
         return list(job.boxes)
     height, width = job.image.shape[:2]
-    if job.mode == "crop" or (job.mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
+    if is_face_crop(job.mode, height, width):
         return [(0.0, 0.0, float(width), float(height))]
     return None
 
