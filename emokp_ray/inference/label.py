@@ -84,7 +84,7 @@ STAGES = ("split", "single")  # A | B | C as separate Ray Data stages, or A+B in
 # on 2 cores ran at 0.70x the plain loop once started; with 8 per call at 1.03-1.16x
 # (benchmarks/label_throughput.py). A block of that many inputs is also one part file.
 ROWS_PER_CALL_BATCHES = 8
-PREPARE_CPUS = 1.0  # per stage-A task (decode + Haar detection are single-threaded Python/C)
+PREPARE_CPUS = 1.0  # per stage-A task (decode + detection; OpenCV held to it, label_stages._named_detector)
 WRITE_CPUS = 0.25  # per stage-C task (Parquet encoding and the upload: mostly waiting on I/O)
 PROGRESS_EVERY_S = 5.0
 OUTPUT_OPTIONS = ("input", "input_kind", "mode", "model", "jsonl", "annotate_dir")  # what a resume must match

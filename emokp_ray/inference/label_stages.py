@@ -123,9 +123,20 @@ def prepared_schema(inputs: dict[str, int], pixels: bool) -> pa.Schema:
 
 @functools.lru_cache(maxsize=2)
 def _named_detector(name: str, threshold: float | None) -> Any:
+    """The detector of this worker process. OpenCV's thread pool (pthreads) ignores OMP_NUM_THREADS,
+    which Ray sets to the task's CPUs: without this, cv2.dnn and the cascade would use every core of
+    the node from a task that reserved one."""
+    import os
+
     from emokp_ray.inference.detect import make_detector
 
-    return make_detector(name, threshold)
+    detector = make_detector(name, threshold)
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        import cv2
+
+        cv2.setNumThreads(int(threads))
+    return detector
 
 
 def _detect_with(detector: Any, threshold: float | None = None):
