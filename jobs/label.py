@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from job_common import JOB_PROG, JobParser, require_path, run_job
 
 from emokp_ray.errors import UserError
+from emokp_ray.inference.detect import DETECTORS
 from emokp_ray.inference.label import MODES, STAGES, run_label
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(run_label).parameters.items()}
@@ -90,6 +91,15 @@ def build_parser() -> JobParser:
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="CPU actors even on a GPU cluster")
     parser.add_argument(
         "--detect", choices=MODES, help=f"how faces are found in image files (default {_DEFAULTS['detect']})"
+    )
+    parser.add_argument(
+        "--detector", choices=DETECTORS, help=f"face detector for photos (default {_DEFAULTS['detector']})"
+    )
+    parser.add_argument(
+        "--detector-threshold",
+        type=float,
+        metavar="F",
+        help="MTCNN's final score threshold in (0, 1) (default 0.7; checked by run_label)",
     )
     parser.add_argument("--num-cpus", type=float, help=f"CPUs reserved per actor (default {_DEFAULTS['num_cpus']})")
     parser.add_argument("--threads", type=int, help="torch threads per actor (default: one per reserved CPU)")

@@ -70,6 +70,10 @@ def test_synth_then_prepare_round_trip(tmp_path, capsys):
         (["data", "prepare", "x.csv", "--out", "OUT", "--val-fraction", "2"], "fraction"),
         (["train", "emotion", "--data", "D"], "--out"),
         (["frobnicate"], "invalid choice"),
+        (["predict", "x.jpg", "--detector", "dlib"], "invalid choice: 'dlib' (choose from 'mtcnn', 'haar')"),
+        (["predict", "x.jpg", "--detector-threshold", "1.5"], "expected a number in (0, 1)"),
+        (["label", "IN", "--out", "OUT", "--detector-threshold", "0"], "expected a number in (0, 1)"),
+        (["serve", "--detector", "yolo"], "invalid choice: 'yolo'"),
     ],
 )
 def test_user_errors_are_one_line(argv, needle, tmp_path, monkeypatch, capsys):

@@ -67,8 +67,13 @@ def test_quick_demo_learns_labels_serves_and_reports(tmp_path, ray_root):
     # the shipped models on the bundled real photos (skipped in one line where they are not shipped)
     real = summary["real_photos"]
     if (Path(__file__).resolve().parents[1] / "emokp_ray" / "builtin" / "emotion.pt").is_file():
-        assert [p["photo"] for p in real["photos"]] == ["eileen_collins_nasa.jpg", "grace_hopper_us_navy.jpg"]
+        assert [p["photo"] for p in real["photos"]] == [
+            "eileen_collins_nasa.jpg",
+            "grace_hopper_us_navy.jpg",
+            "eileen_collins_nasa.jpg tilted 30 deg",  # found by MTCNN and aligned by its landmarks
+        ]
         assert all(len(p["faces"]) == 1 for p in real["photos"]) and "real/grace_hopper_us_navy.png" in index
+        assert "real/eileen_collins_nasa_tilted.png" in index
     else:
         assert real["line"].startswith("skipped:")
 

@@ -185,5 +185,8 @@ def test_label_job_flags_and_paths():
     # flags left out are absent, so run_label's own defaults apply
     assert options == {"input": "imgs", "emotion": "/c", "out": "/o", "concurrency": (1, 4)}
     assert vars(label.build_parser().parse_args(["imgs", "--out", "/o"]))["concurrency"] is None  # auto-sized pool
+    chosen = ["imgs", "--out", "/o", "--detector", "haar", "--detector-threshold", "0.9"]
+    assert vars(label.build_parser().parse_args(chosen))["detector"] == "haar"
+    assert label._DEFAULTS["detector"] == "mtcnn" and label._DEFAULTS["detector_threshold"] is None
     with pytest.raises(UserError, match="--emotion s3://bucket/best: must be a path every node sees"):
         label.label(["imgs", "--emotion", "s3://bucket/best", "--out", "/o"])

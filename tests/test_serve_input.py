@@ -551,3 +551,14 @@ def test_app_builder_keeps_builtin_model_names_and_resolves_paths(tmp_path, monk
     assert _absolute("builtin:keypoints") == "builtin:keypoints"
     assert _absolute("runs/kp") == str(tmp_path / "runs" / "kp")
     assert _absolute(None) is None
+
+
+def test_app_args_choose_the_detector_and_check_its_threshold():
+    from pydantic import ValidationError
+
+    assert AppArgs(keypoints="k").detector == "mtcnn" and AppArgs(keypoints="k").detector_threshold is None
+    chosen = AppArgs(keypoints="k", detector="haar", detector_threshold=0.9)
+    assert (chosen.detector, chosen.detector_threshold) == ("haar", 0.9)
+    for bad in ({"detector": "dlib"}, {"detector_threshold": 1.0}, {"detector_threshold": 0}):
+        with pytest.raises(ValidationError):
+            AppArgs(keypoints="k", **bad)

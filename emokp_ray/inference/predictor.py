@@ -1,10 +1,11 @@
 """One predictor for batch and online inference: face crops or photos in, faces with keypoints and
 emotion out. Batch labeling (Ray Data) and Serve both wrap this class; it never imports ray.
 
-Pipeline per call: images -> grey -> face boxes (the whole crop, the caller's boxes, or the Haar
-detector's boxes re-framed like a training crop) -> one square crop per face and per model size
-(meta.input_size: 96 keypoints, 48 or 96 emotion) -> ONE batched forward pass per model over all
-faces of all images -> keypoints mapped back to the input image's pixels, softmax probabilities.
+Pipeline per call: images -> faces (the whole crop, the caller's boxes, or the detector's: MTCNN by
+default, with 5 landmarks; Haar with `--detector haar`) -> one S x S grey crop per face and per
+network (meta.input_size: 96 keypoints, 48 or 96 emotion): ALIGNED by the landmarks where the
+detector gave them, else axis-aligned -> ONE batched forward pass per model over all faces of all
+images -> keypoints mapped back to the input image's pixels, softmax probabilities.
 
 Coordinates: labels.py's pixel-centre convention throughout. A box (x, y, w, h) covers the corner
 coordinates [x, x + w] x [y, y + h] (pixel column c spans [c, c + 1] there, so an integer box from a
@@ -28,7 +29,62 @@ and their photos carry the true crop box. We measured the true crop box against 
 so a detected face is cropped as the square of side FRAMING_MARGIN = 1.13 x the Haar side, centred
 FRAMING_SHIFT_Y = 0.02 Haar sides below the Haar box's centre. `benchmarks/framing.py` reproduces the
 numbers. Crops that reach past the photo's edge are padded by replicating the edge pixels; the box is
-never shifted to fit (that would move the face off the training framing).
+never shifted to fit (that would move the face off the training framing). Caller boxes and Haar boxes
+take this axis-aligned path.
+
+Aligned crops (MTCNN). Each network gets the crop that puts the 5 landmarks where its own training
+set has them: the least-squares similarity (rotation, uniform scale, translation; Umeyama) from the
+network's TEMPLATE (5 points in its S x S frame) to the detected landmarks maps crop pixels to photo
+pixels; `warp_crop` samples it (bilinear, edge pixels replicated outside the photo; a face larger
+than 1.25 photo px per crop px is first shrunk by area averaging, as training crops were), and the
+keypoints come back through the same map. The two training sets are framed differently, so there are
+two templates (align.TEMPLATES), measured by `benchmarks/framing.py --mtcnn` (MTCNN on TRAINING faces
+only, 3x upscaled onto an edge-padded canvas; template point = median of the landmark mapped back into
+the crop frame; benchmarks/results/framing_mtcnn.json):
+
+    landmark (subject's side)   Kaggle keypoint rows, 96 px frame       FER2013 Training, 48 px frame
+                                 median (x, y)   IQR (x, y)              median (x, y)   IQR (x, y)
+    left_eye_center              62.89  35.94    4.04  4.10              32.74  17.97    2.76  2.88
+    right_eye_center             31.45  36.88    4.21  4.03              14.58  18.26    2.50  2.87
+    nose_tip                     47.17  54.42    8.46  4.56              23.67  28.26    3.64  3.86
+    mouth_left_corner            60.36  71.66    7.07  5.00              31.21  37.13    3.81  4.17
+    mouth_right_corner           35.01  72.18    7.92  4.64              16.11  37.11    4.34  3.96
+    faces found                  592 / 600 (all 15 keypoints; persons   545 / 600 (the first 600
+                                 person_000-165 of training_people.csv) Usage == Training rows)
+
+Against the true Kaggle keypoints of those 592 faces (96 px units), MTCNN's landmarks are off by
+RMSE 2.70 / 2.33 px (left / right eye centre), 3.27 (nose tip), 2.90 / 2.79 (left / right mouth
+corner); with each landmark's median offset removed (about -0.8 x, -1.2 y px: MTCNN's points sit a
+little up and to the left of Kaggle's) 1.90 / 1.98, 2.39, 2.68 / 2.61. The templates absorb the
+offsets; the spread is noise the similarity fit averages over five points.
+
+End to end (`benchmarks/framing.py --rotate-faces 100`: Kaggle faces of persons NOT used for the
+templates, 3x onto a padded canvas, turned about its centre; builtin:keypoints through detect + align
++ network + inverse map; RMSE in the face's 96 px units over the faces found, next to the network on
+the 96 px crops themselves over the same faces):
+
+    turned by (degrees)        0      +15    -15    +30    -30    +45    -45
+    faces found / 100          100    94     98     67     71     26     28
+    RMSE through the photo     2.137  2.145  2.123  2.106  2.081  2.028  2.029
+    RMSE on the crops          1.833  1.842  1.827  1.752  1.779  1.787  1.742
+    ratio                      1.17   1.16   1.16   1.20   1.17   1.13   1.16
+
+(Before the detector re-ran O-Net on the face turned upright, detect.MtcnnDetector._upright_landmarks,
+the ratio was 1.26 / 1.23 at +-30 and 2.18 / 1.57 at +-45 degrees.) The ratio is flat: the alignment
+undoes the tilt. What it costs upright (1.17x) is the framing itself: Kaggle's crops normalise the
+eye-to-bottom-lip distance (std 1.7 px of 41), which the 5 landmarks do not see (the eye distance
+varies 14% between faces). Probes on 80 of these faces (scripts not kept): the TRUE points in place of
+MTCNN's still score 1.15x upright; weighting the landmarks, two-point fits (eyes; eye and mouth
+midpoints), scale from the eye-to-mouth distance, or a linear correction of the frame from the fit's
+residuals (it explained 7% of the scale's spread) all stayed at 1.15-1.17x; re-framing by the true
+eyes and bottom lip (which MTCNN does not give) scores 1.04x. Haar finds 98 of the same 100 faces
+upright, 66 / 77 at +15 / -15 degrees and 8 / 13 at +30 / -30.
+
+The emotion template, checked the same way (a probe, script not kept: the first 400 seed5 faces of
+FER2013 PublicTest, 3x onto a padded canvas, upright; builtin:emotion with flip TTA): MTCNN found
+347; accuracy on those 347 is 80.4% through MTCNN + the FER template, 77.8% on the 48 px crops
+themselves, and 76.7% through the Kaggle template (what a single framing for both networks would
+give): each network's own template matters.
 """
 
 from __future__ import annotations
@@ -48,16 +104,16 @@ import torch
 from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
 from emokp_ray.data.resize import resize_image, resize_images
 from emokp_ray.errors import UserError
+from emokp_ray.inference.align import aligned_to_image, box_to_image, warp_crop
 from emokp_ray.inference.backends import make_runner, resolve_backend, run_model
 from emokp_ray.inference.calibration import softmax, temperature_of
-from emokp_ray.inference.detect import FaceDetector, require_detector
+from emokp_ray.inference.detect import DEFAULT_DETECTOR, LANDMARK_NAMES, Detection, Detector, make_detector
 from emokp_ray.inference.images import to_grey
-from emokp_ray.inference.results import Box, Face, ImageResult
+from emokp_ray.inference.results import AUTO_CROP_MAX_SIDE, Box, Face, ImageResult, is_face_crop  # noqa: F401
 from emokp_ray.inference.tta import forward_with_flip
 
 FRAMING_MARGIN = 1.13  # crop side / Haar box side (measured, see the module docstring)
 FRAMING_SHIFT_Y = 0.02  # crop centre below the Haar centre, in Haar sides
-AUTO_CROP_MAX_SIDE = 128  # mode "auto": a square image up to this side is taken as one face crop
 MODES = ("auto", "crop", "detect")
 
 
@@ -108,6 +164,13 @@ def crop_face(image: np.ndarray, box: Box, size: int) -> np.ndarray | None:
     if (i0, j0, i1, j1) == (0, 0, size, size):
         return inner
     return np.pad(inner, ((j0, size - j1), (i0, size - i1)), mode="edge")
+
+
+def keypoints_through(keypoints: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Keypoints [N, 2K] on crops -> image pixels [N, 2K] through each face's crop -> image map [N, 2, 3]."""
+    points = keypoints.astype(np.float64).reshape(len(keypoints), -1, 2)
+    out = np.einsum("nij,nkj->nki", maps[:, :, :2], points) + maps[:, None, :, 2]
+    return out.reshape(len(keypoints), -1)
 
 
 def keypoints_to_image(keypoints: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
@@ -189,7 +252,8 @@ class Predictor:
     emotion probabilities are softmax(logits / T) with the checkpoint's calibrated temperature T
     (inference/calibration.py; T = 1 for a checkpoint without one).
 
-    detector: a FaceDetector; None builds one on first use (OpenCV needed only when detecting).
+    detector: an object with `detect(image) -> list[Detection]` (detect.make_detector's); None builds
+    `detector_name` (default MTCNN) on first use (OpenCV needed only when detecting).
     margin / shift_y: the Haar-box -> training-crop framing (see the module docstring).
     overlap_networks: run the emotion pass in a second thread while the keypoint pass runs in the
     caller's (the same outputs; ONNX Runtime and torch release the GIL while they compute), the two
@@ -207,12 +271,14 @@ class Predictor:
         keypoints: LoadedCheckpoint | None,
         emotion: LoadedCheckpoint | None,
         device: str = "cpu",
-        detector: FaceDetector | None = None,
+        detector: Detector | None = None,
         margin: float = FRAMING_MARGIN,
         shift_y: float = FRAMING_SHIFT_Y,
         backend: str = "torch",
         flip_tta: bool = True,
         overlap_networks: bool | None = None,
+        detector_name: str = DEFAULT_DETECTOR,
+        detector_threshold: float | None = None,
     ):
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (keypoints or emotion)")
@@ -240,7 +306,8 @@ class Predictor:
         self.margin, self.shift_y = float(margin), float(shift_y)
         self.flip_tta = bool(flip_tta)  # average each network over the crop and its mirror image (2x the work)
         self._detector = detector
-        self._detector_lock = threading.Lock()  # OpenCV's cascade is not documented thread-safe
+        self._detector_args = (detector_name, detector_threshold)
+        self._detector_lock = threading.Lock()  # guards building it; detectors are thread-safe themselves
         # One worker: concurrent calls (Serve's model runs two) queue their emotion passes in order.
         self._second_thread = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="emokp-emotion") if self.overlap_networks else None
@@ -256,16 +323,20 @@ class Predictor:
         trust_torchscript: bool = False,
         backend: str = "torch",
         overlap_networks: bool | None = None,
+        detector: str = DEFAULT_DETECTOR,
+        detector_threshold: float | None = None,
     ) -> Predictor:
         """Load the checkpoints (a checkpoint dir, a RUN_DIR, an exported .pt, or a TorchScript file
         where `trust_torchscript`: export.load_model says why); detect=True builds the face detector
-        now, so a missing OpenCV is reported at startup."""
+        (`detector`: "mtcnn" or "haar", detect.make_detector) now, so a missing OpenCV is reported at
+        startup; detect=False builds it on first use."""
         from emokp_ray.artifacts.export import load_model
 
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (--keypoints or --emotion)")
         resolved = resolve_device(device)
-        detector = require_detector() if detect else None  # before the (slower) model loads: fail fast
+        # before the (slower) model loads: fail fast (unknown name, bad threshold, OpenCV missing)
+        found = make_detector(detector, detector_threshold) if detect else None
         kp = (
             load_model(keypoints, map_location=resolved, trust_torchscript=trust_torchscript)
             if keypoints is not None
@@ -276,7 +347,16 @@ class Predictor:
             if emotion is not None
             else None
         )
-        return cls(kp, em, device=str(resolved), detector=detector, backend=backend, overlap_networks=overlap_networks)
+        return cls(
+            kp,
+            em,
+            device=str(resolved),
+            detector=found,
+            backend=backend,
+            overlap_networks=overlap_networks,
+            detector_name=detector,
+            detector_threshold=detector_threshold,
+        )
 
     # ---- what is loaded --------------------------------------------------------------------------
 
@@ -311,10 +391,10 @@ class Predictor:
         }
 
     @property
-    def detector(self) -> FaceDetector:
+    def detector(self) -> Detector:
         with self._detector_lock:
             if self._detector is None:
-                self._detector = require_detector()
+                self._detector = make_detector(*self._detector_args)
             return self._detector
 
     # ---- inference -------------------------------------------------------------------------------
@@ -330,19 +410,18 @@ class Predictor:
             return forward(crops)
         return forward_with_flip(forward, crops, loaded.meta.task, loaded.meta.keypoint_names)
 
-    def _run(self, crops_for: dict[int, np.ndarray], boxes: np.ndarray) -> list[Face]:
-        """Both models over the faces' crops (crops_for: input size -> uint8 [N, S, S]); boxes [N, 4]."""
-        n = len(boxes)
+    def _run(self, prepared: PreparedFaces) -> list[Face]:
+        """Both models over the prepared faces' crops (one batched pass each)."""
+        crops_for, boxes, n = prepared.crops, prepared.boxes, len(prepared.boxes)
         keypoints = emotion = probabilities = None
         emotion_pass = logits_later = None
         if self.emotion is not None:
-            emotion_pass = functools.partial(self._outputs, self.emotion, crops_for[self.emotion.meta.input_size])
+            emotion_pass = functools.partial(self._outputs, self.emotion, crops_for["emotion"])
             if self._second_thread is not None:  # overlap_networks: it runs while the keypoint pass does
                 logits_later = self._second_thread.submit(emotion_pass)
         if self.keypoints is not None:
-            size = self.keypoints.meta.input_size
-            raw = self._outputs(self.keypoints, crops_for[size])
-            keypoints = keypoints_to_image(raw, boxes, size).reshape(n, -1, 2)
+            raw = self._outputs(self.keypoints, crops_for["keypoints"])
+            keypoints = keypoints_through(raw, prepared.keypoint_maps).reshape(n, -1, 2)
         if self.emotion is not None and emotion_pass is not None:  # both or neither
             logits = logits_later.result() if logits_later is not None else emotion_pass()
             probabilities = softmax(logits, temperature_of(self.emotion.meta.calibration))  # calibrated
@@ -354,9 +433,15 @@ class Predictor:
         kp_list = keypoints.tolist() if keypoints is not None else None
         prob_list = probabilities.tolist() if probabilities is not None else None
         label_list = emotion.tolist() if emotion is not None else None
+        score_list = prepared.scores.tolist()
+        landmark_list = prepared.landmarks.tolist()
         return [
             Face(
                 box=tuple(box_list[i]),
+                score=None if math.isnan(score_list[i]) else score_list[i],
+                landmarks=None
+                if math.isnan(landmark_list[i][0][0])
+                else {k: (xy[0], xy[1]) for k, xy in zip(LANDMARK_NAMES, landmark_list[i])},
                 keypoints=None if kp_list is None else {k: (xy[0], xy[1]) for k, xy in zip(kp_names, kp_list[i])},
                 emotion=None if label_list is None else classes[label_list[i]],
                 probabilities=None if prob_list is None else dict(zip(classes, prob_list[i])),
@@ -364,8 +449,9 @@ class Predictor:
             for i in range(n)
         ]
 
-    def _sizes(self) -> set[int]:
-        return {m.meta.input_size for m in (self.keypoints, self.emotion) if m is not None}
+    def _inputs(self) -> dict[str, int]:
+        """Each loaded network's task -> its input size S."""
+        return {m.meta.task: m.meta.input_size for m in (self.keypoints, self.emotion) if m is not None}
 
     def predict_crops(self, crops: np.ndarray) -> list[Face]:
         """Face crops uint8 [N, H, W] (grey, framed like the training data, e.g. 96x96) -> one Face each,
@@ -376,9 +462,18 @@ class Predictor:
         n, height, width = crops.shape
         if not crops.flags.c_contiguous or not crops.flags.writeable:
             crops = crops.copy()  # torch.from_numpy needs a writable, contiguous buffer
-        crops_for = {size: resize_images(crops, size) for size in self._sizes()}
         boxes = np.tile(np.array([0.0, 0.0, width, height]), (n, 1))
-        return self._run(crops_for, boxes) if n else []
+        inputs = self._inputs()
+        prepared = PreparedFaces(
+            crops={task: resize_images(crops, size) for task, size in inputs.items()},
+            boxes=boxes,
+            counts=[1] * n,
+            sizes=[(width, height)] * n,
+            keypoint_maps=np.tile(box_to_image((0.0, 0.0, width, height), inputs.get("keypoints", 96)), (n, 1, 1)),
+            scores=np.full(n, np.nan),
+            landmarks=np.full((n, len(LANDMARK_NAMES), 2), np.nan),
+        )
+        return self._run(prepared) if n else []
 
     def predict(
         self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None
@@ -386,7 +481,8 @@ class Predictor:
         """Faces in each image (uint8 [H, W] or [H, W, 3], e.g. from decode_image).
 
         mode: "crop" takes each image as one face crop (box = whole image); "detect" finds faces with
-        the Haar detector (boxes re-framed like training crops); "auto" is "crop" for a square image of
+        the detector (MTCNN faces are aligned by their landmarks onto each network's template, Haar
+        boxes re-framed like training crops); "auto" is "crop" for a square image of
         at most 128 px, else "detect". boxes[i], when given (not None), are image i's face boxes
         (x, y, w, h), used exactly as crop boxes (squares framed like a training crop work best; a
         previous result's boxes qualify), overriding mode. All faces of all images go through each
@@ -399,16 +495,14 @@ class Predictor:
     ) -> PreparedFaces:
         """The CPU half of `predict` (detect and crop, no model runs); see `prepare_faces`."""
 
-        def detect(grey: np.ndarray) -> list:
-            detector = self.detector
-            with self._detector_lock:
-                return detector.detect(grey)
+        def detect(image: np.ndarray) -> list:
+            return self.detector.detect(image)
 
-        return prepare_faces(images, self._sizes(), mode, detect, boxes, self.margin, self.shift_y)
+        return prepare_faces(images, self._inputs(), mode, detect, boxes, self.margin, self.shift_y)
 
     def predict_prepared(self, prepared: PreparedFaces) -> list[ImageResult]:
         """The network half of `predict`: both models over prepared faces, one batched pass each."""
-        faces: list[Face] = self._run(prepared.crops, prepared.boxes) if len(prepared.boxes) else []
+        faces: list[Face] = self._run(prepared) if len(prepared.boxes) else []
         results, start = [], 0
         for (width, height), count in zip(prepared.sizes, prepared.counts):
             results.append(ImageResult(width=width, height=height, faces=faces[start : start + count]))
@@ -423,17 +517,27 @@ class Predictor:
 
 @dataclass
 class PreparedFaces:
-    """Images ready for the networks: every face cropped at every model input size."""
+    """Images ready for the networks: every face cropped for every network, F faces in all."""
 
-    crops: dict[int, np.ndarray]  # input size S -> uint8 [F, S, S], the faces of all images in order
-    boxes: np.ndarray  # float64 [F, 4] (x, y, w, h) in the input images' pixels
+    crops: dict[str, np.ndarray]  # task ("keypoints", "emotion") -> uint8 [F, S, S], that network's crops
+    boxes: np.ndarray  # float64 [F, 4] (x, y, w, h) in the input images' pixels (the detector's box)
     counts: list[int]  # faces per image (sum F)
     sizes: list[tuple[int, int]]  # (width, height) per image
+    keypoint_maps: np.ndarray  # float64 [F, 2, 3]: keypoint crop pixel -> image pixel (pixel centres)
+    scores: np.ndarray  # float64 [F] detector scores, NaN where none (caller boxes, crops)
+    landmarks: np.ndarray  # float64 [F, 5, 2] detector landmarks (LANDMARK_NAMES), NaN where none
+
+
+def as_detection(found: Any) -> Detection:
+    """A detector's answer as a Detection (a plain (x, y, w, h) tuple is taken as a box without landmarks)."""
+    if isinstance(found, Detection):
+        return found
+    return Detection(box=tuple(float(v) for v in found))  # type: ignore[arg-type]
 
 
 def prepare_faces(
     images: list[np.ndarray],
-    sizes: set[int],
+    inputs: dict[str, int],
     mode: str,
     detect: Any,
     boxes: list[list[Box] | None] | None = None,
@@ -441,14 +545,24 @@ def prepare_faces(
     shift_y: float = FRAMING_SHIFT_Y,
 ) -> PreparedFaces:
     """Face boxes and crops for each image, as `Predictor.predict` finds them (see there for mode
-    and boxes); detect: grey uint8 [H, W] -> detector boxes (x, y, w, h), called only where a photo
-    is searched. sizes: the models' input sizes."""
+    and boxes); detect: uint8 image [H, W] or [H, W, 3] -> Detections, called only where a photo is
+    searched. inputs: each network's task -> input size S.
+
+    A detection with landmarks is cropped ALIGNED: per network, the similarity taking the network's
+    template (TEMPLATES) onto the landmarks, sampled by `warp_crop`. Anything else (Haar boxes
+    re-framed by crop_box_from_detection, caller boxes, whole crops) is cropped axis-aligned by
+    `crop_face`. The reported box is the detector's box (re-framed for Haar, as before)."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     if boxes is not None and len(boxes) != len(images):
         raise UserError(f"boxes: {len(boxes)} lists for {len(images)} images (one list per image, or none)")
     all_boxes: list[Box] = []
-    crops: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
+    crops: dict[str, list[np.ndarray]] = {task: [] for task in inputs}
+    maps: list[np.ndarray] = []
+    scores: list[float] = []
+    landmarks: list[np.ndarray] = []
+    no_landmarks = np.full((len(LANDMARK_NAMES), 2), np.nan)
+    kp_size = inputs.get("keypoints", 96)
     counts: list[int] = []
     image_sizes: list[tuple[int, int]] = []
     for index, image in enumerate(images):
@@ -456,26 +570,45 @@ def prepare_faces(
         grey = to_grey(image)
         height, width = grey.shape
         caller = boxes[index] if boxes is not None else None
+        found: list[Detection]
+        detected = False  # boxes from a detector (Haar's get re-framed) or given (used as they are)
         if caller is not None:
-            face_boxes = [_check_box(b, f"image {index} box {j}") for j, b in enumerate(caller)]
-        elif mode == "crop" or (mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
-            face_boxes = [(0.0, 0.0, float(width), float(height))]
+            found = [Detection(box=_check_box(b, f"image {index} box {j}")) for j, b in enumerate(caller)]
+        elif is_face_crop(mode, height, width):
+            found = [Detection(box=(0.0, 0.0, float(width), float(height)))]
         else:
-            face_boxes = [crop_box_from_detection(d, margin, shift_y) for d in detect(grey)]
-        for j, box in enumerate(face_boxes):
-            for size in sizes:
-                crop = crop_face(grey, box, size)
-                if crop is None:
-                    raise UserError(
-                        f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the {width}x{height} image"
-                    )
-                crops[size].append(crop)
-        all_boxes.extend(face_boxes)
-        counts.append(len(face_boxes))
+            found, detected = [as_detection(d) for d in detect(image)], True
+        for j, face in enumerate(found):
+            if face.landmarks is not None:
+                points = np.asarray(face.landmarks, np.float64).reshape(len(LANDMARK_NAMES), 2)
+                for task, size in inputs.items():
+                    crops[task].append(warp_crop(grey, aligned_to_image(points, task, size), size))
+                maps.append(aligned_to_image(points, "keypoints", kp_size))
+                all_boxes.append(face.box)
+                landmarks.append(points)
+            else:
+                box = crop_box_from_detection(face.box, margin, shift_y) if detected else face.box
+                for task, size in inputs.items():
+                    crop = crop_face(grey, box, size)
+                    if crop is None:
+                        raise UserError(
+                            f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the "
+                            f"{width}x{height} image"
+                        )
+                    crops[task].append(crop)
+                maps.append(box_to_image(box, kp_size))
+                all_boxes.append(box)
+                landmarks.append(no_landmarks)
+            # a score only with landmarks: Haar's constant 1.0 says nothing (Face.score None there)
+            scores.append(float(face.score) if face.landmarks is not None else math.nan)
+        counts.append(len(found))
         image_sizes.append((int(image.shape[1]), int(image.shape[0])))
     return PreparedFaces(
-        crops={s: np.stack(c) if c else np.zeros((0, s, s), np.uint8) for s, c in crops.items()},
+        crops={t: np.stack(c) if c else np.zeros((0, inputs[t], inputs[t]), np.uint8) for t, c in crops.items()},
         boxes=np.asarray(all_boxes, np.float64).reshape(-1, 4),
         counts=counts,
         sizes=image_sizes,
+        keypoint_maps=np.asarray(maps, np.float64).reshape(-1, 2, 3),
+        scores=np.asarray(scores, np.float64),
+        landmarks=np.asarray(landmarks, np.float64).reshape(-1, len(LANDMARK_NAMES), 2),
     )

@@ -52,6 +52,8 @@ def run_predict(
     flip_tta: bool = True,
     out=None,
     backend: str = "auto",
+    detector: str = "mtcnn",
+    detector_threshold: float | None = None,
 ) -> int:
     """Label each image file; print JSON lines (as_json) or readable lines; returns the failure count.
 
@@ -69,7 +71,15 @@ def run_predict(
             annotate_path.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # a file there, /proc, no permission, a full disk: before the models load
             raise UserError(f"--annotate {annotate_dir}: cannot create the folder ({err.strerror or err})") from None
-    predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=detect != "crop", backend=backend)
+    predictor = Predictor.from_paths(
+        keypoints,
+        emotion,
+        device="cpu",
+        detect=detect != "crop",
+        backend=backend,
+        detector=detector,
+        detector_threshold=detector_threshold,
+    )
     predictor.flip_tta = flip_tta
     models = predictor.model_info()  # which weights and scheme produced every answer below
     if not as_json:

@@ -13,6 +13,7 @@ from emokp_ray.inference.results import ImageResult
 
 BOX_COLOR = (0, 220, 0)  # green
 POINT_COLOR = (255, 40, 40)  # red
+LANDMARK_COLOR = (120, 200, 255)  # light blue: the detector's 5 landmarks, drawn small under the keypoints
 TEXT_COLOR = (255, 255, 255)
 LABEL_BACKGROUND = (0, 120, 0)
 
@@ -25,8 +26,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def annotate(image: np.ndarray, result: ImageResult) -> Image.Image:
-    """An RGB copy of `image` (uint8 [H, W] or [H, W, 3]) with each face's box, keypoints (crosses)
-    and its emotion label with probability drawn on. The input is not modified."""
+    """An RGB copy of `image` (uint8 [H, W] or [H, W, 3]) with each face's box, the detector's
+    landmarks (small light dots, where it gave them), keypoints (crosses) and its emotion label with
+    probability drawn on. The input is not modified."""
     if image.ndim == 2:
         canvas = Image.fromarray(image, "L").convert("RGB")
     else:
@@ -39,6 +41,9 @@ def annotate(image: np.ndarray, result: ImageResult) -> Image.Image:
     for face in result.faces:
         x, y, w, h = face.box
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=BOX_COLOR, width=line)
+        dot = max(1, arm // 2)
+        for px, py in (face.landmarks or {}).values():
+            draw.ellipse([px - dot, py - dot, px + dot, py + dot], fill=LANDMARK_COLOR)
         for px, py in (face.keypoints or {}).values():
             draw.line([px - arm, py, px + arm, py], fill=POINT_COLOR, width=line)
             draw.line([px, py - arm, px, py + arm], fill=POINT_COLOR, width=line)

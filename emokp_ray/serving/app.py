@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emokp_ray import __version__
 from emokp_ray.builtin import is_builtin
+from emokp_ray.inference.results import is_face_crop
 from emokp_ray.serving import metrics as serve_metrics
 from emokp_ray.serving.batching import Admission, BatchWindow
 from emokp_ray.serving.http_input import (
@@ -256,7 +257,12 @@ class Ingress:
             pixels, grey = await asyncio.to_thread(_decode_for_model, image, self.args)
         height, width = grey.shape
         boxes = check_boxes(image.boxes, width, height, self.args.max_boxes_per_image, image.boxes_where)
-        job = FaceJob(grey, DETECT_TO_MODE[detect], tuple(boxes) if boxes is not None else None, time.perf_counter())
+        mode = DETECT_TO_MODE[detect]
+        # MTCNN searches a photo in colour (as `emokp predict` and `emokp label` do); crops, caller
+        # boxes and Haar need only the grey copy, a third of the bytes to the model replica.
+        searched = boxes is None and not is_face_crop(mode, height, width) and self.args.detector == "mtcnn"
+        model_pixels = pixels if searched and getattr(pixels, "ndim", 2) == 3 else grey
+        job = FaceJob(model_pixels, mode, tuple(boxes) if boxes is not None else None, time.perf_counter())
         outcome: Outcome = await self._predict_jobs(job)
         if outcome.error is not None:
             raise ApiError(

