@@ -284,15 +284,16 @@ def _fmt(value: Any, percent: bool = False) -> str:
 
 
 def print_table(report: dict) -> None:
-    header = f"{'detector':9} {'condition':10} {'faces':>5} {'recall%':>7} {'rmse96':>7} {'crop':>6} {'acc%':>6} {'crop%':>6}"
+    header = f"{'detector':9} {'condition':14} {'faces':>5} {'recall%':>7} {'rmse96':>7} {'crop':>6} {'acc%':>6} {'crop%':>6}"
     print(header)
     for name, r in report["detectors"].items():
         rows = [("all", r["all"])] + [(f"rot {k}", v) for k, v in r["rotation"].items()]
         rows += [(f"rot {k} 40+", v) for k, v in r["rotation_min40"].items()]
         rows += [(f"{k} px", v) for k, v in r["size"].items()]
+        rows += [(f"{k} faces", v) for k, v in r["kind"].items()]
         for label, f in rows:
             print(
-                f"{name:9} {label:10} {f['faces']:5} {_fmt(f['recall'], True):>7} {_fmt(f.get('rmse_96')):>7} "
+                f"{name:9} {label:14} {f['faces']:5} {_fmt(f['recall'], True):>7} {_fmt(f.get('rmse_96')):>7} "
                 f"{_fmt(f.get('crop_rmse_96')):>6} {_fmt(f.get('accuracy'), True):>6} {_fmt(f.get('crop_accuracy'), True):>6}"
             )
         print(

@@ -355,7 +355,7 @@ class FaceOutcome:
 
 
 def summarize(outcomes: Sequence[FaceOutcome], false_positives: Sequence[int]) -> dict:
-    """Per condition (rotation bin, size bin, all): recall, and for the found faces keypoint RMSE
+    """Per condition (rotation bin, size bin, pool kind, rotation bin of faces >= 40 px, all): recall, and for the found faces keypoint RMSE
     (photo vs crop, pooled as sqrt of mean squared error) and emotion accuracy (photo vs crop)."""
 
     def figures(rows: list[FaceOutcome]) -> dict:
@@ -380,6 +380,7 @@ def summarize(outcomes: Sequence[FaceOutcome], false_positives: Sequence[int]) -
     }
     sizes = [size_bin(lo) for lo, _ in SIZE_BINS]
     report["size"] = {s: figures([r for r in outcomes if r.size == s]) for s in sizes}
+    report["kind"] = {k: figures([r for r in outcomes if r.kind == k]) for k in sorted({r.kind for r in outcomes})}
     report["rotation_min40"] = {
         f"±{b}" if b else "0": figures([r for r in outcomes if r.rotation == b and r.side >= 40]) for b in ROTATION_BINS
     }
