@@ -59,6 +59,35 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _open_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _add_detector(parser: argparse.ArgumentParser) -> None:
+    from emokp_ray.inference.detect import DEFAULT_DETECTOR, DETECTORS, MTCNN_THRESHOLD
+
+    parser.add_argument(
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        choices=DETECTORS,
+        help="face detector for photos: mtcnn (default; finds tilted and small faces, 5 landmarks that "
+        "align each face) or haar (OpenCV's frontal-face cascade, axis-aligned crops)",
+    )
+    parser.add_argument(
+        "--detector-threshold",
+        type=_open_fraction,
+        default=None,
+        metavar="F",
+        help=f"MTCNN's final score threshold in (0, 1) (default {MTCNN_THRESHOLD}); higher: fewer, surer faces",
+    )
+
+
 def _add_backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
@@ -173,6 +202,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         detect=args.detect,
         flip_tta=not args.no_flip_tta,
         backend=args.backend,
+        detector=args.detector,
+        detector_threshold=args.detector_threshold,
     )
 
 
@@ -200,6 +231,8 @@ def _cmd_label(args: argparse.Namespace) -> None:
         stages=args.stages,
         backend=args.backend,
         trust_torchscript=args.trust_torchscript,
+        detector=args.detector,
+        detector_threshold=args.detector_threshold,
     )
     print(summary)
     failure = summary.failure(args.max_error_fraction)  # after the summary is written and shown
@@ -218,6 +251,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         device=args.device,
         trust_torchscript=args.trust_torchscript,
         backend=args.backend,
+        detector=args.detector,
+        detector_threshold=args.detector_threshold,
     )
 
 
@@ -463,6 +498,7 @@ def _add_predict(sub: _Subcommands) -> None:
     pred.add_argument(
         "--no-flip-tta", action="store_true", help="one forward pass per face (faster, slightly less accurate)"
     )
+    _add_detector(pred)
     _add_backend(pred)
     pred.set_defaults(func=_cmd_predict)
 
@@ -543,6 +579,7 @@ def _add_label(sub: _Subcommands) -> None:
         "--gpu", dest="gpu", action="store_true", default=None, help="one GPU per actor (default: when present)"
     )
     lgpu.add_argument("--no-gpu", dest="gpu", action="store_false")
+    _add_detector(label)
     _add_backend(label)
     label.add_argument(
         "--trust-torchscript",
@@ -568,6 +605,7 @@ def _add_serve(sub: _Subcommands) -> None:
         action="store_true",
         help="allow TorchScript model files: they are programs, run in the server (only files you trust)",
     )
+    _add_detector(srv)
     _add_backend(srv)
     srv.set_defaults(func=_cmd_serve)
 

@@ -295,10 +295,15 @@ def iou(a, b) -> float:
     return inter / (aw * ah + bw * bh - inter)
 
 
-def test_detect_mode_finds_synthetic_faces_framed_like_their_true_boxes(predictor):
+@pytest.fixture(scope="module")
+def haar_predictor(tiny) -> Predictor:
     pytest.importorskip("cv2")
+    return Predictor.from_paths(str(tiny[0]), str(tiny[1]), device="cpu", detector="haar")
+
+
+def test_haar_finds_synthetic_faces_framed_like_their_true_boxes(haar_predictor):
     photos = synthesize_photos(6, seed=3)
-    results = predictor.predict([p.image for p in photos], mode="detect")
+    results = haar_predictor.predict([p.image for p in photos], mode="detect")
     true_faces = found = 0
     for photo, result in zip(photos, results):
         assert (result.height, result.width) == photo.image.shape[:2]
@@ -313,6 +318,7 @@ def test_detect_mode_finds_synthetic_faces_framed_like_their_true_boxes(predicto
             tx, ty, ts, _ = true_box
             # The re-framed crop box approximates the true (training-framed) crop box: side within
             # 20%, centre within 12% of the side (the cascade searches sizes in 10% steps).
+            assert best.score is None and best.landmarks is None  # Haar: no score, no landmarks
             assert w == h and 0.8 < w / ts < 1.2
             assert abs(x + w / 2 - (tx + ts / 2)) < 0.12 * ts and abs(y + h / 2 - (ty + ts / 2)) < 0.12 * ts
     assert found >= true_faces // 2, f"found {found} of {true_faces} faces"
@@ -328,13 +334,14 @@ def test_framing_puts_real_kaggle_faces_where_training_crops_have_them(real_data
     from PIL import Image
 
     table = pd.read_csv(real_data / "facial-keypoints" / "training.csv.gz", nrows=80).dropna().head(40)
-    detector = detect_module.FaceDetector()
+    detector = detect_module.HaarDetector()
     eye_y, lip_y = [], []
     for row in table.itertuples(index=False):
         kp = np.asarray(row[:30], np.float64)
         crop = np.array(row[30].split(), np.uint8).reshape(96, 96)
         canvas = np.pad(np.asarray(Image.fromarray(crop).resize((288, 288), Image.BILINEAR)), 96, mode="edge")
-        found = [d for d in detector.detect(canvas) if 96 <= d[0] + d[2] / 2 <= 384 and 96 <= d[1] + d[3] / 2 <= 384]
+        boxes = [d.box for d in detector.detect(canvas)]
+        found = [d for d in boxes if 96 <= d[0] + d[2] / 2 <= 384 and 96 <= d[1] + d[3] / 2 <= 384]
         if not found:
             continue
         x, y, side, _ = crop_box_from_detection(found[0])
@@ -355,13 +362,13 @@ def test_a_photo_without_faces_gives_no_faces(predictor):
         assert result.faces == []
 
 
-def test_large_photos_are_detected_at_bounded_resolution():
+def test_haar_searches_large_photos_at_bounded_resolution():
     pytest.importorskip("cv2")
     photo = synthesize_photos(1, seed=3)[0]
-    detector = detect_module.FaceDetector(max_side=320)
+    detector = detect_module.HaarDetector(max_side=320)
     big = np.kron(photo.image[..., 0], np.ones((3, 3), np.uint8))  # 3x the photo
-    small_boxes = detector.detect(photo.image[..., 0])
-    big_boxes = detector.detect(big)
+    small_boxes = [d.box for d in detector.detect(photo.image[..., 0])]
+    big_boxes = [d.box for d in detector.detect(big)]
     assert len(big_boxes) >= 1 and len(big_boxes) == len(small_boxes)
     for (x, y, w, h), (bx, by, bw, bh) in zip(small_boxes, big_boxes):
         assert abs(bw - 3 * w) <= 0.25 * bw and abs(bx - 3 * x) <= 0.15 * bw
@@ -370,7 +377,7 @@ def test_large_photos_are_detected_at_bounded_resolution():
 def test_missing_opencv_is_a_one_line_install_hint(monkeypatch, tiny):
     monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now raises ImportError
     with pytest.raises(UserError) as err:
-        detect_module.require_detector()
+        detect_module.make_detector("mtcnn")
     message = str(err.value)
     assert "pip install 'emokp-ray[detect]'" in message and "\n" not in message
     with pytest.raises(UserError, match="emokp-ray\\[detect\\]"):
@@ -390,7 +397,7 @@ def test_opencv_without_cascades_is_explained(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "cv2", FakeCv2())
     with pytest.raises(UserError, match="5.0.0 ships no Haar cascade"):
-        detect_module.require_detector()
+        detect_module.make_detector("haar")
 
 
 # --------------------------------------------------------------------------------------------------

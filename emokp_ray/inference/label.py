@@ -210,16 +210,20 @@ def _check_resources(asked_gpu: bool | None, min_actors: int, num_cpus: float, t
     return gpu
 
 
-def _detector_available(mode: str, detector: Any) -> bool:
-    """Whether faces can be found in photos; a missing OpenCV is an error only where detection is asked."""
+def _detector_available(mode: str, detector: Any, threshold: float | None = None) -> bool:
+    """Whether faces can be found in photos; a missing OpenCV is an error only where detection is asked
+    (an unknown detector name or a bad threshold always is)."""
+    from emokp_ray.inference.detect import DEFAULT_DETECTOR, DETECTORS, check_threshold, make_detector
+
+    check_threshold(threshold)
+    if isinstance(detector, str) and detector not in DETECTORS:
+        raise UserError(f"unknown detector {detector!r} (known: {', '.join(DETECTORS)})")
     if mode == "crop":
         return False
-    if detector is not None:
+    if detector is not None and not isinstance(detector, str):
         return True
-    from emokp_ray.inference.detect import require_detector
-
     try:
-        require_detector()
+        make_detector(detector or DEFAULT_DETECTOR, threshold)
         return True
     except UserError:
         if mode == "detect":
@@ -455,11 +459,11 @@ def _check_writable(outputs: _Outputs) -> None:
         check_writable(outputs.ann_fs, outputs.ann_path, "--annotate")
 
 
-def _resolve(input: str, detect: str, detector: Any) -> tuple[LabelInput, str, bool]:
+def _resolve(input: str, detect: str, detector: Any, threshold: float | None = None) -> tuple[LabelInput, str, bool]:
     """INPUT resolved (label_inputs.py), the detect mode its images get, and whether faces can be searched."""
     spec = resolve_input(input)
     mode = "crop" if spec.crop_mode and detect == "auto" else detect
-    return spec, mode, _detector_available(mode, detector)
+    return spec, mode, _detector_available(mode, detector, threshold)
 
 
 def _run_metadata(
@@ -602,7 +606,9 @@ class _Networks:
     backend: str
 
 
-def _labelled_parts(ds: Any, stages: str, prepare: dict, sizes: list, networks: _Networks, pool: _Pool, write: dict):
+def _labelled_parts(
+    ds: Any, stages: str, prepare: dict, inputs: dict[str, int], networks: _Networks, pool: _Pool, write: dict
+):
     """The Ray Data stages over the work rows, lazily: A | B | C ("split") or A+B | C ("single").
     One small row per part file written (label_stages.write_block)."""
     import ray.data
@@ -616,7 +622,7 @@ def _labelled_parts(ds: Any, stages: str, prepare: dict, sizes: list, networks: 
     if stages == "split":
         prepared = ds.map_batches(  # A: read + decode + detect + crop
             prepare_block,
-            fn_kwargs=dict(sizes=sizes, **prepare),
+            fn_kwargs=dict(inputs=inputs, **prepare),
             num_cpus=PREPARE_CPUS,
             ray_remote_args_fn=_own_stage,
             **blocks,
@@ -649,6 +655,7 @@ def _label_the_rest(
     stages: str,
     mode: str,
     detector: Any,
+    detector_threshold: float | None,
     pixels: bool,
     jsonl: bool,
     networks: _Networks,
@@ -667,7 +674,14 @@ def _label_the_rest(
             1, min(networks.batch_size * ROWS_PER_CALL_BATCHES, -(-(total - resumed) // (2 * pool.max_actors)))
         )
         done_ref = ray.put(done) if done is not None and len(done) else None
-        prepare = dict(filesystem=spec.filesystem, mode=mode, detector=detector, pixels=pixels, done=done_ref)
+        prepare = dict(
+            filesystem=spec.filesystem,
+            mode=mode,
+            detector=detector,
+            detector_threshold=detector_threshold,
+            pixels=pixels,
+            done=done_ref,
+        )
         write = dict(
             filesystem=outputs.fs,
             out=outputs.path,
@@ -677,10 +691,10 @@ def _label_the_rest(
             annotate_dir=outputs.ann_path,
             class_names=metadata["emotion_classes"],
         )
-        sizes = sorted({info["input_size"] for info in metadata["model"].values() if info})
+        inputs = {task: info["input_size"] for task, info in metadata["model"].items() if info}
         with parquet_footer_readers(1):
             ds = _work_dataset(spec, listing, outputs.fs, rows_per_block)
-            parts = _labelled_parts(ds, stages, prepare, sizes, networks, pool, write)
+            parts = _labelled_parts(ds, stages, prepare, inputs, networks, pool, write)
             startup, at_startup, written = _stream(parts, total, resumed, progress)
     return _Timing(time.perf_counter() - started, startup, at_startup, written)
 
@@ -763,11 +777,12 @@ def run_label(
     num_cpus: float = 1.0,
     threads: int | None = None,
     progress: bool = True,
-    detector: Any = None,
+    detector: Any = "mtcnn",
     resume: bool = False,
     stages: str = "split",
     trust_torchscript: bool = False,
     backend: str = "auto",
+    detector_threshold: float | None = None,
 ) -> LabelSummary:
     """Label every face of INPUT with the Predictor in Ray Data stages; see the module docstring.
 
@@ -778,15 +793,16 @@ def run_label(
     concurrency: network actors (int), (min, max) for an autoscaling pool, or None: fill the machine
     or cluster (`_auto_concurrency`). num_cpus: CPUs reserved per actor; threads: torch threads per
     actor (None: Ray's default, one per reserved CPU). use_gpu: one GPU per actor (None: when the
-    cluster has GPUs). detector: an object with `detect(grey) -> [(x, y, w, h)...]` (largest first)
-    used instead of OpenCV's; it is pickled to every task. resume: finish the unfinished run in OUT
+    cluster has GPUs). detector: "mtcnn" (default) or "haar" (detect.make_detector, built in each
+    task; detector_threshold: MTCNN's final score threshold in (0, 1)), or an object with
+    `detect(image) -> [Detection...]` (largest first), pickled to every task. resume: finish the unfinished run in OUT
     (see the module docstring). stages: "split" (A | B | C) or "single" (A+B in the actors | C).
     """
     _check_options(keypoints, emotion, detect, stages, batch_size, num_cpus, threads, concurrency)
     outputs = _open_outputs(out, annotate_dir, resume)
     with _removed_if_refused(outputs):  # the plan: nothing is written until it holds
         _check_writable(outputs)
-        spec, mode, use_detector = _resolve(input, detect, detector)
+        spec, mode, use_detector = _resolve(input, detect, detector, detector_threshold)
         metadata = _run_metadata(
             spec, mode, keypoints, emotion, trust_torchscript, backend, jsonl, annotate_dir, outputs.ann_path
         )
@@ -814,6 +830,7 @@ def run_label(
         stages=stages,
         mode=mode,
         detector=detector,
+        detector_threshold=detector_threshold,
         pixels=annotate_dir is not None,
         jsonl=jsonl,
         networks=networks,
@@ -839,6 +856,8 @@ def run_label(
         concurrency=list(pool.concurrency) if isinstance(pool.concurrency, tuple) else pool.concurrency,
         use_gpu=pool.gpu,
         detect=detect,
+        detector=detector if isinstance(detector, str) else type(detector).__name__,
+        detector_threshold=detector_threshold,
         num_cpus=num_cpus,
         threads=threads,
         stages=stages,

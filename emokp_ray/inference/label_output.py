@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 
 from emokp_ray.artifacts.files import open_location, write_file
 from emokp_ray.errors import UserError
+from emokp_ray.inference.detect import LANDMARK_NAMES
 from emokp_ray.labels import KEYPOINT_COLUMNS, KEYPOINT_NAMES
 
 PARQUET_DIR = "labels.parquet"
@@ -71,7 +72,11 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("error", pa.string()),  # one line naming the source; null unless status is error
         pa.field("width", pa.int32()),  # the decoded image's size, pixels; null on error
         pa.field("height", pa.int32()),
-        pa.field("box", pa.list_(pa.float32(), 4)),  # x, y, w, h in the image's pixels
+        pa.field("box", pa.list_(pa.float32(), 4)),  # x, y, w, h in the image's pixels (the detector's box)
+        # The learned detector's (MTCNN's) confidence and 5 landmarks (x, y per detect.LANDMARK_NAMES name,
+        # image pixels); null for Haar boxes and crops.
+        pa.field("score", pa.float32()),
+        pa.field("landmarks", pa.list_(pa.float32(), 2 * len(LANDMARK_NAMES))),
         pa.field("keypoints", pa.list_(pa.float32(), len(KEYPOINT_COLUMNS))),  # KEYPOINT_COLUMNS order, image pixels
         pa.field("emotion", pa.string()),  # argmax class name
         pa.field("probabilities", pa.list_(pa.float32())),  # one per class, in the metadata's class order
@@ -92,10 +97,21 @@ def output_table(
     """One OUTPUT_SCHEMA row per face, or one no_face / error row per image; sizes: (width, height)."""
     cols: dict[str, list] = {f.name: [] for f in OUTPUT_SCHEMA}
 
-    def add(source, index, status, error=None, size=(None, None), box=None, kp=None, emotion=None, probs=None):
-        for name, value in zip(
-            OUTPUT_SCHEMA.names, (source, index, status, error, size[0], size[1], box, kp, emotion, probs)
-        ):
+    def add(
+        source,
+        index,
+        status,
+        error=None,
+        size=(None, None),
+        box=None,
+        score=None,
+        marks=None,
+        kp=None,
+        emotion=None,
+        probs=None,
+    ):
+        values = (source, index, status, error, size[0], size[1], box, score, marks, kp, emotion, probs)
+        for name, value in zip(OUTPUT_SCHEMA.names, values):
             cols[name].append(value)
 
     for source, size, result, error in zip(sources, sizes, results, errors):
@@ -107,7 +123,19 @@ def output_table(
         for k, face in enumerate(result.faces):
             kp = None if face.keypoints is None else [float(v) for name in KEYPOINT_NAMES for v in face.keypoints[name]]
             probs = None if face.probabilities is None else [float(face.probabilities[c]) for c in class_names]
-            add(source, k, "ok", size=size, box=[float(v) for v in face.box], kp=kp, emotion=face.emotion, probs=probs)
+            marks = None if face.landmarks is None else [float(v) for n in LANDMARK_NAMES for v in face.landmarks[n]]
+            add(
+                source,
+                k,
+                "ok",
+                size=size,
+                box=[float(v) for v in face.box],
+                score=face.score,
+                marks=marks,
+                kp=kp,
+                emotion=face.emotion,
+                probs=probs,
+            )
     return pa.Table.from_pydict(cols, schema=OUTPUT_SCHEMA)
 
 

@@ -4,7 +4,9 @@ them; tests and the plain loop call them directly). One row per INPUT image thro
     A  prepare_block  (Ray Data tasks, CPU)   work rows -> read + decode + detect (unless a listing
                                               row gives its boxes) + crop:
                                               PREPARED rows (source, error, size, boxes, one crop per
-                                              face and model input size; the pixels when annotating)
+                                              face and network, each face's keypoint-crop -> image
+                                              map, detector scores and landmarks; the pixels when
+                                              annotating)
     B  FaceNetworks   (an actor pool, GPU or CPU: the models are loaded ONCE per actor)
                                               PREPARED rows -> OUTPUT_SCHEMA rows, one per face
     C  write_block    (Ray Data tasks)        OUTPUT rows -> a part file in OUT (+ JSONL part, PNGs);
@@ -112,33 +114,40 @@ def load_batch(
 # ----------------------------------------------------------------------------- A: read, decode, detect, crop
 
 
-def prepared_schema(sizes: list[int], pixels: bool) -> pa.Schema:
+def prepared_schema(inputs: dict[str, int], pixels: bool) -> pa.Schema:
     fields = [
         ("source", pa.string()),
         ("error", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
-        ("boxes", pa.list_(pa.float64())),
-    ]  # 4 per face: x, y, w, h (image pixels)
-    fields += [(f"crops_{s}", pa.binary()) for s in sizes]  # uint8 [faces, s, s], row-major
+        ("boxes", pa.list_(pa.float64())),  # 4 per face: x, y, w, h (image pixels)
+        ("keypoint_maps", pa.list_(pa.float64())),  # 6 per face: the 2x3 keypoint crop -> image map
+        ("scores", pa.list_(pa.float64())),  # 1 per face, NaN without one
+        ("landmarks", pa.list_(pa.float64())),  # 10 per face, NaN without them
+    ]
+    fields += [(f"crops_{task}", pa.binary()) for task in sorted(inputs)]  # uint8 [faces, S, S], row-major
     if pixels:
         fields += [("pixels", pa.binary()), ("channels", pa.int8())]  # the decoded image, for annotation
     return pa.schema(fields)
 
 
-@functools.lru_cache(maxsize=1)
-def _opencv() -> Any:
-    from emokp_ray.inference.detect import require_detector
+@functools.lru_cache(maxsize=2)
+def _named_detector(name: str, threshold: float | None) -> Any:
+    from emokp_ray.inference.detect import make_detector
 
-    return require_detector()
+    return make_detector(name, threshold)
 
 
-def _detect_with(detector: Any):
-    """grey -> boxes: the caller's detector, or OpenCV's (built once per worker process, on first
-    use; without OpenCV each photo to search becomes an error row saying how to install it)."""
+def _detect_with(detector: Any, threshold: float | None = None):
+    """image -> Detections: the caller's detector object, or the named one ("mtcnn", "haar"; None:
+    the default), built once per worker process on first use (without OpenCV each photo to search
+    becomes an error row saying how to install it)."""
+    from emokp_ray.inference.detect import DEFAULT_DETECTOR
 
-    def detect(grey: np.ndarray) -> list:
-        return (detector if detector is not None else _opencv()).detect(grey)
+    def detect(image: np.ndarray) -> list:
+        if detector is None or isinstance(detector, str):
+            return _named_detector(detector or DEFAULT_DETECTOR, threshold).detect(image)
+        return detector.detect(image)
 
     return detect
 
@@ -166,9 +175,10 @@ def prepare_block(
     batch: pa.Table,
     *,
     filesystem: pafs.FileSystem | None,
-    sizes: list[int],
+    inputs: dict[str, int],
     mode: str,
     detector: Any = None,
+    detector_threshold: float | None = None,
     pixels: bool = False,
     done: Any = None,
     margin: float | None = None,
@@ -181,15 +191,16 @@ def prepare_block(
     sources, images, errors = load_batch(batch, filesystem)
     # A listing's boxes (label_inputs.py): JSON text, checked there; null = detect.
     given = batch["boxes"].to_pylist() if "boxes" in batch.column_names else [None] * batch.num_rows
-    detect = _detect_with(detector)
-    cols: dict[str, list] = {name: [] for name in prepared_schema(sizes, pixels).names}
+    detect = _detect_with(detector, detector_threshold)
+    schema = prepared_schema(inputs, pixels)
+    cols: dict[str, list] = {name: [] for name in schema.names}
     for source, image, error, boxes in zip(sources, images, errors, given):
         prepared = None
         if image is not None:
             try:
                 prepared = P.prepare_faces(
                     [image],
-                    set(sizes),
+                    inputs,
                     mode,
                     detect,
                     boxes=None if boxes is None else [json.loads(boxes)],
@@ -203,13 +214,16 @@ def prepare_block(
         cols["width"].append(prepared.sizes[0][0] if prepared else None)
         cols["height"].append(prepared.sizes[0][1] if prepared else None)
         cols["boxes"].append(prepared.boxes.reshape(-1).tolist() if prepared else None)
-        for s in sizes:
-            cols[f"crops_{s}"].append(prepared.crops[s].tobytes() if prepared else None)
+        cols["keypoint_maps"].append(prepared.keypoint_maps.reshape(-1).tolist() if prepared else None)
+        cols["scores"].append(prepared.scores.tolist() if prepared else None)
+        cols["landmarks"].append(prepared.landmarks.reshape(-1).tolist() if prepared else None)
+        for task in inputs:
+            cols[f"crops_{task}"].append(prepared.crops[task].tobytes() if prepared else None)
         if pixels:
             kept = image if prepared else None
             cols["pixels"].append(None if kept is None else np.ascontiguousarray(kept).tobytes())
             cols["channels"].append(None if kept is None else (1 if kept.ndim == 2 else kept.shape[2]))
-    return pa.Table.from_pydict(cols, schema=prepared_schema(sizes, pixels))
+    return pa.Table.from_pydict(cols, schema=schema)
 
 
 # ----------------------------------------------------------------------------- B: the networks
@@ -226,7 +240,7 @@ def load_predictor(
     models only, no detector (detection runs in stage A)."""
     from emokp_ray.inference.predictor import Predictor
 
-    kwargs = {"trust_torchscript": True} if trust_torchscript else {}
+    kwargs: dict[str, Any] = {"trust_torchscript": True} if trust_torchscript else {}
     return Predictor.from_paths(keypoints, emotion, device=device, detect=False, backend=backend, **kwargs)
 
 
@@ -252,9 +266,9 @@ class FaceNetworks:
             keypoints, emotion, device=device, trust_torchscript=trust_torchscript, backend=backend
         )
         self.class_names = list(self.predictor.labels().get("emotion") or [])
-        self.sizes = sorted(
-            {m.meta.input_size for m in (self.predictor.keypoints, self.predictor.emotion) if m is not None}
-        )
+        self.inputs = {
+            m.meta.task: m.meta.input_size for m in (self.predictor.keypoints, self.predictor.emotion) if m is not None
+        }
         self.batch_size = batch_size
 
     def __call__(self, prepared: pa.Table) -> pa.Table:
@@ -263,37 +277,42 @@ class FaceNetworks:
         ]
         return pa.concat_tables(chunks) if chunks else self._chunk(prepared)
 
-    def _faces(self, rows: list[int], boxes: list, crops: dict[int, list], sizes: list) -> Any:
+    def _faces(self, rows: list[int], faces: dict[str, list], crops: dict[str, list], sizes: list) -> Any:
         from emokp_ray.inference.predictor import PreparedFaces
 
-        counts = [len(boxes[i]) // 4 for i in rows]
+        def joined(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            return np.asarray([v for i in rows for v in faces[name][i]], np.float64).reshape(-1, *shape)
+
         prepared = PreparedFaces(
             # bytearray: one writable copy (torch.from_numpy wants a writable buffer)
             crops={
-                s: np.frombuffer(bytearray(b"".join(crops[s][i] for i in rows)), np.uint8).reshape(-1, s, s)
-                for s in self.sizes
+                t: np.frombuffer(bytearray(b"".join(crops[t][i] for i in rows)), np.uint8).reshape(-1, s, s)
+                for t, s in self.inputs.items()
             },
-            boxes=np.asarray([v for i in rows for v in boxes[i]], np.float64).reshape(-1, 4),
-            counts=counts,
+            boxes=joined("boxes", (4,)),
+            counts=[len(faces["boxes"][i]) // 4 for i in rows],
             sizes=[sizes[i] for i in rows],
+            keypoint_maps=joined("keypoint_maps", (2, 3)),
+            scores=joined("scores", ()),
+            landmarks=joined("landmarks", (5, 2)),
         )
         return self.predictor.predict_prepared(prepared)
 
     def _chunk(self, batch: pa.Table) -> pa.Table:
         sources, errors = batch["source"].to_pylist(), batch["error"].to_pylist()
-        boxes = batch["boxes"].to_pylist()
-        crops = {s: batch[f"crops_{s}"].to_pylist() for s in self.sizes}
+        faces = {name: batch[name].to_pylist() for name in ("boxes", "keypoint_maps", "scores", "landmarks")}
+        crops = {t: batch[f"crops_{t}"].to_pylist() for t in self.inputs}
         sizes = [None if w is None else (w, h) for w, h in zip(batch["width"].to_pylist(), batch["height"].to_pylist())]
         results: list[Any] = [None] * len(sources)
         todo = [i for i, e in enumerate(errors) if e is None]
         if todo:
             try:
-                for i, result in zip(todo, self._faces(todo, boxes, crops, sizes)):
+                for i, result in zip(todo, self._faces(todo, faces, crops, sizes)):
                     results[i] = result
             except Exception:
                 for i in todo:
                     try:
-                        results[i] = self._faces([i], boxes, crops, sizes)[0]
+                        results[i] = self._faces([i], faces, crops, sizes)[0]
                     except Exception as err:
                         errors[i] = _one_line(err, sources[i])
         table = output_table(sources, sizes, results, errors, self.class_names)
@@ -326,6 +345,7 @@ class BatchLabeler:
         pixels: bool = False,
         threads: int | None = None,
         detector: Any = None,
+        detector_threshold: float | None = None,
         batch_size: int = 32,
         done: Any = None,
         trust_torchscript: bool = False,
@@ -343,9 +363,10 @@ class BatchLabeler:
         self.prepare = functools.partial(
             prepare_block,
             filesystem=filesystem,
-            sizes=self.networks.sizes,
+            inputs=self.networks.inputs,
             mode=mode,
             detector=detector,
+            detector_threshold=detector_threshold,
             pixels=pixels,
             done=done,
         )

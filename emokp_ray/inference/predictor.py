@@ -50,13 +50,21 @@ from emokp_ray.data.resize import resize_image, resize_images
 from emokp_ray.errors import UserError
 from emokp_ray.inference.backends import make_runner, resolve_backend, run_model
 from emokp_ray.inference.calibration import softmax, temperature_of
-from emokp_ray.inference.detect import FaceDetector, require_detector
+from emokp_ray.inference.detect import DEFAULT_DETECTOR, LANDMARK_NAMES, Detection, Detector, make_detector
 from emokp_ray.inference.images import to_grey
 from emokp_ray.inference.results import Box, Face, ImageResult
 from emokp_ray.inference.tta import forward_with_flip
 
 FRAMING_MARGIN = 1.13  # crop side / Haar box side (measured, see the module docstring)
 FRAMING_SHIFT_Y = 0.02  # crop centre below the Haar centre, in Haar sides
+# Aligned crops: where each training set puts the 5 detector landmarks (LANDMARK_NAMES order, (x, y),
+# pixel-centre coordinates of its native S x S frame), medians measured by benchmarks/framing.py.
+TEMPLATES: dict[str, tuple[int, tuple[tuple[float, float], ...]]] = {
+    "kaggle": (96, ((62.84, 35.87), (31.5, 36.72), (46.93, 54.49), (60.44, 71.61), (34.89, 72.15))),  # keypoint net
+    "fer": (48, ((32.68, 18.02), (14.6, 18.18), (23.63, 28.19), (31.26, 37.07), (15.95, 37.22))),  # emotion nets
+}
+TASK_FRAMING = {"keypoints": "kaggle", "emotion": "fer"}  # which training framing each network saw
+ALIAS_MAX_SCALE = 1.25  # photo px per crop px above which an aligned crop is pre-shrunk by area averaging
 AUTO_CROP_MAX_SIDE = 128  # mode "auto": a square image up to this side is taken as one face crop
 MODES = ("auto", "crop", "detect")
 
@@ -75,6 +83,83 @@ def crop_box_from_detection(
     cx, cy = x + w / 2.0, y + h / 2.0 + shift_y * side
     side *= margin
     return (cx - side / 2.0, cy - side / 2.0, side, side)
+
+
+def template_for(task: str, size: int) -> np.ndarray:
+    """The task's landmark template [5, 2] in an S x S crop (the native frame rescaled, pixel centres)."""
+    native, points = TEMPLATES[TASK_FRAMING[task]]
+    return (np.asarray(points, np.float64) + 0.5) * size / native - 0.5
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The least-squares similarity (rotation, uniform scale, translation; no reflection) taking points
+    src [K, 2] to dst [K, 2] (Umeyama 1991), as a 2x3 matrix M: dst ~ M[:, :2] @ p + M[:, 2]."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    a, b = src - mu_s, dst - mu_d
+    cov = b.T @ a / len(src)
+    u, sigma, vt = np.linalg.svd(cov)
+    d = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
+    rotation = u @ d @ vt
+    scale = float(np.trace(np.diag(sigma) @ d) / max((a**2).sum() / len(src), 1e-12))
+    linear = scale * rotation
+    return np.hstack([linear, (mu_d - linear @ mu_s)[:, None]])
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a 2x3 affine map."""
+    linear = np.linalg.inv(matrix[:, :2])
+    return np.hstack([linear, -linear @ matrix[:, 2:3]])
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points [..., 2] through a 2x3 affine map."""
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def box_to_image(box: Sequence[float], size: int) -> np.ndarray:
+    """The 2x3 map from an S x S crop of an axis-aligned box to the image (pixel centres):
+    x_image = x + (x_crop + 0.5) w / S - 0.5 (same in y with h)."""
+    x, y, w, h = (float(v) for v in box)
+    sx, sy = w / size, h / size
+    return np.array([[sx, 0.0, x + 0.5 * sx - 0.5], [0.0, sy, y + 0.5 * sy - 0.5]])
+
+
+def aligned_to_image(landmarks: np.ndarray, task: str, size: int) -> np.ndarray:
+    """The 2x3 map from the task's aligned S x S crop to the image: the similarity taking the
+    template onto the detector's landmarks [5, 2] (image pixel centres)."""
+    return similarity_transform(template_for(task, size), landmarks)
+
+
+def warp_crop(image: np.ndarray, to_image: np.ndarray, size: int) -> np.ndarray:
+    """The S x S crop whose pixel (i, j) is the grey image [H, W] at to_image @ (i, j, 1) (bilinear;
+    edge pixels replicated outside the image). A face more than ALIAS_MAX_SCALE image px per crop px
+    is first shrunk by area averaging (as the training crops were), only the part the crop covers."""
+    import cv2
+
+    scale = math.sqrt(abs(np.linalg.det(to_image[:, :2])))
+    matrix = to_image
+    source = image
+    if scale > ALIAS_MAX_SCALE:
+        corners = apply_affine(to_image, np.array([[-1.0, -1.0], [size, -1.0], [-1.0, size], [size, size]]))
+        height, width = image.shape
+        (left, top), (right, bottom) = corners.min(axis=0), corners.max(axis=0)
+        x0, y0 = max(0, min(math.floor(left) - 1, width - 1)), max(0, min(math.floor(top) - 1, height - 1))
+        x1, y1 = max(x0 + 1, min(math.ceil(right) + 2, width)), max(y0 + 1, min(math.ceil(bottom) + 2, height))
+        region = image[y0:y1, x0:x1]
+        out_w, out_h = max(1, round((x1 - x0) / scale)), max(1, round((y1 - y0) / scale))
+        source = cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        fx, fy = out_w / (x1 - x0), out_h / (y1 - y0)
+        # image pixel centres -> the shrunk region's pixel centres
+        shrink = np.array([[fx, 0.0, (0.5 - x0) * fx - 0.5], [0.0, fy, (0.5 - y0) * fy - 0.5]])
+        matrix = np.vstack([shrink, [0.0, 0.0, 1.0]])[:2] @ np.vstack([to_image, [0.0, 0.0, 1.0]])
+    return cv2.warpAffine(
+        np.ascontiguousarray(source),
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 def _inside_range(start: float, extent: float, limit: int, size: int) -> tuple[int, int]:
@@ -108,6 +193,13 @@ def crop_face(image: np.ndarray, box: Box, size: int) -> np.ndarray | None:
     if (i0, j0, i1, j1) == (0, 0, size, size):
         return inner
     return np.pad(inner, ((j0, size - j1), (i0, size - i1)), mode="edge")
+
+
+def keypoints_through(keypoints: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Keypoints [N, 2K] on crops -> image pixels [N, 2K] through each face's crop -> image map [N, 2, 3]."""
+    points = keypoints.astype(np.float64).reshape(len(keypoints), -1, 2)
+    out = np.einsum("nij,nkj->nki", maps[:, :, :2], points) + maps[:, None, :, 2]
+    return out.reshape(len(keypoints), -1)
 
 
 def keypoints_to_image(keypoints: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
@@ -189,7 +281,8 @@ class Predictor:
     emotion probabilities are softmax(logits / T) with the checkpoint's calibrated temperature T
     (inference/calibration.py; T = 1 for a checkpoint without one).
 
-    detector: a FaceDetector; None builds one on first use (OpenCV needed only when detecting).
+    detector: an object with `detect(image) -> list[Detection]` (detect.make_detector's); None builds
+    `detector_name` (default MTCNN) on first use (OpenCV needed only when detecting).
     margin / shift_y: the Haar-box -> training-crop framing (see the module docstring).
     overlap_networks: run the emotion pass in a second thread while the keypoint pass runs in the
     caller's (the same outputs; ONNX Runtime and torch release the GIL while they compute), the two
@@ -207,12 +300,14 @@ class Predictor:
         keypoints: LoadedCheckpoint | None,
         emotion: LoadedCheckpoint | None,
         device: str = "cpu",
-        detector: FaceDetector | None = None,
+        detector: Detector | None = None,
         margin: float = FRAMING_MARGIN,
         shift_y: float = FRAMING_SHIFT_Y,
         backend: str = "torch",
         flip_tta: bool = True,
         overlap_networks: bool | None = None,
+        detector_name: str = DEFAULT_DETECTOR,
+        detector_threshold: float | None = None,
     ):
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (keypoints or emotion)")
@@ -240,7 +335,8 @@ class Predictor:
         self.margin, self.shift_y = float(margin), float(shift_y)
         self.flip_tta = bool(flip_tta)  # average each network over the crop and its mirror image (2x the work)
         self._detector = detector
-        self._detector_lock = threading.Lock()  # OpenCV's cascade is not documented thread-safe
+        self._detector_args = (detector_name, detector_threshold)
+        self._detector_lock = threading.Lock()  # guards building it; detectors are thread-safe themselves
         # One worker: concurrent calls (Serve's model runs two) queue their emotion passes in order.
         self._second_thread = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="emokp-emotion") if self.overlap_networks else None
@@ -256,16 +352,20 @@ class Predictor:
         trust_torchscript: bool = False,
         backend: str = "torch",
         overlap_networks: bool | None = None,
+        detector: str = DEFAULT_DETECTOR,
+        detector_threshold: float | None = None,
     ) -> Predictor:
         """Load the checkpoints (a checkpoint dir, a RUN_DIR, an exported .pt, or a TorchScript file
         where `trust_torchscript`: export.load_model says why); detect=True builds the face detector
-        now, so a missing OpenCV is reported at startup."""
+        (`detector`: "mtcnn" or "haar", detect.make_detector) now, so a missing OpenCV is reported at
+        startup; detect=False builds it on first use."""
         from emokp_ray.artifacts.export import load_model
 
         if keypoints is None and emotion is None:
             raise UserError("a predictor needs at least one checkpoint (--keypoints or --emotion)")
         resolved = resolve_device(device)
-        detector = require_detector() if detect else None  # before the (slower) model loads: fail fast
+        # before the (slower) model loads: fail fast (unknown name, bad threshold, OpenCV missing)
+        found = make_detector(detector, detector_threshold) if detect else None
         kp = (
             load_model(keypoints, map_location=resolved, trust_torchscript=trust_torchscript)
             if keypoints is not None
@@ -276,7 +376,16 @@ class Predictor:
             if emotion is not None
             else None
         )
-        return cls(kp, em, device=str(resolved), detector=detector, backend=backend, overlap_networks=overlap_networks)
+        return cls(
+            kp,
+            em,
+            device=str(resolved),
+            detector=found,
+            backend=backend,
+            overlap_networks=overlap_networks,
+            detector_name=detector,
+            detector_threshold=detector_threshold,
+        )
 
     # ---- what is loaded --------------------------------------------------------------------------
 
@@ -311,10 +420,10 @@ class Predictor:
         }
 
     @property
-    def detector(self) -> FaceDetector:
+    def detector(self) -> Detector:
         with self._detector_lock:
             if self._detector is None:
-                self._detector = require_detector()
+                self._detector = make_detector(*self._detector_args)
             return self._detector
 
     # ---- inference -------------------------------------------------------------------------------
@@ -330,19 +439,18 @@ class Predictor:
             return forward(crops)
         return forward_with_flip(forward, crops, loaded.meta.task, loaded.meta.keypoint_names)
 
-    def _run(self, crops_for: dict[int, np.ndarray], boxes: np.ndarray) -> list[Face]:
-        """Both models over the faces' crops (crops_for: input size -> uint8 [N, S, S]); boxes [N, 4]."""
-        n = len(boxes)
+    def _run(self, prepared: PreparedFaces) -> list[Face]:
+        """Both models over the prepared faces' crops (one batched pass each)."""
+        crops_for, boxes, n = prepared.crops, prepared.boxes, len(prepared.boxes)
         keypoints = emotion = probabilities = None
         emotion_pass = logits_later = None
         if self.emotion is not None:
-            emotion_pass = functools.partial(self._outputs, self.emotion, crops_for[self.emotion.meta.input_size])
+            emotion_pass = functools.partial(self._outputs, self.emotion, crops_for["emotion"])
             if self._second_thread is not None:  # overlap_networks: it runs while the keypoint pass does
                 logits_later = self._second_thread.submit(emotion_pass)
         if self.keypoints is not None:
-            size = self.keypoints.meta.input_size
-            raw = self._outputs(self.keypoints, crops_for[size])
-            keypoints = keypoints_to_image(raw, boxes, size).reshape(n, -1, 2)
+            raw = self._outputs(self.keypoints, crops_for["keypoints"])
+            keypoints = keypoints_through(raw, prepared.keypoint_maps).reshape(n, -1, 2)
         if self.emotion is not None and emotion_pass is not None:  # both or neither
             logits = logits_later.result() if logits_later is not None else emotion_pass()
             probabilities = softmax(logits, temperature_of(self.emotion.meta.calibration))  # calibrated
@@ -354,9 +462,15 @@ class Predictor:
         kp_list = keypoints.tolist() if keypoints is not None else None
         prob_list = probabilities.tolist() if probabilities is not None else None
         label_list = emotion.tolist() if emotion is not None else None
+        score_list = prepared.scores.tolist()
+        landmark_list = prepared.landmarks.tolist()
         return [
             Face(
                 box=tuple(box_list[i]),
+                score=None if math.isnan(score_list[i]) else score_list[i],
+                landmarks=None
+                if math.isnan(landmark_list[i][0][0])
+                else {k: (xy[0], xy[1]) for k, xy in zip(LANDMARK_NAMES, landmark_list[i])},
                 keypoints=None if kp_list is None else {k: (xy[0], xy[1]) for k, xy in zip(kp_names, kp_list[i])},
                 emotion=None if label_list is None else classes[label_list[i]],
                 probabilities=None if prob_list is None else dict(zip(classes, prob_list[i])),
@@ -364,8 +478,9 @@ class Predictor:
             for i in range(n)
         ]
 
-    def _sizes(self) -> set[int]:
-        return {m.meta.input_size for m in (self.keypoints, self.emotion) if m is not None}
+    def _inputs(self) -> dict[str, int]:
+        """Each loaded network's task -> its input size S."""
+        return {m.meta.task: m.meta.input_size for m in (self.keypoints, self.emotion) if m is not None}
 
     def predict_crops(self, crops: np.ndarray) -> list[Face]:
         """Face crops uint8 [N, H, W] (grey, framed like the training data, e.g. 96x96) -> one Face each,
@@ -376,9 +491,18 @@ class Predictor:
         n, height, width = crops.shape
         if not crops.flags.c_contiguous or not crops.flags.writeable:
             crops = crops.copy()  # torch.from_numpy needs a writable, contiguous buffer
-        crops_for = {size: resize_images(crops, size) for size in self._sizes()}
         boxes = np.tile(np.array([0.0, 0.0, width, height]), (n, 1))
-        return self._run(crops_for, boxes) if n else []
+        inputs = self._inputs()
+        prepared = PreparedFaces(
+            crops={task: resize_images(crops, size) for task, size in inputs.items()},
+            boxes=boxes,
+            counts=[1] * n,
+            sizes=[(width, height)] * n,
+            keypoint_maps=np.tile(box_to_image((0.0, 0.0, width, height), inputs.get("keypoints", 96)), (n, 1, 1)),
+            scores=np.full(n, np.nan),
+            landmarks=np.full((n, len(LANDMARK_NAMES), 2), np.nan),
+        )
+        return self._run(prepared) if n else []
 
     def predict(
         self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None
@@ -386,7 +510,8 @@ class Predictor:
         """Faces in each image (uint8 [H, W] or [H, W, 3], e.g. from decode_image).
 
         mode: "crop" takes each image as one face crop (box = whole image); "detect" finds faces with
-        the Haar detector (boxes re-framed like training crops); "auto" is "crop" for a square image of
+        the detector (MTCNN faces are aligned by their landmarks onto each network's template, Haar
+        boxes re-framed like training crops); "auto" is "crop" for a square image of
         at most 128 px, else "detect". boxes[i], when given (not None), are image i's face boxes
         (x, y, w, h), used exactly as crop boxes (squares framed like a training crop work best; a
         previous result's boxes qualify), overriding mode. All faces of all images go through each
@@ -399,16 +524,14 @@ class Predictor:
     ) -> PreparedFaces:
         """The CPU half of `predict` (detect and crop, no model runs); see `prepare_faces`."""
 
-        def detect(grey: np.ndarray) -> list:
-            detector = self.detector
-            with self._detector_lock:
-                return detector.detect(grey)
+        def detect(image: np.ndarray) -> list:
+            return self.detector.detect(image)
 
-        return prepare_faces(images, self._sizes(), mode, detect, boxes, self.margin, self.shift_y)
+        return prepare_faces(images, self._inputs(), mode, detect, boxes, self.margin, self.shift_y)
 
     def predict_prepared(self, prepared: PreparedFaces) -> list[ImageResult]:
         """The network half of `predict`: both models over prepared faces, one batched pass each."""
-        faces: list[Face] = self._run(prepared.crops, prepared.boxes) if len(prepared.boxes) else []
+        faces: list[Face] = self._run(prepared) if len(prepared.boxes) else []
         results, start = [], 0
         for (width, height), count in zip(prepared.sizes, prepared.counts):
             results.append(ImageResult(width=width, height=height, faces=faces[start : start + count]))
@@ -423,17 +546,27 @@ class Predictor:
 
 @dataclass
 class PreparedFaces:
-    """Images ready for the networks: every face cropped at every model input size."""
+    """Images ready for the networks: every face cropped for every network, F faces in all."""
 
-    crops: dict[int, np.ndarray]  # input size S -> uint8 [F, S, S], the faces of all images in order
-    boxes: np.ndarray  # float64 [F, 4] (x, y, w, h) in the input images' pixels
+    crops: dict[str, np.ndarray]  # task ("keypoints", "emotion") -> uint8 [F, S, S], that network's crops
+    boxes: np.ndarray  # float64 [F, 4] (x, y, w, h) in the input images' pixels (the detector's box)
     counts: list[int]  # faces per image (sum F)
     sizes: list[tuple[int, int]]  # (width, height) per image
+    keypoint_maps: np.ndarray  # float64 [F, 2, 3]: keypoint crop pixel -> image pixel (pixel centres)
+    scores: np.ndarray  # float64 [F] detector scores, NaN where none (caller boxes, crops)
+    landmarks: np.ndarray  # float64 [F, 5, 2] detector landmarks (LANDMARK_NAMES), NaN where none
+
+
+def as_detection(found: Any) -> Detection:
+    """A detector's answer as a Detection (a plain (x, y, w, h) tuple is taken as a box without landmarks)."""
+    if isinstance(found, Detection):
+        return found
+    return Detection(box=tuple(float(v) for v in found))  # type: ignore[arg-type]
 
 
 def prepare_faces(
     images: list[np.ndarray],
-    sizes: set[int],
+    inputs: dict[str, int],
     mode: str,
     detect: Any,
     boxes: list[list[Box] | None] | None = None,
@@ -441,14 +574,24 @@ def prepare_faces(
     shift_y: float = FRAMING_SHIFT_Y,
 ) -> PreparedFaces:
     """Face boxes and crops for each image, as `Predictor.predict` finds them (see there for mode
-    and boxes); detect: grey uint8 [H, W] -> detector boxes (x, y, w, h), called only where a photo
-    is searched. sizes: the models' input sizes."""
+    and boxes); detect: uint8 image [H, W] or [H, W, 3] -> Detections, called only where a photo is
+    searched. inputs: each network's task -> input size S.
+
+    A detection with landmarks is cropped ALIGNED: per network, the similarity taking the network's
+    template (TEMPLATES) onto the landmarks, sampled by `warp_crop`. Anything else (Haar boxes
+    re-framed by crop_box_from_detection, caller boxes, whole crops) is cropped axis-aligned by
+    `crop_face`. The reported box is the detector's box (re-framed for Haar, as before)."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     if boxes is not None and len(boxes) != len(images):
         raise UserError(f"boxes: {len(boxes)} lists for {len(images)} images (one list per image, or none)")
     all_boxes: list[Box] = []
-    crops: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
+    crops: dict[str, list[np.ndarray]] = {task: [] for task in inputs}
+    maps: list[np.ndarray] = []
+    scores: list[float] = []
+    landmarks: list[np.ndarray] = []
+    no_landmarks = np.full((len(LANDMARK_NAMES), 2), np.nan)
+    kp_size = inputs.get("keypoints", 96)
     counts: list[int] = []
     image_sizes: list[tuple[int, int]] = []
     for index, image in enumerate(images):
@@ -456,26 +599,45 @@ def prepare_faces(
         grey = to_grey(image)
         height, width = grey.shape
         caller = boxes[index] if boxes is not None else None
+        found: list[Detection]
+        detected = False  # boxes from a detector (Haar's get re-framed) or given (used as they are)
         if caller is not None:
-            face_boxes = [_check_box(b, f"image {index} box {j}") for j, b in enumerate(caller)]
+            found = [Detection(box=_check_box(b, f"image {index} box {j}")) for j, b in enumerate(caller)]
         elif mode == "crop" or (mode == "auto" and height == width and height <= AUTO_CROP_MAX_SIDE):
-            face_boxes = [(0.0, 0.0, float(width), float(height))]
+            found = [Detection(box=(0.0, 0.0, float(width), float(height)))]
         else:
-            face_boxes = [crop_box_from_detection(d, margin, shift_y) for d in detect(grey)]
-        for j, box in enumerate(face_boxes):
-            for size in sizes:
-                crop = crop_face(grey, box, size)
-                if crop is None:
-                    raise UserError(
-                        f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the {width}x{height} image"
-                    )
-                crops[size].append(crop)
-        all_boxes.extend(face_boxes)
-        counts.append(len(face_boxes))
+            found, detected = [as_detection(d) for d in detect(image)], True
+        for j, face in enumerate(found):
+            if face.landmarks is not None:
+                points = np.asarray(face.landmarks, np.float64).reshape(len(LANDMARK_NAMES), 2)
+                for task, size in inputs.items():
+                    crops[task].append(warp_crop(grey, aligned_to_image(points, task, size), size))
+                maps.append(aligned_to_image(points, "keypoints", kp_size))
+                all_boxes.append(face.box)
+                landmarks.append(points)
+            else:
+                box = crop_box_from_detection(face.box, margin, shift_y) if detected else face.box
+                for task, size in inputs.items():
+                    crop = crop_face(grey, box, size)
+                    if crop is None:
+                        raise UserError(
+                            f"image {index} box {j} {[round(v, 2) for v in box]} lies outside the "
+                            f"{width}x{height} image"
+                        )
+                    crops[task].append(crop)
+                maps.append(box_to_image(box, kp_size))
+                all_boxes.append(box)
+                landmarks.append(no_landmarks)
+            # a score only with landmarks: Haar's constant 1.0 says nothing (Face.score None there)
+            scores.append(float(face.score) if face.landmarks is not None else math.nan)
+        counts.append(len(found))
         image_sizes.append((int(image.shape[1]), int(image.shape[0])))
     return PreparedFaces(
-        crops={s: np.stack(c) if c else np.zeros((0, s, s), np.uint8) for s, c in crops.items()},
+        crops={t: np.stack(c) if c else np.zeros((0, inputs[t], inputs[t]), np.uint8) for t, c in crops.items()},
         boxes=np.asarray(all_boxes, np.float64).reshape(-1, 4),
         counts=counts,
         sizes=image_sizes,
+        keypoint_maps=np.asarray(maps, np.float64).reshape(-1, 2, 3),
+        scores=np.asarray(scores, np.float64),
+        landmarks=np.asarray(landmarks, np.float64).reshape(-1, len(LANDMARK_NAMES), 2),
     )

@@ -41,6 +41,8 @@ def run_predict(
     flip_tta: bool = True,
     out=None,
     backend: str = "auto",
+    detector: str = "mtcnn",
+    detector_threshold: float | None = None,
 ) -> int:
     """Label each image file; print JSON lines (as_json) or readable lines; returns the failure count.
 
@@ -52,7 +54,15 @@ def run_predict(
 
     out = out or sys.stdout
     started = time.perf_counter()
-    predictor = Predictor.from_paths(keypoints, emotion, device="cpu", detect=detect != "crop", backend=backend)
+    predictor = Predictor.from_paths(
+        keypoints,
+        emotion,
+        device="cpu",
+        detect=detect != "crop",
+        backend=backend,
+        detector=detector,
+        detector_threshold=detector_threshold,
+    )
     predictor.flip_tta = flip_tta
     annotate_path = Path(annotate_dir) if annotate_dir else None
     if annotate_path is not None:

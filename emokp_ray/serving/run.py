@@ -100,7 +100,7 @@ def run_serve(
 
     from emokp_ray.serving.model import opencv_available
 
-    if args.detect and not opencv_available():
+    if args.detect and not opencv_available(args.detector):
         print(
             "emokp serve: face detection is off (OpenCV missing: pip install 'emokp-ray[detect]'); "
             "face crops and caller boxes still work",

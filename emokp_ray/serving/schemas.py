@@ -38,6 +38,10 @@ class AppArgs(BaseModel):
     # and the device is the CPU, else torch.
     backend: Backend = "auto"
     detect: bool = True  # load the face detector (photos need it; crops do not)
+    # Which detector finds faces in photos (inference/detect.py): "mtcnn" (aligned crops by its 5
+    # landmarks) or "haar"; detector_threshold: MTCNN's final score threshold in (0, 1), None = 0.7.
+    detector: Literal["mtcnn", "haar"] = "mtcnn"
+    detector_threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
     # Dynamic batching in the ingress: up to max_batch_size images from concurrent requests go to the
     # model as one call, one forward pass; an idle model's batch waits at most batch_wait_timeout_s for
     # company; while a batch runs, the next may wait up to its expected duration, at most
@@ -195,7 +199,11 @@ class BatchJson(BatchOptions):
 
 
 class FaceOut(BaseModel):
-    box: list[float]  # [x, y, w, h], input-image pixels
+    box: list[float]  # [x, y, w, h], input-image pixels (the detector's box)
+    # The learned detector's confidence and 5 landmarks (name -> [x, y], input-image pixels); null for
+    # Haar boxes, caller boxes and whole crops.
+    score: float | None = None
+    landmarks: dict[str, list[float]] | None = None
     keypoints: dict[str, list[float]] | None = None  # name -> [x, y], input-image pixels
     emotion: str | None = None
     probabilities: dict[str, float] | None = None
