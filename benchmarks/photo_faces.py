@@ -1,7 +1,8 @@
 """Faces in photos with known truth (issue 27 item 3): real TEST-split faces pasted into scenes
 (evaluation/photo_scenes.py), run end to end through the predictor with the builtin models, one
-detector after another: haar, mtcnn (where the detector module offers it) and yunet (where the
-`yuface` package is installed: a benchmark-only candidate, never a dependency).
+detector after another: haar, mtcnn (the `detector` branch's default, merged here) and yunet (where
+the `yuface` package is installed: a benchmark-only candidate, never a dependency; its five landmarks
+align the crops as MTCNN's do).
 
     emokp data prepare ../shared/data/facial-keypoints/training.csv.gz --out /tmp/kp
     emokp data prepare ../shared/data/fer2013/fer2013.csv.gz --out /tmp/fer --scheme fer7
@@ -18,7 +19,6 @@ Then issue 27's targets as pass/fail. Results go to benchmarks/results/photo_fac
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -84,17 +84,17 @@ class YuNet:
         out = []
         for c, b, lm in zip(confs, boxes, landmarks):
             box = tuple(round(float(v) / scale) for v in b)
-            out.append((box, float(c) / 100.0, lm.astype(np.float64).reshape(5, 2) / scale))
+            # yuface's landmarks: image-left eye, image-right eye, nose, image-left and image-right
+            # mouth corner -> the subject's side first, as Detection.landmarks (detect.LANDMARK_NAMES).
+            points = lm.astype(np.float64).reshape(5, 2)[[1, 0, 2, 4, 3]] / scale
+            out.append((box, float(c) / 100.0, points))
         return sorted(out, key=lambda d: -d[0][2] * d[0][3])
 
     def detect(self, image: np.ndarray) -> list:
-        from emokp_ray.inference import detect as D
+        """Detections with landmarks: the predictor aligns the crops from them, as for MTCNN."""
+        from emokp_ray.inference.detect import Detection
 
-        found = self.boxes(image)
-        detection: Any = getattr(D, "Detection", None)
-        if isinstance(detection, type) and detection is not tuple:  # the MTCNN-era interface
-            return [detection(box=box, score=score, landmarks=lm) for box, score, lm in found]
-        return [box for box, _, _ in found]
+        return [Detection(box=box, score=score, landmarks=lm) for box, score, lm in self.boxes(image)]
 
 
 def make_detectors(names: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -105,51 +105,16 @@ def make_detectors(names: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     skipped: dict[str, str] = {}
     for name in names:
         try:
-            if name == "yunet":
-                built[name] = YuNet()
-            elif hasattr(D, "make_detector"):
-                built[name] = D.make_detector(name)
-            elif name == "haar":
-                built[name] = D.FaceDetector()
-            else:
-                skipped[name] = "not in emokp_ray.inference.detect on this branch"
+            built[name] = YuNet() if name == "yunet" else D.make_detector(name)
         except Exception as err:  # ImportError, UserError: a missing optional package
             skipped[name] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
     return built, skipped
 
 
-def make_predictor(keypoints: Any, emotion: Any, detector: Any, framing: tuple[float, float] | None) -> Any:
+def make_predictor(keypoints: Any, emotion: Any, detector: Any) -> Any:
     from emokp_ray.inference.predictor import Predictor
 
-    kwargs: dict[str, Any] = {}
-    accepted = inspect.signature(Predictor).parameters
-    if framing is not None and "margin" in accepted:
-        kwargs["margin"], kwargs["shift_y"] = framing
-    return Predictor(keypoints, emotion, device="cpu", detector=detector, **kwargs)
-
-
-def calibrate_framing(detector: YuNet, scenes: list) -> tuple[float, float]:
-    """YuNet box -> training crop, measured like predictor.py's Haar framing (median true side / box
-    side, median centre shift down in box sides) on upright faces of 64 px and more, in scenes of
-    their own seed (not the scored ones)."""
-    from emokp_ray.evaluation.photo_scenes import iou
-
-    ratios, shifts = [], []
-    for scene in scenes:
-        found = [box for box, _, _ in detector.boxes(scene.image)]
-        for face in scene.faces:
-            if abs(face.angle) > 5 or face.size < 64 or not found:
-                continue
-            best = max(found, key=lambda b: iou(face.box, b))
-            if iou(face.box, best) < 0.3:
-                continue
-            side = max(best[2], best[3])
-            ratios.append(face.size / side)
-            truth_cy = face.box[1] + face.size / 2.0
-            shifts.append((truth_cy - (best[1] + best[3] / 2.0)) / side)
-    if len(ratios) < 5:
-        return 1.13, 0.02  # the Haar framing
-    return round(statistics.median(ratios), 3), round(statistics.median(shifts), 3)
+    return Predictor(keypoints, emotion, device="cpu", detector=detector)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,17 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
         "faces": sum(len(s.faces) for s in scenes),
         "pools": {k: len(p.crops) for k, p in pools.items()},
         "skipped_detectors": skipped,
-        "framing": {},
         "detectors": {},
     }
     crops = None
     for name, detector in built.items():
-        framing = None
-        if name == "yunet":
-            calibration = compose_scenes(list(pools.values()), 30, seed=args.seed + 1000, faces=args.faces)
-            framing = calibrate_framing(detector, calibration)
-            report["framing"][name] = {"margin": framing[0], "shift_y": framing[1]}
-        predictor = make_predictor(keypoints, emotion, detector, framing)
+        predictor = make_predictor(keypoints, emotion, detector)
         if crops is None:
             crops = crop_level(predictor, pools, used, model_scheme)
         figures = score(predictor, scenes, pools, crops, model_scheme)

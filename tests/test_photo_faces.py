@@ -159,7 +159,7 @@ def test_upright_faces_are_found_and_labelled_like_their_crops(prepared):
     ]
     detectors, _ = make_detectors(["haar"])
     emotion = load_model("builtin:emotion-fer7")
-    predictor = make_predictor(load_model("builtin:keypoints"), emotion, detectors["haar"], None)
+    predictor = make_predictor(load_model("builtin:keypoints"), emotion, detectors["haar"])
     used = {k: {f.index for s in scenes for f in s.faces if f.kind == k} for k in pools}
     crops = crop_level(predictor, pools, used, emotion.meta.label_scheme)
     report = score(predictor, scenes, pools, crops, emotion.meta.label_scheme)
