@@ -77,6 +77,8 @@ def test_parse_boxes_reads_json_text_and_nested_lists():
     assert parse_boxes("[]") == [] and parse_boxes([]) == []
     assert parse_boxes("[[1, 2, 3.5, 4]]") == [[1.0, 2.0, 3.5, 4.0]]
     assert parse_boxes([[1.0, 2.0, 3.0, 4.0], (0, 0, 1, 1)]) == [[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0]]
+    with pytest.raises(ValueError, match="more than"):
+        parse_boxes([[0, 0, 1, 1]] * 257)
     for bad in ("{}", "[1, 2, 3, 4]", "[[1, 2, 3, NaN]]", "[[1, 2, -3, 4]]", '[["a", 2, 3, 4]]', "[[true, 2, 3, 4]]"):
         with pytest.raises(ValueError):
             parse_boxes(bad)
@@ -93,7 +95,11 @@ def test_a_listing_is_resolved_and_its_bad_cells_become_error_rows(listed):
     assert json.loads(rows["img/given.png"]["boxes"]) == CASES["given.png"][2]
     assert rows["img/detect.png"]["boxes"] is None and rows["img/none_here.png"]["boxes"] == "[]"
     assert rows["img/not_json.png"]["error"] and rows["img/not_json.png"]["boxes"] is None
-    # A Kaggle CSV is still a Kaggle CSV; a Parquet file without `path` is refused.
+    # A path with a URI scheme is an error row (paths are on the listing's filesystem).
+    (listed / "uri.csv").write_text("path\ns3://bucket/a.png\nimg/given.png\n")
+    uri, plain = work_table(resolve_input(str(listed / "uri.csv"))).to_pylist()
+    assert "own filesystem" in uri["error"] and plain["error"] is None and plain["boxes"] is None
+    # A Parquet file without `path` is refused.
     pq.write_table(pa.table({"file": ["a.png"]}), listed / "nopath.parquet")
     with pytest.raises(UserError, match="`path` column"):
         resolve_input(str(listed / "nopath.parquet"))

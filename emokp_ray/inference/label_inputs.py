@@ -18,8 +18,10 @@ INPUT is one of
 A listing's `boxes` (as the HTTP API's `boxes`): JSON text `[[x, y, w, h], ...]` in a CSV; in Parquet
 a list<list<double>> or the same JSON text. `[]` means "no faces here", null or missing "detect".
 Given boxes are the crop boxes (image px) and skip detection for that image. A cell that is not a
-list of 4 finite numbers with positive width and height makes that image an error row (its reason
-in `error`), never a failed run; a box outside the image is an error row of stage A.
+list of at most MAX_BOXES_PER_IMAGE boxes of 4 finite numbers with positive width and height makes
+that image an error row (its reason in `error`), never a failed run; so does a path with a URI
+scheme (paths are read on the listing's own filesystem); a box outside the image is an error row of
+stage A.
 
 Only names and sizes are listed on the driver; image bytes are read and decoded by the labeling
 tasks, so an unreadable file becomes an error row there. A CSV is parsed on the driver (it is one
@@ -77,6 +79,7 @@ LISTING_WORK_SCHEMA = pa.schema(
     ]
 )  # size -1: read by the task; boxes: canonical JSON text, null = detect; error: a bad row's reason
 LISTING_SUFFIXES = (".parquet", ".pq")
+MAX_BOXES_PER_IMAGE = 256  # a listing row with more is an error row (each box is a crop per network)
 CROP_WORK_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
@@ -315,6 +318,8 @@ def parse_boxes(value: object) -> list[list[float]] | None:
             return None
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"boxes must be a list of [x, y, w, h], got {str(value)[:60]}")
+    if len(value) > MAX_BOXES_PER_IMAGE:
+        raise ValueError(f"{len(value):,} boxes for one image, more than {MAX_BOXES_PER_IMAGE}")
     boxes = []
     for j, box in enumerate(value):
         numbers = isinstance(box, (list, tuple)) and len(box) == 4
@@ -335,10 +340,12 @@ def _listing_rows(spec: LabelInput, paths: list, cells: list) -> pa.Table:
         try:
             if not source.strip():
                 raise ValueError("empty path")
+            if "://" in source:
+                raise ValueError("a listing's paths are on its own filesystem: relative to its folder, or absolute")
             boxes = parse_boxes(cell)
         except ValueError as err:
             error = f"{spec.location}: {source or '(no path)'}: {err}"
-        out["path"].append(source if source.startswith("/") or not source else f"{base}/{source}")
+        out["path"].append(source if source.startswith("/") or error else f"{base}/{source}")
         out["source"].append(source)
         out["size"].append(-1)
         out["boxes"].append(None if boxes is None else json.dumps(boxes))
