@@ -167,3 +167,35 @@ def test_upright_faces_are_found_and_labelled_like_their_crops(prepared):
     assert report["false_positives_per_scene"] == 0
     if "rmse_96" in report["all"]:
         assert report["all"]["rmse_96"] <= 1.5 * report["all"]["crop_rmse_96"] + 0.5, report["all"]
+
+
+@pytest.mark.realdata
+def test_mtcnn_finds_tilted_faces_that_haar_misses(prepared):
+    """Faces turned by about ±30° (80-200 px): Haar finds next to none, MTCNN (aligned crops) several,
+    with no false positive."""
+    pytest.importorskip("cv2")
+    from benchmarks.photo_faces import crop_level, make_detectors, make_predictor, score
+    from emokp_ray.artifacts.export import load_model
+
+    pools = {
+        "keypoints": ps.load_pool(str(prepared["keypoints"]), "keypoints"),
+        "emotion": ps.load_pool(str(prepared["emotion"]), "emotion"),
+    }
+    rng = np.random.default_rng(0)
+    scenes = [
+        ps.compose_scene(list(pools.values()), rng, faces=3, scene_size=(640, 480), rotations=(30,), sizes=((80, 200),))
+        for _ in range(4)
+    ]
+    detectors, skipped = make_detectors(["haar", "mtcnn"])
+    if "mtcnn" in skipped:
+        pytest.skip(f"mtcnn: {skipped['mtcnn']}")
+    emotion, keypoints = load_model("builtin:emotion-fer7"), load_model("builtin:keypoints")
+    used = {k: {f.index for s in scenes for f in s.faces if f.kind == k} for k in pools}
+    found = {}
+    for name, detector in detectors.items():
+        predictor = make_predictor(keypoints, emotion, detector)
+        crops = crop_level(predictor, pools, used, "fer7")
+        report = score(predictor, scenes, pools, crops, "fer7")
+        found[name] = report["all"]["found"]
+        assert report["false_positives_per_scene"] == 0, name
+    assert found["haar"] <= 1 and found["mtcnn"] >= found["haar"] + 3, found
