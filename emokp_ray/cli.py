@@ -525,7 +525,11 @@ def _add_label(sub: _Subcommands) -> None:
         "label", help="label a folder/glob of images, a prepared data set or a Kaggle CSV (Ray Data)"
     )
     label.add_argument(
-        "input", metavar="INPUT", help="image folder or glob (local or URI), prepared data set dir, or Kaggle CSV"
+        "input",
+        metavar="INPUT",
+        help="image folder or glob (local or URI), prepared data set dir, Kaggle CSV, or a listing: a Parquet "
+        "or CSV file with a `path` column (relative to its folder) and optional `boxes` "
+        "(JSON [[x, y, w, h], ...] per image: those faces, detection skipped; [] no face; empty: detect)",
     )
     label.add_argument(
         "--keypoints",

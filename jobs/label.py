@@ -4,8 +4,9 @@
         python jobs/label.py s3://bucket/photos/ --keypoints /mnt/emokp/runs/r1/keypoints/best \\
             --emotion /mnt/emokp/runs/r1/emotion/best --out s3://bucket/labels/photos --concurrency 2-8 --gpu
 
-INPUT (image folder, glob or file; prepared data set; Kaggle CSV) may be a URI: the labeling tasks
-read it through pyarrow. --out and --annotate may be URIs (or paths every node sees): the Ray Data
+INPUT (image folder, glob or file; prepared data set; Kaggle CSV; a Parquet or CSV listing of image
+paths, optionally with the faces' `boxes`, label_inputs.py) may be a URI: the labeling tasks read it
+through pyarrow. --out and --annotate may be URIs (or paths every node sees): the Ray Data
 workers write their part files and PNGs there directly, nothing goes through the driver, and
 summary.json is written last. A job that was killed (driver, node, cluster) is finished by submitting
 it again with --resume. Every actor loads the checkpoints itself, so --keypoints and --emotion are
@@ -46,7 +47,9 @@ def build_parser() -> JobParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument(
-        "input", metavar="INPUT", help="image folder, glob or file; prepared data set; Kaggle CSV (path or URI)"
+        "input",
+        metavar="INPUT",
+        help="image folder, glob or file; prepared data set; Kaggle CSV; listing with path [and boxes] (path or URI)",
     )
     parser.add_argument(
         "--keypoints",

@@ -37,9 +37,7 @@ import pyarrow.parquet as pq
 from emokp_ray.artifacts.files import open_location, write_file
 from emokp_ray.errors import UserError
 from emokp_ray.inference.label_inputs import (
-    CROP_WORK_SCHEMA,
     DATASET_COLUMNS,
-    FILE_WORK_SCHEMA,
     LabelInput,
     ListingCounts,
     iter_work_tables,
@@ -332,7 +330,7 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
         fs.delete_dir(work)  # an interrupted listing: list again
     fs.create_dir(work, recursive=True)
     counts, files = ListingCounts(), []
-    schema = FILE_WORK_SCHEMA if spec.kind == "images" else CROP_WORK_SCHEMA
+    schema = spec.work_schema
     for i, table in enumerate(iter_work_tables(spec, counts)):
         name = f"{work}/inputs-{i:05d}.parquet"
 

@@ -9,6 +9,19 @@ INPUT is one of
     a Kaggle CSV (.csv / .csv.gz, local)        any format kaggle.py reads, Kaggle's keypoints
                                                 test.csv included; work rows: source, image, height,
                                                 width, error (face crops, or a bad row's reason)
+    a listing: a Parquet file, or a CSV whose   one image per row: `path` (relative to the listing's
+    header has a `path` column (local or URI)   folder, or absolute on its filesystem) and optionally
+                                                `boxes`, the faces the user already has (below);
+                                                work rows: path, source, size (-1: not known yet),
+                                                boxes (JSON text or null), error
+
+A listing's `boxes` (as the HTTP API's `boxes`): JSON text `[[x, y, w, h], ...]` in a CSV; in Parquet
+a list<list<double>> or the same JSON text. `[]` means "no faces here", null or missing "detect".
+Given boxes are the crop boxes (image px) and skip detection for that image. A cell that is not a
+list of at most MAX_BOXES_PER_IMAGE boxes of 4 finite numbers with positive width and height makes
+that image an error row (its reason in `error`), never a failed run; so does a path with a URI
+scheme (paths are read on the listing's own filesystem); a box outside the image is an error row of
+stage A.
 
 Only names and sizes are listed on the driver; image bytes are read and decoded by the labeling
 tasks, so an unreadable file becomes an error row there. A CSV is parsed on the driver (it is one
@@ -56,6 +69,17 @@ DATASET_COLUMNS = ["image", "height", "width", "split", "source", "row_id"]
 _GLOB_MAGIC = re.compile(r"[*?\[]")
 
 FILE_WORK_SCHEMA = pa.schema([("path", pa.string()), ("source", pa.string()), ("size", pa.int64())])
+LISTING_WORK_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("source", pa.string()),
+        ("size", pa.int64()),
+        ("boxes", pa.string()),
+        ("error", pa.string()),
+    ]
+)  # size -1: read by the task; boxes: canonical JSON text, null = detect; error: a bad row's reason
+LISTING_SUFFIXES = (".parquet", ".pq")
+MAX_BOXES_PER_IMAGE = 256  # a listing row with more is an error row (each box is a crop per network)
 CROP_WORK_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
@@ -71,7 +95,7 @@ CROP_WORK_SCHEMA = pa.schema(
 class LabelInput:
     """INPUT resolved (not yet listed): its kind and where its rows are."""
 
-    kind: str  # "images" | "dataset" | "csv"
+    kind: str  # "images" | "dataset" | "csv" | "listing"
     location: str  # INPUT as given
     filesystem: pafs.FileSystem | None = None  # images, dataset
     path: str = ""  # INPUT's path on `filesystem` (images: a folder, a glob or a file)
@@ -82,7 +106,12 @@ class LabelInput:
     @property
     def crop_mode(self) -> bool:
         """Every row is one face crop (data set, CSV); image files go through the predictor's mode."""
-        return self.kind != "images"
+        return self.kind in ("dataset", "csv")
+
+    @property
+    def work_schema(self) -> pa.Schema:
+        """The schema of this input's work rows in OUT/_work."""
+        return {"images": FILE_WORK_SCHEMA, "listing": LISTING_WORK_SCHEMA}.get(self.kind, CROP_WORK_SCHEMA)
 
     @property
     def identity(self) -> str:
@@ -124,7 +153,9 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(relative).parts)
 
 
-DANGLING = -1  # the size _walk gives a symbolic link whose target is missing: an error row when read
+# The size _walk gives a symbolic link whose target is missing: an error row when read (-1 is a
+# listing's row whose size is read by the labeling task).
+DANGLING = -2
 
 
 def _list_folder(fs: pafs.FileSystem, folder: str) -> list[tuple[str, str, int]]:
@@ -324,6 +355,91 @@ def _csv_tables(spec: LabelInput, counts: ListingCounts) -> Iterator[pa.Table]:
         )
 
 
+def parse_boxes(value: object) -> list[list[float]] | None:
+    """A listing's `boxes` cell -> [[x, y, w, h], ...] ([] = no faces), or None (null: detect).
+    JSON text or nested lists; anything else is a ValueError saying what a box is."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None  # an empty CSV cell
+        text = value
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise ValueError(f"boxes {text[:60]!r} is not JSON: expected [[x, y, w, h], ...]") from None
+        if value is None:
+            return None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"boxes must be a list of [x, y, w, h], got {str(value)[:60]}")
+    if len(value) > MAX_BOXES_PER_IMAGE:
+        raise ValueError(f"{len(value):,} boxes for one image, more than {MAX_BOXES_PER_IMAGE}")
+    boxes = []
+    for j, box in enumerate(value):
+        numbers = isinstance(box, (list, tuple)) and len(box) == 4
+        numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        values = [float(v) for v in box] if numbers else []
+        if not numbers or not all(np.isfinite(values)) or values[2] <= 0 or values[3] <= 0:
+            raise ValueError(f"box {j} is not 4 finite numbers [x, y, w, h] with w, h > 0: {str(box)[:60]}")
+        boxes.append(values)
+    return boxes
+
+
+def _listing_rows(spec: LabelInput, paths: list, cells: list) -> pa.Table:
+    """A chunk of a listing (its `path` and `boxes` values) -> work rows; a bad row carries its error."""
+    base = str(PurePosixPath(spec.path).parent)
+    out: dict[str, list] = {name: [] for name in LISTING_WORK_SCHEMA.names}
+    for path, cell in zip(paths, cells):
+        source, error, boxes = str(path or ""), None, None
+        try:
+            if not source.strip():
+                raise ValueError("empty path")
+            if "://" in source:
+                raise ValueError("a listing's paths are on its own filesystem: relative to its folder, or absolute")
+            boxes = parse_boxes(cell)
+        except ValueError as err:
+            error = f"{spec.location}: {source or '(no path)'}: {err}"
+        out["path"].append(source if source.startswith("/") or error else f"{base}/{source}")
+        out["source"].append(source)
+        out["size"].append(-1)
+        out["boxes"].append(None if boxes is None else json.dumps(boxes))
+        out["error"].append(error)
+    return pa.Table.from_pydict(out, schema=LISTING_WORK_SCHEMA)
+
+
+def _listing_tables(spec: LabelInput, counts: ListingCounts, chunk_rows: int) -> Iterator[pa.Table]:
+    """A listing's rows, `chunk_rows` at a time: Parquet read by record batches, CSV streamed."""
+    fs = spec.filesystem
+    assert fs is not None, "a listing is resolved with its filesystem"
+    if spec.path.lower().endswith(LISTING_SUFFIXES):
+        with fs.open_input_file(spec.path) as f:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            columns = [c for c in ("path", "boxes") if c in names]
+            for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
+                cells = batch.column("boxes").to_pylist() if "boxes" in columns else [None] * batch.num_rows
+                counts.inputs += batch.num_rows
+                yield _listing_rows(spec, batch.column("path").to_pylist(), cells)
+        return
+    import pyarrow.csv as pacsv
+
+    with fs.open_input_stream(spec.path, compression="detect") as f:
+        reader = pacsv.open_csv(
+            f,
+            read_options=pacsv.ReadOptions(block_size=1 << 20),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"path": pa.string(), "boxes": pa.string()}, strings_can_be_null=True
+            ),
+        )
+        for batch in reader:
+            for lo in range(0, batch.num_rows, chunk_rows):
+                part = batch.slice(lo, chunk_rows)
+                names = part.schema.names
+                cells = part.column("boxes").to_pylist() if "boxes" in names else [None] * part.num_rows
+                counts.inputs += part.num_rows
+                yield _listing_rows(spec, part.column("path").to_pylist(), cells)
+
+
 def iter_work_tables(
     spec: LabelInput, counts: ListingCounts | None = None, chunk_rows: int = LISTING_CHUNK_ROWS
 ) -> Iterator[pa.Table]:
@@ -334,6 +450,8 @@ def iter_work_tables(
         yield from _file_tables(spec, counts, chunk_rows)
     elif spec.kind == "csv":
         yield from _csv_tables(spec, counts)
+    elif spec.kind == "listing":
+        yield from _listing_tables(spec, counts, chunk_rows)
 
 
 def work_table(spec: LabelInput) -> pa.Table:
@@ -349,7 +467,7 @@ def resolve_input(location: str) -> LabelInput:
     try:
         spec = _resolve(location, fs, path)
         if spec.kind != "dataset" and next(iter_work_tables(spec, chunk_rows=1), None) is None:
-            if spec.kind == "csv":
+            if spec.kind in ("csv", "listing"):
                 raise UserError(f"{location}: no data rows")
             if _GLOB_MAGIC.search(path):
                 raise UserError(f"{location}: no files match this pattern")
@@ -369,11 +487,35 @@ def _resolve(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
         if fs.get_file_info(f"{path}/{DATASET_META}").type == pafs.FileType.File:
             return _dataset(location, fs, path)
         return LabelInput("images", location, filesystem=fs, path=path, detail="an image folder")
+    if path.lower().endswith(LISTING_SUFFIXES) or (path.lower().endswith(CSV_SUFFIXES) and _has_path_column(fs, path)):
+        return _listing(location, fs, path)
     if path.lower().endswith(CSV_SUFFIXES):
         if is_uri(location):
             raise UserError(f"{location}: a Kaggle CSV must be a local file (copy it here first)")
         return LabelInput("csv", location, path=path, detail="a Kaggle CSV (parsed on the driver)")
     return LabelInput("images", location, filesystem=fs, path=path, detail="1 image file")
+
+
+def _has_path_column(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether a CSV's header names a `path` column (a listing), not a Kaggle file's columns."""
+    with fs.open_input_stream(path, compression="detect") as f:
+        header = f.read(64 * 1024).decode("utf-8", "replace").splitlines()[:1]
+    return bool(header) and "path" in [c.strip().strip('"') for c in header[0].split(",")]
+
+
+def _listing(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
+    """A Parquet or CSV listing of image paths; it must name a `path` column."""
+    names: list[str] = []
+    if path.lower().endswith(LISTING_SUFFIXES):
+        try:
+            with fs.open_input_file(path) as f:
+                names = pq.ParquetFile(f).schema_arrow.names
+        except (OSError, pa.ArrowInvalid) as err:
+            raise UserError(f"{location}: not a readable Parquet file ({(str(err).splitlines() or [''])[0]})") from None
+        if "path" not in names:
+            raise UserError(f"{location}: a Parquet listing needs a `path` column (it has: {', '.join(names)})")
+    extra = " with face boxes" if "boxes" in names else ""
+    return LabelInput("listing", location, filesystem=fs, path=path, detail=f"a listing of image paths{extra}")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """The stages of a labeling run, as plain functions and classes over Arrow tables (Ray Data calls
 them; tests and the plain loop call them directly). One row per INPUT image through A and B:
 
-    A  prepare_block  (Ray Data tasks, CPU)   work rows -> read + decode + detect + crop:
+    A  prepare_block  (Ray Data tasks, CPU)   work rows -> read + decode + detect (unless a listing
+                                              row gives its boxes) + crop:
                                               PREPARED rows (source, error, size, boxes, one crop per
                                               face and network, each face's keypoint-crop -> image
                                               map, detector scores and landmarks; the pixels when
@@ -24,6 +25,7 @@ resources and Ray Data's streaming backpressure balances them.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,13 +79,22 @@ def load_batch(
     sources = work_sources(batch)
     images: list[np.ndarray | None] = [None] * n
     errors: list[str | None] = [None] * n
+    known = batch["error"].to_pylist() if "error" in batch.column_names else [None] * n  # bad listing/CSV rows
     if "path" in batch.column_names:
         if filesystem is None:
             raise ValueError("work rows of files need the filesystem they are on")
         for i, (path, size) in enumerate(zip(batch["path"].to_pylist(), batch["size"].to_pylist())):
+            if known[i] is not None:
+                errors[i] = known[i]
+                continue
             try:
                 if size == DANGLING:
                     raise UserError(f"{sources[i]}: a symbolic link whose target does not exist")
+                if size < 0:  # a listing's row: the size is read here, not on the driver
+                    info = filesystem.get_file_info(path)
+                    if info.type != pafs.FileType.File:
+                        raise UserError(f"{sources[i]}: no such file ({path})")
+                    size = info.size
                 if size > MAX_FILE_BYTES:
                     raise UserError(f"{sources[i]}: file of {size:,} bytes is larger than {MAX_FILE_BYTES:,}")
                 with filesystem.open_input_stream(path) as f:
@@ -91,7 +102,6 @@ def load_batch(
             except Exception as err:
                 errors[i] = _one_line(err, sources[i])
         return sources, images, errors
-    known = batch["error"].to_pylist() if "error" in batch.column_names else [None] * n  # bad CSV rows
     for i, (data, h, w) in enumerate(
         zip(batch["image"].to_pylist(), batch["height"].to_pylist(), batch["width"].to_pylist())
     ):
@@ -193,10 +203,12 @@ def prepare_block(
 
     batch, _ = _done_filter(batch, work_sources(batch), done)
     sources, images, errors = load_batch(batch, filesystem)
+    # A listing's boxes (label_inputs.py): JSON text, checked there; null = detect.
+    given = batch["boxes"].to_pylist() if "boxes" in batch.column_names else [None] * batch.num_rows
     detect = _detect_with(detector, detector_threshold)
     schema = prepared_schema(inputs, pixels)
     cols: dict[str, list] = {name: [] for name in schema.names}
-    for source, image, error in zip(sources, images, errors):
+    for source, image, error, boxes in zip(sources, images, errors, given):
         prepared = None
         if image is not None:
             try:
@@ -205,6 +217,7 @@ def prepare_block(
                     inputs,
                     mode,
                     detect,
+                    boxes=None if boxes is None else [json.loads(boxes)],
                     margin=margin or P.FRAMING_MARGIN,
                     shift_y=P.FRAMING_SHIFT_Y if shift_y is None else shift_y,
                 )
