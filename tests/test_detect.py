@@ -157,6 +157,56 @@ def test_mtcnn_finds_the_bundled_faces_upright_and_tilted(mtcnn, name):
 
 
 @needs_mtcnn
+@pytest.mark.parametrize("degrees", [45, -45])
+def test_a_face_turned_45_degrees_is_found_once_by_the_rotation_sweep(mtcnn, degrees):
+    """A face turned 45 degrees: found and reported once, in photo coordinates, landmarks on the right
+    eyes (turned back upright, the subject's left eye has the larger x); also by a detector with the
+    turned pass that straightens it alone, which checks the mapping back from a turned copy."""
+    image = photo("grace_hopper_us_navy.jpg")
+    (upright,) = mtcnn.detect(image)
+    assert upright.landmarks is not None
+    eye_distance = np.linalg.norm(upright.landmarks[0] - upright.landmarks[1])
+    tilted, matrix = rotated(image, degrees)
+    centre = apply_affine(
+        matrix, np.array([[upright.box[0] + upright.box[2] / 2, upright.box[1] + upright.box[3] / 2]])
+    )
+    turned_only = make_detector("mtcnn", rotations=(-math.copysign(35, degrees),))
+    for detector in (mtcnn, turned_only):
+        found = detector.detect(tilted)
+        assert len(found) == 1, [f.box for f in found]
+        (face,) = found
+        assert face.landmarks is not None
+        back = apply_affine(invert_affine(matrix), face.landmarks)  # turned back upright
+        marks = dict(zip(LANDMARK_NAMES, back))
+        assert marks["left_eye_center"][0] > marks["right_eye_center"][0]
+        assert marks["mouth_left_corner"][0] > marks["mouth_right_corner"][0]
+        assert max(marks["left_eye_center"][1], marks["right_eye_center"][1]) < marks["nose_tip"][1]
+        assert np.abs(back - upright.landmarks).max() < 0.25 * eye_distance
+        # The box: the face's box in the tilted photo, centred on the face.
+        x, y, w, h = face.box
+        assert abs(x + w / 2 - centre[0, 0]) < 0.25 * w and abs(y + h / 2 - centre[0, 1]) < 0.25 * h
+        assert 0.7 < w / upright.box[2] < 1.4
+
+
+@needs_mtcnn
+def test_the_rotation_sweep_reports_an_upright_face_once_and_is_checked(mtcnn):
+    assert mtcnn.rotations == detect_module.MTCNN_ROTATIONS and len(mtcnn.rotations) > 1
+    for name in ("eileen_collins_nasa.jpg", "grace_hopper_us_navy.jpg"):
+        image = photo(name)
+        found = mtcnn.detect(image)
+        alone = make_detector("mtcnn", rotations=(0,)).detect(image)
+        assert len(found) == 1 and len(alone) == 1
+        # every pass finds an upright face; the upright pass's own detection wins (highest score)
+        assert np.abs(np.subtract(found[0].box, alone[0].box)).max() < 0.1 * alone[0].box[2]
+    for bad in ((), (0, 0), (0, 120), ("x",)):
+        with pytest.raises(UserError, match="rotations") as err:
+            make_detector("mtcnn", rotations=bad)  # type: ignore[arg-type]
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="rotated_min_face"):
+        make_detector("mtcnn", rotated_min_face=8)
+
+
+@needs_mtcnn
 def test_mtcnn_finds_no_face_in_flat_or_noise_images(mtcnn):
     rng = np.random.default_rng(0)
     assert mtcnn.detect(np.full((240, 320, 3), 128, np.uint8)) == []
