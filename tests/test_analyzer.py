@@ -26,7 +26,7 @@ SHIPPED = all((builtin.FOLDER / f"{n}.pt").is_file() for n in builtin.NAMES)
 needs_models = pytest.mark.skipif(not SHIPPED, reason="the release models are not in this checkout")
 KEYPOINTS = 15
 CLASSES = ("anger", "disgust", "fear", "happiness", "sad", "surprise", "neutral")  # builtin:emotion-fer7
-COLUMNS = 8 + len(CLASSES) + 2 * KEYPOINTS  # image, source, face, x, y, w, h, emotion; p_*; *_x, *_y
+COLUMNS = 9 + len(CLASSES) + 2 * KEYPOINTS  # image, source, face, x, y, w, h, score, emotion; p_*; *_x, *_y
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_a_list_is_one_batched_predictor_call_with_results_in_order(analyzer, mo
     assert_same_faces(results[3], alone[0])
     assert [r.source for r in results] == [str(second), None, None, str(first)]
     assert isinstance(analyzer((first,)), list)  # a tuple is a batch too
-    assert analyzer([]) == [] and emokp_ray.to_pandas([]).shape == (0, 7)
+    assert analyzer([]) == [] and emokp_ray.to_pandas([]).shape == (0, 8)
 
 
 @needs_models
@@ -221,9 +221,10 @@ def test_to_pandas_one_row_per_face_and_the_columns_without_faces(analyzer):
     results = analyzer([PHOTOS[0], np.zeros((100, 140), np.uint8), PHOTOS[1]])
     one = results[0].to_pandas()
     assert one.shape == (1, COLUMNS)
-    assert list(one.columns[:8]) == ["image", "source", "face", "x", "y", "w", "h", "emotion"]
-    assert list(one.columns[8:15]) == [f"p_{c}" for c in CLASSES]
-    assert list(one.columns[15:19]) == [
+    assert list(one.columns[:9]) == ["image", "source", "face", "x", "y", "w", "h", "score", "emotion"]
+    assert 0.7 <= one["score"].iloc[0] <= 1.0  # MTCNN's score of the face it found
+    assert list(one.columns[9:16]) == [f"p_{c}" for c in CLASSES]
+    assert list(one.columns[16:20]) == [
         "left_eye_center_x",
         "left_eye_center_y",
         "right_eye_center_x",
@@ -245,7 +246,7 @@ def test_to_pandas_one_row_per_face_and_the_columns_without_faces(analyzer):
 def test_to_pandas_leaves_out_an_absent_models_columns():
     face = Face(box=(1.0, 2.0, 3.0, 4.0), keypoints={"nose_tip": (5.0, 6.0)}, emotion=None, probabilities=None)
     table = ImageResult(10, 10, [face]).to_pandas()
-    assert list(table.columns) == ["image", "source", "face", "x", "y", "w", "h", "nose_tip_x", "nose_tip_y"]
+    assert list(table.columns) == ["image", "source", "face", "x", "y", "w", "h", "score", "nose_tip_x", "nose_tip_y"]
 
 
 @needs_models
@@ -277,16 +278,12 @@ class _StubPredictor:
         return {"keypoints": ["nose_tip"], "emotion": [], "label_scheme": None}
 
 
-def test_detector_options_go_through_only_when_set(monkeypatch):
-    """With a Predictor.from_paths that takes the detector options (the detector branch's), the
-    analyzer passes them only when the caller set them: the predictor's defaults stay its own."""
+def test_detector_options_go_through_to_the_predictor(monkeypatch):
     from emokp_ray.inference import predictor
 
     calls = []
 
-    def from_paths(
-        keypoints, emotion, device="auto", detect=True, backend="torch", detector="mtcnn", detector_threshold=None
-    ):
+    def from_paths(keypoints, emotion, device="auto", detect=True, backend="torch", detector="x", detector_threshold=1):
         calls.append(dict(keypoints=keypoints, emotion=emotion, device=device, detect=detect, backend=backend))
         calls[-1] |= {"detector": detector, "detector_threshold": detector_threshold}
         return _StubPredictor()
@@ -295,22 +292,18 @@ def test_detector_options_go_through_only_when_set(monkeypatch):
     emokp_ray.FaceAnalyzer(emotion=None)
     analyzer = emokp_ray.FaceAnalyzer(detector="haar", detector_threshold=0.8, flip_tta=False)
     first, second = calls
-    assert first["detector"] == "mtcnn" and first["detector_threshold"] is None  # the predictor's defaults
+    assert first["detector"] == "mtcnn" and first["detector_threshold"] is None  # the defaults
     assert first["emotion"] is None and first["keypoints"] == builtin.DEFAULT_KEYPOINTS
     assert (first["device"], first["backend"]) == ("cpu", "auto")
     assert second["detector"] == "haar" and second["detector_threshold"] == 0.8 and second["detect"] is True
     assert analyzer.predictor.flip_tta is False
 
 
-def test_detector_options_a_predictor_does_not_take_are_a_clear_error(monkeypatch):
-    from emokp_ray.inference import predictor
-
-    def from_paths(keypoints, emotion, device="auto", detect=True, backend="torch"):
-        raise AssertionError("not reached")
-
-    monkeypatch.setattr(predictor.Predictor, "from_paths", from_paths)
-    with pytest.raises(UserError, match=r"detector_threshold= is not supported"):
-        emokp_ray.FaceAnalyzer(detector_threshold=0.5)
+def test_an_unknown_detector_or_threshold_is_one_clear_error():
+    with pytest.raises(UserError, match=r"unknown detector 'nope' \(known: mtcnn, haar\)"):
+        emokp_ray.FaceAnalyzer(detector="nope")
+    with pytest.raises(UserError, match=r"detector threshold must be in \(0, 1\)"):
+        emokp_ray.FaceAnalyzer(detector_threshold=1.5)
 
 
 @needs_models

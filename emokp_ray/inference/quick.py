@@ -124,7 +124,7 @@ def run_predict(
 
 def describe_builtin_models(as_json: bool = False) -> str:
     """The builtin models with their test figures (from emokp_ray/builtin/release.json)."""
-    from emokp_ray.builtin import FOLDER, NAMES, PREFIX, release_info
+    from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS, FOLDER, NAMES, PREFIX, release_info
 
     info = release_info()
     if as_json:
@@ -146,8 +146,12 @@ def describe_builtin_models(as_json: bool = False) -> str:
                 f"test accuracy {test.get('accuracy', float('nan')):.3f}, macro-F1 {test.get('macro_f1', float('nan')):.3f} "
                 f"on {test.get('n')} faces, ECE {test.get('ece', float('nan')):.3f} (T={entry.get('temperature', 1.0):.2f})"
             )
+        calm = test.get("calm_faces")
+        if calm:
+            figures += f"; calls {calm['called_emotion_p50']:.0%} of neutral test faces an emotion at p >= 0.5"
+        default = " (default)" if PREFIX + name in (DEFAULT_KEYPOINTS, DEFAULT_EMOTION) else ""
         lines.append(
-            f"{PREFIX}{name}: {entry['description']}\n    {entry['architecture']}; {figures}\n    "
+            f"{PREFIX}{name}{default}: {entry['description']}\n    {entry['architecture']}; {figures}\n    "
             f"recipe {entry.get('recipe')}; {entry.get('size_mb', 0):.1f} MB{'' if present else '  (file missing!)'}"
         )
     card = FOLDER / "MODEL_CARD.md"

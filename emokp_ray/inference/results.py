@@ -83,7 +83,8 @@ class ImageResult:
 
     def to_pandas(self, image_index: int = 0) -> pd.DataFrame:
         """One row per face (none for an image without faces, the columns still there): `image`
-        (image_index), `source`, `face` (its index), the box `x`, `y`, `w`, `h`, then with an emotion
+        (image_index), `source`, `face` (its index), the box `x`, `y`, `w`, `h`, the detector's `score`
+        (NaN for caller boxes, crops and Haar), then with an emotion
         model `emotion` and `p_<class>` per class, with a keypoint model `<keypoint>_x`, `<keypoint>_y`
         per keypoint (Kaggle's column names), coordinates in the input image's pixels."""
         return to_pandas([self], first_index=image_index)
@@ -135,6 +136,7 @@ def to_pandas(results: Sequence[ImageResult], first_index: int = 0) -> pd.DataFr
         for j, face in enumerate(result.faces):
             row: dict[str, Any] = {"image": first_index + i, "source": result.source, "face": j}
             row |= dict(zip(BOX_COLUMNS, (float(v) for v in face.box)))
+            row["score"] = float("nan") if face.score is None else float(face.score)
             if has_emotion:
                 row["emotion"] = face.emotion
             probabilities = face.probabilities or {}
@@ -144,7 +146,7 @@ def to_pandas(results: Sequence[ImageResult], first_index: int = 0) -> pd.DataFr
                 x, y = points.get(name, (float("nan"), float("nan")))
                 row |= {f"{name}_x": x, f"{name}_y": y}
             rows.append(row)
-    columns = ["image", "source", "face", *BOX_COLUMNS, *(["emotion"] if has_emotion else [])]
+    columns = ["image", "source", "face", *BOX_COLUMNS, "score", *(["emotion"] if has_emotion else [])]
     columns += [f"p_{c}" for c in classes] + [f"{n}_{axis}" for n in keypoints for axis in ("x", "y")]
     frame = pd.DataFrame(rows, columns=columns)
     floats = [c for c in columns if c not in ("image", "source", "face", "emotion")]
