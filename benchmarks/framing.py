@@ -3,7 +3,9 @@ the eyes and the bottom lip (Kaggle crops: eyes near y = 37.7, bottom lip near y
 
     python benchmarks/framing.py                     # 40 synthetic photos + 400 Kaggle rows (if present)
     python benchmarks/framing.py --photos 80 --kaggle-rows 0
-    python benchmarks/framing.py --mtcnn --rotate-faces 100 --skip-haar --out benchmarks/results/framing_mtcnn.json
+    emokp data prepare ../shared/data/facial-keypoints/training.csv.gz --out /tmp/kp   # split by person
+    python benchmarks/framing.py --mtcnn --rotate-faces 100 --skip-haar --keypoint-data /tmp/kp \
+        --out benchmarks/results/framing_mtcnn.json
 
 Two sources with a known true crop box:
   * synthetic photos (`synthesize_photos`): each face's box is the square that frames it like a
@@ -17,17 +19,18 @@ For each face the detector finds, it reports the true side / Haar side and the t
 
 MTCNN templates (`--mtcnn`): where MTCNN puts its 5 landmarks on TRAINING faces, in each training
 set's own crop frame, so an aligned crop frames a face as the network saw it in training:
-  * Kaggle keypoint rows of the persons in KAGGLE_CALIBRATION_PERSONS (the first 60% of the sorted
-    ids of training_people.csv, person_000 .. person_165; a person-disjoint test split takes its
-    people from the rest), all 15 keypoints present, upscaled 3x onto a canvas padded by 96 px of edge
-    pixels -> template "kaggle" (96 x 96 frame; the keypoint network);
+  * Kaggle keypoint rows of the TRAIN split of a prepared keypoint data set (`--keypoint-data DIR`,
+    `emokp data prepare` of training.csv.gz, which splits by person with training_people.csv beside
+    it: no val or test person is used), all 15 keypoints present, in file order, upscaled 3x onto a
+    canvas padded by 96 px of edge pixels -> template "kaggle" (96 x 96 frame; the keypoint network);
   * FER2013 rows with Usage == Training, upscaled 3x, padded by 48 px -> template "fer" (48 x 48; the
     emotion networks).
 Template point j = the median of landmark j mapped back into the crop frame (pixel centres). On the
 Kaggle faces it also reports how far MTCNN's landmarks lie from the true keypoints (eye centres, nose
 tip, mouth corners), raw and after removing each landmark's median offset.
 
-Rotation check (`--rotate-faces N`): Kaggle faces of persons NOT used for calibration, upscaled 3x
+Rotation check (`--rotate-faces N`): Kaggle faces of the TEST split of the same prepared data set
+(persons neither calibrated on nor trained on), upscaled 3x
 onto a padded canvas and rotated by 0, +-15, +-30, +-45 degrees; builtin:keypoints through detect +
 align + network + inverse map, RMSE against the rotated true keypoints in the face's 96 px units, next
 to the crop-level RMSE (the network on the 96 px crops themselves) over the same faces.
@@ -44,9 +47,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "framing.json"
 KAGGLE_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "facial-keypoints" / "training.csv.gz"
-KAGGLE_PEOPLE = KAGGLE_CSV.parent / "training_people.csv"
 FER_CSV = KAGGLE_CSV.parents[1] / "fer2013" / "fer2013.csv.gz"
-KAGGLE_CALIBRATION_PERSONS = tuple(f"person_{i:03d}" for i in range(166))  # first 60% of the 278 sorted ids
 # The Kaggle keypoints MTCNN's 5 landmarks stand for (LANDMARK_NAMES order; x column index in the 30).
 TRUE_COLUMNS = (0, 2, 20, 22, 24)  # left/right eye centre, nose tip, mouth left/right corner
 ROTATIONS = (0, 15, -15, 30, -30, 45, -45)
@@ -65,6 +66,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fer-faces", type=int, default=600, help="--mtcnn: FER Training faces (default 600)")
     parser.add_argument("--rotate-faces", type=int, default=0, help="rotation check over N held-out Kaggle faces")
     parser.add_argument("--skip-haar", action="store_true", help="skip the Haar measurements")
+    parser.add_argument(
+        "--keypoint-data",
+        type=Path,
+        default=None,
+        help="prepared keypoint data set (emokp data prepare, split by person): --mtcnn calibrates on its "
+        "train split, --rotate-faces checks on its test split (required by both)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser
 
@@ -141,22 +149,19 @@ def kaggle_faces(rows: int) -> tuple[list, dict]:
     return faces, training
 
 
-def kaggle_rows(persons: set[str] | None, exclude: set[str] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first n Kaggle rows with all 15 keypoints whose person is in `persons` (or not in `exclude`):
-    crops uint8 [n, 96, 96], keypoints [n, 30]."""
-    import pandas as pd
+def kaggle_rows(data_dir: Path, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first n rows (file order) of one split of a prepared keypoint data set with all 15
+    keypoints: crops uint8 [n, 96, 96], keypoints [n, 30]."""
+    from emokp_ray.data.pipeline import read_split_table
+    from emokp_ray.data.schema import images_from_column
 
-    table = pd.read_csv(KAGGLE_CSV)
-    people = pd.read_csv(KAGGLE_PEOPLE).set_index("row")["person"]
-    who = people.reindex(range(len(table))).to_numpy()
-    ok = table.iloc[:, :30].notna().all(axis=1).to_numpy().copy()
-    if persons is not None:
-        ok &= np.isin(who, list(persons))
-    if exclude is not None:
-        ok &= ~np.isin(who, list(exclude))
-    chosen = table[ok].head(n)
-    crops = np.stack([np.array(p.split(), np.uint8).reshape(96, 96) for p in chosen["Image"]])
-    return crops, chosen.iloc[:, :30].to_numpy(np.float64)
+    table = read_split_table(str(data_dir), split, columns=["image", "height", "width", "keypoints", "row_id"])
+    keypoints = np.asarray(table.column("keypoints").to_pylist(), np.float64).reshape(-1, 30)
+    square = (np.asarray(table.column("height")) == 96) & (np.asarray(table.column("width")) == 96)
+    ok = np.flatnonzero(~np.isnan(keypoints).any(axis=1) & square)
+    ok = ok[np.argsort(np.asarray(table.column("row_id"))[ok], kind="stable")][:n]
+    crops = images_from_column(table.column("image").take(ok), 96, 96)
+    return crops, keypoints[ok]
 
 
 def fer_training_rows(n: int) -> np.ndarray:
@@ -192,13 +197,13 @@ def detected_landmarks(crops: np.ndarray, detector, scale: int = 3) -> np.ndarra
     return out
 
 
-def calibrate_mtcnn(kaggle_faces: int, fer_faces: int) -> dict:
+def calibrate_mtcnn(data_dir: Path, kaggle_faces: int, fer_faces: int) -> dict:
     """The two templates (medians) and MTCNN's landmarks against the true Kaggle keypoints."""
     from emokp_ray.inference.detect import LANDMARK_NAMES, make_detector
 
     detector = make_detector("mtcnn")
     report: dict = {}
-    crops, keypoints = kaggle_rows(set(KAGGLE_CALIBRATION_PERSONS), None, kaggle_faces)
+    crops, keypoints = kaggle_rows(data_dir, "train", kaggle_faces)
     found = detected_landmarks(crops, detector)
     hit = ~np.isnan(found[:, 0, 0])
     true = np.stack([keypoints[:, [c, c + 1]] for c in TRUE_COLUMNS], axis=1)  # [n, 5, 2]
@@ -206,6 +211,7 @@ def calibrate_mtcnn(kaggle_faces: int, fer_faces: int) -> dict:
     bias = np.median(error, axis=0)
     report["kaggle"] = {
         "faces": len(crops),
+        "split": "train",
         "found": int(hit.sum()),
         "template_96": np.round(np.median(found[hit], axis=0), 2).tolist(),
         "iqr_x_y": np.round(np.subtract(*np.percentile(found[hit], [75, 25], axis=0)), 2).tolist(),
@@ -230,13 +236,13 @@ def calibrate_mtcnn(kaggle_faces: int, fer_faces: int) -> dict:
     return report
 
 
-def rotation_check(n_faces: int) -> dict:
+def rotation_check(data_dir: Path, n_faces: int) -> dict:
     """builtin:keypoints through MTCNN + alignment on rotated held-out Kaggle faces vs on the crops."""
     import cv2
 
     from emokp_ray.inference.predictor import Predictor
 
-    crops, keypoints = kaggle_rows(None, set(KAGGLE_CALIBRATION_PERSONS), n_faces)
+    crops, keypoints = kaggle_rows(data_dir, "test", n_faces)
     predictor = Predictor.from_paths("builtin:keypoints", None, device="cpu", detector="mtcnn")
     names = predictor.labels()["keypoints"]
 
@@ -244,7 +250,7 @@ def rotation_check(n_faces: int) -> dict:
         return np.array([[v for name in names for v in f.keypoints[name]] for f in faces])
 
     crop_pred = as_array(predictor.predict_crops(crops))
-    report: dict = {"faces": len(crops), "by_angle": {}}
+    report: dict = {"faces": len(crops), "split": "test", "by_angle": {}}
     for angle in ROTATIONS:
         errors_photo, errors_crop = [], []
         for crop, kp, kp_crop in zip(crops, keypoints, crop_pred):
@@ -282,11 +288,13 @@ def main(argv: list[str] | None = None) -> dict:
     from emokp_ray.inference.detect import CASCADE_FILE, require_detector
     from emokp_ray.inference.predictor import FRAMING_MARGIN, FRAMING_SHIFT_Y
 
+    if (args.mtcnn or args.rotate_faces) and args.keypoint_data is None:
+        raise SystemExit("--mtcnn and --rotate-faces need --keypoint-data DIR (emokp data prepare training.csv.gz)")
     report: dict = {"cascade": CASCADE_FILE, "margin": FRAMING_MARGIN, "shift_y": FRAMING_SHIFT_Y}
-    if args.mtcnn and KAGGLE_CSV.is_file() and FER_CSV.is_file():
-        report["mtcnn_templates"] = calibrate_mtcnn(args.kaggle_faces, args.fer_faces)
-    if args.rotate_faces and KAGGLE_CSV.is_file():
-        report["rotation_check"] = rotation_check(args.rotate_faces)
+    if args.mtcnn and FER_CSV.is_file():
+        report["mtcnn_templates"] = calibrate_mtcnn(args.keypoint_data, args.kaggle_faces, args.fer_faces)
+    if args.rotate_faces:
+        report["rotation_check"] = rotation_check(args.keypoint_data, args.rotate_faces)
     if args.skip_haar:
         print(json.dumps(report, indent=1))
         args.out.parent.mkdir(parents=True, exist_ok=True)
