@@ -2,10 +2,11 @@
 from the Kaggle files in ../shared/data, with the exact recipe, step by step:
 
     python scripts/build_release_models.py prepare    # Kaggle CSVs -> prepared/release/{kp,fer,fer7}
-    python scripts/build_release_models.py train      # the three `--recipe release` runs, side by side
+    python scripts/build_release_models.py train      # the three release runs (MODELS), side by side
     python scripts/build_release_models.py finish     # temperature on val, test evaluation, fp16 export,
                                                       # model card -> emokp_ray/builtin/
     python scripts/build_release_models.py all        # the three in order
+    python scripts/build_release_models.py card       # MODEL_CARD.md again from release.json
 
 `train` is resumable: run it again after an interruption and each run continues from its latest
 checkpoint (`emokp train --resume`). Runs go to runs/release/NAME (ignored by git); their console
@@ -510,7 +511,7 @@ def model_card(release: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "train", "finish", "all"])
+    parser.add_argument("step", choices=["prepare", "train", "finish", "card", "all"])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     parser.add_argument(
         "--threads",
@@ -532,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         train(names, args.threads if args.threads is not None else _default_threads())
     if args.step in ("finish", "all"):
         finish(names)
+    if args.step == "card":  # MODEL_CARD.md again from release.json, without rebuilding anything
+        (BUILTIN / "MODEL_CARD.md").write_text(model_card(json.loads((BUILTIN / "release.json").read_text())))
     return 0
 
 
