@@ -443,7 +443,11 @@ def model_card(release: dict) -> str:
                     f"{_f(hold['all_rmse_px'])} px: the optimism a random row split would carry."
                 ]
             lines += ["", "| keypoint | test RMSE (px) |", "|---|---|"]
-            lines += [f"| {k} | {_f(v)} |" for k, v in t.get("per_keypoint_rmse_px", {}).items()]
+            from emokp_ray.labels import KEYPOINT_NAMES
+
+            per_keypoint = t.get("per_keypoint_rmse_px", {})  # Kaggle order (release.json sorts its keys)
+            order = [k for k in KEYPOINT_NAMES if k in per_keypoint] + sorted(set(per_keypoint) - set(KEYPOINT_NAMES))
+            lines += [f"| {k} | {_f(per_keypoint[k])} |" for k in order]
         else:
             lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
             for cls, v in t.get("per_class", {}).items():
