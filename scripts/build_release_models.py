@@ -2,10 +2,11 @@
 from the Kaggle files in ../shared/data, with the exact recipe, step by step:
 
     python scripts/build_release_models.py prepare    # Kaggle CSVs -> prepared/release/{kp,fer,fer7}
-    python scripts/build_release_models.py train      # the three `--recipe release` runs, side by side
+    python scripts/build_release_models.py train      # the three release runs (MODELS), side by side
     python scripts/build_release_models.py finish     # temperature on val, test evaluation, fp16 export,
                                                       # model card -> emokp_ray/builtin/
     python scripts/build_release_models.py all        # the three in order
+    python scripts/build_release_models.py card       # MODEL_CARD.md again from release.json
 
 `train` is resumable: run it again after an interruption and each run continues from its latest
 checkpoint (`emokp train --resume`). Runs go to runs/release/NAME (ignored by git); their console
@@ -442,7 +443,11 @@ def model_card(release: dict) -> str:
                     f"{_f(hold['all_rmse_px'])} px: the optimism a random row split would carry."
                 ]
             lines += ["", "| keypoint | test RMSE (px) |", "|---|---|"]
-            lines += [f"| {k} | {_f(v)} |" for k, v in t.get("per_keypoint_rmse_px", {}).items()]
+            from emokp_ray.labels import KEYPOINT_NAMES
+
+            per_keypoint = t.get("per_keypoint_rmse_px", {})  # Kaggle order (release.json sorts its keys)
+            order = [k for k in KEYPOINT_NAMES if k in per_keypoint] + sorted(set(per_keypoint) - set(KEYPOINT_NAMES))
+            lines += [f"| {k} | {_f(per_keypoint[k])} |" for k in order]
         else:
             lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
             for cls, v in t.get("per_class", {}).items():
@@ -510,7 +515,7 @@ def model_card(release: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "train", "finish", "all"])
+    parser.add_argument("step", choices=["prepare", "train", "finish", "card", "all"])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     parser.add_argument(
         "--threads",
@@ -532,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         train(names, args.threads if args.threads is not None else _default_threads())
     if args.step in ("finish", "all"):
         finish(names)
+    if args.step == "card":  # MODEL_CARD.md again from release.json, without rebuilding anything
+        (BUILTIN / "MODEL_CARD.md").write_text(model_card(json.loads((BUILTIN / "release.json").read_text())))
     return 0
 
 
