@@ -405,7 +405,7 @@ class MtcnnDetector:
     def _pass(
         self, image: np.ndarray, nets: tuple[Any, Any, Any], min_face: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The three stages over one image (grey [H, W]: the pyramid is built in grey, 3x cheaper, and
+        """The three stages over one image (grey [H, W]: the pyramid is built in grey, a third of the data, and
         each level replicated to RGB): boxes [N, 4], scores [N], landmarks [N, 5, 2] (MTCNN's order,
         corner coordinates) and O-Net's squares [N, 4]; empty arrays when nothing is found."""
         pnet, rnet, onet = nets
