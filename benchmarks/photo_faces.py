@@ -1,4 +1,4 @@
-"""Faces in photos with known truth (issue 27 item 3): real TEST-split faces pasted into scenes
+"""Faces in photos with known truth: real TEST-split faces pasted into scenes
 (evaluation/photo_scenes.py), run end to end through the predictor with the builtin models, one
 detector after another: haar, mtcnn (the `detector` branch's default, merged here) and yunet (where
 the `yuface` package is installed: a benchmark-only candidate, never a dependency; its five landmarks
@@ -13,7 +13,7 @@ detection's centre inside the truth box and IoU > 0.3), false positives per scen
 the face's 96-px units against the same faces' crop-level RMSE (predict_crops on the original crop),
 emotion accuracy (fer7 model, FER faces) against the same faces' crop-level accuracy, median time per
 photo; the detect + crop time of a ~1 M-pixel photo; the bundled photos turned by 0, ±15, ±30, ±45.
-Then issue 27's targets as pass/fail. Results go to benchmarks/results/photo_faces.json.
+Then the detector targets (recall, false positives, alignment cost, time) as pass/fail. Results go to benchmarks/results/photo_faces.json.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def bundled_photos(predictor: Any) -> dict[str, dict[str, int]]:
 
 
 def targets(report: dict) -> dict[str, dict[str, bool | None]]:
-    """Issue 27's targets per detector: pass (True), fail (False), or None where not measurable."""
+    """The targets per detector: pass (True), fail (False), or None where not measurable."""
     detectors = report["detectors"]
     haar = detectors.get("haar")
     out: dict[str, dict[str, bool | None]] = {}

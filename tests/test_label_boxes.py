@@ -1,4 +1,4 @@
-"""Faces the user already has (issue 27 item 4): a listing input (a CSV or Parquet file of image paths)
+"""Faces the user already has: a listing input (a CSV or Parquet file of image paths)
 may carry `boxes` per image; given boxes are the faces (detection skipped), `[]` means no face, null
 means detect, and an invalid cell is an error row of that image, never a failed run."""
 

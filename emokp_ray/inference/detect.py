@@ -10,7 +10,7 @@ Two detectors, both on OpenCV (the optional `detect` extra; cv2 is imported only
   Python 3.13), so it is never imported; the pipeline below is ours, vectorised, on OpenCV's dnn.
   It finds tilted faces (landmarks give the alignment, predictor.py) and faces down to `min_face`
   px in photos of any size (the pyramid runs over the full image, level by level, P-Net in bands of
-  rows, so memory stays bounded). Measured (7 December 2026, 2 busy cores): 110 of the 117 faces of
+  rows, so memory stays bounded). Measured (2 busy cores): 110 of the 117 faces of
   `synthesize_photos(60, seed=1)`, no false positive at the default threshold 0.7 (Haar: 100); on a
   1.0 MP photo 118-150 ms against Haar's 458-462 ms (detection + both crops, same run); a 29 px face in
   a 24 MP photo in 2.9-3.9 s, peak RSS +167-188 MB. ONNX Runtime was not faster than OpenCV's dnn on these
@@ -20,15 +20,15 @@ Two detectors, both on OpenCV (the optional `detect` extra; cv2 is imported only
   Rotation sweep (MTCNN_ROTATIONS, default (0, 35, -35); `make_detector("mtcnn", rotations=...,
   rotated_min_face=...)`): P-Net does not see faces turned beyond ~25 degrees, so besides the upright
   pass the photo is searched turned by +-35 degrees (canvas enlarged, edges replicated), for faces from
-  40 px (MTCNN_ROTATED_MIN_FACE, the issue 27 target size) on a copy downscaled by 24/40 (so the turned
+  40 px (MTCNN_ROTATED_MIN_FACE: the smallest face the recall target counts) on a copy downscaled by 24/40 (so the turned
   passes' P-Net pyramid starts coarser); boxes and landmarks are mapped back and merged across passes
   (detect()). Chosen on photo_faces.py's scenes (40 scenes, seed 0, faces >= 40 px, recall at
-  0 / 15 / 30 / 45 degrees, 7 December 2026): upright only 92 / 89 / 56 / 39 %; +-30 at 40 px
+  0 / 15 / 30 / 45 degrees): upright only 92 / 89 / 56 / 39 %; +-30 at 40 px
   92 / 93 / 92 / 93; +-35 at 40 px 92 / 93 / 94 / 93; +-40 at 40 px 96 / 89 / 89 / 96; +-35 at 48 px
   92 / 89 / 89 / 93; +-35 at 64 px 92 / 93 / 86 / 79; no false positive in any. The price: on the
   1 MP benchmark photo the sweep takes about 2.6x the upright pass's time (best of 9 on 2 loaded
-  cores: upright 100 ms, +-35 at 40 / 48 / 64 px 256 / 210 / 164 ms; Haar 78 ms), so issue 27's
-  1.5x-Haar time target is not met with it; `rotations=(0,)` is the upright pass alone.
+  cores: upright 100 ms, +-35 at 40 / 48 / 64 px 256 / 210 / 164 ms; Haar 78 ms), so a 1.5x-Haar
+  time budget is not met with it; `rotations=(0,)` is the upright pass alone.
 * "haar": OpenCV's frontal-face Haar cascade `haarcascade_frontalface_alt2.xml` (4.x ships the XML
   files under `cv2.data.haarcascades`, 5.x does not: hence `opencv-python-headless>=4.8,<5`). On 60
   synthetic photos (117 faces, `synthesize_photos(60, seed=1)`) at scale_factor 1.1 / min_neighbors 5

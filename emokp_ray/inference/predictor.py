@@ -65,7 +65,7 @@ Kaggle rows of the TEST split of the same prepared data (persons neither calibra
 on by builtin:keypoints, retrained on that split), 3x onto a padded canvas, turned about its centre;
 builtin:keypoints through detect (with the rotation sweep) + align + network + inverse map; RMSE in
 the face's 96 px units over the faces found, next to the network on the 96 px crops themselves over
-the same faces; 7 December 2026):
+the same faces):
 
     turned by (degrees)        0      +15    -15    +30    -30    +45    -45
     faces found / 100          100    100    100    100    99     96     98
