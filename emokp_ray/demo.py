@@ -86,11 +86,11 @@ def _serve_roundtrip(keypoints: Path, emotion: Path, photo: Path, bad: Path, por
     """Start the Serve app on 127.0.0.1:port, send a good and a bad photo, shut the app down."""
     from ray import serve
 
+    from emokp_ray.inference.detect import detector_installed
     from emokp_ray.serving.app import compose
-    from emokp_ray.serving.model import opencv_available
     from emokp_ray.serving.schemas import AppArgs
 
-    args = AppArgs(keypoints=str(keypoints), emotion=str(emotion), detect=opencv_available())
+    args = AppArgs(keypoints=str(keypoints), emotion=str(emotion), detect=detector_installed())
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(compose(args), name="emokp-demo", route_prefix="/")
@@ -123,13 +123,13 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
     from emokp_ray.data.synth.crops import write_synth_dataset
     from emokp_ray.data.synth.photos import write_synth_photos
     from emokp_ray.evaluation.evaluate import evaluate_checkpoint
+    from emokp_ray.inference.detect import detector_installed
     from emokp_ray.inference.label import run_label
     from emokp_ray.ray_utils import init_ray
-    from emokp_ray.serving.model import opencv_available
     from emokp_ray.training.config import TrainConfig
     from emokp_ray.training.train import run_training
 
-    if not opencv_available():
+    if not detector_installed():
         raise UserError(
             "the demo finds faces in photos with OpenCV: pip install 'emokp-ray[detect]' "
             "(bash scripts/setup.sh installs it)"

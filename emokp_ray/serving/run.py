@@ -98,9 +98,9 @@ def run_serve(
 
     resolve_backend(args.backend, resolve_device(args.device))  # e.g. onnx without the extra: one line, now
 
-    from emokp_ray.serving.model import opencv_available
+    from emokp_ray.inference.detect import detector_installed
 
-    if args.detect and not opencv_available(args.detector):
+    if args.detect and not detector_installed(args.detector):
         print(
             "emokp serve: face detection is off (OpenCV missing: pip install 'emokp-ray[detect]'); "
             "face crops and caller boxes still work",
