@@ -139,6 +139,22 @@ def test_scenes_place_faces_apart_inside_the_frame(prepared):
                 assert max(abs(x1 - x2), abs(y1 - y2)) > h1 + h2
 
 
+def _four_scenes(prepared: dict[str, Path], rotation: float) -> tuple[dict, list]:
+    """Both face pools and 4 seeded 640x480 scenes of 3 faces of 80-200 px, each turned by `rotation`."""
+    pools = {
+        "keypoints": ps.load_pool(str(prepared["keypoints"]), "keypoints"),
+        "emotion": ps.load_pool(str(prepared["emotion"]), "emotion"),
+    }
+    rng = np.random.default_rng(0)
+    scenes = [
+        ps.compose_scene(
+            list(pools.values()), rng, faces=3, scene_size=(640, 480), rotations=(rotation,), sizes=((80, 200),)
+        )
+        for _ in range(4)
+    ]
+    return pools, scenes
+
+
 @pytest.mark.realdata
 def test_upright_faces_are_found_and_labelled_like_their_crops(prepared):
     """A few scenes through Haar and the builtin models: most upright faces of 80 px and more are found
@@ -148,15 +164,7 @@ def test_upright_faces_are_found_and_labelled_like_their_crops(prepared):
     from benchmarks.photo_faces import crop_level, make_detectors, make_predictor, score
     from emokp_ray.artifacts.export import load_model
 
-    pools = {
-        "keypoints": ps.load_pool(str(prepared["keypoints"]), "keypoints"),
-        "emotion": ps.load_pool(str(prepared["emotion"]), "emotion"),
-    }
-    rng = np.random.default_rng(0)
-    scenes = [
-        ps.compose_scene(list(pools.values()), rng, faces=3, scene_size=(640, 480), rotations=(0,), sizes=((80, 200),))
-        for _ in range(4)
-    ]
+    pools, scenes = _four_scenes(prepared, rotation=0)
     detectors, _ = make_detectors(["haar"])
     emotion = load_model("builtin:emotion-fer7")
     predictor = make_predictor(load_model("builtin:keypoints"), emotion, detectors["haar"])
@@ -177,15 +185,7 @@ def test_mtcnn_finds_tilted_faces_that_haar_misses(prepared):
     from benchmarks.photo_faces import crop_level, make_detectors, make_predictor, score
     from emokp_ray.artifacts.export import load_model
 
-    pools = {
-        "keypoints": ps.load_pool(str(prepared["keypoints"]), "keypoints"),
-        "emotion": ps.load_pool(str(prepared["emotion"]), "emotion"),
-    }
-    rng = np.random.default_rng(0)
-    scenes = [
-        ps.compose_scene(list(pools.values()), rng, faces=3, scene_size=(640, 480), rotations=(30,), sizes=((80, 200),))
-        for _ in range(4)
-    ]
+    pools, scenes = _four_scenes(prepared, rotation=30)
     detectors, skipped = make_detectors(["haar", "mtcnn"])
     if "mtcnn" in skipped:
         pytest.skip(f"mtcnn: {skipped['mtcnn']}")
