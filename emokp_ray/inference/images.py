@@ -116,19 +116,26 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
         ) from None
     if image is None:
         raise ImageError(f"{source}: not an image in a supported format ({FORMATS_TEXT})", "not_image")
+    try:
+        _check_size(image, source, max_pixels)
+    except ImageError:
+        image.close()
+        raise
+    return image
+
+
+def _check_size(image: Image.Image, source: str, max_pixels: int) -> None:
+    """An ImageError for an image without pixels or with more than max_pixels (from its header)."""
     width, height = image.size
     # Pillow's own bomb limit (Image.MAX_IMAGE_PIXELS, 89 M by default) stays a ceiling on ours.
     max_pixels = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     if width < 1 or height < 1:
-        image.close()
         raise ImageError(f"{source}: image has no pixels ({width}x{height})", "not_image")
     if width * height > max_pixels:
-        image.close()
         raise ImageError(
             f"{source}: image too large ({width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,})",
             "too_large",
         )
-    return image
 
 
 def probe_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> ImageHeader:
@@ -146,8 +153,9 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
-def _load(image: Image.Image, source: str) -> Image.Image:
-    """Decode every pixel now (a truncated or corrupt stream raises here) and apply EXIF orientation."""
+def _load(image: Image.Image, source: str, in_place: bool = True) -> Image.Image:
+    """Decode every pixel now (a truncated or corrupt stream raises here) and apply EXIF orientation:
+    in place (no copy of a large photo), or on a copy where the image is the caller's (in_place=False)."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped Pillow's global: refuse rather than decode half a face
         raise RuntimeError(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; emokp_ray needs it False to reject truncated images"
@@ -161,7 +169,10 @@ def _load(image: Image.Image, source: str) -> Image.Image:
     except Exception:
         raise ImageError(f"{source}: truncated or corrupt {image.format or 'image'} data", "truncated") from None
     try:
-        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a large photo
+        if in_place:
+            ImageOps.exif_transpose(image, in_place=True)
+        else:
+            image = ImageOps.exif_transpose(image)
     except Exception:
         pass
     return image
@@ -251,23 +262,8 @@ def pil_to_array(image: Image.Image, source: str = "image", max_pixels: int = MA
     """A caller's PIL image (any mode, maybe not loaded yet) -> `decode_image`'s output: the same
     pixel limit, EXIF orientation and mode reduction (alpha on white). The caller's image is not
     modified (orientation is applied to a copy)."""
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise ImageError(f"{source}: image has no pixels ({width}x{height})", "not_image")
-    if width * height > max_pixels:
-        raise ImageError(
-            f"{source}: image too large ({width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,})",
-            "too_large",
-        )
-    try:
-        image.load()
-    except Exception:
-        raise ImageError(f"{source}: truncated or corrupt {image.format or 'image'} data", "truncated") from None
-    try:
-        turned = ImageOps.exif_transpose(image)  # a copy, turned as its EXIF orientation tag says
-    except Exception:
-        turned = image
-    return np.ascontiguousarray(_to_array(turned, source))
+    _check_size(image, source, max_pixels)
+    return np.ascontiguousarray(_to_array(_load(image, source, in_place=False), source))
 
 
 def image_array(image: object, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
