@@ -122,6 +122,14 @@ def check_threshold(threshold: float | None) -> float | None:
     return value
 
 
+def check_settings(name: str, threshold: float | None) -> float | None:
+    """A known detector name and a valid threshold (returned as a float or None), or a one-line
+    UserError; nothing is built (callers that may not detect at all still refuse bad settings)."""
+    if name not in DETECTORS:
+        raise UserError(f"unknown detector {name!r} (known: {', '.join(DETECTORS)})")
+    return check_threshold(threshold)
+
+
 def make_detector(
     name: str = DEFAULT_DETECTOR,
     threshold: float | None = None,
@@ -134,9 +142,7 @@ def make_detector(
     (0, 1) (default 0.7); Haar has no score and ignores it. min_face: smallest face side searched (px).
     rotations / rotated_min_face (MTCNN only): the rotation sweep, MtcnnDetector's (defaults
     MTCNN_ROTATIONS, MTCNN_ROTATED_MIN_FACE); rotations=(0,) is the upright pass alone."""
-    if name not in DETECTORS:
-        raise UserError(f"unknown detector {name!r} (known: {', '.join(DETECTORS)})")
-    threshold = check_threshold(threshold)
+    threshold = check_settings(name, threshold)
     if not isinstance(min_face, int) or min_face < 12:
         raise UserError(f"min_face must be an integer >= 12 (px), got {min_face!r}")
     if name == "haar":

@@ -216,11 +216,12 @@ def _check_resources(asked_gpu: bool | None, min_actors: int, num_cpus: float, t
 def _detector_available(mode: str, detector: Any, threshold: float | None = None) -> bool:
     """Whether faces can be found in photos; a missing OpenCV is an error only where detection is asked
     (an unknown detector name or a bad threshold always is)."""
-    from emokp_ray.inference.detect import DEFAULT_DETECTOR, DETECTORS, check_threshold, make_detector
+    from emokp_ray.inference.detect import DEFAULT_DETECTOR, check_settings, check_threshold, make_detector
 
-    check_threshold(threshold)
-    if isinstance(detector, str) and detector not in DETECTORS:
-        raise UserError(f"unknown detector {detector!r} (known: {', '.join(DETECTORS)})")
+    if isinstance(detector, str):
+        check_settings(detector, threshold)
+    else:
+        check_threshold(threshold)
     if mode == "crop":
         return False
     if detector is not None and not isinstance(detector, str):
