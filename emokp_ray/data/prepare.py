@@ -8,8 +8,8 @@ stopping, temperatures) and `test` (reported, never used to choose anything).
   input as `<name>_people.csv`, e.g. training.csv.gz -> training_people.csv; columns `row,person`,
   row = 0-based data row): whole PEOPLE go to train, val or test, stratified by complete / partial
   rows, so test figures are what a user gets on people the model never saw. Frames of one person
-  look alike even when they are not near-duplicates: a split by near-duplicate groups scored the
-  release keypoint model 1.557 px against 1.788 px on unseen people.
+  look alike even when they are not near-duplicates, so a split by near-duplicate groups leaves a
+  test person's other frames in training and flatters the test figure.
 - Keypoint files without one: near-duplicate faces (frames of one video) are grouped
   (near_duplicates.py) and whole groups go to train, val or test, stratified by complete / partial
   rows; a few train groups lend one member each to test, flagged in dataset.json
