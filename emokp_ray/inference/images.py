@@ -10,6 +10,9 @@ What comes in (a file, an upload, a Parquet cell) is untrusted, so decoding is d
     bounded memory. This is our own guard, with our limit: the header is parsed by the format's
     plugin directly (as `Image.open` does, minus its global bomb check), so no process-wide warnings
     filter is swapped in and out under other threads;
+  * a JPEG too short for the size it declares is refused from its header too: Huffman coding
+    spends at least one bit on every 8x8 block, so a 543-byte file cannot hold 5000x4800 pixels, and
+    libjpeg would "decode" it anyway, filling what is missing with grey (`_check_jpeg_length`);
   * the image is then fully loaded (`Image.load`), with `ImageFile.LOAD_TRUNCATED_IMAGES` left False,
     so a truncated JPEG/PNG fails here instead of decoding half a face with grey below it;
   * EXIF orientation is applied (phones store portraits sideways plus a tag);
@@ -118,10 +121,69 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
         raise ImageError(f"{source}: not an image in a supported format ({FORMATS_TEXT})", "not_image")
     try:
         _check_size(image, source, max_pixels)
+        if image.format in ("JPEG", "MPO"):
+            _check_jpeg_length(image, data, source)
     except ImageError:
         image.close()
         raise
     return image
+
+
+# Start-of-frame markers of Huffman-coded JPEGs (baseline, extended, progressive, lossless, and their
+# hierarchical forms); arithmetic-coded ones (C9-CB, CD-CF) can spend less than a bit on a block.
+HUFFMAN_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7))
+# Markers without a length field (SOI, EOI, TEM, RST0-7).
+_STANDALONE_MARKERS = frozenset((0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)))
+
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The start-of-frame marker (0xC0...0xCF) of a JPEG, by walking its segments from SOI; None
+    when the walk goes astray (the decoder then has the last word)."""
+    pos = 2  # after SOI
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # DHT, JPG, DAC are not frames
+            return marker
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
+def jpeg_min_bytes(width: int, height: int, sampling: list[tuple[int, int]]) -> int:
+    """A lower bound on the bytes of a Huffman-coded JPEG of width x height: every 8x8 block of every
+    component codes at least its DC value, one Huffman code of at least one bit. sampling: each
+    component's (horizontal, vertical) factors; the bound counts the component with the most blocks."""
+    h_max = max((h for h, _ in sampling), default=1) or 1
+    v_max = max((v for _, v in sampling), default=1) or 1
+    blocks = 0
+    for h, v in sampling:
+        columns = -(-(-(-width * h // h_max)) // 8)  # ceil(ceil(width * h / h_max) / 8)
+        rows = -(-(-(-height * v // v_max)) // 8)
+        blocks = max(blocks, columns * rows)
+    return blocks // 8
+
+
+def _check_jpeg_length(image: Image.Image, data: bytes, source: str) -> None:
+    """An ImageError (truncated) for a Huffman-coded JPEG shorter than its declared size allows."""
+    if _jpeg_frame_marker(data) not in HUFFMAN_SOF_MARKERS:
+        return
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)]  # Pillow: (id, h, v, table) per component
+    sampling = [(int(layer[1]), int(layer[2])) for layer in layers]
+    width, height = image.size
+    needed = jpeg_min_bytes(width, height, sampling)
+    if len(data) < needed:
+        raise ImageError(
+            f"{source}: truncated or corrupt JPEG data ({width}x{height} needs at least {needed:,} bytes, "
+            f"the file has {len(data):,})",
+            "truncated",
+        )
 
 
 def _check_size(image: Image.Image, source: str, max_pixels: int) -> None:
