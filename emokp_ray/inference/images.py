@@ -29,6 +29,7 @@ responses: "empty", "not_image", "truncated" (truncated or corrupt), "too_large"
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -163,9 +164,9 @@ def jpeg_min_bytes(width: int, height: int, sampling: list[tuple[int, int]]) -> 
     h_max = max((h for h, _ in sampling), default=1) or 1
     v_max = max((v for _, v in sampling), default=1) or 1
     blocks = 0
-    for h, v in sampling:
-        columns = -(-(-(-width * h // h_max)) // 8)  # ceil(ceil(width * h / h_max) / 8)
-        rows = -(-(-(-height * v // v_max)) // 8)
+    for h, v in sampling:  # a component's samples: ceil(side * factor / max factor), in 8x8 blocks
+        columns = math.ceil(math.ceil(width * h / h_max) / 8)
+        rows = math.ceil(math.ceil(height * v / v_max) / 8)
         blocks = max(blocks, columns * rows)
     return blocks // 8
 
