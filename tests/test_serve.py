@@ -169,6 +169,16 @@ def truncated_jpeg() -> bytes:
     return jpeg(np.random.default_rng(0).integers(0, 256, (120, 160), dtype=np.uint8))[:-500]
 
 
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A 16x16 progressive JPEG (~450 bytes) whose frame header says width x height."""
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, format="JPEG", progressive=True)
+    data = bytearray(buffer.getvalue())
+    struct.pack_into(">HH", data, data.find(b"\xff\xc2") + 5, height, width)
+    return bytes(data)
+
+
 def assert_same_faces(got: list[dict], want: list[dict], tol: float = 1e-3) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):
@@ -440,6 +450,31 @@ BAD_REQUESTS = {
         422,
     ),
     "headers_too_large": (lambda u: requests.get(u + "/healthz", headers={"X-Padding": "a" * 20_000}, timeout=30), 431),
+    # Issue 31: a 5,000-digit integer as a box value was a 500 with a traceback; "1" and true passed.
+    "huge_integer_box_in_json": (
+        lambda u: requests.post(
+            u + "/v1/predict",
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+            data=b'{"image_base64": "AAAA", "boxes": [[' + b"9" * 5000 + b", 0, 10, 10]]}",
+        ),
+        422,
+    ),
+    "huge_integer_box_in_query": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": f"[[{'9' * 5000}, 0, 10, 10]]"}),
+        422,
+    ),
+    "string_box_value": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": '[["1", 0, 10, 10]]'}),
+        422,
+    ),
+    # Issue 31: a tiny progressive JPEG declaring 5000x4800 was a 200 with 24 M grey pixels.
+    "jpeg_too_short_for_its_declared_size": (
+        lambda u: requests.post(
+            u + "/v1/predict", data=jpeg_declaring(5000, 4800), headers={"Content-Type": "image/jpeg"}, timeout=30
+        ),
+        400,
+    ),
     "batch_over_request_pixels": (
         lambda u: requests.post(
             u + "/v1/predict/batch",

@@ -217,11 +217,16 @@ def _one_line(err: ValidationError) -> str:
     errors = err.errors(include_url=False, include_input=False)
     items = []
     for e in errors[:MAX_LISTED_ERRORS]:
-        where = ".".join(str(p) if len(str(p)) <= 40 else short_repr(str(p)) for p in e["loc"])
+        where = ".".join(p if isinstance(p, str) and p.isprintable() and len(p) <= 40 else _quoted(p) for p in e["loc"])
         message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
         items.append(f"{where or 'body'}: {message}")
     more = f"; and {len(errors) - MAX_LISTED_ERRORS:,} more" if len(errors) > MAX_LISTED_ERRORS else ""
     return "; ".join(items) + more
+
+
+def _quoted(part: int | str) -> str:
+    # A field name from the client: repr escapes its newlines and control characters; cut short.
+    return str(part) if isinstance(part, int) else short_repr(part)
 
 
 def validate(model: type[M], raw: Any, what: str) -> M:
