@@ -289,3 +289,30 @@ def test_a_large_flat_jpeg_is_not_mistaken_for_a_truncated_one():
     assert probe_image(flat, max_pixels=40_000_000).pixels == 24_000_000
     for side in (1, 7, 9, 17):  # tiny images: a bound of 0 bytes
         assert decode_image(encode(Image.new("L", (side, side), 9), "JPEG")).shape == (side, side)
+
+
+def test_gif_frame_too_short_for_its_declared_size_is_truncated():
+    from emokp_ray.inference.images import gif_min_bytes, probe_image
+
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    data = bytearray(encode(Image.fromarray(noise), "GIF"))
+    flags = data[10]  # logical screen descriptor; the global palette follows it
+    pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    while data[pos] == 0x21:  # extension blocks before the first image descriptor
+        pos += 2
+        while data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    assert data[pos] == 0x2C
+    struct.pack_into("<HH", data, 6, 5000, 4800)  # the screen
+    struct.pack_into("<HH", data, pos + 5, 5000, 4800)  # the frame: 24 M pixels from ~1 KB of LZW codes
+    with pytest.raises(ImageError, match="5000x4800 needs at least") as err:
+        probe_image(bytes(data), max_pixels=40_000_000)
+    assert err.value.kind == "truncated"
+    # A real flat GIF of that size is far above the bound, and a small frame on a large screen
+    # (the rest is background, as GIF defines) is not refused.
+    flat = encode(Image.new("L", (5000, 4800), 0), "GIF")
+    assert len(flat) > 3 * gif_min_bytes(24_000_000) and probe_image(flat, max_pixels=40_000_000).pixels == 24_000_000
+    screen_only = bytearray(encode(Image.fromarray(noise), "GIF"))
+    struct.pack_into("<HH", screen_only, 6, 5000, 4800)
+    assert probe_image(bytes(screen_only), max_pixels=40_000_000).pixels == 24_000_000

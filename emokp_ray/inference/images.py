@@ -10,9 +10,10 @@ What comes in (a file, an upload, a Parquet cell) is untrusted, so decoding is d
     bounded memory. This is our own guard, with our limit: the header is parsed by the format's
     plugin directly (as `Image.open` does, minus its global bomb check), so no process-wide warnings
     filter is swapped in and out under other threads;
-  * a JPEG too short for the size it declares is refused from its header too: Huffman coding
-    spends at least one bit on every 8x8 block, so a 543-byte file cannot hold 5000x4800 pixels, and
-    libjpeg would "decode" it anyway, filling what is missing with grey (`_check_jpeg_length`);
+  * a JPEG or GIF too short for the size it declares is refused from its header too: Huffman coding
+    spends at least one bit on every 8x8 block, so a 543-byte JPEG cannot hold 5000x4800 pixels, and
+    LZW codes grow by at most one pixel per code; their decoders would "decode" such a file anyway,
+    filling what is missing with grey or background (`_check_declared_length`);
   * the image is then fully loaded (`Image.load`), with `ImageFile.LOAD_TRUNCATED_IMAGES` left False,
     so a truncated JPEG/PNG fails here instead of decoding half a face with grey below it;
   * EXIF orientation is applied (phones store portraits sideways plus a tag);
@@ -122,8 +123,7 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
         raise ImageError(f"{source}: not an image in a supported format ({FORMATS_TEXT})", "not_image")
     try:
         _check_size(image, source, max_pixels)
-        if image.format in ("JPEG", "MPO"):
-            _check_jpeg_length(image, data, source)
+        _check_declared_length(image, data, source)
     except ImageError:
         image.close()
         raise
@@ -171,18 +171,38 @@ def jpeg_min_bytes(width: int, height: int, sampling: list[tuple[int, int]]) -> 
     return blocks // 8
 
 
-def _check_jpeg_length(image: Image.Image, data: bytes, source: str) -> None:
-    """An ImageError (truncated) for a Huffman-coded JPEG shorter than its declared size allows."""
-    if _jpeg_frame_marker(data) not in HUFFMAN_SOF_MARKERS:
-        return
-    layers = getattr(image, "layer", None) or [("", 1, 1, 0)]  # Pillow: (id, h, v, table) per component
-    sampling = [(int(layer[1]), int(layer[2])) for layer in layers]
+LZW_MAX_CODES = 4096  # GIF's LZW table: 12-bit codes
+
+
+def gif_min_bytes(pixels: int) -> int:
+    """A lower bound on the bytes of a GIF frame of `pixels` pixels: each LZW code adds one table
+    entry one pixel longer than an existing one, so the i-th code stands for at most i pixels, and
+    no entry is longer than the table (4,096); every code takes at least 3 bits."""
+    ramp = LZW_MAX_CODES * (LZW_MAX_CODES + 1) // 2  # pixels of the first 4,096 codes at most
+    if pixels <= ramp:
+        codes = math.ceil((math.sqrt(8 * pixels + 1) - 1) / 2)
+    else:
+        codes = LZW_MAX_CODES + math.ceil((pixels - ramp) / LZW_MAX_CODES)
+    return codes * 3 // 8
+
+
+def _check_declared_length(image: Image.Image, data: bytes, source: str) -> None:
+    """An ImageError (truncated) for a Huffman-coded JPEG, or a GIF, shorter than its declared size
+    allows (the bounds above; other formats' decoders report missing data themselves)."""
     width, height = image.size
-    needed = jpeg_min_bytes(width, height, sampling)
+    if image.format in ("JPEG", "MPO") and _jpeg_frame_marker(data) in HUFFMAN_SOF_MARKERS:
+        layers = getattr(image, "layer", None) or [("", 1, 1, 0)]  # Pillow: (id, h, v, table) per component
+        needed = jpeg_min_bytes(width, height, [(int(layer[1]), int(layer[2])) for layer in layers])
+    elif image.format == "GIF" and getattr(image, "tile", None):
+        x0, y0, x1, y1 = image.tile[0][1]  # type: ignore[attr-defined]  # the first frame's extent on the screen
+        width, height = x1 - x0, y1 - y0
+        needed = gif_min_bytes(max(width, 0) * max(height, 0))
+    else:
+        return
     if len(data) < needed:
         raise ImageError(
-            f"{source}: truncated or corrupt JPEG data ({width}x{height} needs at least {needed:,} bytes, "
-            f"the file has {len(data):,})",
+            f"{source}: truncated or corrupt {image.format} data ({width}x{height} needs at least {needed:,} "
+            f"bytes, the file has {len(data):,})",
             "truncated",
         )
 
