@@ -18,7 +18,7 @@ INPUT is one of
 A listing's `boxes` (as the HTTP API's `boxes`): JSON text `[[x, y, w, h], ...]` in a CSV; in Parquet
 a list<list<double>> or the same JSON text. `[]` means "no faces here", null or missing "detect".
 Given boxes are the crop boxes (image px) and skip detection for that image. A cell that is not a
-list of at most MAX_BOXES_PER_IMAGE boxes of 4 finite numbers with positive width and height makes
+list of at most MAX_BOXES_PER_IMAGE boxes that pass inference/boxes.check_box (as the HTTP API's) makes
 that image an error row (its reason in `error`), never a failed run; so does a path with a URI
 scheme (paths are read on the listing's own filesystem); a box outside the image is an error row of
 stage A.

@@ -134,6 +134,8 @@ class BoxIn(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _checked(cls, raw: object) -> object:
+        if isinstance(raw, cls):  # already checked (merge_options passes the parsed boxes on)
+            return raw
         if isinstance(raw, dict):
             if set(raw) != set("xywh"):
                 raise ValueError(f"a box object has exactly the keys x, y, w, h, got {short_repr(list(raw))}")
