@@ -9,7 +9,12 @@ parsing, strict option parsing, image decoding. Every user mistake is an `ApiErr
          (from the image headers), too many images
     415  not an image: unsupported Content-Type, or bytes in none of the formats we decode
     422  invalid options: unknown query/form/JSON fields, bad values, too many boxes, a box that does
-         not overlap the image by MIN_BOX_SIDE_PX in each direction
+         not overlap the image by MIN_BOX_SIDE_PX in each direction; a box value that is not a
+         finite number within MAX_BOX_VALUE (inference/boxes.py), or NaN, Infinity or an integer of
+         more than MAX_JSON_INT_DIGITS digits anywhere in client JSON (refused from its text)
+
+Client strings (file and field names, content types) are quoted in messages by their first
+characters only (boxes.short_repr), and a 422 lists at most MAX_LISTED_ERRORS fields.
 
 Cheap checks come before expensive work: the body's size before it is read, JSON nesting before it
 is parsed, the number of images and boxes before any is validated or decoded, and every image's
@@ -25,7 +30,6 @@ import asyncio
 import base64
 import binascii
 import email.utils
-import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -79,7 +83,7 @@ def declared_length(headers: Any, limit: int) -> int | None:
     if not (digits.isascii() and digits.isdigit()):
         raise ApiError(400, f"Content-Length {short_repr(raw)} is not a byte count")
     if len(digits) > 18:  # more than any limit, and int() of thousands of digits is slow
-        raise ApiError(413, f"request body of {len(digits)}-digit bytes exceeds the limit of {limit} bytes")
+        raise ApiError(413, f"request body of a {len(digits)}-digit byte count exceeds the limit of {limit} bytes")
     length = int(digits)
     if length > limit:
         raise ApiError(413, f"request body of {length} bytes exceeds the limit of {limit} bytes")
@@ -309,9 +313,7 @@ def parse_json(body: bytes) -> Any:
         return load_json(body)
     except JsonNumberError as err:
         raise ApiError(422, f"invalid JSON body: {err}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ApiError(400, f"malformed JSON body: {_first_line(str(err))}") from None
-    except ValueError as err:  # anything else the parser refuses: still the client's body
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, or anything else the parser refuses
         raise ApiError(400, f"malformed JSON body: {_first_line(str(err))}") from None
     except RecursionError:  # not reached after the depth bound; kept so a deep body can never be a 500
         raise ApiError(400, f"JSON body nested deeper than {MAX_JSON_DEPTH} levels") from None
