@@ -15,13 +15,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from emokp_ray.tasks import SPECS
+
 # Aligned crops: where each training set puts the 5 detector landmarks (LANDMARK_NAMES order, (x, y),
 # pixel-centre coordinates of its native S x S frame), medians measured by benchmarks/framing.py.
 TEMPLATES: dict[str, tuple[int, tuple[tuple[float, float], ...]]] = {
     "kaggle": (96, ((63.12, 36.05), (31.73, 36.66), (47.32, 54.69), (60.61, 71.66), (34.72, 71.90))),  # keypoint net
     "fer": (48, ((32.70, 17.97), (14.65, 18.29), (23.67, 28.26), (31.21, 37.13), (16.13, 37.24))),  # emotion nets
 }
-TASK_FRAMING = {"keypoints": "kaggle", "emotion": "fer"}  # which training framing each network saw
+TASK_FRAMING = {name: spec.framing for name, spec in SPECS.items()}  # which training framing each network saw
 ALIAS_MAX_SCALE = 1.25  # photo px per crop px above which an aligned crop is pre-shrunk by area averaging
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emokp_ray.errors import UserError
+from emokp_ray.tasks import TASKS
 
 
 def _face_line(index: int, face: dict) -> str:
@@ -34,10 +35,10 @@ def _face_line(index: int, face: dict) -> str:
 def _models_line(models: dict) -> str:
     """One line naming the models: run id and weights version, and the emotion model's scheme."""
     parts = []
-    for task in ("keypoints", "emotion"):
+    for task in TASKS:
         info = models.get(task)
         if info:
-            scheme = f", {info['label_scheme']} scheme" if task == "emotion" else ""
+            scheme = f", {info['label_scheme']} scheme" if info.get("label_scheme") else ""
             parts.append(f"{task} {info['run_id']} (weights {info['version']}{scheme})")
     return "models: " + "; ".join(parts)
 
