@@ -93,6 +93,15 @@ class TaskSpec:
         resize factor (input_size / original width) for targets in pixels."""
         raise NotImplementedError
 
+    def train_facts(self, cfg: TrainConfig, counts: Mapping[str, int], scheme: str) -> tuple[int, dict[str, Any]]:
+        """From the prepared train split's counts (data/schema.py): the rows that train this task,
+        and the task's DatasetFacts fields (training/facts.py: mean shape, class or sampling weights)."""
+        raise NotImplementedError
+
+    def augment(self, batch: dict[str, Any], rng: Any, settings: Any) -> dict[str, Any]:
+        """One training batch's random transforms (settings: data/pipeline.py TrainAugment)."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- metrics
     def new_accumulator(self, num_classes: int) -> Any:
         """An empty sum-accumulator (training/metrics.py) of this task's metrics."""
@@ -126,6 +135,10 @@ class TaskSpec:
 
     def report_summary(self, report: Mapping[str, Any]) -> str:
         """`emokp evaluate`'s console summary of a report."""
+        raise NotImplementedError
+
+    def release_figures(self, test: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+        """`emokp models`: a builtin model's test figures (builtin/release.json's entry and its "test")."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- inference
@@ -171,6 +184,23 @@ class KeypointTask(TaskSpec):
         from emokp_ray.data.schema import keypoints_from_column
 
         return rescale_keypoints(keypoints_from_column(table["keypoints"]), scale)
+
+    def train_facts(self, cfg: TrainConfig, counts: Mapping[str, int], scheme: str) -> tuple[int, dict[str, Any]]:
+        from emokp_ray.training.facts import train_mean_shape
+
+        n_train = counts["complete_keypoints" if cfg.drop_incomplete else "keypoints"]
+        mean_shape = tuple(float(v) for v in train_mean_shape(cfg.data, cfg.drop_incomplete, cfg.limit_rows))
+        return n_train, {"mean_shape": mean_shape}
+
+    def augment(self, batch: dict[str, Any], rng: Any, settings: Any) -> dict[str, Any]:
+        from emokp_ray.data.augment.policies import KeypointAugment, augment_keypoint_batch
+        from emokp_ray.data.regularize import random_erase
+
+        if settings.augment:
+            batch = augment_keypoint_batch(batch, KeypointAugment(), rng)
+            if settings.random_erasing:
+                batch["image"] = random_erase(batch["image"], settings.random_erasing, rng)
+        return batch
 
     def new_accumulator(self, num_classes: int) -> Any:
         from emokp_ray.training.metrics import KeypointMetricAccumulator
@@ -218,6 +248,13 @@ class KeypointTask(TaskSpec):
             )
         return head
 
+    def release_figures(self, test: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+        nan = float("nan")
+        return (
+            f"test RMSE {test.get('rmse_px', nan):.3f} px on {test.get('n')} faces "
+            f"(mean shape {test.get('mean_shape_rmse_px', nan):.3f})"
+        )
+
     def mirrors(self, names: Iterable[str]) -> bool:
         return tuple(names) == KEYPOINT_NAMES  # other names have no known left/right pairing
 
@@ -264,6 +301,35 @@ class EmotionTask(TaskSpec):
         import numpy as np
 
         return table["label"].to_numpy().astype(np.int64)
+
+    def train_facts(self, cfg: TrainConfig, counts: Mapping[str, int], scheme: str) -> tuple[int, dict[str, Any]]:
+        from emokp_ray.labels import emotion_scheme
+        from emokp_ray.training.facts import class_weights_from_counts
+
+        classes = emotion_scheme(scheme).classes
+        n_train = sum(counts.get(name, 0) for name in classes)
+        weights = tuple(float(w) for w in class_weights_from_counts(dict(counts), classes))
+        # --imbalance: weights in the loss, or in the draw of each batch's rows (none: neither)
+        field = {"weights": "class_weights", "sampling": "sampling_weights"}.get(cfg.imbalance)
+        return n_train, {field: weights} if field else {}
+
+    def augment(self, batch: dict[str, Any], rng: Any, settings: Any) -> dict[str, Any]:
+        import numpy as np
+
+        from emokp_ray.data.augment.policies import EmotionAugment, augment_emotion_batch
+        from emokp_ray.data.regularize import mix_batch, random_erase
+
+        labels = batch["label"]
+        if settings.sampling_weights is not None and len(labels):
+            p = np.asarray(settings.sampling_weights, np.float64)[labels]
+            idx = rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
+            batch = {k: v[idx] for k, v in batch.items()}
+        if settings.augment:
+            batch = augment_emotion_batch(batch, EmotionAugment(), rng)
+            if settings.random_erasing:
+                batch["image"] = random_erase(batch["image"], settings.random_erasing, rng)
+            batch = mix_batch(batch, settings.mixup_alpha, settings.cutmix_alpha, rng)
+        return batch
 
     def new_accumulator(self, num_classes: int) -> Any:
         from emokp_ray.training.metrics import EmotionMetricAccumulator
@@ -317,6 +383,13 @@ class EmotionTask(TaskSpec):
                 f"checkpoint's T={cal['temperature']:.3f}"
             )
         return head
+
+    def release_figures(self, test: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+        nan = float("nan")
+        return (
+            f"test accuracy {test.get('accuracy', nan):.3f}, macro-F1 {test.get('macro_f1', nan):.3f} "
+            f"on {test.get('n')} faces, ECE {test.get('ece', nan):.3f} (T={entry.get('temperature', 1.0):.2f})"
+        )
 
     def int8_fp32_nodes(self, graph: Any) -> list[str]:
         convs = [node.name for node in graph.node if node.op_type == "Conv"]

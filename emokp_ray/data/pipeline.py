@@ -19,13 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from emokp_ray.data.augment.policies import (
-    EmotionAugment,
-    KeypointAugment,
-    augment_emotion_batch,
-    augment_keypoint_batch,
-)
-from emokp_ray.data.regularize import mix_batch, random_erase
 from emokp_ray.data.resize import resize_image
 from emokp_ray.data.schema import split_files
 from emokp_ray.errors import UserError
@@ -98,23 +91,7 @@ class TrainAugment:
     cutmix_alpha: float = 0.0
 
     def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        if self.task == "keypoints":
-            if self.augment:
-                batch = augment_keypoint_batch(batch, KeypointAugment(), rng)
-                if self.random_erasing:
-                    batch["image"] = random_erase(batch["image"], self.random_erasing, rng)
-            return batch
-        labels = batch["label"]
-        if self.sampling_weights is not None and len(labels):
-            p = np.asarray(self.sampling_weights, np.float64)[labels]
-            idx = rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
-            batch = {k: v[idx] for k, v in batch.items()}
-        if self.augment:
-            batch = augment_emotion_batch(batch, EmotionAugment(), rng)
-            if self.random_erasing:
-                batch["image"] = random_erase(batch["image"], self.random_erasing, rng)
-            batch = mix_batch(batch, self.mixup_alpha, self.cutmix_alpha, rng)
-        return batch
+        return task_spec(self.task).augment(batch, rng, self)
 
 
 def task_columns(task: str) -> list[str]:
