@@ -31,8 +31,7 @@ from job_common import JOB_PROG, JobParser, require_path, run_job, staged_output
 
 from emokp_ray import cli
 from emokp_ray.errors import UserError
-
-TASK_ORDER = ("keypoints", "emotion")
+from emokp_ray.tasks import TASKS as TASK_ORDER
 
 
 def build_parser() -> JobParser:

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from emokp_ray.serving.schemas import BatchResponse, LabelsResponse, PredictResponse
 from tests.helpers import serving_model, slow_face_model, write_tiny_checkpoints
 
 requests = pytest.importorskip("requests")
@@ -214,6 +215,7 @@ def test_health_and_labels(served):
     assert health.json()["model"]["keypoints"]["run_id"] == "tiny-keypoints"
     labels = requests.get(served.base + "/v1/labels", timeout=30).json()
     assert labels == {"keypoints": list(KEYPOINT_NAMES), "emotion": list(SEED5.classes), "label_scheme": "seed5"}
+    LabelsResponse.model_validate(labels)
 
 
 def test_crop_answer_equals_the_predictor_and_every_body_form_agrees(served, predictor):
@@ -232,6 +234,7 @@ def test_crop_answer_equals_the_predictor_and_every_body_form_agrees(served, pre
         assert body["model"]["emotion"]["label_scheme"] == "seed5"
         assert abs(sum(body["faces"][0]["probabilities"].values()) - 1) < 1e-4
         assert_same_faces(body["faces"], want)
+        PredictResponse.model_validate(body)  # the documented response model is what the service answers
 
 
 def test_photo_detection_and_caller_boxes(served, predictor):
@@ -242,6 +245,7 @@ def test_photo_detection_and_caller_boxes(served, predictor):
     want = predictor.predict([np.asarray(Image.open(io.BytesIO(jpeg(shot.image))))], mode="detect")[0].to_dict()
     assert len(want["faces"]) == len(shot.boxes) == 3
     assert_same_faces(detected.json()["faces"], want["faces"])
+    PredictResponse.model_validate(detected.json())  # detector scores and landmarks included
 
     boxes = shot.boxes.tolist()[:2]
     given = post_image(url, png(shot.image), params={"boxes": json.dumps(boxes)})
@@ -279,6 +283,7 @@ def test_batch_route_keeps_order_and_puts_errors_in_place(served, predictor):
     results = response.json()["results"]
     assert [("error" in r) for r in results] == [False, True, False]
     assert results[1]["status"] == 415 and "bad.png" in results[1]["error"]
+    BatchResponse.model_validate(response.json())
     assert_same_faces(results[0]["faces"], predictor.predict([a])[0].to_dict()["faces"])
     decoded_b = np.asarray(Image.open(io.BytesIO(jpeg(b))))
     assert_same_faces(results[2]["faces"], predictor.predict([decoded_b])[0].to_dict()["faces"])

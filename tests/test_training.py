@@ -16,7 +16,8 @@ from emokp_ray.errors import UserError
 from emokp_ray.training.batches import augmented_batches
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import class_weights_from_counts
-from emokp_ray.training.loop import build_optimizer, masked_mse
+from emokp_ray.training.loop import build_optimizer
+from emokp_ray.training.losses import masked_mse
 from emokp_ray.training.train import run_training
 from tests.helpers import metrics_without_wall_clock, write_random_dataset
 

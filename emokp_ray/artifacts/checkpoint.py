@@ -2,7 +2,7 @@
 
 A checkpoint is a DIRECTORY:
 
-    meta.json          format_version, task, model_config, label_scheme + class_names (emotion),
+    meta.json          format_version, task, network, model_config, label_scheme + class_names (emotion),
                        keypoint_names (keypoints), input_size, in_chans, normalization,
                        train_config, epoch, metrics, run_id, created (UTC ISO), torch_version
     model.pt           the model's state_dict (plain tensors, torch.save); with weight EMA, the average
@@ -40,7 +40,8 @@ from torch import nn
 from emokp_ray.artifacts.files import atomic_dir, write_file
 from emokp_ray.errors import UserError
 from emokp_ray.labels import DEFAULT_SCHEME, KEYPOINT_NAMES, canonical_emotion_names, emotion_scheme
-from emokp_ray.models.resnet import TASKS, ModelConfig, build_model
+from emokp_ray.models.registry import DEFAULT_NETWORK, NetworkConfig, build_model, config_from_dict, network_of
+from emokp_ray.tasks import TASKS, task_spec
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -67,7 +68,7 @@ class CheckpointMeta:
     """What a checkpoint says about itself. Names default from the task: keypoints get
     KEYPOINT_NAMES (Kaggle order); emotion gets the classes of `label_scheme` (default seed5)."""
 
-    model_config: ModelConfig
+    model_config: NetworkConfig  # a registered network's config (models/registry.py)
     label_scheme: str | None = None  # emotion: scheme name, e.g. "seed5"
     class_names: tuple[str, ...] = ()  # emotion: logit order
     keypoint_names: tuple[str, ...] = ()  # keypoints: output order (x, y per name)
@@ -85,7 +86,7 @@ class CheckpointMeta:
         # a checkpoint written with FER's words ("angry", "happy") answers with the one name set
         object.__setattr__(self, "class_names", canonical_emotion_names(tuple(self.class_names)))
         object.__setattr__(self, "keypoint_names", tuple(self.keypoint_names))
-        if cfg.task == "emotion":
+        if not task_spec(cfg.task).coordinates:  # class outputs, named by a label scheme
             scheme = DEFAULT_SCHEME if self.label_scheme is None else self.label_scheme
             object.__setattr__(self, "label_scheme", scheme)
             if not self.class_names:  # a known scheme supplies its names; a custom one must list them
@@ -107,6 +108,11 @@ class CheckpointMeta:
         return self.model_config.task
 
     @property
+    def network(self) -> str:
+        """The registered network that rebuilds the model (models/registry.py)."""
+        return network_of(self.model_config).name
+
+    @property
     def input_size(self) -> int:
         return self.model_config.input_size
 
@@ -121,6 +127,7 @@ class CheckpointMeta:
         return {
             "format_version": self.format_version,
             "task": self.task,
+            "network": self.network,
             "model_config": self.model_config.to_dict(),
             "label_scheme": self.label_scheme,
             "class_names": list(self.class_names),
@@ -151,14 +158,15 @@ class CheckpointMeta:
         task = raw.get("task")
         if task not in TASKS:
             raise UserError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
-        derived = {"task", "input_size", "in_chans", "normalization"}
+        derived = {"task", "network", "input_size", "in_chans", "normalization"}
         known = {f.name for f in dataclasses.fields(cls)} | derived
         unknown = sorted(set(raw) - known)
         if unknown:
             raise UserError(f"unknown meta key(s): {', '.join(unknown)}")
         if "model_config" not in raw:
             raise UserError("meta has no model_config")
-        cfg = ModelConfig.from_dict(raw["model_config"])
+        # meta written before other networks existed names none: the ResNet's
+        cfg = config_from_dict(str(raw.get("network", DEFAULT_NETWORK)), raw["model_config"])
         fields = {k: v for k, v in raw.items() if k not in derived}
         fields["model_config"] = cfg
         try:
@@ -207,7 +215,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def _plain_state_dict(model: nn.Module, meta: CheckpointMeta) -> dict[str, torch.Tensor]:
     model = unwrap_model(model)
     cfg = getattr(model, "cfg", None)
-    if isinstance(cfg, ModelConfig) and cfg != meta.model_config:
+    if type(cfg) is type(meta.model_config) and cfg != meta.model_config:
         raise ValueError("meta.model_config differs from the config the model was built with")
     # CPU, contiguous (channels_last weights are saved in the default layout), detached.
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

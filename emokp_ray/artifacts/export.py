@@ -47,6 +47,7 @@ import torch
 from emokp_ray.artifacts.checkpoint import CheckpointMeta, LoadedCheckpoint, load_checkpoint, save_checkpoint_file
 from emokp_ray.artifacts.files import write_file
 from emokp_ray.errors import UserError
+from emokp_ray.tasks import task_spec
 
 FORMATS = ("torchscript", "onnx", "onnx-int8", "checkpoint")
 META_EXTRA_FILE = "meta.json"  # TorchScript extra file holding the meta JSON
@@ -72,7 +73,7 @@ def _trace(model: torch.nn.Module, meta: CheckpointMeta) -> torch.jit.ScriptModu
     (torch's own check_trace re-traces and compares graphs: 2 s for the tiny test model; this is ms)."""
     model = model.eval()
     with warnings.catch_warnings():
-        # The input-shape check in ResNet.normalize is a Python condition (TracerWarning: recorded as
+        # The input-shape check in the model's input check (ResNet.normalize) is a Python condition (TracerWarning: recorded as
         # a constant, which is right: the traced graph is for this input size); trace is deprecated.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -129,7 +130,7 @@ def onnx_bytes(model: torch.nn.Module, meta: CheckpointMeta) -> bytes:
     buffer: Any = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         # The TorchScript-based exporter is deprecated (DeprecationWarning) and traces the Python
-        # shape check in ResNet.normalize as a constant (TracerWarning): right for this input size.
+        # shape check in the model's input check (ResNet.normalize) as a constant (TracerWarning): right for this input size.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
@@ -218,9 +219,9 @@ def read_onnx_bytes(data: bytes, expected: CheckpointMeta | None, where: Path) -
         )
     if len(shape_out) != 2 or shape_out[1] != outputs:
         what = (
-            f"label scheme {meta.label_scheme} ({len(meta.class_names)} classes)"
-            if meta.task == "emotion"
-            else f"{len(meta.keypoint_names)} keypoints (x, y each)"
+            f"{len(meta.keypoint_names)} keypoints (x, y each)"
+            if task_spec(meta.task).coordinates
+            else f"label scheme {meta.label_scheme} ({len(meta.class_names)} classes)"
         )
         raise UserError(
             f"{where}: its graph outputs {shape_out}, but its meta's {what} needs [batch, {outputs}]: "

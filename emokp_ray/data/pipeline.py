@@ -17,31 +17,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from emokp_ray.data.augment.policies import (
-    EmotionAugment,
-    KeypointAugment,
-    augment_emotion_batch,
-    augment_keypoint_batch,
-)
-from emokp_ray.data.regularize import mix_batch, random_erase
-from emokp_ray.data.resize import rescale_keypoints, resize_image
-from emokp_ray.data.schema import keypoints_from_column, split_files
+from emokp_ray.data.resize import resize_image
+from emokp_ray.data.schema import split_files
 from emokp_ray.errors import UserError
+from emokp_ray.tasks import task_spec
 
 # Rows decoded together; also Ray Data's map_batches batch size.
 PREPROCESS_BATCH = 256
 
 
 def select_task_rows(table: pa.Table, task: str, drop_incomplete: bool = False) -> pa.Table:
-    """Keep the rows that carry labels for `task` (keypoints: any point; emotion: a label)."""
-    if task == "emotion":
-        return table.filter(pc.greater_equal(table["label"], 0))
-    kp = keypoints_from_column(table["keypoints"])
-    keep = ~np.isnan(kp).any(axis=1) if drop_incomplete else ~np.isnan(kp).all(axis=1)
-    return table.filter(pa.array(keep))
+    """Keep the rows that carry labels for `task` (keypoints: any point, or all with drop_incomplete;
+    emotion: a label)."""
+    return table.filter(pa.array(task_spec(task).table_rows(table, drop_incomplete)))
 
 
 def decode_images(table: pa.Table, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,9 +67,8 @@ class BatchPreprocessor:
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         table = select_task_rows(table, self.task, self.drop_incomplete)
         images, scale = decode_images(table, self.input_size)
-        if self.task == "keypoints":
-            return {"image": images, "keypoints": rescale_keypoints(keypoints_from_column(table["keypoints"]), scale)}
-        return {"image": images, "label": table["label"].to_numpy().astype(np.int64)}
+        spec = task_spec(self.task)
+        return {"image": images, spec.target: spec.table_targets(table, scale)}
 
 
 @dataclass(frozen=True)
@@ -102,28 +91,12 @@ class TrainAugment:
     cutmix_alpha: float = 0.0
 
     def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        if self.task == "keypoints":
-            if self.augment:
-                batch = augment_keypoint_batch(batch, KeypointAugment(), rng)
-                if self.random_erasing:
-                    batch["image"] = random_erase(batch["image"], self.random_erasing, rng)
-            return batch
-        labels = batch["label"]
-        if self.sampling_weights is not None and len(labels):
-            p = np.asarray(self.sampling_weights, np.float64)[labels]
-            idx = rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
-            batch = {k: v[idx] for k, v in batch.items()}
-        if self.augment:
-            batch = augment_emotion_batch(batch, EmotionAugment(), rng)
-            if self.random_erasing:
-                batch["image"] = random_erase(batch["image"], self.random_erasing, rng)
-            batch = mix_batch(batch, self.mixup_alpha, self.cutmix_alpha, rng)
-        return batch
+        return task_spec(self.task).augment(batch, rng, self)
 
 
 def task_columns(task: str) -> list[str]:
     """The columns a task's training reads (the other label column stays on disk)."""
-    return ["image", "height", "width", "keypoints" if task == "keypoints" else "label"]
+    return ["image", "height", "width", task_spec(task).target]
 
 
 def read_split_table(data_dir: str, split: str, limit_rows: int = 0, columns: list[str] | None = None) -> pa.Table:

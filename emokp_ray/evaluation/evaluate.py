@@ -15,7 +15,7 @@ REPORT_DIR/faces.png               a grid of faces with predicted (and true) key
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,8 @@ from emokp_ray.errors import UserError
 from emokp_ray.evaluation import figures
 from emokp_ray.inference.calibration import reliability, softmax, temperature_of
 from emokp_ray.inference.tta import forward_with_flip
-from emokp_ray.training.metrics import (
-    EmotionMetricAccumulator,
-    KeypointMetricAccumulator,
-    emotion_report,
-    keypoint_report,
-)
+from emokp_ray.tasks import TaskSpec, task_spec
+from emokp_ray.training.metrics import accumulate
 
 GRID_FACES = 24
 
@@ -49,29 +45,7 @@ class EvalReport:
     files: list[Path]
 
     def summary(self) -> str:
-        r = self.report
-        if r["task"] == "keypoints":
-            base = r.get("mean_shape_rmse_px")
-            base_txt = f" (mean-shape baseline {base:.3f} px)" if base is not None else ""
-            head = f"keypoints on {r['n']} faces: RMSE {r['rmse_px']:.3f} px{base_txt}"
-            hold = r.get("near_duplicate_holdout")
-            if hold:
-                head += (
-                    f"\n  near-duplicate holdout ({hold['n']} faces whose twin was trained on): RMSE "
-                    f"{hold['rmse_px']:.3f} px; all {hold['all_n']} rows together: {hold['all_rmse_px']:.3f} px"
-                )
-        else:
-            head = f"emotion on {r['n']} faces: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}"
-            recalls = ", ".join(
-                f"{name} {v['recall']:.2f}" for name, v in r["per_class"].items() if v.get("recall") is not None
-            )
-            head += f"\n  recall per class: {recalls}"
-            cal = r.get("calibration")
-            if cal:
-                head += (
-                    f"\n  calibration: ECE {cal['ece_uncalibrated']:.4f} at T=1, {cal['ece']:.4f} at the "
-                    f"checkpoint's T={cal['temperature']:.3f}"
-                )
+        head = task_spec(self.report["task"]).report_summary(self.report)
         files = "\n".join(f"  {p}" for p in self.files)
         return f"{head}\nwrote:\n{files}"
 
@@ -88,13 +62,9 @@ def _csv_batches(
         raise UserError(f"{path}: a {fmt.description} file holds {have}, but the checkpoint is a {task} model")
     reader = read_kaggle(path, scheme=scheme)
     for chunk in reader:
-        batch = chunk.to_batch()
-        if task == "keypoints":
-            keep = ~np.isnan(batch["keypoints"]).all(axis=1)
-            batch = {"image": batch["image"][keep], "keypoints": batch["keypoints"][keep]}
-        else:
-            keep = batch["label"] >= 0
-            batch = {"image": batch["image"][keep], "label": batch["label"][keep]}
+        batch, spec = chunk.to_batch(), task_spec(task)
+        keep = spec.labelled(batch)
+        batch = {"image": batch["image"][keep], spec.target: batch[spec.target][keep]}
         batch = resize_batch(batch, input_size)
         for start in range(0, len(batch["image"]), batch_size):
             yield {k: v[start : start + batch_size] for k, v in batch.items()}
@@ -156,6 +126,93 @@ def _outputs(
     return forward_with_flip(forward, images, meta.task, meta.keypoint_names) if flip_tta else forward(images)
 
 
+def _limited(batches: Iterable[dict[str, np.ndarray]], limit_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The batches, cut after `limit_rows` rows (0: all)."""
+    n = 0
+    for batch in batches:
+        if limit_rows and n >= limit_rows:
+            return
+        if limit_rows:
+            batch = {k: v[: limit_rows - n] for k, v in batch.items()}
+        n += len(batch["image"])
+        yield batch
+
+
+class _Seen:
+    """What `emokp evaluate` keeps beside the metrics: a grid of faces for the figure, the rows of a
+    near-duplicate holdout, and (class outputs) every logit and label for the calibration figures."""
+
+    def __init__(self, spec: TaskSpec, temperature: float, num_classes: int):
+        self.spec, self.temperature = spec, temperature
+        self.n = self.n_holdout = 0
+        self.grid: dict[str, list[np.ndarray]] = {"image": [], "pred": [], "true": [], "prob": []}
+        self.holdout = spec.new_accumulator(num_classes)  # the holdout's rows
+        self.everything = spec.new_accumulator(num_classes)  # all rows, holdout included
+        self.logits: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+
+    def add(self, batch: dict[str, np.ndarray], outputs: np.ndarray) -> None:
+        spec, true = self.spec, batch[self.spec.target]
+        self.n += len(outputs)
+        held = batch.get("holdout", np.zeros(len(outputs), bool))
+        if held.any():
+            spec.update(self.holdout, outputs[held], {spec.target: true[held]})
+            self.n_holdout += int(held.sum())
+        spec.update(self.everything, outputs, batch)
+        prob = None
+        if spec.coordinates:
+            pred = outputs
+        else:
+            prob = softmax(outputs, self.temperature)
+            pred = prob.argmax(axis=1)
+            self.logits.append(outputs)
+            self.targets.append(true)
+        take = GRID_FACES - sum(len(x) for x in self.grid["image"])
+        if take > 0:
+            self.grid["image"].append(batch["image"][:take])
+            self.grid["pred"].append(pred[:take])
+            self.grid["true"].append(true[:take])
+            if prob is not None:
+                self.grid["prob"].append(prob[:take])
+
+
+def _figures(report: dict[str, Any], seen: _Seen, class_names: list[str], out_dir: Path) -> list[Path]:
+    """The report's PNG figures: per-keypoint RMSE, or the confusion matrix and reliability diagram;
+    then the grid of faces."""
+    grid = {k: np.concatenate(v) for k, v in seen.grid.items() if v}
+    files: list[Path] = []
+    if seen.spec.coordinates:
+        files.append(
+            figures.plot_per_keypoint_rmse(
+                report["per_keypoint_rmse_px"],
+                out_dir / "per_keypoint_rmse.png",
+                baseline=report.get("per_keypoint_mean_shape_rmse_px"),
+            )
+        )
+        files.append(
+            figures.plot_face_grid(
+                grid["image"], out_dir / "faces.png", pred_keypoints=grid["pred"], true_keypoints=grid["true"]
+            )
+        )
+        return files
+    cal = report["calibration"]
+    files.append(figures.plot_confusion_matrix(report["confusion"], class_names, out_dir / "confusion.png"))
+    files.append(
+        figures.plot_reliability(cal["bins_uncalibrated"], cal["bins"], cal["temperature"], out_dir / "reliability.png")
+    )
+    files.append(
+        figures.plot_face_grid(
+            grid["image"],
+            out_dir / "faces.png",
+            pred_labels=grid["pred"],
+            true_labels=grid["true"],
+            class_names=class_names,
+            probabilities=grid["prob"],
+        )
+    )
+    return files
+
+
 def evaluate_checkpoint(
     checkpoint: str,
     data: str,
@@ -184,47 +241,21 @@ def evaluate_checkpoint(
     else:
         raise UserError(f"--data {data}: no such file or directory")
 
+    spec = task_spec(task)
     temperature = temperature_of(meta.calibration)
     num_classes = len(meta.class_names)
-    acc = KeypointMetricAccumulator() if task == "keypoints" else EmotionMetricAccumulator(num_classes)
-    holdout_acc = KeypointMetricAccumulator()
-    all_acc = KeypointMetricAccumulator()
-    all_logits, all_labels = [], []
-    grid: dict[str, list[np.ndarray]] = {"image": [], "pred": [], "true": [], "prob": []}
-    n_seen = n_holdout = 0
-    for batch in batches:
-        if limit_rows and n_seen >= limit_rows:
-            break
-        if limit_rows:
-            batch = {k: v[: limit_rows - n_seen] for k, v in batch.items()}
-        n_seen += len(batch["image"])
-        outputs = _outputs(forward, batch, meta, flip_tta)
-        if task == "keypoints":
-            pred = outputs
-            held = batch.get("holdout", np.zeros(len(pred), bool))
-            acc.update(pred[~held], batch["keypoints"][~held])
-            if held.any():
-                holdout_acc.update(pred[held], batch["keypoints"][held])
-                n_holdout += int(held.sum())
-            all_acc.update(pred, batch["keypoints"])
-            true = batch["keypoints"]
-            prob = None
-        else:
-            prob = softmax(outputs, temperature)
-            pred = prob.argmax(axis=1)
-            acc.update(pred, batch["label"])
-            all_logits.append(outputs)
-            all_labels.append(batch["label"])
-            true = batch["label"]
-        have = sum(len(x) for x in grid["image"])
-        if have < GRID_FACES:
-            take = GRID_FACES - have
-            grid["image"].append(batch["image"][:take])
-            grid["pred"].append(pred[:take])
-            grid["true"].append(true[:take])
-            if prob is not None:
-                grid["prob"].append(prob[:take])
-    if n_seen == 0:
+    seen = _Seen(spec, temperature, num_classes)
+
+    def scored() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """The rows the report scores: all but a near-duplicate holdout's (its figures go apart)."""
+        for batch in _limited(batches, limit_rows):
+            outputs = _outputs(forward, batch, meta, flip_tta)
+            seen.add(batch, outputs)
+            held = batch.get("holdout", np.zeros(len(outputs), bool))
+            yield {spec.target: batch[spec.target][~held]}, outputs[~held]
+
+    acc, _ = accumulate(spec, scored(), num_classes)
+    if seen.n == 0:
         raise UserError(f"{data}: no {task} rows to evaluate")
 
     out_dir = Path(out).resolve()
@@ -237,38 +268,17 @@ def evaluate_checkpoint(
         "flip_tta": bool(flip_tta),
         **where,
     }
-    files: list[Path] = []
-    images = np.concatenate(grid["image"])
-    if task == "keypoints":
-        mean_shape = (meta.train_config.get("data_facts") or {}).get("mean_shape")
-        mean_shape = None if mean_shape is None else np.asarray(mean_shape, np.float64)
-        if n_holdout:
-            metadata["near_duplicate_holdout"] = {
-                "n": n_holdout,
-                "rmse_px": holdout_acc.compute()["rmse_px"],
-                "all_n": n_seen,
-                "all_rmse_px": all_acc.compute()["rmse_px"],
-                "note": "rmse_px above is over the rows without a trained-on near-duplicate",
-            }
-        assert isinstance(acc, KeypointMetricAccumulator)  # built for the task above
-        report = keypoint_report(acc, mean_shape=mean_shape, metadata=metadata)
-        files.append(
-            figures.plot_per_keypoint_rmse(
-                report["per_keypoint_rmse_px"],
-                out_dir / "per_keypoint_rmse.png",
-                baseline=report.get("per_keypoint_mean_shape_rmse_px"),
-            )
-        )
-        files.append(
-            figures.plot_face_grid(
-                images,
-                out_dir / "faces.png",
-                pred_keypoints=np.concatenate(grid["pred"]),
-                true_keypoints=np.concatenate(grid["true"]),
-            )
-        )
-    else:
-        logits, labels = np.concatenate(all_logits), np.concatenate(all_labels)
+    if seen.n_holdout:
+        metric = spec.headline
+        metadata["near_duplicate_holdout"] = {
+            "n": seen.n_holdout,
+            metric: seen.holdout.compute()[metric],
+            "all_n": seen.n,
+            f"all_{metric}": seen.everything.compute()[metric],
+            "note": f"{metric} above is over the rows without a trained-on near-duplicate",
+        }
+    if seen.logits:
+        logits, labels = np.concatenate(seen.logits), np.concatenate(seen.targets)
         before, after = reliability(softmax(logits, 1.0), labels), reliability(softmax(logits, temperature), labels)
         metadata["calibration"] = {
             "temperature": temperature,
@@ -278,22 +288,10 @@ def evaluate_checkpoint(
             "bins_uncalibrated": before["bins"],
             "bins": after["bins"],
         }
-        assert isinstance(acc, EmotionMetricAccumulator)  # built for the task above
-        report = emotion_report(acc, class_names=list(meta.class_names), metadata=metadata)
-        files.append(
-            figures.plot_confusion_matrix(report["confusion"], list(meta.class_names), out_dir / "confusion.png")
-        )
-        files.append(figures.plot_reliability(before["bins"], after["bins"], temperature, out_dir / "reliability.png"))
-        files.append(
-            figures.plot_face_grid(
-                images,
-                out_dir / "faces.png",
-                pred_labels=np.concatenate(grid["pred"]),
-                true_labels=np.concatenate(grid["true"]),
-                class_names=list(meta.class_names),
-                probabilities=np.concatenate(grid["prob"]),
-            )
-        )
+    mean_shape = (meta.train_config.get("data_facts") or {}).get("mean_shape")
+    mean_shape = None if mean_shape is None else np.asarray(mean_shape, np.float64)
+    report = spec.report(acc, mean_shape, list(meta.class_names), metadata)
+    files = _figures(report, seen, list(meta.class_names), out_dir)
     history = _history(ckpt)
     if history:
         files.append(figures.plot_learning_curves(history, out_dir / "learning_curves.png"))
@@ -309,12 +307,12 @@ def collect_logits(
     """An emotion checkpoint's logits [N, K] (as the predictor computes them, before the temperature)
     and the labels [N] of a prepared split: what the temperature is fitted on (the val split)."""
     ckpt, forward = _load_for_evaluation(checkpoint)
-    if ckpt.meta.task != "emotion":
-        raise UserError(f"{checkpoint} is a {ckpt.meta.task} checkpoint; temperatures calibrate emotion models")
+    if task_spec(ckpt.meta.task).coordinates:
+        raise UserError(f"{checkpoint} is a {ckpt.meta.task} checkpoint; temperatures calibrate class outputs")
     logits, labels = [], []
-    for batch in _dataset_batches(data, split, "emotion", ckpt.meta.input_size, batch_size):
+    for batch in _dataset_batches(data, split, ckpt.meta.task, ckpt.meta.input_size, batch_size):
         logits.append(_outputs(forward, batch, ckpt.meta, flip_tta))
         labels.append(batch["label"])
     if not logits:
-        raise UserError(f"{data}: no emotion rows in the {split!r} split")
+        raise UserError(f"{data}: no {ckpt.meta.task} rows in the {split!r} split")
     return np.concatenate(logits), np.concatenate(labels)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from emokp_ray.tasks import SPECS
+
 DPI = 100
 PRED_COLOR = "#d62728"  # red: predictions, wrong labels
 TRUE_COLOR = "#2ca02c"  # green: ground truth, right labels
@@ -78,12 +80,9 @@ def plot_learning_curves(metrics_rows: Sequence[Mapping[str, Any]], out_path: st
     def has(key: str) -> bool:
         return any(key in row for row in rows)
 
-    task_panel = (
-        "keypoints"
-        if has("val/rmse_px") or has("train/rmse_px")
-        else ("emotion" if has("val/accuracy") or has("train/accuracy") else None)
-    )
-    ncols = 2 if task_panel else 1
+    # the task whose headline metric the rows carry (tasks.py), if any
+    spec = next((t for t in SPECS.values() if has(f"val/{t.headline}") or has(f"train/{t.headline}")), None)
+    ncols = 2 if spec else 1
     fig = _figure(5.2 * ncols, 3.8)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
 
@@ -91,33 +90,15 @@ def plot_learning_curves(metrics_rows: Sequence[Mapping[str, Any]], out_path: st
     _plot_keys(loss_ax, rows, [("train/loss", "train", {"color": "C0"}), ("val/loss", "val", {"color": "C1"})])
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="loss")
 
-    if task_panel == "keypoints":
-        ax = axes[1]
-        _plot_keys(
-            ax,
-            rows,
-            [
-                ("train/rmse_px", "train RMSE", {"color": "C0"}),
-                ("val/rmse_px", "val RMSE", {"color": "C1"}),
-                ("val/mean_shape_rmse_px", "mean-shape baseline (val)", {"color": BASELINE_COLOR, "linestyle": "--"}),
-            ],
-        )
-        ax.set(title="Keypoint RMSE", xlabel="epoch", ylabel="RMSE (pixels)")
-        ax.set_ylim(bottom=0)
-    elif task_panel == "emotion":
-        ax = axes[1]
-        _plot_keys(
-            ax,
-            rows,
-            [
-                ("train/accuracy", "train accuracy", {"color": "C0"}),
-                ("val/accuracy", "val accuracy", {"color": "C1"}),
-                ("val/macro_f1", "val macro-F1", {"color": "C2"}),
-                ("val/majority_accuracy", "majority-class baseline", {"color": BASELINE_COLOR, "linestyle": "--"}),
-            ],
-        )
-        ax.set(title="Emotion accuracy", xlabel="epoch", ylabel="score")
-        ax.set_ylim(0, 1)
+    if spec is not None:
+        panel, ax = spec.curves, axes[1]
+        lines: list[tuple[str, str, dict[str, Any]]] = [
+            (key, label, {"color": f"C{i}"}) for i, (key, label) in enumerate(panel.lines)
+        ]
+        lines.append((*panel.baseline, {"color": BASELINE_COLOR, "linestyle": "--"}))
+        _plot_keys(ax, rows, lines)
+        ax.set(title=panel.title, xlabel="epoch", ylabel=panel.ylabel)
+        ax.set_ylim(*panel.ylim)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -15,19 +15,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from emokp_ray.tasks import task_spec
+
 # Aligned crops: where each training set puts the 5 detector landmarks (LANDMARK_NAMES order, (x, y),
 # pixel-centre coordinates of its native S x S frame), medians measured by benchmarks/framing.py.
 TEMPLATES: dict[str, tuple[int, tuple[tuple[float, float], ...]]] = {
     "kaggle": (96, ((63.12, 36.05), (31.73, 36.66), (47.32, 54.69), (60.61, 71.66), (34.72, 71.90))),  # keypoint net
     "fer": (48, ((32.70, 17.97), (14.65, 18.29), (23.67, 28.26), (31.21, 37.13), (16.13, 37.24))),  # emotion nets
 }
-TASK_FRAMING = {"keypoints": "kaggle", "emotion": "fer"}  # which training framing each network saw
 ALIAS_MAX_SCALE = 1.25  # photo px per crop px above which an aligned crop is pre-shrunk by area averaging
 
 
 def template_for(task: str, size: int) -> np.ndarray:
     """The task's landmark template [5, 2] in an S x S crop (the native frame rescaled, pixel centres)."""
-    native, points = TEMPLATES[TASK_FRAMING[task]]
+    native, points = TEMPLATES[task_spec(task).framing]  # the training framing the task's network saw
     return (np.asarray(points, np.float64) + 0.5) * size / native - 0.5
 
 

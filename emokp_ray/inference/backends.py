@@ -40,7 +40,8 @@ import torch
 from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
 from emokp_ray.artifacts.files import write_file
 from emokp_ray.errors import UserError
-from emokp_ray.models.resnet import ResNet
+from emokp_ray.models.registry import network_of_module
+from emokp_ray.tasks import task_spec
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_INSTALL_HINT = "pip install 'emokp-ray[onnx]' (onnx, onnxruntime), or use --backend torch"
@@ -181,7 +182,8 @@ def make_runner(
             )
         return OnnxRunner(loaded.model, threads)
     model = prepare_torch_model(loaded.model, device)
-    exportable = isinstance(model, ResNet)
+    registered = network_of_module(model)  # a registered network's module (models/registry.py)
+    exportable = registered is not None and registered.onnx
     if backend == "torch" or (not exportable and not explicit):
         return TorchRunner(model, device)
     if not exportable:
@@ -277,11 +279,7 @@ def fp32_nodes(graph: Any, task: str) -> list[str]:
     and 0.28, and no speed lost at batch 32. builtin:keypoints keeps its RMSE either way (+0.030 px
     all int8, +0.027 with them fp32), but its first conv at 96x96 is where int8 gains: fp32 there made
     int8 slower than fp32 at batch 32. The test-split figures are benchmarks/int8_quality.py's."""
-    if task != "emotion":
-        return []
-    convs = [node.name for node in graph.node if node.op_type == "Conv"]
-    heads = [node.name for node in graph.node if node.op_type == "Gemm"]
-    return convs[:1] + heads
+    return task_spec(task).int8_fp32_nodes(graph)
 
 
 def quantize_int8(fp32: bytes, meta: Any, calibration: np.ndarray | None = None) -> bytes:

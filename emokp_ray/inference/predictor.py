@@ -120,6 +120,7 @@ from emokp_ray.inference.detect import DEFAULT_DETECTOR, LANDMARK_NAMES, Detecti
 from emokp_ray.inference.images import to_grey
 from emokp_ray.inference.results import AUTO_CROP_MAX_SIDE, Box, Face, ImageResult, is_face_crop  # noqa: F401
 from emokp_ray.inference.tta import forward_with_flip
+from emokp_ray.tasks import EMOTION, KEYPOINTS, task_spec
 
 FRAMING_MARGIN = 1.13  # crop side / Haar box side (measured, see the module docstring)
 FRAMING_SHIFT_Y = 0.02  # crop centre below the Haar centre, in Haar sides
@@ -378,17 +379,15 @@ class Predictor:
                 "input_size": meta.input_size,
                 "version": weights_version(loaded.model),
             }
-            if meta.task == "emotion":
-                out |= {"label_scheme": meta.label_scheme, "class_names": list(meta.class_names)}
-            return out
+            return out | task_spec(meta.task).model_info(meta)
 
         return {"keypoints": info(self.keypoints), "emotion": info(self.emotion)}
 
     def labels(self) -> dict[str, Any]:
         """Keypoint names and emotion classes in output order ([] for an absent model)."""
         return {
-            "keypoints": list(self.keypoints.meta.keypoint_names) if self.keypoints else [],
-            "emotion": list(self.emotion.meta.class_names) if self.emotion else [],
+            "keypoints": KEYPOINTS.output_names(self.keypoints.meta) if self.keypoints else [],
+            "emotion": EMOTION.output_names(self.emotion.meta) if self.emotion else [],
             "label_scheme": self.emotion.meta.label_scheme if self.emotion else None,
         }
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emokp_ray.errors import UserError
+from emokp_ray.tasks import TASKS, task_spec
 
 
 def _face_line(index: int, face: dict) -> str:
@@ -34,10 +35,10 @@ def _face_line(index: int, face: dict) -> str:
 def _models_line(models: dict) -> str:
     """One line naming the models: run id and weights version, and the emotion model's scheme."""
     parts = []
-    for task in ("keypoints", "emotion"):
+    for task in TASKS:
         info = models.get(task)
         if info:
-            scheme = f", {info['label_scheme']} scheme" if task == "emotion" else ""
+            scheme = f", {info['label_scheme']} scheme" if info.get("label_scheme") else ""
             parts.append(f"{task} {info['run_id']} (weights {info['version']}{scheme})")
     return "models: " + "; ".join(parts)
 
@@ -139,13 +140,7 @@ def describe_builtin_models(as_json: bool = False) -> str:
             )
             continue
         test = entry.get("test", {})
-        if entry["task"] == "keypoints":
-            figures = f"test RMSE {test.get('rmse_px', float('nan')):.3f} px on {test.get('n')} faces (mean shape {test.get('mean_shape_rmse_px', float('nan')):.3f})"
-        else:
-            figures = (
-                f"test accuracy {test.get('accuracy', float('nan')):.3f}, macro-F1 {test.get('macro_f1', float('nan')):.3f} "
-                f"on {test.get('n')} faces, ECE {test.get('ece', float('nan')):.3f} (T={entry.get('temperature', 1.0):.2f})"
-            )
+        figures = task_spec(entry["task"]).release_figures(test, entry)
         calm = test.get("calm_faces")
         if calm:
             figures += f"; calls {calm['called_emotion_p50']:.0%} of neutral test faces an emotion at p >= 0.5"

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from emokp_ray.labels import KEYPOINT_NAMES, flip_keypoints
+from emokp_ray.labels import KEYPOINT_NAMES
+from emokp_ray.tasks import KEYPOINTS, task_spec
 
 Forward = Callable[[np.ndarray], np.ndarray]  # uint8 crops [N, S, S] -> float32 outputs [N, K]
 
@@ -25,8 +26,7 @@ def mirror(crops: np.ndarray) -> np.ndarray:
 
 def unflip_keypoints(outputs: np.ndarray, size: int) -> np.ndarray:
     """Keypoint outputs [N, 30] predicted on mirrored crops -> the same points on the original crops."""
-    points = outputs.reshape(len(outputs), -1, 2)
-    return flip_keypoints(points, size).reshape(len(outputs), -1).astype(np.float32)
+    return KEYPOINTS.mirrored_back(outputs, size)
 
 
 def forward_with_flip(
@@ -38,11 +38,9 @@ def forward_with_flip(
     TTA. Keypoint models whose names are not Kaggle's 15 have no known left/right pairing: they get
     the direct outputs only.
     """
-    n = len(crops)
-    if n == 0 or (task == "keypoints" and tuple(keypoint_names) != KEYPOINT_NAMES):
+    n, spec = len(crops), task_spec(task)
+    if n == 0 or not spec.mirrors(keypoint_names):
         return forward(crops)
     both = forward(np.concatenate([crops, mirror(crops)]))
-    direct, mirrored = both[:n], both[n:]
-    if task == "keypoints":
-        mirrored = unflip_keypoints(mirrored, crops.shape[2])
+    direct, mirrored = both[:n], spec.mirrored_back(both[n:], crops.shape[2])
     return ((direct.astype(np.float32) + mirrored.astype(np.float32)) / 2.0).astype(np.float32)

@@ -39,6 +39,7 @@ This module never imports ray.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +48,19 @@ import torch
 from torch import nn
 
 from emokp_ray.errors import UserError
+from emokp_ray.models.registry import Network
+from emokp_ray.tasks import TASKS, task_spec
 
-TASKS = ("keypoints", "emotion")
 COURSE_INPUT_SIZE = 96
 COURSE_STAGES: tuple[tuple[int, int, int], ...] = ((64, 64, 256), (128, 128, 512))
+# The course's head per task: avg-pool kernel, hidden dense widths and their dropout, and whether a
+# fixed affine maps the last dense layer's normalized offsets to pixels (coordinates only).
+COURSE_HEADS: dict[str, dict[str, Any]] = {
+    "keypoints": {"head_pool": 2, "head_hidden": (4096, 2048), "head_dropout": (0.2, 0.1), "keypoint_affine": True},
+    "emotion": {"head_pool": 4, "head_hidden": (), "head_dropout": (), "keypoint_affine": False},
+}
+# At an input size other than 96, the adaptive pool's grid per task that keeps the course's head width.
+COURSE_ADAPTIVE_GRID = {"keypoints": 2, "emotion": 1}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,14 +100,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise UserError(f"model task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        keypoints = self.task == "keypoints"
         defaults: dict[str, Any] = {
-            "num_outputs": 30 if keypoints else 5,
+            "num_outputs": task_spec(self.task).default_outputs,
             "stage_depths": (2,) * len(self.stage_filters),
-            "head_pool": 2 if keypoints else 4,
-            "head_hidden": (4096, 2048) if keypoints else (),
-            "head_dropout": (0.2, 0.1) if keypoints else (),
-            "keypoint_affine": keypoints,
+            **COURSE_HEADS[self.task],
         }
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -118,7 +124,7 @@ class ModelConfig:
 
         if self.num_outputs < 1 or self.in_chans < 1 or self.stem_width < 1:
             fail("num_outputs, in_chans and stem_width must be positive")
-        if self.task == "keypoints" and self.num_outputs % 2:
+        if task_spec(self.task).coordinates and self.num_outputs % 2:
             fail(f"keypoints num_outputs must be even (x, y per point), got {self.num_outputs}")
         if not self.stage_filters or any(len(s) != 3 or min(s) < 1 for s in self.stage_filters):
             fail(f"stage_filters must be one or more (f1, f2, f3) triples of positive ints, got {self.stage_filters}")
@@ -130,7 +136,7 @@ class ModelConfig:
             fail(f"width_mult must be positive, got {self.width_mult}")
         if len(self.head_dropout) != len(self.head_hidden) or not all(0 <= p < 1 for p in self.head_dropout):
             fail(f"head_dropout {self.head_dropout} must give one rate in [0, 1) per hidden layer {self.head_hidden}")
-        if self.keypoint_affine and self.task != "keypoints":
+        if self.keypoint_affine and not task_spec(self.task).coordinates:
             fail("keypoint_affine applies to the keypoints task only")
         if self.norm_std <= 0:
             fail(f"norm_std must be positive, got {self.norm_std}")
@@ -433,7 +439,7 @@ def _course_config(task: str, overrides: dict[str, Any]) -> ModelConfig:
     # width (or vanish), so the factories pool adaptively onto the course's grid instead:
     # 1x1 for emotion, 2x2 for keypoints -> the same parameter count at 48x48 as at 96x96.
     if overrides.get("input_size", COURSE_INPUT_SIZE) != COURSE_INPUT_SIZE and "adaptive_pool" not in overrides:
-        overrides = {**overrides, "adaptive_pool": 2 if task == "keypoints" else 1}
+        overrides = {**overrides, "adaptive_pool": COURSE_ADAPTIVE_GRID[task]}
     return ModelConfig(task=task, **overrides)
 
 
@@ -532,3 +538,16 @@ def model_config(task: str, variant: str = "course", **overrides: Any) -> ModelC
         known = ", ".join(f"{t}/{v}" for t, v in VARIANTS)
         raise UserError(f"unknown model {task}/{variant}; known: {known}") from None
     return factory(**overrides)
+
+
+def _variant_config(variant: str, task: str, **overrides: Any) -> ModelConfig:
+    return model_config(task, variant, **overrides)
+
+
+NETWORK = Network(
+    name="resnet",
+    config_type=ModelConfig,
+    build=build_model,
+    module_type=ResNet,
+    configs={variant: functools.partial(_variant_config, variant) for _, variant in VARIANTS},
+)

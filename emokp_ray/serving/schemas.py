@@ -199,6 +199,12 @@ class BatchJson(BatchOptions):
 
 
 class FaceOut(BaseModel):
+    """One face of an answer (results.Face.to_dict). The fields after `landmarks` are the tasks'
+    response fields (tasks.py `response_fields`, null where that model is absent): tests check the two
+    agree, and validate the service's real answers against these models."""
+
+    model_config = ConfigDict(extra="forbid")
+
     box: list[float]  # [x, y, w, h], input-image pixels (the detector's box)
     # The learned detector's confidence and 5 landmarks (name -> [x, y], input-image pixels); null for
     # Haar boxes, caller boxes and whole crops.
@@ -210,6 +216,8 @@ class FaceOut(BaseModel):
 
 
 class ImageOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     width: int
     height: int
     faces: list[FaceOut]
@@ -217,6 +225,8 @@ class ImageOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     error: str
     status: int | None = None  # in a batch result: the status this image alone would get
 
@@ -226,11 +236,15 @@ class PredictResponse(ImageOut):
 
 
 class BatchResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     results: list[ImageOut | ErrorOut]
     model: dict
 
 
 class LabelsResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     keypoints: list[str] | None = None
     emotion: list[str] | None = None
     label_scheme: str | None = None

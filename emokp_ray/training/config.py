@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from emokp_ray.errors import UserError
-
-TASKS = ("keypoints", "emotion")
+from emokp_ray.models.registry import MODELS
+from emokp_ray.tasks import TASKS, task_spec
 
 # The values each str field takes.
 CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
-    "model": ("course", "wide", "small", "compact", "fer48"),
+    "model": tuple(MODELS),
     "optimizer": ("adamw", "adam"),
     "schedule": ("onecycle", "cosine", "constant"),
     "imbalance": ("weights", "sampling", "none"),
@@ -53,7 +53,8 @@ class TrainConfig:
 
     # --- model ---
     model: str = "course"  # network: course (the course's), wide (stronger), small (CPU demos),
-    # keypoints compact (course backbone, 1024-512 head), emotion fer48 (48x48 without the stem max-pool)
+    # keypoints compact (course backbone, 1024-512 head), emotion fer48 (48x48 without the stem max-pool),
+    # tiny (a plain ConvNet baseline); models/registry.py MODELS
     input_size: int = 0  # input size in pixels; 0: the task's default (keypoints 96, emotion 48 = FER native)
 
     # --- optimisation ---
@@ -111,8 +112,15 @@ class TrainConfig:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.random_erasing <= 1.0:
             raise UserError(f"--random-erasing must be a probability in [0, 1], got {self.random_erasing}")
-        if (self.mixup_alpha or self.cutmix_alpha) and self.task != "emotion":
-            raise UserError("--mixup-alpha / --cutmix-alpha apply to emotion only (keypoint targets cannot be mixed)")
+        if (self.mixup_alpha or self.cutmix_alpha) and not task_spec(self.task).mixable:
+            mixable = ", ".join(t for t in TASKS if task_spec(t).mixable)
+            raise UserError(
+                f"--mixup-alpha / --cutmix-alpha apply to {mixable} only ({self.task} targets cannot be mixed)"
+            )
+        if self.task not in MODELS[self.model].tasks:
+            raise UserError(
+                f"--model {self.model} is defined for {', '.join(MODELS[self.model].tasks)}, not {self.task}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
 
@@ -120,12 +128,12 @@ class TrainConfig:
     def resolved_input_size(self) -> int:
         if self.input_size:
             return self.input_size
-        return 96 if self.task == "keypoints" else 48
+        return task_spec(self.task).default_input_size
 
     @property
     def metric(self) -> tuple[str, str]:
         """The validation metric that picks the best checkpoint, and its order."""
-        return ("val/rmse_px", "min") if self.task == "keypoints" else ("val/macro_f1", "max")
+        return task_spec(self.task).metric
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from emokp_ray.data.schema import keypoints_from_column, read_info, split_files
 from emokp_ray.errors import UserError
-from emokp_ray.labels import emotion_scheme
+from emokp_ray.tasks import task_spec
 from emokp_ray.training.config import TrainConfig
 
 
@@ -48,18 +48,7 @@ def read_dataset_facts(cfg: TrainConfig) -> DatasetFacts:
             raise UserError(f"{cfg.data} has no {split!r} split; prepare it with a validation fraction > 0")
     train_counts = info.counts["train"]
     scheme = info.scheme or "seed5"
-    mean_shape = class_weights = sampling_weights = None
-    if cfg.task == "keypoints":
-        n_train = train_counts["complete_keypoints" if cfg.drop_incomplete else "keypoints"]
-        mean_shape = tuple(float(v) for v in train_mean_shape(cfg.data, cfg.drop_incomplete, cfg.limit_rows))
-    else:
-        classes = emotion_scheme(scheme).classes
-        n_train = sum(train_counts.get(name, 0) for name in classes)
-        weights = tuple(float(w) for w in class_weights_from_counts(train_counts, classes))
-        if cfg.imbalance == "weights":
-            class_weights = weights
-        elif cfg.imbalance == "sampling":
-            sampling_weights = weights
+    n_train, task_facts = task_spec(cfg.task).train_facts(cfg, train_counts, scheme)
     if cfg.limit_rows:
         n_train = min(n_train, cfg.limit_rows)
     if n_train < cfg.batch_size:
@@ -68,9 +57,7 @@ def read_dataset_facts(cfg: TrainConfig) -> DatasetFacts:
         scheme=scheme,
         n_train=int(n_train),
         steps_per_epoch=max(1, n_train // cfg.batch_size),
-        mean_shape=mean_shape,
-        class_weights=class_weights,
-        sampling_weights=sampling_weights,
+        **task_facts,
     )
 
 

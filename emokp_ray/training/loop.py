@@ -22,16 +22,17 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from emokp_ray.artifacts.checkpoint import CheckpointMeta, LoadedCheckpoint, save_checkpoint, unwrap_model
 from emokp_ray.data.pipeline import TrainAugment
 from emokp_ray.labels import EmotionScheme, emotion_scheme
-from emokp_ray.models.resnet import ModelConfig, build_model, model_config
+from emokp_ray.models.registry import NetworkConfig, build_model, model_config
+from emokp_ray.tasks import task_spec
 from emokp_ray.training.batches import TORCH, augmented_batches, stream_seed
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import DatasetFacts, RunInfo
-from emokp_ray.training.metrics import EmotionMetricAccumulator, KeypointMetricAccumulator, json_safe
+from emokp_ray.training.losses import Loss
+from emokp_ray.training.metrics import accumulate, json_safe
 
 Batch = dict[str, torch.Tensor]
 
@@ -54,44 +55,9 @@ class Session(Protocol):
 # ----------------------------------------------------------------------------- losses
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
-    """Mean squared error over the PRESENT coordinates only (NaN targets are skipped).
-
-    pred, target: [B, 30] pixels. Errors are divided by `scale` (half the input size) so the loss
-    is in normalized units (~1 = half a face): a 4-keypoint row trains just those 4 points.
-    """
-    present = ~torch.isnan(target)
-    diff = torch.where(
-        present, (pred.float() - torch.nan_to_num(target)) / scale, torch.zeros_like(pred, dtype=torch.float32)
-    )
-    return diff.pow(2).sum() / present.sum().clamp(min=1)
-
-
-def make_loss(cfg: TrainConfig, class_weights: np.ndarray | None):
-    """The task's loss: masked MSE for keypoints; (weighted, smoothed) cross-entropy for emotion."""
-    if cfg.task == "keypoints":
-        scale = cfg.resolved_input_size / 2.0
-        return lambda out, batch: masked_mse(out, batch["keypoints"], scale)
-    weight = None
-    if cfg.imbalance == "weights" and class_weights is not None:
-        weight = torch.as_tensor(class_weights, dtype=torch.float32)
-
-    def loss(out: torch.Tensor, batch: Batch) -> torch.Tensor:
-        w = weight.to(out.device) if weight is not None else None
-        ce = F.cross_entropy(
-            out.float(), batch["label"], weight=w, label_smoothing=cfg.label_smoothing, reduction="none"
-        )
-        if "mix_lam" in batch:  # mixup / cutmix (data/regularize.py): the partner's label takes 1 - lam
-            lam = batch["mix_lam"]
-            ce_mix = F.cross_entropy(
-                out.float(), batch["label_mix"], weight=w, label_smoothing=cfg.label_smoothing, reduction="none"
-            )
-            ce = lam * ce + (1.0 - lam) * ce_mix
-        # weighted mean as F.cross_entropy's "mean" reduction: sum of w[y] * loss / sum of w[y]
-        norm = w[batch["label"]].sum() if w is not None else torch.tensor(float(len(ce)), device=ce.device)
-        return ce.sum() / norm.clamp(min=1e-12)
-
-    return loss
+def make_loss(cfg: TrainConfig, class_weights: np.ndarray | None) -> Loss:
+    """The task's loss (tasks.py: masked MSE for keypoints; weighted, smoothed cross-entropy for emotion)."""
+    return task_spec(cfg.task).loss(cfg, class_weights)
 
 
 # ----------------------------------------------------------------------------- weight EMA
@@ -232,18 +198,21 @@ def evaluate(
     amp: bool = False,
     channels_last: bool = False,
 ):
-    """Run the model over batches; returns (metric accumulator, summed loss, n)."""
+    """Run the model over batches; returns (metric accumulator, summed loss, n). The metrics come
+    from the one evaluation loop `emokp evaluate` uses too (training/metrics.py `accumulate`)."""
     model.eval()
-    acc = KeypointMetricAccumulator() if task == "keypoints" else EmotionMetricAccumulator(num_classes)
-    loss_sum, n = 0.0, 0
-    for batch, out in forward_batches(model, batches, device, amp, channels_last):
-        out = out.float()
-        loss_sum += float(loss_fn(out, batch)) * out.shape[0]
-        n += out.shape[0]
-        if task == "keypoints":
-            acc.update(out.cpu().numpy(), batch["keypoints"].cpu().numpy())
-        else:
-            acc.update(out.argmax(dim=1).cpu().numpy(), batch["label"].cpu().numpy())
+    spec = task_spec(task)
+    loss_sum = 0.0
+
+    def outputs() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        nonlocal loss_sum
+        for batch, out in forward_batches(model, batches, device, amp, channels_last):
+            out = out.float()
+            loss_sum += float(loss_fn(out, batch)) * out.shape[0]
+            # only the targets leave the device: the images stay where they are
+            yield {spec.target: batch[spec.target].cpu().numpy()}, out.cpu().numpy()
+
+    acc, n = accumulate(spec, outputs(), num_classes)
     return acc, loss_sum, n
 
 
@@ -294,7 +263,7 @@ class _Task:
 
     cfg: TrainConfig
     run: RunInfo
-    model_cfg: ModelConfig
+    model_cfg: NetworkConfig
     scheme: EmotionScheme
     mean_shape: np.ndarray | None  # [30] pixels, the training split's mean keypoints (keypoint runs)
 
@@ -302,9 +271,7 @@ class _Task:
 def _describe(cfg: TrainConfig, run: RunInfo) -> _Task:
     facts = run.data
     scheme = emotion_scheme(facts.scheme)
-    overrides = {"input_size": cfg.resolved_input_size}
-    if cfg.task == "emotion":
-        overrides["num_outputs"] = scheme.num_classes
+    overrides = {"input_size": cfg.resolved_input_size, **task_spec(cfg.task).model_overrides(scheme.num_classes)}
     mean_shape = None if facts.mean_shape is None else np.asarray(facts.mean_shape, np.float64)
     return _Task(cfg, run, model_config(cfg.task, cfg.model, **overrides), scheme, mean_shape)
 
@@ -487,7 +454,8 @@ def _epoch_row(
     )
     state = session.all_reduce(np.concatenate([acc.state(), [val_loss_sum, val_n]]))
     num_classes = task.scheme.num_classes
-    acc = type(acc).from_state(state[:-2], **({} if task.cfg.task == "keypoints" else {"num_classes": num_classes}))
+    spec = task_spec(task.cfg.task)
+    acc = spec.accumulator_from_state(state[:-2], num_classes)
     row: dict[str, Any] = {
         "epoch": epoch + 1,
         "train/loss": train_sums[0] / max(train_sums[1], 1),
@@ -498,19 +466,7 @@ def _epoch_row(
         "val/n": int(state[-1]),
         "lr": lr,
     }
-    if task.cfg.task == "keypoints":
-        result = acc.compute(mean_shape=task.mean_shape)
-        row["val/rmse_px"] = result["rmse_px"]
-        row["val/mean_shape_rmse_px"] = result.get("mean_shape_rmse_px")
-        row["val/per_keypoint_rmse_px"] = result["per_keypoint_rmse_px"]
-    else:
-        result = acc.compute(list(task.scheme.classes))
-        row["val/accuracy"] = result["accuracy"]
-        row["val/macro_f1"] = result["macro_f1"]
-        row["val/per_class_recall"] = {name: v["recall"] for name, v in result["per_class"].items()}
-        row.update({f"val/recall/{name}": v["recall"] for name, v in result["per_class"].items()})
-        row.update({f"val/precision/{name}": v["precision"] for name, v in result["per_class"].items()})
-        row["val/confusion"] = result["confusion"]
+    row.update(spec.val_metrics(acc, task.mean_shape, list(task.scheme.classes)))
     return row
 
 
@@ -518,7 +474,7 @@ def _checkpoint_meta(task: _Task, row: dict[str, Any]) -> CheckpointMeta:
     cfg, mean_shape = task.cfg, task.mean_shape
     return CheckpointMeta(
         model_config=task.model_cfg,
-        label_scheme=task.scheme.name if cfg.task == "emotion" else None,
+        label_scheme=task_spec(cfg.task).label_scheme(task.scheme.name),
         # the run's config plus the data facts that evaluation needs (the mean-shape baseline)
         train_config={
             **cfg.to_dict(),
@@ -603,10 +559,5 @@ def _scalar_metrics(row: dict[str, Any]) -> dict[str, Any]:
 def format_epoch_line(row: dict[str, Any], task: str, epochs: int) -> str:
     """The one console line per epoch."""
     head = f"epoch {row['epoch']:>3}/{epochs}  loss {row['train/loss']:.4f}  val_loss {row['val/loss']:.4f}"
-    if task == "keypoints":
-        base = row.get("val/mean_shape_rmse_px")
-        base_txt = f" (mean shape {base:.2f})" if base is not None else ""
-        body = f"  val rmse {row['val/rmse_px']:.3f} px{base_txt}"
-    else:
-        body = f"  val acc {row['val/accuracy']:.4f}  macro-F1 {row['val/macro_f1']:.4f}"
+    body = task_spec(task).epoch_summary(row)
     return f"{head}{body}  {row['train/images_per_s']:.0f} img/s  lr {row['lr']:.2e}"
