@@ -88,6 +88,7 @@ def _serve_roundtrip(keypoints: Path, emotion: Path, photo: Path, bad: Path, por
 
     from emokp_ray.inference.detect import detector_installed
     from emokp_ray.serving.app import compose
+    from emokp_ray.serving.run import shutdown_serve
     from emokp_ray.serving.schemas import AppArgs
 
     args = AppArgs(keypoints=str(keypoints), emotion=str(emotion), detect=detector_installed())
@@ -113,7 +114,7 @@ def _serve_roundtrip(keypoints: Path, emotion: Path, photo: Path, bad: Path, por
         return answers
     finally:
         serve.delete("emokp-demo")
-        serve.shutdown()
+        shutdown_serve()
 
 
 def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, log=print) -> Path:
