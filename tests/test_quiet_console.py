@@ -74,7 +74,7 @@ def test_building_the_trainer_warns_nothing_about_our_calls(ray_cluster, tmp_pat
     from emokp_ray.training.ray_trainer import build_trainer
 
     data = write_random_dataset(tmp_path / "data", n_train=16, n_val=8)
-    cfg = TrainConfig(task="emotion", data=str(data), out=str(tmp_path / "run"), epochs=1, workers=1)
+    cfg = TrainConfig(task="emotion", data=str(data), out=str(tmp_path / "run"), epochs=1, workers=1, batch_size=8)
     run = RunInfo(data=read_dataset_facts(cfg), use_gpu=False, run_id="quiet", metrics_path=str(tmp_path / "m.jsonl"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
