@@ -161,7 +161,7 @@ def test_model_deployment_grows_under_load_and_shrinks_after_it(autoscaled):
 
     load = Load(url, body, CLIENTS)
     try:
-        _wait_for(lambda r: r["RUNNING"] == 2, 120, "FaceModel did not reach 2 running replicas under load", timeline)
+        _wait_for(lambda r: r["RUNNING"] == 2, 180, "FaceModel did not reach 2 running replicas under load", timeline)
         time.sleep(2.0)  # a while on two replicas: the answers keep coming
         with load.lock:
             answered_before = sum(load.statuses.values())
@@ -178,7 +178,7 @@ def test_model_deployment_grows_under_load_and_shrinks_after_it(autoscaled):
     # that client's requests are still answered.
     lone = Load(url, body, 1)
     try:
-        _wait_for(lambda r: r == Counter({"RUNNING": 1}), 120, "FaceModel did not shrink back to 1 replica", timeline)
+        _wait_for(lambda r: r == Counter({"RUNNING": 1}), 180, "FaceModel did not shrink back to 1 replica", timeline)
         time.sleep(1.0)
     finally:
         light = lone.finish()
