@@ -123,6 +123,7 @@ def autoscaled(ray_cluster, tmp_path_factory):
     from ray import serve
 
     from emokp_ray.serving.app import compose
+    from emokp_ray.serving.run import shutdown_serve
     from emokp_ray.serving.schemas import AppArgs
 
     kp, em = write_tiny_checkpoints(tmp_path_factory.mktemp("autoscale-ckpt"))
@@ -148,7 +149,7 @@ def autoscaled(ray_cluster, tmp_path_factory):
         yield f"http://127.0.0.1:{port}/as"
     finally:
         serve.delete(APP)
-        serve.shutdown()
+        shutdown_serve()
 
 
 def test_model_deployment_grows_under_load_and_shrinks_after_it(autoscaled):

@@ -90,14 +90,29 @@ def shutdown_serve() -> None:
     context._disconnect()
 
 
-def _drain(serve: Any) -> None:
-    """Wait (up to DRAIN_TIMEOUT_S) until the ingress holds no admitted request: serve.shutdown()
-    stops the HTTP proxy at once, which would cut the connections of requests still being answered."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+def _wait_until_idle(app: str, timeout_s: float) -> None:
+    """Wait (up to timeout_s) until the app's ingress holds no admitted request."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    handle = serve.get_app_handle(app)
+    while time.monotonic() < deadline and handle.in_flight.remote().result(timeout_s=5.0) > 0:
+        time.sleep(0.2)
+
+
+def _drain() -> None:
+    """Wait (up to DRAIN_TIMEOUT_S) until the ingress holds no admitted request: stopping Serve
+    stops the HTTP proxy, which would cut the connections of requests still being answered.
+
+    The handle that asks lives in a one-off Ray task whose worker exits after it (max_calls=1), not
+    in this process: a handle keeps a long poll open on Serve's controller, and the one still
+    waiting when the controller ends itself would be reported on this console as a failed call
+    (shutdown_serve)."""
+    import ray
+
+    wait = ray.remote(num_cpus=0, max_calls=1)(_wait_until_idle)
     try:
-        handle = serve.get_app_handle(APP_NAME)
-        while time.monotonic() < deadline and handle.in_flight.remote().result(timeout_s=5.0) > 0:
-            time.sleep(0.2)
+        ray.get(wait.remote(APP_NAME, DRAIN_TIMEOUT_S), timeout=DRAIN_TIMEOUT_S + 30)
     except Exception:
         return
 
@@ -160,7 +175,7 @@ def run_serve(
         print("emokp serve: stopping (answering the requests in flight)", flush=True)
     finally:
         _ignore_stop_signals()
-        _drain(serve)
+        _drain()
         try:
             if local:
                 shutdown_serve()
