@@ -87,8 +87,12 @@ def _serve_roundtrip(keypoints: Path, emotion: Path, photo: Path, bad: Path, por
     from ray import serve
 
     from emokp_ray.inference.detect import detector_installed
+    from emokp_ray.ray_utils import quiet_ray_loggers
     from emokp_ray.serving.app import compose
+    from emokp_ray.serving.run import shutdown_serve
     from emokp_ray.serving.schemas import AppArgs
+
+    quiet_ray_loggers()  # Serve, imported first here, after init_ray, set its logger to INFO
 
     args = AppArgs(keypoints=str(keypoints), emotion=str(emotion), detect=detector_installed())
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -113,7 +117,7 @@ def _serve_roundtrip(keypoints: Path, emotion: Path, photo: Path, bad: Path, por
         return answers
     finally:
         serve.delete("emokp-demo")
-        serve.shutdown()
+        shutdown_serve()
 
 
 def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, log=print) -> Path:

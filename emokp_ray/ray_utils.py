@@ -119,5 +119,12 @@ def init_ray(
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        for name in ("ray", "ray.data", "ray.train", "ray.serve"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        quiet_ray_loggers()
+
+
+def quiet_ray_loggers() -> None:
+    """Ray's Python loggers at ERROR, as init_ray leaves them. Call it again after a late first
+    `import ray.serve`: that import sets Serve's logger back to INFO (its
+    configure_default_serve_logger), which then prints "Started Serve ...", "Deleting app ..."."""
+    for name in ("ray", "ray.data", "ray.train", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -83,6 +83,11 @@ STAGES = ("split", "single")  # A | B | C as separate Ray Data stages, or A+B in
 # (benchmarks/label_throughput.py). A block of that many inputs is also one part file.
 ROWS_PER_CALL_BATCHES = 8
 PREPARE_CPUS = 1.0  # per stage-A task (decode + detection; OpenCV held to it, label_stages._named_detector)
+# Ray's logical memory per stage-A task: one photo at images.MAX_IMAGE_PIXELS decodes to ~160 MB,
+# plus the detector's image pyramid. Asking for it also keeps stage A an operator of its own: Ray Data
+# 2.60 fuses a task map into the actor map after it when their resources are equal
+# (logical/rules/operator_fusion.py), which would run read + decode + detect inside the actors.
+PREPARE_MEMORY_BYTES = 256 * 1024 * 1024
 WRITE_CPUS = 0.25  # per stage-C task (Parquet encoding and the upload: mostly waiting on I/O)
 PROGRESS_EVERY_S = 5.0
 OUTPUT_OPTIONS = ("input", "input_kind", "mode", "model", "jsonl", "annotate_dir")  # what a resume must match
@@ -249,13 +254,6 @@ def _model_metadata(
         "label_scheme": labels.get("label_scheme"),
         "model": predictor.model_info(),
     }
-
-
-def _own_stage() -> dict:
-    """A `ray_remote_args_fn` that changes nothing, but keeps stage A an operator of its own: Ray Data
-    2.60 fuses a task map into the actor map after it when their resources are equal
-    (logical/rules/operator_fusion.py), which would run read + decode + detect inside the actors."""
-    return {}
 
 
 def _model_identity(model: dict) -> dict:
@@ -635,7 +633,7 @@ def _labelled_parts(
             prepare_block,
             fn_kwargs=dict(inputs=inputs, **prepare),
             num_cpus=PREPARE_CPUS,
-            ray_remote_args_fn=_own_stage,
+            memory=PREPARE_MEMORY_BYTES,
             **blocks,
         )
         labelled = prepared.map_batches(  # B: the networks

@@ -52,16 +52,67 @@ def _check_model(task: str, path: str, trust_torchscript: bool) -> None:
 
 
 DRAIN_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 30.0  # serve.shutdown()'s own limit on the controller's graceful shutdown
 
 
-def _drain(serve: Any) -> None:
-    """Wait (up to DRAIN_TIMEOUT_S) until the ingress holds no admitted request: serve.shutdown()
-    stops the HTTP proxy at once, which would cut the connections of requests still being answered."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+def shutdown_serve() -> None:
+    """`serve.shutdown()` (Ray 2.60) without the line it prints: `(raylet) Task
+    ServeController.graceful_shutdown failed. There are infinite retries remaining...`.
+
+    Serve's shutdown waits on the controller's `graceful_shutdown` call, which ends when the
+    controller, having stopped every replica and proxy, kills itself. Calls to the controller are
+    retried forever (it is created with max_task_retries=-1), so that expected end is announced on
+    the console as a failure to retry, and so is any `listen_for_change` long poll of this process's
+    handles still waiting then. This is the same sequence with that call made without retries (it
+    then ends in the RayActorError Serve itself expects, silently) and the applications deleted
+    first: their replicas drain and stop as they would in the graceful shutdown, and the change
+    answers the handles' pending long polls, which, their handles shut down, poll no more. Uses
+    Serve's client internals (`ray.serve.context`), checked against Ray 2.60 by
+    tests/test_serve_run.py; a stuck controller falls back to `serve.shutdown()`.
+    """
+    import ray
+    from ray import serve
+    from ray.serve import context
+
+    client = context._get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return
+    client.shutdown_cached_handles()
+    for name in serve.status().applications:
+        serve.delete(name)
     try:
-        handle = serve.get_app_handle(APP_NAME)
-        while time.monotonic() < deadline and handle.in_flight.remote().result(timeout_s=5.0) > 0:
-            time.sleep(0.2)
+        ray.get(client._controller.graceful_shutdown.options(max_task_retries=0).remote(), timeout=SHUTDOWN_TIMEOUT_S)
+    except ray.exceptions.RayActorError:
+        pass  # the controller ended itself: the call's expected end
+    except ray.exceptions.GetTimeoutError:
+        serve.shutdown()  # Serve's own path, with its warning about the stuck controller
+        return
+    context._disconnect()
+
+
+def _wait_until_idle(app: str, timeout_s: float) -> None:
+    """Wait (up to timeout_s) until the app's ingress holds no admitted request."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    handle = serve.get_app_handle(app)
+    while time.monotonic() < deadline and handle.in_flight.remote().result(timeout_s=5.0) > 0:
+        time.sleep(0.2)
+
+
+def _drain() -> None:
+    """Wait (up to DRAIN_TIMEOUT_S) until the ingress holds no admitted request: stopping Serve
+    stops the HTTP proxy, which would cut the connections of requests still being answered.
+
+    The handle that asks lives in a one-off Ray task whose worker exits after it (max_calls=1), not
+    in this process: a handle keeps a long poll open on Serve's controller, and the one still
+    waiting when the controller ends itself would be reported on this console as a failed call
+    (shutdown_serve)."""
+    import ray
+
+    wait = ray.remote(num_cpus=0, max_calls=1)(_wait_until_idle)
+    try:
+        ray.get(wait.remote(APP_NAME, DRAIN_TIMEOUT_S), timeout=DRAIN_TIMEOUT_S + 30)
     except Exception:
         return
 
@@ -124,10 +175,10 @@ def run_serve(
         print("emokp serve: stopping (answering the requests in flight)", flush=True)
     finally:
         _ignore_stop_signals()
-        _drain(serve)
+        _drain()
         try:
             if local:
-                serve.shutdown()
+                shutdown_serve()
             else:
                 serve.delete(APP_NAME)
         finally:

@@ -8,6 +8,7 @@ checkpoint after a worker dies (`FailureConfig`).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -112,7 +113,10 @@ def build_trainer(cfg: TrainConfig, run: RunInfo, storage_path: str) -> ray.trai
         "train": build_dataset(cfg.data, "train", preprocess, shuffle_seed=cfg.seed, limit_rows=cfg.limit_rows),
         "val": build_dataset(cfg.data, "val", preprocess, limit_rows=cfg.limit_rows),
     }
-    ingest = DataConfig.default_ingest_options()
+    # Train's default ingest options are the driver's Ray Data options; a copy of them, not
+    # DataConfig.default_ingest_options(), which passes the deprecated exclude_resources on and
+    # so prints Ray's deprecation warning at every run (Ray 2.60).
+    ingest = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
     ingest.preserve_order = True
     use_gpu = run.use_gpu
     metric, order = cfg.metric
