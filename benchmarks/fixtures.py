@@ -105,6 +105,19 @@ def plain_loop(folder: Path, keypoints: str, emotion: str, batch_size: int, mode
     }
 
 
+def crop_png() -> bytes:
+    """One synthetic 96x96 grey face crop as PNG bytes: the request body of the service benchmarks."""
+    import io
+
+    from PIL import Image
+
+    from emokp_ray.data.synth.crops import synthesize
+
+    buffer = io.BytesIO()
+    Image.fromarray(synthesize(1, seed=7).images[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -101,6 +101,12 @@ def side_by_side(
     return {name: statistics.median(seconds) for name, seconds in per_round.items()}
 
 
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    index = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
 def summary(seconds: list[float], digits: int = 5) -> dict[str, float | int]:
     """Median, best and worst of a list of timings (s), and how many."""
     return {

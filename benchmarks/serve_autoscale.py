@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -36,8 +35,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "serve_autoscale.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.fixtures import crop_png, free_port
+from benchmarks.harness import REPO, add_out_argument, percentile, save
+
 APP = "autoscale"
 DEPLOYMENTS = ("Ingress", "FaceModel")
 
@@ -70,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sample-s", type=float, default=0.5, help="how often the replicas are read (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrival times (default 0)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON; the PNG beside it (default {RESULTS})")
+    add_out_argument(parser, "serve_autoscale")  # the PNG goes beside it
     return parser
 
 
@@ -188,8 +189,6 @@ async def drive(url: str, body: bytes, steps: list[tuple[float, float]], seed: i
 def per_second(records: list[tuple], samples: list[dict], seconds: int) -> list[dict]:
     """One row per second of the run: rates by arrival and by answer, latency of the 200s finished in
     it, the last replica sample in it."""
-    from benchmarks.serve_latency import percentile
-
     rows = []
     for second in range(seconds):
         arrived = sum(1 for a, _, _, _ in records if second <= a < second + 1)
@@ -285,10 +284,8 @@ def summary(rows: list[dict], steps: list[tuple[float, float]], samples: list[di
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    sys.path.insert(0, str(REPO))
     import ray
 
-    from benchmarks.serve_latency import crop_png, free_port
     from emokp_ray.ray_utils import init_ray
     from emokp_ray.serving.run import SERVE_WORKER_NICENESS, shutdown_serve
 
@@ -326,23 +323,14 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print(json.dumps(result_summary))
     result = {
-        "benchmark": "serve_autoscale",
-        "command": "python benchmarks/serve_autoscale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "request": "one 96x96 grey PNG crop, raw image/png body, POST /v1/predict, open-loop Poisson arrivals",
         "steps": [{"rate_per_s": r, "seconds": s} for r, s in args.steps],
         "deployment_options": options,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-        },
         "summary": result_summary,
         "per_second": rows,
         "replica_samples": samples,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = save(result, args.out)
     png = args.out.with_suffix(".png")
     steps_text = ", ".join(f"{r:g}/s for {s:g} s" for r, s in args.steps)
     draw(
@@ -352,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"emokp serve, serve/config.yaml autoscaling (delays up {args.upscale_delay_s:g} s, down "
         f"{args.downscale_delay_s:g} s), {os.cpu_count()} CPUs: {steps_text}",
     )
-    print(f"saved {args.out} and {png}")
+    print(f"saved {png}")
     return result
 
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import statistics
 import sys
@@ -59,8 +58,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
-from benchmarks.fixtures import free_port, served_models
-from benchmarks.harness import add_out_argument, load_average, save
+from benchmarks.fixtures import crop_png, free_port, served_models
+from benchmarks.harness import add_out_argument, load_average, percentile, save
 
 if TYPE_CHECKING:
     from emokp_ray.serving.schemas import Backend, ModelNiceness
@@ -146,22 +145,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     add_out_argument(parser, "serve_latency")
     return parser
-
-
-def crop_png() -> bytes:
-    from PIL import Image
-
-    from emokp_ray.data.synth.crops import synthesize
-
-    buffer = io.BytesIO()
-    Image.fromarray(synthesize(1, seed=7).images[0]).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    index = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[index]
 
 
 class Tally:
