@@ -312,6 +312,7 @@ class VideoWriter:
         codec = self.codec or ("libx264" if "libx264" in self.av.codecs_available else "mpeg4")
         self.stream = self.container.add_stream(codec, rate=Fraction(self.rate).limit_denominator(1001))
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.codec_context.gop_size = max(1, round(self.rate))  # a key frame a second: seekable
 
     def write(self, image: Any) -> None:
         array = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
