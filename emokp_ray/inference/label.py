@@ -67,9 +67,9 @@ from emokp_ray.inference.label_output import (
 from emokp_ray.inference.label_stages import (
     BatchLabeler,
     FaceNetworks,
+    join_video_segments,
     load_batch,
     load_predictor,
-    join_video_segments,
     prepare_block,
     write_block,
 )

@@ -337,6 +337,7 @@ def _file_table(entries: list[tuple[str, str, int] | FrameRange], counts: Listin
     """Work rows of image files (path, source, size) and video frame ranges."""
     columns: dict[str, list] = {name: [] for name in FILE_WORK_SCHEMA.names}
     for entry in entries:
+        values: tuple[object, ...]
         if isinstance(entry, FrameRange):
             values = (entry.path, entry.source, entry.size, entry.start, entry.stop, entry.error)
         else:
@@ -466,7 +467,9 @@ def _listing_rows(spec: LabelInput, paths: list, cells: list) -> pa.Table:
     fs = spec.filesystem
     assert fs is not None, "a listing is resolved with its filesystem"
 
-    def add(path: str, source: str, boxes: str | None, error: str | None, start=None, stop=None) -> None:
+    def add(
+        path: str, source: str, boxes: str | None, error: str | None, start: int | None = None, stop: int | None = None
+    ) -> None:
         values = (path, source, -1, boxes, error, start, stop)
         for name, value in zip(LISTING_WORK_SCHEMA.names, values):
             out[name].append(value)
@@ -563,7 +566,7 @@ def resolve_input(
             if _GLOB_MAGIC.search(path):
                 raise UserError(f"{location}: no files match this pattern")
             raise UserError(
-                f"{location}: no image or video files in this folder "
+                f"{location}: no image files or videos in this folder "
                 f"(looked for {', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})"
             )
         return spec

@@ -229,9 +229,9 @@ def prepare_block(
     # A listing's boxes (label_inputs.py): JSON text, checked there; null = detect.
     given = batch["boxes"].to_pylist() if "boxes" in batch.column_names else [None] * batch.num_rows
     n = batch.num_rows
-    starts = batch["range_start"].to_pylist() if "range_start" in batch.column_names else [None] * n
-    stops = batch["range_stop"].to_pylist() if "range_stop" in batch.column_names else [None] * n
-    paths = batch["path"].to_pylist() if "path" in batch.column_names else [None] * n
+    starts: list[Any] = batch["range_start"].to_pylist() if "range_start" in batch.column_names else [None] * n
+    stops: list[Any] = batch["range_stop"].to_pylist() if "range_stop" in batch.column_names else [None] * n
+    paths: list[Any] = batch["path"].to_pylist() if "path" in batch.column_names else [None] * n
     detect = _detect_with(detector, detector_threshold)
     schema = prepared_schema(inputs, pixels)
     cols: dict[str, list] = {name: [] for name in schema.names}

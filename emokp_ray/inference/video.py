@@ -307,8 +307,10 @@ class VideoWriter:
         self.frames = 0
 
     def _open(self, width: int, height: int) -> None:
-        target = self.path if hasattr(self.path, "write") else os.fspath(self.path)  # type: ignore[arg-type]
-        self.container = self.av.open(target, mode="w", format=self.format or ("mp4" if hasattr(target, "write") else None))
+        target = self.path if hasattr(self.path, "write") else os.fspath(self.path)
+        self.container = self.av.open(
+            target, mode="w", format=self.format or ("mp4" if hasattr(target, "write") else None)
+        )
         codec = self.codec or ("libx264" if "libx264" in self.av.codecs_available else "mpeg4")
         self.stream = self.container.add_stream(codec, rate=Fraction(self.rate).limit_denominator(1001))
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
@@ -409,8 +411,12 @@ def write_moving_photo_clip(
             canvas = Image.new("RGB", size, (96, 96, 96))
             if k not in blank:
                 phase = k / max(1, frames - 1)
-                turned = face.rotate(12 * math.sin(2 * math.pi * phase), resample=Image.Resampling.BILINEAR,
-                                     expand=True, fillcolor=(96, 96, 96))
+                turned = face.rotate(
+                    12 * math.sin(2 * math.pi * phase),
+                    resample=Image.Resampling.BILINEAR,
+                    expand=True,
+                    fillcolor=(96, 96, 96),
+                )
                 x = round((width - turned.width) * (0.2 + 0.6 * phase))
                 canvas.paste(turned, (x, (height - turned.height) // 2))
             writer.write(canvas)

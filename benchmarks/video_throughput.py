@@ -1,0 +1,139 @@
+"""Video frames per second end to end: decoding alone, `emokp predict`'s loop and `emokp label`, on one
+generated clip, side by side in one run.
+
+    python benchmarks/video_throughput.py                                 # 240 frames, 640x360, 30 fps
+    python benchmarks/video_throughput.py --frames 600 --ranges 16,1000   # longer clip
+
+The clip: the bundled photo moved across a 640x360 frame and turned by up to 12 degrees, one step per
+frame (video.write_moving_photo_clip, H.264 in MP4, a key frame a second). Every frame is labelled
+(fps "all"), by the builtin models with MTCNN detection, as users get them. Measured, in this order:
+
+  decode        video.iter_frames over every frame (PyAV, to RGB arrays): the ceiling of the rest
+  predict       video.predict_video with the Predictor (what `emokp predict CLIP --fps all` and
+                FaceAnalyzer.video run after loading the models): decode + detect + both networks,
+                8 frames per predictor call; models loaded before the clock starts
+  label R       run_label on a folder holding the clip (Ray Data, a local Ray started once before),
+                frame ranges of R sampled frames: each range is a stage-A task, so R below the clip's
+                length lets several tasks decode and detect at once; frames/s from the start of the
+                Ray Data pipeline to the last part written (the summary's `seconds`), and steady
+                (after the first part)
+
+Ratios are against `predict` of the same run (the machine is shared: compare within a run).
+Results: benchmarks/results/video_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "video_throughput.json"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=240, help="frames in the clip (default 240)")
+    parser.add_argument("--rate", type=float, default=30.0, help="the clip's frame rate (default 30)")
+    parser.add_argument("--size", default="640x360", help="frame size WxH (default 640x360)")
+    parser.add_argument(
+        "--ranges",
+        default="16,100000",
+        help="comma-separated sampled frames per label range (default 16 and 100000: one range)",
+    )
+    parser.add_argument("--cpus", type=int, default=4, help="logical CPUs of the local Ray (default 4)")
+    parser.add_argument("--out", default=str(RESULTS))
+    return parser
+
+
+def _rate(frames: int, seconds: float) -> float:
+    return round(frames / seconds, 2) if seconds > 0 else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
+    from emokp_ray.inference import video as V
+    from emokp_ray.inference.predictor import Predictor
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the start",
+        "clip": {"frames": args.frames, "rate": args.rate, "size": [width, height], "codec": "h264"},
+        "models": [DEFAULT_KEYPOINTS, DEFAULT_EMOTION],
+        "detector": "mtcnn",
+    }
+    with tempfile.TemporaryDirectory(prefix="emokp-video-") as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        clip = folder / "clip.mp4"
+        photo = REPO / "emokp_ray" / "photos" / "grace_hopper_us_navy.jpg"
+        V.write_moving_photo_clip(clip, photo, frames=args.frames, rate=args.rate, size=(width, height))
+
+        start = time.perf_counter()
+        decoded = sum(1 for _ in V.iter_frames(clip, fps=None))
+        result["decode"] = {"frames": decoded, "frames_per_s": _rate(decoded, time.perf_counter() - start)}
+        print(f"decode            {result['decode']['frames_per_s']:8.1f} frames/s ({decoded} frames)", flush=True)
+
+        predictor = Predictor.from_paths(DEFAULT_KEYPOINTS, DEFAULT_EMOTION, device="cpu", detect=True)
+        start = time.perf_counter()
+        predicted = faces = 0
+        for _, frame_result in V.predict_video(predictor, clip, fps=None):
+            predicted += 1
+            faces += len(frame_result.faces)
+        seconds = time.perf_counter() - start
+        result["predict"] = {"frames": predicted, "faces": faces, "frames_per_s": _rate(predicted, seconds)}
+        base = result["predict"]["frames_per_s"]
+        print(f"predict           {base:8.1f} frames/s ({faces} faces)", flush=True)
+
+        from emokp_ray.inference.label import run_label
+        from emokp_ray.ray_utils import init_ray
+
+        init_ray(num_cpus=args.cpus, object_store_memory=1_000_000_000)
+        result["label"] = []
+        for per_range in (int(v) for v in args.ranges.split(",")):
+            summary = run_label(
+                str(folder),
+                DEFAULT_KEYPOINTS,
+                DEFAULT_EMOTION,
+                str(Path(tmp) / f"out-{per_range}"),
+                fps=None,
+                frames_per_range=per_range,
+                concurrency=None,
+                progress=False,
+            )
+            ranges = -(-args.frames // per_range)
+            row = {
+                "frames_per_range": per_range,
+                "ranges": ranges,
+                "frames": summary.frames,
+                "faces": summary.faces,
+                "seconds": summary.seconds,
+                "frames_per_s": summary.frames_per_s,
+                "startup_s": summary.startup_s,  # to the first part written
+                "actors": summary.actors,
+                "ratio_to_predict": round(summary.frames_per_s / base, 3) if base else None,
+            }
+            result["label"].append(row)
+            print(
+                f"label, {ranges:3d} range{'s' if ranges > 1 else ' '}  {row['frames_per_s']:8.1f} frames/s "
+                f"({row['ratio_to_predict']:.2f}x predict; first part after {row['startup_s']:.1f} s)",
+                flush=True,
+            )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
