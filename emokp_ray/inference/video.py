@@ -154,7 +154,10 @@ class _Opened:
             if not streams:
                 raise VideoError(f"{source}: no video stream in this file")
             self.stream = streams[0]
-            self.stream.thread_type = "AUTO"  # FFmpeg's frame threads: decoding is most of a frame's cost
+            self.stream.thread_type = "AUTO"  # FFmpeg's frame/slice threads
+            threads = os.environ.get("OMP_NUM_THREADS", "")
+            if threads.isdigit() and int(threads) > 0:  # a Ray task's CPUs: FFmpeg would take every core
+                self.stream.codec_context.thread_count = int(threads)
             context = self.stream.codec_context
             self.width, self.height = int(context.width or 0), int(context.height or 0)
             if self.width <= 0 or self.height <= 0:
