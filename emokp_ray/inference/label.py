@@ -89,8 +89,6 @@ PREPARE_CPUS = 1.0  # per stage-A task (decode + detection; OpenCV held to it, l
 WRITE_CPUS = 0.25  # per stage-C task (Parquet encoding and the upload: mostly waiting on I/O)
 PROGRESS_EVERY_S = 5.0
 OUTPUT_OPTIONS = ("input", "input_kind", "mode", "model", "jsonl", "annotate_dir", "fps", "frames_per_range")
-# Video frames per stage-A block with --annotate: each carries its pixels to stage C (W x H x 3 bytes).
-ANNOTATED_FRAMES_PER_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -715,8 +713,7 @@ def _label_the_rest(
     if resumed < total:
         per_block = networks.batch_size * ROWS_PER_CALL_BATCHES
         if listing.get("videos"):  # a range is about frames_per_range frames: fewer of them per block
-            block_frames = ANNOTATED_FRAMES_PER_BLOCK if pixels else per_block
-            per_block = max(1, block_frames // spec.frames_per_range)
+            per_block = max(1, per_block // spec.frames_per_range)
         rows_per_block = max(1, min(per_block, -(-(total - resumed) // (2 * pool.max_actors))))
         done_ref = ray.put(done) if done is not None and len(done) else None
         prepare = dict(
@@ -736,6 +733,8 @@ def _label_the_rest(
             annotate_fs=outputs.ann_fs,
             annotate_dir=outputs.ann_path,
             class_names=metadata["emotion_classes"],
+            video_fs=spec.filesystem,
+            fps=spec.fps,
         )
         inputs = {task: info["input_size"] for task, info in metadata["model"].items() if info}
         with parquet_footer_readers(1):

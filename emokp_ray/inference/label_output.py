@@ -34,7 +34,9 @@ annotated images: a block counts as done when its Parquet part exists (`done_has
 removes JSONL parts without one.
 
 Annotated images: one PNG per decoded image, named by `annotation_name(source)`, in a folder marked
-complete by annotations.json (written last too).
+complete by annotations.json (written last too). A video's sampled frames: one MP4 segment per frame
+range while the run goes (label_stages.video_segment_name), joined at the end into
+`<source>.annotated.mp4` (label_stages.join_video_segments).
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ them; tests and the plain loop call them directly). One row per INPUT image thro
 
 A video's work row is a frame range (label_inputs.FrameRange): stage A decodes its sampled frames one
 at a time (inference/video.py) and makes one PREPARED row per frame (frame_index, timestamp,
-range_start), which B and C treat like images; with --annotate, C writes each range as an MP4
-segment (`video_segment_name`).
+range_start), which B and C treat like images. With --annotate, a frame's pixels are NOT carried
+through the stages (a range of 1080p frames is hundreds of MB): its rows carry the video's path and
+range instead, and C decodes the range again to draw it into an MP4 segment (`video_segment_name`).
 
 `BatchLabeler` is A and B in one actor (the single-stage pipeline, for comparison). A bad file is an
 error ROW, never a failed job: each image is prepared on its own, and a failed model batch is
@@ -151,6 +152,7 @@ def prepared_schema(inputs: dict[str, int], pixels: bool) -> pa.Schema:
     fields += [(f"crops_{task}", pa.binary()) for task in sorted(inputs)]  # uint8 [faces, S, S], row-major
     if pixels:
         fields += [("pixels", pa.binary()), ("channels", pa.int8())]  # the decoded image, for annotation
+        fields += [("video", pa.string()), ("range_stop", pa.int64())]  # a video frame's file and range, instead
     return pa.schema(fields)
 
 
@@ -247,13 +249,22 @@ def prepare_block(
             shift_y=P.FRAMING_SHIFT_Y if shift_y is None else shift_y,
         )
 
-    def add(source: str, image: Any, error: str | None, prepared: Any, frame: tuple = (None, None, None)) -> None:
-        _add_prepared(cols, inputs, pixels, source, image, error, prepared, frame)
+    def add(
+        source: str, image: Any, error: str | None, prepared: Any, frame: tuple = (None, None, None), video=None
+    ) -> None:
+        _add_prepared(cols, inputs, pixels, source, image, error, prepared, frame, video)
 
     for i, (source, image, error, boxes) in enumerate(zip(sources, images, errors, given)):
         if starts[i] is not None and error is None:
             assert filesystem is not None, "video rows are files"
-            _video_rows(filesystem, paths[i], source, starts[i], stops[i], fps, prepare, add)
+            video = (paths[i], stops[i])
+
+            def add_frame(
+                source: str, image: Any, error: str | None, prepared: Any, frame: tuple, video: tuple = video
+            ) -> None:
+                add(source, None, error, prepared, frame, video)  # pixels: decoded again by stage C
+
+            _video_rows(filesystem, paths[i], source, starts[i], stops[i], fps, prepare, add_frame)
             continue
         prepared = None
         if image is not None:
@@ -301,8 +312,10 @@ def _add_prepared(
     error: str | None,
     prepared: Any,
     frame: tuple,
+    video: tuple[str, int | None] | None = None,
 ) -> None:
-    """One PREPARED row: an image's or a frame's faces (prepared), or its error."""
+    """One PREPARED row: an image's or a frame's faces (prepared), or its error; video: a frame's
+    (path, range_stop), kept for stage C's annotation."""
     cols["source"].append(source)
     cols["error"].append(error if prepared is None else None)
     cols["width"].append(prepared.sizes[0][0] if prepared else None)
@@ -319,6 +332,8 @@ def _add_prepared(
         kept = image if prepared else None
         cols["pixels"].append(None if kept is None else np.ascontiguousarray(kept).tobytes())
         cols["channels"].append(None if kept is None else (1 if kept.ndim == 2 else kept.shape[2]))
+        cols["video"].append(None if video is None else video[0])
+        cols["range_stop"].append(None if video is None else video[1])
 
 
 # ----------------------------------------------------------------------------- B: the networks
@@ -424,6 +439,9 @@ class FaceNetworks:
             table = table.append_column("pixels", pa.array(pixels, pa.binary())).append_column(
                 "channels", pa.array(channels, pa.int8())
             )
+            rows_per_input = np.diff(np.append(first, table.num_rows))
+            for name in ("video", "range_stop"):  # on every row of a video frame
+                table = table.append_column(name, batch[name].take(np.repeat(np.arange(len(first)), rows_per_input)))
         return table
 
 
@@ -521,15 +539,18 @@ def write_block(
     annotate_fs: pafs.FileSystem | None = None,
     annotate_dir: str | None = None,
     class_names: Sequence[str] = (),
+    video_fs: pafs.FileSystem | None = None,
+    fps: float | None = None,
 ) -> pa.Table:
-    """Stage C: a block's OUTPUT rows -> annotated PNGs (where asked), then the JSONL and Parquet
-    parts in OUT (label_output.py says why in that order); returns one COUNTS_SCHEMA row."""
+    """Stage C: a block's OUTPUT rows -> annotated PNGs and video segments (where asked; video_fs:
+    where the videos are, fps: how they were sampled), then the JSONL and Parquet parts in OUT
+    (label_output.py says why in that order); returns one COUNTS_SCHEMA row."""
     if rows.num_rows == 0:
         return COUNTS_SCHEMA.empty_table()
     if "pixels" in rows.column_names:
         if annotate_dir is not None:
-            _annotate(rows, annotate_fs, annotate_dir, list(class_names))
-        rows = rows.drop_columns(["pixels", "channels"])
+            _annotate(rows, annotate_fs, annotate_dir, list(class_names), video_fs, fps)
+        rows = rows.drop_columns(["pixels", "channels", "video", "range_stop"])
     table = rows.cast(schema)
     face_index, status = table["face_index"].to_numpy(), table["status"].to_numpy(zero_copy_only=False)
     first = face_index <= 0
@@ -550,31 +571,51 @@ def write_block(
     )
 
 
-def _annotate(rows: pa.Table, fs: pafs.FileSystem, folder: str, class_names: list[str]) -> None:
+def _annotate(
+    rows: pa.Table,
+    fs: pafs.FileSystem,
+    folder: str,
+    class_names: list[str],
+    video_fs: pafs.FileSystem | None = None,
+    fps: float | None = None,
+) -> None:
     from PIL import Image  # noqa: F401 - render needs it
 
     from emokp_ray.inference.render import annotate
 
-    records = rows.drop_columns(["pixels", "channels"]).to_pylist()
+    records = rows.drop_columns(["pixels", "channels", "video", "range_stop"]).to_pylist()
     pixels, channels = rows["pixels"].to_pylist(), rows["channels"].to_pylist()
-    by_image: dict[tuple, list[int]] = {}  # (source, range_start, frame_index): an image or a frame
+    videos, stops = rows["video"].to_pylist(), rows["range_stop"].to_pylist()
+    by_source: dict[str, list[int]] = {}  # an image's rows
+    ranges: dict[tuple[str, int], dict[int, list[int]]] = {}  # a video range's rows, by frame
     for i, record in enumerate(records):
-        by_image.setdefault((record["source"], record["range_start"], record["frame_index"]), []).append(i)
-    segments: dict[tuple[str, int], list[tuple[float, Any]]] = {}  # a video range's drawn frames
-    for (source, range_start, frame_index), indices in by_image.items():
+        if videos[i] is not None and record["frame_index"] is not None:
+            frames = ranges.setdefault((record["source"], record["range_start"]), {})
+            frames.setdefault(record["frame_index"], []).append(i)
+        elif record["range_start"] is None:
+            by_source.setdefault(record["source"], []).append(i)
+    for source, indices in by_source.items():
         data = next((pixels[i] for i in indices if pixels[i] is not None), None)
         if data is None:
             continue
         first = records[indices[0]]
         c = next(channels[i] for i in indices if pixels[i] is not None)
         image = np.frombuffer(data, np.uint8).reshape((first["height"], first["width"]) + (() if c == 1 else (c,)))
-        drawn = annotate(image, _faces_of([records[i] for i in indices], class_names))
-        if frame_index is None:
-            write_png(fs, f"{folder}/{annotation_name(source)}", drawn)
-        else:
-            segments.setdefault((source, range_start), []).append((first["timestamp"], drawn))
-    for (source, range_start), frames in segments.items():
-        _write_segment(fs, f"{folder}/{video_segment_name(source, range_start)}", frames)
+        write_png(
+            fs,
+            f"{folder}/{annotation_name(source)}",
+            annotate(image, _faces_of([records[i] for i in indices], class_names)),
+        )
+    for (source, range_start), frames in ranges.items():
+        row = next(iter(frames.values()))[0]
+        assert video_fs is not None, "video rows come with the filesystem of their videos"
+        _write_segment(
+            fs,
+            f"{folder}/{video_segment_name(source, range_start)}",
+            lambda path=videos[row]: video_fs.open_input_file(path),
+            (range_start, stops[row], fps, source),
+            {index: _faces_of([records[i] for i in indices], class_names) for index, indices in frames.items()},
+        )
 
 
 def video_segment_name(source: str, range_start: int) -> str:
@@ -583,20 +624,28 @@ def video_segment_name(source: str, range_start: int) -> str:
     return f"{annotation_name(source)[: -len('.png')]}.frames-{range_start:09d}.mp4"
 
 
-def _write_segment(fs: pafs.FileSystem, path: str, frames: list[tuple[float, Any]]) -> None:
-    """Drawn frames (timestamp, PIL image) -> an MP4 at their sampling rate, whole or not at all."""
+def _write_segment(fs: pafs.FileSystem, path: str, opener: Any, span: tuple, results: dict[int, Any]) -> None:
+    """A video range decoded again (span: start, stop, fps, source), each frame with a result drawn
+    and encoded -> an MP4 at the sampling rate, written whole or not at all (compressed, in memory).
+    A range that no longer decodes keeps the frames drawn before (its error row says why)."""
     import io
 
     from emokp_ray.artifacts.files import write_file
-    from emokp_ray.inference.video import VideoWriter
+    from emokp_ray.inference.render import annotate
+    from emokp_ray.inference.video import VideoError, VideoWriter, iter_frames, output_rate, probe_video
 
-    times = sorted(t for t, _ in frames)
-    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 1.0
+    start, stop, fps, source = span
     buffer = io.BytesIO()
-    with VideoWriter(buffer, rate, format="mp4") as writer:
-        for _, image in sorted(frames, key=lambda f: f[0]):
-            writer.write(image)
-    write_file(path, buffer.getvalue(), fs=fs)
+    try:
+        rate = output_rate(fps, probe_video(opener, source).rate)
+        with VideoWriter(buffer, rate, format="mp4") as writer:
+            for frame in iter_frames(opener, fps, start, stop, source=source):
+                if frame.index in results:
+                    writer.write(annotate(frame.image, results[frame.index]))
+    except VideoError:
+        pass
+    if buffer.tell():
+        write_file(path, buffer.getvalue(), fs=fs)
 
 
 def join_video_segments(fs: pafs.FileSystem, folder: str) -> list[str]:
