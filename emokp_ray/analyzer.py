@@ -27,6 +27,7 @@ from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
 from emokp_ray.errors import UserError
 from emokp_ray.inference.detect import DEFAULT_DETECTOR, detector_installed
 from emokp_ray.inference.results import Box, ImageResult
+from emokp_ray.inference.video import DEFAULT_FPS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -143,7 +144,7 @@ class FaceAnalyzer:
     def video(
         self,
         path: str | os.PathLike[str],
-        fps: float | None = 3.0,
+        fps: float | None = DEFAULT_FPS,
         mode: str = "auto",
         annotate: str | os.PathLike[str] | None = None,
     ) -> list[ImageResult]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emokp_ray.errors import UserError
+from emokp_ray.inference.video import DEFAULT_FPS
 
 
 def _face_line(index: int, face: dict) -> str:
@@ -58,7 +59,7 @@ def run_predict(
     backend: str = "auto",
     detector: str = "mtcnn",
     detector_threshold: float | None = None,
-    fps: float | None = 3.0,
+    fps: float | None = DEFAULT_FPS,
 ) -> int:
     """Label each image or video file; print JSON lines (as_json) or readable lines; returns the failure count.
 
