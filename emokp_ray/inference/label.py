@@ -1,5 +1,6 @@
-"""Batch labeling with Ray Data: image files, a prepared data set or a Kaggle CSV in; one row per face
-out, written by the workers straight into OUT (any pyarrow filesystem).
+"""Batch labeling with Ray Data: image files (and videos, split into frame ranges sampled at `fps`), a
+prepared data set or a Kaggle CSV in; one row per face (per sampled frame) out, written by the
+workers straight into OUT (any pyarrow filesystem).
 
     driver    check OUT (writable, a new folder or ours), resolve INPUT (label_inputs.py), load the
               models once (a bad checkpoint fails before any worker starts), record the run
