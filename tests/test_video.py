@@ -149,6 +149,34 @@ def test_analyzer_video_is_the_predictor_on_each_frame(tmp_path, clip):
 # ----------------------------------------------------------------------------- emokp label
 
 
+def test_the_listing_splits_videos_into_ranges_and_keeps_unreadable_ones_as_errors(tmp_path, clip, monkeypatch):
+    from emokp_ray.inference.label_inputs import resolve_input, work_table
+
+    (tmp_path / "clip.mp4").write_bytes(clip.read_bytes())
+    (tmp_path / "broken.webm").write_bytes(b"\x1a\x45\xdf\xa3" + b"\0" * 64)
+    (tmp_path / "photo.jpg").write_bytes(PHOTO.read_bytes())
+    rows = work_table(resolve_input(str(tmp_path), fps=None, frames_per_range=6)).to_pylist()
+    by_source = {}
+    for row in rows:
+        by_source.setdefault(row["source"], []).append(row)
+    assert [(r["range_start"], r["range_stop"]) for r in by_source["clip.mp4"]] == [
+        (0, 6),
+        (6, 12),
+        (12, 18),
+        (18, None),
+    ]
+    assert [r["error"] for r in by_source["clip.mp4"]] == [None] * 4
+    (broken,) = by_source["broken.webm"]
+    assert (broken["range_start"], broken["range_stop"]) == (0, None) and "broken.webm" in broken["error"]
+    (photo,) = by_source["photo.jpg"]
+    assert (photo["range_start"], photo["error"]) == (None, None)
+
+    monkeypatch.setitem(sys.modules, "av", None)  # without PyAV each video is an error row saying what to install
+    rows = work_table(resolve_input(str(tmp_path))).to_pylist()
+    errors = {r["source"]: r["error"] for r in rows}
+    assert "emokp-ray[video]" in errors["clip.mp4"] and errors["photo.jpg"] is None
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_label_splits_videos_into_ranges_resumes_them_and_annotates(tmp_path, clip, ray_cluster):
