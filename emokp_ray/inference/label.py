@@ -713,8 +713,8 @@ def _label_the_rest(
     startup, at_startup, written, frames = 0.0, 0, 0, 0
     if resumed < total:
         per_block = networks.batch_size * ROWS_PER_CALL_BATCHES
-        if listing.get("videos"):  # a range is about frames_per_range frames: fewer of them per block
-            per_block = max(1, per_block // spec.frames_per_range)
+        if listing.get("videos"):  # a range is the unit that runs in parallel: one per stage-A task
+            per_block = 1
         rows_per_block = max(1, min(per_block, -(-(total - resumed) // (2 * pool.max_actors))))
         done_ref = ray.put(done) if done is not None and len(done) else None
         prepare = dict(
