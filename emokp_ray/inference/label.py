@@ -347,20 +347,29 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
     if fs.get_file_info(work).type == pafs.FileType.Directory:
         fs.delete_dir(work)  # an interrupted listing: list again
     fs.create_dir(work, recursive=True)
-    counts, files = ListingCounts(), []
+    counts, files, video_files = ListingCounts(), [], []
     schema = spec.work_schema
     for i, table in enumerate(iter_work_tables(spec, counts)):
-        name = f"{work}/inputs-{i:05d}.parquet"
+        # Video ranges apart from images: a range is a block of its own (_work_dataset)
+        video = table["range_start"].is_valid() if "range_start" in table.column_names else None
+        for kind, rows, names in (
+            ("inputs", table if video is None else table.filter(pc.invert(video)), files),
+            ("videos", None if video is None else table.filter(video), video_files),
+        ):
+            if rows is None or rows.num_rows == 0:
+                continue
+            name = f"{work}/{kind}-{i:05d}.parquet"
 
-        def write(stream: Any, table: pa.Table = table) -> None:
-            pq.write_table(table.cast(schema), stream)
+            def write(stream: Any, rows: pa.Table = rows) -> None:
+                pq.write_table(rows.cast(schema), stream)
 
-        write_file(name, write, fs=fs)
-        files.append(name)
+            write_file(name, write, fs=fs)
+            names.append(name)
         if progress and i and i % 10 == 0:
             print(f"label: listed {counts.inputs:,} inputs", file=sys.stderr, flush=True)
     listing = {
         "files": files,
+        "video_files": video_files,
         "total": counts.inputs,
         "skipped_files": counts.skipped_files,
         "skipped_links": counts.skipped_links,
@@ -372,14 +381,18 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
 
 def _work_dataset(spec: LabelInput, listing: dict, fs: pafs.FileSystem, rows_per_block: int):
     """The Ray Dataset of work rows (lazy; image bytes are not read here), in blocks of
-    `rows_per_block` rows (one stage-A call and, further on, one part file each)."""
+    `rows_per_block` rows (one stage-A call and, further on, one part file each); a video's frame
+    range is a block of its own: the ranges of a long video are decoded and searched in parallel."""
     import ray.data
 
     if spec.kind == "dataset":
         ds = ray.data.read_parquet(spec.split_dirs, filesystem=spec.filesystem).select_columns(DATASET_COLUMNS)
-    else:
-        ds = ray.data.read_parquet(listing["files"], filesystem=fs)
-    return ds.repartition(target_num_rows_per_block=rows_per_block)  # streaming: no shuffle, no barrier
+        return ds.repartition(target_num_rows_per_block=rows_per_block)  # streaming: no shuffle, no barrier
+    parts = []
+    for files, rows in ((listing["files"], rows_per_block), (listing.get("video_files", []), 1)):
+        if files:
+            parts.append(ray.data.read_parquet(files, filesystem=fs).repartition(target_num_rows_per_block=rows))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
 def _stream(pipeline, total: int, resumed: int, progress: bool) -> tuple[float, int, int, int]:
@@ -713,8 +726,6 @@ def _label_the_rest(
     startup, at_startup, written, frames = 0.0, 0, 0, 0
     if resumed < total:
         per_block = networks.batch_size * ROWS_PER_CALL_BATCHES
-        if listing.get("videos"):  # a range is the unit that runs in parallel: one per stage-A task
-            per_block = 1
         rows_per_block = max(1, min(per_block, -(-(total - resumed) // (2 * pool.max_actors))))
         done_ref = ray.put(done) if done is not None and len(done) else None
         prepare = dict(
