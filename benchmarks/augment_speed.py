@@ -14,11 +14,8 @@ crop). Reported: the median and best seconds per batch and images/s from the med
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +28,8 @@ from emokp_ray.data.augment.policies import (
 )
 from emokp_ray.data.resize import resize_batch
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "augment_speed.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, save, summary, timings
 
 
 def make_batch(n: int, size: int, with_keypoints: bool, seed: int = 0) -> dict:
@@ -59,20 +56,14 @@ def cases(n: int) -> dict:
 
 def measure(fn, batch: dict, repeats: int) -> dict:
     rng = np.random.default_rng(0)
-    fn(batch, rng)  # warm-up: allocations, first-touch pages
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn(batch, rng)
-        times.append(time.perf_counter() - started)
+    # a fresh draw each call; the warm-up call pays allocations and first-touch pages
+    timed = summary(timings(lambda: fn(batch, rng), repeats))
     n = len(batch["image"])
-    median = statistics.median(times)
     return {
         "batch_size": n,
         "input_hw": list(batch["image"].shape[1:]),
-        "median_s": round(median, 5),
-        "best_s": round(min(times), 5),
-        "images_per_s": round(n / median),
+        **timed,
+        "images_per_s": round(n / timed["median_s"]),
     }
 
 
@@ -80,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    add_out_argument(parser, "augment_speed")
     args = parser.parse_args(argv)
 
     pinned = None
@@ -88,26 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
         pinned = min(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {pinned})  # one core, as one Ray Data CPU task gets
     results = {name: measure(fn, batch, args.repeats) for name, (fn, batch) in cases(args.batch_size).items()}
-    report = {
-        "benchmark": "augment_speed",
-        "unit": "images/s on one core",
-        "pinned_core": pinned,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
-        "repeats": args.repeats,
-        "cases": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'case':<18} {'input':>7} {'median ms':>10} {'images/s':>9}")
     for name, r in results.items():
         print(f"{name:<18} {'x'.join(map(str, r['input_hw'])):>7} {1000 * r['median_s']:>10.1f} {r['images_per_s']:>9}")
-    print(f"saved {args.out}")
-    return report
+    report = {"unit": "images/s on one core", "pinned_core": pinned, "repeats": args.repeats, "cases": results}
+    return save(report, args.out)
 
 
 if __name__ == "__main__":

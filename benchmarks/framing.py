@@ -41,11 +41,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "framing.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, save
+
 KAGGLE_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "facial-keypoints" / "training.csv.gz"
 FER_CSV = KAGGLE_CSV.parents[1] / "fer2013" / "fer2013.csv.gz"
 # The Kaggle keypoints MTCNN's 5 landmarks stand for (LANDMARK_NAMES order; x column index in the 30).
@@ -73,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="prepared keypoint data set (emokp data prepare, split by person): --mtcnn calibrates on its "
         "train split, --rotate-faces checks on its test split (required by both)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_out_argument(parser, "framing")
     return parser
 
 
@@ -297,9 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["rotation_check"] = rotation_check(args.keypoint_data, args.rotate_faces)
     if args.skip_haar:
         print(json.dumps(report, indent=1))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-        return report
+        return save(report, args.out)
     detector = require_detector("haar")
     report["synthetic"] = measure(synthetic_faces(args.photos, args.seed), detector)
     if args.kaggle_rows and KAGGLE_CSV.is_file():
@@ -307,9 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["kaggle"] = measure(faces, detector)
         report["kaggle_training_frame"] = training
     print(json.dumps(report, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    return report
+    return save(report, args.out)
 
 
 if __name__ == "__main__":

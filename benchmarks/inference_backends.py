@@ -10,8 +10,7 @@ Figures are ratios against torch channels-last measured in the same rounds.
 
 Rounds interleave the variants (each round times every variant for --calls calls), so background
 load hits all of them alike; each figure is the median over rounds. Latency does not depend on the
-weights, so random course models stand in where no checkpoint is given. Results go to
-benchmarks/results/inference_backends.json.
+weights, so random course models stand in where no checkpoint is given.
 """
 
 from __future__ import annotations
@@ -19,16 +18,15 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import statistics
+import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "inference_backends.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, load_average, save, side_by_side
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -46,26 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calls", type=int, default=10, help="calls per variant per round at batch 1 (batch 32: a quarter)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_out_argument(parser, "inference_backends")
     return parser
-
-
-def per_call_s(fn, calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
-def side_by_side(variants: dict, rounds: int, calls: int) -> dict[str, float]:
-    """Median seconds per call of each variant over interleaved rounds (one warm-up call each)."""
-    for fn in variants.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(per_call_s(fn, calls))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def load(path: str | None, task: str):
@@ -93,14 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     cpu = torch.device("cpu")
-    report: dict = {
-        "torch": torch.__version__,
-        "threads": threads,
-        "rounds": args.rounds,
-        "cpus": os.cpu_count(),
-        "load_average_1min_start": round(os.getloadavg()[0], 2),
-        "models": {},
-    }
+    report: dict = {"threads": threads, "rounds": args.rounds, "load_average_1min_start": load_average(), "models": {}}
     runners_by_task, loaded_by_task = {}, {}
     for task, path in (("keypoints", args.keypoints), ("emotion", args.emotion)):
         loaded = loaded_by_task[task] = load(path, task)
@@ -178,10 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "auto_overlaps": auto_overlaps,
             }
     print(json.dumps({"predictor": report["predictor"]}, indent=1))
-    report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    return report
+    return save(report, args.out)
 
 
 def _two_network_variants(kp, kp_crops: np.ndarray, em, em_crops: np.ndarray) -> dict[str, Callable[[], None]]:

@@ -1,6 +1,6 @@
 """Peak memory and speed of `prepare_dataset` (streamed) against a naive whole-file pandas load.
 
-    python benchmarks/ingest_memory.py [--data ../shared/data] [--out benchmarks/results/ingest_memory.json]
+    python benchmarks/ingest_memory.py [--data ../shared/data] [--out FILE]
 
 Each measurement runs in its own child process, so its peak RSS (getrusage ru_maxrss) is its own.
 Every child imports the same libraries (numpy, pandas, pyarrow, emokp_ray) before it starts, and
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import REPO, add_out_argument, load_average, save
+
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 FER = Path("fer2013") / "fer2013.csv.gz"
 KEYPOINTS = Path("facial-keypoints") / "training.csv.gz"
@@ -77,7 +77,7 @@ def run_child(mode: str, data: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with fer2013/ and facial-keypoints/")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ingest_memory.json")
+    add_out_argument(parser, "ingest_memory")
     parser.add_argument("--child", choices=["prepare", "naive_pandas", "prepare_both"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -85,7 +85,7 @@ def main() -> None:
         return
     if not (args.data / FER).exists():
         sys.exit(f"real data not found: {args.data / FER} (pass --data)")
-    load_before = round(os.getloadavg()[0], 1)  # other work on the machine slows the timings
+    load_before = load_average()  # other work on the machine slows the timings
     runs = {mode: run_child(mode, args.data) for mode in ("prepare", "naive_pandas")}
     if (args.data / KEYPOINTS).exists():
         runs["prepare_both"] = run_child("prepare_both", args.data)
@@ -93,12 +93,7 @@ def main() -> None:
     figures = {
         "file": str(FER),
         "file_mb": round((args.data / FER).stat().st_size / 2**20, 1),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_1min_before": load_before,
-        },
+        "load_average_1min_before": load_before,
         "runs": runs,
         "naive_over_streamed": {
             "added_rss": round(naive["added_rss_mb"] / streamed["added_rss_mb"], 1),
@@ -117,9 +112,7 @@ def main() -> None:
         f"naive pandas / streamed prepare: {ratio['added_rss']}x added memory, {ratio['peak_rss']}x peak RSS, "
         f"{ratio['seconds']}x time"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"saved {args.out}")
+    save(figures, args.out)
 
 
 if __name__ == "__main__":

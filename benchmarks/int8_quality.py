@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import result_path, save
+
 MAX_RMSE_CHANGE_PX = 0.05
 MAX_ACCURACY_CHANGE_POINTS = 0.5
 
@@ -127,13 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
         "metric": unit,
         "bound": bound,
         "results": figures,
-        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(report | {"model": "..."}, indent=1))
-    out = args.out or RESULTS / f"int8_quality_{task}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    return report
+    return save(report, args.out or result_path(f"int8_quality_{task}"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ content does not change the driver's work). Models: the shipped builtin:keypoint
 (what `emokp label` uses by default; the driver's memory does not depend on the networks). The driver is the process
 that runs `emokp label` (its Ray worker processes are not counted: they hold no per-input state
 of the run). Stated bound: the driver's peak RSS over 100,000 inputs stays within BOUND_MB of the
-peak over 10,000 (checked here and recorded). Results: benchmarks/results/label_memory.json.
+peak over 10,000 (checked here and recorded).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results" / "label_memory.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import REPO, add_out_argument, load_average, save
+
 PER_FOLDER = 1000
 BOUND_MB = 64  # peak growth allowed from the smallest to the largest input count
 SAMPLE_S = 0.2
@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--sizes", default="10000,100000", help="input counts, each a fresh driver (default 10000,100000)"
     )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    add_out_argument(parser, "label_memory")
     return parser
 
 
@@ -127,7 +127,7 @@ def run_driver(folder: Path, out: Path, keypoints: str, emotion: str, batch_size
         "wall_s": round(wall, 1),
         "images_per_s": summary["images_per_s"],
         "actors": summary["actors"],
-        "load_1m": round(os.getloadavg()[0], 2),
+        "load_1m": load_average(),
     }
 
 
@@ -165,18 +165,13 @@ def main(argv: list[str] | None = None) -> dict:
         "anon_within_bound": anon_growth <= BOUND_MB,
         "per_folder": PER_FOLDER,
         "batch_size": args.batch_size,
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     print(
         f"driver peak RSS grew {growth:+.1f} MB from {sizes[0]:,} to {sizes[-1]:,} inputs "
         f"(bound {BOUND_MB} MB: {'met' if result['within_bound'] else 'NOT met'}); its anonymous memory "
         f"{anon_growth:+.1f} MB ({'met' if result['anon_within_bound'] else 'NOT met'})"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
-    return result
+    return save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -10,25 +10,23 @@ Each Ray run is a fresh driver process joined to the cluster (RAY_ADDRESS, as a 
 is), running `run_label` with the split stages (read + decode + detect + crop in CPU tasks, the
 networks in an actor pool of A actors x 1 CPU x 1 torch thread, part files written by tasks). The
 driver's CPU share is its process CPU time over its wall time (it only follows the parts' counts).
-The plain loop (benchmarks/label_throughput.py's) runs first in this process, with 1 and 2 torch
+The plain loop (benchmarks/fixtures.py's) runs first in this process, with 1 and 2 torch
 threads; the ratio is Ray / the better plain loop. GPU: no GPU on this machine, so actors per GPU
-and the batch size that fills one are untested here. Results: benchmarks/results/label_scale.json.
+and the batch size that fills one are untested here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results" / "label_scale.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import REPO, add_out_argument, load_average, save
 
 _DRIVER = """
 import json, sys, time
@@ -48,14 +46,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detect", choices=["crop", "detect"], default="crop")
     parser.add_argument("--actors", default="1,2,4", help="network actors per run (default 1,2,4)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    add_out_argument(parser, "label_scale")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    sys.path.insert(0, str(REPO))
-    from benchmarks.label_throughput import plain_loop, write_course_checkpoints, write_inputs
+    from benchmarks.fixtures import course_checkpoints, plain_loop, write_inputs
     from emokp_ray.local_cluster import TwoNodeCluster
 
     result: dict = {
@@ -70,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="emokp-label-scale-") as tmp_name:
         tmp = Path(tmp_name)
         write_inputs(tmp / "images", args.n, args.kind)
-        keypoints, emotion = write_course_checkpoints(tmp / "ckpt")
+        keypoints, emotion = course_checkpoints(tmp / "ckpt", emotion_input_size=96)
         for threads in (1, 2):
             run = plain_loop(
                 tmp / "images", keypoints, emotion, args.batch_size, args.detect, threads, tmp / f"plain-{threads}"
@@ -119,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "actors": summary["actors"],
                     "driver_cpu_share": round(got["driver_cpu_s"] / got["driver_wall_s"], 3),
                     "ratio_to_plain": round(summary["images_per_s"] / best, 3),
-                    "load_1m": round(os.getloadavg()[0], 2),
+                    "load_1m": load_average(),
                 }
                 result["ray"][f"{actors} actors"] = run
                 print(
@@ -129,13 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
                 )
         finally:
             cluster.stop()
-    result["machine"] = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
-    result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print("GPU path untested: no GPU on this machine")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
-    return result
+    return save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -12,30 +12,27 @@ block out of Ray Data and to the last. No file is opened, decoded or labeled, so
 with the input count is the listing and Ray Data's planning; what a real run adds on top (stages A,
 B and C over real images) is benchmarks/label_memory.py's and label_throughput.py's to measure.
 The first count runs cold (Ray Data's first dataset in the process); --n repeats it last to show
-that. Results: benchmarks/results/label_start.json.
+that.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results" / "label_start.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, load_average, save
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000, 10_000], help="input counts, in order")
     parser.add_argument("--tmp", type=Path, default=Path("/tmp/emokp-label-start"), help="where the empty files go")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    add_out_argument(parser, "label_start")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     import pyarrow.fs as pafs
 
     from emokp_ray.inference import label
@@ -73,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
             "listing_files": len(listing["files"]),
             "first_block_s": round(first or 0.0, 2),
             "all_blocks_s": round(time.perf_counter() - started, 2),
-            "load_1m": round(os.getloadavg()[0], 2),
+            "load_1m": load_average(),
         }
         rows.append(row)
         print(
@@ -81,16 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"first block {row['first_block_s']:.1f} s, all {row['all_blocks_s']:.1f} s (load {row['load_1m']})",
             flush=True,
         )
-    result = {
-        "benchmark": "label_start",
-        "rows": rows,
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"saved {args.out}")
-    return result
+    return save({"rows": rows}, args.out)
 
 
 if __name__ == "__main__":

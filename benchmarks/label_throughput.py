@@ -23,24 +23,22 @@ first batch's results: the rate a long run tends to). The plain loop runs with e
 --plain-threads torch threads; a Ray config "AxT" is A actors with T torch threads and T logical
 CPUs each. Each round runs every variant once, plain first; a Ray ratio is Ray / the best plain loop
 of the same round, median over the rounds (the machine is shared, so load drifts between rounds).
-Results: benchmarks/results/label_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "label_throughput.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.fixtures import course_checkpoints, plain_loop, write_inputs
+from benchmarks.harness import add_out_argument, load_average, save
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -75,96 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="torch,onnx",
         help="network backends of the Ray runs, each run (default torch,onnx); the plain loop is torch",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    add_out_argument(parser, "label_throughput")
     return parser
-
-
-def write_inputs(folder: Path, n: int, kind: str) -> list[Path]:
-    """n image files in folder: synthetic 96x96 crops (PNG) or synthetic photos (PNG and JPEG)."""
-    from PIL import Image
-
-    from emokp_ray.data.synth.crops import synthesize
-    from emokp_ray.data.synth.photos import synthesize_photos
-
-    folder.mkdir(parents=True)
-    if kind == "crops":
-        images = list(synthesize(n, seed=0).images)
-        names = [f"crop_{i:05d}.png" for i in range(n)]
-    else:
-        images = [p.image for p in synthesize_photos(n, seed=0)]
-        names = [f"photo_{i:05d}.{'png' if i % 2 == 0 else 'jpg'}" for i in range(n)]
-    for name, image in zip(names, images):
-        params: dict[str, Any] = {"quality": 90} if name.endswith(".jpg") else {}
-        Image.fromarray(image).save(folder / name, **params)
-    return [folder / name for name in names]
-
-
-def write_course_checkpoints(folder: Path) -> tuple[str, str]:
-    """The two course-size models, random init, as real checkpoints."""
-    import torch
-
-    from emokp_ray.artifacts.checkpoint import CheckpointMeta, save_checkpoint
-    from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config
-
-    torch.manual_seed(0)
-    paths = []
-    for name, cfg in (("keypoints", keypoint_config()), ("emotion", emotion_config())):
-        paths.append(
-            str(
-                save_checkpoint(
-                    folder / name,
-                    build_model(cfg).eval(),
-                    CheckpointMeta(model_config=cfg, run_id=f"bench-{name}", epoch=0),
-                )
-            )
-        )
-    return paths[0], paths[1]
-
-
-def plain_loop(folder: Path, keypoints: str, emotion: str, batch_size: int, mode: str, threads: int, out: Path) -> dict:
-    """The same job without Ray, in this process: the same work rows, the same per-batch labeler
-    (read + decode + Predictor.predict + output rows) and the same Parquet writer as `emokp label`."""
-    import pyarrow.parquet as pq
-    import torch
-
-    from emokp_ray.inference.label_inputs import resolve_input, work_table
-    from emokp_ray.inference.label_output import OUTPUT_SCHEMA
-    from emokp_ray.inference.label_stages import BatchLabeler
-
-    torch.set_num_threads(threads)
-    started, cpu = time.perf_counter(), time.process_time()
-    spec = resolve_input(str(folder))
-    work = work_table(spec)
-    labeler = BatchLabeler(
-        keypoints,
-        emotion,
-        mode=mode,
-        device="cpu",
-        filesystem=spec.filesystem,
-        threads=threads,
-        batch_size=batch_size,
-        backend="torch",
-    )  # the baseline: eager torch, as before backends
-    out.mkdir(parents=True, exist_ok=True)
-    first, n, errors = None, 0, 0
-    with pq.ParquetWriter(out / "labels.parquet", OUTPUT_SCHEMA) as writer:
-        for lo in range(0, work.num_rows, batch_size):
-            table = labeler(work.slice(lo, batch_size))
-            writer.write_table(table)
-            n += int((table["face_index"].to_numpy() <= 0).sum())
-            errors += table["status"].to_pylist().count("error")
-            if first is None:
-                first = (time.perf_counter() - started, n)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    assert n == work.num_rows and errors == 0 and first is not None
-    return {
-        "seconds": round(seconds, 3),
-        "images_per_s": round(n / seconds, 2),
-        "startup_s": round(first[0], 3),
-        "steady_images_per_s": round((n - first[1]) / (seconds - first[0]), 2),
-        "cpu_ms_per_image": round(1000 * cpu / n, 2),
-        "load_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 def ray_run(
@@ -206,7 +116,7 @@ def ray_run(
         "steady_images_per_s": summary.steady_images_per_s,
         "wall_s": round(wall, 3),
         "actors": summary.actors,
-        "load_1m": round(os.getloadavg()[0], 2),
+        "load_1m": load_average(),
     }
 
 
@@ -220,7 +130,6 @@ def main(argv: list[str] | None = None) -> dict:
     plain_threads = [int(t) for t in args.plain_threads.split(",")]
     shapes = args.stages.split(",")
     backends = args.backends.split(",")
-    import torch
 
     from emokp_ray.ray_utils import init_ray
 
@@ -229,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         write_inputs(tmp / "images", args.n, args.kind)
-        keypoints, emotion = write_course_checkpoints(tmp / "ckpt")
+        keypoints, emotion = course_checkpoints(tmp / "ckpt", emotion_input_size=96)
         init_ray()
         for repeat in range(args.repeats):  # alternate, so a change of load hits both sides
             for threads in plain_threads:
@@ -292,14 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steady_ratio": _median([r["steady_images_per_s"] / b for r, b in zip(runs, base_steady)]),
             "runs": runs,
         }
-    result["machine"] = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_1m_median": _median([r["load_1m"] for runs in plain.values() for r in runs]),
-    }
-    result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    result["load_1m_median"] = _median([r["load_1m"] for runs in plain.values() for r in runs])
     for name, r in result["plain"].items():
         print(
             f"plain loop, {name}: {r['median_images_per_s']:.1f} images/s end to end, {r['median_steady_images_per_s']:.1f} steady, "
@@ -313,12 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print(
         f"(ratios: Ray / the best plain loop of the same round, median over {args.repeats} rounds; "
-        f"load average {result['machine']['load_1m_median']} on {os.cpu_count()} CPUs)"
+        f"load average {result['load_1m_median']} on {os.cpu_count()} CPUs)"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
-    return result
+    return save(result, args.out)
 
 
 if __name__ == "__main__":

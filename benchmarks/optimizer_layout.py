@@ -7,15 +7,11 @@ course and small networks of both tasks on random batches of 32 at their default
 variant side by side in the same process, alternating in --rounds rounds; the figure is the median
 images/s and the ratio to the old default (contiguous, per-tensor Adam). The training loop's default
 is channels-last + fused Adam (emokp_ray/training/loop.py).
-Results: benchmarks/results/optimizer_layout.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -23,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from emokp_ray.models.resnet import build_model, model_config
 
-from emokp_ray.models.resnet import build_model, model_config  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, ratios, save
 
 VARIANTS = {  # name -> (channels_last, fused Adam)
     "contiguous, per-tensor Adam": (False, False),
@@ -74,6 +70,7 @@ def main() -> int:
         "--steps", type=int, default=20, help="timed steps of the course keypoint net (others scale up)"
     )
     parser.add_argument("--rounds", type=int, default=3)
+    add_out_argument(parser, "optimizer_layout")
     args = parser.parse_args()
     results = {}
     for task, variant, size in NETWORKS:
@@ -83,35 +80,17 @@ def main() -> int:
         for _ in range(args.rounds):
             for name, (channels_last, fused) in VARIANTS.items():
                 runs[name].append(images_per_s(task, variant, size, channels_last, fused, steps))
-        base = statistics.median(runs["contiguous, per-tensor Adam"])
+        medians = {name: statistics.median(r) for name, r in runs.items()}
+        ratio = ratios(medians, "contiguous, per-tensor Adam")
         key = f"{task}/{variant} {size}x{size}"
         results[key] = {
-            name: {
-                "median_images_per_s": round(statistics.median(r), 1),
-                "ratio": round(statistics.median(r) / base, 2),
-            }
-            for name, r in runs.items()
+            name: {"median_images_per_s": round(median, 1), "ratio": ratio[name]} for name, median in medians.items()
         }
         print(key)
         for name, r in results[key].items():
             print(f"  {name:32s} {r['median_images_per_s']:8.1f} images/s  {r['ratio']:.2f}x")
-    out = REPO / "benchmarks" / "results" / "optimizer_layout.json"
-    out.write_text(
-        json.dumps(
-            {
-                "batch_size": 32,
-                "rounds": args.rounds,
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "results": results,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"saved {out}")
+    report = {"batch_size": 32, "rounds": args.rounds, "threads": torch.get_num_threads(), "results": results}
+    save(report, args.out)
     return 0
 
 

@@ -13,25 +13,21 @@ detection's centre inside the truth box and IoU > 0.3), false positives per scen
 the face's 96-px units against the same faces' crop-level RMSE (predict_crops on the original crop),
 emotion accuracy (fer7 model, FER faces) against the same faces' crop-level accuracy, median time per
 photo; the detect + crop time of a ~1 M-pixel photo; the bundled photos turned by 0, ±15, ±30, ±45.
-Then the detector targets (recall, false positives, alignment cost, time) as pass/fail. Results go to benchmarks/results/photo_faces.json.
+Then the detector targets (recall, false positives, alignment cost, time) as pass/fail.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "photo_faces.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, median_ms, save
+
 DETECTORS = ("haar", "mtcnn", "yunet")
 PHOTO_ANGLES = (-45, -30, -15, 0, 15, 30, 45)
 ONE_MP = (1155, 866)  # (width, height): 1.0 M pixels, 4:3
@@ -51,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keypoints", default="builtin:keypoints")
     parser.add_argument("--emotion", default="builtin:emotion-fer7")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of the 1 M-pixel photo (median)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_out_argument(parser, "photo_faces")
     return parser
 
 
@@ -119,13 +115,7 @@ def make_predictor(keypoints: Any, emotion: Any, detector: Any) -> Any:
 
 def one_mp_ms(predictor: Any, image: np.ndarray, repeats: int) -> float:
     """Median ms of detect + crop (predictor.prepare, no networks) on one photo, after one warm-up."""
-    predictor.prepare([image], mode="detect")
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predictor.prepare([image], mode="detect")
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1e3, 1)
+    return round(median_ms(lambda: predictor.prepare([image], mode="detect"), repeats), 1)
 
 
 def bundled_photos(predictor: Any) -> dict[str, dict[str, int]]:
@@ -210,8 +200,6 @@ def print_table(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    import torch
-
     from emokp_ray.artifacts.export import load_model
     from emokp_ray.evaluation.photo_scenes import compose_scene, compose_scenes, crop_level, load_pool, score
 
@@ -229,10 +217,6 @@ def main(argv: list[str] | None = None) -> dict:
     model_scheme = emotion.meta.label_scheme or "fer7"
     built, skipped = make_detectors([n.strip() for n in args.detectors.split(",") if n.strip()])
     report: dict[str, Any] = {
-        "command": "python benchmarks/photo_faces.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads)",
         "models": {"keypoints": args.keypoints, "emotion": args.emotion},
         "scenes": len(scenes),
         "faces": sum(len(s.faces) for s in scenes),
@@ -250,12 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
         figures["bundled_photos"] = bundled_photos(predictor)
         report["detectors"][name] = figures
         print(f"{name}: done", flush=True)
-    report["load_average_1min"] = round(os.getloadavg()[0], 2)
     report["targets"] = targets(report)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    return report
+    return save(report, args.out)
 
 
 if __name__ == "__main__":

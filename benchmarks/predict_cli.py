@@ -3,17 +3,16 @@
     python benchmarks/predict_cli.py [--repeats 3] [--photos N]
 
 1. start-up + one photo: wall time of `emokp predict PHOTO --json` as a fresh process (imports,
-   loading builtin:keypoints and builtin:emotion, OpenCV's cascade, one detection and both networks
+   loading builtin:keypoints and builtin:emotion, the detector, one detection and both networks
    with flip TTA), median of --repeats runs;
 2. per photo after that: in one process, the median time of Predictor.predict on each bundled photo
-   (Haar detection + both networks), with flip TTA (the default) and without, side by side.
-Prints a table and saves benchmarks/results/predict_cli.json.
+   (detection + both networks), with flip TTA (the default) and without, side by side.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import statistics
 import subprocess
@@ -22,15 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import REPO, add_out_argument, save, timings
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--per-photo-rounds", type=int, default=10)
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "predict_cli.json"))
+    add_out_argument(parser, "predict_cli")
     args = parser.parse_args(argv)
 
     from emokp_ray.inference.images import load_image_file
@@ -55,17 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     for tta in (True, False):
         predictor.flip_tta = tta
         predictor.predict([images[0]])  # warm-up
-        times = []
-        for _ in range(args.per_photo_rounds):
-            for image in images:
-                start = time.perf_counter()
-                predictor.predict([image])
-                times.append(time.perf_counter() - start)
+        times = [
+            second
+            for _ in range(args.per_photo_rounds)
+            for image in images
+            for second in timings(functools.partial(predictor.predict, [image]), repeats=1, warmup=0)
+        ]
         per_photo["flip_tta" if tta else "no_tta"] = statistics.median(times)
-    import torch
 
     result: dict[str, Any] = {
-        "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
         "photos": [p.name for p in photos],
         "startup_plus_one_photo_s": {"median": statistics.median(cold), "runs": cold},
         "per_photo_s": per_photo,
@@ -78,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'per photo after start-up, no TTA':45s} {per_photo['no_tta'] * 1000:.0f} ms  (TTA costs {result['tta_cost_ratio']:.2f}x)"
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.out)
     return 0
 
 

@@ -7,20 +7,20 @@ latency does not depend on the weights), the unit of work behind one Serve reque
 
 Also times the bare keypoint forward in three layouts (contiguous weights, channels_last weights as
 the predictor uses, a frozen TorchScript trace) to show what each inference option buys.
-Results go to benchmarks/results/predict_latency.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "predict_latency.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, median_ms, save, timings
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -28,31 +28,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=50, help="timed calls (default 50)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_out_argument(parser, "predict_latency")
     return parser
-
-
-def median_ms(fn, n: int, warmup: int) -> float:
-    """Median wall-clock milliseconds of fn() over n calls after warmup calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1e3, 2)
 
 
 def median_cpu_ms(fn, n: int) -> float:
     """Median process CPU milliseconds of fn(): on a machine shared with other work, a proxy for the
     latency on an idle core (exact with --threads 1; with more threads it adds their spin-waits)."""
-    times = []
-    for _ in range(n):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return round(statistics.median(times) * 1e3, 2)
+    return round(statistics.median(timings(fn, n, warmup=0, clock=time.process_time)) * 1e3, 2)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,13 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     crop = np.random.default_rng(0).integers(0, 256, (1, 96, 96), dtype=np.uint8)
     report = {
-        "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "keypoint_params": num_parameters(kp_model),
         "emotion_params": num_parameters(em_model),
         "predict_crops_1x96_ms_median": median_ms(lambda: predictor.predict_crops(crop), args.n, args.warmup),
         "predict_crops_1x96_cpu_ms_median": median_cpu_ms(lambda: predictor.predict_crops(crop), args.n),
-        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     # The keypoint net alone, three ways (inference_mode throughout).
     x = torch.from_numpy(crop).unsqueeze(1)
@@ -98,9 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
             lambda: em_model(torch.from_numpy(crop[:, ::2, ::2].copy()).unsqueeze(1)), args.n, args.warmup
         )
     print(json.dumps(report, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    return report
+    return save(report, args.out)
 
 
 if __name__ == "__main__":

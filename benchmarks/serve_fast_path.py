@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,9 @@ from pathlib import Path
 from emokp_ray.ray_utils import SERVE_FAST_PATH_ENV
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "serve_fast_path.json"
+sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, save  # noqa: E402
+
 RAY_THROUGHPUT_MODE = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
@@ -76,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overload-rate", type=float, default=150.0, help="open-loop arrivals/s (default 150)")
     parser.add_argument("--overload-seconds", type=float, default=10.0, help="each overload run (default 10)")
     parser.add_argument("--overload-concurrency", type=int, default=200, help="closed-loop clients (default 200)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    add_out_argument(parser, "serve_fast_path")
     return parser
 
 
@@ -178,18 +179,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name} ({'higher' if higher else 'lower'} is better): " + ", ".join(cells))
 
     result = {
-        "benchmark": "serve_fast_path",
-        "command": "python benchmarks/serve_fast_path.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "modes": {mode: MODES[mode] for mode in args.modes},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "medians": by_mode,
         "ratios_to_default": ratios,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
-    return result
+    return save(result, args.out)
 
 
 if __name__ == "__main__":

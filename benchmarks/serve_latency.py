@@ -51,9 +51,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -61,10 +58,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.fixtures import free_port, served_models
+from benchmarks.harness import add_out_argument, load_average, save
+
 if TYPE_CHECKING:
     from emokp_ray.serving.schemas import Backend, ModelNiceness
-
-RESULTS = Path(__file__).resolve().parent / "results" / "serve_latency.json"
 
 
 def model_niceness(value: str) -> ModelNiceness:
@@ -145,29 +144,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0,
         help="nice value of the local Ray's workers (default 0, as `emokp serve` starts them; Ray's own is 15)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    add_out_argument(parser, "serve_latency")
     return parser
-
-
-def model_paths(models: str, out: Path) -> tuple[str, str]:
-    """The keypoint and emotion checkpoints served: the builtin pair, or random-init course-size
-    networks saved as checkpoints under `out`."""
-    if models == "builtin":
-        return "builtin:keypoints", "builtin:emotion"
-    import torch
-
-    from emokp_ray.artifacts.checkpoint import CheckpointMeta, save_checkpoint
-    from emokp_ray.models.resnet import build_model, emotion_config, keypoint_config
-
-    torch.manual_seed(0)
-    kp_cfg, em_cfg = keypoint_config(), emotion_config(input_size=48)
-    kp = save_checkpoint(
-        out / "keypoints", build_model(kp_cfg).eval(), CheckpointMeta(model_config=kp_cfg, run_id="bench-keypoints")
-    )
-    em = save_checkpoint(
-        out / "emotion", build_model(em_cfg).eval(), CheckpointMeta(model_config=em_cfg, run_id="bench-emotion")
-    )
-    return str(kp), str(em)
 
 
 def crop_png() -> bytes:
@@ -288,12 +266,6 @@ async def drive_open(url: str, body: bytes, rate: float, seconds: float, seed: i
     return row
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def deploy_overload(kp: str, em: str, niceness: ModelNiceness, args: argparse.Namespace) -> str:
     """The app with serve/config.yaml's default limits and batching, one replica per deployment, its
     model replica `niceness` below the rest, or under SCHED_IDLE for "idle" (AppArgs.model_niceness).
@@ -346,7 +318,7 @@ def print_overload(round_index: int, niceness: ModelNiceness, runs: dict, args: 
                     f"p99 {stats['p99_ms']:>7.1f}  max {stats['max_ms']:>7.1f} ms",
                     flush=True,
                 )
-        result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        result["load_avg_1m"] = load_average()
 
 
 def deploy(config: str, backend: Backend, kp: str, em: str, args: argparse.Namespace) -> str:
@@ -464,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
     body = crop_png()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
-        kp, em = model_paths(args.models, Path(tmp))
+        kp, em = served_models(args.models, Path(tmp))
         # Logical CPUs for every app at once (0.75 each: ingress 0.25 + model 0.5); each replica
         # still gets the threads its own num_cpus gives (Ray's OMP_NUM_THREADS=1), as in serve/config.yaml.
         init_ray(num_cpus=8, worker_niceness=args.worker_niceness)
@@ -496,7 +468,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "backend": backend,
                             "max_batch_size": args.max_batch_size if config != "no_batch" else 1,
                             "round": round_index,
-                            "load_avg_1m": round(os.getloadavg()[0], 2),
+                            "load_avg_1m": load_average(),
                             **result,
                         }
                         rows.append(row)
@@ -552,8 +524,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(summary))
 
     result = {
-        "benchmark": "serve_latency",
-        "command": "python benchmarks/serve_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "models": {"keypoints": kp, "emotion": em} if args.models == "builtin" else "course, random init",
         "request": "one 96x96 grey PNG crop, raw image/png body, POST /v1/predict, aiohttp clients on 127.0.0.1",
         "replicas": "1 ingress + 1 model replica per app, autoscaling off",
@@ -561,16 +531,12 @@ def main(argv: list[str] | None = None) -> dict:
         "busy_batch_wait_max_s": args.busy_batch_wait_max_s,
         "torch_threads": args.torch_threads,
         "worker_niceness": args.worker_niceness,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "best": best,
         "overload": overload,
         "summary": summary,
         "all_rounds": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
-    return result
+    return save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ Every `--sample-every` requests the RSS of each replica process (Linux: /proc/PI
 the `ray::ServeReplica:soak:*` processes) is recorded. The bound (stated, checked, saved): after the
 first `--warmup` requests, no replica's RSS grows by more than --max-growth-mib (default 64 MiB)
 by the end, and the least-squares slope of its RSS over the second half of the run stays under
---max-slope-kib (default 1 KiB per request, i.e. < 10 MiB per 10,000 requests). Results go to
-benchmarks/results/serve_soak.json.
+--max-slope-kib (default 1 KiB per request, i.e. < 10 MiB per 10,000 requests).
 """
 
 from __future__ import annotations
@@ -32,15 +31,15 @@ import base64
 import gzip
 import io
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "serve_soak.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.fixtures import free_port, served_models
+from benchmarks.harness import REPO, add_out_argument, save
+
 FER_CSV = REPO.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
 APP = "soak"
 MiB = 1024 * 1024
@@ -58,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-slope-kib", type=float, default=1.0, help="allowed RSS slope over the second half (KiB per request)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    add_out_argument(parser, "serve_soak")
     return parser
 
 
@@ -299,18 +298,16 @@ def verdict(samples: list[dict], args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    sys.path.insert(0, str(REPO))
     import ray
     from ray import serve
 
-    from benchmarks.serve_latency import free_port, model_paths
     from emokp_ray.ray_utils import init_ray
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
 
     mix, about = request_mix()
     with tempfile.TemporaryDirectory(prefix="serve-soak-") as tmp:
-        kp, em = model_paths("course", Path(tmp))
+        kp, em = served_models("course", Path(tmp))
         init_ray()
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -327,8 +324,6 @@ def main(argv: list[str] | None = None) -> dict:
             ray.shutdown()
     replicas = verdict(run["samples"], args)
     result = {
-        "benchmark": "serve_soak",
-        "command": "python benchmarks/serve_soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "app": "serve/config.yaml defaults, course networks (random init), detection on, 1 ingress + 1 model replica",
         "inputs": about,
         "concurrency": args.concurrency,
@@ -336,11 +331,6 @@ def main(argv: list[str] | None = None) -> dict:
             "warmup_requests": args.warmup,
             "max_growth_mib": args.max_growth_mib,
             "max_slope_kib_per_request": args.max_slope_kib,
-        },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_avg_1m_end": round(os.getloadavg()[0], 2),
         },
         **{k: v for k, v in run.items() if k != "samples"},
         "requests_per_s": round(run["requests"] / run["seconds"], 1),
@@ -359,10 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"growth {r['growth_after_warmup_mib']:+.1f} MiB, slope {r['slope_second_half_kib_per_request']:+.3f} KiB/request: "
             f"{'within' if r['within_bound'] else 'OVER'} the bound"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
-    return result
+    return save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -7,22 +7,21 @@ The process is pinned to one CPU and BLAS/OpenMP pools to one thread before nump
 figure is what ONE core gives (numpy's elementwise work is single-threaded anyway). Reported:
 `faces_per_s` (best of the repeats, wall clock: the least disturbed run on a shared machine), the
 median, the CPU-time rate, and `write_faces_per_s` for `write_synth_dataset` (render + Parquet).
-Results go to benchmarks/results/synth_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "synth_speed.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, load_average, save
+
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -33,7 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=int, default=None, help="faces per render (default: SynthConfig's)")
     parser.add_argument("--no-write", action="store_true", help="skip the write_synth_dataset timing")
     parser.add_argument("--grid", type=Path, default=None, help="also save a 5x5 preview grid PNG here")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS})")
+    add_out_argument(parser, "synth_speed")
     return parser
 
 
@@ -51,8 +50,7 @@ def pin_to_one_core() -> int | None:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     cpu = pin_to_one_core()
-    import numpy as np  # after the thread limits are set
-    from PIL import Image
+    from PIL import Image  # numpy (imported by these) after the thread limits are set
 
     from emokp_ray.data.synth.crops import SynthConfig, face_grid, synthesize, write_synth_dataset
 
@@ -74,27 +72,17 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "chunk_size": options.get("chunk_size", SynthConfig.chunk_size),
         "pinned_cpu": cpu,
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "load_average_1m_at_start": load_average(),
     }
     if not args.no_write:
         with tempfile.TemporaryDirectory() as tmp:
             summary = write_synth_dataset(Path(tmp) / "synth", n=args.n, seed=0, **options)
         result["write_faces_per_s"] = summary["faces_per_s"]
         print(f"write_synth_dataset: {summary['faces_per_s']:,.0f} faces/s (render + Parquet)")
-    result["machine"] = {
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-    result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(
         f"synth: {result['faces_per_s']:,.0f} faces/s on one core (best of {args.repeats}; median {result['faces_per_s_median']:,.0f}; cpu-time {result['cpu_faces_per_s']:,.0f})"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
+    result = save(result, args.out)
     if args.grid is not None:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         grid = face_grid(per_class=5, seed=0)

@@ -16,7 +16,7 @@ start-up included, are reported beside it.
 Each run is a fresh Python process (a Ray cluster left over from a Ray run costs ~6% of this machine
 and would slow the next plain run). The machine is shared and its speed drifts by up to 10-15%
 between minutes, so the modes run in --rounds rounds (plain, ray-1, ray-2, plain, ray-1, ...) and a
-ratio is the median over rounds of mode / plain of the SAME round. Prints a table and saves benchmarks/results/train_throughput<tag>.json.
+ratio is the median over rounds of mode / plain of the SAME round. Prints a table.
 Target (issue 3): ray-1 >= 0.9x plain.
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,12 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from emokp_ray.data.synth.crops import write_synth_dataset
+from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.train import run_training
 
-from emokp_ray.data.synth.crops import write_synth_dataset  # noqa: E402
-from emokp_ray.training.config import TrainConfig  # noqa: E402
-from emokp_ray.training.train import run_training  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import add_out_argument, load_average, save
 
 
 def steady_rate(history: list[dict], warmup_epochs: int) -> float:
@@ -98,7 +97,7 @@ def run_one(args: argparse.Namespace, cores: int) -> int:
                     "images_per_s": round(steady_rate(outcome.history, args.warmup_epochs), 2),
                     "wall_s": round(time.perf_counter() - started, 1),
                     "per_epoch_images_per_s": [round(r["train/images_per_s"], 2) for r in outcome.history],
-                    "load_1m": round(os.getloadavg()[0], 2),
+                    "load_1m": load_average(),
                 }
             )
         )
@@ -117,7 +116,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds of all modes; ratios are medians over rounds")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--modes", default="plain,ray-1,ray-2")
-    p.add_argument("--tag", default="", help="suffix of the results file (train_throughput<tag>.json)")
+    add_out_argument(p, "train_throughput")
     p.add_argument("--run-one", help=argparse.SUPPRESS)  # internal: one mode in this process
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -171,32 +170,17 @@ def main() -> int:
             print(
                 f"| {mode} | {r['median_images_per_s']:.1f} | {r.get('ratio_to_plain')} | {r.get('ratios_to_plain')} |"
             )
-        out = REPO / "benchmarks" / "results" / f"train_throughput{args.tag}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            json.dumps(
-                {
-                    "task": args.task,
-                    "model": args.model,
-                    "faces": args.faces,
-                    "epochs": args.epochs,
-                    "warmup_epochs": args.warmup_epochs,
-                    "batch_size": args.batch_size,
-                    "rounds": args.rounds,
-                    "machine": {
-                        "cpus": cores,
-                        "processor": platform.processor() or platform.machine(),
-                        "python": platform.python_version(),
-                        "load_average_1m_at_end": os.getloadavg()[0],
-                    },
-                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "results": results,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        print(f"saved {out}")
+        report = {
+            "task": args.task,
+            "model": args.model,
+            "faces": args.faces,
+            "epochs": args.epochs,
+            "warmup_epochs": args.warmup_epochs,
+            "batch_size": args.batch_size,
+            "rounds": args.rounds,
+            "results": results,
+        }
+        save(report, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -28,17 +28,15 @@ Results: benchmarks/results/video_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "video_throughput.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import REPO, add_out_argument, load_average, save
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -56,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=1, help="network actors (default 1: the networks are the cheap part)"
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every variant, interleaved (default 2)")
-    parser.add_argument("--out", default=str(RESULTS))
+    add_out_argument(parser, "video_throughput")
     return parser
 
 
@@ -66,7 +64,6 @@ def _rate(frames: int, seconds: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    sys.path.insert(0, str(REPO))
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
     from emokp_ray.inference import video as V
@@ -74,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     result: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the start",
+        "load_at_start": load_average(),
         "clip": {"frames": args.frames, "rate": args.rate, "size": [width, height], "codec": "h264"},
         "models": [DEFAULT_KEYPOINTS, DEFAULT_EMOTION],
         "detector": "mtcnn",
@@ -96,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             result["rounds"].append(_round(args, V, predictor, run_label, folder, clip, Path(tmp), round_index))
     result["median"] = _medians(result["rounds"])
     print("medians: " + ", ".join(f"{k} {v:.2f}" for k, v in result["median"].items()), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {args.out}")
+    save(result, args.out)
     return 0
 
 
@@ -121,7 +116,7 @@ def _round(args, V, predictor, run_label, folder: Path, clip: Path, tmp: Path, r
     """Every variant once: decode, predict, then label with each --ranges value."""
     from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
 
-    out: dict[str, Any] = {"load_at_start": round(os.getloadavg()[0], 1)}
+    out: dict[str, Any] = {"load_at_start": load_average()}
     start = time.perf_counter()
     decoded = sum(1 for _ in V.iter_frames(clip, fps=None))
     out["decode"] = {"frames": decoded, "frames_per_s": _rate(decoded, time.perf_counter() - start)}

@@ -261,3 +261,42 @@ def test_rayservice_pods_start_serve_on_the_fast_path_init_ray_sets_locally():
     for name, pod in _pod_specs(_manifest("rayservice.yaml")["spec"]["rayClusterConfig"]):
         env = {e["name"]: e["value"] for c in pod["template"]["spec"]["containers"] for e in c.get("env", [])}
         assert {k: env.get(k) for k in SERVE_FAST_PATH_ENV} == SERVE_FAST_PATH_ENV, name
+
+
+def _nginx_directives(text: str) -> dict[str, str]:
+    """`name value;` lines of an nginx config -> {name: value} (the last one wins; blocks ignored)."""
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r"\s*([a-z_]+)\s+([^;{]+);", line.split("#", 1)[0])
+        if match:
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def test_ingress_has_the_front_proxy_limits_of_the_nginx_site():
+    # Issue 31: the limits of serve/nginx/emokp.conf (the site tests/test_serve.py runs in front of
+    # Serve) at the cluster's edge: ingress-nginx annotations and its controller's ConfigMap.
+    site = _nginx_directives((REPO / "serve" / "nginx" / "emokp.conf").read_text())
+    ingress, controller = list(yaml.safe_load_all((K8S / "ingress.yaml").read_text()))
+    assert ingress["kind"] == "Ingress" and controller["kind"] == "ConfigMap"
+    notes = {k.removeprefix("nginx.ingress.kubernetes.io/"): v for k, v in ingress["metadata"]["annotations"].items()}
+    seconds = lambda value: value.removesuffix("s")  # noqa: E731
+    assert notes["proxy-body-size"] == site["client_max_body_size"]
+    assert notes["client-body-buffer-size"] == site["client_body_buffer_size"]
+    assert notes["proxy-request-buffering"] == site["proxy_request_buffering"] == "on"
+    assert notes["proxy-buffering"] == site["proxy_buffering"] == "on"
+    for name in ("connect", "send", "read"):
+        assert notes[f"proxy-{name}-timeout"] == seconds(site[f"proxy_{name}_timeout"])
+    data = controller["data"]
+    assert data["client-header-buffer-size"] == site["client_header_buffer_size"]
+    assert data["large-client-header-buffers"] == site["large_client_header_buffers"]
+    assert data["client-header-timeout"] == seconds(site["client_header_timeout"])
+    assert data["client-body-timeout"] == seconds(site["client_body_timeout"])
+    # The body limit is Serve's own (serve/config.yaml), and the Ingress routes to the Service
+    # KubeRay creates for the RayService, on its Serve port.
+    max_body = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"][0]["args"]["max_body_bytes"]
+    assert int(site["client_max_body_size"].removesuffix("m")) * 1024 * 1024 == max_body
+    service = _manifest("rayservice.yaml")["metadata"]["name"] + "-serve-svc"
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": service, "port": {"number": 8000}}

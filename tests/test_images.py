@@ -251,3 +251,68 @@ def test_bomb_guard_touches_no_warnings_filter_and_is_thread_safe():
         assert list(warnings.filters) == before
     assert shapes == [(H, W, 3)] * 64
     assert not [w for w in caught if "DecompressionBomb" in type(w.message).__name__]
+
+
+def _jpeg_declaring(width: int, height: int, mode: str = "L", progressive: bool = True) -> bytes:
+    """A 16x16 noise JPEG whose frame header is rewritten to say width x height (~450-800 bytes):
+    libjpeg decodes what the scans hold and fills the rest with grey, without an error."""
+    shape = (16, 16) if mode == "L" else (16, 16, 3)
+    noise = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    data = bytearray(encode(Image.fromarray(noise), "JPEG", progressive=progressive))
+    frame = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    struct.pack_into(">HH", data, frame + 5, height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("progressive", [True, False])
+def test_jpeg_too_short_for_its_declared_size_is_truncated(mode, progressive):
+    from emokp_ray.inference.images import probe_image
+
+    # Issue 31: a 543-byte progressive JPEG declaring 5000x4800 was decoded as a 24 M-pixel grey image.
+    data = _jpeg_declaring(5000, 4800, mode, progressive)
+    assert len(data) < 1000
+    for read in (probe_image, decode_image):  # refused from the header: the ingress decodes nothing
+        started = time.perf_counter()
+        with pytest.raises(ImageError, match="5000x4800 needs at least 46,875 bytes") as err:
+            read(data, source="upload", max_pixels=40_000_000)
+        assert err.value.kind == "truncated" and time.perf_counter() - started < 0.5
+
+
+def test_a_large_flat_jpeg_is_not_mistaken_for_a_truncated_one():
+    from emokp_ray.inference.images import jpeg_min_bytes, probe_image
+
+    # The bound is one bit per 8x8 block: a real all-grey 5000x4800 JPEG (the most compressible
+    # content, progressive and colour) is three times larger than it.
+    flat = encode(Image.new("RGB", (5000, 4800), (128, 128, 128)), "JPEG", quality=10, progressive=True)
+    assert len(flat) > 2 * jpeg_min_bytes(5000, 4800, [(2, 2), (1, 1), (1, 1)])
+    assert probe_image(flat, max_pixels=40_000_000).pixels == 24_000_000
+    for side in (1, 7, 9, 17):  # tiny images: a bound of 0 bytes
+        assert decode_image(encode(Image.new("L", (side, side), 9), "JPEG")).shape == (side, side)
+
+
+def test_gif_frame_too_short_for_its_declared_size_is_truncated():
+    from emokp_ray.inference.images import gif_min_bytes, probe_image
+
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    data = bytearray(encode(Image.fromarray(noise), "GIF"))
+    flags = data[10]  # logical screen descriptor; the global palette follows it
+    pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    while data[pos] == 0x21:  # extension blocks before the first image descriptor
+        pos += 2
+        while data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    assert data[pos] == 0x2C
+    struct.pack_into("<HH", data, 6, 5000, 4800)  # the screen
+    struct.pack_into("<HH", data, pos + 5, 5000, 4800)  # the frame: 24 M pixels from ~1 KB of LZW codes
+    with pytest.raises(ImageError, match="5000x4800 needs at least") as err:
+        probe_image(bytes(data), max_pixels=40_000_000)
+    assert err.value.kind == "truncated"
+    # A real flat GIF of that size is far above the bound, and a small frame on a large screen
+    # (the rest is background, as GIF defines) is not refused.
+    flat = encode(Image.new("L", (5000, 4800), 0), "GIF")
+    assert len(flat) > 3 * gif_min_bytes(24_000_000) and probe_image(flat, max_pixels=40_000_000).pixels == 24_000_000
+    screen_only = bytearray(encode(Image.fromarray(noise), "GIF"))
+    struct.pack_into("<HH", screen_only, 6, 5000, 4800)
+    assert probe_image(bytes(screen_only), max_pixels=40_000_000).pixels == 24_000_000

@@ -27,7 +27,7 @@ CASES = {
     "detect.png": ("", "ok", 2),  # empty cell (null): detected, HalvesDetector's two halves
     "not_json.png": ('"[[1, 2, 3"', "error", "not JSON"),
     "three_numbers.png": ('"[[1, 2, 3]]"', "error", "box 0"),
-    "zero_width.png": ('"[[1, 2, 0, 5]]"', "error", "w, h > 0"),
+    "zero_width.png": ('"[[1, 2, 0, 5]]"', "error", "width and height must be positive"),
     "outside.png": ('"[[500, 500, 20, 20]]"', "error", "outside"),
     "missing.png": ('"[[1, 2, 3, 4]]"', "error", "missing.png"),
 }

@@ -269,7 +269,7 @@ def test_bad_requests_are_user_errors(predictor):
         predictor.predict([photo], boxes=[[(500, 10, 50, 50)]])
     with pytest.raises(UserError, match="must be positive"):
         predictor.predict([photo], boxes=[[(10, 10, 0, 50)]])
-    with pytest.raises(UserError, match="4 finite numbers"):
+    with pytest.raises(UserError, match="box w must be a finite number"):
         predictor.predict([photo], boxes=[[(10, 10, float("nan"), 50)]])
     with pytest.raises(UserError, match="4 numbers"):
         predictor.predict([photo], boxes=[["1234"]])

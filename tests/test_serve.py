@@ -169,6 +169,16 @@ def truncated_jpeg() -> bytes:
     return jpeg(np.random.default_rng(0).integers(0, 256, (120, 160), dtype=np.uint8))[:-500]
 
 
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A 16x16 progressive JPEG (~450 bytes) whose frame header says width x height."""
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, format="JPEG", progressive=True)
+    data = bytearray(buffer.getvalue())
+    struct.pack_into(">HH", data, data.find(b"\xff\xc2") + 5, height, width)
+    return bytes(data)
+
+
 def assert_same_faces(got: list[dict], want: list[dict], tol: float = 1e-3) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):
@@ -440,6 +450,32 @@ BAD_REQUESTS = {
         422,
     ),
     "headers_too_large": (lambda u: requests.get(u + "/healthz", headers={"X-Padding": "a" * 20_000}, timeout=30), 431),
+    # Issue 31: a 5,000-digit integer as a box value was a 500 with a traceback; "1" and true passed.
+    "huge_integer_box_in_json": (
+        lambda u: requests.post(
+            u + "/v1/predict",
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+            data=b'{"image_base64": "AAAA", "boxes": [[' + b"9" * 5000 + b", 0, 10, 10]]}",
+        ),
+        422,
+    ),
+    "huge_integer_box_in_query": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": f"[[{'9' * 5000}, 0, 10, 10]]"}),
+        422,
+    ),
+    "string_box_value": (
+        lambda u: post_image(u + "/v1/predict", png(crops(1)[0]), params={"boxes": '[["1", 0, 10, 10]]'}),
+        422,
+    ),
+    # Issue 31: a tiny progressive JPEG declaring 5000x4800 was a 200 with 24 M grey pixels (1800x1800
+    # here, within this app's 4 M-pixel limit).
+    "jpeg_too_short_for_its_declared_size": (
+        lambda u: requests.post(
+            u + "/v1/predict", data=jpeg_declaring(1800, 1800), headers={"Content-Type": "image/jpeg"}, timeout=30
+        ),
+        400,
+    ),
     "batch_over_request_pixels": (
         lambda u: requests.post(
             u + "/v1/predict/batch",
@@ -863,4 +899,161 @@ def test_serve_metrics_reach_rays_prometheus_endpoint(served):
         - _total(busy_before, "ray_emokp_requests_total", status="503")
         == json_503
     )
+    assert_good_request(served)
+
+
+# ----------------------------------------------------------------------------- front proxy (issue 31)
+# serve/nginx/emokp.conf run by the real nginx (Debian's package) in front of this module's Serve:
+# what Serve's own proxy lets through (a 100 MB header buffered for 12 s, unfinished headers held past
+# 20 s, a stalled upload holding an admission slot) is refused at the edge.
+
+NGINX_SITE = Path(__file__).resolve().parents[1] / "serve" / "nginx" / "emokp.conf"
+NGINX_TIMEOUT_S = 10  # client_header_timeout and client_body_timeout there
+
+
+@pytest.fixture
+def front_proxy(served, tmp_path):
+    """(base URL, port) of nginx with serve/nginx/emokp.conf proxying to the test Serve; skipped
+    where nginx is not installed (.ci/run installs Debian's nginx-light)."""
+    import subprocess
+
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    site = NGINX_SITE.read_text()
+    upstream, listen = "server 127.0.0.1:8000;", "listen 8080 default_server;"
+    assert site.count(upstream) == 1 and site.count(listen) == 1, "the shipped site's upstream or listen changed"
+    port = _free_port()
+    site = site.replace(upstream, f"server 127.0.0.1:{served.port};").replace(
+        listen, f"listen 127.0.0.1:{port} default_server;"
+    )
+    (tmp_path / "emokp.conf").write_text(site)
+    # The rest of a top-level nginx.conf, every path in tmp_path; as root the workers stay root,
+    # since tmp_path (0700) is closed to nginx's default worker user.
+    temp = " ".join(
+        f"{kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (tmp_path / "nginx.conf").write_text(
+        f"worker_processes 1; {'user root root;' if os.geteuid() == 0 else ''} pid {tmp_path}/nginx.pid;\n"
+        f"error_log {tmp_path}/error.log; events {{ worker_connections 1024; }}\n"
+        f"http {{ access_log off; {temp} include {tmp_path}/emokp.conf; }}\n"
+    )
+    command = [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")]
+    process = subprocess.Popen([*command, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    pytest.fail(f"nginx did not start: {process.communicate()[1].decode(errors='replace')[-2000:]}")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _push_while_reading(port: int, head: bytes, filler: int, wait_s: float) -> tuple[bytes, float, int]:
+    """Send `head`, then up to `filler` bytes of 'a' in 1 MiB chunks from a thread while the reply is
+    read: (reply head, seconds to it, bytes of filler the server took before answering)."""
+    import threading
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=wait_s)
+    sent = 0
+    answered = threading.Event()
+
+    def push() -> None:
+        nonlocal sent
+        try:
+            sock.sendall(head)
+            chunk = b"a" * (1 << 20)
+            while sent < filler and not answered.is_set():
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass
+
+    started = time.perf_counter()
+    pusher = threading.Thread(target=push, daemon=True)
+    pusher.start()
+    reply = b""
+    try:
+        while b"\r\n\r\n" not in reply:
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    except OSError:
+        pass
+    elapsed, taken = time.perf_counter() - started, sent
+    answered.set()
+    sock.close()
+    pusher.join(10)
+    return reply, elapsed, taken
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closes `sock` within `seconds` (and what it sent before)."""
+    sock.settimeout(max(seconds, 0.01))
+    reply = b""
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True, reply
+            reply += data
+    except ConnectionResetError:
+        return True, reply
+    except TimeoutError:
+        return False, reply
+
+
+@pytest.mark.slow
+def test_front_proxy_refuses_at_the_edge(served, front_proxy):
+    base, port = front_proxy
+    response = post_image(base + "/t/v1/predict", png(crops(1)[0]))
+    assert response.status_code == 200 and response.json()["faces"][0]["box"] == [0, 0, 96, 96], response.text
+    started = time.monotonic()
+    # 200 connections that never finish their headers, and an upload that stalls after 10 bytes.
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+    for sock in idle:
+        sock.sendall(b"GET /t/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=5)
+    stalled.sendall(
+        b"POST /t/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b"x" * 10
+    )
+    try:
+        # A 100 MB header: nginx's JSON 431 after its first KiBs (Serve's proxy read all of it first).
+        reply, elapsed, taken = _push_while_reading(
+            port, b"GET /t/healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", 100 << 20, 30
+        )
+        assert reply.startswith(b"HTTP/1.1 431") and b"application/json" in reply, reply[:300]
+        assert elapsed < 2.0 and taken < 50 << 20, (elapsed, taken)
+        # Too many headers (5,000 short ones, 60 KB): the same 431.
+        many = b"".join(b"X-H%d: 1\r\n" % i for i in range(5000))
+        reply, _, _ = _push_while_reading(port, b"GET /t/healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n", 0, 10)
+        assert reply.startswith(b"HTTP/1.1 431"), reply[:300]
+        # A body declared over 10 MiB: 413 at once, in the API's JSON shape.
+        big = requests.post(base + "/t/v1/predict", data=b"", headers={"Content-Length": str(20 << 20)}, timeout=10)
+        assert big.status_code == 413 and "front proxy" in big.json()["error"]
+        # Meanwhile good requests are answered promptly.
+        good_started = time.perf_counter()
+        assert post_image(base + "/t/v1/predict", png(crops(1)[0])).status_code == 200
+        assert time.perf_counter() - good_started < 5.0
+        # nginx closes the unfinished headers and the stalled upload after its 10 s timeouts: the
+        # upload never reached Serve (whose 3 s body timeout would have answered a JSON 408 first).
+        remaining = NGINX_TIMEOUT_S + 8 - (time.monotonic() - started)
+        closed, reply = _closed_within(stalled, remaining)
+        assert closed and b"did not arrive" not in reply, reply[:300]
+        assert time.monotonic() - started > NGINX_TIMEOUT_S - 1
+        still_open = [s for s in idle if not _closed_within(s, NGINX_TIMEOUT_S + 8 - (time.monotonic() - started))[0]]
+        assert not still_open, f"{len(still_open)} of 200 unfinished-header connections still open"
+    finally:
+        for sock in [*idle, stalled]:
+            sock.close()
     assert_good_request(served)

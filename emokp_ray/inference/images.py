@@ -10,6 +10,10 @@ What comes in (a file, an upload, a Parquet cell) is untrusted, so decoding is d
     bounded memory. This is our own guard, with our limit: the header is parsed by the format's
     plugin directly (as `Image.open` does, minus its global bomb check), so no process-wide warnings
     filter is swapped in and out under other threads;
+  * a JPEG or GIF too short for the size it declares is refused from its header too: Huffman coding
+    spends at least one bit on every 8x8 block, so a 543-byte JPEG cannot hold 5000x4800 pixels, and
+    LZW codes grow by at most one pixel per code; their decoders would "decode" such a file anyway,
+    filling what is missing with grey or background (`_check_declared_length`);
   * the image is then fully loaded (`Image.load`), with `ImageFile.LOAD_TRUNCATED_IMAGES` left False,
     so a truncated JPEG/PNG fails here instead of decoding half a face with grey below it;
   * EXIF orientation is applied (phones store portraits sideways plus a tag);
@@ -26,6 +30,7 @@ responses: "empty", "not_image", "truncated" (truncated or corrupt), "too_large"
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -118,10 +123,88 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
         raise ImageError(f"{source}: not an image in a supported format ({FORMATS_TEXT})", "not_image")
     try:
         _check_size(image, source, max_pixels)
+        _check_declared_length(image, data, source)
     except ImageError:
         image.close()
         raise
     return image
+
+
+# Start-of-frame markers of Huffman-coded JPEGs (baseline, extended, progressive, lossless, and their
+# hierarchical forms); arithmetic-coded ones (C9-CB, CD-CF) can spend less than a bit on a block.
+HUFFMAN_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7))
+# Markers without a length field (SOI, EOI, TEM, RST0-7).
+_STANDALONE_MARKERS = frozenset((0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)))
+
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The start-of-frame marker (0xC0...0xCF) of a JPEG, by walking its segments from SOI; None
+    when the walk goes astray (the decoder then has the last word)."""
+    pos = 2  # after SOI
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # DHT, JPG, DAC are not frames
+            return marker
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
+def jpeg_min_bytes(width: int, height: int, sampling: list[tuple[int, int]]) -> int:
+    """A lower bound on the bytes of a Huffman-coded JPEG of width x height: every 8x8 block of every
+    component codes at least its DC value, one Huffman code of at least one bit. sampling: each
+    component's (horizontal, vertical) factors; the bound counts the component with the most blocks."""
+    h_max = max((h for h, _ in sampling), default=1) or 1
+    v_max = max((v for _, v in sampling), default=1) or 1
+    blocks = 0
+    for h, v in sampling:  # a component's samples: ceil(side * factor / max factor), in 8x8 blocks
+        columns = math.ceil(math.ceil(width * h / h_max) / 8)
+        rows = math.ceil(math.ceil(height * v / v_max) / 8)
+        blocks = max(blocks, columns * rows)
+    return blocks // 8
+
+
+LZW_MAX_CODES = 4096  # GIF's LZW table: 12-bit codes
+
+
+def gif_min_bytes(pixels: int) -> int:
+    """A lower bound on the bytes of a GIF frame of `pixels` pixels: each LZW code adds one table
+    entry one pixel longer than an existing one, so the i-th code stands for at most i pixels, and
+    no entry is longer than the table (4,096); every code takes at least 3 bits."""
+    ramp = LZW_MAX_CODES * (LZW_MAX_CODES + 1) // 2  # pixels of the first 4,096 codes at most
+    if pixels <= ramp:
+        codes = math.ceil((math.sqrt(8 * pixels + 1) - 1) / 2)
+    else:
+        codes = LZW_MAX_CODES + math.ceil((pixels - ramp) / LZW_MAX_CODES)
+    return codes * 3 // 8
+
+
+def _check_declared_length(image: Image.Image, data: bytes, source: str) -> None:
+    """An ImageError (truncated) for a Huffman-coded JPEG, or a GIF, shorter than its declared size
+    allows (the bounds above; other formats' decoders report missing data themselves)."""
+    width, height = image.size
+    if image.format in ("JPEG", "MPO") and _jpeg_frame_marker(data) in HUFFMAN_SOF_MARKERS:
+        layers = getattr(image, "layer", None) or [("", 1, 1, 0)]  # Pillow: (id, h, v, table) per component
+        needed = jpeg_min_bytes(width, height, [(int(layer[1]), int(layer[2])) for layer in layers])
+    elif image.format == "GIF" and getattr(image, "tile", None):
+        x0, y0, x1, y1 = image.tile[0][1]  # type: ignore[attr-defined]  # the first frame's extent on the screen
+        width, height = x1 - x0, y1 - y0
+        needed = gif_min_bytes(max(width, 0) * max(height, 0))
+    else:
+        return
+    if len(data) < needed:
+        raise ImageError(
+            f"{source}: truncated or corrupt {image.format} data ({width}x{height} needs at least {needed:,} "
+            f"bytes, the file has {len(data):,})",
+            "truncated",
+        )
 
 
 def _check_size(image: Image.Image, source: str, max_pixels: int) -> None:

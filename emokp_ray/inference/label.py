@@ -347,7 +347,9 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
     if fs.get_file_info(work).type == pafs.FileType.Directory:
         fs.delete_dir(work)  # an interrupted listing: list again
     fs.create_dir(work, recursive=True)
-    counts, files, video_files = ListingCounts(), [], []
+    counts = ListingCounts()
+    files: list[str] = []
+    video_files: list[str] = []
     schema = spec.work_schema
     for i, table in enumerate(iter_work_tables(spec, counts)):
         # Video ranges apart from images: a range is a block of its own (_work_dataset)

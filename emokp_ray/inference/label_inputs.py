@@ -26,7 +26,7 @@ work row carrying its error (an error row in the output). The last range of a vi
 A listing's `boxes` (as the HTTP API's `boxes`): JSON text `[[x, y, w, h], ...]` in a CSV; in Parquet
 a list<list<double>> or the same JSON text. `[]` means "no faces here", null or missing "detect".
 Given boxes are the crop boxes (image px) and skip detection for that image. A cell that is not a
-list of at most MAX_BOXES_PER_IMAGE boxes of 4 finite numbers with positive width and height makes
+list of at most MAX_BOXES_PER_IMAGE boxes that pass inference/boxes.check_box (as the HTTP API's) makes
 that image an error row (its reason in `error`), never a failed run; so does a path with a URI
 scheme (paths are read on the listing's own filesystem); a box outside the image is an error row of
 stage A.
@@ -63,6 +63,7 @@ from emokp_ray.artifacts.files import is_uri, open_location
 from emokp_ray.data.kaggle import KaggleReader
 from emokp_ray.data.schema import DATASET_META, SPLITS
 from emokp_ray.errors import UserError
+from emokp_ray.inference.boxes import BoxError, JsonNumberError, check_box, load_json, short_repr
 from emokp_ray.inference.video import DEFAULT_FPS, VIDEO_EXTENSIONS, frame_ranges, is_video, probe_video
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -432,7 +433,8 @@ def _csv_tables(spec: LabelInput, counts: ListingCounts) -> Iterator[pa.Table]:
 
 def parse_boxes(value: object) -> list[list[float]] | None:
     """A listing's `boxes` cell -> [[x, y, w, h], ...] ([] = no faces), or None (null: detect).
-    JSON text or nested lists; anything else is a ValueError saying what a box is."""
+    JSON text or nested lists, each box checked by boxes.check_box (as the HTTP API's); anything else
+    is a ValueError saying what a box is."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -440,23 +442,23 @@ def parse_boxes(value: object) -> list[list[float]] | None:
             return None  # an empty CSV cell
         text = value
         try:
-            value = json.loads(text)
+            value = load_json(text)
+        except JsonNumberError as err:
+            raise ValueError(f"boxes {short_repr(text)}: {err}") from None
         except ValueError:
-            raise ValueError(f"boxes {text[:60]!r} is not JSON: expected [[x, y, w, h], ...]") from None
+            raise ValueError(f"boxes {short_repr(text)} is not JSON: expected [[x, y, w, h], ...]") from None
         if value is None:
             return None
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"boxes must be a list of [x, y, w, h], got {str(value)[:60]}")
+        raise ValueError(f"boxes must be a list of [x, y, w, h], got {short_repr(value)}")
     if len(value) > MAX_BOXES_PER_IMAGE:
         raise ValueError(f"{len(value):,} boxes for one image, more than {MAX_BOXES_PER_IMAGE}")
     boxes = []
     for j, box in enumerate(value):
-        numbers = isinstance(box, (list, tuple)) and len(box) == 4
-        numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
-        values = [float(v) for v in box] if numbers else []
-        if not numbers or not all(np.isfinite(values)) or values[2] <= 0 or values[3] <= 0:
-            raise ValueError(f"box {j} is not 4 finite numbers [x, y, w, h] with w, h > 0: {str(box)[:60]}")
-        boxes.append(values)
+        try:
+            boxes.append(list(check_box(box)))
+        except BoxError as err:
+            raise ValueError(f"box {j}: {err}") from None
     return boxes
 
 

@@ -114,6 +114,7 @@ from emokp_ray.data.resize import resize_image, resize_images
 from emokp_ray.errors import UserError
 from emokp_ray.inference.align import aligned_to_image, box_to_image, warp_crop
 from emokp_ray.inference.backends import make_runner, resolve_backend, run_model
+from emokp_ray.inference.boxes import BoxError, check_box
 from emokp_ray.inference.calibration import softmax, temperature_of
 from emokp_ray.inference.detect import DEFAULT_DETECTOR, LANDMARK_NAMES, Detection, Detector, make_detector
 from emokp_ray.inference.images import to_grey
@@ -202,18 +203,11 @@ def _check_image(image: Any, index: int) -> None:
 
 
 def _check_box(box: Any, where: str) -> Box:
-    """A caller's box -> floats, or a UserError (boxes come from requests)."""
+    """A caller's box -> floats, or a UserError naming it (inference/boxes.py: the check every entry shares)."""
     try:
-        if isinstance(box, (str, bytes)):
-            raise TypeError
-        values = tuple(float(v) for v in box)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: a box is 4 numbers [x, y, w, h], got {box!r}") from None
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise UserError(f"{where}: a box is 4 finite numbers [x, y, w, h], got {list(box)}")
-    if values[2] <= 0 or values[3] <= 0:
-        raise UserError(f"{where}: box width and height must be positive, got {list(values)}")
-    return values
+        return check_box(box)
+    except BoxError as err:
+        raise UserError(f"{where}: {err}") from None
 
 
 def weights_version(model: torch.nn.Module) -> str:

@@ -9,7 +9,12 @@ parsing, strict option parsing, image decoding. Every user mistake is an `ApiErr
          (from the image headers), too many images
     415  not an image: unsupported Content-Type, or bytes in none of the formats we decode
     422  invalid options: unknown query/form/JSON fields, bad values, too many boxes, a box that does
-         not overlap the image by MIN_BOX_SIDE_PX in each direction
+         not overlap the image by MIN_BOX_SIDE_PX in each direction; a box value that is not a
+         finite number within MAX_BOX_VALUE (inference/boxes.py), or NaN, Infinity or an integer of
+         more than MAX_JSON_INT_DIGITS digits anywhere in client JSON (refused from its text)
+
+Client strings (file and field names, content types) are quoted in messages by their first
+characters only (boxes.short_repr), and a 422 lists at most MAX_LISTED_ERRORS fields.
 
 Cheap checks come before expensive work: the body's size before it is read, JSON nesting before it
 is parsed, the number of images and boxes before any is validated or decoded, and every image's
@@ -24,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
+import email.utils
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from emokp_ray.inference.boxes import JsonNumberError, load_json, short_repr
 from emokp_ray.serving.schemas import BatchJson, BatchOptions, BoxIn, PredictJson, PredictOptions
 
 if TYPE_CHECKING:
@@ -51,6 +57,9 @@ MAX_JSON_DEPTH = 16
 # A box must overlap the image by at least this many pixels in x and in y (a thinner sliver holds no
 # face, and the networks would see a smeared stripe).
 MIN_BOX_SIDE_PX = 4
+# A 422 names at most this many bad fields (then "and N more"): a body of 100,000 unknown fields
+# gets a one-line answer, not one as large as the body.
+MAX_LISTED_ERRORS = 5
 
 
 class ApiError(Exception):
@@ -70,9 +79,12 @@ def declared_length(headers: Any, limit: int) -> int | None:
     raw = headers.get("content-length")
     if raw is None:
         return None
-    if not raw.strip().isdigit():
-        raise ApiError(400, f"Content-Length {raw!r} is not a byte count")
-    length = int(raw)
+    digits = raw.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise ApiError(400, f"Content-Length {short_repr(raw)} is not a byte count")
+    if len(digits) > 18:  # more than any limit, and int() of thousands of digits is slow
+        raise ApiError(413, f"request body of a {len(digits)}-digit byte count exceeds the limit of {limit} bytes")
+    length = int(digits)
     if length > limit:
         raise ApiError(413, f"request body of {length} bytes exceeds the limit of {limit} bytes")
     return length
@@ -133,6 +145,34 @@ def _header_params(value: str, header: str) -> Message:
     return msg
 
 
+def _decode_header_block(raw: bytes) -> str:
+    """Part headers as text: UTF-8, which browsers send raw in a filename (RFC 7578 section 4.2),
+    else Latin-1 (every byte is a character there, so nothing fails)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def upload_filename(disposition: Message) -> str | None:
+    """The part's file name: RFC 5987 `filename*=UTF-8''caf%C3%A9.png` wins over a plain `filename`
+    (RFC 6266 section 4.3); an unknown charset is read as UTF-8, undecodable bytes as U+FFFD."""
+    plain, extended = None, None
+    for key, value in (disposition.get_params(header="content-disposition", unquote=False) or [])[1:]:
+        if key.lower() != "filename":
+            continue
+        if isinstance(value, tuple):  # (charset, language, text): the email package's RFC 2231 form
+            charset, _, text = value
+            raw = email.utils.unquote(text).encode("latin-1", "replace")
+            try:
+                extended = raw.decode(charset or "utf-8", "replace")
+            except LookupError:
+                extended = raw.decode("utf-8", "replace")
+        else:
+            plain = email.utils.unquote(value)
+    return extended if extended is not None else plain
+
+
 def parse_multipart(body: bytes, content_type: str) -> list[Part]:
     """Split a multipart/form-data body (RFC 7578) into its parts; 400 when it is malformed or cut off."""
     boundary = _header_params(content_type, "content-type").get_param("boundary", header="content-type")
@@ -159,16 +199,16 @@ def parse_multipart(body: bytes, content_type: str) -> list[Part]:
                 raise ApiError(400, "malformed multipart body (part headers not terminated)")
             raw_headers, data = segment[:split], segment[split + 4 :]
         headers: dict[str, str] = {}
-        for line in raw_headers.decode("latin-1").split("\r\n"):
+        for line in _decode_header_block(raw_headers).split("\r\n"):
             key, sep, value = line.partition(":")
             if not sep:
-                raise ApiError(400, f"malformed multipart part header {line[:60]!r}")
+                raise ApiError(400, f"malformed multipart part header {short_repr(line)}")
             headers[key.strip().lower()] = value.strip()
         disposition = _header_params(headers.get("content-disposition", ""), "content-disposition")
         name = disposition.get_param("name", header="content-disposition")
         if not isinstance(name, str) or not name:
             raise ApiError(400, "multipart part without a Content-Disposition name")
-        parts.append(Part(name, disposition.get_filename(), headers.get("content-type", ""), data))
+        parts.append(Part(name, upload_filename(disposition), headers.get("content-type", ""), data))
     raise ApiError(400, "multipart body is cut off (no closing boundary)")
 
 
@@ -176,13 +216,21 @@ def parse_multipart(body: bytes, content_type: str) -> list[Part]:
 
 
 def _one_line(err: ValidationError) -> str:
-    """A pydantic error list as one line: 'boxes.0.w: Input should be greater than 0; ...'."""
+    """A pydantic error list as one line: 'boxes.0.w: Input should be greater than 0; ...', at most
+    MAX_LISTED_ERRORS of them, each field name cut short (a client names the fields)."""
+    errors = err.errors(include_url=False, include_input=False)
     items = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "body"
+    for e in errors[:MAX_LISTED_ERRORS]:
+        where = ".".join(p if isinstance(p, str) and p.isprintable() and len(p) <= 40 else _quoted(p) for p in e["loc"])
         message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        items.append(f"{where}: {message}")
-    return "; ".join(items)
+        items.append(f"{where or 'body'}: {message}")
+    more = f"; and {len(errors) - MAX_LISTED_ERRORS:,} more" if len(errors) > MAX_LISTED_ERRORS else ""
+    return "; ".join(items) + more
+
+
+def _quoted(part: int | str) -> str:
+    # A field name from the client: repr escapes its newlines and control characters; cut short.
+    return str(part) if isinstance(part, int) else short_repr(part)
 
 
 def validate(model: type[M], raw: Any, what: str) -> M:
@@ -209,13 +257,15 @@ def options_from_fields(
     raw: dict[str, Any] = {}
     for key, value in fields:
         if key in raw:
-            raise ApiError(422, f"invalid {what}: {key!r} given more than once")
+            raise ApiError(422, f"invalid {what}: {short_repr(key)} given more than once")
         if key == "boxes":
             if json_depth_bound(value.encode("utf-8", "replace")) > MAX_JSON_DEPTH:
                 raise ApiError(422, f"invalid {what}: boxes nested deeper than {MAX_JSON_DEPTH} levels")
             try:
-                value = json.loads(value)
-            except (json.JSONDecodeError, RecursionError):
+                value = load_json(value)
+            except JsonNumberError as err:
+                raise ApiError(422, f"invalid {what}: boxes: {err}") from None
+            except (ValueError, RecursionError):
                 raise ApiError(422, f"invalid {what}: boxes must be JSON like [[x, y, w, h], ...]") from None
             check_box_count(value, max_boxes, f"invalid {what}: boxes")
         raw[key] = value
@@ -260,9 +310,11 @@ def parse_json(body: bytes) -> Any:
     if json_depth_bound(body) > MAX_JSON_DEPTH:
         raise ApiError(400, f"JSON body nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ApiError(400, f"malformed JSON body: {err}") from None
+        return load_json(body)
+    except JsonNumberError as err:
+        raise ApiError(422, f"invalid JSON body: {err}") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, or anything else the parser refuses
+        raise ApiError(400, f"malformed JSON body: {_first_line(str(err))}") from None
     except RecursionError:  # not reached after the depth bound; kept so a deep body can never be a 500
         raise ApiError(400, f"JSON body nested deeper than {MAX_JSON_DEPTH} levels") from None
 
@@ -280,8 +332,13 @@ class ImageInput:
     boxes_where: str = "boxes"  # where the boxes came from, for messages
 
 
+def _first_line(text: str, limit: int = 200) -> str:
+    line = (text.splitlines() or [""])[0]
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
 def _unsupported(kind: str, allowed: str) -> ApiError:
-    return ApiError(415, f"unsupported content type {kind or '(none)'!r}; send {allowed}")
+    return ApiError(415, f"unsupported content type {short_repr(kind) if kind else '(none)'}; send {allowed}")
 
 
 def predict_request(
@@ -301,7 +358,7 @@ def predict_request(
         images = [p for p in parts if p.name == "image"]
         if len(images) != 1:
             raise ApiError(400, f"multipart body needs exactly one 'image' file field, got {len(images)}")
-        image = ImageInput(images[0].data, f"upload {images[0].filename or 'image'!r}")
+        image = ImageInput(images[0].data, f"upload {short_repr(images[0].filename or 'image')}")
     elif kind == "application/json":
         raw = parse_json(body)
         if isinstance(raw, dict):
@@ -346,7 +403,7 @@ def batch_request(
         if len(files) > max_images:
             raise _too_many_images(len(files), max_images)
         for i, p in enumerate(files):
-            items.append(ImageInput(p.data, f"images[{i}] {p.filename or 'upload'!r}"))
+            items.append(ImageInput(p.data, f"images[{i}] {short_repr(p.filename or 'upload')}"))
     elif kind == "application/json":
         raw = parse_json(body)
         if isinstance(raw, dict) and isinstance(raw.get("images"), list):

@@ -5,10 +5,11 @@ never a silently ignored default.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from emokp_ray.inference.boxes import check_box, short_repr
 
 # The `backend` names AppArgs accepts (inference/backends.py BACKENDS).
 Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
@@ -118,7 +119,10 @@ DETECT_TO_MODE = {"auto": "auto", "true": "detect", "false": "crop"}
 
 
 class BoxIn(BaseModel):
-    """A caller's face box (x, y, w, h) in the input image's pixels, sent as [x, y, w, h]."""
+    """A caller's face box (x, y, w, h) in the input image's pixels, sent as [x, y, w, h] (or an
+    object with exactly those keys). Its values are checked by inference/boxes.check_box, as the
+    labeling listing's and the Python API's are: numbers only (no "1", no true), finite, within
+    +-MAX_BOX_VALUE, w and h > 0."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -129,18 +133,14 @@ class BoxIn(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _from_list(cls, raw: object) -> object:
-        if isinstance(raw, (list, tuple)):
-            if len(raw) != 4:
-                raise ValueError(f"a box is [x, y, w, h], got {len(raw)} numbers")
-            return dict(zip("xywh", raw))
-        return raw
-
-    @model_validator(mode="after")
-    def _finite(self) -> BoxIn:
-        if not all(math.isfinite(v) for v in (self.x, self.y, self.w, self.h)):
-            raise ValueError("box values must be finite numbers")
-        return self
+    def _checked(cls, raw: object) -> object:
+        if isinstance(raw, cls):  # already checked (merge_options passes the parsed boxes on)
+            return raw
+        if isinstance(raw, dict):
+            if set(raw) != set("xywh"):
+                raise ValueError(f"a box object has exactly the keys x, y, w, h, got {short_repr(list(raw))}")
+            raw = [raw[k] for k in "xywh"]
+        return dict(zip("xywh", check_box(raw)))
 
     def as_tuple(self) -> tuple[float, float, float, float]:
         return (self.x, self.y, self.w, self.h)
