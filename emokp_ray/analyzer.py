@@ -27,6 +27,7 @@ from emokp_ray.builtin import DEFAULT_EMOTION, DEFAULT_KEYPOINTS
 from emokp_ray.errors import UserError
 from emokp_ray.inference.detect import DEFAULT_DETECTOR, detector_installed
 from emokp_ray.inference.results import Box, ImageResult
+from emokp_ray.inference.video import DEFAULT_FPS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -139,6 +140,49 @@ class FaceAnalyzer:
             result.source, result.image = source, image
             result.keypoint_names, result.class_names = self._keypoint_names, self._class_names
         return results if batch else results[0]
+
+    def video(
+        self,
+        path: str | os.PathLike[str],
+        fps: float | None = DEFAULT_FPS,
+        mode: str = "auto",
+        annotate: str | os.PathLike[str] | None = None,
+    ) -> list[ImageResult]:
+        """The faces of a video's sampled frames: one ImageResult per frame sampled, in order, each
+        with `frame_index` (0-based, in the stream) and `timestamp` (seconds); the frames go through
+        the same predictor as photos, a few at a time (never the whole video in memory).
+
+        path: an .mp4, .mov, .webm, .mkv or .avi file (PyAV decodes it: `pip install
+        'emokp-ray[video]'`). fps: frames sampled per second (None: every frame). mode: as for
+        images. annotate: also write an MP4 of the sampled frames with the faces drawn on, here.
+        The results do not keep their frames (`annotate` draws them while they are decoded).
+
+            results = analyzer.video("talk.mp4", fps=2)
+            table = emokp_ray.to_pandas(results)     # frame_index, timestamp, one row per face
+            table.groupby("timestamp")["emotion"].first()
+
+        An unreadable or unsupported file raises a UserError (a `video.VideoError`) naming it; a
+        video without faces gives results without faces.
+        """
+        from emokp_ray.inference.render import annotate as draw
+        from emokp_ray.inference.video import VideoWriter, check_fps, output_rate, predict_video, probe_video
+
+        fps = check_fps(fps)
+        source = os.fspath(path)
+        info = probe_video(source)
+        writer = VideoWriter(annotate, output_rate(fps, info.rate)) if annotate is not None else None
+        results = []
+        try:
+            for frame, result in predict_video(self.predictor, source, fps, mode=mode):
+                result.source = source
+                result.keypoint_names, result.class_names = self._keypoint_names, self._class_names
+                if writer is not None:
+                    writer.write(draw(frame.image, result))
+                results.append(result)
+        finally:
+            if writer is not None:
+                writer.close()
+        return results
 
     def __repr__(self) -> str:
         info = self.predictor.model_info()

@@ -88,6 +88,32 @@ def _add_detector(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _fps(text: str) -> float | None:
+    """--fps: frames sampled per second of video (a number > 0), or `all` for every frame (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected frames per second > 0 or 'all', got {text!r}")
+    return value
+
+
+def _add_fps(parser: argparse.ArgumentParser) -> None:
+    from emokp_ray.inference.video import DEFAULT_FPS
+
+    parser.add_argument(
+        "--fps",
+        type=_fps,
+        default=DEFAULT_FPS,
+        metavar="F",
+        help=f"videos (.mp4 .mov .webm .mkv .avi; the `video` extra): frames sampled per second "
+        f"(default {DEFAULT_FPS:g}), or 'all' for every frame",
+    )
+
+
 def _add_backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
@@ -205,6 +231,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         backend=args.backend,
         detector=args.detector,
         detector_threshold=args.detector_threshold,
+        fps=args.fps,
     )
 
 
@@ -234,6 +261,7 @@ def _cmd_label(args: argparse.Namespace) -> None:
         trust_torchscript=args.trust_torchscript,
         detector=args.detector,
         detector_threshold=args.detector_threshold,
+        fps=args.fps,
     )
     print(summary)
     failure = summary.failure(args.max_error_fraction)  # after the summary is written and shown
@@ -489,7 +517,12 @@ def _add_predict(sub: _Subcommands) -> None:
         "probabilities) with --json, else one readable line per face. Without model "
         "flags the shipped release models (builtin:keypoints, builtin:emotion-fer7) are used.",
     )
-    pred.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF, PPM)")
+    pred.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF, PPM) or videos (MP4, MOV, WebM, MKV, AVI)",
+    )
     pred.add_argument("--keypoints", metavar="CKPT", help="keypoint model (default: builtin:keypoints)")
     pred.add_argument(
         "--emotion",
@@ -497,7 +530,9 @@ def _add_predict(sub: _Subcommands) -> None:
         help="emotion model (default: builtin:emotion-fer7, 7 classes with neutral; builtin:emotion: seed5)",
     )
     pred.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
-    pred.add_argument("--annotate", metavar="DIR", help="write annotated copies of the images into DIR")
+    pred.add_argument(
+        "--annotate", metavar="DIR", help="write annotated copies of the images (and videos, as MP4) into DIR"
+    )
     pred.add_argument(
         "--detect",
         default="auto",
@@ -509,6 +544,7 @@ def _add_predict(sub: _Subcommands) -> None:
     )
     _add_detector(pred)
     _add_backend(pred)
+    _add_fps(pred)
     pred.set_defaults(func=_cmd_predict)
 
 
@@ -590,6 +626,7 @@ def _add_label(sub: _Subcommands) -> None:
     lgpu.add_argument("--no-gpu", dest="gpu", action="store_false")
     _add_detector(label)
     _add_backend(label)
+    _add_fps(label)
     label.add_argument(
         "--trust-torchscript",
         action="store_true",

@@ -4,8 +4,8 @@
         python jobs/label.py s3://bucket/photos/ --keypoints /mnt/emokp/runs/r1/keypoints/best \\
             --emotion /mnt/emokp/runs/r1/emotion/best --out s3://bucket/labels/photos --concurrency 2-8 --gpu
 
-INPUT (image folder, glob or file; prepared data set; Kaggle CSV; a Parquet or CSV listing of image
-paths, optionally with the faces' `boxes`, label_inputs.py) may be a URI: the labeling tasks read it
+INPUT (image folder, glob or file, videos among them, sampled at --fps; prepared data set; Kaggle
+CSV; a Parquet or CSV listing of image paths, optionally with the faces' `boxes`, label_inputs.py) may be a URI: the labeling tasks read it
 through pyarrow. --out and --annotate may be URIs (or paths every node sees): the Ray Data
 workers write their part files and PNGs there directly, nothing goes through the driver, and
 summary.json is written last. A job that was killed (driver, node, cluster) is finished by submitting
@@ -38,6 +38,16 @@ def _concurrency(text: str) -> int | tuple[int, int]:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+
+
+def _fps(text: str) -> float | None:
+    """Video frames sampled per second, or `all` (every frame); checked by run_label."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected frames per second or 'all', got {text!r}") from None
 
 
 def build_parser() -> JobParser:
@@ -106,6 +116,14 @@ def build_parser() -> JobParser:
     )
     parser.add_argument("--num-cpus", type=float, help=f"CPUs reserved per actor (default {_DEFAULTS['num_cpus']})")
     parser.add_argument("--threads", type=int, help="torch threads per actor (default: one per reserved CPU)")
+    parser.add_argument(
+        "--fps", type=_fps, metavar="F|all", help=f"video frames sampled per second (default {_DEFAULTS['fps']:g})"
+    )
+    parser.add_argument(
+        "--frames-per-range",
+        type=int,
+        help=f"sampled frames per video range, the unit labelled in parallel (default {_DEFAULTS['frames_per_range']})",
+    )
     return parser
 
 

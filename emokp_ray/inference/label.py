@@ -1,5 +1,6 @@
-"""Batch labeling with Ray Data: image files, a prepared data set or a Kaggle CSV in; one row per face
-out, written by the workers straight into OUT (any pyarrow filesystem).
+"""Batch labeling with Ray Data: image files (and videos, split into frame ranges sampled at `fps`), a
+prepared data set or a Kaggle CSV in; one row per face (per sampled frame) out, written by the
+workers straight into OUT (any pyarrow filesystem).
 
     driver    check OUT (writable, a new folder or ours), resolve INPUT (label_inputs.py), load the
               models once (a bad checkpoint fails before any worker starts), record the run
@@ -38,6 +39,7 @@ from emokp_ray.artifacts.files import open_location, write_file
 from emokp_ray.errors import UserError
 from emokp_ray.inference.label_inputs import (
     DATASET_COLUMNS,
+    FRAMES_PER_RANGE,
     LabelInput,
     ListingCounts,
     iter_work_tables,
@@ -66,11 +68,13 @@ from emokp_ray.inference.label_output import (
 from emokp_ray.inference.label_stages import (
     BatchLabeler,
     FaceNetworks,
+    join_video_segments,
     load_batch,
     load_predictor,
     prepare_block,
     write_block,
 )
+from emokp_ray.inference.video import DEFAULT_FPS, check_fps
 from emokp_ray.labels import KEYPOINT_COLUMNS, KEYPOINT_NAMES
 
 __all__ = ["MODES", "STAGES", "BatchLabeler", "LabelSummary", "load_batch", "run_label"]
@@ -90,7 +94,7 @@ PREPARE_CPUS = 1.0  # per stage-A task (decode + detection; OpenCV held to it, l
 PREPARE_MEMORY_BYTES = 256 * 1024 * 1024
 WRITE_CPUS = 0.25  # per stage-C task (Parquet encoding and the upload: mostly waiting on I/O)
 PROGRESS_EVERY_S = 5.0
-OUTPUT_OPTIONS = ("input", "input_kind", "mode", "model", "jsonl", "annotate_dir")  # what a resume must match
+OUTPUT_OPTIONS = ("input", "input_kind", "mode", "model", "jsonl", "annotate_dir", "fps", "frames_per_range")
 
 
 @dataclass(frozen=True)
@@ -99,9 +103,9 @@ class LabelSummary:
 
     input: str
     input_kind: str  # "images" | "dataset" | "csv"
-    images: int  # inputs in the output (one or more rows each), earlier runs' included
+    images: int  # inputs in the output (one or more rows each; a video frame range is one), earlier runs' included
     faces: int  # rows with status ok
-    no_face: int  # images without a face
+    no_face: int  # images and sampled video frames without a face
     errors: int  # images that could not be read, decoded or labelled
     skipped_files: int  # files in an image folder without an image extension (not inputs)
     seconds: float  # this run's Ray Data pipeline, from start to the last part written
@@ -116,6 +120,9 @@ class LabelSummary:
     resumed: int = 0  # images already written by earlier runs into OUT (skipped by this one)
     emotions: dict = field(default_factory=dict)  # class -> faces
     skipped_links: int = 0  # folders met again through a symbolic link, walked only once
+    videos: int = 0  # video files among the inputs (each split into frame ranges, counted in `images`)
+    frames: int = 0  # sampled video frames labelled (one no_face row, or a row per face, each)
+    frames_per_s: float = 0.0  # video frames labelled by this run / seconds
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,14 +145,20 @@ class LabelSummary:
         return None
 
     def __str__(self) -> str:
+        what = "inputs (images and video frame ranges)" if self.videos else "images"
         text = (
-            f"labelled {self.images:,} images from {self.input} in {self.seconds:.1f} s: {self.faces:,} faces, "
+            f"labelled {self.images:,} {what} from {self.input} in {self.seconds:.1f} s: {self.faces:,} faces, "
             f"{self.no_face:,} without a face, {self.errors:,} errors"
         )
         if self.skipped_files:
             text += f" ({self.skipped_files:,} non-image files skipped)"
         if self.skipped_links:
             text += f" ({self.skipped_links:,} folders reached again through symbolic links, walked once)"
+        if self.videos:
+            text += (
+                f"\n  videos: {self.videos:,} files, {self.frames:,} sampled frames labelled "
+                f"({self.frames_per_s:,.1f} frames/s)"
+            )
         if self.resumed:
             text += f"\n  resumed: {self.resumed:,} images were already written, {self.images - self.resumed:,} labelled now"
         steady = f", then {self.steady_images_per_s:,.1f} images/s" if self.steady_images_per_s else ""
@@ -270,6 +283,8 @@ def _check_resumable(recorded: dict, current: dict, out: str) -> None:
         was, now = recorded.get(key), current.get(key)
         if key == "model":
             was, now = _model_identity(was or {}), _model_identity(now or {})
+        if key in ("fps", "frames_per_range") and key not in recorded:
+            continue  # an output written before videos were labelled
         if was != now:
             what = {
                 "input": "INPUT",
@@ -278,6 +293,8 @@ def _check_resumable(recorded: dict, current: dict, out: str) -> None:
                 "model": "models",
                 "jsonl": "--jsonl",
                 "annotate_dir": "--annotate",
+                "fps": "--fps",
+                "frames_per_range": "frames per video range",
             }[key]
 
             def shown(v: Any) -> str:
@@ -328,23 +345,35 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
     if fs.get_file_info(work).type == pafs.FileType.Directory:
         fs.delete_dir(work)  # an interrupted listing: list again
     fs.create_dir(work, recursive=True)
-    counts, files = ListingCounts(), []
+    counts = ListingCounts()
+    files: list[str] = []
+    video_files: list[str] = []
     schema = spec.work_schema
     for i, table in enumerate(iter_work_tables(spec, counts)):
-        name = f"{work}/inputs-{i:05d}.parquet"
+        # Video ranges apart from images: a range is a block of its own (_work_dataset)
+        video = table["range_start"].is_valid() if "range_start" in table.column_names else None
+        for kind, rows, names in (
+            ("inputs", table if video is None else table.filter(pc.invert(video)), files),
+            ("videos", None if video is None else table.filter(video), video_files),
+        ):
+            if rows is None or rows.num_rows == 0:
+                continue
+            name = f"{work}/{kind}-{i:05d}.parquet"
 
-        def write(stream: Any, table: pa.Table = table) -> None:
-            pq.write_table(table.cast(schema), stream)
+            def write(stream: Any, rows: pa.Table = rows) -> None:
+                pq.write_table(rows.cast(schema), stream)
 
-        write_file(name, write, fs=fs)
-        files.append(name)
+            write_file(name, write, fs=fs)
+            names.append(name)
         if progress and i and i % 10 == 0:
             print(f"label: listed {counts.inputs:,} inputs", file=sys.stderr, flush=True)
     listing = {
         "files": files,
+        "video_files": video_files,
         "total": counts.inputs,
         "skipped_files": counts.skipped_files,
         "skipped_links": counts.skipped_links,
+        "videos": counts.videos,
     }
     write_json(fs, f"{out}/{LISTING_FILE}", listing)
     return listing
@@ -352,24 +381,30 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
 
 def _work_dataset(spec: LabelInput, listing: dict, fs: pafs.FileSystem, rows_per_block: int):
     """The Ray Dataset of work rows (lazy; image bytes are not read here), in blocks of
-    `rows_per_block` rows (one stage-A call and, further on, one part file each)."""
+    `rows_per_block` rows (one stage-A call and, further on, one part file each); a video's frame
+    range is a block of its own: the ranges of a long video are decoded and searched in parallel."""
     import ray.data
 
     if spec.kind == "dataset":
         ds = ray.data.read_parquet(spec.split_dirs, filesystem=spec.filesystem).select_columns(DATASET_COLUMNS)
-    else:
-        ds = ray.data.read_parquet(listing["files"], filesystem=fs)
-    return ds.repartition(target_num_rows_per_block=rows_per_block)  # streaming: no shuffle, no barrier
+        return ds.repartition(target_num_rows_per_block=rows_per_block)  # streaming: no shuffle, no barrier
+    parts = []
+    for files, rows in ((listing["files"], rows_per_block), (listing.get("video_files", []), 1)):
+        if files:
+            parts.append(ray.data.read_parquet(files, filesystem=fs).repartition(target_num_rows_per_block=rows))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
-def _stream(pipeline, total: int, resumed: int, progress: bool) -> tuple[float, int, int]:
+def _stream(pipeline, total: int, resumed: int, progress: bool) -> tuple[float, int, int, int]:
     """Follow the parts as they are written (one small row each), with a progress line every
-    PROGRESS_EVERY_S seconds. Returns (seconds to the first part, images in it, images written)."""
+    PROGRESS_EVERY_S seconds. Returns (seconds to the first part, inputs in it, inputs written,
+    video frames written)."""
     started = last = time.perf_counter()
-    first, images, faces, errors = None, 0, 0, 0
+    first, images, frames, faces, errors = None, 0, 0, 0, 0
     for table in pipeline.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=4):
         arrived = time.perf_counter()
         images += int(pc.sum(table["images"]).as_py() or 0)
+        frames += int(pc.sum(table["frames"]).as_py() or 0)
         faces += int(pc.sum(table["faces"]).as_py() or 0)
         errors += int(pc.sum(table["errors"]).as_py() or 0)
         if first is None and images:
@@ -377,13 +412,14 @@ def _stream(pipeline, total: int, resumed: int, progress: bool) -> tuple[float, 
         if progress and arrived - last >= PROGRESS_EVERY_S:
             last = arrived
             print(
-                f"label: {resumed + images:,}/{total:,} images, {faces:,} faces, {errors:,} errors, "
-                f"{images / (arrived - started):,.1f} images/s",
+                f"label: {resumed + images:,}/{total:,} inputs, {faces:,} faces, {errors:,} errors, "
+                f"{images / (arrived - started):,.1f} inputs/s"
+                + (f", {frames:,} video frames ({frames / (arrived - started):,.1f}/s)" if frames else ""),
                 file=sys.stderr,
                 flush=True,
             )
     first = first if first is not None else (time.perf_counter() - started, images)
-    return first[0], first[1], images
+    return first[0], first[1], images, frames
 
 
 # ----------------------------------------------------------------------------- run_label's steps, in order
@@ -466,9 +502,16 @@ def _check_writable(outputs: _Outputs) -> None:
         check_writable(outputs.ann_fs, outputs.ann_path, "--annotate")
 
 
-def _resolve(input: str, detect: str, detector: Any, threshold: float | None = None) -> tuple[LabelInput, str, bool]:
+def _resolve(
+    input: str,
+    detect: str,
+    detector: Any,
+    threshold: float | None = None,
+    fps: float | None = DEFAULT_FPS,
+    frames_per_range: int = FRAMES_PER_RANGE,
+) -> tuple[LabelInput, str, bool]:
     """INPUT resolved (label_inputs.py), the detect mode its images get, and whether faces can be searched."""
-    spec = resolve_input(input)
+    spec = resolve_input(input, fps, frames_per_range)
     mode = "crop" if spec.crop_mode and detect == "auto" else detect
     return spec, mode, _detector_available(mode, detector, threshold)
 
@@ -493,6 +536,8 @@ def _run_metadata(
         "mode": mode,
         "jsonl": jsonl,
         "annotate_dir": (annotate_dir if "://" in annotate_dir else ann_path) if annotate_dir else None,
+        "fps": "all" if spec.fps is None else spec.fps,
+        "frames_per_range": spec.frames_per_range,
     }
 
 
@@ -652,6 +697,7 @@ class _Timing:
     startup: float  # until the first part was written
     at_startup: int  # images in the first part
     written: int  # images written by this run
+    frames: int = 0  # video frames written by this run
 
 
 def _label_the_rest(
@@ -677,11 +723,10 @@ def _label_the_rest(
 
     total, resumed = listing["total"], 0 if done is None else len(done)
     started = time.perf_counter()
-    startup, at_startup, written = 0.0, 0, 0
+    startup, at_startup, written, frames = 0.0, 0, 0, 0
     if resumed < total:
-        rows_per_block = max(
-            1, min(networks.batch_size * ROWS_PER_CALL_BATCHES, -(-(total - resumed) // (2 * pool.max_actors)))
-        )
+        per_block = networks.batch_size * ROWS_PER_CALL_BATCHES
+        rows_per_block = max(1, min(per_block, -(-(total - resumed) // (2 * pool.max_actors))))
         done_ref = ray.put(done) if done is not None and len(done) else None
         prepare = dict(
             filesystem=spec.filesystem,
@@ -690,6 +735,7 @@ def _label_the_rest(
             detector_threshold=detector_threshold,
             pixels=pixels,
             done=done_ref,
+            fps=spec.fps,
         )
         write = dict(
             filesystem=outputs.fs,
@@ -699,13 +745,15 @@ def _label_the_rest(
             annotate_fs=outputs.ann_fs,
             annotate_dir=outputs.ann_path,
             class_names=metadata["emotion_classes"],
+            video_fs=spec.filesystem,
+            fps=spec.fps,
         )
         inputs = {task: info["input_size"] for task, info in metadata["model"].items() if info}
         with parquet_footer_readers(1):
             ds = _work_dataset(spec, listing, outputs.fs, rows_per_block)
             parts = _labelled_parts(ds, stages, prepare, inputs, networks, pool, write)
-            startup, at_startup, written = _stream(parts, total, resumed, progress)
-    return _Timing(time.perf_counter() - started, startup, at_startup, written)
+            startup, at_startup, written, frames = _stream(parts, total, resumed, progress)
+    return _Timing(time.perf_counter() - started, startup, at_startup, written, frames)
 
 
 def _counts_written(outputs: _Outputs, metadata: dict, total: int) -> dict:
@@ -758,6 +806,9 @@ def _summary(
         stages=stages,
         resumed=resumed,
         emotions=counts["emotions"],
+        videos=listing.get("videos", 0),
+        frames=counts["frames"],
+        frames_per_s=round(timing.frames / seconds, 2) if seconds > 0 else 0.0,
     )
 
 
@@ -793,6 +844,8 @@ def run_label(
     trust_torchscript: bool = False,
     backend: str = "auto",
     detector_threshold: float | None = None,
+    fps: float | None = DEFAULT_FPS,
+    frames_per_range: int = FRAMES_PER_RANGE,
 ) -> LabelSummary:
     """Label every face of INPUT with the Predictor in Ray Data stages; see the module docstring.
 
@@ -807,12 +860,18 @@ def run_label(
     task; detector_threshold: MTCNN's final score threshold in (0, 1)), or an object with
     `detect(image) -> [Detection...]` (largest first), pickled to every task. resume: finish the unfinished run in OUT
     (see the module docstring). stages: "split" (A | B | C) or "single" (A+B in the actors | C).
+    fps: videos' frames sampled per second (None: every frame); frames_per_range: sampled frames per
+    video frame range, the unit Ray Data labels in parallel (label_inputs.py). With annotate_dir, a
+    video's annotated frames come out as NAME.annotated.mp4 (joined from its ranges at the end).
     """
     _check_options(keypoints, emotion, detect, stages, batch_size, num_cpus, threads, concurrency)
+    fps = check_fps(fps)
+    if not isinstance(frames_per_range, int) or frames_per_range < 1:
+        raise UserError(f"frames per video range must be a positive integer, got {frames_per_range!r}")
     outputs = _open_outputs(out, annotate_dir, resume)
     with _removed_if_refused(outputs):  # the plan: nothing is written until it holds
         _check_writable(outputs)
-        spec, mode, use_detector = _resolve(input, detect, detector, detector_threshold)
+        spec, mode, use_detector = _resolve(input, detect, detector, detector_threshold, fps, frames_per_range)
         metadata = _run_metadata(
             spec, mode, keypoints, emotion, trust_torchscript, backend, jsonl, annotate_dir, outputs.ann_path
         )
@@ -849,6 +908,8 @@ def run_label(
     )
 
     counts = _counts_written(outputs, metadata, listing["total"])
+    if outputs.ann_fs is not None and outputs.ann_path is not None and listing.get("videos"):
+        join_video_segments(outputs.ann_fs, outputs.ann_path)
     summary = _summary(
         spec,
         listing,

@@ -2,7 +2,9 @@
 
 INPUT is one of
     an image folder, a glob or one image file   local path or URI (s3://, gs://, file://, ...) through
-                                                pyarrow filesystems; work rows: path, source, size
+    (videos among them: VIDEO_EXTENSIONS)       pyarrow filesystems; work rows: path, source, size,
+                                                range_start, range_stop, error (a video: one row per
+                                                frame range, `FrameRange`; an image: range null)
     a prepared Parquet data set                 DIR/dataset.json + DIR/<split>/*.parquet (schema.py);
                                                 Ray Data reads its rows (image, height, width, split,
                                                 source, row_id: face crops) where they are
@@ -14,6 +16,12 @@ INPUT is one of
                                                 `boxes`, the faces the user already has (below);
                                                 work rows: path, source, size (-1: not known yet),
                                                 boxes (JSON text or null), error
+
+Videos are split on the driver into frame ranges of about `LabelInput.frames_per_range` sampled
+frames (video.frame_ranges, from the header: the driver opens each video, decodes nothing), so the
+ranges of one long video are labelled by Ray Data tasks in parallel; a range is an input of its
+own (one part file holds it whole, a resume skips it whole). A video that cannot be opened is one
+work row carrying its error (an error row in the output). The last range of a video is open-ended.
 
 A listing's `boxes` (as the HTTP API's `boxes`): JSON text `[[x, y, w, h], ...]` in a CSV; in Parquet
 a list<list<double>> or the same JSON text. `[]` means "no faces here", null or missing "detect".
@@ -56,6 +64,7 @@ from emokp_ray.data.kaggle import KaggleReader
 from emokp_ray.data.schema import DATASET_META, SPLITS
 from emokp_ray.errors import UserError
 from emokp_ray.inference.boxes import BoxError, JsonNumberError, check_box, load_json, short_repr
+from emokp_ray.inference.video import DEFAULT_FPS, VIDEO_EXTENSIONS, frame_ranges, is_video, probe_video
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -69,7 +78,18 @@ LISTING_CHUNK_ROWS = 8_192
 DATASET_COLUMNS = ["image", "height", "width", "split", "source", "row_id"]
 _GLOB_MAGIC = re.compile(r"[*?\[]")
 
-FILE_WORK_SCHEMA = pa.schema([("path", pa.string()), ("source", pa.string()), ("size", pa.int64())])
+# range_start / range_stop: a video's frame range [start, stop) (stop null: to the end); both null for
+# an image. error: a work row that is an error already (a video that cannot be opened), else null.
+FILE_WORK_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("source", pa.string()),
+        ("size", pa.int64()),
+        ("range_start", pa.int64()),
+        ("range_stop", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
 LISTING_WORK_SCHEMA = pa.schema(
     [
         ("path", pa.string()),
@@ -77,8 +97,11 @@ LISTING_WORK_SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("boxes", pa.string()),
         ("error", pa.string()),
+        ("range_start", pa.int64()),
+        ("range_stop", pa.int64()),
     ]
 )  # size -1: read by the task; boxes: canonical JSON text, null = detect; error: a bad row's reason
+FRAMES_PER_RANGE = 32  # sampled frames per video range: one range is one stage-A call (a few s of detection)
 LISTING_SUFFIXES = (".parquet", ".pq")
 MAX_BOXES_PER_IMAGE = 256  # a listing row with more is an error row (each box is a crop per network)
 CROP_WORK_SCHEMA = pa.schema(
@@ -103,6 +126,8 @@ class LabelInput:
     split_dirs: list[str] = field(default_factory=list)  # dataset: <DIR>/<split> paths on `filesystem`
     total: int = 0  # dataset: rows (from the footers); others: known once listed
     detail: str = ""  # one line for the console: what was found
+    fps: float | None = DEFAULT_FPS  # videos: frames sampled per second (None: every frame)
+    frames_per_range: int = FRAMES_PER_RANGE  # videos: sampled frames per work row (frame range)
 
     @property
     def crop_mode(self) -> bool:
@@ -124,9 +149,47 @@ class LabelInput:
 class ListingCounts:
     """What a listing found so far (updated while `iter_work_tables` runs)."""
 
-    inputs: int = 0  # work rows: images expected in the output
+    inputs: int = 0  # work rows: images and video frame ranges expected in the output
+    videos: int = 0  # video files among them (each one or more frame ranges)
     skipped_files: int = 0  # files in an image folder without an image extension (not inputs)
     skipped_links: int = 0  # folders reached again through a symbolic link (walked once, not again)
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """A video's work row: frames [start, stop) of the file at `path` (stop None: to the end), or,
+    with `error`, a video that could not be opened (start 0, stop None: the whole file)."""
+
+    path: str
+    source: str
+    size: int
+    start: int
+    stop: int | None
+    error: str | None = None
+
+
+def video_ranges(fs: pafs.FileSystem, path: str, source: str, size: int, spec: LabelInput) -> list[FrameRange]:
+    """A video file -> its frame ranges (label_inputs' docstring), from its header; a file that is not
+    a readable video (or PyAV missing) is one FrameRange with the error."""
+    try:
+        if size == DANGLING:
+            raise UserError(f"{source}: a symbolic link whose target does not exist")
+        if size < 0:  # a listing's row: its size is read here
+            info = fs.get_file_info(path)
+            if info.type != pafs.FileType.File:
+                raise UserError(f"{source}: no such file ({path})")
+            size = info.size or 0
+        if size > MAX_VIDEO_BYTES:
+            raise UserError(f"{source}: file of {size:,} bytes is larger than {MAX_VIDEO_BYTES:,}")
+        header = probe_video(lambda: fs.open_input_file(path), source)
+    except (UserError, OSError) as err:
+        text = (str(err).splitlines() or [type(err).__name__])[0]
+        return [FrameRange(path, source, size, 0, None, text if source in text else f"{source}: {text}")]
+    ranges = frame_ranges(header, spec.fps, spec.frames_per_range)
+    return [FrameRange(path, source, size, start, stop) for start, stop in ranges]
+
+
+MAX_VIDEO_BYTES = 64 * 2**30  # a larger file is an error row (decoded as a stream: memory does not grow with it)
 
 
 def _glob_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
@@ -248,30 +311,42 @@ def _file_entries(spec: LabelInput, counts: ListingCounts) -> Iterator[tuple[str
     for entry in _walk(fs, path, lambda folder: not folder[-1].startswith("."), counts):
         if _hidden(entry[1]):
             continue
-        if entry[1].lower().endswith(IMAGE_EXTENSIONS):
+        if entry[1].lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS):
             yield entry
         else:
             counts.skipped_files += 1
 
 
 def _file_tables(spec: LabelInput, counts: ListingCounts, chunk_rows: int) -> Iterator[pa.Table]:
-    chunk: list[tuple[str, str, int]] = []
+    chunk: list[tuple[str, str, int] | FrameRange] = []
+    fs = spec.filesystem
+    assert fs is not None, "an image input is resolved with its filesystem"
     for entry in _file_entries(spec, counts):
-        chunk.append(entry)
-        if len(chunk) == chunk_rows:
+        if is_video(entry[1]):
+            counts.videos += 1
+            chunk.extend(video_ranges(fs, *entry, spec))
+        else:
+            chunk.append(entry)
+        if len(chunk) >= chunk_rows:
             yield _file_table(chunk, counts)
             chunk = []
     if chunk:
         yield _file_table(chunk, counts)
 
 
-def _file_table(entries: list[tuple[str, str, int]], counts: ListingCounts) -> pa.Table:
-    paths, sources, sizes = zip(*entries)
+def _file_table(entries: list[tuple[str, str, int] | FrameRange], counts: ListingCounts) -> pa.Table:
+    """Work rows of image files (path, source, size) and video frame ranges."""
+    columns: dict[str, list] = {name: [] for name in FILE_WORK_SCHEMA.names}
+    for entry in entries:
+        values: tuple[object, ...]
+        if isinstance(entry, FrameRange):
+            values = (entry.path, entry.source, entry.size, entry.start, entry.stop, entry.error)
+        else:
+            values = (*entry, None, None, None)
+        for name, value in zip(FILE_WORK_SCHEMA.names, values):
+            columns[name].append(value)
     counts.inputs += len(entries)
-    return pa.Table.from_arrays(
-        [pa.array(paths, pa.string()), pa.array(sources, pa.string()), pa.array(sizes, pa.int64())],
-        schema=FILE_WORK_SCHEMA,
-    )
+    return pa.Table.from_pydict(columns, schema=FILE_WORK_SCHEMA)
 
 
 def _dataset(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
@@ -391,6 +466,16 @@ def _listing_rows(spec: LabelInput, paths: list, cells: list) -> pa.Table:
     """A chunk of a listing (its `path` and `boxes` values) -> work rows; a bad row carries its error."""
     base = str(PurePosixPath(spec.path).parent)
     out: dict[str, list] = {name: [] for name in LISTING_WORK_SCHEMA.names}
+    fs = spec.filesystem
+    assert fs is not None, "a listing is resolved with its filesystem"
+
+    def add(
+        path: str, source: str, boxes: str | None, error: str | None, start: int | None = None, stop: int | None = None
+    ) -> None:
+        values = (path, source, -1, boxes, error, start, stop)
+        for name, value in zip(LISTING_WORK_SCHEMA.names, values):
+            out[name].append(value)
+
     for path, cell in zip(paths, cells):
         source, error, boxes = str(path or ""), None, None
         try:
@@ -399,13 +484,16 @@ def _listing_rows(spec: LabelInput, paths: list, cells: list) -> pa.Table:
             if "://" in source:
                 raise ValueError("a listing's paths are on its own filesystem: relative to its folder, or absolute")
             boxes = parse_boxes(cell)
+            if boxes is not None and is_video(source):
+                raise ValueError("boxes are for images: a video's faces are detected in every sampled frame")
         except ValueError as err:
             error = f"{spec.location}: {source or '(no path)'}: {err}"
-        out["path"].append(source if source.startswith("/") or error else f"{base}/{source}")
-        out["source"].append(source)
-        out["size"].append(-1)
-        out["boxes"].append(None if boxes is None else json.dumps(boxes))
-        out["error"].append(error)
+        full = source if source.startswith("/") or error else f"{base}/{source}"
+        if error is None and is_video(source):
+            for r in video_ranges(fs, full, source, -1, spec):
+                add(r.path, r.source, None, r.error, r.start, r.stop)
+            continue
+        add(full, source, None if boxes is None else json.dumps(boxes), error)
     return pa.Table.from_pydict(out, schema=LISTING_WORK_SCHEMA)
 
 
@@ -420,8 +508,9 @@ def _listing_tables(spec: LabelInput, counts: ListingCounts, chunk_rows: int) ->
             columns = [c for c in ("path", "boxes") if c in names]
             for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
                 cells = batch.column("boxes").to_pylist() if "boxes" in columns else [None] * batch.num_rows
-                counts.inputs += batch.num_rows
-                yield _listing_rows(spec, batch.column("path").to_pylist(), cells)
+                table = _listing_rows(spec, batch.column("path").to_pylist(), cells)
+                counts.inputs += table.num_rows
+                yield table
         return
     import pyarrow.csv as pacsv
 
@@ -438,8 +527,9 @@ def _listing_tables(spec: LabelInput, counts: ListingCounts, chunk_rows: int) ->
                 part = batch.slice(lo, chunk_rows)
                 names = part.schema.names
                 cells = part.column("boxes").to_pylist() if "boxes" in names else [None] * part.num_rows
-                counts.inputs += part.num_rows
-                yield _listing_rows(spec, part.column("path").to_pylist(), cells)
+                table = _listing_rows(spec, part.column("path").to_pylist(), cells)
+                counts.inputs += table.num_rows
+                yield table
 
 
 def iter_work_tables(
@@ -462,18 +552,25 @@ def work_table(spec: LabelInput) -> pa.Table:
     return pa.concat_tables(tables) if tables else FILE_WORK_SCHEMA.empty_table()
 
 
-def resolve_input(location: str) -> LabelInput:
+def resolve_input(
+    location: str, fps: float | None = DEFAULT_FPS, frames_per_range: int = FRAMES_PER_RANGE
+) -> LabelInput:
     """Find out what INPUT is and check that it has inputs (listing stops at the first one); a
-    missing, empty, unreadable or unknown INPUT is a UserError."""
+    missing, empty, unreadable or unknown INPUT is a UserError. fps, frames_per_range: how videos
+    are sampled and split (LabelInput)."""
     fs, path = open_location(location)
     try:
         spec = _resolve(location, fs, path)
+        spec.fps, spec.frames_per_range = fps, frames_per_range
         if spec.kind != "dataset" and next(iter_work_tables(spec, chunk_rows=1), None) is None:
             if spec.kind in ("csv", "listing"):
                 raise UserError(f"{location}: no data rows")
             if _GLOB_MAGIC.search(path):
                 raise UserError(f"{location}: no files match this pattern")
-            raise UserError(f"{location}: no image files in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            raise UserError(
+                f"{location}: no image files or videos in this folder "
+                f"(looked for {', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})"
+            )
         return spec
     except OSError as err:  # a folder that cannot be listed, a store that refuses us
         raise UserError(f"{location}: cannot be read ({(str(err).splitlines() or [type(err).__name__])[0]})") from None
@@ -495,7 +592,9 @@ def _resolve(location: str, fs: pafs.FileSystem, path: str) -> LabelInput:
         if is_uri(location):
             raise UserError(f"{location}: a Kaggle CSV must be a local file (copy it here first)")
         return LabelInput("csv", location, path=path, detail="a Kaggle CSV (parsed on the driver)")
-    return LabelInput("images", location, filesystem=fs, path=path, detail="1 image file")
+    return LabelInput(
+        "images", location, filesystem=fs, path=path, detail=f"1 {'video' if is_video(path) else 'image'} file"
+    )
 
 
 def _has_path_column(fs: pafs.FileSystem, path: str) -> bool:

@@ -10,7 +10,13 @@ OUT (a folder on any pyarrow filesystem: a local path, file://, s3://, gs://, a 
                             OUTPUT_SCHEMA, one row per face, written by the Ray Data workers, one
                             file per block of inputs; an image without a face, or one that could not
                             be read or decoded, gets ONE row with face_index -1 and status "no_face" /
-                            "error". The schema's metadata key b"emokp" holds the keypoint columns,
+                            "error". A video's rows (label_inputs.py: its frame ranges) carry
+                            frame_index and timestamp: one row per face per sampled frame, ONE
+                            no_face row per sampled frame without a face, one error row per
+                            range (or per video) that failed, after the frames decoded before
+                            the failure. range_start names the frame range a row came from (an
+                            input of its own: `input_keys`); the three are null on image rows.
+                            The schema's metadata key b"emokp" holds the keypoint columns,
                             class names and model info (JSON). `pq.read_table(OUT/labels.parquet)`
                             reads them all.
     labels.jsonl/part-<hash>.jsonl
@@ -28,7 +34,9 @@ annotated images: a block counts as done when its Parquet part exists (`done_has
 removes JSONL parts without one.
 
 Annotated images: one PNG per decoded image, named by `annotation_name(source)`, in a folder marked
-complete by annotations.json (written last too).
+complete by annotations.json (written last too). A video's sampled frames: one MP4 segment per frame
+range while the run goes (label_stages.video_segment_name), joined at the end into
+`<source>.annotated.mp4` (label_stages.join_video_segments).
 """
 
 from __future__ import annotations
@@ -80,8 +88,14 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("keypoints", pa.list_(pa.float32(), len(KEYPOINT_COLUMNS))),  # KEYPOINT_COLUMNS order, image pixels
         pa.field("emotion", pa.string()),  # argmax class name
         pa.field("probabilities", pa.list_(pa.float32())),  # one per class, in the metadata's class order
+        # Video rows: the frame's index in its stream and its time (seconds from the stream's start;
+        # null on the error row of a range), and the first frame of the range it was labelled in.
+        pa.field("frame_index", pa.int64()),
+        pa.field("timestamp", pa.float64()),
+        pa.field("range_start", pa.int64()),
     ]
 )
+VIDEO_COLUMNS = ("frame_index", "timestamp", "range_start")
 
 
 # ----------------------------------------------------------------------------- rows
@@ -93,9 +107,12 @@ def output_table(
     results: list[Any],
     errors: list[str | None],
     class_names: list[str],
+    frames: list[tuple[int | None, float | None, int | None]] | None = None,
 ) -> pa.Table:
-    """One OUTPUT_SCHEMA row per face, or one no_face / error row per image; sizes: (width, height)."""
+    """One OUTPUT_SCHEMA row per face, or one no_face / error row per image or video frame; sizes:
+    (width, height); frames: (frame_index, timestamp, range_start) per input, None for images."""
     cols: dict[str, list] = {f.name: [] for f in OUTPUT_SCHEMA}
+    video: tuple[int | None, float | None, int | None] = (None, None, None)
 
     def add(
         source,
@@ -110,11 +127,12 @@ def output_table(
         emotion=None,
         probs=None,
     ):
-        values = (source, index, status, error, size[0], size[1], box, score, marks, kp, emotion, probs)
+        values = (source, index, status, error, size[0], size[1], box, score, marks, kp, emotion, probs, *video)
         for name, value in zip(OUTPUT_SCHEMA.names, values):
             cols[name].append(value)
 
-    for source, size, result, error in zip(sources, sizes, results, errors):
+    for i, (source, size, result, error) in enumerate(zip(sources, sizes, results, errors)):
+        video = frames[i] if frames is not None else (None, None, None)
         if error is not None or result is None:
             add(source, -1, "error", error or f"{source}: not labelled")
             continue
@@ -170,6 +188,21 @@ def json_rows(table: pa.Table) -> Iterator[str]:
             columns[name] = column.to_pylist()
     for i in range(table.num_rows):
         yield json.dumps({name: columns[name][i] for name in table.column_names})
+
+
+def input_keys(sources: list[str], range_starts: list[int | None] | None = None) -> list[str]:
+    """What names an input for a resume and the counts: an image's source; a video frame range's
+    source and first frame (NUL-separated: no file name holds a NUL)."""
+    if range_starts is None:
+        return list(sources)
+    return [s if r is None else f"{s}\0{r}" for s, r in zip(sources, range_starts)]
+
+
+def table_keys(table: pa.Table | pa.RecordBatch) -> list[str]:
+    """input_keys of a table's rows (`source`, and `range_start` where the table has it)."""
+    names = table.schema.names
+    starts = table.column(names.index("range_start")).to_pylist() if "range_start" in names else None
+    return input_keys(table.column(names.index("source")).to_pylist(), starts)
 
 
 def source_hashes(sources: list[str]) -> np.ndarray:
@@ -290,34 +323,51 @@ def remove_unfinished_parts(fs: pafs.FileSystem, out: str) -> int:
 
 
 def _scan(fs: pafs.FileSystem, out: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The columns of OUT's parts that exist (an output written before video support has no
+    VIDEO_COLUMNS: they are left out)."""
     parts = parquet_parts(fs, out)
     if not parts:
         return iter(())
-    return pads.dataset(parts, filesystem=fs, format="parquet").to_batches(columns=columns, batch_size=65536)
+    dataset = pads.dataset(parts, filesystem=fs, format="parquet")
+    present = [c for c in columns if c in dataset.schema.names]
+    return dataset.to_batches(columns=present, batch_size=65536)
 
 
 def done_hashes(fs: pafs.FileSystem, out: str) -> np.ndarray:
-    """Sorted unique uint64 hashes of the sources in OUT's Parquet parts: the inputs a resume skips
-    (8 bytes per input already written, streamed part by part)."""
-    chunks = [source_hashes(batch.column(0).to_pylist()) for batch in _scan(fs, out, ["source"])]
+    """Sorted unique uint64 hashes of the inputs (input_keys) in OUT's Parquet parts: the inputs a
+    resume skips (8 bytes per input already written, streamed part by part)."""
+    chunks = [source_hashes(table_keys(batch)) for batch in _scan(fs, out, ["source", "range_start"])]
     return np.unique(np.concatenate(chunks)) if chunks else np.zeros(0, np.uint64)
 
 
 def summarize(fs: pafs.FileSystem, out: str, class_names: list[str]) -> dict:
-    """Counts from what was written (every Parquet part, a few columns at a time): rows, images (an
-    image's first or only row), faces (status ok), no_face, errors, per-class emotion counts."""
-    counts = {"rows": 0, "images": 0, "faces": 0, "no_face": 0, "errors": 0}
+    """Counts from what was written (every Parquet part, a few columns at a time): rows, images (the
+    inputs: an image's first or only row, and each video frame range once), frames (sampled video
+    frames labelled), faces (status ok), no_face (images and frames), errors, emotion counts."""
+    counts = {"rows": 0, "images": 0, "frames": 0, "faces": 0, "no_face": 0, "errors": 0}
     emotions = dict.fromkeys(class_names, 0)
-    for batch in _scan(fs, out, ["face_index", "status", "emotion"]):
-        status = batch.column(1).to_numpy(zero_copy_only=False)
+    ranges: set[int] = set()  # hashes of the video ranges seen (8 bytes per range)
+    for batch in _scan(fs, out, ["face_index", "status", "emotion", "source", "frame_index", "range_start"]):
+        names = batch.schema.names
+        status = batch.column(names.index("status")).to_numpy(zero_copy_only=False)
+        first = batch.column(names.index("face_index")).to_numpy() <= 0
         counts["rows"] += batch.num_rows
-        counts["images"] += int((batch.column(0).to_numpy() <= 0).sum())
+        if "range_start" in names:
+            video = batch.column(names.index("range_start")).is_valid().to_numpy(zero_copy_only=False)
+            framed = batch.column(names.index("frame_index")).is_valid().to_numpy(zero_copy_only=False)
+            counts["frames"] += int((first & framed).sum())
+            keys = table_keys(batch.filter(pa.array(video)).select(["source", "range_start"]))
+            ranges.update(source_hashes(keys).tolist())
+            first &= ~video
+        counts["images"] += int(first.sum())
         counts["faces"] += int((status == "ok").sum())
         counts["no_face"] += int((status == "no_face").sum())
         counts["errors"] += int((status == "error").sum())
-        names, n = np.unique(batch.column(2).drop_null().to_numpy(zero_copy_only=False), return_counts=True)
-        for name, k in zip(names.tolist(), n.tolist()):
+        emotion = batch.column(names.index("emotion"))
+        labels, n = np.unique(emotion.drop_null().to_numpy(zero_copy_only=False), return_counts=True)
+        for name, k in zip(labels.tolist(), n.tolist()):
             emotions[name] = emotions.get(name, 0) + k
+    counts["images"] += len(ranges)
     return {**counts, "emotions": emotions}
 
 

@@ -12,6 +12,12 @@ them; tests and the plain loop call them directly). One row per INPUT image thro
     C  write_block    (Ray Data tasks)        OUTPUT rows -> a part file in OUT (+ JSONL part, PNGs);
                                               returns one small row of counts (all the driver gets)
 
+A video's work row is a frame range (label_inputs.FrameRange): stage A decodes its sampled frames one
+at a time (inference/video.py) and makes one PREPARED row per frame (frame_index, timestamp,
+range_start), which B and C treat like images. With --annotate, a frame's pixels are NOT carried
+through the stages (a range of 1080p frames is hundreds of MB): its rows carry the video's path and
+range instead, and C decodes the range again to draw it into an MP4 segment (`video_segment_name`).
+
 `BatchLabeler` is A and B in one actor (the single-stage pipeline, for comparison). A bad file is an
 error ROW, never a failed job: each image is prepared on its own, and a failed model batch is
 retried image by image so only the image at fault becomes an error row.
@@ -37,9 +43,11 @@ from emokp_ray.errors import UserError
 from emokp_ray.inference.label_inputs import DANGLING
 from emokp_ray.inference.label_output import (
     annotation_name,
+    input_keys,
     output_table,
     part_name,
     source_hashes,
+    table_keys,
     write_part,
     write_png,
 )
@@ -68,11 +76,18 @@ def work_sources(batch: pa.Table) -> list[str]:
     return batch["source"].to_pylist()
 
 
+def work_keys(batch: pa.Table) -> list[str]:
+    """The input key (label_output.input_keys) of each work row: what a resume compares."""
+    starts = batch["range_start"].to_pylist() if "range_start" in batch.column_names else None
+    return input_keys(work_sources(batch), starts)
+
+
 def load_batch(
     batch: pa.Table, filesystem: pafs.FileSystem | None
 ) -> tuple[list[str], list[np.ndarray | None], list[str | None]]:
     """Work rows -> (sources, images, errors). Files are read and decoded here (an unreadable file
-    gets an error and no image); crop rows become uint8 [H, W] arrays."""
+    gets an error and no image); crop rows become uint8 [H, W] arrays. A video's frame range is
+    left alone (no image, no error: `_video_rows` decodes it), unless the listing gave its error."""
     from emokp_ray.inference.images import decode_image
 
     n = batch.num_rows
@@ -80,12 +95,15 @@ def load_batch(
     images: list[np.ndarray | None] = [None] * n
     errors: list[str | None] = [None] * n
     known = batch["error"].to_pylist() if "error" in batch.column_names else [None] * n  # bad listing/CSV rows
+    starts = batch["range_start"].to_pylist() if "range_start" in batch.column_names else [None] * n
     if "path" in batch.column_names:
         if filesystem is None:
             raise ValueError("work rows of files need the filesystem they are on")
         for i, (path, size) in enumerate(zip(batch["path"].to_pylist(), batch["size"].to_pylist())):
             if known[i] is not None:
                 errors[i] = known[i]
+                continue
+            if starts[i] is not None:
                 continue
             try:
                 if size == DANGLING:
@@ -127,10 +145,14 @@ def prepared_schema(inputs: dict[str, int], pixels: bool) -> pa.Schema:
         ("keypoint_maps", pa.list_(pa.float64())),  # 6 per face: the 2x3 keypoint crop -> image map
         ("scores", pa.list_(pa.float64())),  # 1 per face, NaN without one
         ("landmarks", pa.list_(pa.float64())),  # 10 per face, NaN without them
+        ("frame_index", pa.int64()),  # video frames (null for images): label_output.VIDEO_COLUMNS
+        ("timestamp", pa.float64()),
+        ("range_start", pa.int64()),
     ]
     fields += [(f"crops_{task}", pa.binary()) for task in sorted(inputs)]  # uint8 [faces, S, S], row-major
     if pixels:
         fields += [("pixels", pa.binary()), ("channels", pa.int8())]  # the decoded image, for annotation
+        fields += [("video", pa.string()), ("range_stop", pa.int64())]  # a video frame's file and range, instead
     return pa.schema(fields)
 
 
@@ -177,7 +199,7 @@ def _done_filter(batch: pa.Table, sources: list[str], done: Any) -> tuple[pa.Tab
         done = ray.get(done)
     if len(done) == 0 or not sources:
         return batch, sources
-    hashes = source_hashes(sources)
+    hashes = source_hashes(work_keys(batch))
     at = np.minimum(np.searchsorted(done, hashes), len(done) - 1)
     keep = done[at] != hashes
     if keep.all():
@@ -197,47 +219,121 @@ def prepare_block(
     done: Any = None,
     margin: float | None = None,
     shift_y: float | None = None,
+    fps: float | None = None,
 ) -> pa.Table:
-    """Stage A: work rows -> PREPARED rows, one per image not yet written (see the module docstring)."""
+    """Stage A: work rows -> PREPARED rows, one per image not yet written and one per sampled frame
+    of each video range not yet written (fps: the sampling rate, None every frame; see the module
+    docstring)."""
     from emokp_ray.inference import predictor as P
 
     batch, _ = _done_filter(batch, work_sources(batch), done)
     sources, images, errors = load_batch(batch, filesystem)
     # A listing's boxes (label_inputs.py): JSON text, checked there; null = detect.
     given = batch["boxes"].to_pylist() if "boxes" in batch.column_names else [None] * batch.num_rows
+    n = batch.num_rows
+    starts: list[Any] = batch["range_start"].to_pylist() if "range_start" in batch.column_names else [None] * n
+    stops: list[Any] = batch["range_stop"].to_pylist() if "range_stop" in batch.column_names else [None] * n
+    paths: list[Any] = batch["path"].to_pylist() if "path" in batch.column_names else [None] * n
     detect = _detect_with(detector, detector_threshold)
     schema = prepared_schema(inputs, pixels)
     cols: dict[str, list] = {name: [] for name in schema.names}
-    for source, image, error, boxes in zip(sources, images, errors, given):
+
+    def prepare(image: np.ndarray, boxes: str | None) -> Any:
+        return P.prepare_faces(
+            [image],
+            inputs,
+            mode,
+            detect,
+            boxes=None if boxes is None else [json.loads(boxes)],
+            margin=margin or P.FRAMING_MARGIN,
+            shift_y=P.FRAMING_SHIFT_Y if shift_y is None else shift_y,
+        )
+
+    def add(
+        source: str, image: Any, error: str | None, prepared: Any, frame: tuple = (None, None, None), video=None
+    ) -> None:
+        _add_prepared(cols, inputs, pixels, source, image, error, prepared, frame, video)
+
+    for i, (source, image, error, boxes) in enumerate(zip(sources, images, errors, given)):
+        if starts[i] is not None and error is None:
+            assert filesystem is not None, "video rows are files"
+            video = (paths[i], stops[i])
+
+            def add_frame(
+                source: str, image: Any, error: str | None, prepared: Any, frame: tuple, video: tuple = video
+            ) -> None:
+                add(source, None, error, prepared, frame, video)  # pixels: decoded again by stage C
+
+            _video_rows(filesystem, paths[i], source, starts[i], stops[i], fps, prepare, add_frame)
+            continue
         prepared = None
         if image is not None:
             try:
-                prepared = P.prepare_faces(
-                    [image],
-                    inputs,
-                    mode,
-                    detect,
-                    boxes=None if boxes is None else [json.loads(boxes)],
-                    margin=margin or P.FRAMING_MARGIN,
-                    shift_y=P.FRAMING_SHIFT_Y if shift_y is None else shift_y,
-                )
+                prepared = prepare(image, boxes)
             except Exception as err:
                 error = _one_line(err, source)
-        cols["source"].append(source)
-        cols["error"].append(error if prepared is None else None)
-        cols["width"].append(prepared.sizes[0][0] if prepared else None)
-        cols["height"].append(prepared.sizes[0][1] if prepared else None)
-        cols["boxes"].append(prepared.boxes.reshape(-1).tolist() if prepared else None)
-        cols["keypoint_maps"].append(prepared.keypoint_maps.reshape(-1).tolist() if prepared else None)
-        cols["scores"].append(prepared.scores.tolist() if prepared else None)
-        cols["landmarks"].append(prepared.landmarks.reshape(-1).tolist() if prepared else None)
-        for task in inputs:
-            cols[f"crops_{task}"].append(prepared.crops[task].tobytes() if prepared else None)
-        if pixels:
-            kept = image if prepared else None
-            cols["pixels"].append(None if kept is None else np.ascontiguousarray(kept).tobytes())
-            cols["channels"].append(None if kept is None else (1 if kept.ndim == 2 else kept.shape[2]))
+        add(source, image, error, prepared, (None, None, starts[i]))
     return pa.Table.from_pydict(cols, schema=schema)
+
+
+def _video_rows(
+    filesystem: pafs.FileSystem,
+    path: str,
+    source: str,
+    start: int,
+    stop: int | None,
+    fps: float | None,
+    prepare: Any,
+    add: Any,
+) -> None:
+    """A video's frame range -> one PREPARED row per sampled frame (decoded one at a time); a failure
+    (unreadable file, corrupt data, a frame that cannot be prepared) adds one error row for the
+    range after the frames before it."""
+    from emokp_ray.inference.video import iter_frames
+
+    where = source if start == 0 and stop is None else f"{source} frames {start}-{'end' if stop is None else stop - 1}"
+    try:
+        for frame in iter_frames(lambda: filesystem.open_input_file(path), fps, start, stop, source=source):
+            try:
+                prepared = prepare(frame.image, None)
+            except Exception as err:
+                raise UserError(f"{where}: frame {frame.index}: {_one_line(err, source)}") from None
+            add(source, frame.image, None, prepared, (frame.index, frame.timestamp, start))
+    except Exception as err:
+        add(source, None, _one_line(err, where), None, (None, None, start))
+
+
+def _add_prepared(
+    cols: dict[str, list],
+    inputs: dict[str, int],
+    pixels: bool,
+    source: str,
+    image: np.ndarray | None,
+    error: str | None,
+    prepared: Any,
+    frame: tuple,
+    video: tuple[str, int | None] | None = None,
+) -> None:
+    """One PREPARED row: an image's or a frame's faces (prepared), or its error; video: a frame's
+    (path, range_stop), kept for stage C's annotation."""
+    cols["source"].append(source)
+    cols["error"].append(error if prepared is None else None)
+    cols["width"].append(prepared.sizes[0][0] if prepared else None)
+    cols["height"].append(prepared.sizes[0][1] if prepared else None)
+    cols["boxes"].append(prepared.boxes.reshape(-1).tolist() if prepared else None)
+    cols["keypoint_maps"].append(prepared.keypoint_maps.reshape(-1).tolist() if prepared else None)
+    cols["scores"].append(prepared.scores.tolist() if prepared else None)
+    cols["landmarks"].append(prepared.landmarks.reshape(-1).tolist() if prepared else None)
+    for task in inputs:
+        cols[f"crops_{task}"].append(prepared.crops[task].tobytes() if prepared else None)
+    for name, value in zip(("frame_index", "timestamp", "range_start"), frame):
+        cols[name].append(value)
+    if pixels:
+        kept = image if prepared else None
+        cols["pixels"].append(None if kept is None else np.ascontiguousarray(kept).tobytes())
+        cols["channels"].append(None if kept is None else (1 if kept.ndim == 2 else kept.shape[2]))
+        cols["video"].append(None if video is None else video[0])
+        cols["range_stop"].append(None if video is None else video[1])
 
 
 # ----------------------------------------------------------------------------- B: the networks
@@ -329,7 +425,8 @@ class FaceNetworks:
                         results[i] = self._faces([i], faces, crops, sizes)[0]
                     except Exception as err:
                         errors[i] = _one_line(err, sources[i])
-        table = output_table(sources, sizes, results, errors, self.class_names)
+        frames = list(zip(*(batch[c].to_pylist() for c in ("frame_index", "timestamp", "range_start"))))
+        table = output_table(sources, sizes, results, errors, self.class_names, frames)
         if "pixels" in batch.column_names:  # carried on each image's first row, for stage C's PNGs
             first = np.cumsum(
                 [0]
@@ -342,6 +439,9 @@ class FaceNetworks:
             table = table.append_column("pixels", pa.array(pixels, pa.binary())).append_column(
                 "channels", pa.array(channels, pa.int8())
             )
+            rows_per_input = np.diff(np.append(first, table.num_rows))
+            for name in ("video", "range_stop"):  # on every row of a video frame
+                table = table.append_column(name, batch[name].take(np.repeat(np.arange(len(first)), rows_per_input)))
         return table
 
 
@@ -364,6 +464,7 @@ class BatchLabeler:
         done: Any = None,
         trust_torchscript: bool = False,
         backend: str = "auto",
+        fps: float | None = None,
     ):
         self.networks = FaceNetworks(
             keypoints,
@@ -383,6 +484,7 @@ class BatchLabeler:
             detector_threshold=detector_threshold,
             pixels=pixels,
             done=done,
+            fps=fps,
         )
         self.batch_size = batch_size
 
@@ -396,8 +498,15 @@ class BatchLabeler:
 
 # ----------------------------------------------------------------------------- C: write
 
+# images: the inputs of a part (images and video frame ranges); frames: video frames labelled in it.
 COUNTS_SCHEMA = pa.schema(
-    [("part", pa.string()), ("images", pa.int64()), ("faces", pa.int64()), ("errors", pa.int64())]
+    [
+        ("part", pa.string()),
+        ("images", pa.int64()),
+        ("frames", pa.int64()),
+        ("faces", pa.int64()),
+        ("errors", pa.int64()),
+    ]
 )
 
 
@@ -430,25 +539,31 @@ def write_block(
     annotate_fs: pafs.FileSystem | None = None,
     annotate_dir: str | None = None,
     class_names: Sequence[str] = (),
+    video_fs: pafs.FileSystem | None = None,
+    fps: float | None = None,
 ) -> pa.Table:
-    """Stage C: a block's OUTPUT rows -> annotated PNGs (where asked), then the JSONL and Parquet
-    parts in OUT (label_output.py says why in that order); returns one COUNTS_SCHEMA row."""
+    """Stage C: a block's OUTPUT rows -> annotated PNGs and video segments (where asked; video_fs:
+    where the videos are, fps: how they were sampled), then the JSONL and Parquet parts in OUT
+    (label_output.py says why in that order); returns one COUNTS_SCHEMA row."""
     if rows.num_rows == 0:
         return COUNTS_SCHEMA.empty_table()
     if "pixels" in rows.column_names:
         if annotate_dir is not None:
-            _annotate(rows, annotate_fs, annotate_dir, list(class_names))
-        rows = rows.drop_columns(["pixels", "channels"])
+            _annotate(rows, annotate_fs, annotate_dir, list(class_names), video_fs, fps)
+        rows = rows.drop_columns(["pixels", "channels", "video", "range_stop"])
     table = rows.cast(schema)
     face_index, status = table["face_index"].to_numpy(), table["status"].to_numpy(zero_copy_only=False)
-    sources = table["source"].to_pylist()
     first = face_index <= 0
-    name = part_name([s for s, f in zip(sources, first) if f])
+    keys = table_keys(table)
+    inputs = list(dict.fromkeys(k for k, f in zip(keys, first) if f))  # in order, each range once
+    framed = table["frame_index"].is_valid().to_numpy(zero_copy_only=False)
+    name = part_name(inputs)
     write_part(filesystem, out, name, table, jsonl)
     return pa.Table.from_pydict(
         {
             "part": [name],
-            "images": [int(first.sum())],
+            "images": [len(inputs)],
+            "frames": [int((first & framed).sum())],
             "faces": [int((status == "ok").sum())],
             "errors": [int((status == "error").sum())],
         },
@@ -456,16 +571,29 @@ def write_block(
     )
 
 
-def _annotate(rows: pa.Table, fs: pafs.FileSystem, folder: str, class_names: list[str]) -> None:
+def _annotate(
+    rows: pa.Table,
+    fs: pafs.FileSystem,
+    folder: str,
+    class_names: list[str],
+    video_fs: pafs.FileSystem | None = None,
+    fps: float | None = None,
+) -> None:
     from PIL import Image  # noqa: F401 - render needs it
 
     from emokp_ray.inference.render import annotate
 
-    records = rows.drop_columns(["pixels", "channels"]).to_pylist()
+    records = rows.drop_columns(["pixels", "channels", "video", "range_stop"]).to_pylist()
     pixels, channels = rows["pixels"].to_pylist(), rows["channels"].to_pylist()
-    by_source: dict[str, list[int]] = {}
+    videos, stops = rows["video"].to_pylist(), rows["range_stop"].to_pylist()
+    by_source: dict[str, list[int]] = {}  # an image's rows
+    ranges: dict[tuple[str, int], dict[int, list[int]]] = {}  # a video range's rows, by frame
     for i, record in enumerate(records):
-        by_source.setdefault(record["source"], []).append(i)
+        if videos[i] is not None and record["frame_index"] is not None:
+            frames = ranges.setdefault((record["source"], record["range_start"]), {})
+            frames.setdefault(record["frame_index"], []).append(i)
+        elif record["range_start"] is None:
+            by_source.setdefault(record["source"], []).append(i)
     for source, indices in by_source.items():
         data = next((pixels[i] for i in indices if pixels[i] is not None), None)
         if data is None:
@@ -478,3 +606,81 @@ def _annotate(rows: pa.Table, fs: pafs.FileSystem, folder: str, class_names: lis
             f"{folder}/{annotation_name(source)}",
             annotate(image, _faces_of([records[i] for i in indices], class_names)),
         )
+    for (source, range_start), frames in ranges.items():
+        row = next(iter(frames.values()))[0]
+        assert video_fs is not None, "video rows come with the filesystem of their videos"
+        _write_segment(
+            fs,
+            f"{folder}/{video_segment_name(source, range_start)}",
+            lambda path=videos[row]: video_fs.open_input_file(path),
+            (range_start, stops[row], fps, source),
+            {index: _faces_of([records[i] for i in indices], class_names) for index, indices in frames.items()},
+        )
+
+
+def video_segment_name(source: str, range_start: int) -> str:
+    """The annotated MP4 of one frame range of a video: `a/b.mp4` -> `a/b.mp4.frames-000000300.mp4`
+    (names sort in frame order; `join_video_segments` joins them into `a/b.mp4.annotated.mp4`)."""
+    return f"{annotation_name(source)[: -len('.png')]}.frames-{range_start:09d}.mp4"
+
+
+def _write_segment(fs: pafs.FileSystem, path: str, opener: Any, span: tuple, results: dict[int, Any]) -> None:
+    """A video range decoded again (span: start, stop, fps, source), each frame with a result drawn
+    and encoded -> an MP4 at the sampling rate, written whole or not at all (compressed, in memory).
+    A range that no longer decodes keeps the frames drawn before (its error row says why)."""
+    import io
+
+    from emokp_ray.artifacts.files import write_file
+    from emokp_ray.inference.render import annotate
+    from emokp_ray.inference.video import VideoError, VideoWriter, iter_frames, output_rate, probe_video
+
+    start, stop, fps, source = span
+    buffer = io.BytesIO()
+    try:
+        rate = output_rate(fps, probe_video(opener, source).rate)
+        with VideoWriter(buffer, rate, format="mp4") as writer:
+            for frame in iter_frames(opener, fps, start, stop, source=source):
+                if frame.index in results:
+                    writer.write(annotate(frame.image, results[frame.index]))
+    except VideoError:
+        pass
+    if buffer.tell():
+        write_file(path, buffer.getvalue(), fs=fs)
+
+
+def join_video_segments(fs: pafs.FileSystem, folder: str) -> list[str]:
+    """Join each video's annotated range segments in `folder` (video_segment_name) into one
+    `NAME.annotated.mp4`, in frame order, then remove the segments; returns the videos written.
+    The segments are decoded and encoded again one frame at a time into a local temporary file (MP4
+    needs a seekable file), which is then copied into place: never a whole video in memory."""
+    import re
+    import shutil
+    import tempfile
+
+    from emokp_ray.inference.video import VideoWriter, iter_frames, probe_video
+
+    pattern = re.compile(r"^(.*)\.frames-(\d{9})\.mp4$")
+    found: dict[str, list[str]] = {}
+    for info in fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True)):
+        match = pattern.match(info.path) if info.type == pafs.FileType.File else None
+        if match and not info.base_name.startswith("."):
+            found.setdefault(match.group(1), []).append(info.path)
+    written = []
+    for stem, segments in sorted(found.items()):
+        segments.sort()
+        opener = lambda path: lambda: fs.open_input_file(path)  # noqa: E731 - one opener per segment
+        rate = probe_video(opener(segments[0]), segments[0]).rate
+        target = f"{stem}.annotated.mp4"
+        partial = f"{target.rsplit('/', 1)[0]}/.{target.rsplit('/', 1)[1]}.partial"  # hidden until whole
+        with tempfile.NamedTemporaryFile(suffix=".mp4") as local:
+            with VideoWriter(local.name, rate) as writer:
+                for segment in segments:
+                    for frame in iter_frames(opener(segment), None, source=segment):
+                        writer.write(frame.image)
+            with open(local.name, "rb") as source, fs.open_output_stream(partial) as stream:
+                shutil.copyfileobj(source, stream, 1 << 20)
+        fs.move(partial, target)
+        for segment in segments:
+            fs.delete_file(segment)
+        written.append(target)
+    return written

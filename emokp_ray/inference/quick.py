@@ -5,6 +5,10 @@ For the user who has a handful of photos right after `pip install`: the shipped 
 labeling and serving (face detection, framing, flip test-time augmentation, calibrated
 probabilities). A file that cannot be read is reported on its own line and the others are still
 labelled; the command exits 2 at the end if any file failed.
+
+A video (inference/video.py: .mp4, .mov, .webm, .mkv, .avi) is sampled at `fps` frames per second
+(None: every frame) and each sampled frame is answered like a photo, with its frame index and
+timestamp; --annotate writes DIR/NAME.annotated.mp4 of the sampled frames.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emokp_ray.errors import UserError
+from emokp_ray.inference.video import DEFAULT_FPS
 from emokp_ray.tasks import TASKS, task_spec
 
 
@@ -55,16 +60,22 @@ def run_predict(
     backend: str = "auto",
     detector: str = "mtcnn",
     detector_threshold: float | None = None,
+    fps: float | None = DEFAULT_FPS,
 ) -> int:
-    """Label each image file; print JSON lines (as_json) or readable lines; returns the failure count.
+    """Label each image or video file; print JSON lines (as_json) or readable lines; returns the failure count.
 
     A user error in one file (unreadable, not an image, too large) is one line on stderr; the run goes
     on and raises a UserError naming the failures at the end, so the CLI exits 2 after the others.
     """
     from emokp_ray.inference.images import load_image_file
     from emokp_ray.inference.predictor import Predictor
+    from emokp_ray.inference.video import check_fps, import_av, is_video
 
     out = out or sys.stdout
+    fps = check_fps(fps)
+    what = "files" if any(is_video(name) for name in images) else "images"
+    if what == "files":
+        import_av()  # PyAV missing: one error before the models load
     started = time.perf_counter()
     annotate_path = Path(annotate_dir) if annotate_dir else None
     if annotate_path is not None:
@@ -87,6 +98,13 @@ def run_predict(
         out.write(_models_line(models) + "\n")
     failures = []
     for name in images:
+        if is_video(name):
+            try:
+                _predict_video(predictor, name, models, as_json, annotate_path, detect, fps, out)
+            except UserError as err:
+                failures.append(name)
+                print(f"emokp: error: {err}", file=sys.stderr)
+            continue
         try:
             image = load_image_file(name)
             result = predictor.predict([image], mode=detect)[0]
@@ -113,14 +131,58 @@ def run_predict(
         out.flush()
     if not as_json:
         out.write(
-            f"{len(images) - len(failures)} of {len(images)} images labelled in {time.perf_counter() - started:.1f} s\n"
+            f"{len(images) - len(failures)} of {len(images)} {what} labelled in {time.perf_counter() - started:.1f} s\n"
         )
     if failures:
         raise UserError(
-            f"{len(failures)} of {len(images)} images could not be labelled: {', '.join(failures[:5])}"
+            f"{len(failures)} of {len(images)} {what} could not be labelled: {', '.join(failures[:5])}"
             + (" ..." if len(failures) > 5 else "")
         )
     return 0
+
+
+def _predict_video(
+    predictor, name: str, models: dict, as_json: bool, annotate_path: Path | None, detect: str, fps: float | None, out
+) -> None:
+    """One video's sampled frames, printed as they come (a frame per JSON line, or a line per frame
+    and per face); with annotate_path, NAME.annotated.mp4 of the sampled frames. A VideoError (not a
+    video, corrupt data) is raised after the frames decoded before it are printed."""
+    from emokp_ray.inference.video import VideoWriter, output_rate, predict_video, probe_video
+
+    info = probe_video(name)
+    writer = None
+    if annotate_path is not None:
+        writer = VideoWriter(annotate_path / (Path(name).stem + ".annotated.mp4"), output_rate(fps, info.rate))
+    frames = faces_seen = 0
+    try:
+        for frame, result in predict_video(predictor, name, fps, mode=detect):
+            frames += 1
+            faces_seen += len(result.faces)
+            record = {"image": name, **result.to_dict(), "model": models}
+            if as_json:
+                out.write(json.dumps(record) + "\n")
+            else:
+                n = len(record["faces"])
+                out.write(
+                    f"{name}: frame {frame.index} at {frame.timestamp:.2f} s, {result.width}x{result.height}, "
+                    f"{n} face{'s' if n != 1 else ''}\n"
+                )
+                for i, face in enumerate(record["faces"]):
+                    out.write(_face_line(i, face) + "\n")
+            if writer is not None:
+                from emokp_ray.inference.render import annotate
+
+                writer.write(annotate(frame.image, result))
+            out.flush()
+    finally:
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError as err:
+                raise UserError(f"--annotate: cannot write {writer.path} ({err})") from None
+    if not as_json:
+        rate = "every frame" if fps is None else f"{fps:g} frames/s"
+        out.write(f"{name}: {frames} frames sampled ({rate}, video at {info.rate:.3g} frames/s), {faces_seen} faces\n")
 
 
 def describe_builtin_models(as_json: bool = False) -> str:

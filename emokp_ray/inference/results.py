@@ -77,13 +77,22 @@ class ImageResult:
     image: Any = field(default=None, compare=False, repr=False)  # what the caller passed (path, bytes, array, PIL)
     keypoint_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # the keypoint model's
     class_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # the emotion model's
+    # A video frame's index in its stream (0-based) and time (seconds from the stream's start,
+    # inference/video.py); None for photos.
+    frame_index: int | None = None
+    timestamp: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "faces": [f.to_dict() for f in self.faces]}
+        """JSON-ready; a video frame's result also has `frame_index` and `timestamp` (seconds, 1e-6)."""
+        out: dict[str, Any] = {"width": self.width, "height": self.height}
+        if self.frame_index is not None:
+            out["frame_index"] = self.frame_index
+            out["timestamp"] = None if self.timestamp is None else round(float(self.timestamp), 6)
+        return out | {"faces": [f.to_dict() for f in self.faces]}
 
     def to_pandas(self, image_index: int = 0) -> pd.DataFrame:
         """One row per face (none for an image without faces, the columns still there): `image`
-        (image_index), `source`, `face` (its index), the box `x`, `y`, `w`, `h`, the detector's `score`
+        (image_index), `source`, for video frames `frame_index` and `timestamp` (seconds), `face` (its index), the box `x`, `y`, `w`, `h`, the detector's `score`
         (NaN for caller boxes, crops and Haar), then with an emotion
         model `emotion` and `p_<class>` per class, with a keypoint model `<keypoint>_x`, `<keypoint>_y`
         per keypoint (Kaggle's column names), coordinates in the input image's pixels."""
@@ -131,10 +140,15 @@ def to_pandas(results: Sequence[ImageResult], first_index: int = 0) -> pd.DataFr
     classes = _names(results, "class_names", "probabilities")
     keypoints = _names(results, "keypoint_names", "keypoints")
     has_emotion = bool(classes) or any(f.emotion is not None for r in results for f in r.faces)
+    video = any(r.frame_index is not None for r in results)
     rows = []
     for i, result in enumerate(results):
         for j, face in enumerate(result.faces):
-            row: dict[str, Any] = {"image": first_index + i, "source": result.source, "face": j}
+            row: dict[str, Any] = {"image": first_index + i, "source": result.source}
+            if video:
+                row["frame_index"] = -1 if result.frame_index is None else result.frame_index
+                row["timestamp"] = float("nan") if result.timestamp is None else float(result.timestamp)
+            row["face"] = j
             row |= dict(zip(BOX_COLUMNS, (float(v) for v in face.box)))
             row["score"] = float("nan") if face.score is None else float(face.score)
             if has_emotion:
@@ -146,8 +160,10 @@ def to_pandas(results: Sequence[ImageResult], first_index: int = 0) -> pd.DataFr
                 x, y = points.get(name, (float("nan"), float("nan")))
                 row |= {f"{name}_x": x, f"{name}_y": y}
             rows.append(row)
-    columns = ["image", "source", "face", *BOX_COLUMNS, "score", *(["emotion"] if has_emotion else [])]
+    frames = ["frame_index", "timestamp"] if video else []
+    columns = ["image", "source", *frames, "face", *BOX_COLUMNS, "score", *(["emotion"] if has_emotion else [])]
     columns += [f"p_{c}" for c in classes] + [f"{n}_{axis}" for n in keypoints for axis in ("x", "y")]
     frame = pd.DataFrame(rows, columns=columns)
-    floats = [c for c in columns if c not in ("image", "source", "face", "emotion")]
-    return frame.astype({"image": "int64", "face": "int64", **dict.fromkeys(floats, "float64")})
+    ints = ["image", "face", *frames[:1]]  # a photo among video frames: frame_index -1, timestamp NaN
+    floats = [c for c in columns if c not in (*ints, "source", "emotion")]
+    return frame.astype({**dict.fromkeys(ints, "int64"), **dict.fromkeys(floats, "float64")})
