@@ -252,9 +252,11 @@ def test_annotated_png_has_the_image_size(served):
     shot = photo()
     response = post_image(served.base + "/v1/predict", png(shot.image), params={"annotate": "true"})
     assert response.status_code == 200, response.text
-    annotated = Image.open(io.BytesIO(base64.b64decode(response.json()["annotated_png_base64"])))
-    assert annotated.format == "PNG" and annotated.size == (shot.image.shape[1], shot.image.shape[0])
-    assert "annotated_png_base64" not in post_image(served.base + "/v1/predict", png(shot.image)).json()
+    answer = response.json()
+    annotated = Image.open(io.BytesIO(base64.b64decode(answer["annotated_image_base64"])))
+    assert annotated.format == "PNG" and answer["annotated_media_type"] == "image/png"
+    assert annotated.size == (shot.image.shape[1], shot.image.shape[0])
+    assert "annotated_image_base64" not in post_image(served.base + "/v1/predict", png(shot.image)).json()
 
 
 def test_batch_route_keeps_order_and_puts_errors_in_place(served, predictor):

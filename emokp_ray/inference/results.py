@@ -73,13 +73,17 @@ class ImageResult:
     width: int
     height: int
     faces: list[Face]
+    faces_dropped: int = 0  # detections past the caller's max_faces (the smallest), not analysed
     source: str | None = field(default=None, compare=False)  # e.g. the path; None for bytes, arrays, PIL images
     image: Any = field(default=None, compare=False, repr=False)  # what the caller passed (path, bytes, array, PIL)
     keypoint_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # the keypoint model's
     class_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # the emotion model's
 
     def to_dict(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "faces": [f.to_dict() for f in self.faces]}
+        out = {"width": self.width, "height": self.height, "faces": [f.to_dict() for f in self.faces]}
+        if self.faces_dropped:
+            out["faces_dropped"] = self.faces_dropped
+        return out
 
     def to_pandas(self, image_index: int = 0) -> pd.DataFrame:
         """One row per face (none for an image without faces, the columns still there): `image`

@@ -1,4 +1,5 @@
-"""Two small load-control pieces of the ingress: the adaptive batch window and the admission limit.
+"""Small load-control pieces of the ingress: the adaptive batch window, the admission limit and the
+expected-wait budget.
 
 Plain Python (no Ray, no asyncio), so they are tested on their own.
 """
@@ -55,3 +56,74 @@ class Admission:
 
     def leave(self, units: int = 1) -> None:
         self.pending -= units
+
+
+# Work units of one image for WaitBudget: the image itself, each face the networks see, and each
+# million pixels the detector searches. Relative costs measured on the course networks with MTCNN
+# (benchmarks/serve_hostile.py --scenario units): one face (a crop through both networks) ~ one
+# image's fixed cost; one searched megapixel ~ DETECT_UNITS_PER_MPIXEL faces.
+IMAGE_UNITS = 1.0
+DETECT_UNITS_PER_MPIXEL = 8.0
+
+
+def job_units(faces: float, searched_pixels: int = 0) -> float:
+    """Work units of one image: IMAGE_UNITS + its faces + the megapixels its detector searches."""
+    return IMAGE_UNITS + faces + DETECT_UNITS_PER_MPIXEL * searched_pixels / 1e6
+
+
+class WaitBudget:
+    """Admission by expected wait (AppArgs.max_queue_wait_s), per ingress replica.
+
+    Work is counted in units (`job_units`: images, faces, searched pixels); `seconds_per_unit` is
+    measured on every model call (its duration over the units it held, averaged). A request is
+    admitted when the units admitted and unanswered plus its own would be done within `budget_s`
+    by `concurrency` model calls at once; else it is refused whole, at once. Counting images alone
+    let 64 heavy photos in (15-20 s of work); counting their measured work refuses the excess while
+    a light request still fits. An idle replica admits anything (a request heavier than the whole
+    budget must still be answerable), and nothing is refused before a first call is measured.
+    Faces per searched photo are unknown before the model runs: `faces_per_search` (their recent
+    average) stands in for them, so face-heavy traffic raises the estimate of what follows.
+    """
+
+    def __init__(self, budget_s: float | None, concurrency: int):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.budget_s = budget_s
+        self.concurrency = concurrency
+        self.queued = 0.0  # units admitted and not yet answered
+        self.seconds_per_unit = 0.0  # 0: not measured yet
+        self.faces_per_search = 1.0
+
+    def expected_wait_s(self, units: float = 0.0) -> float:
+        """Seconds until `units` more work would be answered, behind what is admitted now."""
+        return (self.queued + units) * self.seconds_per_unit / self.concurrency
+
+    def estimate(self, searched_pixels: int) -> float:
+        """Units of a photo the detector will search (its faces as the recent average)."""
+        return job_units(self.faces_per_search, searched_pixels)
+
+    def fits(self, units: float) -> bool:
+        """Whether `units` more work would be admitted now (nothing is reserved)."""
+        if units < 0:
+            raise ValueError(f"units must be >= 0, got {units}")
+        return self.budget_s is None or self.queued <= 0 or self.expected_wait_s(units) <= self.budget_s
+
+    def try_enter(self, units: float) -> bool:
+        if not self.fits(units):
+            return False
+        self.queued += units
+        return True
+
+    def leave(self, units: float) -> None:
+        self.queued = max(0.0, self.queued - units)
+
+    def record(self, seconds: float, units: float) -> None:
+        """A model call of `units` work took `seconds`."""
+        if units <= 0 or seconds < 0:
+            return
+        rate = seconds / units
+        self.seconds_per_unit = rate if self.seconds_per_unit == 0.0 else 0.7 * self.seconds_per_unit + 0.3 * rate
+
+    def record_faces(self, faces: int) -> None:
+        """A searched photo yielded `faces` (those analysed plus those dropped)."""
+        self.faces_per_search = 0.8 * self.faces_per_search + 0.2 * faces
