@@ -52,7 +52,7 @@ SCENARIOS = ("wait", "faces", "annotate", "memory")
 PHOTOS = REPO / "emokp_ray" / "photos"
 MiB = 1024 * 1024
 # The four settings of issue 31, off: what the app did before.
-BEFORE = {
+BEFORE: dict[str, Any] = {
     "max_queue_wait_s": None,
     "max_faces_per_image": None,
     "annotate_max_side": 20_000,
@@ -96,7 +96,7 @@ def inputs() -> dict[str, bytes]:
     good = Image.fromarray(synthesize_photos(4, seed=0)[3].image)
     portrait = Image.open(PHOTOS / "grace_hopper_us_navy.jpg").convert("RGB")
     tile = portrait.resize((160, 188))
-    tiled = Image.new("RGB", (20 * tile.width, 10 * tile.height))
+    tiled = Image.new("RGB", (20 * tile.width, 10 * tile.height))  # 3200x1880
     for i in range(200):
         tiled.paste(tile, ((i % 20) * tile.width, (i // 20) * tile.height))
     big = np.asarray(portrait.resize((6000, 4000), Image.Resampling.BILINEAR), np.int16)
@@ -203,7 +203,7 @@ def memory(port: int, app: str, data: dict[str, bytes], args: argparse.Namespace
     started = time.perf_counter()
     asyncio.run(burst())
     burst_s = time.perf_counter() - started
-    samples = [{"t_s": 0.0, "rss": rss(app)}]
+    samples: list[dict[str, Any]] = [{"t_s": 0.0, "rss": rss(app)}]
     idle_started = time.perf_counter()
     while time.perf_counter() - idle_started < args.idle_seconds:
         time.sleep(2.0)
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     from emokp_ray.serving.schemas import AppArgs
 
     data = inputs()
-    variants = {"before": BEFORE, "after": {}}
+    variants: dict[str, dict[str, Any]] = {"before": BEFORE, "after": {}}
     results: dict[str, Any] = {"rounds": []}
     with tempfile.TemporaryDirectory(prefix="serve-hostile-") as tmp:
         kp, em = model_paths(args.models, Path(tmp))

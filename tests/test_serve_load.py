@@ -71,7 +71,12 @@ def _face_result(width: int, height: int, faces: int = 3):
         width,
         height,
         [
-            Face((100.0 + 300 * i, 200.0, 250.0, 250.0), {"nose_tip": (220.0 + 300 * i, 320.0)}, "happiness", {"happiness": 0.9})
+            Face(
+                (100.0 + 300 * i, 200.0, 250.0, 250.0),
+                {"nose_tip": (220.0 + 300 * i, 320.0)},
+                "happiness",
+                {"happiness": 0.9},
+            )
             for i in range(faces)
         ],
     )
@@ -184,7 +189,9 @@ def apps(ray_cluster, tmp_path_factory) -> Apps:
         max_queue_wait_s=1.5,
     )
     with serving_model(slow_face_model(1.0)):
-        app = compose(slow, ingress_options=one, model_options={**one, "max_ongoing_requests": 1, "max_queued_requests": 8})
+        app = compose(
+            slow, ingress_options=one, model_options={**one, "max_ongoing_requests": 1, "max_queued_requests": 8}
+        )
     serve.run(app, name="emokp-load-slow", route_prefix="/slow")
     capped = AppArgs(
         keypoints=str(kp),

@@ -523,7 +523,9 @@ class Predictor:
         results, start = [], 0
         dropped = prepared.dropped or [0] * len(prepared.counts)
         for (width, height), count, lost in zip(prepared.sizes, prepared.counts, dropped):
-            results.append(ImageResult(width=width, height=height, faces=faces[start : start + count], faces_dropped=lost))
+            results.append(
+                ImageResult(width=width, height=height, faces=faces[start : start + count], faces_dropped=lost)
+            )
             start += count
         return results
 

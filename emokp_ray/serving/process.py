@@ -115,9 +115,7 @@ class MemoryTrimmer:
         self.dirty = True
 
     def due(self, busy: bool) -> bool:
-        return (
-            self.idle_s is not None and self.dirty and not busy and self.clock() - self.last_request >= self.idle_s
-        )
+        return self.idle_s is not None and self.dirty and not busy and self.clock() - self.last_request >= self.idle_s
 
     def start(self, busy: Callable[[], bool]) -> None:
         """Run the idle watch on the running event loop (once; a no-op when idle_s is None).
