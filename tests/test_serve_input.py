@@ -305,9 +305,9 @@ def spied_predictor(tmp_path_factory):
     calls: list[int] = []
     real = predictor.predict
 
-    def predict(images, mode="auto", boxes=None):
+    def predict(images, mode="auto", boxes=None, max_faces=None):
         calls.append(len(images))
-        return real(images, mode=mode, boxes=boxes)
+        return real(images, mode=mode, boxes=boxes, max_faces=max_faces)
 
     predictor.predict = predict
     return predictor, calls, real

@@ -46,6 +46,23 @@ def test_wait_budget_refuses_work_past_the_budget_and_admits_light_work_first():
     assert WaitBudget(budget_s=None, concurrency=1).try_enter(1e9)  # off: images are counted only
 
 
+def test_wait_budget_sees_a_model_call_that_overruns_before_it_ends():
+    from emokp_ray.serving.batching import WaitBudget
+
+    now = [0.0]
+    budget = WaitBudget(budget_s=2.0, concurrency=1, clock=lambda: now[0])
+    budget.call_started(1, units=2.0)
+    now[0] = 0.2
+    budget.call_done(1, units=2.0)  # 0.1 s per unit
+    assert budget.try_enter(2.0) and budget.fits(10.0)  # 1.2 s expected
+    budget.call_started(2, units=2.0)  # the CPU is taken away: this call runs and runs
+    now[0] = 4.2
+    assert budget.current_seconds_per_unit() == pytest.approx(2.0)
+    assert not budget.fits(1.0)  # (2 + 1) units x 2 s > 2 s, though no call has ended slowly yet
+    budget.call_failed(2)
+    assert budget.fits(10.0)
+
+
 def test_detected_faces_past_the_cap_are_dropped_smallest_first():
     from emokp_ray.inference.detect import Detection
     from emokp_ray.inference.predictor import prepare_faces

@@ -394,22 +394,31 @@ class Ingress:
                 self.metrics.batch_size.observe(len(jobs))
                 for job in jobs:
                     self.metrics.queue_wait.observe(started - job.submitted_s)
+                call = id(jobs)
+                self.wait.call_started(call, sum(self._job_units(job) for job in jobs))
                 try:
                     outcomes: list[Outcome] = await self.model.predict.remote(jobs)
-                    self._measure(jobs, outcomes, time.perf_counter() - started)
+                    self.wait.call_done(call, self._measured_units(jobs, outcomes))
                     return outcomes
                 except BackPressureError:
                     return [Outcome(error=OVERLOADED, status=503)] * len(jobs)
                 except DeploymentUnavailableError as err:
                     return [Outcome(error=f"the model is unavailable: {err.message}", status=503)] * len(jobs)
                 finally:
+                    self.wait.call_failed(call)  # a no-op once call_done has run
                     self.window.record(time.perf_counter() - started)
                     self.metrics.model_latency.observe(time.perf_counter() - started)
         finally:
             self._set_batch_window()  # its slot is free again
 
-    def _measure(self, jobs: list[FaceJob], outcomes: list[Outcome], seconds: float) -> None:
-        """Feed the expected-wait budget: this call's work units (faces as found) and duration."""
+    def _job_units(self, job: FaceJob) -> float:
+        """A job's work units before the model runs (a searched photo's faces as the recent average)."""
+        boxes = job_boxes(job)
+        return self.wait.estimate(job.image.shape[0] * job.image.shape[1]) if boxes is None else job_units(len(boxes))
+
+    def _measured_units(self, jobs: list[FaceJob], outcomes: list[Outcome]) -> float:
+        """A call's work units as found (the faces each searched photo yielded, counted for the
+        estimate of the photos that follow)."""
         units = 0.0
         for job, outcome in zip(jobs, outcomes):
             searched = job_boxes(job) is None
@@ -417,7 +426,7 @@ class Ingress:
             units += job_units(faces, job.image.shape[0] * job.image.shape[1] if searched else 0)
             if searched and outcome.result is not None:
                 self.wait.record_faces(faces)
-        self.wait.record(seconds, units)
+        return units
 
     def _set_batch_window(self) -> None:
         """The batcher's wait for company: stretched while every model call slot is taken (the next

@@ -6,6 +6,8 @@ Plain Python (no Ray, no asyncio), so they are tested on their own.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -83,20 +85,30 @@ class WaitBudget:
     budget must still be answerable), and nothing is refused before a first call is measured.
     Faces per searched photo are unknown before the model runs: `faces_per_search` (their recent
     average) stands in for them, so face-heavy traffic raises the estimate of what follows.
+    A call still running counts too: when the model slows down (a CPU taken by other work), a call
+    that has run longer than its units' worth raises the rate at once, before it ends.
     """
 
-    def __init__(self, budget_s: float | None, concurrency: int):
+    def __init__(self, budget_s: float | None, concurrency: int, clock: Callable[[], float] = time.perf_counter):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.budget_s = budget_s
         self.concurrency = concurrency
+        self.clock = clock
         self.queued = 0.0  # units admitted and not yet answered
         self.seconds_per_unit = 0.0  # 0: not measured yet
         self.faces_per_search = 1.0
+        self.running: dict[int, tuple[float, float]] = {}  # model call -> (start, its units as estimated)
+
+    def current_seconds_per_unit(self) -> float:
+        """The measured rate, or that of the slowest call still running where it is slower."""
+        now = self.clock()
+        overdue = max(((now - start) / units for start, units in self.running.values() if units > 0), default=0.0)
+        return max(self.seconds_per_unit, overdue)
 
     def expected_wait_s(self, units: float = 0.0) -> float:
         """Seconds until `units` more work would be answered, behind what is admitted now."""
-        return (self.queued + units) * self.seconds_per_unit / self.concurrency
+        return (self.queued + units) * self.current_seconds_per_unit() / self.concurrency
 
     def estimate(self, searched_pixels: int) -> float:
         """Units of a photo the detector will search (its faces as the recent average)."""
@@ -116,6 +128,18 @@ class WaitBudget:
 
     def leave(self, units: float) -> None:
         self.queued = max(0.0, self.queued - units)
+
+    def call_started(self, key: int, units: float) -> None:
+        """Model call `key`, of `units` work as estimated at admission, starts now."""
+        self.running[key] = (self.clock(), units)
+
+    def call_done(self, key: int, units: float) -> None:
+        """Model call `key` ended; `units`: its work as found (faces known now)."""
+        started, _ = self.running.pop(key, (self.clock(), 0.0))
+        self.record(self.clock() - started, units)
+
+    def call_failed(self, key: int) -> None:
+        self.running.pop(key, None)
 
     def record(self, seconds: float, units: float) -> None:
         """A model call of `units` work took `seconds`."""
