@@ -37,7 +37,7 @@ def test_wait_budget_refuses_work_past_the_budget_and_admits_light_work_first():
     assert budget.seconds_per_unit == pytest.approx(0.5)
     assert budget.try_enter(job_units(1))  # 2 units: 1 s
     assert not budget.try_enter(job_units(1))  # 4 units: 2 s > 1.5 s
-    heavy = budget.estimate(searched_pixels=4_000_000)  # 1 + faces + 32 units
+    heavy = budget.estimate(searched_pixels=4_000_000)  # 1 + faces + 200 units
     assert not budget.fits(heavy) and budget.fits(1.0)  # a light request still fits beside it
     budget.leave(job_units(1))
     assert budget.queued == 0 and budget.try_enter(heavy)  # an idle replica admits even the heavy one
