@@ -46,6 +46,20 @@ def test_wait_budget_refuses_work_past_the_budget_and_admits_light_work_first():
     assert WaitBudget(budget_s=None, concurrency=1).try_enter(1e9)  # off: images are counted only
 
 
+def test_one_huge_photo_in_flight_leaves_the_other_model_call_to_light_requests():
+    from emokp_ray.serving.batching import WaitBudget, job_units
+
+    budget = WaitBudget(budget_s=2.0, concurrency=2)
+    budget.record(seconds=0.1, units=1.0)  # 0.1 s per unit
+    huge = budget.estimate(searched_pixels=24_000_000)  # ~1,200 units: two minutes of one call
+    assert budget.try_enter(huge)  # an idle replica admits it
+    for _ in range(5):  # crops pass on the second call, up to the budget's worth
+        assert budget.try_enter(job_units(1))
+    assert not budget.fits(huge)  # but not a second huge photo
+    budget.leave(huge)
+    assert budget.fits(job_units(1)) and budget.admitted == [job_units(1)] * 5
+
+
 def test_wait_budget_sees_a_model_call_that_overruns_before_it_ends():
     from emokp_ray.serving.batching import WaitBudget
 

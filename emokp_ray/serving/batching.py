@@ -89,6 +89,12 @@ class WaitBudget:
     average) stands in for them, so face-heavy traffic raises the estimate of what follows.
     A call still running counts too: when the model slows down (a CPU taken by other work), a call
     that has run longer than its units' worth raises the rate at once, before it ends.
+
+    With C model calls at once, the work ahead of a request (Q units, the largest request L) keeps
+    it waiting about min(Q / C, (Q - L) / (C - 1)) units' time: one huge photo occupies one call
+    while light requests pass on the others (it alone would read Q / C: a 24 M-pixel photo, a
+    minute of MTCNN, would refuse every crop meanwhile); many equal requests share all C. Then the
+    request's own work runs on one call: expected wait = (that + its units) x seconds per unit.
     """
 
     def __init__(self, budget_s: float | None, concurrency: int, clock: Callable[[], float] = time.perf_counter):
@@ -98,6 +104,7 @@ class WaitBudget:
         self.concurrency = concurrency
         self.clock = clock
         self.queued = 0.0  # units admitted and not yet answered
+        self.admitted: list[float] = []  # each admitted request's units
         self.seconds_per_unit = 0.0  # 0: not measured yet
         self.faces_per_search = 1.0
         self.running: dict[int, tuple[float, float]] = {}  # model call -> (start, its units as estimated)
@@ -110,7 +117,10 @@ class WaitBudget:
 
     def expected_wait_s(self, units: float = 0.0) -> float:
         """Seconds until `units` more work would be answered, behind what is admitted now."""
-        return (self.queued + units) * self.current_seconds_per_unit() / self.concurrency
+        ahead = self.queued / self.concurrency
+        if self.concurrency > 1 and self.admitted:
+            ahead = min(ahead, (self.queued - max(self.admitted)) / (self.concurrency - 1))
+        return (max(0.0, ahead) + units) * self.current_seconds_per_unit()
 
     def estimate(self, searched_pixels: int) -> float:
         """Units of a photo the detector will search (its faces as the recent average)."""
@@ -126,10 +136,16 @@ class WaitBudget:
         if not self.fits(units):
             return False
         self.queued += units
+        self.admitted.append(units)
         return True
 
     def leave(self, units: float) -> None:
+        """A request admitted with `units` is answered (or failed)."""
         self.queued = max(0.0, self.queued - units)
+        if units in self.admitted:
+            self.admitted.remove(units)
+        if not self.admitted:
+            self.queued = 0.0  # no float residue once nothing is admitted
 
     def call_started(self, key: int, units: float) -> None:
         """Model call `key`, of `units` work as estimated at admission, starts now."""
