@@ -60,6 +60,18 @@ def test_one_huge_photo_in_flight_leaves_the_other_model_call_to_light_requests(
     assert budget.fits(job_units(1)) and budget.admitted == [job_units(1)] * 5
 
 
+def test_wait_budget_learns_the_time_its_model_calls_do_not_see():
+    from emokp_ray.serving.batching import WaitBudget, job_units
+
+    budget = WaitBudget(budget_s=2.0, concurrency=1)
+    budget.record(seconds=0.1, units=1.0)
+    assert budget.try_enter(job_units(1)) and budget.fits(job_units(1) * 4)  # (2 + 8) x 0.1 s
+    for _ in range(20):  # answers take 3x what the model calls alone predict (decoding, a busy CPU)
+        budget.answered(model_wait_s=1.0, seconds=3.0)
+    assert budget.slowdown == pytest.approx(3.0, rel=0.05)
+    assert not budget.fits(job_units(1) * 4) and budget.fits(job_units(1))  # 3 x 1 s > 2 s; 3 x 0.4 s
+
+
 def test_wait_budget_sees_a_model_call_that_overruns_before_it_ends():
     from emokp_ray.serving.batching import WaitBudget
 

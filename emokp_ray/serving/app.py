@@ -319,6 +319,7 @@ class Ingress:
         # pixels), so a few large uploads can never starve the crops of everyone else.
         large = sum(h.pixels for h in headers if not isinstance(h, ApiError) and h.pixels > INLINE_DECODE_PIXELS)
         work = self._work(items, headers, detect)
+        model_wait_s, admitted_s = self.wait.model_wait_s(work), time.perf_counter()
         if not self.wait.try_enter(work):
             self.metrics.refused.inc(tags={"reason": "wait"})
             raise ApiError(503, TOO_LONG)
@@ -329,7 +330,7 @@ class Ingress:
         # A batch request shares the annotation budget between its images.
         annotation_bytes = max(16 * 1024, self.args.max_annotation_bytes // max(1, len(items)))
         try:
-            return list(
+            answers = list(
                 await asyncio.gather(
                     *(
                         self._predict_one(item, header, detect, annotate, annotation_bytes)
@@ -338,6 +339,8 @@ class Ingress:
                     return_exceptions=True,
                 )
             )
+            self.wait.answered(model_wait_s, time.perf_counter() - admitted_s)
+            return answers
         finally:
             self.pixels.leave(large)
             self.wait.leave(work)

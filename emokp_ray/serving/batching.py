@@ -75,6 +75,9 @@ def job_units(faces: float, searched_pixels: int = 0) -> float:
     return IMAGE_UNITS + faces + DETECT_UNITS_PER_MPIXEL * searched_pixels / 1e6
 
 
+SLOWDOWN_MIN, SLOWDOWN_MAX = 0.5, 20.0  # bounds of one answer's ratio (WaitBudget.answered)
+
+
 class WaitBudget:
     """Admission by expected wait (AppArgs.max_queue_wait_s), per ingress replica.
 
@@ -95,6 +98,10 @@ class WaitBudget:
     while light requests pass on the others (it alone would read Q / C: a 24 M-pixel photo, a
     minute of MTCNN, would refuse every crop meanwhile); many equal requests share all C. Then the
     request's own work runs on one call: expected wait = (that + its units) x seconds per unit.
+
+    What the model calls do not see (decoding, the proxy, batching, a CPU shared with other work)
+    is learnt from the answers: `slowdown`, the recent ratio of a request's real time from admission
+    to answer over the model-only estimate made when it was admitted, scales every estimate.
     """
 
     def __init__(self, budget_s: float | None, concurrency: int, clock: Callable[[], float] = time.perf_counter):
@@ -108,6 +115,7 @@ class WaitBudget:
         self.seconds_per_unit = 0.0  # 0: not measured yet
         self.faces_per_search = 1.0
         self.running: dict[int, tuple[float, float]] = {}  # model call -> (start, its units as estimated)
+        self.slowdown = 1.0  # real time from admission to answer / model_wait_s at admission
 
     def current_seconds_per_unit(self) -> float:
         """The measured rate, or that of the slowest call still running where it is slower."""
@@ -115,12 +123,22 @@ class WaitBudget:
         overdue = max(((now - start) / units for start, units in self.running.values() if units > 0), default=0.0)
         return max(self.seconds_per_unit, overdue)
 
-    def expected_wait_s(self, units: float = 0.0) -> float:
-        """Seconds until `units` more work would be answered, behind what is admitted now."""
+    def model_wait_s(self, units: float = 0.0) -> float:
+        """Seconds of model calls until `units` more work would be answered, behind what is admitted now."""
         ahead = self.queued / self.concurrency
         if self.concurrency > 1 and self.admitted:
             ahead = min(ahead, (self.queued - max(self.admitted)) / (self.concurrency - 1))
         return (max(0.0, ahead) + units) * self.current_seconds_per_unit()
+
+    def expected_wait_s(self, units: float = 0.0) -> float:
+        """Seconds until `units` more work would be answered: model_wait_s x slowdown."""
+        return self.model_wait_s(units) * self.slowdown
+
+    def answered(self, model_wait_s: float, seconds: float) -> None:
+        """A request admitted when model_wait_s said `model_wait_s` was answered in `seconds`."""
+        if model_wait_s >= 0.01:  # a measured estimate, not the first requests' 0
+            ratio = min(SLOWDOWN_MAX, max(SLOWDOWN_MIN, seconds / model_wait_s))
+            self.slowdown = 0.8 * self.slowdown + 0.2 * ratio
 
     def estimate(self, searched_pixels: int) -> float:
         """Units of a photo the detector will search (its faces as the recent average)."""
