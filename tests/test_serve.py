@@ -87,6 +87,7 @@ def served(ray_cluster, tmp_path_factory) -> Served:
         max_batch_size=1,
         max_concurrent_batches=1,  # as its model replica runs 1 call at a time: overload is the admission's
         max_pending_requests=2,
+        max_queue_wait_s=None,  # overload here is the image count's (tests/test_serve_load.py: the wait's)
         max_images_per_request=2,
         max_image_pixels=1_000_000,
         max_request_pixels=1_000_000,
