@@ -63,7 +63,7 @@ from emokp_ray.serving.http_input import (
     read_body,
 )
 from emokp_ray.serving.model import FaceJob, FaceModel, Outcome, job_boxes
-from emokp_ray.serving.process import MemoryTrimmer, freeze_startup_heap
+from emokp_ray.serving.process import MemoryTrimmer, fix_mmap_threshold, freeze_startup_heap
 from emokp_ray.serving.schemas import (
     DETECT_TO_MODE,
     MAX_CONCURRENT_BATCHES,
@@ -247,6 +247,8 @@ class Ingress:
         # Work admitted and unanswered, against the expected-wait budget (max_queue_wait_s).
         self.wait = WaitBudget(args.max_queue_wait_s, args.max_concurrent_batches)
         self.trimmer = MemoryTrimmer(args.trim_memory_idle_s)
+        if args.trim_memory_idle_s is not None:
+            fix_mmap_threshold()
         self.trimmer.start(lambda: self.admission.pending > 0)
         self.metrics = serve_metrics.get()
         for module in REQUEST_PATH_MODULES:

@@ -21,7 +21,13 @@ from ray import serve
 from emokp_ray.errors import UserError
 from emokp_ray.inference.detect import INSTALL_HINT, detector_installed
 from emokp_ray.inference.results import Box, is_face_crop
-from emokp_ray.serving.process import MemoryTrimmer, freeze_startup_heap, idle_cpu_priority, lower_cpu_priority
+from emokp_ray.serving.process import (
+    MemoryTrimmer,
+    fix_mmap_threshold,
+    freeze_startup_heap,
+    idle_cpu_priority,
+    lower_cpu_priority,
+)
 from emokp_ray.serving.schemas import AppArgs
 
 if TYPE_CHECKING:
@@ -126,6 +132,8 @@ class FaceModel:
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
         self.max_faces = args.max_faces_per_image
         self.trimmer = MemoryTrimmer(args.trim_memory_idle_s)
+        if args.trim_memory_idle_s is not None:
+            fix_mmap_threshold()
         self.ongoing = 0  # calls in flight
         # Last, so that the threads the loading started are reniced too (AppArgs.model_niceness),
         # and the loaded modules and weights are left out of every later garbage collection.

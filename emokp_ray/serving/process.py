@@ -76,14 +76,38 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def fix_mmap_threshold(size: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Serve every allocation of `size` bytes or more with its own mmap, returned to the OS on free.
+    glibc's default threshold moves: each large buffer freed raises it (up to 32 MiB), so after a
+    24 M-pixel image the next decoded images, resized copies and encoder buffers come from the heap
+    arenas and stay there, fragmented; a fixed value keeps them out (setting it stops the moving).
+    False where the C library is not glibc."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, size))
+
+
 def malloc_trim() -> bool:
     """glibc's malloc_trim(0): give every arena's free memory back to the OS (the top of each heap,
     and free pages inside it by madvise). True when some was released; False where the C library
     is not glibc (nothing done)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
         return False
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
@@ -98,7 +122,8 @@ class MemoryTrimmer:
     and Pillow buffers are freed, but glibc keeps the freed memory in its arenas (one per thread
     that allocated: decoding and the model run in worker threads) and, once a large buffer has been
     freed, raises its mmap threshold (up to 32 MiB), so later large buffers come from the arenas
-    too. malloc_trim hands that memory back; run while idle, it delays no request (it takes a few
+    too: replicas that trim also fix the threshold at 1 MiB (fix_mmap_threshold), and malloc_trim
+    hands the rest back; run while idle, it delays no request (it takes a few
     ms to tens of ms, in a worker thread). benchmarks/serve_hostile.py --scenario memory measures it."""
 
     def __init__(self, idle_s: float | None, clock: Callable[[], float] = time.monotonic):
