@@ -194,6 +194,37 @@ def test_idle_replica_hands_a_burst_of_freed_memory_back():
     assert before - after > 100 * 1024 * 1024, f"RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB"
 
 
+MMAP_PROBE = """
+import json, sys
+from emokp_ray.serving.process import fix_mmap_threshold
+
+def rss():
+    return int([l for l in open("/proc/self/status") if l.startswith("VmRSS:")][0].split()[1]) * 1024
+
+if sys.argv[1] == "fixed":
+    fix_mmap_threshold()
+big = bytearray(30_000_000); del big  # glibc's moving threshold rises to 30 MB here
+buffers = [bytearray(2_000_000) for _ in range(60)]  # 120 MB of 2 MB buffers (decoded images, copies)
+last = buffers[-1]  # still in use: pins the heap's top
+before = rss()
+del buffers
+print(json.dumps([before, rss()]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and /proc are Linux's")
+def test_a_fixed_mmap_threshold_returns_large_buffers_at_once():
+    def freed(mode: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", MMAP_PROBE, mode], capture_output=True, text=True, timeout=120, check=True
+        )
+        before, after = json.loads(run.stdout.strip().splitlines()[-1])
+        return before - after
+
+    assert freed("moving") < 20 * 1024 * 1024  # glibc's default: the buffers stay in the heap
+    assert freed("fixed") > 100 * 1024 * 1024  # each was its own mmap, unmapped on free
+
+
 # ----------------------------------------------------------------------------- the app over HTTP
 
 requests = pytest.importorskip("requests")
