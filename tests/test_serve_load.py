@@ -85,7 +85,11 @@ def test_wait_budget_sees_a_model_call_that_overruns_before_it_ends():
     now[0] = 4.2
     assert budget.current_seconds_per_unit() == pytest.approx(2.0)
     assert not budget.fits(1.0)  # (2 + 1) units x 2 s > 2 s, though no call has ended slowly yet
+    budget.call_started(3, units=2.0)  # a second call, on time: the first alone was misjudged
+    now[0] = 4.3
+    assert budget.current_seconds_per_unit() == pytest.approx(0.1)
     budget.call_failed(2)
+    budget.call_failed(3)
     assert budget.fits(10.0)
 
 

@@ -90,8 +90,10 @@ class WaitBudget:
     budget must still be answerable), and nothing is refused before a first call is measured.
     Faces per searched photo are unknown before the model runs: `faces_per_search` (their recent
     average) stands in for them, so face-heavy traffic raises the estimate of what follows.
-    A call still running counts too: when the model slows down (a CPU taken by other work), a call
-    that has run longer than its units' worth raises the rate at once, before it ends.
+    A call still running counts too: when the model slows down (a CPU taken by other work), the
+    calls that have run longer than their units' worth raise the rate at once, before they end (by
+    the least overrun of them: one call whose work was underestimated, a crowd's photo, leaves the
+    light requests beside it alone while another call runs on time).
 
     With C model calls at once, the work ahead of a request (Q units, the largest request L) keeps
     it waiting about min(Q / C, (Q - L) / (C - 1)) units' time: one huge photo occupies one call
@@ -118,9 +120,9 @@ class WaitBudget:
         self.slowdown = 1.0  # real time from admission to answer / model_wait_s at admission
 
     def current_seconds_per_unit(self) -> float:
-        """The measured rate, or that of the slowest call still running where it is slower."""
+        """The measured rate, or the rate of the calls still running where all run slower."""
         now = self.clock()
-        overdue = max(((now - start) / units for start, units in self.running.values() if units > 0), default=0.0)
+        overdue = min(((now - start) / units for start, units in self.running.values() if units > 0), default=0.0)
         return max(self.seconds_per_unit, overdue)
 
     def model_wait_s(self, units: float = 0.0) -> float:
