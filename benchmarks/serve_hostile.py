@@ -189,10 +189,11 @@ def memory(port: int, app: str, data: dict[str, bytes], args: argparse.Namespace
     warm = rss(app)
     per_client = max(1, args.burst_requests // args.annotate_clients)
 
+    answers = Answers()
+
     async def burst() -> None:
         import aiohttp
 
-        answers = Answers()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
 
             async def client() -> None:
@@ -209,7 +210,7 @@ def memory(port: int, app: str, data: dict[str, bytes], args: argparse.Namespace
     while time.perf_counter() - idle_started < args.idle_seconds:
         time.sleep(2.0)
         samples.append({"t_s": round(time.perf_counter() - idle_started, 1), "rss": rss(app)})
-    out: dict[str, Any] = {"burst_s": round(burst_s, 1), "samples": samples}
+    out: dict[str, Any] = {"burst_s": round(burst_s, 1), "burst_answers": answers.summary(), "samples": samples}
     for deployment, base in warm.items():
         series = [(s["t_s"], s["rss"].get(deployment, 0)) for s in samples]
         back = next((t for t, value in series if value <= 1.25 * base), None)
