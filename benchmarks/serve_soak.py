@@ -193,15 +193,15 @@ def request_mix() -> tuple[list[dict], dict]:
 # ----------------------------------------------------------------------------- replica memory
 
 
-def replica_rss() -> dict[str, int]:
-    """{'Ingress#pid': RSS bytes, ...} of this app's Serve replica processes (Linux /proc)."""
+def replica_rss(app: str = APP) -> dict[str, int]:
+    """{'Ingress#pid': RSS bytes, ...} of `app`'s Serve replica processes (Linux /proc)."""
     out: dict[str, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            if not title.startswith(f"ray::ServeReplica:{APP}:"):
+            if not title.startswith(f"ray::ServeReplica:{app}:"):
                 continue
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

@@ -46,6 +46,8 @@ def _bounded(kind: Callable[[str], float], positive: bool) -> Callable[[str], fl
 
 
 _positive_int = _bounded(int, positive=True)
+_non_negative_int = _bounded(int, positive=False)
+_non_negative_float = _bounded(float, positive=False)
 _seed = _bounded(int, positive=False)  # a random seed: numpy's generators take only non-negative ones
 
 
@@ -282,6 +284,12 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         backend=args.backend,
         detector=args.detector,
         detector_threshold=args.detector_threshold,
+        # 0 turns each of these off (None in AppArgs)
+        max_queue_wait_s=args.max_queue_wait_s or None,
+        max_faces_per_image=args.max_faces_per_image or None,
+        annotate_max_side=args.annotate_max_side,
+        max_annotation_bytes=args.max_annotation_bytes,
+        trim_memory_idle_s=args.trim_memory_idle_s or None,
     )
 
 
@@ -652,6 +660,34 @@ def _add_serve(sub: _Subcommands) -> None:
         "--trust-torchscript",
         action="store_true",
         help="allow TorchScript model files: they are programs, run in the server (only files you trust)",
+    )
+    srv.add_argument(
+        "--max-queue-wait-s",
+        type=_non_negative_float,
+        default=2.0,
+        help="admit a request only if the work ahead of it would be answered within this many seconds, "
+        "else 503 at once (default 2; 0: count images only)",
+    )
+    srv.add_argument(
+        "--max-faces-per-image",
+        type=_non_negative_int,
+        default=32,
+        help="analyse at most this many detected faces per photo, the largest (default 32; 0: all)",
+    )
+    srv.add_argument(
+        "--annotate-max-side", type=_positive_int, default=1600, help="annotated images' longer side, px (default 1600)"
+    )
+    srv.add_argument(
+        "--max-annotation-bytes",
+        type=_positive_int,
+        default=2 * 1024 * 1024,
+        help="encoded bytes of a request's annotated images (default 2 MiB)",
+    )
+    srv.add_argument(
+        "--trim-memory-idle-s",
+        type=_non_negative_float,
+        default=2.0,
+        help="hand freed memory back to the OS after this many idle seconds (default 2; 0: never)",
     )
     _add_detector(srv)
     _add_backend(srv)

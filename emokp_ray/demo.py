@@ -101,7 +101,7 @@ def _serve_roundtrip(keypoints: Path, emotion: Path, photo: Path, bad: Path, por
         base = f"http://127.0.0.1:{port}"
         answers: dict[str, Any] = {}
         status, good = _http("POST", f"{base}/v1/predict?annotate=true", photo.read_bytes(), "image/png")
-        annotated = good.pop("annotated_png_base64", None) if isinstance(good, dict) else None
+        annotated = good.pop("annotated_image_base64", None) if isinstance(good, dict) else None
         answers["good_photo"] = {"status": status, "body": good}
         faces = good.get("faces", []) if isinstance(good, dict) else []
         log(
@@ -113,7 +113,7 @@ def _serve_roundtrip(keypoints: Path, emotion: Path, photo: Path, bad: Path, por
         log(f"      POST /v1/predict {bad.name}: {status} {bad_answer.get('error', '')}")
         status, labels = _http("GET", f"{base}/v1/labels")
         answers["labels"] = {"status": status, "body": labels}
-        answers["annotated_png"] = annotated
+        answers["annotated_image"] = annotated
         return answers
     finally:
         serve.delete("emokp-demo")
@@ -235,8 +235,8 @@ def run_demo(out: str = "./emokp-demo", quick: bool = False, port: int = 8765, l
             port,
             log,
         )
-        annotated = answers.pop("annotated_png")
-        if annotated:
+        annotated = answers.pop("annotated_image")
+        if annotated:  # PNG or JPEG (annotated_media_type): browsers read either from its bytes
             (root / "report" / "served.png").write_bytes(base64.b64decode(annotated))
         (root / "report" / "serve_answers.json").write_text(json.dumps(answers, indent=2) + "\n")
         stages.end(t, "Serve shut down")

@@ -88,6 +88,7 @@ def served(ray_cluster, tmp_path_factory) -> Served:
         max_batch_size=1,
         max_concurrent_batches=1,  # as its model replica runs 1 call at a time: overload is the admission's
         max_pending_requests=2,
+        max_queue_wait_s=None,  # overload here is the image count's (tests/test_serve_load.py: the wait's)
         max_images_per_request=2,
         max_image_pixels=1_000_000,
         max_request_pixels=1_000_000,
@@ -266,9 +267,11 @@ def test_annotated_png_has_the_image_size(served):
     shot = photo()
     response = post_image(served.base + "/v1/predict", png(shot.image), params={"annotate": "true"})
     assert response.status_code == 200, response.text
-    annotated = Image.open(io.BytesIO(base64.b64decode(response.json()["annotated_png_base64"])))
-    assert annotated.format == "PNG" and annotated.size == (shot.image.shape[1], shot.image.shape[0])
-    assert "annotated_png_base64" not in post_image(served.base + "/v1/predict", png(shot.image)).json()
+    answer = response.json()
+    annotated = Image.open(io.BytesIO(base64.b64decode(answer["annotated_image_base64"])))
+    assert annotated.format == "PNG" and answer["annotated_media_type"] == "image/png"
+    assert annotated.size == (shot.image.shape[1], shot.image.shape[0])
+    assert "annotated_image_base64" not in post_image(served.base + "/v1/predict", png(shot.image)).json()
 
 
 def test_batch_route_keeps_order_and_puts_errors_in_place(served, predictor):

@@ -305,9 +305,9 @@ def spied_predictor(tmp_path_factory):
     calls: list[int] = []
     real = predictor.predict
 
-    def predict(images, mode="auto", boxes=None):
+    def predict(images, mode="auto", boxes=None, max_faces=None):
         calls.append(len(images))
-        return real(images, mode=mode, boxes=boxes)
+        return real(images, mode=mode, boxes=boxes, max_faces=max_faces)
 
     predictor.predict = predict
     return predictor, calls, real
@@ -490,7 +490,7 @@ for module in app.REQUEST_PATH_MODULES:
     importlib.import_module(module)
 frozen = freeze_startup_heap()
 outcome = pickle.loads(base64.b64decode("{outcome}"))
-png = app.annotated_png(np.zeros((96, 96), np.uint8), outcome.result)
+png, _ = app.annotated_image(np.zeros((96, 96), np.uint8), outcome.result, 1600, 2 * 1024 * 1024)
 later = [object()]  # allocated after the freeze: still collectable
 young = any(o is later for o in gc.get_objects(0))
 print(json.dumps(["torch" in sys.modules, frozen, young, outcome.result.to_dict()["faces"][0]["emotion"], len(png)]))

@@ -103,7 +103,7 @@ import math
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -477,7 +477,11 @@ class Predictor:
         return self._run(prepared) if n else []
 
     def predict(
-        self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None
+        self,
+        images: list[np.ndarray],
+        mode: str = "auto",
+        boxes: list[list[Box] | None] | None = None,
+        max_faces: int | None = None,
     ) -> list[ImageResult]:
         """Faces in each image (uint8 [H, W] or [H, W, 3], e.g. from decode_image).
 
@@ -487,26 +491,34 @@ class Predictor:
         at most 128 px, else "detect". boxes[i], when given (not None), are image i's face boxes
         (x, y, w, h), used exactly as crop boxes (squares framed like a training crop work best; a
         previous result's boxes qualify), overriding mode. All faces of all images go through each
-        model in one batched pass.
+        model in one batched pass. max_faces: at most that many detected faces per image, the largest
+        (ImageResult.faces_dropped counts the rest); caller boxes are never dropped.
         """
-        return self.predict_prepared(self.prepare(images, mode, boxes))
+        return self.predict_prepared(self.prepare(images, mode, boxes, max_faces))
 
     def prepare(
-        self, images: list[np.ndarray], mode: str = "auto", boxes: list[list[Box] | None] | None = None
+        self,
+        images: list[np.ndarray],
+        mode: str = "auto",
+        boxes: list[list[Box] | None] | None = None,
+        max_faces: int | None = None,
     ) -> PreparedFaces:
         """The CPU half of `predict` (detect and crop, no model runs); see `prepare_faces`."""
 
         def detect(image: np.ndarray) -> list:
             return self.detector.detect(image)
 
-        return prepare_faces(images, self._inputs(), mode, detect, boxes, self.margin, self.shift_y)
+        return prepare_faces(images, self._inputs(), mode, detect, boxes, self.margin, self.shift_y, max_faces)
 
     def predict_prepared(self, prepared: PreparedFaces) -> list[ImageResult]:
         """The network half of `predict`: both models over prepared faces, one batched pass each."""
         faces: list[Face] = self._run(prepared) if len(prepared.boxes) else []
         results, start = [], 0
-        for (width, height), count in zip(prepared.sizes, prepared.counts):
-            results.append(ImageResult(width=width, height=height, faces=faces[start : start + count]))
+        dropped = prepared.dropped or [0] * len(prepared.counts)
+        for (width, height), count, lost in zip(prepared.sizes, prepared.counts, dropped):
+            results.append(
+                ImageResult(width=width, height=height, faces=faces[start : start + count], faces_dropped=lost)
+            )
             start += count
         return results
 
@@ -527,6 +539,7 @@ class PreparedFaces:
     keypoint_maps: np.ndarray  # float64 [F, 2, 3]: keypoint crop pixel -> image pixel (pixel centres)
     scores: np.ndarray  # float64 [F] detector scores, NaN where none (caller boxes, crops)
     landmarks: np.ndarray  # float64 [F, 5, 2] detector landmarks (LANDMARK_NAMES), NaN where none
+    dropped: list[int] = field(default_factory=list)  # per image: detections past max_faces; [] = none
 
 
 def as_detection(found: Any) -> Detection:
@@ -544,6 +557,7 @@ def prepare_faces(
     boxes: list[list[Box] | None] | None = None,
     margin: float = FRAMING_MARGIN,
     shift_y: float = FRAMING_SHIFT_Y,
+    max_faces: int | None = None,
 ) -> PreparedFaces:
     """Face boxes and crops for each image, as `Predictor.predict` finds them (see there for mode
     and boxes); detect: uint8 image [H, W] or [H, W, 3] -> Detections, called only where a photo is
@@ -552,7 +566,9 @@ def prepare_faces(
     A detection with landmarks is cropped ALIGNED: per network, the similarity taking the network's
     template (TEMPLATES) onto the landmarks, sampled by `warp_crop`. Anything else (Haar boxes
     re-framed by crop_box_from_detection, caller boxes, whole crops) is cropped axis-aligned by
-    `crop_face`. The reported box is the detector's box (re-framed for Haar, as before)."""
+    `crop_face`. The reported box is the detector's box (re-framed for Haar, as before).
+    max_faces: a searched image keeps its max_faces largest detections (by box area); `dropped`
+    counts the rest per image, so their crops never reach the networks."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     if boxes is not None and len(boxes) != len(images):
@@ -566,6 +582,7 @@ def prepare_faces(
     kp_size = inputs.get("keypoints", 96)
     counts: list[int] = []
     image_sizes: list[tuple[int, int]] = []
+    dropped: list[int] = []
     for index, image in enumerate(images):
         _check_image(image, index)
         grey = to_grey(image)
@@ -579,6 +596,11 @@ def prepare_faces(
             found = [Detection(box=(0.0, 0.0, float(width), float(height)))]
         else:
             found, detected = [as_detection(d) for d in detect(image)], True
+        lost = 0
+        if detected and max_faces is not None and len(found) > max_faces:
+            lost = len(found) - max_faces
+            # Stable: equal areas keep the detector's order.
+            found = sorted(found, key=lambda d: d.box[2] * d.box[3], reverse=True)[:max_faces]
         for j, face in enumerate(found):
             if face.landmarks is not None:
                 points = np.asarray(face.landmarks, np.float64).reshape(len(LANDMARK_NAMES), 2)
@@ -603,6 +625,7 @@ def prepare_faces(
             # a score only with landmarks: Haar's constant 1.0 says nothing (Face.score None there)
             scores.append(float(face.score) if face.landmarks is not None else math.nan)
         counts.append(len(found))
+        dropped.append(lost)
         image_sizes.append((int(image.shape[1]), int(image.shape[0])))
     return PreparedFaces(
         crops={t: np.stack(c) if c else np.zeros((0, inputs[t], inputs[t]), np.uint8) for t, c in crops.items()},
@@ -612,4 +635,5 @@ def prepare_faces(
         keypoint_maps=np.asarray(maps, np.float64).reshape(-1, 2, 3),
         scores=np.asarray(scores, np.float64),
         landmarks=np.asarray(landmarks, np.float64).reshape(-1, len(LANDMARK_NAMES), 2),
+        dropped=dropped,
     )

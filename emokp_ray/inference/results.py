@@ -73,6 +73,7 @@ class ImageResult:
     width: int
     height: int
     faces: list[Face]
+    faces_dropped: int = 0  # detections past the caller's max_faces (the smallest), not analysed
     source: str | None = field(default=None, compare=False)  # e.g. the path; None for bytes, arrays, PIL images
     image: Any = field(default=None, compare=False, repr=False)  # what the caller passed (path, bytes, array, PIL)
     keypoint_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)  # the keypoint model's
@@ -83,12 +84,16 @@ class ImageResult:
     timestamp: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; a video frame's result also has `frame_index` and `timestamp` (seconds, 1e-6)."""
+        """JSON-ready; a video frame's result also has `frame_index` and `timestamp` (seconds, 1e-6),
+        an image whose faces past max_faces_per_image were dropped says how many (`faces_dropped`)."""
         out: dict[str, Any] = {"width": self.width, "height": self.height}
         if self.frame_index is not None:
             out["frame_index"] = self.frame_index
             out["timestamp"] = None if self.timestamp is None else round(float(self.timestamp), 6)
-        return out | {"faces": [f.to_dict() for f in self.faces]}
+        out["faces"] = [f.to_dict() for f in self.faces]
+        if self.faces_dropped:
+            out["faces_dropped"] = self.faces_dropped
+        return out
 
     def to_pandas(self, image_index: int = 0) -> pd.DataFrame:
         """One row per face (none for an image without faces, the columns still there): `image`

@@ -7,13 +7,16 @@
     GET  /                   the demo page
 
 Every request is admitted first, before its body is read (at most max_pending_requests images in
-flight per ingress replica, else an immediate 503), so overload costs the service nothing. Then the
+flight per ingress replica, and only while the work admitted ahead would be answered within
+max_queue_wait_s, else an immediate 503), so overload costs the service nothing. Then the
 ingress reads the body (size cap, timeout), checks the cheap limits (JSON nesting, image and box
 counts) before validating the rest, reads every image's size from its header and refuses a request
 whose pixels pass max_request_pixels (413) or whose large images would take the replica past
 max_replica_pixels decoded pixels (503; crops never wait for large images), decodes (in a worker thread unless the image is small, by pixels and bytes),
-batches the grey pixels of concurrent requests with `@serve.batch` into one call to `FaceModel`
-(one forward pass) and, on request, draws the annotated PNG. Errors are JSON {"error": "..."} with
+admits the request's own work (images, faces, searched pixels: batching.WaitBudget) against the
+expected-wait budget, batches the grey pixels of concurrent requests with `@serve.batch` into one
+call to `FaceModel` (one forward pass) and, on request, draws the annotated image (scaled down,
+PNG or JPEG within max_annotation_bytes). Errors are JSON {"error": "..."} with
 400/408/413/415/422/503 (http_input.py says which); a 500 means a bug.
 
 `build_app` is the typed builder named by serve/config.yaml; `compose` also takes deployment
@@ -25,6 +28,7 @@ options, for tests and benchmarks.
 
 import asyncio
 import base64
+import dataclasses
 import importlib
 import io
 import logging
@@ -33,6 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -45,7 +50,7 @@ from emokp_ray import __version__
 from emokp_ray.builtin import is_builtin
 from emokp_ray.inference.results import is_face_crop
 from emokp_ray.serving import metrics as serve_metrics
-from emokp_ray.serving.batching import Admission, BatchWindow
+from emokp_ray.serving.batching import Admission, BatchWindow, WaitBudget, job_units
 from emokp_ray.serving.http_input import (
     ApiError,
     ImageInput,
@@ -57,8 +62,8 @@ from emokp_ray.serving.http_input import (
     probe,
     read_body,
 )
-from emokp_ray.serving.model import FaceJob, FaceModel, Outcome
-from emokp_ray.serving.process import freeze_startup_heap
+from emokp_ray.serving.model import FaceJob, FaceModel, Outcome, job_boxes
+from emokp_ray.serving.process import MemoryTrimmer, fix_mmap_threshold, freeze_startup_heap
 from emokp_ray.serving.schemas import (
     DETECT_TO_MODE,
     MAX_CONCURRENT_BATCHES,
@@ -76,6 +81,7 @@ logger = logging.getLogger("ray.serve")
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
 OVERLOADED = "the service is overloaded; retry later"
+TOO_LONG = "the service's queue would keep this request past max_queue_wait_s; retry later"
 # What the request path imports on first use (decoding, drawing, the model's result classes): imported
 # by the constructor instead, so that freeze_startup_heap leaves them out of later collections. None
 # of them imports torch: the ingress never runs a network.
@@ -117,13 +123,69 @@ async def _internal_error(request: Request, err: Exception) -> JSONResponse:
     return _error(500, "internal server error (logged on the server)")
 
 
-def annotated_png(pixels: Any, result: Any) -> str:
-    """The image with boxes, keypoints and emotion labels drawn (render.annotate), as base64 PNG."""
+# An annotated image up to this many pixels is sent as PNG (exact, and small at this size); a larger
+# one as JPEG, which takes a tenth of PNG's bytes on a photo (a 24 M-pixel photo's PNG was 72 MB).
+PNG_MAX_PIXELS = 512 * 512
+JPEG_QUALITIES = (85, 70, 50)
+MIN_ANNOTATED_SIDE = 64
+
+
+def _scaled_result(result: Any, scale: float) -> Any:
+    """`result` with every box, keypoint and landmark multiplied by `scale` (for a resized image)."""
+
+    def points(named: dict | None) -> dict | None:
+        return None if named is None else {k: (x * scale, y * scale) for k, (x, y) in named.items()}
+
+    faces = [
+        dataclasses.replace(
+            face,
+            box=tuple(v * scale for v in face.box),
+            keypoints=points(face.keypoints),
+            landmarks=points(face.landmarks),
+        )
+        for face in result.faces
+    ]
+    return dataclasses.replace(
+        result, width=round(result.width * scale), height=round(result.height * scale), faces=faces
+    )
+
+
+def annotated_image(pixels: Any, result: Any, max_side: int, max_bytes: int) -> tuple[bytes, str]:
+    """The image with boxes, keypoints and emotion labels drawn (render.annotate), at most `max_side`
+    pixels on its longer side and `max_bytes` encoded: (bytes, media type). Drawn after scaling
+    down (drawing on 24 M pixels, then encoding them, took seconds and 96 MB of base64); PNG up to
+    PNG_MAX_PIXELS, else JPEG at falling quality, then at halving sides, until it fits."""
+    from PIL import Image
+
     from emokp_ray.inference.render import annotate
 
+    height, width = pixels.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    image = Image.fromarray(pixels)
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        result = _scaled_result(result, scale)
+    canvas = annotate(np.asarray(image), result)
+    del image
+    while True:
+        if canvas.width * canvas.height <= PNG_MAX_PIXELS:
+            data = _encoded(canvas, "PNG")
+            if len(data) <= max_bytes:
+                return data, "image/png"
+        for quality in JPEG_QUALITIES:
+            data = _encoded(canvas, "JPEG", quality=quality)
+            if len(data) <= max_bytes:
+                return data, "image/jpeg"
+        if min(canvas.size) <= MIN_ANNOTATED_SIDE:
+            return data, "image/jpeg"  # a 64 px JPEG: a few KB, under any max_bytes AppArgs allows
+        canvas = canvas.resize((max(1, canvas.width // 2), max(1, canvas.height // 2)), Image.Resampling.BILINEAR)
+
+
+def _encoded(image: Any, fmt: str, **options: Any) -> bytes:
     buffer = io.BytesIO()
-    annotate(pixels, result).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
 
 
 def _decode_for_model(image: ImageInput, args: AppArgs) -> tuple[Any, Any]:
@@ -182,6 +244,12 @@ class Ingress:
         self.model_calls = asyncio.Semaphore(args.max_concurrent_batches)
         self.admission = Admission(args.max_pending_requests)  # images in flight
         self.pixels = Admission(args.max_replica_pixels)  # decoded pixels held at once
+        # Work admitted and unanswered, against the expected-wait budget (max_queue_wait_s).
+        self.wait = WaitBudget(args.max_queue_wait_s, args.max_concurrent_batches)
+        self.trimmer = MemoryTrimmer(args.trim_memory_idle_s)
+        if args.trim_memory_idle_s is not None:
+            fix_mmap_threshold()
+        self.trimmer.start(lambda: self.admission.pending > 0)
         self.metrics = serve_metrics.get()
         for module in REQUEST_PATH_MODULES:
             importlib.import_module(module)
@@ -194,10 +262,32 @@ class Ingress:
         return self.admission.pending
 
     def _admit(self, images: int) -> None:
-        """Take `images` admission slots or refuse the request with 503 at once."""
+        """Take `images` admission slots or refuse the request with 503 at once: past
+        max_pending_requests images, or when even one crop would wait past max_queue_wait_s."""
+        self.trimmer.touch()
+        if not self.wait.fits(images * job_units(1)):
+            self.metrics.refused.inc(tags={"reason": "wait"})
+            raise ApiError(503, TOO_LONG)
         if not self.admission.try_enter(images):
             self.metrics.refused.inc(tags={"reason": "images"})
             raise ApiError(503, OVERLOADED)
+
+    def _work(self, items: list[ImageInput | ApiError], headers: list[Any], detect: str) -> float:
+        """The request's expected work units (batching.job_units), from its images' headers: caller
+        boxes and crops count their faces; a photo to search, its pixels and the recent faces per
+        photo (a detector-less replica searches nothing: such a photo fails at once)."""
+        mode = DETECT_TO_MODE[detect]
+        units = 0.0
+        for item, header in zip(items, headers):
+            if isinstance(item, ApiError) or isinstance(header, ApiError):
+                continue
+            if item.boxes is not None:
+                units += job_units(len(item.boxes))
+            elif is_face_crop(mode, header.height, header.width):
+                units += job_units(1)
+            else:
+                units += self.wait.estimate(header.pixels)
+        return units
 
     async def _headers(self, items: list[ImageInput | ApiError]) -> list[Any]:
         """Each image's header (size, format) or its ApiError, no pixel decoded; a large upload's
@@ -230,21 +320,35 @@ class Ingress:
         # little and is already bounded by the image admission (max_pending_requests x 65,536
         # pixels), so a few large uploads can never starve the crops of everyone else.
         large = sum(h.pixels for h in headers if not isinstance(h, ApiError) and h.pixels > INLINE_DECODE_PIXELS)
+        work = self._work(items, headers, detect)
+        model_wait_s, admitted_s = self.wait.model_wait_s(work), time.perf_counter()
+        if not self.wait.try_enter(work):
+            self.metrics.refused.inc(tags={"reason": "wait"})
+            raise ApiError(503, TOO_LONG)
         if not self.pixels.try_enter(large):
+            self.wait.leave(work)
             self.metrics.refused.inc(tags={"reason": "pixels"})
             raise ApiError(503, "the service is busy decoding other large images; retry later")
+        # A batch request shares the annotation budget between its images.
+        annotation_bytes = max(16 * 1024, self.args.max_annotation_bytes // max(1, len(items)))
         try:
-            return list(
+            answers = list(
                 await asyncio.gather(
-                    *(self._predict_one(item, header, detect, annotate) for item, header in zip(items, headers)),
+                    *(
+                        self._predict_one(item, header, detect, annotate, annotation_bytes)
+                        for item, header in zip(items, headers)
+                    ),
                     return_exceptions=True,
                 )
             )
+            self.wait.answered(model_wait_s, time.perf_counter() - admitted_s)
+            return answers
         finally:
             self.pixels.leave(large)
+            self.wait.leave(work)
 
     async def _predict_one(
-        self, image: ImageInput | ApiError, header: Any, detect: str, annotate: bool
+        self, image: ImageInput | ApiError, header: Any, detect: str, annotate: bool, annotation_bytes: int
     ) -> dict[str, Any]:
         """Decode, check boxes, predict one admitted image; ApiError for this image's problems."""
         if isinstance(image, ApiError):  # a bad item: its header is that same error
@@ -271,9 +375,13 @@ class Ingress:
         result = outcome.result
         if result is None:
             raise RuntimeError("the model answered neither a result nor an error")
-        out = result.to_dict()
+        out = {**result.to_dict(), "faces_dropped": result.faces_dropped}
         if annotate:
-            out["annotated_png_base64"] = await asyncio.to_thread(annotated_png, pixels, result)
+            data, media_type = await asyncio.to_thread(
+                annotated_image, pixels, result, self.args.annotate_max_side, annotation_bytes
+            )
+            out["annotated_image_base64"] = base64.b64encode(data).decode("ascii")
+            out["annotated_media_type"] = media_type
         return out
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
@@ -291,17 +399,39 @@ class Ingress:
                 self.metrics.batch_size.observe(len(jobs))
                 for job in jobs:
                     self.metrics.queue_wait.observe(started - job.submitted_s)
+                call = id(jobs)
+                self.wait.call_started(call, sum(self._job_units(job) for job in jobs))
                 try:
-                    return await self.model.predict.remote(jobs)
+                    outcomes: list[Outcome] = await self.model.predict.remote(jobs)
+                    self.wait.call_done(call, self._measured_units(jobs, outcomes))
+                    return outcomes
                 except BackPressureError:
                     return [Outcome(error=OVERLOADED, status=503)] * len(jobs)
                 except DeploymentUnavailableError as err:
                     return [Outcome(error=f"the model is unavailable: {err.message}", status=503)] * len(jobs)
                 finally:
+                    self.wait.call_failed(call)  # a no-op once call_done has run
                     self.window.record(time.perf_counter() - started)
                     self.metrics.model_latency.observe(time.perf_counter() - started)
         finally:
             self._set_batch_window()  # its slot is free again
+
+    def _job_units(self, job: FaceJob) -> float:
+        """A job's work units before the model runs (a searched photo's faces as the recent average)."""
+        boxes = job_boxes(job)
+        return self.wait.estimate(job.image.shape[0] * job.image.shape[1]) if boxes is None else job_units(len(boxes))
+
+    def _measured_units(self, jobs: list[FaceJob], outcomes: list[Outcome]) -> float:
+        """A call's work units as found (the faces each searched photo yielded, counted for the
+        estimate of the photos that follow)."""
+        units = 0.0
+        for job, outcome in zip(jobs, outcomes):
+            searched = job_boxes(job) is None
+            faces = len(outcome.result.faces) if outcome.result is not None else 0
+            units += job_units(faces, job.image.shape[0] * job.image.shape[1] if searched else 0)
+            if searched and outcome.result is not None:
+                self.wait.record_faces(faces)
+        return units
 
     def _set_batch_window(self) -> None:
         """The batcher's wait for company: stretched while every model call slot is taken (the next
@@ -352,6 +482,7 @@ class Ingress:
             (answer,) = await self._predict_images([image], options.detect, options.annotate)
         finally:
             self.admission.leave(1)
+            self.trimmer.touch()
         if isinstance(answer, BaseException):
             raise answer
         self.metrics.faces.observe(len(answer["faces"]))
@@ -381,6 +512,7 @@ class Ingress:
             answers = await self._predict_images(items, options.detect, options.annotate)
         finally:
             self.admission.leave(held)
+            self.trimmer.touch()
         results: list[dict[str, Any]] = []
         for answer in answers:
             if isinstance(answer, ApiError) and answer.status == 503:

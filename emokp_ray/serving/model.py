@@ -21,7 +21,13 @@ from ray import serve
 from emokp_ray.errors import UserError
 from emokp_ray.inference.detect import INSTALL_HINT, detector_installed
 from emokp_ray.inference.results import Box, is_face_crop
-from emokp_ray.serving.process import freeze_startup_heap, idle_cpu_priority, lower_cpu_priority
+from emokp_ray.serving.process import (
+    MemoryTrimmer,
+    fix_mmap_threshold,
+    freeze_startup_heap,
+    idle_cpu_priority,
+    lower_cpu_priority,
+)
 from emokp_ray.serving.schemas import AppArgs
 
 if TYPE_CHECKING:
@@ -65,17 +71,20 @@ def job_boxes(job: FaceJob) -> list[Box] | None:
     return None
 
 
-def run_jobs(predictor: Predictor, jobs: Sequence[FaceJob]) -> list[Outcome]:
+def run_jobs(predictor: Predictor, jobs: Sequence[FaceJob], max_faces: int | None = None) -> list[Outcome]:
     """Predict every job in ONE `predictor.predict` call, so all faces of all images go through each
     network in one batched forward pass, whatever mix of modes and boxes the batch holds. A
     UserError (e.g. detection without OpenCV) fails only the jobs that cause it: the batch is then
-    retried one job at a time."""
+    retried one job at a time. max_faces (AppArgs.max_faces_per_image): a searched photo keeps its
+    largest faces only, so a crowd costs the networks no more than that many crops."""
     try:
-        results = predictor.predict([job.image for job in jobs], mode="detect", boxes=[job_boxes(job) for job in jobs])
+        results = predictor.predict(
+            [job.image for job in jobs], mode="detect", boxes=[job_boxes(job) for job in jobs], max_faces=max_faces
+        )
     except UserError as err:
         if len(jobs) == 1:
             return [Outcome(error=str(err).splitlines()[0], status=422)]
-        return [outcome for job in jobs for outcome in run_jobs(predictor, [job])]
+        return [outcome for job in jobs for outcome in run_jobs(predictor, [job], max_faces)]
     return [Outcome(result=r) for r in results]
 
 
@@ -121,6 +130,11 @@ class FaceModel:
             detector_threshold=args.detector_threshold,
         )
         self._info = {"model": self.predictor.model_info(), "labels": self.predictor.labels()}
+        self.max_faces = args.max_faces_per_image
+        self.trimmer = MemoryTrimmer(args.trim_memory_idle_s)
+        if args.trim_memory_idle_s is not None:
+            fix_mmap_threshold()
+        self.ongoing = 0  # calls in flight
         # Last, so that the threads the loading started are reniced too (AppArgs.model_niceness),
         # and the loaded modules and weights are left out of every later garbage collection.
         if args.model_niceness != "idle":
@@ -137,7 +151,14 @@ class FaceModel:
     async def predict(self, jobs: list[FaceJob]) -> list[Outcome]:
         """One batch (the ingress's) -> one Outcome per job, in order."""
         # In a worker thread, so the replica keeps answering health checks and info meanwhile.
-        return await asyncio.to_thread(run_jobs, self.predictor, jobs)
+        self.trimmer.start(lambda: self.ongoing > 0)
+        self.ongoing += 1
+        self.trimmer.touch()
+        try:
+            return await asyncio.to_thread(run_jobs, self.predictor, jobs, self.max_faces)
+        finally:
+            self.ongoing -= 1
+            self.trimmer.touch()
 
     async def check_health(self) -> None:
         """Raises (so Serve restarts the replica) when the networks no longer answer a blank crop."""

@@ -86,7 +86,23 @@ class AppArgs(BaseModel):
     # Overload: an ingress replica holds at most this many images admitted and unanswered; the next
     # gets 503 at once (keep the Ingress deployment's max_ongoing_requests above it).
     max_pending_requests: int = Field(default=64, ge=1)
+    # Admission by expected wait (batching.WaitBudget): a request is admitted only while the work
+    # admitted ahead of it plus its own (images, faces and searched pixels, in units whose time the
+    # ingress measures on every model call) would be answered within this many seconds; else 503
+    # with Retry-After at once. None: images are counted only (max_pending_requests).
+    max_queue_wait_s: float | None = Field(default=2.0, gt=0.0, le=600.0)
     max_boxes_per_image: int = Field(default=32, ge=1)
+    # Faces a searched photo may yield: the largest are kept, the answer's faces_dropped counts the
+    # rest (a tiled image of 200 faces costs the networks 200 crops otherwise). None: no cap.
+    max_faces_per_image: int | None = Field(default=32, ge=1, le=10_000)
+    # annotate=true: the drawn image is scaled down to at most annotate_max_side pixels on its longer
+    # side, encoded as PNG when small and JPEG otherwise, and re-encoded smaller until it fits in
+    # max_annotation_bytes (a batch request shares that budget between its images).
+    annotate_max_side: int = Field(default=1600, ge=64, le=20_000)
+    max_annotation_bytes: int = Field(default=2 * MiB, ge=16 * 1024)
+    # Memory returned: a replica that has been idle this long since its last request hands freed
+    # heap back to the OS (process.MemoryTrimmer: glibc malloc_trim). None: never.
+    trim_memory_idle_s: float | None = Field(default=2.0, gt=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> AppArgs:
@@ -153,7 +169,7 @@ class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     detect: DetectOption = "auto"
-    annotate: bool = False  # also return the annotated image as base64 PNG
+    annotate: bool = False  # also return the annotated image (base64 PNG or JPEG)
 
     @field_validator("detect", mode="before")
     @classmethod
@@ -221,7 +237,11 @@ class ImageOut(BaseModel):
     width: int
     height: int
     faces: list[FaceOut]
-    annotated_png_base64: str | None = None  # with annotate=true
+    faces_dropped: int = 0  # faces found past max_faces_per_image (the smallest), not analysed
+    # With annotate=true: the drawn image (at most annotate_max_side px per side) and its type,
+    # "image/png" or "image/jpeg".
+    annotated_image_base64: str | None = None
+    annotated_media_type: str | None = None
 
 
 class ErrorOut(BaseModel):
