@@ -122,3 +122,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def replica_rss(app: str) -> dict[str, int]:
+    """{'Ingress#pid': RSS bytes, ...} of `app`'s Serve replica processes (Linux /proc)."""
+    out: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if not title.startswith(f"ray::ServeReplica:{app}:"):
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    # "FaceModel", or "FaceModel.handle_request_with_rejection" while Ray's title
+                    # names the method running: one series per process either way.
+                    deployment = title.split(":")[-1].split()[0].split(".")[0]
+                    out[f"{deployment}#{entry.name}"] = int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return out

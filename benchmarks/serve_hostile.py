@@ -29,7 +29,6 @@ sent one after another by a prober, 0.2 s apart, latency client-side):
   receives the 24 M-pixel grey copy, without MTCNN's minute per photo) and --idle-seconds of idle,
   sampled every 2 s. Target: both back within 25% of the warm figure within a minute.
 
-Results: benchmarks/results/serve_hostile.json (--out).
 """
 
 from __future__ import annotations
@@ -38,8 +37,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,8 +44,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "serve_hostile.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.fixtures import free_port, replica_rss, served_models
+from benchmarks.harness import REPO, add_out_argument, percentile, save
+
 SCENARIOS = ("wait", "faces", "annotate", "memory")
 PHOTOS = REPO / "emokp_ray" / "photos"
 MiB = 1024 * 1024
@@ -73,7 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotate-clients", type=int, default=4)
     parser.add_argument("--burst-requests", type=int, default=24, help="24 M-pixel requests in `memory`'s burst")
     parser.add_argument("--idle-seconds", type=float, default=60.0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_out_argument(parser, "serve_hostile")
     return parser
 
 
@@ -138,8 +137,6 @@ class Answers:
         self.seconds.setdefault(status, []).append(time.perf_counter() - started)
 
     def summary(self) -> dict:
-        from benchmarks.serve_latency import percentile
-
         def stats(values: list[float]) -> dict:
             v = sorted(values)
             return {"n": len(v), "p50_s": round(percentile(v, 50), 3), "p99_s": round(percentile(v, 99), 3)}
@@ -177,8 +174,6 @@ async def load(url: str, body: bytes, clients: int, seconds: float, params: dict
 
 def rss(app: str) -> dict[str, int]:
     """{deployment: RSS bytes} of app's replicas."""
-    from benchmarks.serve_soak import replica_rss
-
     return {name.split("#")[0]: value for name, value in replica_rss(app).items()}
 
 
@@ -240,11 +235,9 @@ def median(rows: list[dict], *path: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    sys.path.insert(0, str(REPO))
     import ray
     from ray import serve
 
-    from benchmarks.serve_latency import free_port, model_paths
     from emokp_ray.ray_utils import init_ray
     from emokp_ray.serving.app import compose
     from emokp_ray.serving.schemas import AppArgs
@@ -253,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     variants: dict[str, dict[str, Any]] = {"before": BEFORE, "after": {}}
     results: dict[str, Any] = {"rounds": []}
     with tempfile.TemporaryDirectory(prefix="serve-hostile-") as tmp:
-        kp, em = model_paths(args.models, Path(tmp))
+        kp, em = served_models(args.models, Path(tmp))
         init_ray()
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
@@ -306,20 +299,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "good_refused": median(rows, "probe", "by_status", "503", "n"),
             }
     result = {
-        "benchmark": "serve_hostile",
-        "command": "python benchmarks/serve_hostile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "models": args.models,
         "before": BEFORE,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m_end": os.getloadavg()[0]},
         "summary": summary,
         **results,
     }
     for key, row in summary.items():
         print(f"{key:<18} {json.dumps(row)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
-    return result
+    return save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
-from benchmarks.fixtures import free_port, served_models
+from benchmarks.fixtures import free_port, replica_rss, served_models
 from benchmarks.harness import REPO, add_out_argument, save
 
 FER_CSV = REPO.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
@@ -193,27 +193,6 @@ def request_mix() -> tuple[list[dict], dict]:
 # ----------------------------------------------------------------------------- replica memory
 
 
-def replica_rss(app: str = APP) -> dict[str, int]:
-    """{'Ingress#pid': RSS bytes, ...} of `app`'s Serve replica processes (Linux /proc)."""
-    out: dict[str, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            if not title.startswith(f"ray::ServeReplica:{app}:"):
-                continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    # "FaceModel", or "FaceModel.handle_request_with_rejection" while Ray's title
-                    # names the method running: one series per process either way.
-                    deployment = title.split(":")[-1].split()[0].split(".")[0]
-                    out[f"{deployment}#{entry.name}"] = int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return out
-
-
 def slope_per_request(points: list[tuple[int, int]]) -> float:
     """Least-squares slope of (requests done, RSS bytes), in bytes per request."""
     n = len(points)
@@ -239,7 +218,7 @@ async def soak(base: str, mix: list[dict], args: argparse.Namespace) -> dict:
     next_index = 0
 
     def sample() -> None:
-        samples.append({"requests": done, "seconds": round(time.perf_counter() - started, 1), "rss": replica_rss()})
+        samples.append({"requests": done, "seconds": round(time.perf_counter() - started, 1), "rss": replica_rss(APP)})
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal done, next_index
