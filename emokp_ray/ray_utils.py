@@ -17,15 +17,12 @@ from typing import Any
 # Ray Serve's throughput-optimized request path (Ray >= 2.55), read when Serve's processes start:
 # Serve's proxy and handles default to its gRPC transport instead of Ray actor calls, user code
 # and the router run on each replica's main event loop, request logs are buffered and Serve's logs
-# go to its log files only (not stderr). Measured (benchmarks/serve_fast_path.py, mode
-# throughput_proxied, README, two machines): a lone request's p50 0.84-0.91x, 1.05-1.20x the
-# answers under overload, the 503 tail no better (unchanged on one, worse on the other).
-# Direct ingress, a part of the mode, is turned back (a second HTTP server per ingress replica,
-# which drains at least 30 s when stopped; clients come through the proxy). The replicas' gRPC
-# receive cap (Ray's default 4 MiB) is raised as a guard only: on one node we could not make it bite
-# (with a cap of 1,000 bytes, 1 MB uploads, handle arguments and results all passed: those calls do
-# not take the capped channel here; 6 MB ones passed 4 MiB with direct ingress on too); across
-# nodes it is not measured. AppArgs' limits bound a message.
+# go to its log files only (not stderr): lower latency and more answers under overload, the 503
+# tail no better (benchmarks/serve_fast_path.py; figures in benchmarks/README.md). Direct ingress,
+# a part of the mode, is turned back: it is a second HTTP server per ingress replica, which drains
+# at least 30 s when stopped, and clients come through the proxy anyway. The replicas' gRPC
+# receive cap (Ray's default 4 MiB) is raised as a guard only: on one node uploads and handle
+# calls do not take the capped channel; across nodes they might. AppArgs' limits bound a message.
 SERVE_FAST_PATH_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",

@@ -214,9 +214,10 @@ def _check_headers(request: Request, limit: int) -> None:
     name="Ingress",
     ray_actor_options={"num_cpus": 0.25},
     # Far above AppArgs.max_pending_requests (64): every request goes straight to the ingress, whose
-    # admission answers the excess with a JSON 503 before reading its body. Near the admission limit
-    # (96 before), requests queued at Serve's proxy and most refusals were its slow plain-text 503s
-    # (benchmarks/serve_latency.py --configs overload). The proxy's queue is only a backstop.
+    # admission answers the excess with a JSON 503 before reading its body. A limit near the
+    # admission limit queues requests at Serve's proxy instead, and most refusals become its slow
+    # plain-text 503s (benchmarks/serve_latency.py --configs overload). The proxy's queue is only a
+    # backstop.
     max_ongoing_requests=1024,
     max_queued_requests=128,
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},

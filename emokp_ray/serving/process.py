@@ -44,8 +44,8 @@ def idle_cpu_priority() -> bool:
 
     Why not a nice value alone: a niced thread still keeps the core for its time slice (a few ms)
     when a normal one wakes. Under overload the proxy and the ingress wake several times per
-    request, so a refusal (503) queued behind the model's threads at every hop. Measured
-    (serve/README.md, 150 arrivals/s on 2 cores): 503 p99 251 ms at nice 5, 77 ms under SCHED_IDLE."""
+    request, so a refusal (503) queues behind the model's threads at every hop (the 503 tail at each
+    setting: benchmarks/README.md, Serving)."""
     policy = getattr(os, "SCHED_IDLE", None)
     if policy is None:
         return False
@@ -67,10 +67,9 @@ def freeze_startup_heap() -> int:
     requests allocate; returns how many objects are frozen now.
 
     Ray Serve (2.60) means to do this after a replica's constructor (RAY_SERVE_FREEZE_GC_ON_STARTUP)
-    but, measured in our ingress (a probe with gc.callbacks), froze nothing (gc.get_freeze_count()
-    0): every full collection there walked ~160,000 startup objects, ~0.1 s of CPU with the event
-    loop stopped, every few seconds under load, and each one stalled every request in flight,
-    refusals included. Idempotent: a second call freezes only what came since."""
+    but freezes nothing in our ingress (gc.get_freeze_count() stays 0), so every full collection
+    walks its ~160,000 startup objects with the event loop stopped, stalling every request in
+    flight, refusals included. Idempotent: a second call freezes only what came since."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

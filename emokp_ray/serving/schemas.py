@@ -65,10 +65,10 @@ class AppArgs(BaseModel):
     # on a core nothing else wants (process.idle_cpu_priority; nice 19 where the OS refuses it).
     # 0-19: that much nicer than Ray started them, which still lets a model thread finish its time
     # slice before a waking front end gets the core. It tells most where the other processes run at
-    # nice 0, as `emokp serve` starts them (Ray's default for workers is 15). Measured
-    # (serve/README.md): against 5, "idle" cuts the 503 p99 under open-loop overload by 1.6-3x for 5-9%
-    # fewer answers, but leaves the model about half its answers under a flood of instant retries,
-    # and next to nothing beside CPU-heavy work at normal priority: set 5 there.
+    # nice 0, as `emokp serve` starts them (Ray's default for workers is 15). Against 5, "idle"
+    # refuses faster under open-loop overload for a few percent fewer answers, but leaves the model
+    # far fewer answers under a flood of instant retries and next to nothing beside CPU-heavy work
+    # at normal priority: set 5 there (figures: benchmarks/README.md, Serving).
     model_niceness: ModelNiceness = "idle"
     # Input limits: the body is refused past max_body_bytes (Content-Length, then while reading) and
     # when it has not arrived within body_timeout_s (408); an image whose header declares more than
