@@ -17,82 +17,28 @@ which is exactly how the one resize (data/resize.py, Pillow's bilinear with a so
 output pixel centres at x + (i + 0.5) w / S.
 
 Framing (Haar box -> training crop). Training crops are Kaggle-framed: eyes near y = 37.7 and the
-bottom lip near y = 79.0 of 96 (means over Kaggle's file); the synthetic faces use the same frame,
-and their photos carry the true crop box. We measured the true crop box against the Haar
-(frontalface_alt2) box of the same face:
-
-    data                                  faces found   side true/Haar (median, IQR)   centre shift down (x Haar side)
-    synthetic photos (40, seed 0)         63 / 72       1.133 (1.084 - 1.184)          +0.016
-    Kaggle crops, 3x onto a padded canvas 402 / 416     1.127 (1.05 - 1.215)           +0.025
-    (horizontal shift: |median| < 0.005 in both)
-
-so a detected face is cropped as the square of side FRAMING_MARGIN = 1.13 x the Haar side, centred
-FRAMING_SHIFT_Y = 0.02 Haar sides below the Haar box's centre. `benchmarks/framing.py` reproduces the
-numbers. Crops that reach past the photo's edge are padded by replicating the edge pixels; the box is
-never shifted to fit (that would move the face off the training framing). Caller boxes and Haar boxes
-take this axis-aligned path.
+bottom lip near y = 79.0 of 96 (means over Kaggle's file); the synthetic faces use the same frame.
+Against the Haar (frontalface_alt2) box of the same face, the true crop box is FRAMING_MARGIN = 1.13
+Haar sides wide and centred FRAMING_SHIFT_Y = 0.02 Haar sides below the Haar box's centre (medians
+over synthetic photos and Kaggle crops, `benchmarks/framing.py`). Crops that reach past the photo's
+edge are padded by replicating the edge pixels; the box is never shifted to fit (that would move the
+face off the training framing). Caller boxes and Haar boxes take this axis-aligned path.
 
 Aligned crops (MTCNN). Each network gets the crop that puts the 5 landmarks where its own training
 set has them: the least-squares similarity (rotation, uniform scale, translation; Umeyama) from the
 network's TEMPLATE (5 points in its S x S frame) to the detected landmarks maps crop pixels to photo
 pixels; `warp_crop` samples it (bilinear, edge pixels replicated outside the photo; a face larger
 than 1.25 photo px per crop px is first shrunk by area averaging, as training crops were), and the
-keypoints come back through the same map. The two training sets are framed differently, so there are
-two templates (align.TEMPLATES), measured by `benchmarks/framing.py --mtcnn` (MTCNN, with its rotation
-sweep, on TRAINING faces only, 3x upscaled onto an edge-padded canvas; template point = median of the
-landmark mapped back into the crop frame; benchmarks/results/framing_mtcnn.json):
-
-    landmark (subject's side)   Kaggle keypoint rows, 96 px frame       FER2013 Training, 48 px frame
-                                 median (x, y)   IQR (x, y)              median (x, y)   IQR (x, y)
-    left_eye_center              63.12  36.05    4.16  4.07              32.70  17.97    2.81  3.09
-    right_eye_center             31.73  36.66    4.27  4.20              14.65  18.29    2.60  3.02
-    nose_tip                     47.32  54.69    7.28  4.59              23.67  28.26    3.78  4.03
-    mouth_left_corner            60.61  71.66    6.95  5.19              31.21  37.13    3.93  4.33
-    mouth_right_corner           34.72  71.90    7.80  4.77              16.13  37.24    4.46  4.12
-    faces found                  593 / 600 (all 15 keypoints, the      563 / 600 (the first 600
-                                 first 600 rows of the TRAIN split of   Usage == Training rows)
-                                 `emokp data prepare`: by person,
-                                 seed 0, 10% val, 10% test)
-
-Against the true Kaggle keypoints of those 593 faces (96 px units), MTCNN's landmarks are off by
-RMSE 2.69 / 2.31 px (left / right eye centre), 3.21 (nose tip), 2.95 / 2.62 (left / right mouth
-corner); with each landmark's median offset removed (about -0.7 x, -1.3 y px: MTCNN's points sit a
-little up and to the left of Kaggle's) 1.88 / 1.94, 2.33, 2.68 / 2.41. The templates absorb the
-offsets; the spread is noise the similarity fit averages over five points.
-
-End to end (`benchmarks/framing.py --rotate-faces 100 --keypoint-data DIR`: the first 100 complete
-Kaggle rows of the TEST split of the same prepared data (persons neither calibrated on nor trained
-on by builtin:keypoints, retrained on that split), 3x onto a padded canvas, turned about its centre;
-builtin:keypoints through detect (with the rotation sweep) + align + network + inverse map; RMSE in
-the face's 96 px units over the faces found, next to the network on the 96 px crops themselves over
-the same faces):
-
-    turned by (degrees)        0      +15    -15    +30    -30    +45    -45
-    faces found / 100          100    100    100    100    99     96     98
-    RMSE through the photo     2.451  2.496  2.476  2.478  2.466  2.497  2.460
-    RMSE on the crops          2.408  2.408  2.408  2.408  2.410  2.403  2.404
-    ratio                      1.02   1.04   1.03   1.03   1.02   1.04   1.02
-
-(Without the rotation sweep, on the earlier held-out persons person_166 and up with the previous
-builtin:keypoints, which had trained on some of them: found 100 / 94 / 98 / 67 / 71 / 26 / 28, ratio
-1.17 / 1.16 / 1.16 / 1.20 / 1.17 / 1.13 / 1.16; before the detector re-ran O-Net on the face turned
-upright, detect.MtcnnDetector._upright_landmarks, the ratio was 1.26 / 1.23 at +-30 and 2.18 / 1.57
-at +-45 degrees.) The ratio is flat: the alignment undoes the tilt. What it costs upright is the
-framing itself, which weighs less against the larger error of a model on people it never saw (1.02x
-now; 1.17x for the previous model on people it had seen): Kaggle's crops normalise the
-eye-to-bottom-lip distance (std 1.7 px of 41), which the 5 landmarks do not see (the eye distance
-varies 14% between faces). Probes on 80 faces with the previous model (scripts not kept): the TRUE
-points in place of MTCNN's still score 1.15x upright; weighting the landmarks, two-point fits (eyes;
-eye and mouth midpoints), scale from the eye-to-mouth distance, or a linear correction of the frame
-from the fit's residuals (it explained 7% of the scale's spread) all stayed at 1.15-1.17x;
-re-framing by the true eyes and bottom lip (which MTCNN does not give) scores 1.04x. Haar found 98 of
-those earlier 100 faces upright, 66 / 77 at +15 / -15 degrees and 8 / 13 at +30 / -30.
-
-The emotion template, checked the same way (a probe, script not kept: the first 400 seed5 faces of
-FER2013 PublicTest, 3x onto a padded canvas, upright; builtin:emotion with flip TTA): MTCNN found
-347; accuracy on those 347 is 80.4% through MTCNN + the FER template, 77.8% on the 48 px crops
-themselves, and 76.7% through the Kaggle template (what a single framing for both networks would
-give): each network's own template matters.
+keypoints come back through the same map. The two training sets are framed differently, so each
+network has its own template (align.TEMPLATES): the median of each MTCNN landmark mapped back into
+the crop frame, over TRAINING faces only (`benchmarks/framing.py --mtcnn`,
+benchmarks/results/framing_mtcnn.json). MTCNN's points sit a little up and to the left of Kaggle's;
+the templates absorb that offset and the fit averages the rest of the landmarks' noise over five
+points. Because the crop is turned upright, a tilted face costs about as much as an upright one
+(keypoint RMSE through the photo against the crop's own, up to +-45 degrees:
+`benchmarks/framing.py --rotate-faces`, figures in benchmarks/README.md). What the framing itself
+costs upright stays: Kaggle's crops normalise the eye-to-bottom-lip distance, which the five
+landmarks do not see.
 """
 
 from __future__ import annotations
