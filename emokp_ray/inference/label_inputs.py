@@ -51,10 +51,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from emokp_ray.artifacts.files import is_uri, open_location
 from emokp_ray.data.kaggle import KaggleReader
 from emokp_ray.data.schema import DATASET_META, SPLITS
 from emokp_ray.errors import UserError
+from emokp_ray.storage import is_uri, open_location
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CSV_SUFFIXES = (".csv", ".csv.gz")
