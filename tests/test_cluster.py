@@ -145,7 +145,7 @@ def test_jobs_train_on_two_nodes_then_label(cluster, tmp_path):
             labels.as_uri(),
             "--concurrency",
             "2",
-            "--num-cpus",
+            "--cpus-per-actor",
             "1",
             "--no-gpu",
             "--batch-size",

@@ -114,7 +114,7 @@ def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(
     command = (
         [sys.executable, "-m", "emokp_ray.cli", "label", *flags]
         if entry == "cli"
-        else [sys.executable, "jobs/label.py", *flags, "--num-cpus", "1", "--no-gpu"]
+        else [sys.executable, "jobs/label.py", *flags, "--cpus-per-actor", "1", "--no-gpu"]
     )
     before = _kill_mid_run(command, out)
     assert not (out / SUMMARY_FILE).exists()
@@ -154,7 +154,7 @@ def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(
     if entry == "cli":
         assert main(["label", *flags, "--resume"]) == 0
     else:
-        assert _job("label").label([*flags, "--num-cpus", "1", "--no-gpu", "--resume"]) == 0
+        assert _job("label").label([*flags, "--cpus-per-actor", "1", "--no-gpu", "--resume"]) == 0
     assert "resumed:" in capsys.readouterr().out
 
     table = read_labels(target)

@@ -54,9 +54,9 @@ import pyarrow.parquet as pq
 from emokp_ray.data.kaggle import KaggleReader
 from emokp_ray.data.schema import DATASET_META, SPLITS
 from emokp_ray.errors import UserError
+from emokp_ray.inference.images import IMAGE_EXTENSIONS  # the endings of the formats images.py decodes
 from emokp_ray.storage import is_uri, open_location
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 CSV_CHUNK_ROWS = 512  # rows parsed at a time from a CSV (96x96: ~4.7 MB)
 # File rows per listing chunk on the driver: ~3 MB of Python tuples while it fills, ~0.8 MB as Arrow.
