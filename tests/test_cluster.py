@@ -28,6 +28,7 @@ from tests.helpers import write_random_dataset, write_tiny_checkpoints
 
 pytestmark = [
     pytest.mark.ray,
+    pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds its processes in /proc"),
 ]
 

@@ -117,6 +117,7 @@ def test_train_job_refuses_remote_storage_and_bad_forwarded_flags(tmp_path, caps
     assert "--epochs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_job_trains_both_evaluates_and_uploads_to_a_uri(tmp_path):
     """`jobs/train.py both ... --no-ray --evaluate val` with --out a file:// URI: keypoints, then
     emotion, each run folder arriving whole under OUT/<task> (best/, metrics.jsonl, eval-val/)."""

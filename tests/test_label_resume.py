@@ -89,6 +89,7 @@ def _expected_sources(folder: Path) -> list[str]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["cli", "job"])
 def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(
     ray_cluster, crops, checkpoints, tmp_path, entry, capsys
