@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     import torch
 
-    from emokp_ray.inference.backends import OnnxRunner, TorchRunner, onnx_model_for
+    from emokp_ray.artifacts.onnx import OnnxRunner, onnx_model_for
+    from emokp_ray.inference.backends import TorchRunner
     from emokp_ray.inference.predictor import Predictor
     from emokp_ray.models.resnet import build_model
 

@@ -7,7 +7,7 @@ the verdict against the issue's bounds (at most 0.05 px RMSE, at most 0.5 points
 
 The networks alone, on the split's crops at the model's input size (no flip TTA, no temperature:
 both are the same on every backend, so they do not change the comparison). int8 is the backend's
-recipe (backends.quantize_int8: static QDQ, per-channel int8 weights) calibrated on synthetic faces
+recipe (artifacts/onnx.py quantize_int8: static QDQ, per-channel int8 weights) calibrated on synthetic faces
 (what `--backend onnx-int8` does) and, with --calibration train|both, on the data set's own train
 split too. Results go to benchmarks/results/int8_quality_<task>.json (--out to change).
 """
@@ -75,15 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     import torch
 
-    from emokp_ray.artifacts.export import load_model, onnx_bytes
-    from emokp_ray.inference.backends import (
-        OnnxModel,
-        OnnxRunner,
-        calibration_crops,
-        make_runner,
-        quantize_int8,
-        run_model,
-    )
+    from emokp_ray.artifacts.export import load_model
+    from emokp_ray.artifacts.onnx import OnnxModel, OnnxRunner, calibration_crops, onnx_bytes, quantize_int8
+    from emokp_ray.inference.backends import make_runner, run_model
 
     loaded = load_model(args.checkpoint, map_location="cpu")
     meta, task, size = loaded.meta, loaded.meta.task, loaded.meta.input_size

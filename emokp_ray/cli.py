@@ -71,6 +71,19 @@ def _open_fraction(text: str) -> float:
     return value
 
 
+def _actors(text: str) -> int | tuple[int, int]:
+    """`N` actors, or `MIN-MAX` for an autoscaling pool (both positive, MIN <= MAX)."""
+    try:
+        low, dash, high = text.partition("-")
+        count = (int(low), int(high)) if dash else int(low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+    bounds = count if isinstance(count, tuple) else (count, count)
+    if min(bounds) < 1 or bounds[0] > bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX with 1 <= MIN <= MAX, got {text!r}")
+    return count
+
+
 def _add_detector(parser: argparse.ArgumentParser) -> None:
     from emokp_ray.inference.detect import DEFAULT_DETECTOR, DETECTORS, MTCNN_THRESHOLD
 
@@ -234,6 +247,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         detector=args.detector,
         detector_threshold=args.detector_threshold,
         fps=args.fps,
+        **({} if args.frames_per_range is None else {"frames_per_range": args.frames_per_range}),
     )
 
 
@@ -257,6 +271,7 @@ def _cmd_label(args: argparse.Namespace) -> None:
         use_gpu=args.gpu,
         detect=args.detect,
         num_cpus=args.cpus_per_actor,
+        threads=args.threads,
         resume=args.resume,
         stages=args.stages,
         backend=args.backend,
@@ -596,11 +611,16 @@ def _add_label(sub: _Subcommands) -> None:
     label.add_argument("--batch-size", type=_positive_int, default=32, help="images per model batch (default 32)")
     label.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=_actors,
         default=None,
-        help="predictor actors (default: one per GPU, else one per --cpus-per-actor cores of the machine)",
+        metavar="N|MIN-MAX",
+        help="predictor actors, or an autoscaling range (default: one per GPU, else one per "
+        "--cpus-per-actor cores of the machine or cluster)",
     )
-    label.add_argument("--cpus-per-actor", type=float, default=1.0)
+    label.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
+    label.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch threads per actor (default: one per reserved CPU)"
+    )
     label.add_argument(
         "--resume",
         action="store_true",
@@ -619,7 +639,7 @@ def _add_label(sub: _Subcommands) -> None:
         default="split",
         choices=["split", "single"],
         help="split: read/decode/detect/crop in CPU tasks, the networks in the actor pool (default); "
-        "single: all of it in the actors",
+        "single: all of it in the actors, faster on a small CPU-only machine (benchmarks/README.md)",
     )
     label.add_argument(
         "--detect",
@@ -635,6 +655,13 @@ def _add_label(sub: _Subcommands) -> None:
     _add_detector(label)
     _add_backend(label)
     _add_fps(label)
+    label.add_argument(
+        "--frames-per-range",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="sampled frames per video range, the unit labelled in parallel (default: label_inputs.FRAMES_PER_RANGE, 32)",
+    )
     label.add_argument(
         "--trust-torchscript",
         action="store_true",

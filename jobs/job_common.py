@@ -4,7 +4,7 @@ A job's driver runs on the head node; Ray Train workers and Ray Data actors run 
 
 - a plain path is used in place. On a cluster it must be one that every node sees alike (a shared
   mount such as NFS, EFS, Filestore or a ReadWriteMany volume) wherever workers read or write it;
-- a URI (s3://, gs://, hdfs://, abfs://, file://: whatever `emokp_ray.artifacts.files.open_location` opens)
+- a URI (s3://, gs://, hdfs://, abfs://, file://: whatever `emokp_ray.storage.open_location` opens)
   is staged where only the driver touches it: an input the driver reads is downloaded to a
   temporary folder first (`staged_input`); an output folder the driver writes is written to a
   temporary folder and uploaded when the command ends, after a failure too, so a later run can
@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
 
-from emokp_ray.artifacts.files import is_uri, open_location
 from emokp_ray.errors import UserError
+from emokp_ray.storage import is_uri, open_location
 
 JOB_PROG = "emokp job"
 

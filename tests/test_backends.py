@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emokp_ray.artifacts import onnx as emokp_onnx
 from emokp_ray.errors import UserError
 from emokp_ray.inference import backends
 from emokp_ray.inference.predictor import Predictor
@@ -27,7 +28,7 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
 def own_cache(tmp_path, monkeypatch):
     """Each test its own empty ONNX cache (disk and memory)."""
     monkeypatch.setenv("EMOKP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(backends, "_MEMORY", {})
+    monkeypatch.setattr(emokp_onnx, "_MEMORY", {})
 
 
 def photos() -> list[np.ndarray]:
@@ -88,8 +89,6 @@ def test_onnx_backend_without_the_extra_says_how_to_install_it(tiny, monkeypatch
 
 
 def test_a_checkpoint_is_exported_once_then_read_from_the_cache(tiny, monkeypatch, tmp_path):
-    from emokp_ray.artifacts import export
-
     crops = np.random.default_rng(1).integers(0, 256, (3, 96, 96), dtype=np.uint8)
     first = Predictor.from_paths(str(tiny[0]), None, device="cpu", detect=False, backend="onnx").predict_crops(crops)
     cached = list((tmp_path / "cache" / "onnx").glob("*-fp32.onnx"))
@@ -98,16 +97,16 @@ def test_a_checkpoint_is_exported_once_then_read_from_the_cache(tiny, monkeypatc
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(export, "onnx_bytes", no_export)
+    monkeypatch.setattr(emokp_onnx, "onnx_bytes", no_export)
     again = Predictor.from_paths(str(tiny[0]), None, device="cpu", detect=False, backend="onnx")  # memory
-    monkeypatch.setattr(backends, "_MEMORY", {})
+    monkeypatch.setattr(emokp_onnx, "_MEMORY", {})
     from_disk = Predictor.from_paths(str(tiny[0]), None, device="cpu", detect=False, backend="onnx")
     for predictor in (again, from_disk):
         assert [f.keypoints for f in predictor.predict_crops(crops)] == [f.keypoints for f in first]
     # A damaged cache file is exported again (and replaced), not trusted.
     monkeypatch.undo()
     monkeypatch.setenv("EMOKP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(backends, "_MEMORY", {})
+    monkeypatch.setattr(emokp_onnx, "_MEMORY", {})
     cached[0].write_bytes(b"garbage")
     redone = Predictor.from_paths(str(tiny[0]), None, device="cpu", detect=False, backend="onnx")
     assert [f.keypoints for f in redone.predict_crops(crops)] == [f.keypoints for f in first]
@@ -141,7 +140,7 @@ def test_int8_keeps_an_emotion_models_first_convolution_and_head_in_fp32(tiny):
 
     def int8_graph(path):
         """The int8 graph of a checkpoint, and the tensors its DequantizeLinear nodes produce."""
-        graph = onnx.load_from_string(backends.onnx_model_for(load_model(str(path)), int8=True).data).graph
+        graph = onnx.load_from_string(emokp_onnx.onnx_model_for(load_model(str(path)), int8=True).data).graph
         return graph, {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
 
     graph, dequantized = int8_graph(tiny[1])
@@ -157,9 +156,9 @@ def test_int8_keeps_an_emotion_models_first_convolution_and_head_in_fp32(tiny):
 
 
 def test_calibration_crops_are_synthetic_faces_at_the_model_size():
-    crops = backends.calibration_crops(48, n=8)
+    crops = emokp_onnx.calibration_crops(48, n=8)
     assert crops.shape == (8, 48, 48) and crops.dtype == np.uint8 and crops.std() > 10
-    assert np.array_equal(crops, backends.calibration_crops(48, n=8))  # deterministic
+    assert np.array_equal(crops, emokp_onnx.calibration_crops(48, n=8))  # deterministic
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated, still read

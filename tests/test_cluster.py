@@ -28,6 +28,7 @@ from tests.helpers import write_random_dataset, write_tiny_checkpoints
 
 pytestmark = [
     pytest.mark.ray,
+    pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds its processes in /proc"),
 ]
 
@@ -145,7 +146,7 @@ def test_jobs_train_on_two_nodes_then_label(cluster, tmp_path):
             labels.as_uri(),
             "--concurrency",
             "2",
-            "--num-cpus",
+            "--cpus-per-actor",
             "1",
             "--no-gpu",
             "--batch-size",

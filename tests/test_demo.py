@@ -33,6 +33,7 @@ def _demo_env(ray_root: str) -> dict[str, str]:
     return {**os.environ, "RAY_TMPDIR": ray_root, "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.mark.slow
 def test_quick_demo_learns_labels_serves_and_reports(tmp_path, ray_root):
     out = tmp_path / "demo"
     out.mkdir()
@@ -87,6 +88,7 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):
     assert (foreign / "thesis.tex").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_no_ray_processes(tmp_path, ray_root):
     env = _demo_env(ray_root)
     proc = subprocess.Popen(

@@ -178,7 +178,7 @@ def _randomized(cfg) -> torch.nn.Module:
     ],
 )
 def test_onnx_export_matches_every_variant_at_batch_1_and_32(task, variant):
-    # The stated tolerance (export.ONNX_TOLERANCE = 1e-3: keypoint pixels, emotion logits) holds for
+    # The stated tolerance (onnx.ONNX_TOLERANCE = 1e-3: keypoint pixels, emotion logits) holds for
     # every variant at the two batch sizes Serve and labeling use.
     pytest.importorskip("onnxruntime")
     from emokp_ray.artifacts.checkpoint import CheckpointMeta
@@ -189,9 +189,8 @@ def test_onnx_export_matches_every_variant_at_batch_1_and_32(task, variant):
 
 
 def _assert_onnx_matches(model: torch.nn.Module, meta) -> None:
-    """ONNX Runtime on the exported graph == the model within export.ONNX_TOLERANCE at batch 1 and 32."""
-    from emokp_ray.artifacts.export import ONNX_TOLERANCE, onnx_bytes
-    from emokp_ray.inference.backends import OnnxModel, OnnxRunner
+    """ONNX Runtime on the exported graph == the model within onnx.ONNX_TOLERANCE at batch 1 and 32."""
+    from emokp_ray.artifacts.onnx import ONNX_TOLERANCE, OnnxModel, OnnxRunner, onnx_bytes
 
     cfg = meta.model_config
     runner = OnnxRunner(OnnxModel(onnx_bytes(model, meta), version="x"))
@@ -230,7 +229,7 @@ def onnx_files(tiny, tmp_path_factory) -> tuple[Path, Path]:
 def test_onnx_file_describes_itself_and_predicts_like_the_checkpoint(tiny, onnx_files):
     import onnx
 
-    from emokp_ray.artifacts.export import load_onnx
+    from emokp_ray.artifacts.onnx import load_onnx
 
     props = {p.key: p.value for p in onnx.load(str(onnx_files[1])).metadata_props}
     assert '"task": "emotion"' in props["emokp_meta"]
@@ -264,7 +263,7 @@ def test_onnx_int8_export_is_quantized_and_close(tiny, tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from emokp_ray.artifacts.export import load_onnx
+    from emokp_ray.artifacts.onnx import load_onnx
 
     fp32 = load_onnx(export_checkpoint(str(tiny[0]), str(tmp_path / "k.onnx"), fmt="onnx"))
     int8 = load_onnx(export_checkpoint(str(tiny[0]), str(tmp_path / "k8.onnx"), fmt="onnx-int8"))
@@ -285,7 +284,7 @@ def _rewrite_meta(src: Path, dst: Path, **changes) -> Path:
 
     import onnx
 
-    from emokp_ray.artifacts.export import ONNX_META_KEY, set_onnx_metadata
+    from emokp_ray.artifacts.onnx import ONNX_META_KEY, set_onnx_metadata
 
     proto = onnx.load(str(src))
     meta = json.loads({p.key: p.value for p in proto.metadata_props}[ONNX_META_KEY])
@@ -303,7 +302,7 @@ def _rewrite_meta(src: Path, dst: Path, **changes) -> Path:
 def test_onnx_files_that_do_not_match_their_meta_are_refused(onnx_files, tmp_path):
     import onnx
 
-    from emokp_ray.artifacts.export import load_onnx
+    from emokp_ray.artifacts.onnx import load_onnx
 
     text = tmp_path / "notes.onnx"
     text.write_text("not a model")

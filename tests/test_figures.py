@@ -108,15 +108,13 @@ def test_label_title_colours_right_and_wrong():
     assert figures._label_title(0, [1, 0], [-1, -1], None, None) == ("pred: 1", "black")
 
 
-def test_per_keypoint_rmse_and_emotion_bars(tmp_path):
+def test_per_keypoint_rmse(tmp_path):
     per_kp = {name: 1.0 + i / 5 for i, name in enumerate(KEYPOINT_NAMES)}
     per_kp["mouth_left_corner"] = None  # undefined (never present) is drawn as n/a
     baseline = dict.fromkeys(KEYPOINT_NAMES, 3.0)
     _assert_png(figures.plot_per_keypoint_rmse(per_kp, tmp_path / "a.png", baseline=baseline), min_size=(600, 500))
     _assert_png(figures.plot_per_keypoint_rmse(per_kp, tmp_path / "b.png", baseline=3.1), min_size=(600, 500))
     _assert_png(figures.plot_per_keypoint_rmse(per_kp, tmp_path / "c.png"), min_size=(600, 500))
-    probs = dict(zip(SEED5.classes, [0.02, 0.01, 0.04, 0.9, 0.03]))
-    _assert_png(figures.plot_emotion_bars(probs, tmp_path / "bars.png"), min_size=(400, 200))
 
 
 def test_import_and_plotting_leave_the_global_backend_alone():
@@ -126,7 +124,7 @@ def test_import_and_plotting_leave_the_global_backend_alone():
         "matplotlib.use('svg')\n"
         "from emokp_ray.evaluation import figures\n"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
-        "figures.plot_emotion_bars({'a': 0.3, 'b': 0.7}, os.path.join(tempfile.mkdtemp(), 'x.png'))\n"
+        "figures.plot_confusion_matrix([[3, 1], [0, 4]], ['a', 'b'], os.path.join(tempfile.mkdtemp(), 'x.png'))\n"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
         "import sys; assert 'matplotlib.pyplot' not in sys.modules\n"
     )

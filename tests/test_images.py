@@ -316,3 +316,31 @@ def test_gif_frame_too_short_for_its_declared_size_is_truncated():
     screen_only = bytearray(encode(Image.fromarray(noise), "GIF"))
     struct.pack_into("<HH", screen_only, 6, 5000, 4800)
     assert probe_image(bytes(screen_only), max_pixels=40_000_000).pixels == 24_000_000
+
+
+def test_every_format_that_decodes_is_listed_for_labeling_and_every_listed_file_decodes(tmp_path):
+    """One list (images.IMAGE_FORMATS) drives decoding and the labeling folder listing: a .pgm or
+    .ppm file is labeled, not skipped, and each listed ending is what Pillow calls that format."""
+    from emokp_ray.inference.images import ALLOWED_FORMATS, IMAGE_EXTENSIONS, IMAGE_FORMATS
+    from emokp_ray.inference.label_inputs import ListingCounts, iter_work_tables, resolve_input
+
+    Image.init()
+    registered = Image.registered_extensions()
+    assert ALLOWED_FORMATS == tuple(IMAGE_FORMATS)
+    assert {ending: registered[ending] for ending in IMAGE_EXTENSIONS} == {
+        ending: name for name, endings in IMAGE_FORMATS.items() for ending in endings
+    }
+    face = (np.arange(48 * 48).reshape(48, 48) % 251).astype(np.uint8)
+    modes = {".pgm": "L", ".ppm": "RGB", ".pbm": "1", ".pnm": "L", ".png": "L", ".tif": "L"}
+    for ending, mode in modes.items():
+        Image.fromarray(face).convert(mode).save(tmp_path / f"face{ending}", format=registered[ending])
+    (tmp_path / "notes.txt").write_text("not an image")
+    counts = ListingCounts()
+    listed = [row for table in iter_work_tables(resolve_input(str(tmp_path)), counts) for row in table.to_pylist()]
+    assert sorted(row["source"] for row in listed) == sorted(f"face{ending}" for ending in modes)
+    assert counts.skipped_files == 1  # notes.txt
+    for ending, mode in modes.items():
+        pixels = load_image_file(tmp_path / f"face{ending}")
+        assert pixels.shape[:2] == (48, 48), ending
+        if mode == "L":
+            np.testing.assert_array_equal(pixels, face)

@@ -117,6 +117,7 @@ def test_train_job_refuses_remote_storage_and_bad_forwarded_flags(tmp_path, caps
     assert "--epochs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_job_trains_both_evaluates_and_uploads_to_a_uri(tmp_path):
     """`jobs/train.py both ... --no-ray --evaluate val` with --out a file:// URI: keypoints, then
     emotion, each run folder arriving whole under OUT/<task> (best/, metrics.jsonl, eval-val/)."""
@@ -178,15 +179,39 @@ def test_evaluate_job_reads_and_writes_uris(tmp_path):
     assert report["task"] == "emotion" and report["n"] == 8
 
 
-def test_label_job_flags_and_paths():
+def test_label_job_takes_emokp_labels_flags_and_refuses_uris_for_checkpoints(monkeypatch, capsys):
+    """jobs/label.py parses with `emokp label`'s own parser: the same flags reach run_label the same
+    way from both, and a flag `emokp label` does not know is refused by the job too."""
+    import emokp_ray.inference.label as label_module
+
+    calls = []
+
+    class Summary:
+        def failure(self, max_error_fraction):
+            return None
+
+    def fake_run_label(*args, **kwargs):
+        calls.append((args, kwargs))
+        return Summary()
+
+    monkeypatch.setattr(label_module, "run_label", fake_run_label)
     label = _job("label")
-    assert label._concurrency("3") == 3 and label._concurrency("2-8") == (2, 8)
-    options = vars(label.build_parser().parse_args(["imgs", "--emotion", "/c", "--out", "/o", "--concurrency", "1-4"]))
-    # flags left out are absent, so run_label's own defaults apply
-    assert options == {"input": "imgs", "emotion": "/c", "out": "/o", "concurrency": (1, 4)}
-    assert vars(label.build_parser().parse_args(["imgs", "--out", "/o"]))["concurrency"] is None  # auto-sized pool
-    chosen = ["imgs", "--out", "/o", "--detector", "haar", "--detector-threshold", "0.9"]
-    assert vars(label.build_parser().parse_args(chosen))["detector"] == "haar"
-    assert label._DEFAULTS["detector"] == "mtcnn" and label._DEFAULTS["detector_threshold"] is None
+    flags = ["imgs", "--emotion", "/c", "--out", "/o", "--concurrency", "1-4", "--threads", "2", "--detector", "haar"]
+    assert label.label(flags) == 0
+    from emokp_ray.cli import main
+
+    assert main(["label", *flags]) == 0
+    assert len(calls) == 2 and calls[0] == calls[1]
+    args, kwargs = calls[0]
+    assert args == ("imgs", None, "/c", "/o")
+    assert kwargs["concurrency"] == (1, 4) and kwargs["threads"] == 2 and kwargs["detector"] == "haar"
+    assert main(["label", "imgs", "--out", "/o"]) == 0
+    assert calls[-1][1]["concurrency"] is None  # an auto-sized pool
+    for bad in ("0", "3-2", "2-", "x"):
+        with pytest.raises(UserError, match="--concurrency: expected N or MIN-MAX"):
+            label.label(["imgs", "--out", "/o", "--concurrency", bad])
+    with pytest.raises(UserError, match="emokp: unrecognized arguments: --num-cpus"):
+        label.label(["imgs", "--out", "/o", "--num-cpus", "1"])
     with pytest.raises(UserError, match="--emotion s3://bucket/best: must be a path every node sees"):
         label.label(["imgs", "--emotion", "s3://bucket/best", "--out", "/o"])
+    assert len(calls) == 3

@@ -240,6 +240,7 @@ def test_an_unfinished_output_is_refused_by_readers_and_by_a_run_without_resume(
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_default_pool_has_one_single_cpu_actor_per_core(ray_cluster, image_folder, checkpoints, tmp_path):
     summary = run_label(
         str(image_folder),

@@ -89,6 +89,7 @@ def _expected_sources(folder: Path) -> list[str]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["cli", "job"])
 def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(
     ray_cluster, crops, checkpoints, tmp_path, entry, capsys
@@ -114,7 +115,7 @@ def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(
     command = (
         [sys.executable, "-m", "emokp_ray.cli", "label", *flags]
         if entry == "cli"
-        else [sys.executable, "jobs/label.py", *flags, "--num-cpus", "1", "--no-gpu"]
+        else [sys.executable, "jobs/label.py", *flags, "--cpus-per-actor", "1", "--no-gpu"]
     )
     before = _kill_mid_run(command, out)
     assert not (out / SUMMARY_FILE).exists()
@@ -154,7 +155,7 @@ def test_a_driver_killed_mid_run_resumes_to_every_input_exactly_once(
     if entry == "cli":
         assert main(["label", *flags, "--resume"]) == 0
     else:
-        assert _job("label").label([*flags, "--num-cpus", "1", "--no-gpu", "--resume"]) == 0
+        assert _job("label").label([*flags, "--cpus-per-actor", "1", "--no-gpu", "--resume"]) == 0
     assert "resumed:" in capsys.readouterr().out
 
     table = read_labels(target)

@@ -36,6 +36,7 @@ def _session_processes(sid: int) -> list[str]:
     return [" ".join(line.split()[2:]) for line in out.splitlines() if int(line.split()[1]) == sid]
 
 
+@pytest.mark.slow
 def test_run_serve_answers_then_drains_and_stops_cleanly_on_sigterm(tmp_path):
     # SIGTERM (Docker, systemd, Kubernetes) while a request is in the model (each batch takes 3 s
     # here): that request is still answered, then Serve and Ray shut down, status 0, one line, no

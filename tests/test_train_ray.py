@@ -28,6 +28,7 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_workers_train_from_ray_data_and_leave_best(ray_cluster, random_data, tmp_path):
     out = tmp_path / "run"
     # the data set as a URI: Ray Data and the driver read it through pyarrow filesystems
@@ -55,6 +56,7 @@ def test_two_workers_train_from_ray_data_and_leave_best(ray_cluster, random_data
     assert (out / "ray").is_dir()
 
 
+@pytest.mark.slow
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, random_data, tmp_path, monkeypatch):
     marker = tmp_path / "killed-once"
 
@@ -100,6 +102,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, random_d
     assert load_checkpoint(out / "best").meta.task == "keypoints"
 
 
+@pytest.mark.slow
 def test_same_seed_and_workers_give_the_same_metrics(ray_cluster, random_data, tmp_path):
     """Ray Data ingest, the seeded shuffles, the workers' augmentation (with erasing) and dropout:
     two runs agree on every metric but the wall-clock ones (that another seed changes them is

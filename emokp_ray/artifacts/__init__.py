@@ -1,12 +1,11 @@
-"""Everything the project writes and reads back as a file or folder.
+"""Everything the project writes and reads back as a model file or folder (where and how files are
+written whole is `emokp_ray/storage.py`, shared with the data sets and the labels).
 
-files.py       where things live (a local path or a pyarrow filesystem URI: s3://, gs://, file://,
-               ...) and how they are written whole or not at all: `atomic_dir` for folders
-               (checkpoints, RUN_DIR/best, data sets), `write_file` for files (exports, label parts,
-               caches)
 checkpoint.py  self-describing checkpoints (a folder, or one exported .pt file): `save_checkpoint`,
-               `read_meta`, and `load_checkpoint`, the one loader for resume, evaluation and
-               inference
+               `read_meta`, `load_checkpoint` (the one loader for resume, evaluation and inference),
+               and `weights_version` (the weights' digest every answer names)
+onnx.py        ONNX, all of it: export, read back, int8 quantization, the ONNX Runtime session and
+               the export-once cache
 export.py      a checkpoint exported for deployment (TorchScript, ONNX fp32 / int8, the project's .pt
                file), and `load_model`: any of those forms, or a checkpoint, loaded for inference
 """

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -37,10 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from emokp_ray.artifacts.files import atomic_dir, write_file
 from emokp_ray.errors import UserError
 from emokp_ray.labels import DEFAULT_SCHEME, KEYPOINT_NAMES, canonical_emotion_names, emotion_scheme
 from emokp_ray.models.registry import DEFAULT_NETWORK, NetworkConfig, build_model, config_from_dict, network_of
+from emokp_ray.storage import atomic_dir, write_file
 from emokp_ray.tasks import TASKS, task_spec
 
 FORMAT_VERSION = 1
@@ -212,6 +213,32 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def weights_version(model: nn.Module) -> str:
+    """12 hex digits of the SHA-256 over the model's parameters and buffers (names, dtypes, shapes,
+    bytes, sorted by name; buffers too, since a TorchScript export keeps the non-persistent ones of
+    the module): the same weights give the same version, from a checkpoint or a TorchScript file.
+    An ONNX export carries the version of the weights it was exported from."""
+    version = getattr(model, "version", None)
+    if isinstance(version, str) and version and not isinstance(model, nn.Module):
+        return version  # an ONNX export's OnnxModel (artifacts/onnx.py)
+    digest = hashlib.sha256()
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    for name, tensor in sorted(tensors.items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:12]
+
+
+def example_input(meta: CheckpointMeta, batch: int = 2) -> torch.Tensor:
+    """Seeded raw uint8 pixels [batch, C, S, S] in the model's input format: what exports trace and
+    check the network on."""
+    size, chans = meta.input_size, meta.model_config.in_chans
+    return torch.randint(
+        0, 256, (batch, chans, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+
+
 def _plain_state_dict(model: nn.Module, meta: CheckpointMeta) -> dict[str, torch.Tensor]:
     model = unwrap_model(model)
     cfg = getattr(model, "cfg", None)
@@ -231,7 +258,7 @@ def save_checkpoint(
     extra_state: dict[str, Any] | None = None,
     train_model: nn.Module | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically (artifacts.files.atomic_dir): an existing checkpoint
+    """Write a checkpoint directory atomically (storage.atomic_dir): an existing checkpoint
     there is replaced only once the new one is complete."""
     with atomic_dir(directory) as tmp:
         (tmp / META_FILE).write_text(meta.to_json() + "\n")

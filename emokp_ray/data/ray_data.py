@@ -13,9 +13,9 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import ray
 
-from emokp_ray.artifacts.files import is_uri
 from emokp_ray.data.pipeline import PREPROCESS_BATCH, BatchPreprocessor
 from emokp_ray.data.schema import split_files
+from emokp_ray.storage import is_uri
 
 # Columns the preprocessor needs (row ids and sources stay on disk).
 TRAIN_COLUMNS = ["image", "height", "width", "keypoints", "label"]

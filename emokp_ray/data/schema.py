@@ -21,7 +21,7 @@ Each row is one grey face:
     row_id     int64       the data row's 1-based line number in its source file (synth: its index)
 
 A row may carry keypoints, an emotion label or both (the synthetic faces carry both).
-The writer is atomic (artifacts.files.atomic_dir): it writes into a temporary sibling directory and
+The writer is atomic (storage.atomic_dir): it writes into a temporary sibling directory and
 renames it into place only when every file is complete, so a crash or a Ctrl-C never leaves a
 half-written data set.
 """
@@ -42,9 +42,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from emokp_ray.artifacts.files import atomic_dir, is_uri, open_location
 from emokp_ray.errors import UserError
 from emokp_ray.labels import NUM_KEYPOINTS, canonical_emotion_name
+from emokp_ray.storage import atomic_dir, is_uri, open_location
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")

@@ -4,5 +4,5 @@
   augmentation and temperature -> REPORT_DIR/report.json and the PNGs (evaluate_checkpoint), and the
   logits a temperature is fitted on (collect_logits);
 - figures: the report's PNGs (learning curves, confusion matrix, reliability diagram, face grids,
-  per-keypoint RMSE, emotion bars), drawn without pyplot or the global backend.
+  per-keypoint RMSE), drawn without pyplot or the global backend.
 """

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
-from emokp_ray.artifacts.files import write_file
 from emokp_ray.data.pipeline import BatchPreprocessor, select_task_rows
 from emokp_ray.data.resize import resize_batch
 from emokp_ray.data.schema import iter_split, read_info
@@ -32,6 +31,7 @@ from emokp_ray.errors import UserError
 from emokp_ray.evaluation import figures
 from emokp_ray.inference.calibration import reliability, softmax, temperature_of
 from emokp_ray.inference.tta import forward_with_flip
+from emokp_ray.storage import write_file
 from emokp_ray.tasks import TaskSpec, task_spec
 from emokp_ray.training.metrics import accumulate
 

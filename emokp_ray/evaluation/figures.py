@@ -1,5 +1,5 @@
-"""Report figures (PNG): learning curves, confusion matrix, reliability diagram, face grids, per-keypoint
-RMSE, emotion bars.
+"""Report figures (PNG): learning curves, confusion matrix, reliability diagram, face grids and
+per-keypoint RMSE.
 
 Every function draws on a `matplotlib.figure.Figure` with its own Agg canvas: nothing here touches
 pyplot or the global backend, so importing or calling this module is safe in a server, a Ray
@@ -383,39 +383,5 @@ def plot_per_keypoint_rmse(
     ax.grid(axis="x", alpha=0.3)
     if base is not None or baseline is not None:  # below the axis, where it hides no bar
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
-    fig.tight_layout()
-    return _save(fig, out_path)
-
-
-def plot_emotion_bars(
-    probabilities: Mapping[str, float], out_path: str | os.PathLike, title: str | None = None
-) -> Path:
-    """Horizontal bars of one face's class probabilities {name: p}; the most likely class highlighted."""
-    if not probabilities:
-        raise ValueError("no probabilities to plot")
-    names = list(probabilities)
-    probs = np.array([float(probabilities[k]) for k in names])
-    best = int(np.argmax(probs))
-    fig = _figure(5.0, 0.9 + 0.38 * len(names))
-    ax = fig.subplots()
-    y = np.arange(len(names))
-    colors = ["C1" if i == best else "C0" for i in range(len(names))]
-    ax.barh(y, probs, color=colors, height=0.65)
-    for yi, p in zip(y, probs):
-        inside = p > 0.85  # no room right of a long bar: write the value inside it
-        ax.text(
-            p - 0.01 if inside else p + 0.01,
-            yi,
-            f"{p:.2f}",
-            va="center",
-            fontsize=8,
-            ha="right" if inside else "left",
-            color="white" if inside else "black",
-        )
-    ax.set_yticks(y, labels=names)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set(xlabel="probability", title=title or f"Emotion: {names[best]} ({probs[best]:.2f})")
-    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, out_path)

@@ -2,7 +2,7 @@
 
 What comes in (a file, an upload, a Parquet cell) is untrusted, so decoding is defensive:
 
-  * only ALLOWED_FORMATS are parsed (JPEG incl. phones' MPO, PNG, WebP, BMP, GIF, TIFF, PPM/PGM):
+  * only ALLOWED_FORMATS are parsed (JPEG incl. phones' MPO, PNG, WebP, BMP, GIF, TIFF, PPM/PGM/PBM):
     Pillow's other plugins are never tried, so an EPS or PDF never reaches Ghostscript, and no
     exotic parser sees hostile bytes;
   * the pixel count is checked from the HEADER, before any pixel is decoded (`probe_image` parses
@@ -61,9 +61,21 @@ ERROR_KINDS = ("empty", "not_image", "truncated", "too_large", "unsupported")
 
 WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit grey PNG/TIFF: top 8 bits kept
 
-# Pillow format names tried, in this order (JPEG's parser also returns phones' multi-picture MPO).
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
-FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF, TIFF or PPM/PGM"
+# The one list of image formats: each Pillow format we decode, in the order its parser is tried
+# (JPEG's also returns phones' multi-picture MPO), with the file name endings that mark it; labeling
+# lists a folder's images by these endings (label_inputs.py), so what is listed is what decodes.
+IMAGE_FORMATS: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg"),
+    "PNG": (".png",),
+    "WEBP": (".webp",),
+    "BMP": (".bmp",),
+    "GIF": (".gif",),
+    "TIFF": (".tif", ".tiff"),
+    "PPM": (".ppm", ".pgm", ".pbm", ".pnm"),  # Pillow's PPM parser reads the whole Netpbm family
+}
+ALLOWED_FORMATS = tuple(IMAGE_FORMATS)
+IMAGE_EXTENSIONS = tuple(ending for endings in IMAGE_FORMATS.values() for ending in endings)
+FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF, TIFF or PPM/PGM/PBM"
 
 
 class ImageError(UserError):

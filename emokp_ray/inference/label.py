@@ -35,7 +35,6 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from emokp_ray.artifacts.files import open_location, write_file
 from emokp_ray.errors import UserError
 from emokp_ray.inference.label_inputs import (
     DATASET_COLUMNS,
@@ -76,6 +75,7 @@ from emokp_ray.inference.label_stages import (
 )
 from emokp_ray.inference.video import DEFAULT_FPS, check_fps
 from emokp_ray.labels import KEYPOINT_COLUMNS, KEYPOINT_NAMES
+from emokp_ray.storage import open_location, write_file
 
 __all__ = ["MODES", "STAGES", "BatchLabeler", "LabelSummary", "load_batch", "run_label"]
 

@@ -59,14 +59,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from emokp_ray.artifacts.files import is_uri, open_location
 from emokp_ray.data.kaggle import KaggleReader
 from emokp_ray.data.schema import DATASET_META, SPLITS
 from emokp_ray.errors import UserError
 from emokp_ray.inference.boxes import BoxError, JsonNumberError, check_box, load_json, short_repr
+from emokp_ray.inference.images import IMAGE_EXTENSIONS  # the endings of the formats images.py decodes
 from emokp_ray.inference.video import DEFAULT_FPS, VIDEO_EXTENSIONS, frame_ranges, is_video, probe_video
+from emokp_ray.storage import is_uri, open_location
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 CSV_CHUNK_ROWS = 512  # rows parsed at a time from a CSV (96x96: ~4.7 MB)
 # File rows per listing chunk on the driver: ~3 MB of Python tuples while it fills, ~0.8 MB as Arrow.

@@ -27,7 +27,7 @@ OUT (a folder on any pyarrow filesystem: a local path, file://, s3://, gs://, a 
                             `emokp label --resume` finishes it.
 
 A part is named by a hash of its block's sources, so a retried block writes the same name again. Parts
-are written with artifacts.files.write_file: on a local or mounted filesystem under a hidden temporary
+are written with storage.write_file: on a local or mounted filesystem under a hidden temporary
 name, then renamed into place; on an object store an object appears only once its upload is complete.
 Either way a part is whole or absent, and the Parquet part is written after its JSONL part and
 annotated images: a block counts as done when its Parquet part exists (`done_hashes`), and a resume
@@ -55,10 +55,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from emokp_ray.artifacts.files import open_location, write_file
 from emokp_ray.errors import UserError
 from emokp_ray.inference.detect import LANDMARK_NAMES
 from emokp_ray.labels import KEYPOINT_COLUMNS, KEYPOINT_NAMES
+from emokp_ray.storage import open_location, write_file
 
 PARQUET_DIR = "labels.parquet"
 JSONL_DIR = "labels.jsonl"

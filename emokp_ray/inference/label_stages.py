@@ -630,9 +630,9 @@ def _write_segment(fs: pafs.FileSystem, path: str, opener: Any, span: tuple, res
     A range that no longer decodes keeps the frames drawn before (its error row says why)."""
     import io
 
-    from emokp_ray.artifacts.files import write_file
     from emokp_ray.inference.render import annotate
     from emokp_ray.inference.video import VideoError, VideoWriter, iter_frames, output_rate, probe_video
+    from emokp_ray.storage import write_file
 
     start, stop, fps, source = span
     buffer = io.BytesIO()

@@ -44,7 +44,6 @@ landmarks do not see.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import threading
 from collections.abc import Sequence
@@ -55,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emokp_ray.artifacts.checkpoint import LoadedCheckpoint
+from emokp_ray.artifacts.checkpoint import LoadedCheckpoint, weights_version
 from emokp_ray.data.resize import resize_image, resize_images
 from emokp_ray.errors import UserError
 from emokp_ray.inference.align import aligned_to_image, box_to_image, warp_crop
@@ -155,23 +154,6 @@ def _check_box(box: Any, where: str) -> Box:
         return check_box(box)
     except BoxError as err:
         raise UserError(f"{where}: {err}") from None
-
-
-def weights_version(model: torch.nn.Module) -> str:
-    """12 hex digits of the SHA-256 over the model's parameters and buffers (names, dtypes, shapes,
-    bytes, sorted by name; buffers too, since a TorchScript export keeps the non-persistent ones of
-    the module): the same weights give the same version, from a checkpoint or a TorchScript file.
-    An ONNX export carries the version of the weights it was exported from."""
-    version = getattr(model, "version", None)
-    if isinstance(version, str) and version and not isinstance(model, torch.nn.Module):
-        return version  # backends.OnnxModel
-    digest = hashlib.sha256()
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
-    for name, tensor in sorted(tensors.items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()[:12]
 
 
 def resolve_device(device: str) -> torch.device:

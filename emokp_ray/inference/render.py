@@ -6,10 +6,13 @@ the font scale with the image (a 96 px crop and a 4000 px photo both stay readab
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from emokp_ray.inference.results import ImageResult
+if TYPE_CHECKING:  # a type only: results.py imports this module to draw (ImageResult.annotate)
+    from emokp_ray.inference.results import ImageResult
 
 BOX_COLOR = (0, 220, 0)  # green
 POINT_COLOR = (255, 40, 40)  # red

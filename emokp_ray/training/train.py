@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from emokp_ray.artifacts.checkpoint import read_meta
-from emokp_ray.artifacts.files import atomic_dir
 from emokp_ray.errors import UserError
+from emokp_ray.storage import atomic_dir
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import RunInfo, read_dataset_facts
 from emokp_ray.training.loop import fit, format_epoch_line
@@ -71,7 +71,7 @@ def _history(checkpoint_dir: Path) -> list[dict[str, Any]]:
 
 
 def _install_best(src: Path, run_dir: Path) -> Path:
-    """Copy a checkpoint to RUN_DIR/best whole or not at all (artifacts.files.atomic_dir: a reader
+    """Copy a checkpoint to RUN_DIR/best whole or not at all (storage.atomic_dir: a reader
     sees the old best or the new one, never a half-copied one)."""
     dest = run_dir / "best"
     with atomic_dir(dest) as tmp:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from emokp_ray.artifacts.files import atomic_dir
 from emokp_ray.data.synth.geometry import apply_pose, canonical_keypoints, pose_matrices, sample_faces
 from emokp_ray.data.synth.render import degrade, render_faces
 from emokp_ray.errors import UserError
 from emokp_ray.labels import KEYPOINT_NAMES, NUM_KEYPOINTS, SEED5
+from emokp_ray.storage import atomic_dir
 
 PHOTO_SIZES = ((320, 240), (480, 360), (640, 480), (240, 320), (360, 480))  # (width, height)
 FACE_SIZE_RANGE = (60, 200)  # side of a face's box (its Kaggle-style crop), photo px

@@ -1,4 +1,4 @@
-"""Where artifacts live and how they are written: whole or not at all.
+"""Where files and folders live and how they are written: whole or not at all.
 
 A location is a local path or a URI that `pyarrow.fs.FileSystem.from_uri` opens (s3://, gs://,
 hdfs://, abfs://, file://); `open_location` turns either into (filesystem, path on it).
