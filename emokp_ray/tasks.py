@@ -3,11 +3,14 @@ what it adds to the answers (label columns, HTTP response fields, class or keypo
 
 Training (training/loop.py, config.py), evaluation (evaluation/evaluate.py), the predictor
 (inference/predictor.py, tta.py, quick.py), the label output and the HTTP schemas look a task up
-here (`task_spec(name)`) instead of branching on its name. A third task is one more `TaskSpec`
-subclass in `SPECS`.
+here (`task_spec(name)`) instead of branching on its name. What a task needs from the layers above
+this one is looked up the same way, by the task's name, in those layers: its rows, targets and
+augmentation in data/task_data.py, its loss, metrics and report in training/task_training.py, its
+dataset facts in training/facts.py. A third task is one more `TaskSpec` subclass in `SPECS` and one
+entry in each of those.
 
-Imports nothing heavy: numpy and the metric accumulators load inside the methods that need them, and
-torch only inside `loss` (called by the training loop, which has torch already), so `import emokp_ray`
+This module sits at the bottom of the import graph (errors and labels only; numpy inside the
+methods that need it), so models, data and artifacts can look a task up too, and `import emokp_ray`
 and the CLI's parser stay light.
 """
 
@@ -22,8 +25,6 @@ from emokp_ray.labels import KEYPOINT_NAMES
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from emokp_ray.training.config import TrainConfig
 
 Batch = Mapping[str, Any]  # "image" uint8 [B, S, S] plus the task's target column (numpy)
 
@@ -76,61 +77,13 @@ class TaskSpec:
         """The label scheme a checkpoint of this task records (None: the task has no classes)."""
         return None
 
-    def loss(self, cfg: TrainConfig, class_weights: np.ndarray | None) -> Any:
-        """The training loss: (model output, device batch) -> scalar tensor."""
-        raise NotImplementedError
-
     def labelled(self, batch: Batch) -> np.ndarray:
         """bool [B]: the rows that carry this task's label (Kaggle CSV rows may lack it)."""
         raise NotImplementedError
 
-    def table_rows(self, table: Any, drop_incomplete: bool = False) -> np.ndarray:
-        """bool [N]: the rows of a prepared table (data/schema.py) that train this task."""
-        raise NotImplementedError
-
-    def table_targets(self, table: Any, scale: np.ndarray) -> np.ndarray:
-        """The target column of a prepared table as the batch carries it; `scale` [N]: each row's
-        resize factor (input_size / original width) for targets in pixels."""
-        raise NotImplementedError
-
-    def train_facts(self, cfg: TrainConfig, counts: Mapping[str, int], scheme: str) -> tuple[int, dict[str, Any]]:
-        """From the prepared train split's counts (data/schema.py): the rows that train this task,
-        and the task's DatasetFacts fields (training/facts.py: mean shape, class or sampling weights)."""
-        raise NotImplementedError
-
-    def augment(self, batch: dict[str, Any], rng: Any, settings: Any) -> dict[str, Any]:
-        """One training batch's random transforms (settings: data/pipeline.py TrainAugment)."""
-        raise NotImplementedError
-
     # ---------------------------------------------------------------- metrics
-    def new_accumulator(self, num_classes: int) -> Any:
-        """An empty sum-accumulator (training/metrics.py) of this task's metrics."""
-        raise NotImplementedError
-
-    def accumulator_from_state(self, state: np.ndarray, num_classes: int) -> Any:
-        """An accumulator rebuilt from its all-reduced flat state."""
-        raise NotImplementedError
-
-    def update(self, accumulator: Any, outputs: np.ndarray, batch: Batch) -> None:
-        """Add a batch: outputs float32 [B, K] (keypoint pixels or logits), the batch's targets."""
-        accumulator.update(outputs, batch[self.target])
-
-    def val_metrics(self, accumulator: Any, mean_shape: np.ndarray | None, class_names: list[str]) -> dict[str, Any]:
-        """The `val/...` entries of an epoch's metrics row."""
-        raise NotImplementedError
-
     def epoch_summary(self, row: Mapping[str, Any]) -> str:
         """The task's part of the console line per epoch."""
-        raise NotImplementedError
-
-    def report(
-        self,
-        accumulator: Any,
-        mean_shape: np.ndarray | None,
-        class_names: list[str],
-        metadata: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        """The `report.json` dict (DESIGN.md's fields for the task) plus `metadata`."""
         raise NotImplementedError
 
     def report_summary(self, report: Mapping[str, Any]) -> str:
@@ -161,80 +114,15 @@ class KeypointTask(TaskSpec):
     def output_names(self, meta: Any) -> list[str]:
         return list(meta.keypoint_names)
 
-    def loss(self, cfg: TrainConfig, class_weights: np.ndarray | None) -> Any:
-        from emokp_ray.training.losses import keypoint_loss
-
-        return keypoint_loss(cfg.resolved_input_size / 2.0)
-
     def labelled(self, batch: Batch) -> np.ndarray:
         import numpy as np
 
         return ~np.isnan(np.asarray(batch["keypoints"])).all(axis=1)
 
-    def table_rows(self, table: Any, drop_incomplete: bool = False) -> np.ndarray:
-        import numpy as np
-
-        from emokp_ray.data.schema import keypoints_from_column
-
-        missing = np.isnan(keypoints_from_column(table["keypoints"]))
-        return ~missing.any(axis=1) if drop_incomplete else ~missing.all(axis=1)  # all 15 points, or any
-
-    def table_targets(self, table: Any, scale: np.ndarray) -> np.ndarray:
-        from emokp_ray.data.resize import rescale_keypoints
-        from emokp_ray.data.schema import keypoints_from_column
-
-        return rescale_keypoints(keypoints_from_column(table["keypoints"]), scale)
-
-    def train_facts(self, cfg: TrainConfig, counts: Mapping[str, int], scheme: str) -> tuple[int, dict[str, Any]]:
-        from emokp_ray.training.facts import train_mean_shape
-
-        n_train = counts["complete_keypoints" if cfg.drop_incomplete else "keypoints"]
-        mean_shape = tuple(float(v) for v in train_mean_shape(cfg.data, cfg.drop_incomplete, cfg.limit_rows))
-        return n_train, {"mean_shape": mean_shape}
-
-    def augment(self, batch: dict[str, Any], rng: Any, settings: Any) -> dict[str, Any]:
-        from emokp_ray.data.augment.policies import KeypointAugment, augment_keypoint_batch
-        from emokp_ray.data.regularize import random_erase
-
-        if settings.augment:
-            batch = augment_keypoint_batch(batch, KeypointAugment(), rng)
-            if settings.random_erasing:
-                batch["image"] = random_erase(batch["image"], settings.random_erasing, rng)
-        return batch
-
-    def new_accumulator(self, num_classes: int) -> Any:
-        from emokp_ray.training.metrics import KeypointMetricAccumulator
-
-        return KeypointMetricAccumulator()
-
-    def accumulator_from_state(self, state: np.ndarray, num_classes: int) -> Any:
-        from emokp_ray.training.metrics import KeypointMetricAccumulator
-
-        return KeypointMetricAccumulator.from_state(state)
-
-    def val_metrics(self, accumulator: Any, mean_shape: np.ndarray | None, class_names: list[str]) -> dict[str, Any]:
-        result = accumulator.compute(mean_shape=mean_shape)
-        return {
-            "val/rmse_px": result["rmse_px"],
-            "val/mean_shape_rmse_px": result.get("mean_shape_rmse_px"),
-            "val/per_keypoint_rmse_px": result["per_keypoint_rmse_px"],
-        }
-
     def epoch_summary(self, row: Mapping[str, Any]) -> str:
         base = row.get("val/mean_shape_rmse_px")
         base_txt = f" (mean shape {base:.2f})" if base is not None else ""
         return f"  val rmse {row['val/rmse_px']:.3f} px{base_txt}"
-
-    def report(
-        self,
-        accumulator: Any,
-        mean_shape: np.ndarray | None,
-        class_names: list[str],
-        metadata: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        from emokp_ray.training.metrics import keypoint_report
-
-        return keypoint_report(accumulator, mean_shape=mean_shape, metadata=metadata)
 
     def report_summary(self, report: Mapping[str, Any]) -> str:
         base = report.get("mean_shape_rmse_px")
@@ -282,93 +170,13 @@ class EmotionTask(TaskSpec):
     def label_scheme(self, scheme: str) -> str | None:
         return scheme
 
-    def loss(self, cfg: TrainConfig, class_weights: np.ndarray | None) -> Any:
-        from emokp_ray.training.losses import emotion_loss
-
-        weights = class_weights if cfg.imbalance == "weights" else None
-        return emotion_loss(weights, cfg.label_smoothing)
-
     def labelled(self, batch: Batch) -> np.ndarray:
         import numpy as np
 
         return np.asarray(batch["label"]) >= 0
 
-    def table_rows(self, table: Any, drop_incomplete: bool = False) -> np.ndarray:
-
-        return table["label"].to_numpy() >= 0
-
-    def table_targets(self, table: Any, scale: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        return table["label"].to_numpy().astype(np.int64)
-
-    def train_facts(self, cfg: TrainConfig, counts: Mapping[str, int], scheme: str) -> tuple[int, dict[str, Any]]:
-        from emokp_ray.labels import emotion_scheme
-        from emokp_ray.training.facts import class_weights_from_counts
-
-        classes = emotion_scheme(scheme).classes
-        n_train = sum(counts.get(name, 0) for name in classes)
-        weights = tuple(float(w) for w in class_weights_from_counts(dict(counts), classes))
-        # --imbalance: weights in the loss, or in the draw of each batch's rows (none: neither)
-        field = {"weights": "class_weights", "sampling": "sampling_weights"}.get(cfg.imbalance)
-        return n_train, {field: weights} if field else {}
-
-    def augment(self, batch: dict[str, Any], rng: Any, settings: Any) -> dict[str, Any]:
-        import numpy as np
-
-        from emokp_ray.data.augment.policies import EmotionAugment, augment_emotion_batch
-        from emokp_ray.data.regularize import mix_batch, random_erase
-
-        labels = batch["label"]
-        if settings.sampling_weights is not None and len(labels):
-            p = np.asarray(settings.sampling_weights, np.float64)[labels]
-            idx = rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
-            batch = {k: v[idx] for k, v in batch.items()}
-        if settings.augment:
-            batch = augment_emotion_batch(batch, EmotionAugment(), rng)
-            if settings.random_erasing:
-                batch["image"] = random_erase(batch["image"], settings.random_erasing, rng)
-            batch = mix_batch(batch, settings.mixup_alpha, settings.cutmix_alpha, rng)
-        return batch
-
-    def new_accumulator(self, num_classes: int) -> Any:
-        from emokp_ray.training.metrics import EmotionMetricAccumulator
-
-        return EmotionMetricAccumulator(num_classes)
-
-    def accumulator_from_state(self, state: np.ndarray, num_classes: int) -> Any:
-        from emokp_ray.training.metrics import EmotionMetricAccumulator
-
-        return EmotionMetricAccumulator.from_state(state, num_classes=num_classes)
-
-    def update(self, accumulator: Any, outputs: np.ndarray, batch: Batch) -> None:
-        accumulator.update(outputs.argmax(axis=1), batch["label"])
-
-    def val_metrics(self, accumulator: Any, mean_shape: np.ndarray | None, class_names: list[str]) -> dict[str, Any]:
-        result = accumulator.compute(class_names)
-        per_class = result["per_class"]
-        return {
-            "val/accuracy": result["accuracy"],
-            "val/macro_f1": result["macro_f1"],
-            "val/per_class_recall": {name: v["recall"] for name, v in per_class.items()},
-            **{f"val/recall/{name}": v["recall"] for name, v in per_class.items()},
-            **{f"val/precision/{name}": v["precision"] for name, v in per_class.items()},
-            "val/confusion": result["confusion"],
-        }
-
     def epoch_summary(self, row: Mapping[str, Any]) -> str:
         return f"  val acc {row['val/accuracy']:.4f}  macro-F1 {row['val/macro_f1']:.4f}"
-
-    def report(
-        self,
-        accumulator: Any,
-        mean_shape: np.ndarray | None,
-        class_names: list[str],
-        metadata: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        from emokp_ray.training.metrics import emotion_report
-
-        return emotion_report(accumulator, class_names=class_names, metadata=metadata)
 
     def report_summary(self, report: Mapping[str, Any]) -> str:
         head = f"emotion on {report['n']} faces: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"

@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "emokp_ray"
 LAYERS = (
     ("errors",),
     ("labels", "storage", "ray_utils", "local_cluster"),
+    ("tasks",),  # the task specs: data every layer above looks up
     ("models", "builtin", "data"),
     ("artifacts",),
     ("training", "inference"),

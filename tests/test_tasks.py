@@ -102,3 +102,14 @@ def test_spec_metrics_pick_the_best_checkpoint_in_the_right_direction():
     assert task_spec("emotion").metric == ("val/macro_f1", "max")
     cfg = train_config.TrainConfig(task="emotion", data="d", out="o")
     assert cfg.resolved_input_size == 48 and cfg.metric == ("val/macro_f1", "max")
+
+
+def test_every_layers_task_table_covers_the_tasks():
+    """A task's data and training sides live in their layers, looked up by its name: each table has
+    exactly the specs' tasks, so a new task cannot be half added."""
+    from emokp_ray.data.task_data import DATA
+    from emokp_ray.training.facts import TASK_FACTS
+    from emokp_ray.training.task_training import TRAINING
+
+    for table in (DATA, TRAINING, TASK_FACTS):
+        assert tuple(table) == TASKS

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from emokp_ray.data.resize import resize_image
 from emokp_ray.data.schema import split_files
+from emokp_ray.data.task_data import task_data
 from emokp_ray.errors import UserError
 from emokp_ray.tasks import task_spec
 
@@ -31,7 +32,7 @@ PREPROCESS_BATCH = 256
 def select_task_rows(table: pa.Table, task: str, drop_incomplete: bool = False) -> pa.Table:
     """Keep the rows that carry labels for `task` (keypoints: any point, or all with drop_incomplete;
     emotion: a label)."""
-    return table.filter(pa.array(task_spec(task).table_rows(table, drop_incomplete)))
+    return table.filter(pa.array(task_data(task).table_rows(table, drop_incomplete)))
 
 
 def decode_images(table: pa.Table, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +68,7 @@ class BatchPreprocessor:
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         table = select_task_rows(table, self.task, self.drop_incomplete)
         images, scale = decode_images(table, self.input_size)
-        spec = task_spec(self.task)
-        return {"image": images, spec.target: spec.table_targets(table, scale)}
+        return {"image": images, task_spec(self.task).target: task_data(self.task).table_targets(table, scale)}
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class TrainAugment:
     cutmix_alpha: float = 0.0
 
     def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return task_spec(self.task).augment(batch, rng, self)
+        return task_data(self.task).augment(batch, rng, self)
 
 
 def task_columns(task: str) -> list[str]:

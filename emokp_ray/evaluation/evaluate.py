@@ -33,7 +33,7 @@ from emokp_ray.inference.calibration import reliability, softmax, temperature_of
 from emokp_ray.inference.tta import forward_with_flip
 from emokp_ray.storage import write_file
 from emokp_ray.tasks import TaskSpec, task_spec
-from emokp_ray.training.metrics import accumulate
+from emokp_ray.training.task_training import accumulate, task_training
 
 GRID_FACES = 24
 
@@ -146,8 +146,8 @@ class _Seen:
         self.spec, self.temperature = spec, temperature
         self.n = self.n_holdout = 0
         self.grid: dict[str, list[np.ndarray]] = {"image": [], "pred": [], "true": [], "prob": []}
-        self.holdout = spec.new_accumulator(num_classes)  # the holdout's rows
-        self.everything = spec.new_accumulator(num_classes)  # all rows, holdout included
+        self.holdout = task_training(spec.name).new_accumulator(num_classes)  # the holdout's rows
+        self.everything = task_training(spec.name).new_accumulator(num_classes)  # all rows, holdout included
         self.logits: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
 
@@ -156,9 +156,9 @@ class _Seen:
         self.n += len(outputs)
         held = batch.get("holdout", np.zeros(len(outputs), bool))
         if held.any():
-            spec.update(self.holdout, outputs[held], {spec.target: true[held]})
+            task_training(spec.name).update(self.holdout, outputs[held], true[held])
             self.n_holdout += int(held.sum())
-        spec.update(self.everything, outputs, batch)
+        task_training(spec.name).update(self.everything, outputs, true)
         prob = None
         if spec.coordinates:
             pred = outputs
@@ -290,7 +290,7 @@ def evaluate_checkpoint(
         }
     mean_shape = (meta.train_config.get("data_facts") or {}).get("mean_shape")
     mean_shape = None if mean_shape is None else np.asarray(mean_shape, np.float64)
-    report = spec.report(acc, mean_shape, list(meta.class_names), metadata)
+    report = task_training(spec.name).report(acc, mean_shape, list(meta.class_names), metadata)
     files = _figures(report, seen, list(meta.class_names), out_dir)
     history = _history(ckpt)
     if history:

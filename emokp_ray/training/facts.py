@@ -8,14 +8,16 @@ workers inside the loop config.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from emokp_ray.data.schema import keypoints_from_column, read_info, split_files
 from emokp_ray.errors import UserError
-from emokp_ray.tasks import task_spec
+from emokp_ray.labels import emotion_scheme
 from emokp_ray.training.config import TrainConfig
 
 
@@ -48,7 +50,7 @@ def read_dataset_facts(cfg: TrainConfig) -> DatasetFacts:
             raise UserError(f"{cfg.data} has no {split!r} split; prepare it with a validation fraction > 0")
     train_counts = info.counts["train"]
     scheme = info.scheme or "seed5"
-    n_train, task_facts = task_spec(cfg.task).train_facts(cfg, train_counts, scheme)
+    n_train, task_facts = TASK_FACTS[cfg.task](cfg, train_counts, scheme)
     if cfg.limit_rows:
         n_train = min(n_train, cfg.limit_rows)
     if n_train < cfg.batch_size:
@@ -83,3 +85,26 @@ def train_mean_shape(data: str, drop_incomplete: bool, limit_rows: int = 0) -> n
     if drop_incomplete:
         kp = kp[~np.isnan(kp).any(axis=1)]
     return np.nanmean(kp, axis=0)
+
+
+def _keypoint_facts(cfg: TrainConfig, counts: Mapping[str, int], scheme: str) -> tuple[int, dict[str, Any]]:
+    n_train = counts["complete_keypoints" if cfg.drop_incomplete else "keypoints"]
+    mean_shape = tuple(float(v) for v in train_mean_shape(cfg.data, cfg.drop_incomplete, cfg.limit_rows))
+    return n_train, {"mean_shape": mean_shape}
+
+
+def _emotion_facts(cfg: TrainConfig, counts: Mapping[str, int], scheme: str) -> tuple[int, dict[str, Any]]:
+    classes = emotion_scheme(scheme).classes
+    n_train = sum(counts.get(name, 0) for name in classes)
+    weights = tuple(float(w) for w in class_weights_from_counts(dict(counts), classes))
+    # --imbalance: weights in the loss, or in the draw of each batch's rows (none: neither)
+    field = {"weights": "class_weights", "sampling": "sampling_weights"}.get(cfg.imbalance)
+    return n_train, {field: weights} if field else {}
+
+
+# Per task (tasks.TASKS): from the prepared train split's counts (data/schema.py), the rows that train
+# it and its DatasetFacts fields (mean shape; class or sampling weights).
+TASK_FACTS: dict[str, Callable[[TrainConfig, Mapping[str, int], str], tuple[int, dict[str, Any]]]] = {
+    "keypoints": _keypoint_facts,
+    "emotion": _emotion_facts,
+}

@@ -32,7 +32,8 @@ from emokp_ray.training.batches import TORCH, augmented_batches, stream_seed
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import DatasetFacts, RunInfo
 from emokp_ray.training.losses import Loss
-from emokp_ray.training.metrics import accumulate, json_safe
+from emokp_ray.training.metrics import json_safe
+from emokp_ray.training.task_training import accumulate, task_training
 
 Batch = dict[str, torch.Tensor]
 
@@ -57,7 +58,7 @@ class Session(Protocol):
 
 def make_loss(cfg: TrainConfig, class_weights: np.ndarray | None) -> Loss:
     """The task's loss (tasks.py: masked MSE for keypoints; weighted, smoothed cross-entropy for emotion)."""
-    return task_spec(cfg.task).loss(cfg, class_weights)
+    return task_training(cfg.task).loss(cfg, class_weights)
 
 
 # ----------------------------------------------------------------------------- weight EMA
@@ -199,7 +200,7 @@ def evaluate(
     channels_last: bool = False,
 ):
     """Run the model over batches; returns (metric accumulator, summed loss, n). The metrics come
-    from the one evaluation loop `emokp evaluate` uses too (training/metrics.py `accumulate`)."""
+    from the one evaluation loop `emokp evaluate` uses too (training/task_training.py `accumulate`)."""
     model.eval()
     spec = task_spec(task)
     loss_sum = 0.0
@@ -455,7 +456,7 @@ def _epoch_row(
     state = session.all_reduce(np.concatenate([acc.state(), [val_loss_sum, val_n]]))
     num_classes = task.scheme.num_classes
     spec = task_spec(task.cfg.task)
-    acc = spec.accumulator_from_state(state[:-2], num_classes)
+    acc = task_training(spec.name).accumulator_from_state(state[:-2], num_classes)
     row: dict[str, Any] = {
         "epoch": epoch + 1,
         "train/loss": train_sums[0] / max(train_sums[1], 1),
@@ -466,7 +467,7 @@ def _epoch_row(
         "val/n": int(state[-1]),
         "lr": lr,
     }
-    row.update(spec.val_metrics(acc, task.mean_shape, list(task.scheme.classes)))
+    row.update(task_training(spec.name).val_metrics(acc, task.mean_shape, list(task.scheme.classes)))
     return row
 
 

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from emokp_ray.labels import KEYPOINT_NAMES, NUM_KEYPOINTS
-
-if TYPE_CHECKING:
-    from emokp_ray.tasks import TaskSpec
 
 NUM_COORDS = 2 * NUM_KEYPOINTS  # 30: x, y per keypoint in Kaggle order
 _LEFT_EYE = KEYPOINT_NAMES.index("left_eye_center")
@@ -398,22 +395,3 @@ def _report(task: str, metrics: dict[str, Any], metadata: Mapping[str, Any] | No
             raise ValueError(f"metadata key {key!r} would overwrite a computed metric")
         report[key] = value
     return json_safe(report)
-
-
-# --------------------------------------------------------------------------------------------------
-# The evaluation loop
-# --------------------------------------------------------------------------------------------------
-
-
-def accumulate(
-    spec: TaskSpec, pairs: Iterable[tuple[Mapping[str, np.ndarray], np.ndarray]], num_classes: int
-) -> tuple[Any, int]:
-    """The one evaluation loop, shared by validation in training and `emokp evaluate`: every
-    (batch, outputs) pair, outputs float32 [B, K] (keypoint pixels or logits) and the batch's target
-    column (spec.target), into a new accumulator of the task. Returns (accumulator, rows seen)."""
-    acc = spec.new_accumulator(num_classes)
-    n = 0
-    for batch, outputs in pairs:
-        spec.update(acc, outputs, batch)
-        n += len(outputs)
-    return acc, n
