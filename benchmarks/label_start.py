@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {
             "inputs": n,
             "listing_s": round(listed, 2),
-            "listing_files": len(listing["files"]),
+            "listing_files": len(listing.files),
             "first_block_s": round(first or 0.0, 2),
             "all_blocks_s": round(time.perf_counter() - started, 2),
             "load_1m": load_average(),

@@ -247,7 +247,6 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         detector=args.detector,
         detector_threshold=args.detector_threshold,
         fps=args.fps,
-        **({} if args.frames_per_range is None else {"frames_per_range": args.frames_per_range}),
     )
 
 
@@ -279,6 +278,7 @@ def _cmd_label(args: argparse.Namespace) -> None:
         detector=args.detector,
         detector_threshold=args.detector_threshold,
         fps=args.fps,
+        **({} if args.frames_per_range is None else {"frames_per_range": args.frames_per_range}),
     )
     print(summary)
     failure = summary.failure(args.max_error_fraction)  # after the summary is written and shown

@@ -55,6 +55,7 @@ from emokp_ray.inference.label_output import (
     RUN_FILE,
     SUMMARY_FILE,
     WORK_DIR,
+    OutputCounts,
     check_writable,
     clear_output,
     done_hashes,
@@ -253,20 +254,48 @@ def _detector_available(mode: str, detector: Any, threshold: float | None = None
         return False
 
 
+@dataclass(frozen=True)
+class RunMetadata:
+    """What OUT/_run.json records and every part's schema carries (label_output.METADATA_KEY): the
+    models, their output names, INPUT and the output options (what a resume must match:
+    OUTPUT_OPTIONS)."""
+
+    keypoint_names: list[str]
+    keypoint_columns: list[str]
+    emotion_classes: list[str]  # the emotion model's classes, [] without one
+    label_scheme: str | None
+    model: dict[str, Any]  # task -> Predictor.model_info()'s entry, or None
+    input: str  # INPUT's identity (label_inputs.LabelInput.identity)
+    input_kind: str
+    mode: str  # "crop" | "detect" | "auto"
+    jsonl: bool
+    annotate_dir: str | None
+    fps: float | str  # video frames sampled per second, or "all"
+    frames_per_range: int
+    format_version: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def input_sizes(self) -> dict[str, int]:
+        """task -> its network's input size, for the models this run has."""
+        return {task: info["input_size"] for task, info in self.model.items() if info}
+
+
 def _model_metadata(
     keypoints: str | None, emotion: str | None, trust_torchscript: bool = False, backend: str = "auto"
-) -> dict:
-    """Load the predictor once on the driver: a bad checkpoint fails here, before any actor starts."""
+) -> dict[str, Any]:
+    """Load the predictor once on the driver: a bad checkpoint fails here, before any actor starts.
+    Returns RunMetadata's model fields."""
     predictor = load_predictor(keypoints, emotion, device="cpu", trust_torchscript=trust_torchscript, backend=backend)
     labels = predictor.labels()
-    return {
-        "format_version": 2,
-        "keypoint_names": list(KEYPOINT_NAMES),
-        "keypoint_columns": list(KEYPOINT_COLUMNS),
-        "emotion_classes": list(labels.get("emotion") or []),
-        "label_scheme": labels.get("label_scheme"),
-        "model": predictor.model_info(),
-    }
+    return dict(
+        keypoint_names=list(KEYPOINT_NAMES),
+        keypoint_columns=list(KEYPOINT_COLUMNS),
+        emotion_classes=list(labels.get("emotion") or []),
+        label_scheme=labels.get("label_scheme"),
+        model=predictor.model_info(),
+    )
 
 
 def _model_identity(model: dict) -> dict:
@@ -277,8 +306,10 @@ def _model_identity(model: dict) -> dict:
     }
 
 
-def _check_resumable(recorded: dict, current: dict, out: str) -> None:
-    """A resume continues the same run: same INPUT, models and output options, else a UserError."""
+def _check_resumable(recorded: dict, metadata: RunMetadata, out: str) -> None:
+    """A resume continues the same run: same INPUT, models and output options, else a UserError.
+    recorded: the earlier run's OUT/_run.json as read (older outputs lack the video options)."""
+    current = metadata.to_dict()
     for key in OUTPUT_OPTIONS:
         was, now = recorded.get(key), current.get(key)
         if key == "model":
@@ -335,12 +366,34 @@ def _annotate_state(fs: pafs.FileSystem, path: str, where: str, resume: bool) ->
         )
 
 
-def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bool) -> dict:
+@dataclass(frozen=True)
+class Listing:
+    """The inputs of a run (OUT/_work/listing.json once complete): the work-row chunk files, images
+    and CSV rows apart from video frame ranges, and the counts of what the listing met."""
+
+    total: int  # inputs: images, rows, video frame ranges
+    skipped_files: int = 0  # files that are not inputs (unknown endings)
+    skipped_links: int = 0  # folders reached again through symbolic links, not walked twice
+    videos: int = 0
+    files: list[str] = field(default_factory=list)  # OUT/_work/inputs-NNNNN.parquet
+    video_files: list[str] = field(default_factory=list)  # OUT/_work/videos-NNNNN.parquet
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Listing:
+        """listing.json as written by this or an earlier version (which lacked the later fields)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bool) -> Listing:
     """Stream the input listing into OUT/_work/inputs-NNNNN.parquet (a bounded chunk in memory at a
     time), then OUT/_work/listing.json (it is complete). A resume reuses a complete listing."""
-    listing = read_json(fs, f"{out}/{LISTING_FILE}")
-    if listing is not None:
-        return listing
+    recorded = read_json(fs, f"{out}/{LISTING_FILE}")
+    if recorded is not None:
+        return Listing.from_dict(recorded)
     work = f"{out}/{WORK_DIR}"
     if fs.get_file_info(work).type == pafs.FileType.Directory:
         fs.delete_dir(work)  # an interrupted listing: list again
@@ -367,19 +420,19 @@ def _write_listing(spec: LabelInput, fs: pafs.FileSystem, out: str, progress: bo
             names.append(name)
         if progress and i and i % 10 == 0:
             print(f"label: listed {counts.inputs:,} inputs", file=sys.stderr, flush=True)
-    listing = {
-        "files": files,
-        "video_files": video_files,
-        "total": counts.inputs,
-        "skipped_files": counts.skipped_files,
-        "skipped_links": counts.skipped_links,
-        "videos": counts.videos,
-    }
-    write_json(fs, f"{out}/{LISTING_FILE}", listing)
+    listing = Listing(
+        total=counts.inputs,
+        skipped_files=counts.skipped_files,
+        skipped_links=counts.skipped_links,
+        videos=counts.videos,
+        files=files,
+        video_files=video_files,
+    )
+    write_json(fs, f"{out}/{LISTING_FILE}", listing.to_dict())
     return listing
 
 
-def _work_dataset(spec: LabelInput, listing: dict, fs: pafs.FileSystem, rows_per_block: int):
+def _work_dataset(spec: LabelInput, listing: Listing, fs: pafs.FileSystem, rows_per_block: int):
     """The Ray Dataset of work rows (lazy; image bytes are not read here), in blocks of
     `rows_per_block` rows (one stage-A call and, further on, one part file each); a video's frame
     range is a block of its own: the ranges of a long video are decoded and searched in parallel."""
@@ -389,7 +442,7 @@ def _work_dataset(spec: LabelInput, listing: dict, fs: pafs.FileSystem, rows_per
         ds = ray.data.read_parquet(spec.split_dirs, filesystem=spec.filesystem).select_columns(DATASET_COLUMNS)
         return ds.repartition(target_num_rows_per_block=rows_per_block)  # streaming: no shuffle, no barrier
     parts = []
-    for files, rows in ((listing["files"], rows_per_block), (listing.get("video_files", []), 1)):
+    for files, rows in ((listing.files, rows_per_block), (listing.video_files, 1)):
         if files:
             parts.append(ray.data.read_parquet(files, filesystem=fs).repartition(target_num_rows_per_block=rows))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
@@ -526,22 +579,21 @@ def _run_metadata(
     jsonl: bool,
     annotate_dir: str | None,
     ann_path: str | None,
-) -> dict:
-    """What OUT/_run.json records and every part's schema carries: the models (loaded once, here),
-    INPUT and the output options (what a resume must match, OUTPUT_OPTIONS)."""
-    return {
+) -> RunMetadata:
+    """The run's metadata: the models (loaded once, here), INPUT and the output options."""
+    return RunMetadata(
         **_model_metadata(keypoints, emotion, trust_torchscript, backend),
-        "input": spec.identity,
-        "input_kind": spec.kind,
-        "mode": mode,
-        "jsonl": jsonl,
-        "annotate_dir": (annotate_dir if "://" in annotate_dir else ann_path) if annotate_dir else None,
-        "fps": "all" if spec.fps is None else spec.fps,
-        "frames_per_range": spec.frames_per_range,
-    }
+        input=spec.identity,
+        input_kind=spec.kind,
+        mode=mode,
+        jsonl=jsonl,
+        annotate_dir=(annotate_dir if "://" in annotate_dir else ann_path) if annotate_dir else None,
+        fps="all" if spec.fps is None else spec.fps,
+        frames_per_range=spec.frames_per_range,
+    )
 
 
-def _recorded_run(outputs: _Outputs, metadata: dict, resume: bool) -> dict | None:
+def _recorded_run(outputs: _Outputs, metadata: RunMetadata, resume: bool) -> dict | None:
     """The run a resume continues (OUT/_run.json, refused unless it is this run), or None: a new run."""
     if not resume or outputs.state not in ("unfinished", "complete"):
         return None
@@ -599,14 +651,16 @@ def _already_complete(outputs: _Outputs, progress: bool) -> LabelSummary:
     return finished
 
 
-def _start_or_continue(outputs: _Outputs, metadata: dict, recorded: dict | None, jsonl: bool, progress: bool) -> None:
+def _start_or_continue(
+    outputs: _Outputs, metadata: RunMetadata, recorded: dict | None, jsonl: bool, progress: bool
+) -> None:
     """A new run records itself (OUT/_run.json) and replaces an earlier run's annotations; a resumed
     one removes the parts its interrupted run left unfinished. Then the part folders exist."""
     if recorded is None:
         ann_fs, ann_path = outputs.ann_fs, outputs.ann_path
         if ann_fs is not None and ann_fs.get_file_info(f"{ann_path}/{ANNOTATIONS_FILE}").type == pafs.FileType.File:
             ann_fs.delete_dir_contents(ann_path)  # an earlier run's annotations are replaced too
-        write_json(outputs.fs, f"{outputs.path}/{RUN_FILE}", metadata)
+        write_json(outputs.fs, f"{outputs.path}/{RUN_FILE}", metadata.to_dict())
     elif remove_unfinished_parts(outputs.fs, outputs.path) and progress:
         print("label: removed the unfinished parts of the interrupted run", file=sys.stderr, flush=True)
     for folder in (PARQUET_DIR, JSONL_DIR if jsonl else None):
@@ -614,19 +668,19 @@ def _start_or_continue(outputs: _Outputs, metadata: dict, recorded: dict | None,
             outputs.fs.create_dir(f"{outputs.path}/{folder}", recursive=True)
 
 
-def _listing(spec: LabelInput, outputs: _Outputs, progress: bool) -> dict:
-    """{"total", "skipped_files"} and, for image files and CSV rows, the listing's "files" in OUT/_work;
-    a prepared data set is read as it is."""
+def _listing(spec: LabelInput, outputs: _Outputs, progress: bool) -> Listing:
+    """The inputs: for image files, videos and CSV rows, listed into OUT/_work; a prepared data set
+    is read as it is (no files)."""
     if spec.kind == "dataset":
-        return {"total": spec.total, "skipped_files": 0, "skipped_links": 0}
+        return Listing(total=spec.total)
     return _write_listing(spec, outputs.fs, outputs.path, progress)
 
 
-def _say_what_is_labelled(input: str, spec: LabelInput, listing: dict, mode: str, use_detector: bool) -> None:
-    skipped = f", {listing['skipped_files']:,} other files skipped" if listing["skipped_files"] else ""
-    if listing.get("skipped_links"):
-        skipped += f", {listing['skipped_links']:,} folders reached again through symbolic links not walked twice"
-    print(f"label: {input}: {listing['total']:,} inputs ({spec.detail}{skipped})", file=sys.stderr, flush=True)
+def _say_what_is_labelled(input: str, spec: LabelInput, listing: Listing, mode: str, use_detector: bool) -> None:
+    skipped = f", {listing.skipped_files:,} other files skipped" if listing.skipped_files else ""
+    if listing.skipped_links:
+        skipped += f", {listing.skipped_links:,} folders reached again through symbolic links not walked twice"
+    print(f"label: {input}: {listing.total:,} inputs ({spec.detail}{skipped})", file=sys.stderr, flush=True)
     if mode == "auto" and not use_detector and not spec.crop_mode:
         print(
             "label: OpenCV is not installed: images that are not face crops become error rows "
@@ -702,9 +756,9 @@ class _Timing:
 
 def _label_the_rest(
     spec: LabelInput,
-    listing: dict,
+    listing: Listing,
     outputs: _Outputs,
-    metadata: dict,
+    metadata: RunMetadata,
     done: np.ndarray | None,
     *,
     stages: str,
@@ -721,7 +775,7 @@ def _label_the_rest(
     ROWS_PER_CALL_BATCHES model batches, at least two per actor), followed part by part (_stream)."""
     import ray
 
-    total, resumed = listing["total"], 0 if done is None else len(done)
+    total, resumed = listing.total, 0 if done is None else len(done)
     started = time.perf_counter()
     startup, at_startup, written, frames = 0.0, 0, 0, 0
     if resumed < total:
@@ -740,15 +794,15 @@ def _label_the_rest(
         write = dict(
             filesystem=outputs.fs,
             out=outputs.path,
-            schema=OUTPUT_SCHEMA.with_metadata({METADATA_KEY: json.dumps(metadata).encode()}),
+            schema=OUTPUT_SCHEMA.with_metadata({METADATA_KEY: json.dumps(metadata.to_dict()).encode()}),
             jsonl=jsonl,
             annotate_fs=outputs.ann_fs,
             annotate_dir=outputs.ann_path,
-            class_names=metadata["emotion_classes"],
+            class_names=metadata.emotion_classes,
             video_fs=spec.filesystem,
             fps=spec.fps,
         )
-        inputs = {task: info["input_size"] for task, info in metadata["model"].items() if info}
+        inputs = metadata.input_sizes()
         with parquet_footer_readers(1):
             ds = _work_dataset(spec, listing, outputs.fs, rows_per_block)
             parts = _labelled_parts(ds, stages, prepare, inputs, networks, pool, write)
@@ -756,20 +810,20 @@ def _label_the_rest(
     return _Timing(time.perf_counter() - started, startup, at_startup, written, frames)
 
 
-def _counts_written(outputs: _Outputs, metadata: dict, total: int) -> dict:
+def _counts_written(outputs: _Outputs, metadata: RunMetadata, total: int) -> OutputCounts:
     """The output's counts, from what was written: every input listed comes out exactly once."""
-    counts = summarize(outputs.fs, outputs.path, metadata["emotion_classes"])
-    if counts["images"] != total:
+    counts = summarize(outputs.fs, outputs.path, metadata.emotion_classes)
+    if counts.images != total:
         raise RuntimeError(
-            f"{outputs.out}: {counts['images']:,} images written for {total:,} inputs: rows were lost or duplicated"
+            f"{outputs.out}: {counts.images:,} images written for {total:,} inputs: rows were lost or duplicated"
         )
     return counts
 
 
 def _summary(
     spec: LabelInput,
-    listing: dict,
-    counts: dict,
+    listing: Listing,
+    counts: OutputCounts,
     timing: _Timing,
     pool: _Pool,
     outputs: _Outputs,
@@ -789,12 +843,12 @@ def _summary(
     return LabelSummary(
         input=spec.location,
         input_kind=spec.kind,
-        images=counts["images"],
-        faces=counts["faces"],
-        no_face=counts["no_face"],
-        errors=counts["errors"],
-        skipped_files=listing["skipped_files"],
-        skipped_links=listing.get("skipped_links", 0),
+        images=counts.images,
+        faces=counts.faces,
+        no_face=counts.no_face,
+        errors=counts.errors,
+        skipped_files=listing.skipped_files,
+        skipped_links=listing.skipped_links,
         seconds=round(seconds, 3),
         images_per_s=round(timing.written / seconds, 2) if seconds > 0 else 0.0,
         startup_s=round(timing.startup, 3),
@@ -805,14 +859,16 @@ def _summary(
         actors=str(pool),
         stages=stages,
         resumed=resumed,
-        emotions=counts["emotions"],
-        videos=listing.get("videos", 0),
-        frames=counts["frames"],
+        emotions=counts.emotions,
+        videos=listing.videos,
+        frames=counts.frames,
         frames_per_s=round(timing.frames / seconds, 2) if seconds > 0 else 0.0,
     )
 
 
-def _write_summary(outputs: _Outputs, summary: LabelSummary, metadata: dict, counts: dict, options: dict) -> None:
+def _write_summary(
+    outputs: _Outputs, summary: LabelSummary, metadata: RunMetadata, counts: OutputCounts, options: dict[str, Any]
+) -> None:
     """The annotations' marker, then OUT/summary.json, LAST: the completion marker."""
     if outputs.ann_fs is not None:
         labels = {"input": summary.input, "labels": summary.parquet}
@@ -820,7 +876,7 @@ def _write_summary(outputs: _Outputs, summary: LabelSummary, metadata: dict, cou
     write_json(
         outputs.fs,
         f"{outputs.path}/{SUMMARY_FILE}",
-        {**summary.to_dict(), **metadata, "rows": counts["rows"], "options": options},
+        {**summary.to_dict(), **metadata.to_dict(), "rows": counts.rows, "options": options},
     )
 
 
@@ -886,7 +942,7 @@ def run_label(
     listing = _listing(spec, outputs, progress)
     if progress:
         _say_what_is_labelled(input, spec, listing, mode, use_detector)
-    done = _written_before(outputs, recorded, listing["total"], progress)
+    done = _written_before(outputs, recorded, listing.total, progress)
     networks = _Networks(
         keypoints, emotion, "cuda" if pool.gpu else "cpu", threads, batch_size, trust_torchscript, backend
     )
@@ -907,8 +963,8 @@ def run_label(
         progress=progress,
     )
 
-    counts = _counts_written(outputs, metadata, listing["total"])
-    if outputs.ann_fs is not None and outputs.ann_path is not None and listing.get("videos"):
+    counts = _counts_written(outputs, metadata, listing.total)
+    if outputs.ann_fs is not None and outputs.ann_path is not None and listing.videos:
         join_video_segments(outputs.ann_fs, outputs.ann_path)
     summary = _summary(
         spec,

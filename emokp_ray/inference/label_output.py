@@ -47,6 +47,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -114,27 +115,30 @@ def output_table(
     cols: dict[str, list] = {f.name: [] for f in OUTPUT_SCHEMA}
     video: tuple[int | None, float | None, int | None] = (None, None, None)
 
-    def add(
-        source,
-        index,
-        status,
-        error=None,
-        size=(None, None),
-        box=None,
-        score=None,
-        marks=None,
-        kp=None,
-        emotion=None,
-        probs=None,
-    ):
-        values = (source, index, status, error, size[0], size[1], box, score, marks, kp, emotion, probs, *video)
-        for name, value in zip(OUTPUT_SCHEMA.names, values):
-            cols[name].append(value)
+    def add(source: str, index: int, status: str, size: tuple[int, int] | None = None, **face: Any) -> None:
+        """One row: the columns named here, every other column of OUTPUT_SCHEMA null."""
+        frame_index, timestamp, range_start = video
+        row = dict(
+            source=source,
+            face_index=index,
+            status=status,
+            width=None if size is None else size[0],
+            height=None if size is None else size[1],
+            frame_index=frame_index,
+            timestamp=timestamp,
+            range_start=range_start,
+            **face,
+        )
+        unknown = set(row) - set(cols)
+        if unknown:  # a column the schema does not have: a bug here, not bad input
+            raise KeyError(f"output_table: no column {sorted(unknown)} in OUTPUT_SCHEMA")
+        for name, column in cols.items():
+            column.append(row.get(name))
 
     for i, (source, size, result, error) in enumerate(zip(sources, sizes, results, errors)):
-        video = frames[i] if frames is not None else (None, None, None)
+        video = frames[i] if frames is not None and frames[i] is not None else (None, None, None)
         if error is not None or result is None:
-            add(source, -1, "error", error or f"{source}: not labelled")
+            add(source, -1, "error", error=error or f"{source}: not labelled")
             continue
         if not result.faces:
             add(source, -1, "no_face", size=size)
@@ -149,10 +153,10 @@ def output_table(
                 size=size,
                 box=[float(v) for v in face.box],
                 score=face.score,
-                marks=marks,
-                kp=kp,
+                landmarks=marks,
+                keypoints=kp,
                 emotion=face.emotion,
-                probs=probs,
+                probabilities=probs,
             )
     return pa.Table.from_pydict(cols, schema=OUTPUT_SCHEMA)
 
@@ -340,7 +344,20 @@ def done_hashes(fs: pafs.FileSystem, out: str) -> np.ndarray:
     return np.unique(np.concatenate(chunks)) if chunks else np.zeros(0, np.uint64)
 
 
-def summarize(fs: pafs.FileSystem, out: str, class_names: list[str]) -> dict:
+@dataclass(frozen=True)
+class OutputCounts:
+    """What an output holds, counted from its Parquet parts (`summarize`)."""
+
+    rows: int
+    images: int  # inputs: images, data set or CSV rows, and video frame ranges
+    frames: int  # sampled video frames labelled
+    faces: int  # rows with status ok
+    no_face: int  # images and frames without a face
+    errors: int
+    emotions: dict[str, int]  # class -> faces
+
+
+def summarize(fs: pafs.FileSystem, out: str, class_names: list[str]) -> OutputCounts:
     """Counts from what was written (every Parquet part, a few columns at a time): rows, images (the
     inputs: an image's first or only row, and each video frame range once), frames (sampled video
     frames labelled), faces (status ok), no_face (images and frames), errors, emotion counts."""
@@ -368,7 +385,7 @@ def summarize(fs: pafs.FileSystem, out: str, class_names: list[str]) -> dict:
         for name, k in zip(labels.tolist(), n.tolist()):
             emotions[name] = emotions.get(name, 0) + k
     counts["images"] += len(ranges)
-    return {**counts, "emotions": emotions}
+    return OutputCounts(**counts, emotions=emotions)
 
 
 def read_labels(location: str, columns: list[str] | None = None) -> pa.Table:
