@@ -31,6 +31,7 @@ from emokp_ray.models.resnet import ModelConfig, build_model, model_config
 from emokp_ray.training.batches import TORCH, augmented_batches, stream_seed
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import DatasetFacts, RunInfo
+from emokp_ray.training.init import InitPlan, freeze_stem, init_plan, load_init_weights
 from emokp_ray.training.metrics import EmotionMetricAccumulator, KeypointMetricAccumulator, json_safe
 
 Batch = dict[str, torch.Tensor]
@@ -270,7 +271,8 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: i
             optimizer,
             max_lr=cfg.lr,
             total_steps=total,
-            pct_start=cfg.warmup_fraction,
+            # OneCycleLR divides by its warm-up's steps - 1: at least 2 warm-up steps (a short fine-tuning run)
+            pct_start=min(0.5, max(cfg.warmup_fraction, 2.0 / total)),
             div_factor=25.0,
             final_div_factor=1e3,
         )
@@ -297,6 +299,7 @@ class _Task:
     model_cfg: ModelConfig
     scheme: EmotionScheme
     mean_shape: np.ndarray | None  # [30] pixels, the training split's mean keypoints (keypoint runs)
+    init: InitPlan | None = None  # --init: the checkpoint the weights start from
 
 
 def _describe(cfg: TrainConfig, run: RunInfo) -> _Task:
@@ -306,6 +309,9 @@ def _describe(cfg: TrainConfig, run: RunInfo) -> _Task:
     if cfg.task == "emotion":
         overrides["num_outputs"] = scheme.num_classes
     mean_shape = None if facts.mean_shape is None else np.asarray(facts.mean_shape, np.float64)
+    if cfg.init:  # the checkpoint's network (its normalization too), the data set's outputs
+        plan = init_plan(cfg.task, cfg.model, cfg.init, scheme.classes)
+        return _Task(cfg, run, plan.model_config, scheme, mean_shape, plan)
     return _Task(cfg, run, model_config(cfg.task, cfg.model, **overrides), scheme, mean_shape)
 
 
@@ -522,6 +528,7 @@ def _checkpoint_meta(task: _Task, row: dict[str, Any]) -> CheckpointMeta:
         # the run's config plus the data facts that evaluation needs (the mean-shape baseline)
         train_config={
             **cfg.to_dict(),
+            **({"init_from": task.init.record()} if task.init is not None else {}),
             "data_facts": {
                 "mean_shape": None if mean_shape is None else mean_shape.tolist(),
                 "n_train": task.run.data.n_train,
@@ -564,11 +571,15 @@ def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
     task = _describe(cfg, run)
     use_amp, channels_last = _precision_and_layout(cfg, session.device)
     model = _new_model(task, channels_last)
+    if cfg.freeze_stem:  # before the optimizer is built: it steps only what requires a gradient
+        freeze_stem(model)
     optimizer, scheduler = build_optimizer(cfg, model, _steps_per_epoch(cfg, run.data))
     scaler = torch.amp.GradScaler(
         "cuda", enabled=use_amp and session.device.type == "cuda" and not torch.cuda.is_bf16_supported()
     )
     restored = session.restore()  # the latest checkpoint (Ray's after a worker failure, or --resume's)
+    if restored is None and task.init is not None:  # a new fine-tuning run (a resumed one has its own weights)
+        load_init_weights(model, task.init, task.scheme.classes)
     progress = _restore(restored, model, optimizer, scheduler, scaler)
     model = session.prepare_model(model)
     class_weights = None if run.data.class_weights is None else np.asarray(run.data.class_weights, np.float32)
