@@ -82,6 +82,8 @@ class TrainConfig:
     init: str = ""  # start from this checkpoint's weights (CKPT or builtin:NAME) instead of random ones:
     # its network, input size and normalization; a new classifier head where the class set differs
     freeze_stem: bool = False  # with --init: keep the stem's weights (first conv and its BN) as the init left them
+    freeze_bn: bool = False  # with --init: keep the init's BatchNorm statistics (BN layers run in eval mode):
+    # batches of a few people would otherwise pull them away from the faces the init saw
 
     # --- execution ---
     workers: int = 1  # Ray Train workers (one per GPU)
@@ -120,8 +122,9 @@ class TrainConfig:
             raise UserError("--mixup-alpha / --cutmix-alpha apply to emotion only (keypoint targets cannot be mixed)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.freeze_stem and not self.init:
-            raise UserError("--freeze-stem keeps the weights of an --init checkpoint; give --init CKPT as well")
+        for name in ("freeze_stem", "freeze_bn"):
+            if getattr(self, name) and not self.init:
+                raise UserError(f"{_flag(name)} keeps what an --init checkpoint learned; give --init CKPT as well")
 
     @property
     def resolved_input_size(self) -> int:

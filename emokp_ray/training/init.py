@@ -155,5 +155,7 @@ def load_init_weights(model: nn.Module, plan: InitPlan, class_names: tuple[str, 
 
 def freeze_stem(model: nn.Module) -> None:
     """Stop the optimizer from changing the stem's weights (its BN statistics still track the data)."""
-    for param in unwrap_model(model).stem.parameters():
+    stem = unwrap_model(model).stem
+    assert isinstance(stem, nn.Module)
+    for param in stem.parameters():
         param.requires_grad_(False)

@@ -187,10 +187,16 @@ def train_one_epoch(
     channels_last: bool = False,
     max_steps: int = 0,
     ema: WeightEMA | None = None,
+    frozen_bn: bool = False,
 ) -> dict[str, float]:
-    """One pass of optimizer steps (each followed by the EMA update, if any).
+    """One pass of optimizer steps (each followed by the EMA update, if any); frozen_bn: BatchNorm
+    layers normalize with their running statistics and leave them as they are (fine-tuning).
     Returns {"loss": mean loss, "images": n, "seconds": t, "steps": k}."""
     model.train()
+    if frozen_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     total_loss, images, steps = 0.0, 0, 0
     start = time.perf_counter()
     for batch, out in forward_batches(model, batches, device, amp, channels_last):
@@ -463,6 +469,7 @@ def _train_and_validate(
         channels_last=steps.channels_last,
         max_steps=cfg.max_steps_per_epoch,
         ema=steps.ema,
+        frozen_bn=cfg.freeze_bn,
     )
     val = evaluate(
         steps.eval_model,
