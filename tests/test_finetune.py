@@ -163,6 +163,7 @@ def test_finetune_run_without_ray_starts_from_the_init_and_records_it(tmp_path):
     assert not torch.equal(trained["stages.0.0.conv1.weight"], source["stages.0.0.conv1.weight"])
 
 
+@pytest.mark.slow
 def test_cli_init_of_another_task_is_rc_2(tmp_path):
     done = subprocess.run(
         [

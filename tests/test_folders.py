@@ -325,6 +325,7 @@ def test_keypoint_listing_errors(tmp_path):
     assert "line 4 (a.png): right_eye_center_y is not a number" in summary
 
 
+@pytest.mark.slow
 def test_prepare_cli_reads_a_folder_and_refuses_unknown_classes(tmp_path):
     root = tmp_path / "faces"
     _write_class_folders(root, n=10)
