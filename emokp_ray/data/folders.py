@@ -164,7 +164,12 @@ class _Rows:
 
     by_size: dict[tuple[int, int], dict[str, list]] = field(default_factory=dict)
 
+    @property
+    def total(self) -> int:
+        return sum(len(rows["image"]) for rows in self.by_size.values())
+
     def add(self, image: np.ndarray, split: str, row_id: int, label: int, keypoints: np.ndarray | None) -> int:
+        """Queue one face; returns the faces now queued at its size."""
         rows = self.by_size.setdefault(image.shape, {"image": [], "split": [], "row": [], "label": [], "kp": []})
         rows["image"].append(image)
         rows["split"].append(split)
@@ -313,6 +318,8 @@ class ImageFolderReader(_ImageInput):
                 row_split = split if split is not None else str(splitter.assign(source, np.array([label]))[0])
                 if rows.add(crop, row_split, row_id, label, None) >= CHUNK_ROWS:
                     yield from rows.take(crop.shape)
+                elif rows.total >= 4 * CHUNK_ROWS:  # crops of many sizes: flush them all, memory stays bounded
+                    yield from rows.take()
             if not found:
                 self.empty_folders.append(str(folder.relative_to(self.path)))
         yield from rows.take()
@@ -462,6 +469,8 @@ class KeypointListingReader(_ImageInput):
             row_split = str(splitter.assign(source, np.array([stratum]))[0])
             if rows.add(crop, row_split, row_id, -1, on_crop.astype(np.float32)) >= CHUNK_ROWS:
                 yield from rows.take(crop.shape)
+            elif rows.total >= 4 * CHUNK_ROWS:
+                yield from rows.take()
         yield from rows.take()
         if self.report.rows_read == 0:
             raise UserError(f"{self.path} has a header but no data rows")
