@@ -214,3 +214,20 @@ def test_finetune_with_ray_train_workers(ray_cluster, tmp_path):
     assert best.meta.model_config == plan.model_config
     source = load_checkpoint("builtin:keypoints").model.state_dict()
     torch.testing.assert_close(best.model.state_dict()["head.2.weight"], source["head.2.weight"])
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 10])
+def test_a_run_of_a_few_steps_gets_a_valid_one_cycle_schedule(steps):
+    """A fine-tuning run on a few hundred faces has a handful of steps; OneCycleLR divided by zero there."""
+    from emokp_ray.training.loop import build_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(task="emotion", data="d", out="o", epochs=1, warmup_fraction=0.1)
+    optimizer, scheduler = build_optimizer(cfg, model, steps)
+    rates = []
+    for _ in range(steps):
+        optimizer.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+        if scheduler is not None and scheduler.last_epoch < scheduler.total_steps - 1:
+            scheduler.step()
+    assert all(0 < r <= cfg.lr for r in rates)

@@ -272,13 +272,14 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: i
     optimizer = optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_supported(params))
     total = max(1, cfg.epochs * steps_per_epoch)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    if cfg.schedule == "onecycle":
+    if cfg.schedule == "onecycle" and total >= 2:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=cfg.lr,
             total_steps=total,
-            # OneCycleLR divides by its warm-up's steps - 1: at least 2 warm-up steps (a short fine-tuning run)
-            pct_start=min(0.5, max(cfg.warmup_fraction, 2.0 / total)),
+            # OneCycleLR divides by pct_start * total - 1 (and by the steps after it): a short run (a
+            # few fine-tuning steps) gets more than one warm-up step and at least one after it
+            pct_start=min(0.75, max(cfg.warmup_fraction, 1.5 / total)),
             div_factor=25.0,
             final_div_factor=1e3,
         )
