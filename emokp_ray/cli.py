@@ -144,17 +144,23 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_data_prepare(args: argparse.Namespace) -> None:
     from emokp_ray.data.prepare import prepare_dataset
+    from emokp_ray.labels import custom_scheme_name
 
+    if args.classes is not None and args.scheme is not None:
+        raise UserError("--classes declares the class set: leave --scheme out")
+    scheme = custom_scheme_name(args.classes.split(",")) if args.classes is not None else args.scheme or "seed5"
     result = prepare_dataset(
         args.inputs,
         args.out,
-        scheme=args.scheme,
+        scheme=scheme,
         strict=args.strict,
         seed=args.seed,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         group_near_duplicates=not args.keep_near_duplicates,
         people=args.people,
+        detect_mode=args.detect,
+        detector_name=args.detector,
     )
     print(result.summary())
 
@@ -340,15 +346,32 @@ def _add_data_prepare(data_sub: _Subcommands) -> None:
     """`emokp data prepare INPUT... --out DIR`: Kaggle CSVs into a Parquet data set."""
     prep = data_sub.add_parser(
         "prepare",
-        help="Kaggle CSV(s) -> Parquet data set (format detected from the header)",
+        help="Kaggle CSV(s), image folders or keypoint listings -> Parquet data set",
         description="Read FER2013 (fer2013.csv, icml_face_data.csv, 2-column) or Facial "
-        "Keypoints (training.csv, data.csv, test.csv) files, plain or .gz, into "
-        "one Parquet data set with train/val/test splits.",
+        "Keypoints (training.csv, data.csv, test.csv) files, plain or .gz, folders of face images "
+        "named by emotion (ROOT/happy/..., or ROOT/train|val|test/happy/...) and keypoint listings "
+        "(CSV or Parquet: a `path` column and Kaggle's 30 keypoint columns) into one Parquet data "
+        "set with train/val/test splits. Photos go through face detection (the largest face).",
     )
-    prep.add_argument("inputs", nargs="+", metavar="INPUT", help="Kaggle .csv or .csv.gz files")
-    prep.add_argument("--out", required=True, metavar="DIR", help="output data set directory (replaced atomically)")
     prep.add_argument(
-        "--scheme", default="seed5", choices=["seed5", "fer7"], help="emotion label scheme (default: seed5)"
+        "inputs", nargs="+", metavar="INPUT", help="Kaggle .csv/.csv.gz files, image folders, keypoint listings"
+    )
+    prep.add_argument("--out", required=True, metavar="DIR", help="output data set directory (replaced atomically)")
+    prep.add_argument("--scheme", default=None, choices=["seed5", "fer7"], help="emotion label scheme (default: seed5)")
+    prep.add_argument(
+        "--classes",
+        metavar="A,B,...",
+        help="image folders: your own emotion classes, in this order (instead of --scheme), e.g. calm,excited,bored",
+    )
+    prep.add_argument(
+        "--detect",
+        default="auto",
+        choices=["auto", "crop", "detect"],
+        help="images: auto (a square image up to 128 px is a face crop, others are searched for faces), "
+        "crop (every image is a face crop) or detect (default: auto)",
+    )
+    prep.add_argument(
+        "--detector", default="mtcnn", choices=["mtcnn", "haar"], help="face detector for photos (default: mtcnn)"
     )
     prep.add_argument("--strict", action="store_true", help="stop at the first bad row (default: skip and report them)")
     prep.add_argument(

@@ -10,6 +10,7 @@ NaN marks a missing keypoint.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,12 +123,42 @@ SEED5 = EmotionScheme(
 
 EMOTION_SCHEMES: dict[str, EmotionScheme] = {s.name: s for s in (SEED5, FER7)}
 DEFAULT_SCHEME = "seed5"
+# A user's own class set (`emokp data prepare --classes a,b,c`) is a scheme named by its classes, so
+# the name alone rebuilds it wherever a scheme name travels (dataset.json, checkpoints, outputs).
+CUSTOM_PREFIX = "custom:"
+_CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def custom_scheme_name(classes: list[str] | tuple[str, ...]) -> str:
+    """The scheme name of a declared class set ("custom:calm,excited"); names are lower-cased, known
+    emotions get their one name (FER's "happy" -> "happiness"); a bad set is a `UserError`."""
+    from emokp_ray.errors import UserError
+
+    names = [canonical_emotion_name(c.strip().lower().replace(" ", "_").replace("-", "_")) for c in classes]
+    bad = [n for n in names if not _CLASS_NAME.match(n)]
+    if bad:
+        raise UserError(
+            f"--classes: {bad[0]!r} is not a class name (letters, digits and _, starting with a letter or digit)"
+        )
+    if len(set(names)) != len(names):
+        raise UserError(f"--classes: {', '.join(sorted({n for n in names if names.count(n) > 1}))} given twice")
+    if len(names) < 2:
+        raise UserError(f"--classes: at least 2 classes are needed, got {len(names)}")
+    return CUSTOM_PREFIX + ",".join(names)
 
 
 def emotion_scheme(name: str) -> EmotionScheme:
-    """Look a scheme up by name; an unknown name is a `UserError` listing the known ones."""
+    """Look a scheme up by name (or rebuild a custom one from its name); an unknown name is a
+    `UserError` listing the known ones."""
     from emokp_ray.errors import UserError
 
+    if name.startswith(CUSTOM_PREFIX):
+        classes = tuple(name[len(CUSTOM_PREFIX) :].split(","))
+        if custom_scheme_name(classes) != name:
+            raise UserError(f"invalid custom emotion scheme {name!r}")
+        # FER's labels whose emotion the set names keep their meaning (a FER CSV can feed it too)
+        from_fer7 = {i: classes.index(c) for i, c in enumerate(FER7.classes) if c in classes}
+        return EmotionScheme(name=name, classes=classes, from_fer7=from_fer7)
     try:
         return EMOTION_SCHEMES[name]
     except KeyError:

@@ -13,7 +13,7 @@ from emokp_ray.inference.calibration import fit_temperature, nll, reliability, s
 from emokp_ray.inference.tta import forward_with_flip, mirror, unflip_keypoints
 from emokp_ray.labels import flip_keypoints
 from emokp_ray.training.loop import WeightEMA, make_loss
-from emokp_ray.training.recipes import RECIPES, config_from_recipe
+from emokp_ray.training.recipes import INIT_RECIPES, RECIPES, config_from_recipe
 
 
 def _images(n=16, size=48, seed=0):
@@ -96,8 +96,9 @@ def test_recipes_are_typed_presets_that_flags_override():
     assert config_from_recipe("emotion", "data", "out", epochs=3, lr=None).epochs == 3  # None = flag not given
     assert config_from_recipe("keypoints", "data", "out", recipe="course").optimizer == "adam"
     for task, recipes in RECIPES.items():
-        for name in recipes:
-            config_from_recipe(task, "d", "o", recipe=name)  # every preset is a valid TrainConfig
+        for name in recipes:  # every preset is a valid TrainConfig (finetune starts from a shipped model)
+            init = {"init": f"builtin:{task}"} if name in INIT_RECIPES else {}
+            config_from_recipe(task, "d", "o", recipe=name, **init)
     with pytest.raises(UserError, match="unknown recipe 'nope' for emotion.*course, release, fast"):
         config_from_recipe("emotion", "d", "o", recipe="nope")
     with pytest.raises(UserError, match="apply to emotion only"):

@@ -18,6 +18,8 @@ stopping, temperatures) and `test` (reported, never used to choose anything).
 - Every other labelled file (the 2-column FER variant): a seeded, stratified split decided row by row
   while streaming (`StratifiedSplitter`); strata are the emotion classes.
 - Kaggle's keypoints test.csv (no labels): all rows to test, keypoints all NaN, label -1.
+- Image folders and keypoint listings (data/folders.py): `train/`, `val/`, `test/` top folders are
+  the splits; otherwise the seeded, stratified split while streaming, as for the 2-column variant.
 
 The output appears only when every input was read completely (schema.DatasetWriter is atomic), so a
 failing input leaves no directory, or the previous one untouched.
@@ -30,9 +32,11 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from emokp_ray.data.folders import ImageFolderReader, KeypointListingReader, is_listing
 from emokp_ray.data.kaggle import Chunk, KaggleFormat, ReadReport, read_kaggle
 from emokp_ray.data.near_duplicates import NEAR_DUPLICATE_RMS, fingerprints, group_split, near_duplicate_groups
 from emokp_ray.data.schema import (
@@ -45,7 +49,7 @@ from emokp_ray.data.schema import (
     merge_counts,
 )
 from emokp_ray.errors import UserError
-from emokp_ray.labels import emotion_scheme
+from emokp_ray.labels import EmotionScheme, emotion_scheme
 
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "test", "PrivateTest": "test"}
 SPLIT_BLOCK_ROWS = 20  # rows of one stratum that receive an exact quota of val/test rows
@@ -235,6 +239,7 @@ class PrepareResult:
         by_source = self.info.extra.get("counts_by_source", {})
         for report in self.reports:
             lines += [f"  {line}" for line in str(report).splitlines()]
+            lines += [f"  {note}" for note in self.info.extra.get("notes", {}).get(Path(report.path).name, [])]
             per_split = by_source.get(Path(report.path).name, {})
             lines.append("    -> " + ", ".join(f"{s} {per_split[s]['rows']:,}" for s in SPLITS if s in per_split))
         lines += format_counts(self.info)
@@ -257,6 +262,24 @@ def _check_options(inputs: Sequence[str | Path], val_fraction: float, test_fract
         raise UserError(f"two inputs share the file name {duplicates[0]!r} (rows are identified by file name and line)")
 
 
+def _open_input(
+    path: str | Path,
+    emotion: EmotionScheme,
+    strict: bool,
+    chunk_rows: int | None,
+    detect_mode: str,
+    detector: Any,
+    detector_name: str,
+) -> Any:
+    """The reader of one input: an image folder, a keypoint listing, or a Kaggle CSV."""
+    location = Path(path)
+    if location.is_dir():
+        return ImageFolderReader(location, emotion, strict, detect_mode, detector, detector_name)
+    if is_listing(location):
+        return KeypointListingReader(location, strict, detect_mode, detector, detector_name)
+    return read_kaggle(location, scheme=emotion.name, strict=strict, chunk_rows=chunk_rows)
+
+
 def prepare_dataset(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -268,6 +291,9 @@ def prepare_dataset(
     group_near_duplicates: bool = True,
     chunk_rows: int | None = None,
     people: str | Path | None = None,
+    detect_mode: str = "auto",
+    detector: Any = None,
+    detector_name: str = "mtcnn",
 ) -> PrepareResult:
     """Read Kaggle CSVs (any mix of known formats) into a prepared data set at `out_dir`, atomically.
 
@@ -277,12 +303,18 @@ def prepare_dataset(
     beside each keypoint input. With one, whole people go to each split (module docstring).
     group_near_duplicates: keypoint files without a people file are split by near-duplicate groups;
     False splits them row by row like any other file.
+    Image inputs (data/folders.py): a folder of class-named folders (emotion) or a keypoint listing
+    (CSV or Parquet with a `path` column); detect_mode ("auto" | "crop" | "detect", the predictor's
+    modes) says which images are face crops, detector (an object with `.detect(image)`; default
+    `make_detector(detector_name)`, made at the first photo) finds the faces in the others.
     """
     started = time.perf_counter()
     _check_options(inputs, val_fraction, test_fraction, seed)
     emotion = emotion_scheme(scheme)
-    # Open every input first: an unknown format fails before any work is done.
-    readers = [read_kaggle(p, scheme=scheme, strict=strict, chunk_rows=chunk_rows) for p in inputs]
+    # Open every input first: an unknown format or class folder fails before any work is done.
+    readers: list[Any] = [
+        _open_input(p, emotion, strict, chunk_rows, detect_mode, detector, detector_name) for p in inputs
+    ]
     tasks = {r.format.task for r in readers}
     keypoint_readers = [r for r in readers if r.format.task == "keypoints"]
     if people is not None and len(keypoint_readers) != 1:
@@ -302,9 +334,11 @@ def prepare_dataset(
             source = reader.path.name
             pairs: Iterable[tuple[Chunk, np.ndarray]]
             people_path = None
-            if reader.format.task == "keypoints":
+            if reader.format.task == "keypoints" and not isinstance(reader, KeypointListingReader):
                 people_path = Path(people) if people is not None else people_file_beside(reader.path)
-            if people_path is not None or (group_near_duplicates and reader.format.task == "keypoints"):
+            if isinstance(reader, (ImageFolderReader, KeypointListingReader)):  # images: split as they stream
+                pairs = reader.pairs(splitter)
+            elif people_path is not None or (group_near_duplicates and reader.format.task == "keypoints"):
                 chunk, grouped, record = _grouped_keypoint_chunk(reader, seed, val_fraction, test_fraction, people_path)
                 (people_splits if people_path is not None else near_dups)[source] = record
                 pairs = [] if chunk is None else [(chunk, grouped)]
@@ -330,6 +364,7 @@ def prepare_dataset(
             extra={
                 "reports": [r.report.to_dict() for r in readers],
                 "formats": {r.path.name: r.format.name for r in readers},
+                "notes": {r.path.name: r.notes() for r in readers if hasattr(r, "notes") and r.notes()},
                 "counts_by_source": by_source,
                 "split": {
                     "method": "FER: Usage (PublicTest/PrivateTest = test) with a stratified val share of "

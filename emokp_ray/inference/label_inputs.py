@@ -249,7 +249,11 @@ def _list_folder(fs: pafs.FileSystem, folder: str) -> list[tuple[str, str, int]]
 
 
 def _walk(
-    fs: pafs.FileSystem, base: str, keep_folder=lambda parts: True, counts: ListingCounts | None = None
+    fs: pafs.FileSystem,
+    base: str,
+    keep_folder=lambda parts: True,
+    counts: ListingCounts | None = None,
+    visited: set[tuple[int, int]] | None = None,
 ) -> Iterator[tuple[str, str, int]]:
     """(path, path relative to base, size) of every file under base, depth first, each folder's
     entries sorted by name; one folder listed per call (see the module docstring's bound).
@@ -257,9 +261,10 @@ def _walk(
     Symbolic links are followed, but never into a folder already walked (same device and inode): a
     link back up the tree (`a -> .`) would otherwise walk forever, and a second link to one folder
     would list its files twice. Such folders are counted in counts.skipped_links. A dangling link
-    comes out with size DANGLING, so it becomes an error row instead of vanishing."""
+    comes out with size DANGLING, so it becomes an error row instead of vanishing. `visited`
+    (device, inode) of folders walked already, shared by several walks (updated in place)."""
     local = isinstance(fs, pafs.LocalFileSystem)
-    visited: set[tuple[int, int]] = set()
+    visited = set() if visited is None else visited
     if local:
         with contextlib.suppress(OSError):
             st = os.stat(base)

@@ -79,6 +79,13 @@ class TrainConfig:
     ema_decay: float = 0.0  # exponential moving average of the weights per step; validation and
     # checkpoints use the average (0 = off; 0.999 ~ the last 1,000 steps)
 
+    # --- fine-tuning ---
+    init: str = ""  # start from this checkpoint's weights (CKPT or builtin:NAME) instead of random ones:
+    # its network, input size and normalization; a new classifier head where the class set differs
+    freeze_stem: bool = False  # with --init: keep the stem's weights (first conv and its BN) as the init left them
+    freeze_bn: bool = False  # with --init: keep the init's BatchNorm statistics (BN layers run in eval mode):
+    # batches of a few people would otherwise pull them away from the faces the init saw
+
     # --- execution ---
     workers: int = 1  # Ray Train workers (one per GPU)
     use_gpu: bool | None = None  # train on GPUs; None: when the cluster has them
@@ -123,6 +130,9 @@ class TrainConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("freeze_stem", "freeze_bn"):
+            if getattr(self, name) and not self.init:
+                raise UserError(f"{_flag(name)} keeps what an --init checkpoint learned; give --init CKPT as well")
 
     @property
     def resolved_input_size(self) -> int:

@@ -31,6 +31,7 @@ from emokp_ray.tasks import task_spec
 from emokp_ray.training.batches import TORCH, augmented_batches, stream_seed
 from emokp_ray.training.config import TrainConfig
 from emokp_ray.training.facts import DatasetFacts, RunInfo
+from emokp_ray.training.init import InitPlan, freeze_stem, init_plan, load_init_weights
 from emokp_ray.training.losses import Loss
 from emokp_ray.training.metrics import json_safe
 from emokp_ray.training.task_training import accumulate, task_training
@@ -153,10 +154,16 @@ def train_one_epoch(
     channels_last: bool = False,
     max_steps: int = 0,
     ema: WeightEMA | None = None,
+    frozen_bn: bool = False,
 ) -> dict[str, float]:
-    """One pass of optimizer steps (each followed by the EMA update, if any).
+    """One pass of optimizer steps (each followed by the EMA update, if any); frozen_bn: BatchNorm
+    layers normalize with their running statistics and leave them as they are (fine-tuning).
     Returns {"loss": mean loss, "images": n, "seconds": t, "steps": k}."""
     model.train()
+    if frozen_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     total_loss, images, steps = 0.0, 0, 0
     start = time.perf_counter()
     for batch, out in forward_batches(model, batches, device, amp, channels_last):
@@ -235,12 +242,14 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: i
     optimizer = optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_supported(params))
     total = max(1, cfg.epochs * steps_per_epoch)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    if cfg.schedule == "onecycle":
+    if cfg.schedule == "onecycle" and total >= 2:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=cfg.lr,
             total_steps=total,
-            pct_start=cfg.warmup_fraction,
+            # OneCycleLR divides by pct_start * total - 1 (and by the steps after it): a short run (a
+            # few fine-tuning steps) gets more than one warm-up step and at least one after it
+            pct_start=min(0.75, max(cfg.warmup_fraction, 1.5 / total)),
             div_factor=25.0,
             final_div_factor=1e3,
         )
@@ -267,6 +276,7 @@ class _Task:
     model_cfg: NetworkConfig
     scheme: EmotionScheme
     mean_shape: np.ndarray | None  # [30] pixels, the training split's mean keypoints (keypoint runs)
+    init: InitPlan | None = None  # --init: the checkpoint the weights start from
 
 
 def _describe(cfg: TrainConfig, run: RunInfo) -> _Task:
@@ -274,6 +284,9 @@ def _describe(cfg: TrainConfig, run: RunInfo) -> _Task:
     scheme = emotion_scheme(facts.scheme)
     overrides = {"input_size": cfg.resolved_input_size, **task_spec(cfg.task).model_overrides(scheme.num_classes)}
     mean_shape = None if facts.mean_shape is None else np.asarray(facts.mean_shape, np.float64)
+    if cfg.init:  # the checkpoint's network (its normalization too), the data set's outputs
+        plan = init_plan(cfg.task, cfg.model, cfg.init, scheme.classes)
+        return _Task(cfg, run, plan.model_config, scheme, mean_shape, plan)
     return _Task(cfg, run, model_config(cfg.task, cfg.model, **overrides), scheme, mean_shape)
 
 
@@ -425,6 +438,7 @@ def _train_and_validate(
         channels_last=steps.channels_last,
         max_steps=cfg.max_steps_per_epoch,
         ema=steps.ema,
+        frozen_bn=cfg.freeze_bn,
     )
     val = evaluate(
         steps.eval_model,
@@ -479,6 +493,7 @@ def _checkpoint_meta(task: _Task, row: dict[str, Any]) -> CheckpointMeta:
         # the run's config plus the data facts that evaluation needs (the mean-shape baseline)
         train_config={
             **cfg.to_dict(),
+            **({"init_from": task.init.record()} if task.init is not None else {}),
             "data_facts": {
                 "mean_shape": None if mean_shape is None else mean_shape.tolist(),
                 "n_train": task.run.data.n_train,
@@ -521,11 +536,15 @@ def fit(cfg: TrainConfig, session: Session, run: RunInfo) -> dict[str, Any]:
     task = _describe(cfg, run)
     use_amp, channels_last = _precision_and_layout(cfg, session.device)
     model = _new_model(task, channels_last)
+    if cfg.freeze_stem:  # before the optimizer is built: it steps only what requires a gradient
+        freeze_stem(model)
     optimizer, scheduler = build_optimizer(cfg, model, _steps_per_epoch(cfg, run.data))
     scaler = torch.amp.GradScaler(
         "cuda", enabled=use_amp and session.device.type == "cuda" and not torch.cuda.is_bf16_supported()
     )
     restored = session.restore()  # the latest checkpoint (Ray's after a worker failure, or --resume's)
+    if restored is None and task.init is not None:  # a new fine-tuning run (a resumed one has its own weights)
+        load_init_weights(model, task.init, task.scheme.classes)
     progress = _restore(restored, model, optimizer, scheduler, scaler)
     model = session.prepare_model(model)
     class_weights = None if run.data.class_weights is None else np.asarray(run.data.class_weights, np.float32)
