@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import shutil
 import sys
 import time
@@ -38,16 +37,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from emokp_ray.data.prepare import prepare_dataset  # noqa: E402
-from emokp_ray.data.schema import SCHEMA, DatasetInfo, DatasetWriter, count_summary, iter_split, read_info  # noqa: E402
-from emokp_ray.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
-from emokp_ray.labels import emotion_scheme  # noqa: E402
-from emokp_ray.training.config import TrainConfig  # noqa: E402
-from emokp_ray.training.recipes import config_from_recipe, recipe_values  # noqa: E402
-from emokp_ray.training.train import run_training  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for the harness
+from benchmarks.harness import REPO, result_path, save
+from emokp_ray.data.prepare import prepare_dataset
+from emokp_ray.data.schema import SCHEMA, DatasetInfo, DatasetWriter, count_summary, iter_split, read_info
+from emokp_ray.evaluation.evaluate import evaluate_checkpoint
+from emokp_ray.labels import emotion_scheme
+from emokp_ray.training.config import TrainConfig
+from emokp_ray.training.recipes import config_from_recipe, recipe_values
+from emokp_ray.training.train import run_training
 
 SHARED = REPO.parent / "shared" / "data"
 FER = SHARED / "fer2013" / "fer2013.csv.gz"
@@ -237,13 +235,8 @@ def _table_row(row: dict[str, Any]) -> str:
 
 
 def _save(out: Path, rows: list[dict[str, Any]], started: float, threads: int) -> None:
-    result = {
-        "rows": rows,
-        "seconds": round(time.perf_counter() - started, 1),
-        "machine": f"{platform.machine()}, {threads} torch threads, shared with other jobs",
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = {"rows": rows, "seconds": round(time.perf_counter() - started, 1), "torch_threads": threads}
+    save(result, out, quiet=True)
 
 
 def main() -> None:
@@ -260,8 +253,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work).resolve()
     started = time.perf_counter()
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"finetune_{args.tasks.replace(',', '_')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else result_path(f"finetune_{args.tasks.replace(',', '_')}")
     rows: list[dict[str, Any]] = []
     for task in args.tasks.split(","):
         for row in run_task(task, work):  # saved after every N: a cut-short run keeps what it measured

@@ -143,13 +143,13 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> None:
-    from emokp_ray.data.prepare import prepare_dataset
+    from emokp_ray.inference.folders import prepare_images
     from emokp_ray.labels import custom_scheme_name
 
     if args.classes is not None and args.scheme is not None:
         raise UserError("--classes declares the class set: leave --scheme out")
     scheme = custom_scheme_name(args.classes.split(",")) if args.classes is not None else args.scheme or "seed5"
-    result = prepare_dataset(
+    result = prepare_images(
         args.inputs,
         args.out,
         scheme=scheme,

@@ -1,5 +1,5 @@
 """Your own faces as `emokp data prepare` inputs: class-named image folders and keypoint listings
-(emokp_ray/data/folders.py), with the predictor's detection for photos (a stand-in detector here)."""
+(emokp_ray/inference/folders.py), with the predictor's detection for photos (a stand-in detector here)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from emokp_ray.data import folders
-from emokp_ray.data.prepare import prepare_dataset
 from emokp_ray.data.schema import images_from_column, iter_split, keypoints_from_column, read_info
 from emokp_ray.data.synth.crops import synthesize
 from emokp_ray.data.synth.photos import synthesize_photos
 from emokp_ray.errors import UserError
+from emokp_ray.inference import folders
 from emokp_ray.inference.align import box_to_image
 from emokp_ray.inference.detect import Detection
+from emokp_ray.inference.folders import prepare_images
 from emokp_ray.inference.predictor import crop_box_from_detection
 from emokp_ray.labels import FER7, KEYPOINT_COLUMNS, SEED5, custom_scheme_name, emotion_scheme
 
@@ -78,7 +78,7 @@ def _rows(data: Path, split: str) -> pa.Table:
 def test_class_folders_with_synonyms_mixed_colour_and_sizes(tmp_path):
     root = tmp_path / "faces"
     counts = _write_class_folders(root)
-    result = prepare_dataset([root], tmp_path / "out", seed=0, val_fraction=0.2, test_fraction=0.1)
+    result = prepare_images([root], tmp_path / "out", seed=0, val_fraction=0.2, test_fraction=0.1)
     info = read_info(tmp_path / "out")
     assert info.tasks == ["emotion"] and info.scheme == "seed5"
     total = {name: sum(info.counts[s].get(name, 0) for s in info.counts) for name in SEED5.classes}
@@ -97,7 +97,7 @@ def test_split_folders_become_the_splits(tmp_path):
     root = tmp_path / "faces"
     for split, seed in (("train", 0), ("Val", 1), ("test", 2)):
         _write_class_folders(root / split, n=10, seed=seed)
-    prepare_dataset([root], tmp_path / "out", seed=0)
+    prepare_images([root], tmp_path / "out", seed=0)
     info = read_info(tmp_path / "out")
     assert {s: c["rows"] for s, c in info.counts.items()} == {"train": 10, "val": 10, "test": 10}
 
@@ -107,7 +107,7 @@ def test_a_folder_mixing_split_and_class_folders_is_one_error(tmp_path):
     _write_class_folders(root / "train", n=5)
     _write_class_folders(root, n=5)
     with pytest.raises(UserError, match="mixes split folders"):
-        prepare_dataset([root], tmp_path / "out")
+        prepare_images([root], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -119,7 +119,7 @@ def test_an_unknown_class_folder_lists_the_known_classes_before_reading(tmp_path
     read = []
     monkeypatch.setattr(folders._Faces, "crop", lambda self, path: read.append(path))
     with pytest.raises(UserError) as err:
-        prepare_dataset([root], tmp_path / "out")
+        prepare_images([root], tmp_path / "out")
     assert "contempt" in str(err.value) and "anger, disgust, sad, happiness, surprise" in str(err.value)
     assert "--classes" in str(err.value) and "\n" not in str(err.value)
     assert read == []  # no image was decoded before the error
@@ -131,8 +131,8 @@ def test_fer7_needs_its_scheme_for_neutral(tmp_path):
         (root / name).mkdir(parents=True)
         Image.fromarray(np.full((48, 48), 100, np.uint8)).save(root / name / "a.png")
     with pytest.raises(UserError, match="neutral"):
-        prepare_dataset([root], tmp_path / "seed5")
-    prepare_dataset([root], tmp_path / "fer7", scheme="fer7")
+        prepare_images([root], tmp_path / "seed5")
+    prepare_images([root], tmp_path / "fer7", scheme="fer7")
     counts = read_info(tmp_path / "fer7").counts
     assert sum(c.get("neutral", 0) for c in counts.values()) == 1
     assert sum(c.get("happiness", 0) for c in counts.values()) == 2
@@ -146,7 +146,7 @@ def test_declared_classes_make_a_custom_scheme(tmp_path):
             Image.fromarray(np.full((48, 48), 10 * i, np.uint8)).save(root / name / f"{i}.png")
     scheme = custom_scheme_name(["excited", "bored", "calm"])
     # "calm" is a synonym of neutral, but a declared class named calm takes the folder first
-    prepare_dataset([root], tmp_path / "out", scheme=scheme, val_fraction=0.0, test_fraction=0.0)
+    prepare_images([root], tmp_path / "out", scheme=scheme, val_fraction=0.0, test_fraction=0.0)
     info = read_info(tmp_path / "out")
     assert info.scheme == "custom:excited,bored,calm"
     assert emotion_scheme(info.scheme).classes == ("excited", "bored", "calm")
@@ -170,14 +170,14 @@ def test_bad_files_empty_folders_and_non_images_are_reported_not_fatal(tmp_path)
     for f in (root / "SURPRISE").glob("*"):
         f.unlink()
     (root / "SURPRISE").rmdir()
-    result = prepare_dataset([root], tmp_path / "out", seed=0)
+    result = prepare_images([root], tmp_path / "out", seed=0)
     summary = result.summary()
     assert "1 bad" in summary and "happy/broken.jpg: not an image" in summary
     assert "class folders without images: surprise" in summary
     assert "1 file(s) without an image extension skipped" in summary
     assert read_info(tmp_path / "out").extra["reports"][0]["bad_rows"] == 1
     with pytest.raises(UserError, match="broken.jpg"):
-        prepare_dataset([root], tmp_path / "strict", strict=True)
+        prepare_images([root], tmp_path / "strict", strict=True)
     assert not (tmp_path / "strict").exists()
 
 
@@ -187,10 +187,10 @@ def test_a_folder_of_non_images_is_one_clear_error(tmp_path):
     (root / "happy" / "a.txt").write_text("x")
     (root / "happy" / "b.csv").write_text("y")
     with pytest.raises(UserError, match=r"holds no image files .*2 other files skipped"):
-        prepare_dataset([root], tmp_path / "out")
+        prepare_images([root], tmp_path / "out")
     (root / "happy" / "c.png").write_bytes(b"")  # an image name, no image: a bad file, and nothing kept
     with pytest.raises(UserError, match="no usable rows"):
-        prepare_dataset([root], tmp_path / "out")
+        prepare_images([root], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -202,7 +202,7 @@ def test_symlink_loops_are_walked_once(tmp_path):
     os.symlink(str(root / "happy"), root / "Angry" / "also-happy")  # another class folder
     (root / "happy" / "deeper").mkdir()
     os.symlink("..", root / "happy" / "deeper" / "loop")  # a loop inside one class folder
-    result = prepare_dataset([root], tmp_path / "out", seed=0, val_fraction=0.0, test_fraction=0.0)
+    result = prepare_images([root], tmp_path / "out", seed=0, val_fraction=0.0, test_fraction=0.0)
     assert read_info(tmp_path / "out").counts["train"]["rows"] == sum(counts.values())
     assert "folder link(s) not followed" in result.summary()
 
@@ -215,7 +215,7 @@ def test_photos_go_through_detection_and_faceless_photos_are_reported(tmp_path):
     Image.fromarray(np.full((200, 300), 128, np.uint8)).save(root / "happy" / "wall.png")  # flat: no face
     Image.fromarray(rng.integers(0, 255, (48, 48), np.uint8)).save(root / "happy" / "crop.png")
     detector = BoxDetector()
-    result = prepare_dataset([root], tmp_path / "out", detector=detector, val_fraction=0.0, test_fraction=0.0)
+    result = prepare_images([root], tmp_path / "out", detector=detector, val_fraction=0.0, test_fraction=0.0)
     assert detector.calls == 2  # the two photos; the 48 px crop is used as it is
     info = read_info(tmp_path / "out")
     assert info.counts["train"]["happiness"] == 2
@@ -223,7 +223,7 @@ def test_photos_go_through_detection_and_faceless_photos_are_reported(tmp_path):
     assert "wall.png: no face found in the 300x200 image" in result.summary()
     # --detect crop: every image is a crop, no detector called
     detector = BoxDetector()
-    prepare_dataset([root], tmp_path / "crops", detector=detector, detect_mode="crop", val_fraction=0, test_fraction=0)
+    prepare_images([root], tmp_path / "crops", detector=detector, detect_mode="crop", val_fraction=0, test_fraction=0)
     assert detector.calls == 0 and read_info(tmp_path / "crops").counts["train"]["rows"] == 3
 
 
@@ -267,7 +267,7 @@ def test_keypoint_listing_of_crops_keeps_the_points(tmp_path):
         rows.append(_row(f"{i}.png", points))
     rows.append(_row("missing.png", batch.keypoints[0]))
     listing = _listing(tmp_path / "points.csv", rows)
-    result = prepare_dataset([listing], tmp_path / "out", val_fraction=0.0, test_fraction=0.0)
+    result = prepare_images([listing], tmp_path / "out", val_fraction=0.0, test_fraction=0.0)
     assert "missing.png" in result.summary() and "12 kept, 1 bad" in result.summary()
     table = _rows(tmp_path / "out", "train")
     kept = keypoints_from_column(table["keypoints"])
@@ -290,7 +290,7 @@ def test_keypoint_listing_of_photos_moves_points_into_the_crop(tmp_path):
         tmp_path / "points.parquet",
     )
     assert listing is None
-    prepare_dataset(
+    prepare_images(
         [tmp_path / "points.parquet"], tmp_path / "out", detector=BoxDetector(boxes), val_fraction=0, test_fraction=0
     )
     table = _rows(tmp_path / "out", "train")
@@ -308,7 +308,7 @@ def test_keypoint_listing_errors(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("path,left_eye_center_x\na.png,1\n")
     with pytest.raises(UserError, match="needs a `path` column and Kaggle's 30 keypoint columns"):
-        prepare_dataset([bad], tmp_path / "out")
+        prepare_images([bad], tmp_path / "out")
     Image.fromarray(np.zeros((96, 96), np.uint8)).save(tmp_path / "a.png")
     points = np.full(30, 50.0)
     outside = points.copy()
@@ -319,7 +319,7 @@ def test_keypoint_listing_errors(tmp_path):
         tmp_path / "points.csv",
         [_row("a.png", points), _row("a.png", outside), {**_row("a.png", points), KEYPOINT_COLUMNS[3]: "abc"}],
     )
-    result = prepare_dataset([listing], tmp_path / "out", val_fraction=0, test_fraction=0)
+    result = prepare_images([listing], tmp_path / "out", val_fraction=0, test_fraction=0)
     summary = result.summary()
     assert "line 3 (a.png): a keypoint lies outside the face crop" in summary
     assert "line 4 (a.png): right_eye_center_y is not a number" in summary

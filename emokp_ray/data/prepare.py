@@ -18,7 +18,7 @@ stopping, temperatures) and `test` (reported, never used to choose anything).
 - Every other labelled file (the 2-column FER variant): a seeded, stratified split decided row by row
   while streaming (`StratifiedSplitter`); strata are the emotion classes.
 - Kaggle's keypoints test.csv (no labels): all rows to test, keypoints all NaN, label -1.
-- Image folders and keypoint listings (data/folders.py): `train/`, `val/`, `test/` top folders are
+- Image folders and keypoint listings (inference/folders.py): `train/`, `val/`, `test/` top folders are
   the splits; otherwise the seeded, stratified split while streaming, as for the 2-column variant.
 
 The output appears only when every input was read completely (schema.DatasetWriter is atomic), so a
@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from emokp_ray.data.folders import ImageFolderReader, KeypointListingReader, is_listing
 from emokp_ray.data.kaggle import Chunk, KaggleFormat, ReadReport, read_kaggle
 from emokp_ray.data.near_duplicates import NEAR_DUPLICATE_RMS, fingerprints, group_split, near_duplicate_groups
 from emokp_ray.data.schema import (
@@ -262,21 +261,23 @@ def _check_options(inputs: Sequence[str | Path], val_fraction: float, test_fract
         raise UserError(f"two inputs share the file name {duplicates[0]!r} (rows are identified by file name and line)")
 
 
+# (input path, emotion scheme, strict) -> a reader of image inputs, or None (inference/folders.py)
+ImageOpener = Callable[[Path, EmotionScheme, bool], Any]
+
+
 def _open_input(
-    path: str | Path,
-    emotion: EmotionScheme,
-    strict: bool,
-    chunk_rows: int | None,
-    detect_mode: str,
-    detector: Any,
-    detector_name: str,
+    path: str | Path, emotion: EmotionScheme, strict: bool, chunk_rows: int | None, open_images: ImageOpener | None
 ) -> Any:
-    """The reader of one input: an image folder, a keypoint listing, or a Kaggle CSV."""
+    """The reader of one input: an image folder or keypoint listing (open_images'), or a Kaggle CSV."""
     location = Path(path)
+    reader = None if open_images is None else open_images(location, emotion, strict)
+    if reader is not None:
+        return reader
     if location.is_dir():
-        return ImageFolderReader(location, emotion, strict, detect_mode, detector, detector_name)
-    if is_listing(location):
-        return KeypointListingReader(location, strict, detect_mode, detector, detector_name)
+        raise UserError(
+            f"{location} is a folder: image folders are read through the face pipeline "
+            f"(`emokp data prepare`, or emokp_ray.inference.folders.prepare_images)"
+        )
     return read_kaggle(location, scheme=emotion.name, strict=strict, chunk_rows=chunk_rows)
 
 
@@ -291,9 +292,7 @@ def prepare_dataset(
     group_near_duplicates: bool = True,
     chunk_rows: int | None = None,
     people: str | Path | None = None,
-    detect_mode: str = "auto",
-    detector: Any = None,
-    detector_name: str = "mtcnn",
+    open_images: ImageOpener | None = None,
 ) -> PrepareResult:
     """Read Kaggle CSVs (any mix of known formats) into a prepared data set at `out_dir`, atomically.
 
@@ -303,18 +302,15 @@ def prepare_dataset(
     beside each keypoint input. With one, whole people go to each split (module docstring).
     group_near_duplicates: keypoint files without a people file are split by near-duplicate groups;
     False splits them row by row like any other file.
-    Image inputs (data/folders.py): a folder of class-named folders (emotion) or a keypoint listing
-    (CSV or Parquet with a `path` column); detect_mode ("auto" | "crop" | "detect", the predictor's
-    modes) says which images are face crops, detector (an object with `.detect(image)`; default
-    `make_detector(detector_name)`, made at the first photo) finds the faces in the others.
+    open_images: opens the image inputs (a reader, or None for an input that is not one of them):
+    inference/folders.py's, which reads class-named image folders and keypoint listings through the
+    predictor's face detection and framing (`prepare_images` passes it).
     """
     started = time.perf_counter()
     _check_options(inputs, val_fraction, test_fraction, seed)
     emotion = emotion_scheme(scheme)
     # Open every input first: an unknown format or class folder fails before any work is done.
-    readers: list[Any] = [
-        _open_input(p, emotion, strict, chunk_rows, detect_mode, detector, detector_name) for p in inputs
-    ]
+    readers: list[Any] = [_open_input(p, emotion, strict, chunk_rows, open_images) for p in inputs]
     tasks = {r.format.task for r in readers}
     keypoint_readers = [r for r in readers if r.format.task == "keypoints"]
     if people is not None and len(keypoint_readers) != 1:
@@ -334,9 +330,10 @@ def prepare_dataset(
             source = reader.path.name
             pairs: Iterable[tuple[Chunk, np.ndarray]]
             people_path = None
-            if reader.format.task == "keypoints" and not isinstance(reader, KeypointListingReader):
+            image_input = hasattr(reader, "pairs")  # open_images' readers split as they stream
+            if reader.format.task == "keypoints" and not image_input:
                 people_path = Path(people) if people is not None else people_file_beside(reader.path)
-            if isinstance(reader, (ImageFolderReader, KeypointListingReader)):  # images: split as they stream
+            if image_input:
                 pairs = reader.pairs(splitter)
             elif people_path is not None or (group_near_duplicates and reader.format.task == "keypoints"):
                 chunk, grouped, record = _grouped_keypoint_chunk(reader, seed, val_fraction, test_fraction, people_path)

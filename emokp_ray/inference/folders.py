@@ -34,7 +34,7 @@ import gzip
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from emokp_ray.data.kaggle import MAX_REPORTED_BAD, Chunk, ReadReport
+from emokp_ray.data.prepare import ImageOpener, PrepareResult, prepare_dataset
 from emokp_ray.errors import UserError
 from emokp_ray.inference.label_inputs import IMAGE_EXTENSIONS, ListingCounts, _walk
 from emokp_ray.labels import CUSTOM_PREFIX, EMOTION_NAMES, FER7, KEYPOINT_COLUMNS, EmotionScheme
@@ -486,3 +487,34 @@ def _into_crop(points: np.ndarray, crop_to_image: np.ndarray) -> np.ndarray:
     xy = points.reshape(-1, 2)
     out = (np.linalg.inv(linear) @ (xy - offset).T).T
     return out.reshape(-1)
+
+
+def image_opener(detect_mode: str = "auto", detector: Any = None, detector_name: str = "mtcnn") -> ImageOpener:
+    """data.prepare's `open_images`: a class-named image folder (emotion) or a keypoint listing (CSV or
+    Parquet with a `path` column) as a reader; None for any other input. detect_mode ("auto" | "crop"
+    | "detect", the predictor's modes) says which images are face crops; detector (an object with
+    `.detect(image)`; default `make_detector(detector_name)`, made at the first photo) finds the
+    faces in the others."""
+
+    def open_images(location: Path, emotion: EmotionScheme, strict: bool) -> Any:
+        if location.is_dir():
+            return ImageFolderReader(location, emotion, strict, detect_mode, detector, detector_name)
+        if is_listing(location):
+            return KeypointListingReader(location, strict, detect_mode, detector, detector_name)
+        return None
+
+    return open_images
+
+
+def prepare_images(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    detect_mode: str = "auto",
+    detector: Any = None,
+    detector_name: str = "mtcnn",
+    **options: Any,
+) -> PrepareResult:
+    """`prepare_dataset` (data/prepare.py: its options) with image folders and keypoint listings
+    among the inputs, read through the predictor's face pipeline (`image_opener`); what
+    `emokp data prepare` runs."""
+    return prepare_dataset(inputs, out_dir, open_images=image_opener(detect_mode, detector, detector_name), **options)
