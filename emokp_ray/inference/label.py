@@ -81,7 +81,7 @@ from emokp_ray.storage import open_location, write_file
 __all__ = ["MODES", "STAGES", "BatchLabeler", "LabelSummary", "load_batch", "run_label"]
 
 MODES = ("auto", "crop", "detect")
-STAGES = ("split", "single")  # A | B | C as separate Ray Data stages, or A+B in one actor (today's shape)
+STAGES = ("split", "single")  # A | B | C as separate Ray Data stages, or A+B in one actor
 # Rows per actor call, in model batches. Each Ray Data call costs the actor tens of milliseconds
 # (scheduling, result transfer, Ray Data's bookkeeping): with one 32-image batch per call, 2 actors
 # on 2 cores ran at 0.70x the plain loop once started; with 8 per call at 1.03-1.16x

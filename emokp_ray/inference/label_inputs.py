@@ -70,9 +70,8 @@ from emokp_ray.storage import is_uri, open_location
 CSV_SUFFIXES = (".csv", ".csv.gz")
 CSV_CHUNK_ROWS = 512  # rows parsed at a time from a CSV (96x96: ~4.7 MB)
 # File rows per listing chunk on the driver: ~3 MB of Python tuples while it fills, ~0.8 MB as Arrow.
-# The listing alone (its peak RSS over 100,000 files against 10,000, 3 Dec 2026): +21 MB with 50,000
-# rows a chunk (the allocator keeps what a chunk freed), +3 MB with 8,192. benchmarks/label_memory.py
-# measures the whole driver.
+# Small chunks, because the allocator keeps what a chunk freed: the listing's peak memory grows with the
+# chunk, not with the input count (benchmarks/label_memory.py measures the whole driver).
 LISTING_CHUNK_ROWS = 8_192
 # Columns of a prepared data set the labeler needs (labels and keypoints stay on disk).
 DATASET_COLUMNS = ["image", "height", "width", "split", "source", "row_id"]
