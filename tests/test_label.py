@@ -259,6 +259,7 @@ def test_default_pool_has_one_single_cpu_actor_per_core(ray_cluster, image_folde
     )
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_label_folder_accounts_for_every_file(ray_cluster, image_folder, checkpoints, tmp_path):
     out, annotated = tmp_path / "out", tmp_path / "annotated"

@@ -111,6 +111,7 @@ def test_given_boxes_skip_detection_in_process(listed, checkpoints):
     _check(labeler(work_table(spec)).to_pylist())
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_label_a_parquet_listing_with_nested_boxes(ray_cluster, listed, checkpoints, tmp_path):
     """Parquet: list<list<double>> boxes (null = detect), absolute paths; through the Ray Data stages,

@@ -246,6 +246,7 @@ def test_first_rows_of_the_real_files(tmp_path, real_data):
     assert sum(c["rows"] for c in info["counts"].values()) == kept + 300
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_full_real_files_give_the_documented_counts(tmp_path, real_data):
     """The whole of both files: ~5 s on the idle 2-core dev machine."""

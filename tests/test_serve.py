@@ -538,6 +538,7 @@ def test_overload_answers_503_at_once_then_recovers(served):
     assert post_image(served.busy + "/v1/predict", png(crops(1)[0])).status_code == 200
 
 
+@pytest.mark.slow
 def test_the_ingress_keeps_two_model_calls_in_flight(served):
     # A model replica runs up to max_ongoing_requests calls at once, each in its own thread; the
     # ingress must send that many (AppArgs.max_concurrent_batches, default 2), not one batch after
@@ -847,6 +848,7 @@ def _total(samples: dict, metric: str, **labels: str) -> float:
     return sum(v for (name, have), v in samples.items() if name == metric and want <= have)
 
 
+@pytest.mark.slow
 def test_serve_metrics_reach_rays_prometheus_endpoint(served):
     import ray
 

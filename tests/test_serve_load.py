@@ -309,6 +309,7 @@ def _post(url: str, data: bytes, **kwargs):
     return requests.post(url, data=data, headers={"Content-Type": "image/png"}, timeout=60, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_requests_past_the_expected_wait_budget_get_503_with_retry_after_at_once(apps):
     # One request measures the model: ~1 s for one crop (2 units). Then 4 at once: the first is
@@ -332,6 +333,7 @@ def test_requests_past_the_expected_wait_budget_get_503_with_retry_after_at_once
     assert _post(apps.slow + "/v1/predict", _crop()).status_code == 200  # and it recovers
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_faces_past_max_faces_per_image_are_dropped_largest_kept_and_counted(apps):
     # Haar finds 3 faces in the photo; the app analyses 2 (which: the unit test above) and says so.
@@ -348,6 +350,7 @@ def test_faces_past_max_faces_per_image_are_dropped_largest_kept_and_counted(app
     assert len(crop["faces"]) == 1 and crop["faces_dropped"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_annotated_answers_are_bounded_in_side_and_bytes(apps):
     # A 1600x1200 photo (the synthetic one, scaled up, with noise so that no codec shrinks it much).
