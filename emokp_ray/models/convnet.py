@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from emokp_ray.errors import UserError
+from emokp_ray.models.pixels import normalized_pixels
 from emokp_ray.models.registry import Network
 from emokp_ray.tasks import task_spec
 
@@ -132,14 +133,7 @@ class ConvNet(nn.Module):
             nn.init.zeros_(out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        if x.ndim == 3 and cfg.in_chans == 1:
-            x = x.unsqueeze(1)
-        if x.ndim != 4 or x.shape[1] != cfg.in_chans or x.shape[2] != cfg.input_size or x.shape[3] != cfg.input_size:
-            raise ValueError(
-                f"expected input [B, {cfg.in_chans}, {cfg.input_size}, {cfg.input_size}] raw pixels, got {list(x.shape)}"
-            )
-        x = (x.float() - self.norm_mean.float()) / self.norm_std.float()
+        x = normalized_pixels(x, self.cfg.in_chans, self.cfg.input_size, self.norm_mean, self.norm_std)
         first = self.features[0]
         assert isinstance(first, nn.Conv2d)
         raw = self.head(self.features(x.to(first.weight.dtype))).float()

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from emokp_ray.errors import UserError
+from emokp_ray.models.pixels import normalized_pixels
 from emokp_ray.models.registry import Network
 from emokp_ray.tasks import TASKS, task_spec
 
@@ -391,15 +392,7 @@ class ResNet(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Raw pixels [B, C, H, W] or [B, H, W] (0..255, any dtype) -> model input in the stem's dtype."""
-        cfg = self.cfg
-        if x.ndim == 3 and cfg.in_chans == 1:
-            x = x.unsqueeze(1)
-        if x.ndim != 4 or x.shape[1] != cfg.in_chans or x.shape[2] != cfg.input_size or x.shape[3] != cfg.input_size:
-            raise ValueError(
-                f"expected input [B, {cfg.in_chans}, {cfg.input_size}, {cfg.input_size}] raw pixels, got {list(x.shape)}"
-            )
-        # float32 arithmetic whatever comes in (uint8 has no subtraction below 0).
-        x = (x.float() - self.norm_mean.float()) / self.norm_std.float()
+        x = normalized_pixels(x, self.cfg.in_chans, self.cfg.input_size, self.norm_mean, self.norm_std)
         stem_conv = self.stem[0]
         assert isinstance(stem_conv, nn.Conv2d)
         return x.to(stem_conv.weight.dtype)
