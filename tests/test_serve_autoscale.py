@@ -131,7 +131,9 @@ def autoscaled(ray_cluster, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     autoscaling = {**_shipped_model_autoscaling(), **FAST_AUTOSCALING}
     assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 2)
-    args = AppArgs(keypoints=str(kp), emotion=str(em), detect=False, max_batch_size=4)
+    # Admission by expected wait off: it would refuse (503) what this test needs to see queue up and
+    # drive the model deployment's growth (tests/test_serve_load.py tests the wait budget).
+    args = AppArgs(keypoints=str(kp), emotion=str(em), detect=False, max_batch_size=4, max_queue_wait_s=None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*metrics_interval_s.*", category=DeprecationWarning)
         with serving_model(slow_face_model(SERVICE_S)):
