@@ -22,7 +22,7 @@ from torch import nn
 
 from emokp_ray.errors import UserError
 from emokp_ray.models.pixels import normalized_pixels
-from emokp_ray.models.registry import Network
+from emokp_ray.models.registry import Network, dataclass_config
 from emokp_ray.tasks import task_spec
 
 
@@ -83,18 +83,7 @@ class ConvNetConfig:
     @classmethod
     def from_dict(cls, raw: Any) -> ConvNetConfig:
         """Inverse of `to_dict`; unknown keys and bad values are a `UserError`."""
-        if not isinstance(raw, dict):
-            raise UserError(f"model config must be a JSON object, got {type(raw).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise UserError(f"unknown convnet config key(s): {', '.join(unknown)} (known: {', '.join(known)})")
-        if "task" not in raw:
-            raise UserError("model config has no 'task'")
-        try:
-            return cls(**raw)
-        except (TypeError, ValueError) as err:
-            raise UserError(f"invalid convnet config: {err}") from None
+        return dataclass_config(cls, raw, "convnet config")
 
 
 class ConvNet(nn.Module):

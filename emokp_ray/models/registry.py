@@ -12,6 +12,7 @@ names in MODELS. Importing this module imports no torch: a network's module load
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -114,6 +115,24 @@ def model_config(task: str, model: str = "course", **overrides: Any) -> Any:
         known = ", ".join(f"{t}/{m}" for m, e in MODELS.items() for t in e.tasks)
         raise UserError(f"unknown model {task}/{model}; known: {known}")
     return network(entry.network).configs[model](task, **overrides)
+
+
+def dataclass_config(cls: Any, raw: Any, what: str) -> Any:
+    """A network's config dataclass `cls` from its checkpoint JSON `raw`: the from_dict of every
+    registered config. Not a dict, unknown keys, no task or a bad value is a `UserError` naming
+    `what` ("model config", "convnet config")."""
+    if not isinstance(raw, dict):
+        raise UserError(f"model config must be a JSON object, got {type(raw).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise UserError(f"unknown {what} key(s): {', '.join(unknown)} (known: {', '.join(known)})")
+    if "task" not in raw:
+        raise UserError("model config has no 'task'")
+    try:
+        return cls(**raw)
+    except (TypeError, ValueError) as err:  # e.g. a string where a number belongs
+        raise UserError(f"invalid {what}: {err}") from None
 
 
 def config_from_dict(network_name: str, raw: Any) -> Any:

@@ -49,7 +49,7 @@ from torch import nn
 
 from emokp_ray.errors import UserError
 from emokp_ray.models.pixels import normalized_pixels
-from emokp_ray.models.registry import Network
+from emokp_ray.models.registry import Network, dataclass_config
 from emokp_ray.tasks import TASKS, task_spec
 
 COURSE_INPUT_SIZE = 96
@@ -199,18 +199,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
         """Inverse of `to_dict`; unknown keys are a `UserError` naming them."""
-        if not isinstance(raw, dict):
-            raise UserError(f"model config must be a JSON object, got {type(raw).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise UserError(f"unknown model config key(s): {', '.join(unknown)} (known: {', '.join(known)})")
-        if "task" not in raw:
-            raise UserError("model config has no 'task'")
-        try:
-            return cls(**raw)
-        except (TypeError, ValueError) as err:  # e.g. a string where a number belongs
-            raise UserError(f"invalid model config: {err}") from None
+        return dataclass_config(cls, raw, "model config")
 
 
 # --------------------------------------------------------------------------------------------------
